@@ -1,0 +1,179 @@
+"""``prefcurate`` command line: run a curation, inspect the dataset store."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.errors import PrefcurateError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="prefcurate: curate preference data for DPO and reward models.")
+datasets_app = typer.Typer(no_args_is_help=True, help="Inspect the versioned dataset store.")
+app.add_typer(datasets_app, name="datasets")
+err = Console(stderr=True)
+out = Console()
+
+
+def _prefect_env() -> None:
+    """Ephemeral Prefect with a project-local home and no telemetry, unless set by the user."""
+    os.environ.setdefault("PREFECT_HOME", str(Path.cwd() / ".prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def _fail(exc: Exception) -> None:
+    err.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(2)
+
+
+class _RichProgress:
+    """Progress bars with rate and ETA for model stages."""
+
+    def __init__(self) -> None:
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TextColumn("{task.speed} req/s"
+                                                                  if False else ""),
+                                 TimeElapsedColumn(), TimeRemainingColumn(), console=err,
+                                 transient=False)
+
+    def factory(self, label: str, total: int):
+        if not self.progress.live.is_started:
+            self.progress.start()
+        task_id = self.progress.add_task(label, total=total)
+        return lambda n: self.progress.advance(task_id, n)
+
+    def stop(self) -> None:
+        if self.progress.live.is_started:
+            self.progress.stop()
+
+
+@app.command()
+def run(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config "
+                                              "(default: the embedded default)"),
+        set_: list[str] = typer.Option([], "--set", help="Override a config key: "
+                                       "--set input.limit=2 (repeatable)"),
+        as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout"),
+        verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every stage")) -> None:
+    """Run a curation (ingest → … → publish) and print where the dataset version is."""
+    _prefect_env()
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("prefcurate").setLevel(logging.INFO)
+    from schemas.config import load_config
+    try:
+        cfg = load_config(config, set_)
+    except PrefcurateError as exc:
+        _fail(exc)
+    from flows.curate import curate, set_progress_factory
+    prog = _RichProgress()
+    set_progress_factory(prog.factory)
+    t0 = time.time()
+    try:
+        summary = curate(cfg.model_dump(mode="json"))
+    except PrefcurateError as exc:
+        prog.stop()
+        _fail(exc)
+    finally:
+        prog.stop()
+        set_progress_factory(None)
+    summary["seconds"] = round(time.time() - t0, 1)
+    if as_json:
+        summary.pop("report", None)
+        print(json.dumps(summary, indent=2, default=str))
+        return
+    _print_stages(summary["stages"])
+    verb = "published" if summary["created"] else "unchanged, already published as"
+    calls = summary.get("calls", {})
+    made = sum(c.get("made", 0) for c in calls.values())
+    reused = sum(c.get("reused", 0) for c in calls.values())
+    out.print(f"model calls: {made} made, {reused} reused from cache; "
+              f"{summary['seconds']} s")
+    out.print(f"[bold green]{verb}[/] {summary['name']}@v{summary['version']} "
+              f"({summary['rows']} pairs)")
+    out.print(summary["path"])
+
+
+def _print_stages(stages: dict[str, Any]) -> None:
+    t = Table(title="rows per stage")
+    for col in ("stage", "in", "kept", "dropped", "quarantined", "reused"):
+        t.add_column(col)
+    for st, c in stages.items():
+        t.add_row(st, str(c["in"]), str(c["kept"]),
+                  ", ".join(f"{k}={v}" for k, v in c["dropped"].items()) or "0",
+                  ", ".join(f"{k}={v}" for k, v in c["quarantined"].items()) or "0",
+                  "yes" if c.get("reused") else "")
+    out.print(t)
+
+
+@datasets_app.command("list")
+def datasets_list(root: Path = typer.Option(Path("data"), help="Store root (data_root)"),
+                  as_json: bool = typer.Option(False, "--json")) -> None:
+    """List datasets and their versions."""
+    from pipeline import store
+    rows = []
+    for name in store.list_datasets(root):
+        versions = store.list_versions(root, name)
+        rows.append({"name": name, "versions": versions,
+                     "latest": versions[-1] if versions else None})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    t = Table(title=f"datasets in {root}")
+    t.add_column("name")
+    t.add_column("versions")
+    t.add_column("latest")
+    for r in rows:
+        t.add_row(r["name"], ", ".join(f"v{v}" for v in r["versions"]),
+                  f"v{r['latest']}" if r["latest"] else "")
+    out.print(t)
+
+
+@datasets_app.command("show")
+def datasets_show(ref: str = typer.Argument(..., help="NAME or NAME@vN"),
+                  root: Path = typer.Option(Path("data"), help="Store root (data_root)"),
+                  as_json: bool = typer.Option(False, "--json")) -> None:
+    """Show one version: path, rows, per-stage counts, problems found re-hashing files."""
+    from pipeline import store
+    try:
+        v = store.resolve(root, ref)
+        manifest = store.read_manifest(v.path)
+    except PrefcurateError as exc:
+        _fail(exc)
+    problems = store.verify_version(v.path)
+    info = {"name": v.name, "version": v.version, "path": str(v.path),
+            "created_at": manifest.get("created_at"), "rows": manifest.get("rows"),
+            "parent_version": manifest.get("parent_version"),
+            "config_hash": manifest.get("config_hash"), "models": manifest.get("models"),
+            "stages": manifest.get("stages"), "integrity_problems": problems}
+    if as_json:
+        print(json.dumps(info, indent=2, default=str))
+        return
+    out.print(f"[bold]{v.name}@v{v.version}[/]  {v.path}")
+    out.print(f"created {info['created_at']}  parent v{info['parent_version']}  "
+              f"rows {info['rows']}  models {info['models']}")
+    _print_stages({k: {**c, "reused": False} for k, c in (info["stages"] or {}).items()})
+    out.print("integrity: " + ("ok" if not problems else "; ".join(problems)))
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,370 @@
+"""The ``curate`` Prefect flow: ingest → generate → judge → aggregate → margins → denoise
+→ pairs → publish → report.
+
+Each task is thin: it computes its stage key, reuses a finished stage if one is on disk,
+else reads its inputs, calls the pure stage function in ``pipeline/``, writes the result
+durably and returns a reference (the stage directory), never a big table. Model calls
+go through the per-request cache, and engines are only started when a request is
+missing from it, so a rerun after a crash repeats no finished call.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+import pipeline
+from pipeline import aggregation, denoise, generation, judging, margins, pairs, store
+from pipeline.embedded import default_cache_dir, resolve_model_path
+from pipeline.engines import CallStats, Engine, FakeEngine, RequestCache, VLLMEngine, run_cached
+from pipeline.errors import ConfigError
+from pipeline.hashing import stable_hash, tree_hash
+from pipeline.ingest import ingest_pairs, ingest_prompts
+from pipeline.stage import StageCounts, StageResult
+from schemas.config import ModelSpec, RunConfig, config_hash, resolved_dict
+from schemas.tables import CANDIDATES, VOTES, SCHEMAS, schema_fingerprint
+from flows.stagestore import StageOutput, StageStore
+
+log = logging.getLogger("prefcurate")
+
+INGEST_VERSION = 1
+PUBLISH_VERSION = 1
+
+
+class EnginePool:
+    """One engine per model spec for the whole flow run, started on first need."""
+
+    def __init__(self, cache_dir: Path):
+        self.cache_dir = cache_dir
+        self._engines: dict[str, Engine] = {}
+        self._lock = threading.Lock()
+        self.started: list[str] = []
+
+    def get(self, spec: ModelSpec) -> Engine:
+        key = spec.engine_key()
+        with self._lock:
+            if key not in self._engines:
+                self._engines[key] = self._build(spec)
+                self.started.append(spec.model)
+            return self._engines[key]
+
+    def _build(self, spec: ModelSpec) -> Engine:
+        if spec.engine == "fake":
+            return FakeEngine(model=spec.model, context=spec.max_model_len)
+        if spec.engine == "vllm":
+            log.info("starting vLLM engine for %s (first start on CPU takes 1-2 min)",
+                     spec.model)
+            path = resolve_model_path(spec.model, self.cache_dir)
+            return VLLMEngine(spec.model, path, dtype=spec.dtype,
+                              max_model_len=spec.max_model_len, engine_args=spec.engine_args,
+                              structured_backend=spec.structured_backend,
+                              cache_dir=self.cache_dir)
+        raise ConfigError(f"engine '{spec.engine}' is not available in this version; use "
+                          f"'vllm' (or 'fake' in tests)")
+
+
+@dataclass
+class RunContext:
+    cfg: RunConfig
+    stages: StageStore
+    cache: RequestCache
+    engines: EnginePool
+    progress: Callable[[str, int], Callable[[int], None]] | None = None
+    calls: dict[str, CallStats] = field(default_factory=dict)
+
+
+_CONTEXTS: dict[str, RunContext] = {}
+
+
+def _ctx(run_id: str) -> RunContext:
+    return _CONTEXTS[run_id]
+
+
+def _stage(ctx: RunContext, mod_stage: str, version: int, cfg: Any, inputs: list[str],
+           compute: Callable[[], StageResult], *, complete: Callable[[StageResult], bool]
+           = lambda r: True) -> StageOutput:
+    key = StageStore.key(mod_stage, version, cfg, inputs)
+    done = ctx.stages.load(mod_stage, key)
+    if done is not None:
+        log.info("stage %s: reusing finished output %s", mod_stage, done.path.name)
+        return done
+    result = compute()
+    return ctx.stages.save(result, key, complete=complete(result), inputs=inputs)
+
+
+def _progress(ctx: RunContext, label: str, total: int) -> Callable[[int], None] | None:
+    return ctx.progress(label, total) if ctx.progress else None
+
+
+@task(name="ingest", cache_policy=NO_CACHE)
+def ingest_task(run_id: str) -> StageOutput:
+    ctx = _ctx(run_id)
+    inp = ctx.cfg.input
+    in_hash = "mtbench" if inp.path == "mtbench" else tree_hash(inp.path) \
+        if Path(inp.path).exists() else "missing"
+    fn = ingest_prompts if inp.kind == "prompts" else ingest_pairs
+    return _stage(ctx, "ingest", INGEST_VERSION, inp.model_dump(mode="json"), [in_hash],
+                  lambda: fn(inp.path, source=inp.source, limit=inp.limit))
+
+
+@task(name="generate", cache_policy=NO_CACHE)
+def generate_task(run_id: str, ingest: StageOutput) -> StageOutput:
+    ctx = _ctx(run_id)
+    gcfg = ctx.cfg.generate
+
+    def compute() -> StageResult:
+        prompts = ingest.read("prompts")
+        reqs = generation.build_generation_requests(prompts, list(gcfg.policies))
+        comps = []
+        total = CallStats()
+        for pol in gcfg.policies:
+            mine = [r for r in reqs if r.policy == pol.name]
+            out, stats = run_cached(
+                [r.request for r in mine], engine_kind=pol.model.engine, model=pol.model.model,
+                get_engine=lambda spec=pol.model: ctx.engines.get(spec), cache=ctx.cache,
+                batch_size=gcfg.batch_size,
+                progress=_progress(ctx, f"generate [{pol.name}]", len(mine)))
+            comps.extend(out)
+            total.add(stats)
+        # keep request order aligned with completions
+        ordered = [r for pol in gcfg.policies for r in reqs if r.policy == pol.name]
+        res = generation.make_candidates(ordered, comps)
+        res.info["calls"] = total.__dict__
+        ctx.calls["generate"] = total
+        return res
+
+    return _stage(ctx, "generate", generation.STAGE_VERSION, gcfg.model_dump(mode="json"),
+                  [ingest.output_hash], compute,
+                  complete=lambda r: r.counts.quarantined.get("request_failed", 0) == 0)
+
+
+@task(name="judge", cache_policy=NO_CACHE)
+def judge_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -> StageOutput:
+    ctx = _ctx(run_id)
+    jcfg = ctx.cfg.judge
+
+    def compute() -> StageResult:
+        prompts = prompts_src.read("prompts")
+        candidates = cands_src.read("candidates")
+        pairs_, drops, info = judging.select_pairs(candidates, jcfg.max_pairs_per_prompt)
+        calls_per_pair = 2 * len(jcfg.judges)
+        if jcfg.budget is not None and len(pairs_) * calls_per_pair > jcfg.budget:
+            keep = jcfg.budget // calls_per_pair
+            for pid, sid, a, b in pairs_[keep:]:
+                drops.append({"source_id": sid, "row_id": f"{a}|{b}", "reason": "over_budget",
+                              "detail": f"judge budget {jcfg.budget} calls"})
+            pairs_ = pairs_[:keep]
+        reqs = judging.build_judge_requests(pairs_, candidates, prompts, list(jcfg.judges))
+        log.info("judge: %d pairs x %d judges x 2 orders = %d judge calls", len(pairs_),
+                 len(jcfg.judges), len(reqs))
+        comps = []
+        total = CallStats()
+        for judge in jcfg.judges:
+            mine = [r for r in reqs if r.annotator.startswith(judge.name + "|")]
+            out, stats = run_cached(
+                [r.request for r in mine], engine_kind=judge.model.engine,
+                model=judge.model.model, get_engine=lambda spec=judge.model: ctx.engines.get(spec),
+                cache=ctx.cache, batch_size=jcfg.batch_size,
+                progress=_progress(ctx, f"judge [{judge.name}]", len(mine)))
+            comps.extend(out)
+            total.add(stats)
+        ordered = [r for j in jcfg.judges for r in reqs if r.annotator.startswith(j.name + "|")]
+        res = judging.make_votes(ordered, comps, len(pairs_), drops, info)
+        res.info["calls"] = total.__dict__
+        ctx.calls["judge"] = total
+        return res
+
+    return _stage(ctx, "judge", judging.STAGE_VERSION, jcfg.model_dump(mode="json"),
+                  [prompts_src.output_hash, cands_src.output_hash], compute)
+
+
+@task(name="aggregate", cache_policy=NO_CACHE)
+def aggregate_task(run_id: str, vote_srcs: list[StageOutput], label_annotators: list[str],
+                   ) -> StageOutput:
+    ctx = _ctx(run_id)
+    import pyarrow as pa
+
+    def compute() -> StageResult:
+        tables = [s.read("votes") for s in vote_srcs]
+        votes = pa.concat_tables(tables) if tables else VOTES.empty_table()
+        return aggregation.aggregate_votes(votes, label_annotators=set(label_annotators),
+                                           method=ctx.cfg.aggregate.method)
+
+    return _stage(ctx, "aggregate", aggregation.STAGE_VERSION,
+                  [ctx.cfg.aggregate.model_dump(mode="json"), sorted(label_annotators)],
+                  [s.output_hash for s in vote_srcs], compute)
+
+
+@task(name="margins", cache_policy=NO_CACHE)
+def margins_task(run_id: str, agg: StageOutput) -> StageOutput:
+    ctx = _ctx(run_id)
+    return _stage(ctx, "margins", margins.STAGE_VERSION, ctx.cfg.margins.model_dump(mode="json"),
+                  [agg.output_hash],
+                  lambda: margins.compute_margins(agg.read("comparisons"), agg.read("scores"),
+                                                  ctx.cfg.margins))
+
+
+@task(name="denoise", cache_policy=NO_CACHE)
+def denoise_task(run_id: str, mar: StageOutput) -> StageOutput:
+    ctx = _ctx(run_id)
+    return _stage(ctx, "denoise", denoise.STAGE_VERSION,
+                  [ctx.cfg.denoise.model_dump(mode="json"), ctx.cfg.margins.model_dump(mode="json")],
+                  [mar.output_hash],
+                  lambda: denoise.denoise_pairs(mar.read("pairs"), ctx.cfg.denoise,
+                                                ctx.cfg.margins))
+
+
+@task(name="pairs", cache_policy=NO_CACHE)
+def pairs_task(run_id: str, den: StageOutput) -> StageOutput:
+    ctx = _ctx(run_id)
+    return _stage(ctx, "pairs", pairs.STAGE_VERSION, ctx.cfg.pairs.model_dump(mode="json"),
+                  [den.output_hash],
+                  lambda: pairs.build_pairs(den.read("pairs"), ctx.cfg.pairs.strategy))
+
+
+def _stage_rows(outs: list[StageOutput]) -> dict[str, Any]:
+    return {o.stage: {**o.counts, "reused": o.reused, "key": o.key} for o in outs}
+
+
+def _card(name: str, version_hint: str, cfg: RunConfig, stages: dict[str, Any],
+          n_rows: int) -> str:
+    lines = [f"# {name}", "",
+             "Preference pairs curated by prefcurate "
+             f"{pipeline.__version__}: TRL conversational `prompt` / `chosen` / `rejected` "
+             "plus `margin`, `weight`, `p_hat`, `disagreement` and lineage ids.", "",
+             f"- input: `{cfg.input.kind}` from `{cfg.input.path}`",
+             f"- policies: {', '.join(p.name + ' (' + p.model.model + ')' for p in cfg.generate.policies) if cfg.input.kind == 'prompts' else 'given pairs'}",
+             f"- judges: {', '.join(j.name + ' (' + j.model.model + ')' for j in cfg.judge.judges) or 'none (given votes only)'}",
+             f"- pairs published: {n_rows}", "",
+             "## Rows per stage", "", "| stage | in | kept | dropped | quarantined |",
+             "|---|---|---|---|---|"]
+    for st, c in stages.items():
+        d = ", ".join(f"{k}={v}" for k, v in c["dropped"].items()) or "0"
+        q = ", ".join(f"{k}={v}" for k, v in c["quarantined"].items()) or "0"
+        lines.append(f"| {st} | {c['in']} | {c['kept']} | {d} | {q} |")
+    lines += ["", "Load it with `datasets.load_from_disk('<this folder>/data')` or "
+              "`polars.read_parquet('<this folder>/data.parquet')`.", ""]
+    return "\n".join(lines)
+
+
+@task(name="publish", cache_policy=NO_CACHE)
+def publish_task(run_id: str, ing: StageOutput, cands: StageOutput, sel: StageOutput,
+                 all_stages: list[StageOutput]) -> dict[str, Any]:
+    import pyarrow as pa
+
+    ctx = _ctx(run_id)
+    cfg = ctx.cfg
+    prompts_t = ing.read("prompts")
+    cand_t = cands.read("candidates")
+    data = pairs.published_table(sel.read("pairs"), prompts_t, cand_t)
+    dropped = pa.concat_tables([o.read("dropped") for o in all_stages])
+    quarantine = pa.concat_tables([o.read("quarantine") for o in all_stages])
+    in_hash = (all_stages[0].meta.get("inputs") or [None])[0]
+    stages = _stage_rows(all_stages)
+    resolved = resolved_dict(cfg)
+    chash = config_hash(resolved)
+    content_key = stable_hash(PUBLISH_VERSION, pipeline.__version__, chash,
+                              [o.output_hash for o in all_stages], length=32)
+    models = sorted({p.model.model for p in cfg.generate.policies} if cfg.input.kind ==
+                    "prompts" else set()) + sorted({j.model.model for j in cfg.judge.judges})
+    manifest = {
+        "code_version": pipeline.__version__,
+        "config": resolved, "config_hash": chash,
+        "input": {"kind": cfg.input.kind, "path": cfg.input.path, "hash": in_hash},
+        "models": models,
+        "stages": stages,
+        "stage_info": {o.stage: o.meta.get("info", {}) for o in all_stages},
+        "calls": {k: v.__dict__ for k, v in ctx.calls.items()},
+        "engines_started": list(ctx.engines.started),
+        "schema_fingerprint": {n: schema_fingerprint(s) for n, s in SCHEMAS.items()},
+    }
+    ref = store.publish_version(cfg.data_root, cfg.name, data=data, dropped=dropped,
+                                quarantine=quarantine, manifest=manifest,
+                                card=_card(cfg.name, "", cfg, stages, data.num_rows),
+                                content_key=content_key)
+    return {"name": ref.name, "version": ref.version, "path": str(ref.path),
+            "created": ref.created, "rows": data.num_rows, "stages": stages,
+            "calls": manifest["calls"], "engines_started": manifest["engines_started"]}
+
+
+@task(name="report", cache_policy=NO_CACHE)
+def report_task(summary: dict[str, Any]) -> str:
+    lines = [f"## prefcurate: {summary['name']}@v{summary['version']}",
+             f"{'published' if summary['created'] else 'already published (identical run)'}: "
+             f"`{summary['path']}` with {summary['rows']} pairs", "",
+             "| stage | in | kept | dropped | quarantined | reused |", "|---|---|---|---|---|---|"]
+    for st, c in summary["stages"].items():
+        d = ", ".join(f"{k}={v}" for k, v in c["dropped"].items()) or "0"
+        q = ", ".join(f"{k}={v}" for k, v in c["quarantined"].items()) or "0"
+        lines.append(f"| {st} | {c['in']} | {c['kept']} | {d} | {q} | {c['reused']} |")
+    md = "\n".join(lines)
+    try:
+        create_markdown_artifact(markdown=md, key="prefcurate-summary",
+                                 description="rows per stage")
+    except Exception as exc:  # artifacts need an API; never fail a curation over it
+        log.debug("no artifact: %s", exc)
+    return md
+
+
+@flow(name="curate", log_prints=True)
+def curate(config: dict[str, Any]) -> dict[str, Any]:
+    """Run one curation from a RunConfig (as a dict) and publish a dataset version."""
+    cfg = RunConfig.model_validate(config)
+    store.validate_name(cfg.name)
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    run_root = Path(cfg.data_root) / "runs" / cfg.name
+    run_id = stable_hash(datetime.now(timezone.utc).isoformat(), os.getpid(),
+                         threading.get_ident())
+    ctx = RunContext(cfg=cfg, stages=StageStore(run_root),
+                     cache=RequestCache(Path(cfg.data_root) / "cache" / "requests.sqlite"),
+                     engines=EnginePool(cache_dir), progress=_PROGRESS.get("factory"))
+    _CONTEXTS[run_id] = ctx
+    try:
+        ing = ingest_task(run_id)
+        outs = [ing]
+        if cfg.input.kind == "prompts":
+            cands = generate_task(run_id, ing)
+            outs.append(cands)
+        else:
+            cands = ing
+        vote_srcs = [] if cfg.input.kind == "prompts" else [ing]
+        if cfg.judge.judges:
+            jud = judge_task(run_id, ing, cands)
+            outs.append(jud)
+            vote_srcs.append(jud)
+        labels = []
+        if cfg.input.kind == "pairs":
+            labels = sorted(set(ing.read("prompts").column("source").to_pylist()))
+        agg = aggregate_task(run_id, vote_srcs, labels)
+        mar = margins_task(run_id, agg)
+        den = denoise_task(run_id, mar)
+        sel = pairs_task(run_id, den)
+        outs += [agg, mar, den, sel]
+        summary = publish_task(run_id, ing, cands, sel, outs)
+        summary["report"] = report_task(summary)
+        return summary
+    finally:
+        ctx.cache.close()
+        _CONTEXTS.pop(run_id, None)
+
+
+# The CLI installs a rich progress factory here; tests and library users may leave it out.
+_PROGRESS: dict[str, Callable[[str, int], Callable[[int], None]]] = {}
+
+
+def set_progress_factory(factory: Callable[[str, int], Callable[[int], None]] | None) -> None:
+    if factory is None:
+        _PROGRESS.pop("factory", None)
+    else:
+        _PROGRESS["factory"] = factory

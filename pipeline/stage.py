@@ -1,0 +1,119 @@
+"""The result every stage returns, with row accounting checked.
+
+A stage accounts for each of its input rows: ``rows_in = kept + dropped + quarantined``
+(each by reason). ``rows_out`` is the size of the main output, which may differ in unit
+from the input (e.g. votes in, comparisons out).
+
+>>> c = StageCounts(rows_in=3, kept=2, dropped={"tie": 1})
+>>> c.check("pairs")
+>>> StageCounts(rows_in=3, kept=1).check("pairs")
+Traceback (most recent call last):
+...
+pipeline.errors.PrefcurateError: stage 'pairs' lost rows: in=3 but kept=1 + dropped=0 + quarantined=0
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.errors import PrefcurateError
+from schemas.tables import DROPPED, QUARANTINE, from_rows
+
+
+class Reason(StrEnum):
+    """Why a row was not kept. Every drop and quarantine carries one."""
+
+    # ingest
+    BAD_JSON = "bad_json"
+    MISSING_FIELD = "missing_field"
+    WRONG_TYPE = "wrong_type"
+    EMPTY_TEXT = "empty_text"
+    INVALID_TEXT = "invalid_text"
+    UNKNOWN_ROLE = "unknown_role"
+    IDENTICAL_PAIR = "identical_pair"
+    DUPLICATE_ID = "duplicate_id"
+    LIMIT = "limit"
+    # generation
+    EMPTY_OUTPUT = "empty_output"
+    DUPLICATE_OUTPUT = "duplicate_output"
+    PROMPT_TOO_LONG = "prompt_too_long"
+    REQUEST_FAILED = "request_failed"
+    # judging / aggregation
+    NULL_VERDICT = "null_verdict"
+    OVER_BUDGET = "over_budget"
+    SINGLE_CANDIDATE = "single_candidate"
+    # margins / denoise / pairs
+    TIE = "tie"
+    NULL_SCORE = "null_score"
+    CONTRADICTED = "contradicted"
+    CONTESTED = "contested"
+    HIGH_DISAGREEMENT = "high_disagreement"
+    NOT_SELECTED = "not_selected"
+
+
+@dataclass
+class StageCounts:
+    rows_in: int
+    kept: int
+    dropped: dict[str, int] = field(default_factory=dict)
+    quarantined: dict[str, int] = field(default_factory=dict)
+    rows_out: int | None = None
+
+    def check(self, stage: str) -> None:
+        d, q = sum(self.dropped.values()), sum(self.quarantined.values())
+        if self.rows_in != self.kept + d + q:
+            raise PrefcurateError(
+                f"stage '{stage}' lost rows: in={self.rows_in} but kept={self.kept} + "
+                f"dropped={d} + quarantined={q}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"in": self.rows_in, "kept": self.kept, "dropped": dict(self.dropped),
+                "quarantined": dict(self.quarantined),
+                "out": self.kept if self.rows_out is None else self.rows_out}
+
+
+@dataclass
+class StageResult:
+    """Outputs of one stage: named tables, rejects with reasons, counts, extra info."""
+
+    stage: str
+    outputs: dict[str, pa.Table]
+    counts: StageCounts
+    dropped: pa.Table = field(default_factory=DROPPED.empty_table)
+    quarantine: pa.Table = field(default_factory=QUARANTINE.empty_table)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.counts.check(self.stage)
+        by_reason = Counter(self.dropped.column("reason").to_pylist())
+        q_reason = Counter(self.quarantine.column("reason").to_pylist())
+        if dict(by_reason) != {k: v for k, v in self.counts.dropped.items() if v} or \
+                dict(q_reason) != {k: v for k, v in self.counts.quarantined.items() if v}:
+            raise PrefcurateError(
+                f"stage '{self.stage}': reject tables disagree with counts "
+                f"(dropped {dict(by_reason)} vs {self.counts.dropped}, quarantined "
+                f"{dict(q_reason)} vs {self.counts.quarantined})")
+
+
+def dropped_table(stage: str, rows: list[dict[str, Any]]) -> pa.Table:
+    """Rows ``{source_id, row_id, reason, detail}`` → a DROPPED table for ``stage``."""
+    return from_rows([{"stage": stage, "source_id": r.get("source_id"),
+                       "row_id": r.get("row_id"), "reason": str(r["reason"]),
+                       "detail": r.get("detail")} for r in rows], DROPPED, "dropped")
+
+
+def quarantine_table(stage: str, rows: list[dict[str, Any]]) -> pa.Table:
+    """Rows ``{source_id, file, row, reason, detail, raw}`` → a QUARANTINE table."""
+    return from_rows([{"stage": stage, "source_id": r.get("source_id"), "file": r.get("file"),
+                       "row": r.get("row"), "reason": str(r["reason"]),
+                       "detail": r.get("detail"), "raw": r.get("raw")} for r in rows],
+                     QUARANTINE, "quarantine")
+
+
+def count_reasons(table: pa.Table) -> dict[str, int]:
+    return dict(Counter(table.column("reason").to_pylist()))

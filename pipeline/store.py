@@ -1,0 +1,389 @@
+"""The versioned, immutable dataset store (DESIGN.md §4).
+
+Layout under a store root::
+
+    <root>/datasets/<name>/v<N>/
+        data/               datasets.Dataset.save_to_disk of the kept pairs (PUBLISHED)
+        data.parquet        the same table as one Parquet file
+        dropped.parquet     every row a stage did not keep (DROPPED)
+        quarantine.parquet  rows that could not be read (QUARANTINE)
+        manifest.json       the caller's manifest + version, lineage, schemas, file hashes
+        README.md           the dataset card
+
+Publishing is atomic: everything is written into ``<name>/.tmp-<uuid>/`` and fsynced,
+then, under an exclusive ``flock`` on ``<name>/.lock``, the next free ``N`` is chosen,
+the manifest is written and the directory is renamed to ``v<N>``. Readers therefore only
+ever see complete versions; two publishers never get the same ``N``. Files of a
+published version are read-only. Publishing again with a ``content_key`` that an
+existing version already carries publishes nothing and returns that version.
+
+>>> validate_name("hh-rlhf.clean_v2")
+'hh-rlhf.clean_v2'
+>>> parse_ref("hh-rlhf@v3"), parse_ref("hh-rlhf@3"), parse_ref("hh-rlhf")
+(('hh-rlhf', 3), ('hh-rlhf', 3), ('hh-rlhf', None))
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import re
+import shutil
+import stat
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import StoreError
+from pipeline.hashing import file_hash
+from schemas.tables import DROPPED, PUBLISHED, QUARANTINE, check_table, schema_fingerprint
+
+log = logging.getLogger(__name__)
+
+DATASETS_DIR = "datasets"
+LOCK_NAME = ".lock"
+TMP_PREFIX = ".tmp-"
+MANIFEST = "manifest.json"
+CARD = "README.md"
+DATA_DIR = "data"
+DATA_PARQUET = "data.parquet"
+DROPPED_PARQUET = "dropped.parquet"
+QUARANTINE_PARQUET = "quarantine.parquet"
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_VERSION_DIR_RE = re.compile(r"v([1-9][0-9]*)")
+_REF_RE = re.compile(r"(?P<name>[^@]*)(?:@v?(?P<version>[0-9]+))?")
+_NAME_RULE = ("a dataset name is 1-100 characters from [A-Za-z0-9._-], starts with a letter "
+              "or digit, and contains no '..' or '/'")
+
+# Keys the store sets in every manifest; they override any the caller passes.
+STORE_KEYS = ("name", "version", "created_at", "content_key", "parent_version",
+              "schema_fingerprints", "rows", "files")
+
+
+@dataclass(frozen=True)
+class VersionRef:
+    """One published version: ``path`` is ``<root>/datasets/<name>/v<version>``.
+
+    ``created`` is False when ``publish_version`` found an existing version with the same
+    content key (and, for ``resolve``, always False).
+    """
+
+    name: str
+    version: int
+    path: Path
+    created: bool
+
+    @property
+    def ref(self) -> str:
+        """The ``name@vN`` string that ``resolve`` accepts."""
+        return f"{self.name}@v{self.version}"
+
+
+# ---------------------------------------------------------------------------- names / refs
+
+
+def validate_name(name: str) -> str:
+    """Return ``name`` if it is a safe dataset name, else raise StoreError.
+
+    >>> validate_name("../x")
+    Traceback (most recent call last):
+    ...
+    pipeline.errors.StoreError: invalid dataset name '../x': a dataset name is 1-100 characters from [A-Za-z0-9._-], starts with a letter or digit, and contains no '..' or '/'
+    """
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or ".." in name:
+        raise StoreError(f"invalid dataset name {name!r}: {_NAME_RULE}")
+    return name
+
+
+def parse_ref(ref: str) -> tuple[str, int | None]:
+    """Split ``name``, ``name@vN`` or ``name@N`` into ``(name, N or None)``; name validated."""
+    m = _REF_RE.fullmatch(ref) if isinstance(ref, str) else None
+    if m is None:
+        raise StoreError(f"invalid dataset reference {ref!r}: use NAME (latest version), "
+                         f"NAME@vN or NAME@N, e.g. 'my-dpo@v2'")
+    name = validate_name(m["name"])
+    version = int(m["version"]) if m["version"] is not None else None
+    if version == 0:
+        raise StoreError(f"invalid dataset reference {ref!r}: versions start at 1")
+    return name, version
+
+
+# ---------------------------------------------------------------------------- listing
+
+
+def _datasets_dir(root: str | Path) -> Path:
+    return Path(root) / DATASETS_DIR
+
+
+def list_datasets(root: str | Path) -> list[str]:
+    """Names of the datasets under ``root`` that have at least one published version."""
+    base = _datasets_dir(root)
+    if not base.is_dir():
+        return []
+    out = []
+    for p in sorted(base.iterdir()):
+        if p.is_dir() and _NAME_RE.fullmatch(p.name) and ".." not in p.name \
+                and list_versions(root, p.name):
+            out.append(p.name)
+    return out
+
+
+def list_versions(root: str | Path, name: str) -> list[int]:
+    """Published version numbers of ``name``, ascending (temp dirs and locks ignored)."""
+    d = _datasets_dir(root) / validate_name(name)
+    if not d.is_dir():
+        return []
+    versions = []
+    for p in d.iterdir():
+        m = _VERSION_DIR_RE.fullmatch(p.name)
+        if m and p.is_dir():
+            versions.append(int(m[1]))
+    return sorted(versions)
+
+
+def version_path(root: str | Path, name: str, version: int) -> Path:
+    """``<root>/datasets/<name>/v<version>`` (no existence check)."""
+    return _datasets_dir(root) / validate_name(name) / f"v{int(version)}"
+
+
+def resolve(root: str | Path, ref: str) -> VersionRef:
+    """Resolve ``name`` (latest), ``name@vN`` or ``name@N`` to an existing version."""
+    name, version = parse_ref(ref)
+    versions = list_versions(root, name)
+    if not versions:
+        existing = list_datasets(root)
+        raise StoreError(f"dataset {name!r} not found under {_datasets_dir(root)}; "
+                         f"existing datasets: {', '.join(existing) if existing else 'none'}")
+    if version is None:
+        version = versions[-1]
+    elif version not in versions:
+        raise StoreError(f"dataset {name!r} has no version v{version}; existing versions: "
+                         f"{', '.join(f'v{v}' for v in versions)}")
+    return VersionRef(name, version, version_path(root, name, version), created=False)
+
+
+# ---------------------------------------------------------------------------- manifests
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest of a version directory (or of a ``manifest.json`` path)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / MANIFEST
+    try:
+        with open(p, encoding="utf-8") as fh:
+            manifest = json.load(fh)
+    except FileNotFoundError as exc:
+        raise StoreError(f"no manifest at {p}: is this a published version directory "
+                         f"(<root>/datasets/<name>/v<N>)?") from exc
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"cannot read manifest {p}: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise StoreError(f"manifest {p} is not a JSON object")
+    return manifest
+
+
+def verify_version(path: str | Path) -> list[str]:
+    """Re-hash a version's files against its manifest; return the problems (empty: intact).
+
+    Reports missing, changed and unlisted files, and a manifest whose version does not
+    match its directory name.
+    """
+    vdir = Path(path)
+    try:
+        manifest = read_manifest(vdir)
+    except StoreError as exc:
+        return [str(exc)]
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        return [f"{vdir / MANIFEST}: no 'files' table to verify against"]
+    problems = []
+    m = _VERSION_DIR_RE.fullmatch(vdir.name)
+    if m and manifest.get("version") != int(m[1]):
+        problems.append(f"manifest version {manifest.get('version')!r} does not match "
+                        f"directory {vdir.name}")
+    for rel, want in sorted(files.items()):
+        f = vdir / rel
+        if not f.is_file():
+            problems.append(f"{rel}: missing")
+            continue
+        got = file_hash(f)
+        if got != want:
+            problems.append(f"{rel}: sha256 {got} does not match manifest {want}")
+    for f in sorted(x for x in vdir.rglob("*") if x.is_file()):
+        rel = f.relative_to(vdir).as_posix()
+        if rel != MANIFEST and rel not in files:
+            problems.append(f"{rel}: not listed in the manifest")
+    return problems
+
+
+def find_content_key(root: str | Path, name: str, content_key: str) -> int | None:
+    """The version of ``name`` whose manifest carries ``content_key``, if any."""
+    for v in reversed(list_versions(root, name)):
+        try:
+            manifest = read_manifest(version_path(root, name, v))
+        except StoreError:
+            continue
+        if manifest.get("content_key") == content_key:
+            return v
+    return None
+
+
+# ---------------------------------------------------------------------------- publishing
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    """fsync every file under ``path``, then every directory, deepest first."""
+    dirs = [path]
+    for p in sorted(path.rglob("*")):
+        if p.is_dir():
+            dirs.append(p)
+        elif p.is_file():
+            _fsync_file(p)
+    for d in sorted(dirs, key=lambda x: len(x.parts), reverse=True):
+        _fsync_dir(d)
+
+
+def _write_parquet(table: pa.Table, path: Path) -> None:
+    pq.write_table(table, path)
+
+
+def _write_dataset(table: pa.Table, path: Path) -> None:
+    """``datasets.Dataset.save_to_disk`` of ``table`` (one shard when empty, no progress bar)."""
+    import datasets  # imported here: listing and resolving must not pay for it
+
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        ds = datasets.Dataset(table)
+        ds.save_to_disk(str(path), num_shards=1 if table.num_rows == 0 else None)
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+
+
+def _manifest_json(manifest: dict[str, Any]) -> str:
+    try:
+        return json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False,
+                          allow_nan=False) + "\n"
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"manifest is not valid JSON ({exc}): pass only str, int, float "
+                         f"(finite), bool, None, list and dict values, e.g. str(path) for "
+                         f"paths and None for NaN") from exc
+
+
+def _make_read_only(path: Path) -> None:
+    for p in path.rglob("*"):
+        if p.is_file():
+            mode = p.stat().st_mode
+            p.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+def publish_version(root: str | Path, name: str, *, data: pa.Table, dropped: pa.Table,
+                    quarantine: pa.Table, manifest: dict[str, Any], card: str,
+                    content_key: str) -> VersionRef:
+    """Publish the tables as the next immutable version ``v<N>`` of dataset ``name``.
+
+    ``data`` must match PUBLISHED, ``dropped`` DROPPED, ``quarantine`` QUARANTINE (checked
+    before anything is written). ``manifest`` is written as given, plus the keys in
+    STORE_KEYS (``name``, ``version``, ``created_at`` (ISO-8601 UTC), ``content_key``,
+    ``parent_version`` (the previous latest or None), ``schema_fingerprints``, ``rows`` and
+    ``files``: {relative path: sha256}); the caller is responsible for redacting secrets.
+    If a version already carries ``content_key``, nothing is published and that version is
+    returned with ``created=False``.
+    """
+    validate_name(name)
+    if not isinstance(content_key, str) or not content_key:
+        raise StoreError(f"content_key must be a non-empty string (a hash of the resolved "
+                         f"config and input content), got {content_key!r}")
+    if not isinstance(manifest, dict):
+        raise StoreError(f"manifest must be a dict, got {type(manifest).__name__}")
+    if not isinstance(card, str):
+        raise StoreError(f"card must be the dataset card text (str), got {type(card).__name__}")
+    check_table(data, PUBLISHED, "published")
+    check_table(dropped, DROPPED, "dropped")
+    check_table(quarantine, QUARANTINE, "quarantine")
+    _manifest_json(manifest)  # fail before writing anything, not after
+
+    existing = find_content_key(root, name, content_key)
+    if existing is not None:
+        log.info("dataset %s@v%d already holds content key %s; nothing published",
+                 name, existing, content_key)
+        return VersionRef(name, existing, version_path(root, name, existing), created=False)
+
+    ds_dir = _datasets_dir(root) / name
+    ds_dir.mkdir(parents=True, exist_ok=True)
+    tmp = ds_dir / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        _write_dataset(data, tmp / DATA_DIR)
+        _write_parquet(data, tmp / DATA_PARQUET)
+        _write_parquet(dropped, tmp / DROPPED_PARQUET)
+        _write_parquet(quarantine, tmp / QUARANTINE_PARQUET)
+        (tmp / CARD).write_text(card, encoding="utf-8")
+        files = {p.relative_to(tmp).as_posix(): file_hash(p)
+                 for p in sorted(tmp.rglob("*")) if p.is_file()}
+        _fsync_tree(tmp)
+
+        with open(ds_dir / LOCK_NAME, "a+b") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            # Lock released when the file closes, also on error.
+            existing = find_content_key(root, name, content_key)
+            if existing is not None:
+                log.info("dataset %s@v%d was published with content key %s meanwhile; "
+                         "nothing published", name, existing, content_key)
+                shutil.rmtree(tmp, ignore_errors=True)
+                return VersionRef(name, existing, version_path(root, name, existing),
+                                  created=False)
+            versions = list_versions(root, name)
+            version = versions[-1] + 1 if versions else 1
+            full = dict(manifest)
+            full.update({
+                "name": name,
+                "version": version,
+                "created_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+                "content_key": content_key,
+                "parent_version": versions[-1] if versions else None,
+                "schema_fingerprints": {"data": schema_fingerprint(data.schema),
+                                        "dropped": schema_fingerprint(dropped.schema),
+                                        "quarantine": schema_fingerprint(quarantine.schema)},
+                "rows": {"data": data.num_rows, "dropped": dropped.num_rows,
+                         "quarantine": quarantine.num_rows},
+                "files": files,
+            })
+            (tmp / MANIFEST).write_text(_manifest_json(full), encoding="utf-8")
+            _fsync_file(tmp / MANIFEST)
+            _make_read_only(tmp)
+            _fsync_dir(tmp)
+            final = ds_dir / f"v{version}"
+            os.rename(tmp, final)
+            _fsync_dir(ds_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("published %s@v%d (%d pairs) at %s", name, version, data.num_rows, final)
+    return VersionRef(name, version, final, created=True)

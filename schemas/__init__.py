@@ -1,0 +1,1 @@
+"""Arrow schemas of every stage boundary and the pydantic run configuration."""

@@ -1,0 +1,291 @@
+"""The run configuration: one frozen pydantic model per stage, composed into RunConfig.
+
+Precedence: defaults in code < YAML file < ``--set dotted.key=value`` overrides. Unknown
+keys are errors with a did-you-mean hint. YAML is read with ``yaml.safe_load`` only.
+
+>>> cfg = load_config(None, ["input.limit=2", "generate.policies.0.n=3"])
+>>> cfg.input.limit, cfg.generate.policies[0].n
+(2, 3)
+>>> load_config(None, ["input.limt=2"])
+Traceback (most recent call last):
+...
+pipeline.errors.ConfigError: unknown key 'input.limt' (did you mean 'input.limit'?)
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import ConfigError
+
+EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Frozen):
+    """Which model answers, and through which engine."""
+
+    model: str = EMBEDDED_MODEL  # HF id / local path / "embedded:smollm2-135m-instruct"
+    engine: Literal["vllm", "openai", "fake"] = "vllm"
+    dtype: str = "auto"  # the embedded default on CPU resolves "auto" to float32
+    max_model_len: int = 2048
+    engine_args: dict[str, Any] = Field(default_factory=dict)  # passed to vllm.LLM as is
+    base_url: str | None = None  # openai engine: e.g. http://127.0.0.1:8000/v1
+    api_key_env: str | None = None  # name of the environment variable holding the key
+    structured_backend: str = "guidance"  # vLLM structured-outputs backend for judges
+
+    def engine_key(self) -> str:
+        """Identity of the engine instance (two specs with the same key share it)."""
+        return config_hash(self.model_dump(exclude={"structured_backend"}))
+
+
+class InputConfig(_Frozen):
+    kind: Literal["prompts", "pairs"] = "prompts"
+    path: str = "mtbench"  # file / save_to_disk dir / "mtbench"
+    limit: int | None = 8  # first N good rows (null: all)
+    source: str | None = None  # name of the source; default: file stem
+
+
+class PolicyConfig(_Frozen):
+    name: str = "smollm2"
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    system_prompt: str | None = None
+    n: int = Field(4, ge=1)
+    temperature: float = Field(0.8, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_tokens: int = Field(128, ge=1)
+    seed: int = 0
+    stop: list[str] = Field(default_factory=list)
+
+
+class GenerateConfig(_Frozen):
+    policies: list[PolicyConfig] = Field(default_factory=lambda: [PolicyConfig()])
+    batch_size: int = Field(64, ge=1)  # requests per engine call; the cache commits after each
+
+
+class JudgeSpec(_Frozen):
+    name: str = "smollm2-judge"
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    template: Literal["pairwise_v1"] = "pairwise_v1"
+    persona: str | None = None  # a system prompt standing for a kind of user
+    temperature: float = Field(0.0, ge=0)
+    max_tokens: int = Field(48, ge=1)
+    seed: int = 0
+    structured: bool = True  # JSON schema through vLLM structured outputs
+
+
+class JudgeConfig(_Frozen):
+    judges: list[JudgeSpec] = Field(default_factory=lambda: [JudgeSpec()])
+    max_pairs_per_prompt: int = Field(6, ge=1)
+    budget: int | None = None  # max judge calls in the stage (null: unbounded)
+    batch_size: int = Field(64, ge=1)
+
+
+class AggregateConfig(_Frozen):
+    method: Literal["majority"] = "majority"
+
+
+class MarginConfig(_Frozen):
+    lam: float = Field(1.0, ge=0)  # margin = lam * clip(logit(p_hat), 0, cap)
+    cap: float = Field(4.0, gt=0)
+    prior: float = Field(0.5, gt=0)  # Jeffreys: p_hat = (n_chosen + tie/2 + a) / (S + 2a)
+    contested_band: float = Field(0.1, ge=0, lt=0.5)  # |p_hat - 0.5| < band -> contested
+
+
+class DenoiseConfig(_Frozen):
+    on_contradicted: Literal["drop", "flip", "keep"] = "drop"
+    drop_contested: bool = False
+    max_disagreement: float = Field(1.0, ge=0, le=1)  # drop pairs above this disagreement
+
+
+class PairsConfig(_Frozen):
+    strategy: Literal["best_worst"] = "best_worst"
+
+
+class RunConfig(_Frozen):
+    name: str = "mtbench-smollm2"
+    data_root: str = "data"
+    cache_dir: str | None = None  # default: $PREFCURATE_CACHE or ~/.cache/prefcurate
+    input: InputConfig = Field(default_factory=InputConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    aggregate: AggregateConfig = Field(default_factory=AggregateConfig)
+    margins: MarginConfig = Field(default_factory=MarginConfig)
+    denoise: DenoiseConfig = Field(default_factory=DenoiseConfig)
+    pairs: PairsConfig = Field(default_factory=PairsConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> "RunConfig":
+        names = [p.name for p in self.generate.policies]
+        if len(set(names)) != len(names):
+            raise ValueError(f"generate.policies: policy names must be unique, got {names}")
+        jn = [j.name for j in self.judge.judges]
+        if len(set(jn)) != len(jn):
+            raise ValueError(f"judge.judges: judge names must be unique, got {jn}")
+        return self
+
+
+SECRET_WORDS = ("key", "token", "secret", "password", "authorization")
+
+
+def redact(obj: Any) -> Any:
+    """Replace values of secret-looking keys (``api_key``; not ``api_key_env``) by '***'."""
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            kl = str(k).lower()
+            if any(w in kl for w in SECRET_WORDS) and not kl.endswith("_env") and v is not None \
+                    and not isinstance(v, (dict, list)):
+                out[k] = "***"
+            else:
+                out[k] = redact(v)
+        return out
+    if isinstance(obj, list):
+        return [redact(v) for v in obj]
+    return obj
+
+
+def config_hash(obj: Any) -> str:
+    """Stable hash of a JSON-able object (sorted keys)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        full = f"{prefix}{name}"
+        keys.append(full)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(_known_keys(ann, full + "."))
+        args = getattr(ann, "__args__", ()) or ()
+        for a in args:  # list[PolicyConfig] -> policies.0.<field>
+            if isinstance(a, type) and issubclass(a, BaseModel):
+                keys.extend(_known_keys(a, full + ".0."))
+    return keys
+
+
+def _hint(key: str) -> str:
+    norm = ".".join("0" if p.isdigit() else p for p in key.split("."))
+    close = difflib.get_close_matches(norm, _known_keys(RunConfig), n=1, cutoff=0.6)
+    if close:
+        suggestion = close[0]
+        # put the user's own list indices back into the suggestion
+        parts, sparts = key.split("."), suggestion.split(".")
+        if len(parts) == len(sparts):
+            sparts = [p if p.isdigit() else s for p, s in zip(parts, sparts)]
+        return f" (did you mean '{'.'.join(sparts)}'?)"
+    return ""
+
+
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    cur: Any = data
+    for i, part in enumerate(parts[:-1]):
+        nxt = parts[i + 1]
+        if isinstance(cur, list):
+            idx = int(part)
+            while len(cur) <= idx:
+                cur.append({})
+            if not isinstance(cur[idx], (dict, list)):
+                cur[idx] = {}
+            cur = cur[idx]
+            continue
+        if part not in cur or not isinstance(cur[part], (dict, list)):
+            cur[part] = [] if nxt.isdigit() else {}
+        cur = cur[part]
+    last = parts[-1]
+    if isinstance(cur, list):
+        idx = int(last)
+        while len(cur) <= idx:
+            cur.append({})
+        cur[idx] = value
+    else:
+        cur[last] = value
+
+
+def _errors_to_message(exc: ValidationError, origin: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown key '{loc}'{_hint(loc)}")
+        else:
+            lines.append(f"'{loc}': {err['msg']} (got {err.get('input')!r})")
+    return f"invalid configuration ({origin}): " + "; ".join(lines) if len(lines) > 1 \
+        else lines[0] if origin == "--set" else f"{origin}: {lines[0]}"
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Split ``a.b=value``; the value is parsed as YAML (so ``3`` is an int, ``[a]`` a list)."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value, got {item!r} (example: --set input.limit=2)")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set expects key=value, got {item!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Load a RunConfig from an optional YAML file and ``key=value`` overrides."""
+    data: dict[str, Any] = {}
+    origin = "defaults"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML (only plain YAML is "
+                              f"accepted, no python tags): {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p}: top level must be a mapping, got "
+                              f"{type(loaded).__name__}")
+        data = loaded
+        origin = str(p)
+    if overrides:
+        # Materialise defaults so that list overrides (policies.0.n) patch a real entry.
+        try:
+            base = RunConfig.model_validate(data).model_dump(mode="json")
+        except ValidationError as exc:
+            raise ConfigError(_errors_to_message(exc, origin)) from None
+        for item in overrides:
+            key, value = parse_override(item)
+            try:
+                _set_dotted(base, key, value)
+            except (ValueError, TypeError):
+                raise ConfigError(f"--set {item}: cannot apply (is '{key}' a list index?)") \
+                    from None
+            try:
+                RunConfig.model_validate(base)
+            except ValidationError as exc:
+                raise ConfigError(_errors_to_message(exc, "--set")) from None
+        data = base
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_errors_to_message(exc, origin)) from None
+
+
+def resolved_dict(cfg: RunConfig) -> dict[str, Any]:
+    """The resolved config as plain JSON data, secrets redacted."""
+    return redact(cfg.model_dump(mode="json"))

