@@ -43,7 +43,19 @@ PUBLISH_VERSION = 1
 
 
 class EnginePool:
-    """One engine per model spec for the whole flow run, started on first need."""
+    """One engine per model spec, started on first need and shared by every flow run in
+    this process (tests and long-lived workers pay the engine start once)."""
+
+    _shared: dict[str, "EnginePool"] = {}
+    _shared_lock = threading.Lock()
+
+    @classmethod
+    def shared(cls, cache_dir: Path) -> "EnginePool":
+        with cls._shared_lock:
+            key = str(Path(cache_dir).resolve())
+            if key not in cls._shared:
+                cls._shared[key] = cls(cache_dir)
+            return cls._shared[key]
 
     def __init__(self, cache_dir: Path):
         self.cache_dir = cache_dir
@@ -56,7 +68,6 @@ class EnginePool:
         with self._lock:
             if key not in self._engines:
                 self._engines[key] = self._build(spec)
-                self.started.append(spec.model)
             return self._engines[key]
 
     def _build(self, spec: ModelSpec) -> Engine:
@@ -82,6 +93,12 @@ class RunContext:
     engines: EnginePool
     progress: Callable[[str, int], Callable[[int], None]] | None = None
     calls: dict[str, CallStats] = field(default_factory=dict)
+    models_used: list[str] = field(default_factory=list)  # engines this run asked for
+
+    def engine(self, spec: ModelSpec) -> Engine:
+        if spec.model not in self.models_used:
+            self.models_used.append(spec.model)
+        return self.engines.get(spec)
 
 
 _CONTEXTS: dict[str, RunContext] = {}
@@ -132,7 +149,7 @@ def generate_task(run_id: str, ingest: StageOutput) -> StageOutput:
             mine = [r for r in reqs if r.policy == pol.name]
             out, stats = run_cached(
                 [r.request for r in mine], engine_kind=pol.model.engine, model=pol.model.model,
-                get_engine=lambda spec=pol.model: ctx.engines.get(spec), cache=ctx.cache,
+                get_engine=lambda spec=pol.model: ctx.engine(spec), cache=ctx.cache,
                 batch_size=gcfg.batch_size,
                 progress=_progress(ctx, f"generate [{pol.name}]", len(mine)))
             comps.extend(out)
@@ -174,7 +191,7 @@ def judge_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) ->
             mine = [r for r in reqs if r.annotator.startswith(judge.name + "|")]
             out, stats = run_cached(
                 [r.request for r in mine], engine_kind=judge.model.engine,
-                model=judge.model.model, get_engine=lambda spec=judge.model: ctx.engines.get(spec),
+                model=judge.model.model, get_engine=lambda spec=judge.model: ctx.engine(spec),
                 cache=ctx.cache, batch_size=jcfg.batch_size,
                 progress=_progress(ctx, f"judge [{judge.name}]", len(mine)))
             comps.extend(out)
@@ -286,7 +303,7 @@ def publish_task(run_id: str, ing: StageOutput, cands: StageOutput, sel: StageOu
         "stages": stages,
         "stage_info": {o.stage: o.meta.get("info", {}) for o in all_stages},
         "calls": {k: v.__dict__ for k, v in ctx.calls.items()},
-        "engines_started": list(ctx.engines.started),
+        "models_called": list(ctx.models_used),
         "schema_fingerprint": {n: schema_fingerprint(s) for n, s in SCHEMAS.items()},
     }
     ref = store.publish_version(cfg.data_root, cfg.name, data=data, dropped=dropped,
@@ -295,7 +312,7 @@ def publish_task(run_id: str, ing: StageOutput, cands: StageOutput, sel: StageOu
                                 content_key=content_key)
     return {"name": ref.name, "version": ref.version, "path": str(ref.path),
             "created": ref.created, "rows": data.num_rows, "stages": stages,
-            "calls": manifest["calls"], "engines_started": manifest["engines_started"]}
+            "calls": manifest["calls"], "models_called": manifest["models_called"]}
 
 
 @task(name="report", cache_policy=NO_CACHE)
@@ -328,7 +345,7 @@ def curate(config: dict[str, Any]) -> dict[str, Any]:
                          threading.get_ident())
     ctx = RunContext(cfg=cfg, stages=StageStore(run_root),
                      cache=RequestCache(Path(cfg.data_root) / "cache" / "requests.sqlite"),
-                     engines=EnginePool(cache_dir), progress=_PROGRESS.get("factory"))
+                     engines=EnginePool.shared(cache_dir), progress=_PROGRESS.get("factory"))
     _CONTEXTS[run_id] = ctx
     try:
         ing = ingest_task(run_id)

@@ -141,7 +141,7 @@ def parse_verdict(text: str | None) -> tuple[str | None, str | None]:
         w = m.group(1).lower()
         return ("tie" if w == "tie" else w.upper()), None
     hits = set(re.findall(r"\b(?:response|answer|assistant)\s+(A|B)\b\s+(?:is|was)\s+"
-                          r"(?:better|best|superior|preferred)", s, re.IGNORECASE))
+                          r"(?:\w+\s+)?(?:better|best|superior|preferred)", s, re.IGNORECASE))
     if len(hits) == 1:
         return hits.pop().upper(), None
     m = re.fullmatch(r"\W*(A|B|tie)\W*", s, re.IGNORECASE)
