@@ -24,12 +24,15 @@ err = Console(stderr=True)
 out = Console()
 
 
-def _prefect_env() -> None:
-    """Ephemeral Prefect with a project-local home and no telemetry, unless set by the user."""
+def _prefect_env(verbose: bool = False) -> None:
+    """Ephemeral Prefect with a project-local home and no telemetry, unless set by the user.
+
+    Without ``-v`` Prefect's own logging is kept to critical messages: the CLI prints a
+    one-line error itself (Prefect would add a traceback for every failed task)."""
     os.environ.setdefault("PREFECT_HOME", str(Path.cwd() / ".prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "CRITICAL")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -71,7 +74,7 @@ def run(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
         as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout"),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every stage")) -> None:
     """Run a curation (ingest → … → publish) and print where the dataset version is."""
-    _prefect_env()
+    _prefect_env(verbose)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("prefcurate").setLevel(logging.INFO)

@@ -197,6 +197,7 @@ def judge_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) ->
             comps.extend(out)
             total.add(stats)
         ordered = [r for j in jcfg.judges for r in reqs if r.annotator.startswith(j.name + "|")]
+        info["candidates_with_injection_like_text"] = judging.injection_like(candidates)
         res = judging.make_votes(ordered, comps, len(pairs_), drops, info)
         res.info["calls"] = total.__dict__
         ctx.calls["judge"] = total
@@ -216,7 +217,8 @@ def aggregate_task(run_id: str, vote_srcs: list[StageOutput], label_annotators: 
         tables = [s.read("votes") for s in vote_srcs]
         votes = pa.concat_tables(tables) if tables else VOTES.empty_table()
         return aggregation.aggregate_votes(votes, label_annotators=set(label_annotators),
-                                           method=ctx.cfg.aggregate.method)
+                                           method=ctx.cfg.aggregate.method,
+                                           use_logprobs=ctx.cfg.aggregate.use_logprobs)
 
     return _stage(ctx, "aggregate", aggregation.STAGE_VERSION,
                   [ctx.cfg.aggregate.model_dump(mode="json"), sorted(label_annotators)],
@@ -300,6 +302,7 @@ def publish_task(run_id: str, ing: StageOutput, cands: StageOutput, sel: StageOu
         "config": resolved, "config_hash": chash,
         "input": {"kind": cfg.input.kind, "path": cfg.input.path, "hash": in_hash},
         "models": models,
+        "stage_order": [o.stage for o in all_stages],
         "stages": stages,
         "stage_info": {o.stage: o.meta.get("info", {}) for o in all_stages},
         "calls": {k: v.__dict__ for k, v in ctx.calls.items()},

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from pipeline.hashing import file_hash, stable_hash
 from pipeline.stage import StageResult
-from schemas.tables import DROPPED, QUARANTINE, SCHEMAS, check_table
+from schemas.tables import DROPPED, QUARANTINE, SCHEMAS, check_table, conform
 
 COMPLETE = "_COMPLETE"
 
@@ -56,9 +56,7 @@ class StageOutput:
     def read(self, name: str) -> pa.Table:
         """Read one table and check it against its declared schema."""
         table = pq.read_table(self.path / f"{name}.parquet")
-        schema = SCHEMAS[name]
-        return check_table(table.cast(schema) if table.schema != schema else table, schema,
-                           f"{self.stage}/{name}")
+        return conform(table, SCHEMAS[name], f"{self.stage}/{name}")
 
     def tables(self) -> list[str]:
         return list(self.meta["tables"])

@@ -7,6 +7,12 @@ Row unit: one vote. Kept: votes with a verdict. Dropped: ``null_verdict`` (unpar
 judge output; the raw text stays in the votes table).
 
 Method ``majority``: p_a = (n_a + ½·n_tie) / n_valid (null without valid votes).
+With ``use_logprobs`` a vote that carries ``prob_a`` (the judge's probability of "a" from
+its logprobs, tie mass counted half) counts as a soft vote: ``prob_a`` to a and
+``1 − prob_a`` to b. Averaged over both presentation orders, this cancels a judge's
+position bias: a judge that always answers "A" still prefers, on average, the response
+it gives more probability to in both orders (measured: SmolLM2-135M answers "A" in 96/96
+calls, yet its probabilities separate the candidates).
 The dataset's own label is a vote like any other (annotators in ``label_annotators``) and
 is also reported in ``label``.
 
@@ -38,7 +44,7 @@ KEY = ["source_id", "prompt_id", "candidate_a", "candidate_b"]
 
 
 def aggregate_votes(votes: pa.Table, *, label_annotators: set[str] | frozenset[str] = frozenset(),
-                    method: str = "majority") -> StageResult:
+                    method: str = "majority", use_logprobs: bool = False) -> StageResult:
     """Aggregate votes per pair (vectorised with polars)."""
     if method != "majority":
         raise ValueError(f"unknown aggregation method {method!r}")
@@ -51,14 +57,25 @@ def aggregate_votes(votes: pa.Table, *, label_annotators: set[str] | frozenset[s
               "detail": "judge output did not parse"} for r in null.iter_rows(named=True)]
     labels = sorted(label_annotators)
     if df.height:
+        valid = pl.col("verdict").is_not_null()
+        soft = valid & pl.col("prob_a").is_not_null() if use_logprobs else pl.lit(False)
+        df = df.with_columns(
+            _a=pl.when(soft).then(pl.col("prob_a"))
+            .otherwise((pl.col("verdict") == "a").cast(pl.Float64)),
+            _b=pl.when(soft).then(1.0 - pl.col("prob_a"))
+            .otherwise((pl.col("verdict") == "b").cast(pl.Float64)),
+            _t=pl.when(soft).then(0.0)
+            .otherwise((pl.col("verdict") == "tie").cast(pl.Float64)),
+        )
         comp = (df.group_by(KEY, maintain_order=True).agg(
-            n_a=(pl.col("verdict") == "a").sum().cast(pl.Float64),
-            n_b=(pl.col("verdict") == "b").sum().cast(pl.Float64),
-            n_tie=(pl.col("verdict") == "tie").sum().cast(pl.Float64),
+            n_a=pl.col("_a").fill_null(0.0).sum(),
+            n_b=pl.col("_b").fill_null(0.0).sum(),
+            n_tie=pl.col("_t").fill_null(0.0).sum(),
+            n_valid=valid.sum().cast(pl.Int32),
             n_null=pl.col("verdict").is_null().sum().cast(pl.Int32),
             label=pl.col("verdict").filter(pl.col("annotator").is_in(labels)
                                            & pl.col("verdict").is_in(["a", "b"])).first(),
-        ).with_columns(n_votes=(pl.col("n_a") + pl.col("n_b") + pl.col("n_tie")).cast(pl.Int32))
+        ).rename({"n_valid": "n_votes"})
          .with_columns(p_a=pl.when(pl.col("n_votes") > 0)
                        .then((pl.col("n_a") + 0.5 * pl.col("n_tie")) / pl.col("n_votes"))
                        .otherwise(None)))
@@ -84,4 +101,32 @@ def aggregate_votes(votes: pa.Table, *, label_annotators: set[str] | frozenset[s
                 n=pl.len(), null=pl.col("verdict").is_null().sum()).iter_rows(named=True):
             annot[r["annotator"]] = {"votes": r["n"], "null": r["null"]}
     return StageResult(STAGE, {"comparisons": comparisons, "scores": scores}, counts,
-                       dropped_table(STAGE, drops), info={"method": method, "annotators": annot})
+                       dropped_table(STAGE, drops),
+                       info={"method": method, "use_logprobs": use_logprobs,
+                             "annotators": annot,
+                             "position_consistency": position_consistency(votes)})
+
+
+def position_consistency(votes: pa.Table) -> dict[str, dict[str, float | int]]:
+    """Per judge (annotator without its order): share of pairs whose ab and ba verdicts agree.
+
+    Only pairs with a parsed verdict in both orders count.
+    """
+    if not votes.num_rows:
+        return {}
+    df = pl.from_arrow(votes).filter(pl.col("order").is_in(["ab", "ba"])
+                                     & pl.col("verdict").is_not_null())
+    if not df.height:
+        return {}
+    df = df.with_columns(judge=pl.col("annotator").str.replace(r"\|(ab|ba)$", ""))
+    wide = (df.group_by(["judge", "source_id", "candidate_a", "candidate_b"])
+            .agg(ab=pl.col("verdict").filter(pl.col("order") == "ab").first(),
+                 ba=pl.col("verdict").filter(pl.col("order") == "ba").first())
+            .drop_nulls(["ab", "ba"]))
+    out = {}
+    for r in wide.group_by("judge").agg(n=pl.len(), agree=(pl.col("ab") == pl.col("ba")).sum(),
+                                        first=((pl.col("ab") == "a") & (pl.col("ba") == "b"))
+                                        .sum()).iter_rows(named=True):
+        out[r["judge"]] = {"pairs": r["n"], "consistency": r["agree"] / r["n"],
+                           "always_first_share": r["first"] / r["n"]}
+    return out

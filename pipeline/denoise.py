@@ -53,6 +53,8 @@ def decide(row: dict, cfg: DenoiseConfig) -> tuple[str, Reason | None]:
         return "drop", Reason.NULL_SCORE
     if "tie" in row["flags"]:
         return "drop", Reason.TIE
+    if row["disagreement"] is not None and row["disagreement"] > cfg.max_disagreement:
+        return "drop", Reason.HIGH_DISAGREEMENT
     status = row["label_status"]
     if status == "contradicted":
         if cfg.on_contradicted == "drop":
@@ -61,8 +63,6 @@ def decide(row: dict, cfg: DenoiseConfig) -> tuple[str, Reason | None]:
             return "flip", Reason.CONTRADICTED
     if status == "contested" and cfg.drop_contested:
         return "drop", Reason.CONTESTED
-    if row["disagreement"] is not None and row["disagreement"] > cfg.max_disagreement:
-        return "drop", Reason.HIGH_DISAGREEMENT
     return "keep", None
 
 

@@ -142,8 +142,9 @@ def parse_verdict(text: str | None) -> tuple[str | None, str | None]:
         return ("tie" if w == "tie" else w.upper()), None
     hits = set(re.findall(r"\b(?:response|answer|assistant)\s+(A|B)\b\s+(?:is|was)\s+"
                           r"(?:\w+\s+)?(?:better|best|superior|preferred)", s, re.IGNORECASE))
+    hits = {h.upper() for h in hits}
     if len(hits) == 1:
-        return hits.pop().upper(), None
+        return hits.pop(), None
     m = re.fullmatch(r"\W*(A|B|tie)\W*", s, re.IGNORECASE)
     if m:
         w = m.group(1).lower()
@@ -251,8 +252,11 @@ def make_votes(requests: list[JudgeRequest], completions: list[Completion],
                          dropped=dict(Counter(str(d["reason"]) for d in drops)),
                          rows_out=len(rows))
     parse_errors = sum(r["parse_error"] is not None for r in rows)
-    flagged = sum(1 for r in requests if _INJECTION.search(r.request.messages[-1][1]
-                                                            .split("[RESPONSE A", 1)[-1]))
     return StageResult(STAGE, {"votes": votes}, counts, dropped_table(STAGE, drops),
-                       info={**info, "judge_calls": len(rows), "parse_errors": parse_errors,
-                             "requests_with_injection_like_text": flagged})
+                       info={**info, "judge_calls": len(rows), "parse_errors": parse_errors})
+
+
+def injection_like(candidates: pa.Table) -> list[str]:
+    """Ids of candidates whose text looks aimed at the judge ("ignore the above", ...)."""
+    return [r["candidate_id"] for r in candidates.select(["candidate_id", "text"]).to_pylist()
+            if r["text"] and _INJECTION.search(r["text"])]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -93,6 +94,7 @@ class JudgeConfig(_Frozen):
 
 class AggregateConfig(_Frozen):
     method: Literal["majority"] = "majority"
+    use_logprobs: bool = True  # votes with prob_a count as soft votes (cancels position bias)
 
 
 class MarginConfig(_Frozen):
@@ -135,7 +137,8 @@ class RunConfig(_Frozen):
         return self
 
 
-SECRET_WORDS = ("key", "token", "secret", "password", "authorization")
+SECRET_WORDS = {"key", "apikey", "token", "secret", "password", "passwd", "authorization",
+                "credentials"}
 
 
 def redact(obj: Any) -> Any:
@@ -144,7 +147,8 @@ def redact(obj: Any) -> Any:
         out = {}
         for k, v in obj.items():
             kl = str(k).lower()
-            if any(w in kl for w in SECRET_WORDS) and not kl.endswith("_env") and v is not None \
+            words = set(re.split(r"[_\-.\s]+", kl))
+            if words & SECRET_WORDS and not kl.endswith("_env") and v is not None \
                     and not isinstance(v, (dict, list)):
                 out[k] = "***"
             else:

@@ -99,7 +99,7 @@ PAIRS = pa.schema([
     _f("n_votes", pa.int32()),
     _f("margin", pa.float64(), True),
     _f("weight", pa.float64(), True),
-    _f("label_status", pa.string()),  # agree | contested | contradicted | unlabeled
+    _f("label_status", pa.string()),  # agree | contested | contradicted | unknown
     _f("similarity", pa.float64(), True),
     _f("flags", pa.list_(pa.string())),
     _f("decision", pa.string()),  # keep | flip | drop
@@ -257,6 +257,13 @@ def from_rows(rows: list[dict[str, Any]], schema: pa.Schema, name: str) -> pa.Ta
     """Build a checked table from a list of row dicts."""
     if not rows:
         return schema.empty_table()
+    names = set(schema.names)
+    for i, r in enumerate(rows):
+        extra = set(r) - names
+        if extra:
+            col = sorted(extra)[0]
+            raise SchemaError(f"table '{name}': row {i} has unknown column '{col}' "
+                              f"(declared columns are {schema.names})", table=name, column=col)
     try:
         table = pa.Table.from_pylist(rows, schema=schema)
     except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError, TypeError) as exc:

@@ -1,0 +1,135 @@
+"""The curate flow end to end with the fake engine: accounting, resume, pairs without models,
+and the CLI. The real-engine run is in test_engine_e2e.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import polars as pl
+import pytest
+
+from flows.curate import curate
+from pipeline import store
+from schemas.config import load_config
+
+
+def _fake_cfg(tmp_path: Path, examples: Path, *extra: str):
+    return load_config(None, [f"data_root={tmp_path}", "name=fake-run",
+                              f"input.path={examples / 'prompts.jsonl'}", "input.limit=4",
+                              "generate.policies.0.model.engine=fake",
+                              "generate.policies.0.model.model=fake-policy",
+                              "judge.judges.0.model.engine=fake",
+                              "judge.judges.0.model.model=fake-judge", *extra])
+
+
+def _check_accounting(manifest: dict) -> None:
+    for stage, c in manifest["stages"].items():
+        assert c["in"] == c["kept"] + sum(c["dropped"].values()) + \
+            sum(c["quarantined"].values()), stage
+
+
+def test_fake_run_publishes_and_accounts(tmp_path, examples):
+    summary = curate(_fake_cfg(tmp_path, examples).model_dump(mode="json"))
+    assert summary["created"] and summary["version"] == 1
+    vpath = Path(summary["path"])
+    manifest = store.read_manifest(vpath)
+    _check_accounting(manifest)
+    assert manifest["stage_order"] == ["ingest", "generate", "judge", "aggregate", "margins",
+                                        "denoise", "pairs"]
+    assert manifest["stages"]["generate"]["in"] == 4 * 4
+    # judge: 4 prompts x C(4,2)=6 pairs, x2 orders
+    assert manifest["stages"]["judge"]["out"] == 4 * 6 * 2
+    assert store.verify_version(vpath) == []
+    ds = datasets.load_from_disk(str(vpath / "data"))
+    assert ds.num_rows == summary["rows"] == manifest["rows"]["data"]
+    dropped = pl.read_parquet(vpath / "dropped.parquet")
+    # every dropped row names its stage and reason
+    assert dropped["reason"].null_count() == 0 and dropped["stage"].null_count() == 0
+    for row in ds:
+        assert row["chosen"] != row["rejected"]
+        assert row["prompt"][-1]["role"] == "user"
+        assert row["chosen"][0]["role"] == "assistant"
+        assert 0.5 < row["p_hat"] <= 1 and row["margin"] >= 0
+
+
+def test_rerun_reuses_everything_and_publishes_nothing(tmp_path, examples):
+    cfg = _fake_cfg(tmp_path, examples).model_dump(mode="json")
+    first = curate(cfg)
+    second = curate(cfg)
+    assert second["created"] is False
+    assert second["version"] == first["version"] == 1
+    assert all(c["reused"] for c in second["stages"].values())
+    assert store.list_versions(tmp_path, "fake-run") == [1]
+    # a config change downstream of generation reuses generate and judge, not margins
+    third = curate({**cfg, "margins": {**cfg["margins"], "lam": 2.0}})
+    assert third["created"] and third["version"] == 2
+    assert third["stages"]["generate"]["reused"] and third["stages"]["judge"]["reused"]
+    assert not third["stages"]["margins"]["reused"]
+
+
+def test_model_calls_resume_after_lost_stage_outputs(tmp_path, examples):
+    """Stage folders deleted (as after a crash before the marker): calls come from cache."""
+    cfg = _fake_cfg(tmp_path, examples).model_dump(mode="json")
+    first = curate(cfg)
+    assert first["calls"]["generate"]["made"] == 4
+    import shutil
+    shutil.rmtree(tmp_path / "runs")
+    second = curate(cfg)
+    assert second["calls"]["generate"] == {"requests": 4, "reused": 4, "made": 0, "failed": 0}
+    assert second["calls"]["judge"]["made"] == 0
+    assert second["version"] == 1 and second["created"] is False
+
+
+def test_pairs_with_votes_loads_no_model(tmp_path, examples):
+    cfg = load_config(examples / "pairs_votes.yaml", [f"data_root={tmp_path}"])
+    summary = curate(cfg.model_dump(mode="json"))
+    assert summary["models_called"] == []
+    assert summary["calls"] == {}
+    assert summary["rows"] >= 1
+    manifest = store.read_manifest(summary["path"])
+    _check_accounting(manifest)
+    assert "generate" not in manifest["stages"] and "judge" not in manifest["stages"]
+    ds = datasets.load_from_disk(str(Path(summary["path"]) / "data"))
+    assert {"prompt", "chosen", "rejected", "margin", "weight", "p_hat",
+            "source_id"} <= set(ds.column_names)
+
+
+def test_cli_run_json_and_datasets(tmp_path, examples):
+    cmd = [sys.executable, "-m", "flows.cli", "run", "--config",
+           str(examples / "pairs_votes.yaml"), "--set", f"data_root={tmp_path}", "--json"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads(res.stdout)
+    assert Path(summary["path"]).is_dir() and summary["version"] == 1
+    res = subprocess.run([sys.executable, "-m", "flows.cli", "datasets", "show",
+                          "example-pairs@v1", "--root", str(tmp_path), "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    info = json.loads(res.stdout)
+    assert info["integrity_problems"] == [] and info["version"] == 1
+    res = subprocess.run([sys.executable, "-m", "flows.cli", "datasets", "list", "--root",
+                          str(tmp_path), "--json"], capture_output=True, text=True, timeout=120)
+    assert json.loads(res.stdout) == [{"name": "example-pairs", "versions": [1], "latest": 1}]
+
+
+def test_cli_rejects_unknown_key_with_hint(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--set", "input.limt=2"],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert res.returncode == 2
+    assert "did you mean 'input.limit'" in res.stderr
+
+
+def test_bad_input_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_LOGGING_LEVEL"}
+    res = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--set",
+                          f"input.path={bad}", "--set", f"data_root={tmp_path}"],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 2
+    assert "bad.jsonl" in res.stderr and "Traceback" not in res.stderr
