@@ -95,6 +95,8 @@ def run(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
     finally:
         prog.stop()
         set_progress_factory(None)
+        from flows.curate import EnginePool
+        EnginePool.close_all()
     summary["seconds"] = round(time.time() - t0, 1)
     if as_json:
         summary.pop("report", None)

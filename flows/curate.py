@@ -70,6 +70,22 @@ class EnginePool:
                 self._engines[key] = self._build(spec)
             return self._engines[key]
 
+    def close(self) -> None:
+        """Stop every engine of this pool."""
+        with self._lock:
+            for eng in self._engines.values():
+                close = getattr(eng, "close", None)
+                if close:
+                    close()
+            self._engines.clear()
+
+    @classmethod
+    def close_all(cls) -> None:
+        with cls._shared_lock:
+            for pool in cls._shared.values():
+                pool.close()
+            cls._shared.clear()
+
     def _build(self, spec: ModelSpec) -> Engine:
         if spec.engine == "fake":
             return FakeEngine(model=spec.model, context=spec.max_model_len)
@@ -295,8 +311,8 @@ def publish_task(run_id: str, ing: StageOutput, cands: StageOutput, sel: StageOu
     chash = config_hash(resolved)
     content_key = stable_hash(PUBLISH_VERSION, pipeline.__version__, chash,
                               [o.output_hash for o in all_stages], length=32)
-    models = sorted({p.model.model for p in cfg.generate.policies} if cfg.input.kind ==
-                    "prompts" else set()) + sorted({j.model.model for j in cfg.judge.judges})
+    models = sorted(({p.model.model for p in cfg.generate.policies} if cfg.input.kind ==
+                     "prompts" else set()) | {j.model.model for j in cfg.judge.judges})
     manifest = {
         "code_version": pipeline.__version__,
         "config": resolved, "config_hash": chash,

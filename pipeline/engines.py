@@ -68,6 +68,12 @@ class Completion:
     # per sample: {token_text: logprob} of the first generated tokens (top-k), if asked
     top_logprobs: list[list[dict[str, float]] | None] = field(default_factory=list)
     error: str | None = None
+    retryable: bool = True  # False for answers that cannot change (prompt too long): cached
+
+    @property
+    def final(self) -> bool:
+        """Worth caching: a success, or an error that a retry cannot fix."""
+        return self.error is None or not self.retryable
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
@@ -111,6 +117,10 @@ class FakeEngine:
         out = []
         for req in requests:
             self.calls += 1
+            n_tok = self.count_prompt_tokens(req)
+            if n_tok is not None and n_tok >= self.context:
+                out.append(too_long(n_tok, self.context))
+                continue
             texts = []
             for i in range(req.n):
                 if self.responder is not None:
@@ -131,6 +141,13 @@ class FakeEngine:
 
     def count_prompt_tokens(self, request: ChatRequest) -> int | None:
         return sum(len(c.split()) + 2 for _, c in request.messages)
+
+
+def too_long(n_tokens: int, context: int) -> Completion:
+    """The answer for a prompt that does not fit the model's context."""
+    return Completion(texts=[], finish_reasons=[], n_prompt_tokens=n_tokens,
+                      error=f"prompt_too_long: {n_tokens} prompt tokens >= context {context}",
+                      retryable=False)
 
 
 def _configure_vllm_cpu_env(cache_dir: Path | None) -> None:
@@ -191,6 +208,13 @@ class VLLMEngine:
     def max_context(self) -> int | None:
         return self._max_len
 
+    def close(self) -> None:
+        """Stop the engine-core process now rather than at interpreter exit."""
+        try:
+            self.llm.llm_engine.engine_core.shutdown()
+        except Exception as exc:  # already gone
+            log.debug("engine shutdown: %s", exc)
+
     def count_prompt_tokens(self, request: ChatRequest) -> int | None:
         ids = self._tokenizer.apply_chat_template(request.as_messages(), tokenize=True,
                                                   add_generation_prompt=True)
@@ -214,11 +238,21 @@ class VLLMEngine:
     def complete(self, requests: Sequence[ChatRequest]) -> list[Completion]:
         if not requests:
             return []
-        convs = [r.as_messages() for r in requests]
-        params = [self._sampling_params(r) for r in requests]
+        result: list[Completion | None] = [None] * len(requests)
+        todo = []
+        for i, r in enumerate(requests):
+            n_tok = self.count_prompt_tokens(r)
+            if n_tok is not None and n_tok >= self._max_len:
+                result[i] = too_long(n_tok, self._max_len)
+            else:
+                todo.append(i)
+        if not todo:
+            return result  # type: ignore[return-value]
+        convs = [requests[i].as_messages() for i in todo]
+        params = [self._sampling_params(requests[i]) for i in todo]
         outs = self.llm.chat(convs, params, use_tqdm=False)
-        result = []
-        for req, o in zip(requests, outs):
+        for i, o in zip(todo, outs):
+            req = requests[i]
             samples = sorted(o.outputs, key=lambda c: c.index)
             tops: list[list[dict[str, float]] | None] = []
             for c in samples:
@@ -230,13 +264,13 @@ class VLLMEngine:
                     tops.append(steps)
                 else:
                     tops.append(None)
-            result.append(Completion(
+            result[i] = Completion(
                 texts=[c.text for c in samples],
                 finish_reasons=[c.finish_reason for c in samples],
                 n_prompt_tokens=len(o.prompt_token_ids or []),
                 n_output_tokens=[len(c.token_ids) for c in samples],
-                top_logprobs=tops))
-        return result
+                top_logprobs=tops)
+        return result  # type: ignore[return-value]
 
 
 class RequestCache:
@@ -307,13 +341,13 @@ def run_cached(requests: Sequence[ChatRequest], *, engine_kind: str, model: str,
     """Answer ``requests`` in order, from the cache where possible.
 
     The engine is only built (``get_engine()``) when a request is missing from the cache.
-    Completions are committed after every batch. Completions with ``error`` are returned
-    but not cached, so the next run retries them.
+    Completions are committed after every batch. Completions with a retryable ``error``
+    are returned but not cached, so the next run retries them.
     """
     keys = [r.key(engine_kind, model) for r in requests]
     cached = cache.get_many(set(keys))
     stats = CallStats(requests=len(requests))
-    results: dict[str, Completion] = {k: v for k, v in cached.items() if v.error is None}
+    results: dict[str, Completion] = {k: v for k, v in cached.items() if v.final}
     missing_idx: list[int] = []
     seen: set[str] = set()
     for i, k in enumerate(keys):
@@ -339,8 +373,7 @@ def run_cached(requests: Sequence[ChatRequest], *, engine_kind: str, model: str,
                 log.warning("engine batch failed: %s: %s", type(exc).__name__, exc)
                 outs = [Completion(texts=[], finish_reasons=[], error=f"{type(exc).__name__}: "
                                    f"{exc}"[:500]) for _ in reqs]
-            good = [(keys[i], engine_kind, model, c) for i, c in zip(chunk, outs)
-                    if c.error is None]
+            good = [(keys[i], engine_kind, model, c) for i, c in zip(chunk, outs) if c.final]
             if good:
                 cache.put_many(good)
             for i, c in zip(chunk, outs):

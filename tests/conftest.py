@@ -25,3 +25,12 @@ EXAMPLES = REPO / "data" / "examples"
 @pytest.fixture
 def examples() -> Path:
     return EXAMPLES
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Stop engines started by the tests before the interpreter tears logging down."""
+    import sys
+
+    mod = sys.modules.get("flows.curate")
+    if mod is not None:
+        mod.EnginePool.close_all()
