@@ -101,6 +101,9 @@ class FakeEngine:
 
     ``responder(request, sample_index) -> str`` may be given; the default echoes a hash.
     ``calls`` counts requests answered, so tests can prove what was (not) recomputed.
+    For subprocess tests (kill and resume), ``$PREFCURATE_FAKE_CALL_LOG`` names a file that
+    gets one line per answered request (its content hash, appended and flushed), and
+    ``$PREFCURATE_FAKE_DELAY`` a delay in seconds per request.
     """
 
     kind = "fake"
@@ -115,8 +118,16 @@ class FakeEngine:
 
     def complete(self, requests: Sequence[ChatRequest]) -> list[Completion]:
         out = []
+        log_path = os.environ.get("PREFCURATE_FAKE_CALL_LOG")
+        delay = float(os.environ.get("PREFCURATE_FAKE_DELAY", "0") or 0)
         for req in requests:
             self.calls += 1
+            if delay:
+                time.sleep(delay)
+            if log_path:
+                with open(log_path, "a") as fh:
+                    fh.write(req.key(self.kind, self.model) + "\n")
+                    fh.flush()
             n_tok = self.count_prompt_tokens(req)
             if n_tok is not None and n_tok >= self.context:
                 out.append(too_long(n_tok, self.context))

@@ -93,7 +93,7 @@ class JudgeConfig(_Frozen):
 
 
 class AggregateConfig(_Frozen):
-    method: Literal["majority"] = "majority"
+    method: Literal["majority", "dawid_skene", "one_coin"] = "majority"
     use_logprobs: bool = True  # votes with prob_a count as soft votes (cancels position bias)
 
 
