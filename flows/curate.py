@@ -265,7 +265,7 @@ def pairs_task(run_id: str, den: StageOutput) -> StageOutput:
     ctx = _ctx(run_id)
     return _stage(ctx, "pairs", pairs.STAGE_VERSION, ctx.cfg.pairs.model_dump(mode="json"),
                   [den.output_hash],
-                  lambda: pairs.build_pairs(den.read("pairs"), ctx.cfg.pairs.strategy))
+                  lambda: pairs.build_pairs(den.read("pairs"), ctx.cfg.pairs))
 
 
 def _stage_rows(outs: list[StageOutput]) -> dict[str, Any]:

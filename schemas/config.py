@@ -111,7 +111,15 @@ class DenoiseConfig(_Frozen):
 
 
 class PairsConfig(_Frozen):
-    strategy: Literal["best_worst"] = "best_worst"
+    # best_worst: per prompt, best vs worst by aggregated score; all_pairs: every kept pair
+    # with margin >= min_margin; curriculum: Curry-DPO, pairs sharing the best response
+    # ordered by score gap into `curriculum_stages` stages (1 = easiest)
+    strategy: Literal["best_worst", "all_pairs", "curriculum"] = "best_worst"
+    min_margin: float = Field(0.0, ge=0)
+    curriculum_stages: int = Field(3, ge=1)
+    split: Literal["none", "easy_hard"] = "none"  # MPO: |margin| quantile split
+    hard_quantile: float = Field(0.5, gt=0, lt=1)  # margins below this quantile are "hard"
+    reward_augmented: bool = False  # add score-conditioned twins (arXiv 2410.08067)
 
 
 class RunConfig(_Frozen):

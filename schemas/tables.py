@@ -130,7 +130,10 @@ PUBLISHED = pa.schema([
     _f("rejected_policy", pa.string()),
     _f("label_status", pa.string()),
     _f("decision", pa.string()),
+    _f("flipped", pa.bool_()),  # chosen/rejected exchanged against the input's label
     _f("flags", pa.list_(pa.string())),
+    _f("curriculum_stage", pa.int32(), True),
+    _f("split", pa.string(), True),
 ])
 
 # Every row a stage did not keep: the stage, why, and enough to find it again.

@@ -34,7 +34,8 @@ def _pair(i: int) -> dict:
         "source_id": f"src-{i}", "prompt_id": f"p{i}", "pair_id": f"pair{i}",
         "chosen_id": f"c{i}", "rejected_id": f"r{i}",
         "chosen_policy": "model-a", "rejected_policy": "model-b",
-        "label_status": "agree", "decision": "keep", "flags": ["plurality"] if i % 2 else [],
+        "label_status": "agree", "decision": "keep", "flipped": False,
+        "flags": ["plurality"] if i % 2 else [],
     }
 
 
