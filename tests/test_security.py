@@ -1,0 +1,76 @@
+"""Security: safe YAML, dataset names inside the data root, secrets never written,
+nothing from user input unpickled or evaluated."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows.curate import curate
+from pipeline import store
+from pipeline.errors import ConfigError, StoreError
+from schemas.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_yaml_python_tags_are_rejected(tmp_path):
+    marker = tmp_path / "pwned"
+    cfg = tmp_path / "evil.yaml"
+    cfg.write_text(f"name: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(ConfigError):
+        load_config(cfg)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["../escape", "/abs/path", "a/b", "..", "", "x" * 200])
+def test_dataset_names_cannot_escape_the_root(tmp_path, name):
+    with pytest.raises(StoreError):
+        store.validate_name(name)
+    with pytest.raises((StoreError, ConfigError)):
+        curate(load_config(None, [f"data_root={tmp_path}", f"name={name}",
+                                  "input.kind=pairs",
+                                  f"input.path={REPO / 'data/examples/pairs_votes.jsonl'}",
+                                  "judge.judges=[]"]).model_dump(mode="json"))
+    assert not (tmp_path.parent / "escape").exists()
+
+
+def test_planted_api_key_never_written(tmp_path):
+    """A key given through the environment reaches no file, log line or summary."""
+    secret = "sk-planted-0123456789abcdef"
+    sets = [f"data_root={tmp_path}", "name=secrets", "input.limit=2",
+            f"input.path={REPO / 'data/examples/prompts.jsonl'}",
+            "generate.policies.0.model.engine=fake",
+            "generate.policies.0.model.api_key_env=PREFCURATE_TEST_API_KEY",
+            "judge.judges.0.model.engine=fake",
+            "judge.judges.0.model.api_key_env=PREFCURATE_TEST_API_KEY"]
+    res = subprocess.run([sys.executable, "-m", "flows.cli", "run", "-v", "--json",
+                          *[a for s in sets for a in ("--set", s)]],
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PREFCURATE_TEST_API_KEY": secret})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert secret not in res.stdout and secret not in res.stderr
+    hits = [str(f) for f in tmp_path.rglob("*") if f.is_file() and secret.encode() in
+            f.read_bytes()]
+    assert hits == []
+    manifest = store.read_manifest(store.resolve(tmp_path, "secrets").path)
+    # the manifest names the variable, never its value
+    assert manifest["config"]["generate"]["policies"][0]["model"]["api_key_env"] == \
+        "PREFCURATE_TEST_API_KEY"
+
+
+def test_no_unsafe_deserialisation_or_eval_in_the_code():
+    bad = re.compile(r"\b(pickle\.loads?|cloudpickle\.loads?|yaml\.load\(|yaml\.unsafe_load|"
+                     r"(?<![\w.])eval\(|(?<![\w.])exec\(|torch\.load\()")
+    offenders = []
+    for d in ("pipeline", "flows", "schemas"):
+        for f in (REPO / d).rglob("*.py"):
+            for i, line in enumerate(f.read_text().splitlines(), 1):
+                if bad.search(line):
+                    offenders.append(f"{f.relative_to(REPO)}:{i}: {line.strip()}")
+    assert offenders == []
