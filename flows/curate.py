@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 import pipeline
 from pipeline import aggregation, denoise, generation, judging, margins, pairs, store
 from pipeline.embedded import default_cache_dir, resolve_model_path
 from pipeline.engines import CallStats, Engine, FakeEngine, RequestCache, VLLMEngine, run_cached
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, PrefcurateError
 from pipeline.hashing import stable_hash, tree_hash
 from pipeline.ingest import ingest_pairs, ingest_prompts
 from pipeline.stage import StageCounts, StageResult
@@ -131,16 +131,45 @@ def _stage(ctx: RunContext, mod_stage: str, version: int, cfg: Any, inputs: list
     done = ctx.stages.load(mod_stage, key)
     if done is not None:
         log.info("stage %s: reusing finished output %s", mod_stage, done.path.name)
+        _artifact(done)
         return done
     result = compute()
-    return ctx.stages.save(result, key, complete=complete(result), inputs=inputs)
+    out = ctx.stages.save(result, key, complete=complete(result), inputs=inputs)
+    _artifact(out)
+    return out
+
+
+def _transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry a task on unexpected errors (I/O, engine crashes), never on our own typed
+    errors (bad config, bad input, schema violations), which a retry cannot fix. Model
+    calls already made are in the request cache, so a retry repeats none of them."""
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception:  # pragma: no cover - cannot read the state: be safe, retry
+        return True
+    return not isinstance(exc, PrefcurateError)
+
+
+def _artifact(out: StageOutput) -> None:
+    """Attach the stage's counts to the Prefect run as a table artifact."""
+    c = out.counts
+    rows = [{"stage": out.stage, "in": c["in"], "kept": c["kept"], "out": c.get("out"),
+             **{f"dropped:{k}": v for k, v in c["dropped"].items()},
+             **{f"quarantined:{k}": v for k, v in c["quarantined"].items()},
+             "reused": out.reused}]
+    try:
+        create_table_artifact(table=rows, key=f"prefcurate-{out.stage}",
+                              description=f"rows of stage {out.stage}")
+    except Exception as exc:  # artifacts are a convenience, never a failure
+        log.debug("no artifact for %s: %s", out.stage, exc)
 
 
 def _progress(ctx: RunContext, label: str, total: int) -> Callable[[int], None] | None:
     return ctx.progress(label, total) if ctx.progress else None
 
 
-@task(name="ingest", cache_policy=NO_CACHE)
+@task(name="ingest", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5,
+      retry_condition_fn=_transient)
 def ingest_task(run_id: str) -> StageOutput:
     ctx = _ctx(run_id)
     inp = ctx.cfg.input
@@ -151,7 +180,8 @@ def ingest_task(run_id: str) -> StageOutput:
                   lambda: fn(inp.path, source=inp.source, limit=inp.limit))
 
 
-@task(name="generate", cache_policy=NO_CACHE)
+@task(name="generate", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60],
+      retry_condition_fn=_transient)
 def generate_task(run_id: str, ingest: StageOutput) -> StageOutput:
     ctx = _ctx(run_id)
     gcfg = ctx.cfg.generate
@@ -182,7 +212,8 @@ def generate_task(run_id: str, ingest: StageOutput) -> StageOutput:
                   complete=lambda r: r.counts.quarantined.get("request_failed", 0) == 0)
 
 
-@task(name="judge", cache_policy=NO_CACHE)
+@task(name="judge", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60],
+      retry_condition_fn=_transient)
 def judge_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -> StageOutput:
     ctx = _ctx(run_id)
     jcfg = ctx.cfg.judge
@@ -293,7 +324,8 @@ def _card(name: str, version_hint: str, cfg: RunConfig, stages: dict[str, Any],
     return "\n".join(lines)
 
 
-@task(name="publish", cache_policy=NO_CACHE)
+@task(name="publish", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5,
+      retry_condition_fn=_transient)
 def publish_task(run_id: str, ing: StageOutput, cands: StageOutput, sel: StageOutput,
                  all_stages: list[StageOutput]) -> dict[str, Any]:
     import pyarrow as pa
