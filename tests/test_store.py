@@ -276,7 +276,8 @@ def test_resolve(tmp_path):
 
 # ---------------------------------------------------------------------------- concurrency
 
-def test_concurrent_publishers_get_distinct_versions(tmp_path):
+@pytest.mark.parametrize("workers,each", [(4, 3), (8, 5)])
+def test_concurrent_publishers_get_distinct_versions(tmp_path, workers, each):
     root = tmp_path / "store"
     go = tmp_path / "go"
     code = textwrap.dedent(f"""
@@ -290,22 +291,23 @@ def test_concurrent_publishers_get_distinct_versions(tmp_path):
         Path({str(tmp_path)!r}, f"ready-{{wid}}").touch()
         while not Path({str(go)!r}).exists():
             time.sleep(0.01)
-        for j in range(3):
+        for j in range({each}):
             ref = _publish(Path({str(root)!r}), f"worker{{wid}}-{{j}}")
             assert ref.created
             print(ref.version, flush=True)
     """)
     procs = [subprocess.Popen([sys.executable, "-c", code, str(w)], cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for w in range(4)]
+             for w in range(workers)]
+    n = workers * each
     try:
-        deadline = time.monotonic() + 60
-        while len(list(tmp_path.glob("ready-*"))) < 4 and time.monotonic() < deadline:
+        deadline = time.monotonic() + 120
+        while len(list(tmp_path.glob("ready-*"))) < workers and time.monotonic() < deadline:
             if any(p.poll() is not None for p in procs):
                 break
             time.sleep(0.05)
         go.touch()
-        results = [p.communicate(timeout=60) for p in procs]
+        results = [p.communicate(timeout=180) for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
@@ -313,16 +315,16 @@ def test_concurrent_publishers_get_distinct_versions(tmp_path):
     for p, (out, err) in zip(procs, results):
         assert p.returncode == 0, err
     got = sorted(int(v) for out, _ in results for v in out.split())
-    assert got == list(range(1, 13))
-    assert store.list_versions(root, "dpo") == list(range(1, 13))
+    assert got == list(range(1, n + 1))
+    assert store.list_versions(root, "dpo") == list(range(1, n + 1))
     keys = set()
-    for v in range(1, 13):
+    for v in range(1, n + 1):
         path = store.version_path(root, "dpo", v)
         assert store.verify_version(path) == []
         m = store.read_manifest(path)
         assert m["parent_version"] == (v - 1 if v > 1 else None)
         keys.add(m["content_key"])
-    assert len(keys) == 12
+    assert len(keys) == n
     assert _tmp_dirs(root) == []
 
 
