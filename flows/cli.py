@@ -74,9 +74,14 @@ def run(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
         set_: list[str] = typer.Option([], "--set", help="Override a config key: "
                                        "--set input.limit=2 (repeatable)"),
         as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout"),
+        runner: Optional[str] = typer.Option(None, "--runner", help="thread | dask | ray "
+                                             "(same as --set runner.kind=...)"),
+        workers: Optional[int] = typer.Option(None, "--workers", help="runner workers"),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every stage")) -> None:
     """Run a curation (ingest → … → publish) and print where the dataset version is."""
     _prefect_env(verbose)
+    set_ = list(set_) + ([f"runner.kind={runner}"] if runner else []) + \
+        ([f"runner.workers={workers}"] if workers else [])
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("prefcurate").setLevel(logging.INFO)
@@ -85,12 +90,12 @@ def run(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
         cfg = load_config(config, set_)
     except PrefcurateError as exc:
         _fail(exc)
-    from flows.curate import curate, set_progress_factory
+    from flows.curate import run_curation, set_progress_factory
     prog = _RichProgress()
     set_progress_factory(prog.factory)
     t0 = time.time()
     try:
-        summary = curate(cfg.model_dump(mode="json"))
+        summary = run_curation(cfg.model_dump(mode="json"))
     except PrefcurateError as exc:
         prog.stop()
         _fail(exc)

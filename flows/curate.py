@@ -27,7 +27,8 @@ from prefect.cache_policies import NO_CACHE
 import pipeline
 from pipeline import aggregation, denoise, generation, judging, margins, pairs, store
 from pipeline.embedded import default_cache_dir, resolve_model_path
-from pipeline.engines import CallStats, Engine, FakeEngine, RequestCache, VLLMEngine, run_cached
+from pipeline.engines import (CallStats, ChatRequest, Engine, FakeEngine, RequestCache,
+                              VLLMEngine, run_cached)
 from pipeline.errors import ConfigError, PrefcurateError
 from pipeline.hashing import stable_hash, tree_hash
 from pipeline.ingest import ingest_pairs, ingest_prompts
@@ -97,8 +98,16 @@ class EnginePool:
                               max_model_len=spec.max_model_len, engine_args=spec.engine_args,
                               structured_backend=spec.structured_backend,
                               cache_dir=self.cache_dir)
-        raise ConfigError(f"engine '{spec.engine}' is not available in this version; use "
-                          f"'vllm' (or 'fake' in tests)")
+        if spec.engine == "openai":
+            from pipeline.openai_engine import OpenAIEngine
+
+            if not spec.base_url:
+                raise ConfigError(f"model '{spec.model}': engine 'openai' needs base_url, e.g. "
+                                  f"--set ...model.base_url=http://127.0.0.1:8000/v1")
+            return OpenAIEngine(spec.model, spec.base_url, api_key_env=spec.api_key_env,
+                                max_concurrency=spec.max_concurrency, timeout_s=spec.timeout_s,
+                                max_retries=spec.max_retries, context=spec.max_model_len)
+        raise ConfigError(f"unknown engine '{spec.engine}'")
 
 
 @dataclass
@@ -122,6 +131,23 @@ _CONTEXTS: dict[str, RunContext] = {}
 
 def _ctx(run_id: str) -> RunContext:
     return _CONTEXTS[run_id]
+
+
+def _register(run_id: str, ctx: RunContext | None) -> None:
+    """Keep (or forget) a run's context. The flow body only calls functions, never touches
+    module state directly: Prefect pickles the flow function for remote task runners, and
+    by-value pickling would drag the state (SQLite handles, engines) along."""
+    if ctx is None:
+        _CONTEXTS.pop(run_id, None)
+    else:
+        _CONTEXTS[run_id] = ctx
+
+
+def _new_context(cfg: RunConfig) -> RunContext:
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    return RunContext(cfg=cfg, stages=StageStore(Path(cfg.data_root) / "runs" / cfg.name),
+                      cache=RequestCache(Path(cfg.data_root) / "cache" / "requests.sqlite"),
+                      engines=EnginePool.shared(cache_dir), progress=_PROGRESS.get("factory"))
 
 
 def _stage(ctx: RunContext, mod_stage: str, version: int, cfg: Any, inputs: list[str],
@@ -189,7 +215,7 @@ def generate_task(run_id: str, ingest: StageOutput) -> StageOutput:
     def compute() -> StageResult:
         prompts = ingest.read("prompts")
         reqs = generation.build_generation_requests(prompts, list(gcfg.policies))
-        comps = []
+        comps = []  # served from the cache when shards already answered them
         total = CallStats()
         for pol in gcfg.policies:
             mine = [r for r in reqs if r.policy == pol.name]
@@ -212,6 +238,76 @@ def generate_task(run_id: str, ingest: StageOutput) -> StageOutput:
                   complete=lambda r: r.counts.quarantined.get("request_failed", 0) == 0)
 
 
+def plan_judging(jcfg: Any, prompts: Any, candidates: Any) -> tuple[list, list, dict, list]:
+    """Pairs to judge (cap and call budget applied) and their judge requests."""
+    pairs_, drops, info = judging.select_pairs(candidates, jcfg.max_pairs_per_prompt)
+    calls_per_pair = 2 * len(jcfg.judges)
+    if jcfg.budget is not None and len(pairs_) * calls_per_pair > jcfg.budget:
+        keep = jcfg.budget // calls_per_pair
+        for pid, sid, a, b in pairs_[keep:]:
+            drops.append({"source_id": sid, "row_id": f"{a}|{b}", "reason": "over_budget",
+                          "detail": f"judge budget {jcfg.budget} calls"})
+        pairs_ = pairs_[:keep]
+    reqs = judging.build_judge_requests(pairs_, candidates, prompts, list(jcfg.judges))
+    return pairs_, drops, info, reqs
+
+
+def answer_shard(spec_json: dict[str, Any], requests: list[ChatRequest], cache_path: str,
+                 cache_dir: str, batch_size: int) -> dict[str, int]:
+    """Answer one shard of requests into the shared request cache (scale-out workers).
+
+    Self-contained, so it runs in any worker process (Dask, Ray): it opens the cache file
+    and starts (or reuses) its own engine. The stage then finds every answer cached.
+    """
+    spec = ModelSpec.model_validate(spec_json)
+    cache = RequestCache(cache_path)
+    pool = EnginePool.shared(Path(cache_dir))
+    try:
+        _, stats = run_cached(requests, engine_kind=spec.engine, model=spec.model,
+                              get_engine=lambda: pool.get(spec), cache=cache,
+                              batch_size=batch_size)
+    finally:
+        cache.close()
+    return stats.__dict__
+
+
+@task(name="warm-shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60],
+      retry_condition_fn=_transient)
+def warm_shard_task(spec_json: dict[str, Any], requests: list[ChatRequest], cache_path: str,
+                    cache_dir: str, batch_size: int) -> dict[str, int]:
+    """Prefect task around :func:`answer_shard` (kept tiny: workers unpickle it)."""
+    import flows.curate as here
+
+    return here.answer_shard(spec_json, requests, cache_path, cache_dir, batch_size)
+
+
+def _warm_in_shards(ctx: RunContext, label: str, groups: list[tuple[ModelSpec, list[ChatRequest]]],
+                    batch_size: int) -> None:
+    """Split uncached requests into shards run by the flow's task runner."""
+    n = ctx.cfg.runner.shards or ctx.cfg.runner.workers
+    cache_path = str(Path(ctx.cfg.data_root) / "cache" / "requests.sqlite")
+    futures = []
+    total = CallStats()
+    for spec, reqs in groups:
+        have = ctx.cache.get_many({r.key(spec.engine, spec.model) for r in reqs})
+        todo = [r for r in reqs if not (r.key(spec.engine, spec.model) in have
+                                        and have[r.key(spec.engine, spec.model)].final)]
+        total.reused += len(reqs) - len(todo)
+        total.requests += len(reqs)
+        for i in range(n):
+            shard = todo[i::n]
+            if shard:
+                futures.append(warm_shard_task.submit(
+                    spec.model_dump(mode="json"), shard, cache_path,
+                    str(ctx.engines.cache_dir), batch_size))
+    for f in futures:
+        st = f.result()
+        total.made += st["made"]
+        total.failed += st["failed"]
+    log.info("%s: %d shards answered %d requests", label, len(futures), total.made)
+    ctx.calls[f"{label}_shards"] = total
+
+
 @task(name="judge", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60],
       retry_condition_fn=_transient)
 def judge_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -> StageOutput:
@@ -221,15 +317,7 @@ def judge_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) ->
     def compute() -> StageResult:
         prompts = prompts_src.read("prompts")
         candidates = cands_src.read("candidates")
-        pairs_, drops, info = judging.select_pairs(candidates, jcfg.max_pairs_per_prompt)
-        calls_per_pair = 2 * len(jcfg.judges)
-        if jcfg.budget is not None and len(pairs_) * calls_per_pair > jcfg.budget:
-            keep = jcfg.budget // calls_per_pair
-            for pid, sid, a, b in pairs_[keep:]:
-                drops.append({"source_id": sid, "row_id": f"{a}|{b}", "reason": "over_budget",
-                              "detail": f"judge budget {jcfg.budget} calls"})
-            pairs_ = pairs_[:keep]
-        reqs = judging.build_judge_requests(pairs_, candidates, prompts, list(jcfg.judges))
+        pairs_, drops, info, reqs = plan_judging(jcfg, prompts, candidates)
         log.info("judge: %d pairs x %d judges x 2 orders = %d judge calls", len(pairs_),
                  len(jcfg.judges), len(reqs))
         comps = []
@@ -390,24 +478,32 @@ def curate(config: dict[str, Any]) -> dict[str, Any]:
     """Run one curation from a RunConfig (as a dict) and publish a dataset version."""
     cfg = RunConfig.model_validate(config)
     store.validate_name(cfg.name)
-    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-    run_root = Path(cfg.data_root) / "runs" / cfg.name
     run_id = stable_hash(datetime.now(timezone.utc).isoformat(), os.getpid(),
                          threading.get_ident())
-    ctx = RunContext(cfg=cfg, stages=StageStore(run_root),
-                     cache=RequestCache(Path(cfg.data_root) / "cache" / "requests.sqlite"),
-                     engines=EnginePool.shared(cache_dir), progress=_PROGRESS.get("factory"))
-    _CONTEXTS[run_id] = ctx
+    ctx = _new_context(cfg)
+    _register(run_id, ctx)
     try:
         ing = ingest_task(run_id)
         outs = [ing]
         if cfg.input.kind == "prompts":
+            if cfg.runner.kind != "thread":
+                reqs = generation.build_generation_requests(ing.read("prompts"),
+                                                            list(cfg.generate.policies))
+                _warm_in_shards(ctx, "generate", [
+                    (p.model, [r.request for r in reqs if r.policy == p.name])
+                    for p in cfg.generate.policies], cfg.generate.batch_size)
             cands = generate_task(run_id, ing)
             outs.append(cands)
         else:
             cands = ing
         vote_srcs = [] if cfg.input.kind == "prompts" else [ing]
         if cfg.judge.judges:
+            if cfg.runner.kind != "thread":
+                _, _, _, jreqs = plan_judging(cfg.judge, ing.read("prompts"),
+                                              cands.read("candidates"))
+                _warm_in_shards(ctx, "judge", [
+                    (j.model, [r.request for r in jreqs if r.annotator.startswith(j.name + "|")])
+                    for j in cfg.judge.judges], cfg.judge.batch_size)
             jud = judge_task(run_id, ing, cands)
             outs.append(jud)
             vote_srcs.append(jud)
@@ -424,7 +520,37 @@ def curate(config: dict[str, Any]) -> dict[str, Any]:
         return summary
     finally:
         ctx.cache.close()
-        _CONTEXTS.pop(run_id, None)
+        _register(run_id, None)
+
+
+def task_runner_for(kind: str, workers: int) -> Any:
+    """The Prefect task runner for ``runner.kind`` (prefect-dask / prefect-ray)."""
+    if kind == "thread":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=workers)
+    if kind == "dask":
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError as exc:
+            raise ConfigError("runner 'dask' needs prefect-dask: pip install prefect-dask") from exc
+        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1,
+                                              "processes": True})
+    if kind == "ray":
+        try:
+            from prefect_ray import RayTaskRunner
+        except ImportError as exc:
+            raise ConfigError("runner 'ray' needs prefect-ray: pip install prefect-ray") from exc
+        return RayTaskRunner()
+    raise ConfigError(f"unknown runner '{kind}' (thread, dask, ray)")
+
+
+def run_curation(config: dict[str, Any]) -> dict[str, Any]:
+    """Run ``curate`` with the task runner its config asks for."""
+    cfg = RunConfig.model_validate(config)
+    flow_ = curate if cfg.runner.kind == "thread" else curate.with_options(
+        task_runner=task_runner_for(cfg.runner.kind, cfg.runner.workers))
+    return flow_(config)
 
 
 # The CLI installs a rich progress factory here; tests and library users may leave it out.

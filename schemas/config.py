@@ -43,6 +43,9 @@ class ModelSpec(_Frozen):
     engine_args: dict[str, Any] = Field(default_factory=dict)  # passed to vllm.LLM as is
     base_url: str | None = None  # openai engine: e.g. http://127.0.0.1:8000/v1
     api_key_env: str | None = None  # name of the environment variable holding the key
+    max_concurrency: int = Field(16, ge=1)  # openai engine: requests in flight
+    timeout_s: float = Field(120.0, gt=0)  # openai engine: per request
+    max_retries: int = Field(5, ge=0)  # openai engine: on 429 / 5xx / connection errors
     structured_backend: str = "guidance"  # vLLM structured-outputs backend for judges
 
     def engine_key(self) -> str:
@@ -108,6 +111,45 @@ class DenoiseConfig(_Frozen):
     on_contradicted: Literal["drop", "flip", "keep"] = "drop"
     drop_contested: bool = False
     max_disagreement: float = Field(1.0, ge=0, le=1)  # drop pairs above this disagreement
+    # LCPO / RE-PO confidence weights (pipeline/weights.py): weight = w_i; w < flip_below
+    # -> on_low_confidence; flip_below <= w < drop_below -> drop (low_confidence)
+    confidence_weights: bool = False
+    weight_source: Literal["p_hat", "scores"] = "p_hat"  # p_i: votes, or sigma(s_w - s_l)
+    exclude_label_vote: bool = True  # take the label's own vote out of p_hat for p_i
+    weight_calibration: bool = True  # EM also fits the scale of p_i's log-odds (and CRM's)
+    eta_init: float = Field(0.9, ge=0.5, le=1)
+    flip_below: float = Field(0.1, ge=0, le=1)
+    drop_below: float = Field(0.4, ge=0, le=1)
+    on_low_confidence: Literal["flip", "drop"] = "flip"
+    # CRM collaborative peer review (pipeline/peer_review.py); needs embeddings
+    peer_review: bool = False
+    peer_review_noise_rate: float | None = Field(None, ge=0, le=0.5)  # None: estimated
+    peer_review_epochs: int = Field(8, ge=1)
+    peer_review_warmup_epochs: int = Field(3, ge=0)
+    peer_review_late_epochs: int = Field(3, ge=1)
+    peer_review_hidden: int = Field(64, ge=1)
+    peer_review_seed: int = 0
+    # drop: pairs both heads reject are dropped (peer_review); weights: the heads' mean
+    # margin is extra evidence in the confidence weights (needs confidence_weights)
+    peer_review_mode: Literal["drop", "weights"] = "drop"
+    # SCIR agreement filter: keep only pairs whose judges, reward models and label agree
+    agreement_filter: bool = False
+
+    @model_validator(mode="after")
+    def _check_thresholds(self) -> "DenoiseConfig":
+        if self.flip_below > self.drop_below:
+            raise ValueError(f"denoise: flip_below ({self.flip_below}) must not exceed "
+                             f"drop_below ({self.drop_below}); weights below flip_below are "
+                             f"flipped, those up to drop_below dropped")
+        if self.peer_review_late_epochs > self.peer_review_epochs:
+            raise ValueError(f"denoise: peer_review_late_epochs "
+                             f"({self.peer_review_late_epochs}) must not exceed "
+                             f"peer_review_epochs ({self.peer_review_epochs})")
+        if self.peer_review_mode == "weights" and not self.confidence_weights:
+            raise ValueError("denoise: peer_review_mode 'weights' feeds the reward heads' "
+                             "margins into the confidence weights; set "
+                             "confidence_weights: true, or use peer_review_mode 'drop'")
+        return self
 
 
 class PairsConfig(_Frozen):
@@ -122,6 +164,14 @@ class PairsConfig(_Frozen):
     reward_augmented: bool = False  # add score-conditioned twins (arXiv 2410.08067)
 
 
+class RunnerConfig(_Frozen):
+    """Where model calls run: this process (thread), or shards on a Dask / Ray cluster."""
+
+    kind: Literal["thread", "dask", "ray"] = "thread"
+    workers: int = Field(2, ge=1)  # dask: local worker processes (each starts its engine)
+    shards: int | None = None  # request shards per model stage (default: workers)
+
+
 class RunConfig(_Frozen):
     name: str = "mtbench-smollm2"
     data_root: str = "data"
@@ -133,6 +183,7 @@ class RunConfig(_Frozen):
     margins: MarginConfig = Field(default_factory=MarginConfig)
     denoise: DenoiseConfig = Field(default_factory=DenoiseConfig)
     pairs: PairsConfig = Field(default_factory=PairsConfig)
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
 
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":
