@@ -183,6 +183,68 @@ def datasets_show(ref: str = typer.Argument(..., help="NAME or NAME@vN"),
     out.print("integrity: " + ("ok" if not problems else "; ".join(problems)))
 
 
+@app.command()
+def report(ref: str = typer.Argument(..., help="NAME or NAME@vN"),
+           root: Path = typer.Option(Path("data"), help="Store root (data_root)"),
+           html: Optional[Path] = typer.Option(None, "--html", help="HTML path (default "
+                                               "<root>/datasets/<name>/reports/v<N>.html)"),
+           as_json: bool = typer.Option(False, "--json")) -> None:
+    """Per-stage data-quality report: terminal tables and one self-contained HTML file."""
+    from pipeline import store
+    from pipeline.report import build_report, render_terminal, write_report
+    try:
+        v = store.resolve(root, ref)
+        rep = build_report(v.path)
+    except PrefcurateError as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps(rep, indent=2, default=str))
+        return
+    render_terminal(rep, out)
+    out.print(f"HTML report: {write_report(v.path, html, report=rep)}")
+
+
+@datasets_app.command("diff")
+def datasets_diff(a: str = typer.Argument(..., help="NAME@vA"),
+                  b: str = typer.Argument(..., help="NAME@vB"),
+                  root: Path = typer.Option(Path("data"), help="Store root (data_root)"),
+                  as_json: bool = typer.Option(False, "--json")) -> None:
+    """Pairs added / removed / changed decision, drop reasons and margin shift."""
+    from pipeline.diff import diff_versions, render_diff_terminal
+    try:
+        d = diff_versions(root, a, b)
+    except PrefcurateError as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps(d, indent=2, default=str))
+    else:
+        render_diff_terminal(d, out)
+
+
+@app.command()
+def serve(config: Optional[Path] = typer.Option(None, "--config", "-c"),
+          set_: list[str] = typer.Option([], "--set", help="Override a config key"),
+          cron: str = typer.Option(..., "--cron", help='cron schedule, e.g. "0 3 * * *"'),
+          name: Optional[str] = typer.Option(None, "--name", help="deployment name")) -> None:
+    """Register the curation as a Prefect deployment on a cron schedule and serve it.
+
+    Needs a Prefect server: `prefect server start --host 127.0.0.1` and
+    `export PREFECT_API_URL=http://127.0.0.1:4200/api`.
+    """
+    _prefect_env(True)
+    from flows.schedule import serve_curation
+    from schemas.config import load_config
+    try:
+        cfg = load_config(config, set_)
+        data = cfg.model_dump(mode="json")
+        data["data_root"] = str(Path(cfg.data_root).resolve())  # runs start elsewhere
+        if cfg.input.path != "mtbench" and Path(cfg.input.path).exists():
+            data["input"]["path"] = str(Path(cfg.input.path).resolve())
+        serve_curation(data, cron, name or cfg.name)
+    except PrefcurateError as exc:
+        _fail(exc)
+
+
 def main() -> None:  # pragma: no cover
     app()
 

