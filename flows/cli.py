@@ -118,6 +118,8 @@ def run(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
               f"{summary['seconds']} s")
     out.print(f"[bold green]{verb}[/] {summary['name']}@v{summary['version']} "
               f"({summary['rows']} pairs)")
+    if summary.get("report_html"):
+        out.print(f"quality report: {summary['report_html']}")
     out.print(summary["path"])
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (create_link_artifact, create_markdown_artifact,
+                               create_table_artifact)
 from prefect.cache_policies import NO_CACHE
 
 import pipeline
@@ -445,13 +446,24 @@ def publish_task(run_id: str, ing: StageOutput, cands: StageOutput, sel: StageOu
         "models_called": list(ctx.models_used),
         "schema_fingerprint": {n: schema_fingerprint(s) for n, s in SCHEMAS.items()},
     }
+    html = None
+    try:
+        from pipeline.report import render_html, report_from_tables
+
+        html = render_html(report_from_tables(
+            manifest, data, dropped, quarantine,
+            run_root=Path(cfg.data_root) / "runs" / cfg.name))
+    except Exception as exc:  # a report must never cost the user their dataset
+        log.warning("quality report not rendered: %s: %s", type(exc).__name__, exc)
     ref = store.publish_version(cfg.data_root, cfg.name, data=data, dropped=dropped,
                                 quarantine=quarantine, manifest=manifest,
                                 card=_card(cfg.name, "", cfg, stages, data.num_rows),
-                                content_key=content_key)
+                                content_key=content_key,
+                                extra_files={"report.html": html} if html else None)
     return {"name": ref.name, "version": ref.version, "path": str(Path(ref.path).resolve()),
             "created": ref.created, "rows": data.num_rows, "stages": stages,
-            "calls": manifest["calls"], "models_called": manifest["models_called"]}
+            "calls": manifest["calls"], "models_called": manifest["models_called"],
+            "report_html": str(Path(ref.path).resolve() / "report.html") if html else None}
 
 
 @task(name="report", cache_policy=NO_CACHE)
@@ -464,10 +476,16 @@ def report_task(summary: dict[str, Any]) -> str:
         d = ", ".join(f"{k}={v}" for k, v in c["dropped"].items()) or "0"
         q = ", ".join(f"{k}={v}" for k, v in c["quarantined"].items()) or "0"
         lines.append(f"| {st} | {c['in']} | {c['kept']} | {d} | {q} | {c['reused']} |")
+    if summary.get("report_html"):
+        lines += ["", f"HTML quality report: `{summary['report_html']}`"]
     md = "\n".join(lines)
     try:
         create_markdown_artifact(markdown=md, key="prefcurate-summary",
                                  description="rows per stage")
+        if summary.get("report_html"):
+            create_link_artifact(link=Path(summary["report_html"]).as_uri(),
+                                 link_text=f"{summary['name']}@v{summary['version']} report",
+                                 key="prefcurate-report")
     except Exception as exc:  # artifacts need an API; never fail a curation over it
         log.debug("no artifact: %s", exc)
     return md

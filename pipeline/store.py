@@ -305,7 +305,7 @@ def _make_read_only(path: Path) -> None:
 
 def publish_version(root: str | Path, name: str, *, data: pa.Table, dropped: pa.Table,
                     quarantine: pa.Table, manifest: dict[str, Any], card: str,
-                    content_key: str) -> VersionRef:
+                    content_key: str, extra_files: dict[str, str] | None = None) -> VersionRef:
     """Publish the tables as the next immutable version ``v<N>`` of dataset ``name``.
 
     ``data`` must match PUBLISHED, ``dropped`` DROPPED, ``quarantine`` QUARANTINE (checked
@@ -314,9 +314,15 @@ def publish_version(root: str | Path, name: str, *, data: pa.Table, dropped: pa.
     ``parent_version`` (the previous latest or None), ``schema_fingerprints``, ``rows`` and
     ``files``: {relative path: sha256}); the caller is responsible for redacting secrets.
     If a version already carries ``content_key``, nothing is published and that version is
-    returned with ``created=False``.
+    returned with ``created=False``. ``extra_files`` ({relative name: text}, e.g. the HTML
+    report) are written into the version too and hashed like the rest.
     """
     validate_name(name)
+    for rel in (extra_files or {}):
+        if "/" in rel or rel.startswith(".") or rel in (MANIFEST, CARD, DATA_DIR, DATA_PARQUET,
+                                                        DROPPED_PARQUET, QUARANTINE_PARQUET):
+            raise StoreError(f"extra file name {rel!r} is not allowed (a plain file name "
+                             f"that is not one of the store's own)")
     if not isinstance(content_key, str) or not content_key:
         raise StoreError(f"content_key must be a non-empty string (a hash of the resolved "
                          f"config and input content), got {content_key!r}")
@@ -345,6 +351,8 @@ def publish_version(root: str | Path, name: str, *, data: pa.Table, dropped: pa.
         _write_parquet(dropped, tmp / DROPPED_PARQUET)
         _write_parquet(quarantine, tmp / QUARANTINE_PARQUET)
         (tmp / CARD).write_text(card, encoding="utf-8")
+        for rel, text in (extra_files or {}).items():
+            (tmp / rel).write_text(text, encoding="utf-8")
         files = {p.relative_to(tmp).as_posix(): file_hash(p)
                  for p in sorted(tmp.rglob("*")) if p.is_file()}
         _fsync_tree(tmp)
