@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from pipeline.hashing import file_hash, stable_hash
 from pipeline.stage import StageResult
-from schemas.tables import DROPPED, QUARANTINE, SCHEMAS, check_table, conform
+from schemas.tables import DROPPED, QUARANTINE, check_table, conform, schema_for
 
 COMPLETE = "_COMPLETE"
 
@@ -56,7 +56,7 @@ class StageOutput:
     def read(self, name: str) -> pa.Table:
         """Read one table and check it against its declared schema."""
         table = pq.read_table(self.path / f"{name}.parquet")
-        return conform(table, SCHEMAS[name], f"{self.stage}/{name}")
+        return conform(table, schema_for(name, table), f"{self.stage}/{name}")
 
     def tables(self) -> list[str]:
         return list(self.meta["tables"])
@@ -92,7 +92,7 @@ class StageStore:
             tables["dropped"] = check_table(result.dropped, DROPPED, "dropped")
             tables["quarantine"] = check_table(result.quarantine, QUARANTINE, "quarantine")
             for name, table in tables.items():
-                check_table(table, SCHEMAS[name], f"{result.stage}/{name}")
+                check_table(table, schema_for(name, table), f"{result.stage}/{name}")
                 p = tmp / f"{name}.parquet"
                 pq.write_table(table, p)
                 _fsync_file(p)

@@ -136,9 +136,8 @@ class FakeEngine:
             for i in range(req.n):
                 if self.responder is not None:
                     texts.append(self.responder(req, i))
-                elif req.json_schema is not None:  # a judge: a schema-valid verdict
-                    w = ("A", "B", "tie")[int(stable_hash(req.messages, i, length=8), 16) % 3]
-                    texts.append(json.dumps({"winner": w}))
+                elif req.json_schema is not None:  # a judge: a schema-valid answer
+                    texts.append(fake_json(json.loads(req.json_schema), req.messages, i))
                 else:
                     texts.append(f"answer {stable_hash(req.messages, req.seed, i, length=8)}")
             out.append(Completion(texts=texts, finish_reasons=["stop"] * req.n,
@@ -152,6 +151,23 @@ class FakeEngine:
 
     def count_prompt_tokens(self, request: ChatRequest) -> int | None:
         return sum(len(c.split()) + 2 for _, c in request.messages)
+
+
+def fake_json(schema: dict[str, Any], *salt: Any) -> str:
+    """A deterministic object valid for a flat JSON schema (enums, bounded integers, strings)."""
+    out: dict[str, Any] = {}
+    for k, spec in schema.get("properties", {}).items():
+        h = int(stable_hash(salt, k, length=8), 16)
+        if "enum" in spec:
+            out[k] = spec["enum"][h % len(spec["enum"])]
+        elif spec.get("type") == "integer":
+            lo, hi = spec.get("minimum", 0), spec.get("maximum", 10)
+            out[k] = lo + h % (hi - lo + 1)
+        elif spec.get("type") == "number":
+            out[k] = (h % 1000) / 1000
+        else:
+            out[k] = "fake"[: spec.get("maxLength", 4)]
+    return json.dumps(out)
 
 
 def too_long(n_tokens: int, context: int) -> Completion:

@@ -86,6 +86,24 @@ def oriented_row(c: dict, chosen_is_a: bool, cfg: MarginConfig,
     }
 
 
+def with_similarity(pairs: pa.Table, similarity: list[float | None], tau: float) -> pa.Table:
+    """Fill ``similarity`` and flag ``indistinguishable`` pairs (cosine ≥ ``tau``).
+
+    >>> from schemas.tables import PAIRS
+    >>> t = from_rows([{**oriented_row(dict(prompt_id="p", source_id="s", candidate_a="x",
+    ...     candidate_b="y", n_votes=1, n_a=1.0, n_b=0.0, n_tie=0.0, n_null=0, p_a=1.0,
+    ...     label=None), True, MarginConfig(), {})}], PAIRS, "pairs")
+    >>> with_similarity(t, [0.97], 0.95).column("flags").to_pylist()
+    [['indistinguishable']]
+    """
+    rows = pairs.to_pylist()
+    for r, s in zip(rows, similarity, strict=True):
+        r["similarity"] = s
+        if s is not None and s >= tau and "indistinguishable" not in r["flags"]:
+            r["flags"] = list(r["flags"]) + ["indistinguishable"]
+    return from_rows(rows, PAIRS, "pairs")
+
+
 def compute_margins(comparisons: pa.Table, scores: pa.Table, cfg: MarginConfig) -> StageResult:
     """Orient every comparison and compute p̂, disagreement, margin, label status."""
     score = {r["candidate_id"]: r["score"] for r in scores.to_pylist()

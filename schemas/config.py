@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from pipeline.errors import ConfigError
 
@@ -105,6 +106,7 @@ class MarginConfig(_Frozen):
     cap: float = Field(4.0, gt=0)
     prior: float = Field(0.5, gt=0)  # Jeffreys: p_hat = (n_chosen + tie/2 + a) / (S + 2a)
     contested_band: float = Field(0.1, ge=0, lt=0.5)  # |p_hat - 0.5| < band -> contested
+    indistinguishable_tau: float = Field(0.95, gt=0, le=1)  # embedding cosine >= tau: flag
 
 
 class DenoiseConfig(_Frozen):
@@ -118,8 +120,8 @@ class DenoiseConfig(_Frozen):
     exclude_label_vote: bool = True  # take the label's own vote out of p_hat for p_i
     weight_calibration: bool = True  # EM also fits the scale of p_i's log-odds (and CRM's)
     eta_init: float = Field(0.9, ge=0.5, le=1)
-    flip_below: float = Field(0.1, ge=0, le=1)
-    drop_below: float = Field(0.4, ge=0, le=1)
+    flip_below: float = Field(0.3, ge=0, le=1)  # chosen with bench/noise_eval.py
+    drop_below: float = Field(0.5, ge=0, le=1)
     on_low_confidence: Literal["flip", "drop"] = "flip"
     # CRM collaborative peer review (pipeline/peer_review.py); needs embeddings
     peer_review: bool = False
@@ -130,8 +132,9 @@ class DenoiseConfig(_Frozen):
     peer_review_hidden: int = Field(64, ge=1)
     peer_review_seed: int = 0
     # drop: pairs both heads reject are dropped (peer_review); weights: the heads' mean
-    # margin is extra evidence in the confidence weights (needs confidence_weights)
-    peer_review_mode: Literal["drop", "weights"] = "drop"
+    # margin is extra evidence in the confidence weights (needs confidence_weights);
+    # auto: weights when confidence_weights is on, else drop
+    peer_review_mode: Literal["auto", "drop", "weights"] = "auto"
     # SCIR agreement filter: keep only pairs whose judges, reward models and label agree
     agreement_filter: bool = False
 
@@ -164,6 +167,112 @@ class PairsConfig(_Frozen):
     reward_augmented: bool = False  # add score-conditioned twins (arXiv 2410.08067)
 
 
+
+# --------------------------------------------------------------- annotation (issue 4)
+
+DEFAULT_ASPECTS = ("helpfulness", "honesty", "instruction_following", "truthfulness")
+_ASPECT_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+EMBEDDED_MINILM = "embedded:all-minilm-l6-v2"
+
+
+class RubricConfig(BaseModel):
+    """One pointwise rubric judge: model, aspects, scale, persona."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "smollm2-rubric"
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    template: Literal["rubric_v1"] = "rubric_v1"
+    aspects: tuple[str, ...] = DEFAULT_ASPECTS
+    descriptions: dict[str, str] = Field(default_factory=dict)  # override ASPECT_GUIDE
+    persona: str | None = None  # a system prompt standing for a kind of user
+    min_score: int = 1
+    max_score: int = 5
+    # <= 100 characters keep the rationale within ~100 tokens even when a small model
+    # degenerates ("2.1.1.1..."), so with max_tokens 160 the JSON closes for up to 6 aspects
+    rationale_max_chars: int = Field(100, ge=0)  # 0: no rationale asked
+    temperature: float = Field(0.0, ge=0)
+    max_tokens: int = Field(160, ge=1)
+    seed: int = 0
+    structured: bool = True  # JSON schema through vLLM structured outputs
+
+    @field_validator("aspects")
+    @classmethod
+    def _aspects(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("aspects: give at least one aspect, e.g. ['helpfulness']")
+        bad = [a for a in v if not _ASPECT_NAME.match(a) or a == "rationale"]
+        if bad:
+            raise ValueError(f"aspects: {bad} are not valid aspect names (lowercase "
+                             f"snake_case, not 'rationale')")
+        if len(set(v)) != len(v):
+            raise ValueError(f"aspects: names must be unique, got {list(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _scale(self) -> "RubricConfig":
+        if self.min_score >= self.max_score:
+            raise ValueError(f"min_score ({self.min_score}) must be below max_score "
+                             f"({self.max_score})")
+        return self
+
+
+class RubricsConfig(BaseModel):
+    """The rubric stage: zero or more rubric judges (none: the stage is skipped)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    judges: list[RubricConfig] = Field(default_factory=list)
+    budget: int | None = None  # max rubric calls in the stage (null: unbounded)
+    batch_size: int = Field(64, ge=1)
+
+
+class RewardModelSpec(BaseModel):
+    """One reward model and the engine that runs it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str  # HF id or local folder of a *ForSequenceClassification model
+    name: str | None = None  # the annotator in SCORES; default: ``model``
+    engine: Literal["vllm", "transformers"] = "vllm"
+    dtype: str = "auto"  # "auto": float32 on CPU, the model's dtype on GPU
+    max_model_len: int = Field(2048, ge=8)  # longer conversations get a null score
+    batch_size: int = Field(8, ge=1)  # sequences per forward pass (transformers)
+    engine_args: dict[str, Any] = Field(default_factory=dict)  # passed to vllm.LLM as is
+    aspects: tuple[str, ...] | None = None  # head names; default from id2label / head_<i>
+
+    @property
+    def annotator(self) -> str:
+        return self.name or self.model
+
+
+class RewardsConfig(BaseModel):
+    """The reward stage: zero or more reward models (none: the stage is skipped)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    models: list[RewardModelSpec] = Field(default_factory=list)
+    chunk_size: int = Field(256, ge=1)  # sequences per scorer call; the cache commits after each
+
+
+class EmbeddingConfig(BaseModel):
+    """Which sentence-transformers model embeds prompts and candidates, and how."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = EMBEDDED_MINILM  # "embedded:all-minilm-l6-v2", a local folder or an HF id
+    batch_size: int = Field(64, ge=1)
+    max_seq_length: int | None = Field(None, ge=8)  # None: the model's own (MiniLM: 256)
+    device: str | None = None  # None: cuda if available, else cpu
+    # torch CPU threads while encoding (None: torch's default). On a shared 2-core machine
+    # 1 thread was 2-5x faster than 2 (no OpenMP spinning against other processes).
+    # torch's setting is process-wide: it is restored after each encode call.
+    num_threads: int | None = Field(None, ge=1)
+    cache: bool = True  # the on-disk embedding cache (per model and text hash)
+    # None: on for prompt curation (similarity flags, reward heads), off for given pairs
+    enabled: bool | None = None
+
+
 class RunnerConfig(_Frozen):
     """Where model calls run: this process (thread), or shards on a Dask / Ray cluster."""
 
@@ -184,6 +293,9 @@ class RunConfig(_Frozen):
     denoise: DenoiseConfig = Field(default_factory=DenoiseConfig)
     pairs: PairsConfig = Field(default_factory=PairsConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
+    rubrics: RubricsConfig = Field(default_factory=RubricsConfig)
+    rewards: RewardsConfig = Field(default_factory=RewardsConfig)
+    embed: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
 
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":

@@ -155,6 +155,26 @@ QUARANTINE = pa.schema([
     _f("raw", pa.string(), True),
 ])
 
+def embedding_schema(id_column: str, dim: int) -> pa.Schema:
+    """``(id_column: string, embedding: fixed_size_list<float32>[dim])``, both non-null."""
+    return pa.schema([pa.field(id_column, pa.string(), nullable=False),
+                      pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False)])
+
+
+def schema_for(name: str, table: pa.Table | None = None) -> pa.Schema:
+    """The declared schema of table ``name``; embedding tables take their width from the
+    table (it depends on the embedding model)."""
+    if name in SCHEMAS:
+        return SCHEMAS[name]
+    if name in ("prompt_embeddings", "candidate_embeddings") and table is not None:
+        id_col = "prompt_id" if name.startswith("prompt") else "candidate_id"
+        typ = table.schema.field("embedding").type if "embedding" in table.schema.names \
+            else None
+        dim = typ.list_size if typ is not None and pa.types.is_fixed_size_list(typ) else 0
+        return embedding_schema(id_col, dim)
+    raise SchemaError(f"no declared schema for table '{name}'", table=name, column=None)
+
+
 SCHEMAS: dict[str, pa.Schema] = {
     "prompts": PROMPTS,
     "candidates": CANDIDATES,

@@ -89,10 +89,18 @@ def test_fake_engine_counts_calls_and_uses_responder() -> None:
     assert eng.complete([]) == [] and eng.calls == 2
 
 
-def test_fake_engine_judge_answers_are_schema_valid() -> None:
-    rs = [req(f"compare {i}", json_schema='{"type": "object"}') for i in range(12)]
+def test_fake_engine_answers_follow_the_schema() -> None:
+    from pipeline.judging import VERDICT_SCHEMA
+
+    rs = [req(f"compare {i}", json_schema=VERDICT_SCHEMA) for i in range(12)]
     winners = {json.loads(c.texts[0])["winner"] for c in FakeEngine().complete(rs)}
     assert winners <= {"A", "B", "tie"} and len(winners) > 1
+    schema = json.dumps({"type": "object", "properties": {
+        "helpfulness": {"type": "integer", "minimum": 1, "maximum": 5},
+        "rationale": {"type": "string", "maxLength": 3}}})
+    for c in FakeEngine().complete([req(f"rate {i}", json_schema=schema) for i in range(8)]):
+        obj = json.loads(c.texts[0])
+        assert 1 <= obj["helpfulness"] <= 5 and len(obj["rationale"]) <= 3
 
 
 def test_request_key_covers_every_field() -> None:
