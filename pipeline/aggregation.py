@@ -16,6 +16,19 @@ calls, yet its probabilities separate the candidates).
 The dataset's own label is a vote like any other (annotators in ``label_annotators``) and
 is also reported in ``label``.
 
+Methods ``dawid_skene`` / ``one_coin`` (:mod:`pipeline.em`, DESIGN.md §5): p_a is the EM
+posterior P(a ≻ b) of each comparison, learnt jointly over all comparisons, with one
+annotator per distinct ``annotator`` value as given (judge|template|persona|order, and the
+dataset's label annotator like any other). Observed labels are a, b and tie (a tie is an
+observation with its own confusion row, not a class; one-coin counts K = 3 responses when
+any tie occurs, else 2). With ``use_logprobs`` a vote carrying ``prob_a`` is a soft
+observation: weight ``prob_a`` on label a and ``1 − prob_a`` on b. ``n_a``/``n_b``/``n_tie``
+stay the raw counts, null verdicts are dropped (``null_verdict``) as for majority, and
+p_a is null for a comparison without a valid vote. ``info["annotator_reliability"]`` gives
+per annotator the balanced accuracy (mean over a, b of P(says c | truth c); 0.5 = no
+better than chance) for Dawid–Skene, the skill s_w for one-coin, None for an annotator
+with no valid vote; ``info["n_iter"]``, ``info["converged"]``, ``info["priors"]`` too.
+
 >>> import pyarrow as pa
 >>> from schemas.tables import VOTES
 >>> v = pa.Table.from_pylist([
@@ -28,34 +41,49 @@ is also reported in ``label``.
 (3, 0.667, 'a')
 >>> res.counts.to_dict()["dropped"]
 {'null_verdict': 1}
+>>> ds = aggregate_votes(v, label_annotators={"src"}, method="dawid_skene")
+>>> ds.outputs["comparisons"].column("n_a").to_pylist(), ds.info["converged"]
+([2.0], True)
+>>> sorted(ds.info["annotator_reliability"])
+['j1', 'j2', 'j3', 'src']
 """
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from pipeline import em
+from pipeline.errors import SchemaError
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table
 from schemas.tables import COMPARISONS, SCORES, check_table, conform
 
 STAGE = "aggregate"
 STAGE_VERSION = 1
 KEY = ["source_id", "prompt_id", "candidate_a", "candidate_b"]
+METHODS = ("majority", "dawid_skene", "one_coin")
+LABELS = ("a", "b", "tie")  # label codes 0, 1, 2; classes are a (0) and b (1)
 
 
 def aggregate_votes(votes: pa.Table, *, label_annotators: set[str] | frozenset[str] = frozenset(),
                     method: str = "majority", use_logprobs: bool = False) -> StageResult:
-    """Aggregate votes per pair (vectorised with polars)."""
-    if method != "majority":
-        raise ValueError(f"unknown aggregation method {method!r}")
+    """Aggregate votes per pair (vectorised with polars; EM methods with numpy/scipy)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown aggregation method {method!r}; use one of "
+                         f"{', '.join(METHODS)} (aggregate.method in the run config)")
+    use_em = method != "majority"
     check_table(votes, votes.schema, "votes")
-    df = pl.from_arrow(votes) if votes.num_rows else pl.DataFrame(
+    # rechunk=False: no copy of the string columns (measured 2-10× faster on 1M votes)
+    df = pl.from_arrow(votes, rechunk=False) if votes.num_rows else pl.DataFrame(
         schema={n: pl.Utf8 for n in KEY + ["annotator", "verdict"]})
     null = df.filter(pl.col("verdict").is_null()) if df.height else df
     drops = [{"source_id": r["source_id"], "row_id": f"{r['candidate_a']}|{r['candidate_b']}|"
               f"{r['annotator']}", "reason": Reason.NULL_VERDICT,
               "detail": "judge output did not parse"} for r in null.iter_rows(named=True)]
     labels = sorted(label_annotators)
+    em_info: dict = {"annotator_reliability": {}, "n_iter": 0, "converged": True,
+                     "priors": None, "elbo_per_vote": None} if use_em else {}
     if df.height:
         valid = pl.col("verdict").is_not_null()
         soft = valid & pl.col("prob_a").is_not_null() if use_logprobs else pl.lit(False)
@@ -67,6 +95,8 @@ def aggregate_votes(votes: pa.Table, *, label_annotators: set[str] | frozenset[s
             _t=pl.when(soft).then(0.0)
             .otherwise((pl.col("verdict") == "tie").cast(pl.Float64)),
         )
+        if use_em:
+            df = df.with_row_index("_row")
         comp = (df.group_by(KEY, maintain_order=True).agg(
             n_a=pl.col("_a").fill_null(0.0).sum(),
             n_b=pl.col("_b").fill_null(0.0).sum(),
@@ -75,10 +105,16 @@ def aggregate_votes(votes: pa.Table, *, label_annotators: set[str] | frozenset[s
             n_null=pl.col("verdict").is_null().sum().cast(pl.Int32),
             label=pl.col("verdict").filter(pl.col("annotator").is_in(labels)
                                            & pl.col("verdict").is_in(["a", "b"])).first(),
+            *([pl.col("_row").alias("_rows")] if use_em else []),
         ).rename({"n_valid": "n_votes"})
          .with_columns(p_a=pl.when(pl.col("n_votes") > 0)
                        .then((pl.col("n_a") + 0.5 * pl.col("n_tie")) / pl.col("n_votes"))
                        .otherwise(None)))
+        if use_em:
+            posterior_a, em_info = _fit_em(df, comp, method, use_logprobs)
+            comp = comp.drop("_rows").with_columns(
+                p_a=pl.when(pl.col("n_votes") > 0).then(pl.Series(posterior_a))
+                .otherwise(None))
         comparisons = conform(comp.to_arrow(), COMPARISONS, "comparisons")
         long = pl.concat([
             comp.select(pl.col("candidate_a").alias("candidate_id"), pl.col("p_a").alias("w")),
@@ -95,7 +131,7 @@ def aggregate_votes(votes: pa.Table, *, label_annotators: set[str] | frozenset[s
     counts = StageCounts(rows_in=df.height, kept=df.height - len(drops),
                          dropped={str(Reason.NULL_VERDICT): len(drops)} if drops else {},
                          rows_out=comparisons.num_rows)
-    annot = {}
+    annot: dict = {}
     if df.height:
         for r in df.group_by("annotator").agg(
                 n=pl.len(), null=pl.col("verdict").is_null().sum()).iter_rows(named=True):
@@ -104,7 +140,56 @@ def aggregate_votes(votes: pa.Table, *, label_annotators: set[str] | frozenset[s
                        dropped_table(STAGE, drops),
                        info={"method": method, "use_logprobs": use_logprobs,
                              "annotators": annot,
-                             "position_consistency": position_consistency(votes)})
+                             "position_consistency": _position_consistency(df),
+                             **em_info})
+
+
+def _fit_em(df: pl.DataFrame, comp: pl.DataFrame, method: str,
+               use_logprobs: bool) -> tuple[np.ndarray, dict]:
+    """Integer-code the valid votes and run Dawid–Skene / one-coin EM over all comparisons.
+
+    ``df``: the votes with a ``_row`` index; ``comp``: one row per comparison with ``_rows``
+    (the vote rows it groups). Returns P(a) per comparison (the prior where it has no valid
+    vote; the caller nulls those) and the stage info (reliability per annotator, iterations).
+    """
+    ex = comp.select(pl.int_range(pl.len(), dtype=pl.Int32).alias("_item"),
+                     "_rows").explode("_rows").drop_nulls("_rows")
+    item_of_row = np.empty(df.height, dtype=np.int32)
+    item_of_row[ex["_rows"].to_numpy()] = ex["_item"].to_numpy()
+    valid = df["verdict"].is_not_null().to_numpy()
+    v = df.select("annotator", "verdict", "prob_a").filter(pl.Series(valid))
+    bad = v.filter(~pl.col("verdict").is_in(LABELS))["verdict"].unique().to_list()
+    if bad:
+        raise SchemaError(f"votes.verdict must be one of {', '.join(LABELS)} or null for "
+                          f"method {method!r}, found {sorted(bad)[:5]}; fix the judge's "
+                          f"verdict mapping or use method 'majority'",
+                          table="votes", column="verdict")
+    names = v["annotator"].unique(maintain_order=True).to_list()
+    annot = v["annotator"].cast(pl.Enum(names)).to_physical().to_numpy().astype(np.int32)
+    label = v["verdict"].cast(pl.Enum(list(LABELS))).to_physical().to_numpy()
+    item = item_of_row[valid]
+    weight = None
+    if use_logprobs:
+        soft = (v["prob_a"].is_not_null() & v["prob_a"].is_not_nan()).to_numpy()
+        if soft.any():  # a soft vote: two weighted observations, a with prob_a, b with 1-prob_a
+            p = np.clip(v["prob_a"].to_numpy()[soft], 0.0, 1.0)
+            weight = np.concatenate([np.ones(int((~soft).sum())), p, 1.0 - p])
+            item = np.concatenate([item[~soft], item[soft], item[soft]])
+            annot = np.concatenate([annot[~soft], annot[soft], annot[soft]])
+            label = np.concatenate([label[~soft], np.zeros(int(soft.sum()), label.dtype),
+                                    np.ones(int(soft.sum()), label.dtype)])
+    n_labels = 3 if (label == 2).any() else 2
+    fit = em.fit_one_coin if method == "one_coin" else em.fit_dawid_skene
+    res = fit(item, annot, label, weight=weight, n_items=comp.height,
+              n_annotators=len(names), n_classes=2, n_labels=n_labels)
+    rel = dict(zip(names, res.reliability().tolist()))
+    info = {"annotator_reliability": {
+                n: None if n not in rel or np.isnan(rel[n]) else rel[n]
+                for n in df["annotator"].unique(maintain_order=True).to_list()},
+            "n_iter": res.n_iter, "converged": bool(res.converged),
+            "priors": {"a": float(res.priors[0]), "b": float(res.priors[1])},
+            "elbo_per_vote": res.elbo[-1] if res.elbo else None}
+    return res.posterior[:, 0], info
 
 
 def position_consistency(votes: pa.Table) -> dict[str, dict[str, float | int]]:
@@ -114,8 +199,13 @@ def position_consistency(votes: pa.Table) -> dict[str, dict[str, float | int]]:
     """
     if not votes.num_rows:
         return {}
-    df = pl.from_arrow(votes).filter(pl.col("order").is_in(["ab", "ba"])
-                                     & pl.col("verdict").is_not_null())
+    return _position_consistency(pl.from_arrow(votes, rechunk=False))
+
+
+def _position_consistency(df: pl.DataFrame) -> dict[str, dict[str, float | int]]:
+    if not df.height:
+        return {}
+    df = df.filter(pl.col("order").is_in(["ab", "ba"]) & pl.col("verdict").is_not_null())
     if not df.height:
         return {}
     df = df.with_columns(judge=pl.col("annotator").str.replace(r"\|(ab|ba)$", ""))

@@ -581,7 +581,7 @@ def test_same_pair_in_two_sources_is_two_comparisons() -> None:
 
 def test_unknown_method() -> None:
     with pytest.raises(ValueError, match="unknown aggregation method"):
-        aggregate_votes(VOTES.empty_table(), method="dawid_skene")
+        aggregate_votes(VOTES.empty_table(), method="bogus")
 
 
 VOTE_ROWS = st.lists(st.tuples(st.sampled_from(["x|y", "x|z", "y|z"]),
