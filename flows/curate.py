@@ -335,11 +335,115 @@ def judge_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) ->
         ordered = [r for j in jcfg.judges for r in reqs if r.annotator.startswith(j.name + "|")]
         info["candidates_with_injection_like_text"] = judging.injection_like(candidates)
         res = judging.make_votes(ordered, comps, len(pairs_), drops, info)
+        from pipeline.judge_stats import compute_judge_stats
+
+        res.info["judge_stats"] = compute_judge_stats(res.outputs["votes"], candidates)
         res.info["calls"] = total.__dict__
         ctx.calls["judge"] = total
         return res
 
     return _stage(ctx, "judge", judging.STAGE_VERSION, jcfg.model_dump(mode="json"),
+                  [prompts_src.output_hash, cands_src.output_hash], compute)
+
+
+def embeddings_enabled(cfg: RunConfig) -> bool:
+    """Embeddings are on for prompt curation and off for given pairs, unless configured
+    (a pairs run with no judges then loads no model at all)."""
+    if cfg.embed.enabled is not None:
+        return cfg.embed.enabled
+    return cfg.input.kind == "prompts" or cfg.denoise.peer_review
+
+
+@task(name="embed", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10,
+      retry_condition_fn=_transient)
+def embed_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -> StageOutput:
+    from pipeline.embeddings import compute_embeddings
+
+    ctx = _ctx(run_id)
+    return _stage(ctx, "embed", 1, ctx.cfg.embed.model_dump(mode="json", exclude={"enabled"}),
+                  [prompts_src.output_hash, cands_src.output_hash],
+                  lambda: compute_embeddings(prompts_src.read("prompts"),
+                                             cands_src.read("candidates"), ctx.cfg.embed,
+                                             cache_dir=ctx.engines.cache_dir))
+
+
+@task(name="rubric", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60],
+      retry_condition_fn=_transient)
+def rubric_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -> StageOutput:
+    from pipeline import rubrics
+    from pipeline.judge_stats import compute_score_stats
+
+    ctx = _ctx(run_id)
+    rcfg = ctx.cfg.rubrics
+
+    def compute() -> StageResult:
+        prompts, candidates = prompts_src.read("prompts"), cands_src.read("candidates")
+        reqs, drops = rubrics.build_rubric_requests(candidates, prompts, list(rcfg.judges))
+        if rcfg.budget is not None and len(reqs) > rcfg.budget:
+            for r in reqs[rcfg.budget:]:
+                drops.append({"source_id": r.source_id, "row_id": r.candidate_id,
+                              "reason": "over_budget",
+                              "detail": f"rubric budget {rcfg.budget} calls"})
+            reqs = reqs[:rcfg.budget]
+        comps: list = []
+        total = CallStats()
+        for judge in rcfg.judges:
+            ann = rubrics.rubric_annotator(judge)
+            mine = [r for r in reqs if r.annotator == ann]
+            out, stats = run_cached(
+                [r.request for r in mine], engine_kind=judge.model.engine,
+                model=judge.model.model, get_engine=lambda spec=judge.model: ctx.engine(spec),
+                cache=ctx.cache, batch_size=rcfg.batch_size,
+                progress=_progress(ctx, f"rubric [{judge.name}]", len(mine)))
+            comps.extend(out)
+            total.add(stats)
+        ordered = [r for j in rcfg.judges for r in reqs if r.annotator ==
+                   rubrics.rubric_annotator(j)]
+        res = rubrics.make_scores(ordered, comps, drops)
+        res.info["calls"] = total.__dict__
+        res.info["score_stats"] = compute_score_stats(res.outputs["scores"])
+        ctx.calls["rubric"] = total
+        return res
+
+    return _stage(ctx, "rubric", rubrics.STAGE_VERSION, rcfg.model_dump(mode="json"),
+                  [prompts_src.output_hash, cands_src.output_hash], compute)
+
+
+@task(name="reward", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60],
+      retry_condition_fn=_transient)
+def reward_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -> StageOutput:
+    import pyarrow as pa
+
+    from pipeline import rewards
+    from pipeline.judge_stats import compute_score_stats
+
+    ctx = _ctx(run_id)
+    wcfg = ctx.cfg.rewards
+
+    def compute() -> StageResult:
+        prompts, candidates = prompts_src.read("prompts"), cands_src.read("candidates")
+        results = [rewards.score_with_reward_model(candidates, prompts, spec, cache=ctx.cache,
+                                                   chunk_size=wcfg.chunk_size,
+                                                   cache_dir=ctx.engines.cache_dir)
+                   for spec in wcfg.models]
+        first = results[0]
+        counts = StageCounts(rows_in=sum(r.counts.rows_in for r in results),
+                             kept=sum(r.counts.kept for r in results))
+        for r in results:
+            for k, v in r.counts.dropped.items():
+                counts.dropped[k] = counts.dropped.get(k, 0) + v
+            for k, v in r.counts.quarantined.items():
+                counts.quarantined[k] = counts.quarantined.get(k, 0) + v
+        scores = pa.concat_tables([r.outputs["scores"] for r in results])
+        counts.rows_out = scores.num_rows
+        return StageResult(first.stage, {"scores": scores}, counts,
+                           pa.concat_tables([r.dropped for r in results]),
+                           pa.concat_tables([r.quarantine for r in results]),
+                           info={"models": {s.annotator: r.info for s, r in
+                                            zip(wcfg.models, results)},
+                                 "score_stats": compute_score_stats(scores)})
+
+    return _stage(ctx, "reward", 1, wcfg.model_dump(mode="json"),
                   [prompts_src.output_hash, cands_src.output_hash], compute)
 
 
@@ -362,22 +466,62 @@ def aggregate_task(run_id: str, vote_srcs: list[StageOutput], label_annotators: 
 
 
 @task(name="margins", cache_policy=NO_CACHE)
-def margins_task(run_id: str, agg: StageOutput) -> StageOutput:
+def margins_task(run_id: str, agg: StageOutput, emb: StageOutput | None) -> StageOutput:
     ctx = _ctx(run_id)
+
+    def compute() -> StageResult:
+        res = margins.compute_margins(agg.read("comparisons"), agg.read("scores"),
+                                      ctx.cfg.margins)
+        if emb is not None:
+            from pipeline.embeddings import cosine_similarity_pairs
+
+            pairs_t = res.outputs["pairs"]
+            sims = cosine_similarity_pairs(emb.read("candidate_embeddings"), pairs_t)
+            res.outputs["pairs"] = margins.with_similarity(pairs_t, sims,
+                                                           ctx.cfg.margins.indistinguishable_tau)
+            res.info["indistinguishable"] = sum(
+                "indistinguishable" in f for f in res.outputs["pairs"].column("flags").to_pylist())
+        return res
+
     return _stage(ctx, "margins", margins.STAGE_VERSION, ctx.cfg.margins.model_dump(mode="json"),
-                  [agg.output_hash],
-                  lambda: margins.compute_margins(agg.read("comparisons"), agg.read("scores"),
-                                                  ctx.cfg.margins))
+                  [agg.output_hash] + ([emb.output_hash] if emb is not None else []), compute)
 
 
 @task(name="denoise", cache_policy=NO_CACHE)
-def denoise_task(run_id: str, mar: StageOutput) -> StageOutput:
+def denoise_task(run_id: str, mar: StageOutput, emb: StageOutput | None,
+                 label_source: str | None) -> StageOutput:
     ctx = _ctx(run_id)
+
+    def compute() -> StageResult:
+        pairs_t = mar.read("pairs")
+        kw: dict[str, Any] = {"label_source": label_source}
+        if emb is not None and ctx.cfg.denoise.peer_review:
+            import numpy as np
+
+            from pipeline.embeddings import embeddings_matrix
+
+            ids, mat = embeddings_matrix(emb.read("candidate_embeddings"))
+            pids, pmat = embeddings_matrix(emb.read("prompt_embeddings"), "prompt_id")
+            row = {c: i for i, c in enumerate(ids)}
+            prow = {p: i for i, p in enumerate(pids)}
+            ch = pairs_t.column("chosen_id").to_pylist()
+            rj = pairs_t.column("rejected_id").to_pylist()
+            pp = pairs_t.column("prompt_id").to_pylist()
+            zero = np.zeros(mat.shape[1], dtype=np.float32)
+            kw["emb_chosen"] = np.stack([mat[row[c]] if c in row else zero for c in ch]) \
+                if ch else None
+            kw["emb_rejected"] = np.stack([mat[row[c]] if c in row else zero for c in rj]) \
+                if rj else None
+            kw["emb_prompt"] = np.stack([pmat[prow[p]] if p in prow else
+                                         np.zeros(pmat.shape[1], np.float32) for p in pp]) \
+                if pp else None
+        return denoise.denoise_pairs(pairs_t, ctx.cfg.denoise, ctx.cfg.margins, **kw)
+
     return _stage(ctx, "denoise", denoise.STAGE_VERSION,
-                  [ctx.cfg.denoise.model_dump(mode="json"), ctx.cfg.margins.model_dump(mode="json")],
-                  [mar.output_hash],
-                  lambda: denoise.denoise_pairs(mar.read("pairs"), ctx.cfg.denoise,
-                                                ctx.cfg.margins))
+                  [ctx.cfg.denoise.model_dump(mode="json"), ctx.cfg.margins.model_dump(mode="json"),
+                   label_source],
+                  [mar.output_hash] + ([emb.output_hash] if emb is not None and
+                                       ctx.cfg.denoise.peer_review else []), compute)
 
 
 @task(name="pairs", cache_policy=NO_CACHE)
@@ -525,12 +669,20 @@ def curate(config: dict[str, Any]) -> dict[str, Any]:
             jud = judge_task(run_id, ing, cands)
             outs.append(jud)
             vote_srcs.append(jud)
+        emb = None
+        if embeddings_enabled(cfg):
+            emb = embed_task(run_id, ing, cands)
+            outs.append(emb)
+        if cfg.rubrics.judges:
+            outs.append(rubric_task(run_id, ing, cands))
+        if cfg.rewards.models:
+            outs.append(reward_task(run_id, ing, cands))
         labels = []
         if cfg.input.kind == "pairs":
             labels = sorted(set(ing.read("prompts").column("source").to_pylist()))
         agg = aggregate_task(run_id, vote_srcs, labels)
-        mar = margins_task(run_id, agg)
-        den = denoise_task(run_id, mar)
+        mar = margins_task(run_id, agg, emb)
+        den = denoise_task(run_id, mar, emb, labels[0] if len(labels) == 1 else None)
         sel = pairs_task(run_id, den)
         outs += [agg, mar, den, sel]
         summary = publish_task(run_id, ing, cands, sel, outs)

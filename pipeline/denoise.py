@@ -1,11 +1,59 @@
 """Noise filtering: decide keep / flip / drop for every pair, always with a reason.
 
-Input: PAIRS (from margins). Output: PAIRS whose ``decision`` is ``keep`` or ``flip``
-(flipped pairs are re-oriented: chosen ↔ rejected, p̂ → 1 − p̂, margin recomputed).
-Row unit: one pair. Dropped reasons: ``null_score`` (no valid vote), ``tie`` (as many
-votes each way), ``contradicted`` (votes go against the dataset's label, when
-``on_contradicted = drop``), ``contested`` (when ``drop_contested``),
-``high_disagreement`` (d > ``max_disagreement``).
+Input: PAIRS (from margins). Output: PAIRS whose ``decision`` is ``keep`` or ``flip``.
+Flipped pairs are re-oriented: chosen ↔ rejected (and their scores), a new ``pair_id``,
+p̂ → 1 − p̂, disagreement and margin recomputed, ``label_status`` ``contradicted`` and the
+flag ``flipped``. Row unit: one pair; ``in = kept + dropped`` (each drop with a reason).
+
+The rules, in order — the first that applies decides:
+
+1. ``null_score``: no valid vote. 2. ``tie``: as many votes each way (never kept).
+3. ``high_disagreement``: d > ``max_disagreement``.
+4. ``contradicted``: votes against the dataset's label (p̂ ≤ ½ − band): drop, flip (reason
+   ``contradicted``) or keep, per ``on_contradicted``.
+5. ``contested`` (near 50/50) when ``drop_contested``.
+6. Confidence weights (``confidence_weights``; LCPO / RE-PO, :mod:`pipeline.weights`):
+   ``weight`` = w_i, the posterior that the label is right; w < ``flip_below`` →
+   ``on_low_confidence`` (flip with reason ``flipped_low_confidence``, or drop
+   ``low_confidence``); ``flip_below`` ≤ w < ``drop_below`` → drop ``low_confidence``
+   (defaults 0.3 / 0.5, chosen with ``bench/noise_eval.py``).
+   A flipped pair's weight is 1 − w (the new orientation's probability). With
+   ``weight_calibration`` the EM also fits the scale of p_i's log-odds (vote shares are
+   not probabilities of being right; see :mod:`pipeline.weights`).
+7. Peer review (``peer_review``; CRM, :mod:`pipeline.peer_review`), trained on every
+   input pair with ε̂ = 1 − mean confidence weight (the weights are estimated for this
+   even when ``confidence_weights`` is off) and its margins out of fold.
+   Mode ``drop``: a pair both reward heads reject late in training is dropped
+   ``peer_review``. Mode ``weights``: the heads' mean margin is one more log-odds column
+   of the confidence weights (its scale fitted by the EM), so rule 6 decides with it.
+   ``auto`` (default): ``weights`` with confidence weights, else ``drop``. Needs the
+   embeddings; without them peer review is skipped and ``info["peer_review"]["skipped"]``
+   says why.
+8. Agreement filter (``agreement_filter``; SCIR): a pair is kept only when every signal
+   present agrees with its label: the judges' consensus (votes without the label's own
+   vote), the reward scores (``score_chosen > score_rejected`` when both are set), the
+   peer-review heads (mean margin > 0, when they ran) and the original label — so a pair
+   that rules 4 or 6 would flip is dropped instead. Reason ``disagreement_filter``;
+   ``info["agreement_filter"]["retention"]`` is the share of the pairs reaching the
+   filter that it keeps.
+
+p_i, the model probability that a pair's label is right (rule 6): p̂ from the votes, with
+the label's own vote taken out when the pair's label source is known (aggregation counts
+the label as a vote; it must not count twice, once in p_i and once in η); or σ(s_c − s_r)
+from the scores (``weight_source = scores``); or the caller's ``p_model`` (e.g. a
+Dawid–Skene posterior without the label, a reward model) where it is finite.
+
+``label_source`` names who labelled each pair (the LCPO annotator k): one name for the
+whole table, or one per row (None: the pair was oriented by its votes, annotator
+``aggregate``). Omitted, every pair shares one annotator ``label`` and p_i is p̂ as is.
+Info keys: ``flipped``, and only for the features switched on: ``weights`` (η per
+annotator, scales, iterations, mean weight), ``peer_review``, ``agreement_filter``.
+
+Measured with ``bench/noise_eval.py`` (30% flipped labels, 3 judges of accuracy
+0.70–0.85, one position-biased, and a spammer): confidence weights on a judges-only
+Dawid–Skene posterior (``p_model``) with peer review as evidence recover 96–97% of the
+labels at F1 0.91–0.93 for the flagged pairs, against 90–91% and 0.82–0.84 for majority
+vote; see the bench's docstring for the recommended configuration.
 
 >>> import pyarrow as pa
 >>> from schemas.config import DenoiseConfig, MarginConfig
@@ -15,40 +63,53 @@ votes each way), ``contradicted`` (votes go against the dataset's label, when
 >>> pairs = from_rows([oriented_row(c, True, MarginConfig(), {})], PAIRS, "pairs")
 >>> res = denoise_pairs(pairs, DenoiseConfig(on_contradicted="flip"), MarginConfig())
 >>> row = res.outputs["pairs"].to_pylist()[0]
->>> row["decision"], row["chosen_id"], row["reason"]
-('flip', 'y', 'contradicted')
+>>> row["decision"], row["chosen_id"], row["reason"], row["flags"]
+('flip', 'y', 'contradicted', ['flipped'])
+>>> cfg = DenoiseConfig(on_contradicted="keep", confidence_weights=True)
+>>> res = denoise_pairs(pairs, cfg, MarginConfig(), label_source="src")
+>>> row = res.outputs["pairs"].to_pylist()[0]
+>>> row["reason"], row["chosen_id"], round(res.info["weights"]["eta"]["src"], 2)
+('flipped_low_confidence', 'y', 0.5)
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
+import polars as pl
 import pyarrow as pa
 
+from pipeline.errors import PrefcurateError
 from pipeline.hashing import stable_hash
-from pipeline.margins import disagreement, margin_from_p
+from pipeline.margins import margin_from_p
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table
+from pipeline.weights import (
+    AGGREGATE,
+    DEFAULT_ANNOTATOR,
+    ConfidenceWeights,
+    estimate_confidence_weights,
+)
 from schemas.config import DenoiseConfig, MarginConfig
-from schemas.tables import PAIRS, from_rows
+from schemas.tables import PAIRS, conform, from_rows  # noqa: F401 (from_rows: doctest)
 
 STAGE = "denoise"
-STAGE_VERSION = 1
+STAGE_VERSION = 2
 
+# Reasons beyond pipeline.stage.Reason (plain strings: the tables take any string).
+LOW_CONFIDENCE = "low_confidence"  # confidence weight in [flip_below, drop_below)
+FLIPPED_LOW_CONFIDENCE = "flipped_low_confidence"  # weight < flip_below, flipped
+PEER_REVIEW = "peer_review"  # both CRM heads reject the pair late in training
+DISAGREEMENT_FILTER = "disagreement_filter"  # SCIR: judges / RMs / label disagree
+FLIPPED = "flipped"  # flag on every flipped pair
 
-def _flip(row: dict, mcfg: MarginConfig) -> dict:
-    p = 1.0 - row["p_hat"]
-    out = dict(row)
-    out.update(chosen_id=row["rejected_id"], rejected_id=row["chosen_id"],
-               pair_id=stable_hash(row["source_id"], row["rejected_id"], row["chosen_id"]),
-               p_hat=p, disagreement=disagreement(p), margin=margin_from_p(p, mcfg.lam, mcfg.cap),
-               weight=p, score_chosen=row["score_rejected"], score_rejected=row["score_chosen"],
-               decision="flip", reason=str(Reason.CONTRADICTED))
-    out["label_status"] = "contradicted"  # the original label was contradicted
-    return out
+_KEEP, _FLIP, _DROP = 0, 1, 2
 
 
 def decide(row: dict, cfg: DenoiseConfig) -> tuple[str, Reason | None]:
-    """The decision for one pair and its reason (None for a plain keep)."""
+    """The decision of the vote rules (1–5) for one pair and its reason (None: keep)."""
     if row["p_hat"] is None or row["n_votes"] == 0:
         return "drop", Reason.NULL_SCORE
     if "tie" in row["flags"]:
@@ -66,23 +127,286 @@ def decide(row: dict, cfg: DenoiseConfig) -> tuple[str, Reason | None]:
     return "keep", None
 
 
-def denoise_pairs(pairs: pa.Table, cfg: DenoiseConfig, mcfg: MarginConfig) -> StageResult:
-    """Apply :func:`decide` to every pair; dropped pairs go to the dropped table."""
-    kept, drops = [], []
-    for row in pairs.to_pylist():
-        decision, reason = decide(row, cfg)
-        if decision == "drop":
-            drops.append({"source_id": row["source_id"], "row_id": row["pair_id"],
-                          "reason": reason,
-                          "detail": f"p_hat={row['p_hat']} n_votes={row['n_votes']} "
-                                    f"status={row['label_status']}"})
-        elif decision == "flip":
-            kept.append(_flip(row, mcfg))
+def _label_sources(label_source: str | Sequence[str | None] | None,
+                   n: int) -> list[str | None] | None:
+    if label_source is None:
+        return None
+    if isinstance(label_source, str):
+        return [label_source] * n
+    out = list(label_source)
+    if len(out) != n:
+        raise PrefcurateError(f"denoise: label_source has {len(out)} entries for {n} pairs; "
+                              f"pass one name per pair (None where the votes oriented it) "
+                              f"or one name for all")
+    return out
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def judge_probability(p_hat: np.ndarray, n_votes: np.ndarray, has_label: np.ndarray,
+                      prior: float) -> tuple[np.ndarray, np.ndarray]:
+    """p̂ without the label's own vote where ``has_label``; and the remaining vote count.
+
+    p̂ = (n_c + ½ n_t + a)/(S + 2a) counts the label as one vote for chosen; without it
+    p' = (p̂ (S + 2a) − 1)/(S − 1 + 2a) on S − 1 votes (½ when no other vote is left).
+
+    >>> p, s = judge_probability(np.array([0.875, 0.75]), np.array([3, 1]),
+    ...                          np.array([True, True]), 0.5)
+    >>> [round(float(x), 4) for x in p], s.tolist()
+    ([0.8333, 0.5], [2, 0])
+    """
+    p = np.where(np.isfinite(p_hat), p_hat, 0.5)
+    s = n_votes.astype(np.float64)
+    s_wo = np.where(has_label, s - 1.0, s)
+    num = np.where(has_label, p * (s + 2 * prior) - 1.0, p * (s + 2 * prior))
+    out = np.where(s_wo > 0, num / np.maximum(s_wo + 2 * prior, 1e-12), 0.5)
+    return np.clip(out, 0.0, 1.0), np.maximum(s_wo, 0.0).astype(np.int64)
+
+
+def _model_probability(p_judge: np.ndarray, s_c: np.ndarray, s_r: np.ndarray,
+                       p_model: np.ndarray | None, cfg: DenoiseConfig,
+                       n: int) -> tuple[np.ndarray, str]:
+    """p_i: the judges' p̂, σ(s_c − s_r) (``weight_source = scores``), or ``p_model``."""
+    p_i, source = p_judge.copy(), "p_hat"
+    if cfg.weight_source == "scores":
+        both = np.isfinite(s_c) & np.isfinite(s_r)
+        p_i = np.where(both, _sigmoid(s_c - s_r), p_i)
+        source = f"scores ({int(both.sum())} pairs; p_hat for the rest)"
+    if p_model is not None:
+        pm = np.asarray(p_model, dtype=np.float64).reshape(-1)
+        if pm.size != n:
+            raise PrefcurateError(f"denoise: p_model has {pm.size} values for {n} pairs; "
+                                  f"pass one probability per input pair (NaN: use the votes)")
+        ok = np.isfinite(pm)
+        p_i = np.where(ok, np.clip(pm, 0.0, 1.0), p_i)
+        source = f"p_model ({int(ok.sum())} pairs; {source} for the rest)"
+    return p_i, source
+
+
+def _peer_review(emb_chosen: np.ndarray, emb_rejected: np.ndarray,
+                 emb_prompt: np.ndarray | None, n: int, cfg: DenoiseConfig,
+                 res: ConfidenceWeights, idx: np.ndarray, p_i: np.ndarray,
+                 valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Run CRM peer review on every input pair; the noise rate ε̂ = 1 − mean weight and
+    the curriculum's easy → hard order come from the confidence weights ``res``."""
+    from pipeline.peer_review import review_pairs
+
+    for name, emb in (("emb_chosen", emb_chosen), ("emb_rejected", emb_rejected),
+                      ("emb_prompt", emb_prompt)):
+        if emb is not None and np.shape(emb)[0] != n:
+            raise PrefcurateError(f"denoise: {name} has {np.shape(emb)[0]} rows for {n} "
+                                  f"pairs; align the embeddings with the input pairs")
+    confidence = np.where(valid, p_i, 0.5)
+    confidence[idx] = res.weight
+    if cfg.peer_review_noise_rate is not None:
+        eps, eps_from = cfg.peer_review_noise_rate, "config"
+    else:
+        eps, eps_from = res.noise_rate(), "1 - mean weight"
+    c = np.clip(confidence, 1e-6, 1 - 1e-6)
+    pr = review_pairs(emb_chosen, emb_rejected, emb_prompt, noise_rate=eps,
+                      prior=np.log(c) - np.log1p(-c), epochs=cfg.peer_review_epochs,
+                      warmup_epochs=cfg.peer_review_warmup_epochs,
+                      late_epochs=cfg.peer_review_late_epochs,
+                      hidden=cfg.peer_review_hidden, seed=cfg.peer_review_seed)
+    return 0.5 * (pr.margin_a + pr.margin_b), pr.flagged, \
+        {"ran": True, "noise_rate_from": eps_from, **pr.info}
+
+
+def denoise_pairs(pairs: pa.Table, cfg: DenoiseConfig, mcfg: MarginConfig, *,
+                  label_source: str | Sequence[str | None] | None = None,
+                  p_model: np.ndarray | None = None,
+                  emb_chosen: np.ndarray | None = None, emb_rejected: np.ndarray | None = None,
+                  emb_prompt: np.ndarray | None = None) -> StageResult:
+    """Decide keep / flip / drop for every pair (rules 1–8 above), vectorised.
+
+    ``emb_chosen`` / ``emb_rejected`` (n × d) and ``emb_prompt`` (n × d_p) are aligned with
+    the input rows in their input orientation; ``p_model`` (n) is an optional external
+    probability that each input label is right (NaN: use the votes).
+    """
+    n = pairs.num_rows
+    df = pl.from_arrow(pairs) if n else pl.DataFrame(schema={c: pl.Utf8 for c in PAIRS.names})
+    info: dict[str, Any] = {}
+    if n == 0:
+        return StageResult(STAGE, {"pairs": PAIRS.empty_table()}, StageCounts(0, 0), info=
+                           {"flipped": 0})
+    p_hat = df["p_hat"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+    n_votes = df["n_votes"].cast(pl.Int64).to_numpy()
+    d = df["disagreement"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+    status = df["label_status"].to_numpy()
+    is_tie = df["flags"].list.contains("tie").fill_null(False).to_numpy()
+    s_c = df["score_chosen"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+    s_r = df["score_rejected"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+
+    decision = np.full(n, _KEEP, dtype=np.int8)
+    reason = np.full(n, None, dtype=object)
+    open_ = np.ones(n, dtype=bool)  # not decided yet
+
+    def apply(mask: np.ndarray, dec: int, why: str) -> None:
+        m = mask & open_
+        decision[m] = dec
+        reason[m] = why
+        open_[m] = False
+
+    apply(~np.isfinite(p_hat) | (n_votes == 0), _DROP, str(Reason.NULL_SCORE))
+    apply(is_tie, _DROP, str(Reason.TIE))
+    apply(np.isfinite(d) & (d > cfg.max_disagreement), _DROP, str(Reason.HIGH_DISAGREEMENT))
+    if cfg.on_contradicted != "keep":
+        apply(status == "contradicted", _DROP if cfg.on_contradicted == "drop" else _FLIP,
+              str(Reason.CONTRADICTED))
+    if cfg.drop_contested:
+        apply(status == "contested", _DROP, str(Reason.CONTESTED))
+
+    sources = _label_sources(label_source, n)
+    has_label = np.array([s is not None for s in sources]) if sources is not None \
+        and cfg.exclude_label_vote else np.zeros(n, dtype=bool)
+    p_judge, s_judge = judge_probability(p_hat, n_votes, has_label, mcfg.prior)
+
+    valid = np.isfinite(p_hat) & (n_votes > 0)
+    p_i, source_of_p = _model_probability(p_judge, s_c, s_r, p_model, cfg, n)
+    ann = [DEFAULT_ANNOTATOR] * n if sources is None else \
+        [AGGREGATE if s is None else s for s in sources]
+    idx = np.flatnonzero(valid)
+
+    def weigh(evidence: np.ndarray | None) -> ConfidenceWeights:
+        return estimate_confidence_weights(
+            p_i[idx], [ann[i] for i in idx], eta_init=cfg.eta_init,
+            calibrate=cfg.weight_calibration,
+            evidence=None if evidence is None else evidence[idx])
+
+    res = weigh(None) if cfg.confidence_weights else None
+    mode = cfg.peer_review_mode if cfg.peer_review_mode != "auto" else \
+        ("weights" if cfg.confidence_weights else "drop")
+    head_margin, flagged = None, None
+    if cfg.peer_review:
+        if emb_chosen is None or emb_rejected is None:
+            info["peer_review"] = {"ran": False, "skipped": "no response embeddings were "
+                                   "given (emb_chosen / emb_rejected); embed the candidates "
+                                   "to run CRM peer review"}
         else:
-            kept.append({**row, "decision": "keep", "reason": None})
-    out = from_rows(kept, PAIRS, "pairs")
-    counts = StageCounts(rows_in=pairs.num_rows, kept=len(kept),
+            # ε̂ and the curriculum come from the confidence weights, computed for them
+            # even when the weights do not decide
+            head_margin, flagged, info["peer_review"] = _peer_review(
+                emb_chosen, emb_rejected, emb_prompt, n, cfg,
+                res if res is not None else weigh(None), idx, p_i, valid)
+            info["peer_review"]["mode"] = mode
+            if mode == "weights":
+                res = weigh(head_margin)
+
+    weight = None
+    if res is not None:
+        weight = np.full(n, np.nan)
+        weight[idx] = res.weight
+        apply(valid & (weight < cfg.flip_below),
+              _FLIP if cfg.on_low_confidence == "flip" else _DROP,
+              FLIPPED_LOW_CONFIDENCE if cfg.on_low_confidence == "flip" else LOW_CONFIDENCE)
+        apply(valid & (weight < cfg.drop_below), _DROP, LOW_CONFIDENCE)
+        info["weights"] = {"eta": res.eta, "pairs": res.n_per_annotator,
+                           "iterations": res.iterations, "converged": res.converged,
+                           "p_source": source_of_p, "calibrated": cfg.weight_calibration,
+                           "scales": list(res.scales),
+                           "evidence": ["p_i"] + (["peer_review_margin"] if len(res.scales)
+                                                  > 1 else []),
+                           "mean_weight": float(res.weight.mean()) if idx.size else None,
+                           "noise_rate": res.noise_rate()}
+    if flagged is not None and mode == "drop":
+        apply(flagged, _DROP, PEER_REVIEW)
+
+    if cfg.agreement_filter:
+        reach = open_ | (decision == _FLIP)  # pairs not dropped by an earlier rule
+        agree = np.ones(n, dtype=bool)
+        signals = ["label"]
+        judged = s_judge > 0
+        agree &= ~judged | (p_judge > 0.5)
+        signals.append("judges")
+        both = np.isfinite(s_c) & np.isfinite(s_r)
+        if both.any():
+            agree &= ~both | (s_c > s_r)
+            signals.append("scores")
+        if head_margin is not None:
+            agree &= head_margin > 0
+            signals.append("peer_review")
+        bad = reach & (~agree | (decision == _FLIP))
+        decision[bad] = _DROP
+        reason[bad] = DISAGREEMENT_FILTER
+        open_[bad] = False
+        considered = int(reach.sum())
+        info["agreement_filter"] = {"signals": signals, "considered": considered,
+                                    "dropped": int(bad.sum()),
+                                    "retention": (considered - int(bad.sum())) / considered
+                                    if considered else None}
+
+    return _assemble(pairs, df, decision, reason, weight, cfg, mcfg, info)
+
+
+def _assemble(pairs: pa.Table, df: pl.DataFrame, decision: np.ndarray, reason: np.ndarray,
+              weight: np.ndarray | None, cfg: DenoiseConfig, mcfg: MarginConfig,
+              info: dict[str, Any]) -> StageResult:
+    n = pairs.num_rows
+    keep_m, flip_m, drop_m = decision == _KEEP, decision == _FLIP, decision == _DROP
+    drop_idx = np.flatnonzero(drop_m)
+    sid = df["source_id"].to_list()
+    pid = df["pair_id"].to_list()
+    p_hat = df["p_hat"].to_list()
+    nv = df["n_votes"].to_list()
+    st = df["label_status"].to_list()
+    drops = []
+    for i in drop_idx:
+        detail = f"p_hat={p_hat[i]} n_votes={nv[i]} status={st[i]}"
+        if weight is not None and np.isfinite(weight[i]):
+            detail += f" weight={weight[i]:.4f}"
+        drops.append({"source_id": sid[i], "row_id": pid[i], "reason": reason[i],
+                      "detail": detail})
+    out = df.with_columns(
+        _i=pl.int_range(pl.len()), _dec=pl.Series(decision.astype(np.int64)),
+        _why=pl.Series(reason.tolist(), dtype=pl.Utf8))
+    if weight is not None:
+        out = out.with_columns(_w=pl.Series(weight))
+    out = out.filter(pl.col("_dec") != _DROP)
+    flip = pl.col("_dec") == _FLIP
+    new_ids = {int(i): stable_hash(sid[i], df["rejected_id"][int(i)], df["chosen_id"][int(i)])
+               for i in np.flatnonzero(flip_m)}
+    p_new = 1.0 - pl.col("p_hat")
+    cols = [
+        pl.when(flip).then(pl.col("rejected_id")).otherwise(pl.col("chosen_id"))
+        .alias("chosen_id"),
+        pl.when(flip).then(pl.col("chosen_id")).otherwise(pl.col("rejected_id"))
+        .alias("rejected_id"),
+        pl.when(flip).then(pl.col("score_rejected")).otherwise(pl.col("score_chosen"))
+        .alias("score_chosen"),
+        pl.when(flip).then(pl.col("score_chosen")).otherwise(pl.col("score_rejected"))
+        .alias("score_rejected"),
+        pl.when(flip).then(p_new).otherwise(pl.col("p_hat")).alias("p_hat"),
+        pl.when(flip).then(1.0 - (2.0 * p_new - 1.0).abs()).otherwise(pl.col("disagreement"))
+        .alias("disagreement"),
+        pl.when(flip).then(pl.lit("contradicted")).otherwise(pl.col("label_status"))
+        .alias("label_status"),
+        pl.when(flip).then(pl.lit("flip")).otherwise(pl.lit("keep")).alias("decision"),
+        pl.col("_why").alias("reason"),
+        pl.when(flip & ~pl.col("flags").list.contains(FLIPPED))
+        .then(pl.col("flags").list.concat(pl.lit([FLIPPED])))
+        .otherwise(pl.col("flags")).alias("flags"),
+        pl.when(flip).then(pl.col("_i").replace_strict(new_ids, default=None,
+                                                        return_dtype=pl.Utf8))
+        .otherwise(pl.col("pair_id")).alias("pair_id"),
+    ]
+    if weight is not None:
+        cols.append(pl.when(flip).then(1.0 - pl.col("_w")).otherwise(pl.col("_w"))
+                    .alias("weight"))
+    else:
+        cols.append(pl.when(flip).then(p_new).otherwise(pl.col("weight")).alias("weight"))
+    out = out.with_columns(cols)
+    if flip_m.any():  # margins of flipped pairs, with the scalar formula of margins.py
+        fl = out["_dec"].to_numpy() == _FLIP
+        m = out["margin"].to_numpy().astype(np.float64, copy=True)
+        ph = out["p_hat"].to_numpy()
+        m[fl] = [margin_from_p(float(x), mcfg.lam, mcfg.cap) for x in ph[fl]]
+        out = out.with_columns(margin=pl.Series(m))
+    kept_table = conform(out.drop(["_i", "_dec", "_why"] + (["_w"] if weight is not None
+                                                             else [])).to_arrow(),
+                         PAIRS, "pairs") if out.height else PAIRS.empty_table()
+    counts = StageCounts(rows_in=n, kept=int(keep_m.sum() + flip_m.sum()),
                          dropped=dict(Counter(str(d["reason"]) for d in drops)))
-    n_flip = sum(r["decision"] == "flip" for r in kept)
-    return StageResult(STAGE, {"pairs": out}, counts, dropped_table(STAGE, drops),
-                       info={"flipped": n_flip})
+    return StageResult(STAGE, {"pairs": kept_table}, counts, dropped_table(STAGE, drops),
+                       info={"flipped": int(flip_m.sum()), **info})

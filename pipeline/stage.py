@@ -54,6 +54,12 @@ class Reason(StrEnum):
     CONTESTED = "contested"
     HIGH_DISAGREEMENT = "high_disagreement"
     NOT_SELECTED = "not_selected"
+    LOW_CONFIDENCE = "low_confidence"  # LCPO weight between flip_below and drop_below
+    FLIPPED_LOW_CONFIDENCE = "flipped_low_confidence"
+    PEER_REVIEW = "peer_review"  # both CRM reward heads reject the pair late in training
+    DISAGREEMENT_FILTER = "disagreement_filter"  # SCIR: judges / RMs / label disagree
+    BELOW_MIN_MARGIN = "below_min_margin"
+    BUDGET = "budget"
 
 
 @dataclass
