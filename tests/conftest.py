@@ -29,6 +29,17 @@ def examples() -> Path:
     return EXAMPLES
 
 
+@pytest.fixture(scope="session")
+def smollm2_engine():
+    """The embedded SmolLM2 vLLM engine, started once for the whole test session (the flow
+    runs in the tests reuse the same instance through EnginePool.shared)."""
+    from flows.curate import EnginePool
+    from pipeline.embedded import default_cache_dir
+    from schemas.config import ModelSpec
+
+    return EnginePool.shared(default_cache_dir()).get(ModelSpec())
+
+
 def pytest_sessionfinish(session, exitstatus):
     """Stop engines started by the tests before the interpreter tears logging down."""
     import sys

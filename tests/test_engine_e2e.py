@@ -22,8 +22,8 @@ SPEC = ModelSpec()  # the embedded default, engine vllm
 
 
 @pytest.fixture(scope="module")
-def engine():
-    return EnginePool.shared(default_cache_dir()).get(SPEC)
+def engine(smollm2_engine):
+    return smollm2_engine
 
 
 def _cfg(root: Path):

@@ -294,7 +294,8 @@ def test_html_renders_in_headless_chromium(versions, tmp_path):
                     "`apt-get install -y chromium` to run the rendering check")
     for which, want in (("fake", {"plot-stage-rows", "plot-scores", "plot-agreement",
                                   "plot-position-consistency", "plot-length-bias", "plot-p-hat",
-                                  "plot-disagreement", "plot-margin", "plot-noise"}),
+                                  "plot-disagreement", "plot-margin", "plot-noise",
+                                  "plot-similarity"}),
                         ("planted", {"plot-stage-rows", "plot-scores", "plot-agreement",
                                      "plot-length-bias", "plot-p-hat", "plot-disagreement",
                                      "plot-margin", "plot-noise"})):

@@ -241,16 +241,8 @@ def test_empty_input():
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    from pipeline.embedded import ensure_smollm2
-    from pipeline.engines import VLLMEngine
-
-    os.environ["VLLM_CPU_KVCACHE_SPACE"] = "1"
-    eng = VLLMEngine("embedded:smollm2-135m-instruct", str(ensure_smollm2()),
-                     dtype="float32", max_model_len=2048,
-                     engine_args={"enforce_eager": True})
-    yield eng
-    eng.close()
+def smollm2(smollm2_engine):
+    return smollm2_engine  # one engine start for the whole session (tests/conftest.py)
 
 
 @pytest.mark.engine
