@@ -161,6 +161,7 @@ def _stage(ctx: RunContext, mod_stage: str, version: int, cfg: Any, inputs: list
         _artifact(done)
         return done
     result = compute()
+    result.stage = mod_stage  # the stage's name in this flow (e.g. a second aggregation)
     out = ctx.stages.save(result, key, complete=complete(result), inputs=inputs)
     _artifact(out)
     return out
@@ -447,9 +448,33 @@ def reward_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -
                   [prompts_src.output_hash, cands_src.output_hash], compute)
 
 
+@task(name="gpm", cache_policy=NO_CACHE)
+def gpm_task(run_id: str, agg: StageOutput, cands_src: StageOutput, emb: StageOutput
+             ) -> StageOutput:
+    from pipeline.gpm import annotate_gpm
+
+    ctx = _ctx(run_id)
+    return _stage(ctx, "gpm", 1, ctx.cfg.gpm.model_dump(mode="json"),
+                  [agg.output_hash, cands_src.output_hash, emb.output_hash],
+                  lambda: annotate_gpm(agg.read("comparisons"), cands_src.read("candidates"),
+                                       emb.read("candidate_embeddings"),
+                                       emb.read("prompt_embeddings"), ctx.cfg.gpm))
+
+
+@task(name="select", cache_policy=NO_CACHE)
+def select_task(run_id: str, sel: StageOutput, emb: StageOutput) -> StageOutput:
+    from pipeline.selection import select_pairs_budget
+
+    ctx = _ctx(run_id)
+    return _stage(ctx, "select", 1, ctx.cfg.select.model_dump(mode="json"),
+                  [sel.output_hash, emb.output_hash],
+                  lambda: select_pairs_budget(sel.read("pairs"), emb.read("prompt_embeddings"),
+                                              ctx.cfg.select))
+
+
 @task(name="aggregate", cache_policy=NO_CACHE)
 def aggregate_task(run_id: str, vote_srcs: list[StageOutput], label_annotators: list[str],
-                   ) -> StageOutput:
+                   stage: str = "aggregate") -> StageOutput:
     ctx = _ctx(run_id)
     import pyarrow as pa
 
@@ -460,18 +485,25 @@ def aggregate_task(run_id: str, vote_srcs: list[StageOutput], label_annotators: 
                                            method=ctx.cfg.aggregate.method,
                                            use_logprobs=ctx.cfg.aggregate.use_logprobs)
 
-    return _stage(ctx, "aggregate", aggregation.STAGE_VERSION,
+    return _stage(ctx, stage, aggregation.STAGE_VERSION,
                   [ctx.cfg.aggregate.model_dump(mode="json"), sorted(label_annotators)],
                   [s.output_hash for s in vote_srcs], compute)
 
 
 @task(name="margins", cache_policy=NO_CACHE)
-def margins_task(run_id: str, agg: StageOutput, emb: StageOutput | None) -> StageOutput:
+def margins_task(run_id: str, agg: StageOutput, emb: StageOutput | None,
+                 gpm: StageOutput | None = None) -> StageOutput:
     ctx = _ctx(run_id)
 
     def compute() -> StageResult:
         res = margins.compute_margins(agg.read("comparisons"), agg.read("scores"),
                                       ctx.cfg.margins)
+        if gpm is not None:
+            from pipeline.gpm import flag_cyclic_pairs, flag_cyclic_prompts
+
+            cyc = flag_cyclic_prompts(gpm.read("cycles"))
+            res.outputs["pairs"] = flag_cyclic_pairs(res.outputs["pairs"], cyc)
+            res.info["cyclic"] = cyc.counts
         if emb is not None:
             from pipeline.embeddings import cosine_similarity_pairs
 
@@ -484,7 +516,8 @@ def margins_task(run_id: str, agg: StageOutput, emb: StageOutput | None) -> Stag
         return res
 
     return _stage(ctx, "margins", margins.STAGE_VERSION, ctx.cfg.margins.model_dump(mode="json"),
-                  [agg.output_hash] + ([emb.output_hash] if emb is not None else []), compute)
+                  [agg.output_hash] + ([emb.output_hash] if emb is not None else []) +
+                  ([gpm.output_hash] if gpm is not None else []), compute)
 
 
 @task(name="denoise", cache_policy=NO_CACHE)
@@ -681,10 +714,24 @@ def curate(config: dict[str, Any]) -> dict[str, Any]:
         if cfg.input.kind == "pairs":
             labels = sorted(set(ing.read("prompts").column("source").to_pylist()))
         agg = aggregate_task(run_id, vote_srcs, labels)
-        mar = margins_task(run_id, agg, emb)
+        outs.append(agg)
+        gp = None
+        if cfg.gpm.enabled:
+            if emb is None:
+                raise ConfigError("gpm.enabled needs embeddings: set embed.enabled: true")
+            gp = gpm_task(run_id, agg, cands, emb)
+            # the GPM is one more annotator: aggregate again with its votes
+            agg = aggregate_task(run_id, vote_srcs + [gp], labels, stage="aggregate_gpm")
+            outs += [gp, agg]
+        mar = margins_task(run_id, agg, emb, gp)
         den = denoise_task(run_id, mar, emb, labels[0] if len(labels) == 1 else None)
         sel = pairs_task(run_id, den)
-        outs += [agg, mar, den, sel]
+        outs += [mar, den, sel]
+        if cfg.select.budget is not None:
+            if emb is None:
+                raise ConfigError("select.budget needs embeddings: set embed.enabled: true")
+            sel = select_task(run_id, sel, emb)
+            outs.append(sel)
         summary = publish_task(run_id, ing, cands, sel, outs)
         summary["report"] = report_task(summary)
         return summary

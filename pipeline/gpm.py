@@ -74,7 +74,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.errors import PrefcurateError
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table
-from schemas.tables import VOTES, check_table
+from schemas.config import GPMConfig
+from schemas.tables import CYCLES, VOTES, check_table
 
 log = logging.getLogger("prefcurate.gpm")
 
@@ -87,43 +88,7 @@ MIN_STEPS = 16  # batches shrink on small inputs so that an epoch has at least t
 PCA_ROWS = 20_000  # rows used to fit the input reduction
 ORIGINS = ("panel", "gpm")
 
-CYCLES = pa.schema([
-    pa.field("source_id", pa.string(), nullable=True),
-    pa.field("prompt_id", pa.string(), nullable=False),
-    pa.field("candidate_1", pa.string(), nullable=False),  # 1 ≻ 2 ≻ 3 ≻ 1
-    pa.field("candidate_2", pa.string(), nullable=False),
-    pa.field("candidate_3", pa.string(), nullable=False),
-    pa.field("p_12", pa.float64(), nullable=False),  # P(1 ≻ 2)
-    pa.field("p_23", pa.float64(), nullable=False),
-    pa.field("p_31", pa.float64(), nullable=False),
-    pa.field("origin", pa.string(), nullable=False),  # "panel" | "gpm" | caller's name
-])
 
-
-class GPMConfig(BaseModel):
-    """The GPM head, its training, and its use as the ``gpm`` annotator."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    enabled: bool = False
-    k: int = Field(4, ge=1)  # blocks: preference embeddings live in R^{2k}
-    tau: float = Field(0.1, gt=0)  # P(i > j) = sigmoid(s / tau)
-    joint: bool = True  # the prompt embedding enters each response's embedding too
-    hidden: int = Field(0, ge=0)  # 0: the linear map of the paper; > 0: one GELU layer
-    input_dims: int | None = Field(64, ge=1)  # PCA of the frozen embeddings (None: keep)
-    loss: Literal["soft", "margin"] = "soft"  # BCE vs p_hat, or the GPM margin loss
-    margin_scale: float = Field(0.1, ge=0)  # margin (logit units) -> s units
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(512, ge=1)
-    lr: float = Field(1e-2, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    seed: int = 0
-    threads: int = Field(1, ge=1)  # torch CPU threads while training
-    prior: float = Field(0.5, gt=0)  # training label p_hat = (n_a + tie/2 + a) / (S + 2a)
-    folds: int = Field(2, ge=1)  # cross-fitting by prompt; 1 = train once, score in sample
-    tie_band: float = Field(0.05, ge=0, lt=0.5)  # |P - 0.5| < band -> verdict "tie"
-    cycle_band: float = Field(0.05, ge=0, lt=0.5)  # an edge of a cycle needs P > 0.5 + band
-    annotator: str = ANNOTATOR
 
 
 class BTConfig(BaseModel):

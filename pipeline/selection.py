@@ -62,6 +62,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.errors import PrefcurateError
 from pipeline.stage import StageCounts, StageResult
+from schemas.config import SelectConfig
 from schemas.tables import DROPPED, PAIRS, check_table
 
 log = logging.getLogger("prefcurate.selection")
@@ -69,34 +70,6 @@ log = logging.getLogger("prefcurate.selection")
 STAGE = "select"
 STAGE_VERSION = 1
 BUDGET = "budget"  # drop reason: cut to meet the budget
-
-
-class SelectConfig(BaseModel):
-    """``select: {budget: N | fraction}`` and the quality / coverage trade-off."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    budget: int | float | None = None  # None: keep every pair; int: pairs; float: fraction
-    coverage_tradeoff: float = Field(0.5, ge=0, le=1)  # α: 0 quality only, 1 coverage first
-    clusters: int = Field(256, ge=1)  # coverage clients: U itself when |U| <= clusters
-    neighbours: int = Field(32, ge=1)  # centroids kept per prompt (sparse similarities)
-    kmeans_iters: int = Field(8, ge=1)
-    kmeans_sample: int = Field(10_000, ge=1)
-    coverage_sample: int = Field(1000, ge=1)  # prompts sampled to report coverage
-    seed: int = 0
-
-    @field_validator("budget", mode="before")
-    @classmethod
-    def _check_budget(cls, v: Any) -> Any:
-        if isinstance(v, bool):
-            raise ValueError("select.budget must be a number of pairs (int) or a fraction "
-                             "(float in (0, 1]), not a boolean")
-        if isinstance(v, float) and not (0.0 < v <= 1.0):
-            raise ValueError(f"select.budget {v} as a float is a fraction of the pairs and "
-                             f"must lie in (0, 1]; give an int for a number of pairs")
-        if isinstance(v, int) and v < 0:
-            raise ValueError(f"select.budget must be >= 0 pairs, got {v}")
-        return v
 
 
 def resolve_budget(budget: int | float | None, n: int) -> int:

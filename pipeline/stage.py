@@ -60,6 +60,7 @@ class Reason(StrEnum):
     DISAGREEMENT_FILTER = "disagreement_filter"  # SCIR: judges / RMs / label disagree
     BELOW_MIN_MARGIN = "below_min_margin"
     BUDGET = "budget"
+    NO_EMBEDDING = "no_embedding"
 
 
 @dataclass

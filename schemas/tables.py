@@ -136,6 +136,19 @@ PUBLISHED = pa.schema([
     _f("split", pa.string(), True),
 ])
 
+# Intransitive triples among a prompt's candidates (GPM / panel), one row per triple.
+CYCLES = pa.schema([
+    _f("source_id", pa.string(), True),
+    _f("prompt_id", pa.string()),
+    _f("candidate_1", pa.string()),  # 1 ≻ 2 ≻ 3 ≻ 1
+    _f("candidate_2", pa.string()),
+    _f("candidate_3", pa.string()),
+    _f("p_12", pa.float64()),  # P(1 ≻ 2)
+    _f("p_23", pa.float64()),
+    _f("p_31", pa.float64()),
+    _f("origin", pa.string()),  # "panel" | "gpm" | caller's name
+])
+
 # Every row a stage did not keep: the stage, why, and enough to find it again.
 DROPPED = pa.schema([
     _f("stage", pa.string()),
@@ -185,6 +198,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "published": PUBLISHED,
     "dropped": DROPPED,
     "quarantine": QUARANTINE,
+    "cycles": CYCLES,
 }
 
 

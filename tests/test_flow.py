@@ -133,3 +133,21 @@ def test_bad_input_file_is_a_clear_error(tmp_path):
                          capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 2
     assert "bad.jsonl" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_gpm_annotator_and_budgeted_selection(tmp_path, examples):
+    cfg = _fake_cfg(tmp_path, examples, "gpm.enabled=true", "select.budget=0.5")
+    summary = curate(cfg.model_dump(mode="json"))
+    manifest = store.read_manifest(summary["path"])
+    _check_accounting(manifest)
+    order = manifest["stage_order"]
+    assert order.index("gpm") < order.index("aggregate_gpm") < order.index("margins")
+    assert order[-1] == "select"
+    # the GPM votes on every pair of every prompt's candidates: 4 prompts x C(4,2)
+    assert manifest["stage_info"]["aggregate_gpm"]["annotators"]["gpm"]["votes"] == 4 * 6
+    assert "cyclic" in manifest["stage_info"]["margins"]
+    sel = manifest["stages"]["select"]
+    assert sel["kept"] == summary["rows"] and sel["dropped"].get("budget", 0) == sel["in"] - \
+        sel["kept"]
+    dropped = pl.read_parquet(Path(summary["path"]) / "dropped.parquet")
+    assert (dropped["reason"] == "budget").sum() == sel["dropped"].get("budget", 0)
