@@ -167,6 +167,24 @@ def _stage(ctx: RunContext, mod_stage: str, version: int, cfg: Any, inputs: list
     return out
 
 
+def _call_models(ctx: RunContext, label: str, groups: list[tuple[str, ModelSpec, list[Any]]],
+                 batch_size: int) -> tuple[list[Any], list[Any], CallStats]:
+    """Answer each group's requests (objects with a ``.request``) with its model, through the
+    request cache; returns (requests in group order, their completions, call counts)."""
+    ordered: list[Any] = []
+    comps: list[Any] = []
+    total = CallStats()
+    for name, spec, mine in groups:
+        out, stats = run_cached(
+            [r.request for r in mine], engine_kind=spec.engine, model=spec.model,
+            get_engine=lambda spec=spec: ctx.engine(spec), cache=ctx.cache,
+            batch_size=batch_size, progress=_progress(ctx, f"{label} [{name}]", len(mine)))
+        ordered += mine
+        comps += out
+        total.add(stats)
+    return ordered, comps, total
+
+
 def _transient(task: Any, task_run: Any, state: Any) -> bool:
     """Retry a task on unexpected errors (I/O, engine crashes), never on our own typed
     errors (bad config, bad input, schema violations), which a retry cannot fix. Model
@@ -217,19 +235,10 @@ def generate_task(run_id: str, ingest: StageOutput) -> StageOutput:
     def compute() -> StageResult:
         prompts = ingest.read("prompts")
         reqs = generation.build_generation_requests(prompts, list(gcfg.policies))
-        comps = []  # served from the cache when shards already answered them
-        total = CallStats()
-        for pol in gcfg.policies:
-            mine = [r for r in reqs if r.policy == pol.name]
-            out, stats = run_cached(
-                [r.request for r in mine], engine_kind=pol.model.engine, model=pol.model.model,
-                get_engine=lambda spec=pol.model: ctx.engine(spec), cache=ctx.cache,
-                batch_size=gcfg.batch_size,
-                progress=_progress(ctx, f"generate [{pol.name}]", len(mine)))
-            comps.extend(out)
-            total.add(stats)
-        # keep request order aligned with completions
-        ordered = [r for pol in gcfg.policies for r in reqs if r.policy == pol.name]
+        # (served from the cache when scale-out shards already answered them)
+        ordered, comps, total = _call_models(
+            ctx, "generate", [(p.name, p.model, [r for r in reqs if r.policy == p.name])
+                              for p in gcfg.policies], gcfg.batch_size)
         res = generation.make_candidates(ordered, comps)
         res.info["calls"] = total.__dict__
         ctx.calls["generate"] = total
@@ -322,18 +331,10 @@ def judge_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) ->
         pairs_, drops, info, reqs = plan_judging(jcfg, prompts, candidates)
         log.info("judge: %d pairs x %d judges x 2 orders = %d judge calls", len(pairs_),
                  len(jcfg.judges), len(reqs))
-        comps = []
-        total = CallStats()
-        for judge in jcfg.judges:
-            mine = [r for r in reqs if r.annotator.startswith(judge.name + "|")]
-            out, stats = run_cached(
-                [r.request for r in mine], engine_kind=judge.model.engine,
-                model=judge.model.model, get_engine=lambda spec=judge.model: ctx.engine(spec),
-                cache=ctx.cache, batch_size=jcfg.batch_size,
-                progress=_progress(ctx, f"judge [{judge.name}]", len(mine)))
-            comps.extend(out)
-            total.add(stats)
-        ordered = [r for j in jcfg.judges for r in reqs if r.annotator.startswith(j.name + "|")]
+        ordered, comps, total = _call_models(
+            ctx, "judge", [(j.name, j.model, [r for r in reqs if
+                                              r.annotator.startswith(j.name + "|")])
+                           for j in jcfg.judges], jcfg.batch_size)
         info["candidates_with_injection_like_text"] = judging.injection_like(candidates)
         res = judging.make_votes(ordered, comps, len(pairs_), drops, info)
         from pipeline.judge_stats import compute_judge_stats
@@ -386,20 +387,10 @@ def rubric_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -
                               "reason": "over_budget",
                               "detail": f"rubric budget {rcfg.budget} calls"})
             reqs = reqs[:rcfg.budget]
-        comps: list = []
-        total = CallStats()
-        for judge in rcfg.judges:
-            ann = rubrics.rubric_annotator(judge)
-            mine = [r for r in reqs if r.annotator == ann]
-            out, stats = run_cached(
-                [r.request for r in mine], engine_kind=judge.model.engine,
-                model=judge.model.model, get_engine=lambda spec=judge.model: ctx.engine(spec),
-                cache=ctx.cache, batch_size=rcfg.batch_size,
-                progress=_progress(ctx, f"rubric [{judge.name}]", len(mine)))
-            comps.extend(out)
-            total.add(stats)
-        ordered = [r for j in rcfg.judges for r in reqs if r.annotator ==
-                   rubrics.rubric_annotator(j)]
+        ordered, comps, total = _call_models(
+            ctx, "rubric", [(j.name, j.model, [r for r in reqs if
+                                               r.annotator == rubrics.rubric_annotator(j)])
+                            for j in rcfg.judges], rcfg.batch_size)
         res = rubrics.make_scores(ordered, comps, drops)
         res.info["calls"] = total.__dict__
         res.info["score_stats"] = compute_score_stats(res.outputs["scores"])
