@@ -50,6 +50,8 @@ with no valid vote; ``info["n_iter"]``, ``info["converged"]``, ``info["priors"]`
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -208,15 +210,27 @@ def _position_consistency(df: pl.DataFrame) -> dict[str, dict[str, float | int]]
     df = df.filter(pl.col("order").is_in(["ab", "ba"]) & pl.col("verdict").is_not_null())
     if not df.height:
         return {}
-    df = df.with_columns(judge=pl.col("annotator").str.replace(r"\|(ab|ba)$", ""))
-    wide = (df.group_by(["judge", "source_id", "candidate_a", "candidate_b"])
-            .agg(ab=pl.col("verdict").filter(pl.col("order") == "ab").first(),
-                 ba=pl.col("verdict").filter(pl.col("order") == "ba").first())
-            .drop_nulls(["ab", "ba"]))
+    # Integer keys: a judge code from the few distinct annotators, and a 64-bit hash of the
+    # pair (collisions are negligible for statistics) — string-keyed grouping of 10M votes
+    # took ~9 s and 2.7 GB.
+    names = df["annotator"].unique().to_list()
+    judge_of = {a: re.sub(r"\|(ab|ba)$", "", a) for a in names}
+    judges = sorted(set(judge_of.values()))
+    code = {j: i for i, j in enumerate(judges)}
+    small = df.select(
+        j=pl.col("annotator").replace_strict({a: code[judge_of[a]] for a in names},
+                                             return_dtype=pl.UInt32),
+        pair=pl.struct("source_id", "candidate_a", "candidate_b").hash(seed=0),
+        is_ab=pl.col("order") == "ab", v=pl.col("verdict"))
+    ab = small.filter(pl.col("is_ab")).unique(["j", "pair"], keep="first") \
+        .select("j", "pair", ab="v")
+    ba = small.filter(~pl.col("is_ab")).unique(["j", "pair"], keep="first") \
+        .select("j", "pair", ba="v")
+    wide = ab.join(ba, on=["j", "pair"], how="inner")
     out = {}
-    for r in wide.group_by("judge").agg(n=pl.len(), agree=(pl.col("ab") == pl.col("ba")).sum(),
-                                        first=((pl.col("ab") == "a") & (pl.col("ba") == "b"))
-                                        .sum()).iter_rows(named=True):
-        out[r["judge"]] = {"pairs": r["n"], "consistency": r["agree"] / r["n"],
-                           "always_first_share": r["first"] / r["n"]}
+    for r in wide.group_by("j").agg(n=pl.len(), agree=(pl.col("ab") == pl.col("ba")).sum(),
+                                    first=((pl.col("ab") == "a") & (pl.col("ba") == "b"))
+                                    .sum()).iter_rows(named=True):
+        out[judges[r["j"]]] = {"pairs": r["n"], "consistency": r["agree"] / r["n"],
+                               "always_first_share": r["first"] / r["n"]}
     return out
