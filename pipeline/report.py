@@ -479,6 +479,14 @@ def _section_noise(manifest: dict[str, Any], data: pa.Table) -> dict[str, Any]:
         "flipped_published": n_flip_data,
         "expected_label_error_kept": _num(1.0 - weights.mean()) if weights.size else None,
     }
+    sinfo = manifest.get("stage_info") or {}
+    cyc = (sinfo.get("margins") or {}).get("cyclic")
+    out["cyclic"] = cyc if isinstance(cyc, dict) else None  # GPM / panel intransitive prompts
+    sel = sinfo.get("select") or {}
+    out["selection"] = {k: sel[k] for k in ("quality_before", "quality_after",
+                                            "coverage_before", "coverage_after",
+                                            "prompts_before", "prompts_after") if k in sel} \
+        or None
     if not st:
         return {**out, "denoise_in": None, "dropped": {}, "flipped": None, "noise_rate": None,
                 "weights_noise_rate": None, "agreement_filter_retention": None,
@@ -984,7 +992,10 @@ def _section_html(key: str, rep: dict[str, Any]) -> str:
                             s["weights_noise_rate"],
                             "agreement filter retention": s["agreement_filter_retention"],
                             "label_status (published)": s["label_status"],
-                            "decision (published)": s["decisions"]}))
+                            "decision (published)": s["decisions"],
+                            "cyclic prompts (GPM / panel)": s.get("cyclic"),
+                            "budgeted selection (quality, coverage before → after)":
+                            s.get("selection")}))
         for t in s["details"]:
             p.append(f"<h3>{_e(t['title'])}</h3>" + _html_table(t["columns"], t["rows"]))
         p.append(_note(s["note"]))
@@ -1157,7 +1168,9 @@ def render_terminal(report: dict[str, Any], console: Any) -> None:
                             "expected label error (published)": n["expected_label_error_kept"],
                             "noise rate from weights": n["weights_noise_rate"],
                             "agreement filter retention": n["agreement_filter_retention"],
-                            "label_status": n["label_status"]}))
+                            "label_status": n["label_status"],
+                            "cyclic prompts": n.get("cyclic"),
+                            "budgeted selection": n.get("selection")}))
     for t in n["details"]:
         console.print(table(t["title"], t["columns"], t["rows"]))
     note(n["note"])
