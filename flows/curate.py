@@ -249,9 +249,31 @@ def generate_task(run_id: str, ingest: StageOutput) -> StageOutput:
                   complete=lambda r: r.counts.quarantined.get("request_failed", 0) == 0)
 
 
-def plan_judging(jcfg: Any, prompts: Any, candidates: Any) -> tuple[list, list, dict, list]:
-    """Pairs to judge (cap and call budget applied) and their judge requests."""
-    pairs_, drops, info = judging.select_pairs(candidates, jcfg.max_pairs_per_prompt)
+def first_signal(score_srcs: list[StageOutput]) -> dict[str, float] | None:
+    """Mean pointwise score per candidate (rubric judges, reward models), or None."""
+    if not score_srcs:
+        return None
+    import polars as pl
+
+    frames = [pl.from_arrow(s.read("scores")).select("candidate_id", "annotator", "aspect",
+                                                     "score") for s in score_srcs]
+    df = pl.concat(frames).drop_nulls("score")
+    if not df.height:
+        return None
+    # z-score each (annotator, aspect) so that scales (1-5 rubrics, RM logits) mix fairly
+    df = df.with_columns(z=((pl.col("score") - pl.col("score").mean().over("annotator", "aspect"))
+                            / pl.col("score").std().over("annotator", "aspect"))
+                         .fill_nan(0.0).fill_null(0.0))
+    agg = df.group_by("candidate_id").agg(pl.col("z").mean())
+    return dict(zip(agg["candidate_id"].to_list(), agg["z"].to_list()))
+
+
+def plan_judging(jcfg: Any, prompts: Any, candidates: Any,
+                 signal: dict[str, float] | None = None) -> tuple[list, list, dict, list]:
+    """Pairs to judge (first signal, cap and call budget applied) and their judge requests."""
+    pairs_, drops, info = judging.select_pairs(
+        candidates, jcfg.max_pairs_per_prompt,
+        signal if jcfg.pair_selection == "best_worst" else None)
     calls_per_pair = 2 * len(jcfg.judges)
     if jcfg.budget is not None and len(pairs_) * calls_per_pair > jcfg.budget:
         keep = jcfg.budget // calls_per_pair
@@ -321,14 +343,17 @@ def _warm_in_shards(ctx: RunContext, label: str, groups: list[tuple[ModelSpec, l
 
 @task(name="judge", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60],
       retry_condition_fn=_transient)
-def judge_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -> StageOutput:
+def judge_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput,
+               signal_srcs: list[StageOutput] | None = None) -> StageOutput:
     ctx = _ctx(run_id)
     jcfg = ctx.cfg.judge
+    signal_srcs = signal_srcs or []
 
     def compute() -> StageResult:
         prompts = prompts_src.read("prompts")
         candidates = cands_src.read("candidates")
-        pairs_, drops, info, reqs = plan_judging(jcfg, prompts, candidates)
+        pairs_, drops, info, reqs = plan_judging(jcfg, prompts, candidates,
+                                                 first_signal(signal_srcs))
         log.info("judge: %d pairs x %d judges x 2 orders = %d judge calls", len(pairs_),
                  len(jcfg.judges), len(reqs))
         ordered, comps, total = _call_models(
@@ -345,7 +370,8 @@ def judge_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) ->
         return res
 
     return _stage(ctx, "judge", judging.STAGE_VERSION, jcfg.model_dump(mode="json"),
-                  [prompts_src.output_hash, cands_src.output_hash], compute)
+                  [prompts_src.output_hash, cands_src.output_hash] +
+                  [s.output_hash for s in signal_srcs], compute)
 
 
 def embeddings_enabled(cfg: RunConfig) -> bool:
@@ -683,24 +709,31 @@ def curate(config: dict[str, Any]) -> dict[str, Any]:
         else:
             cands = ing
         vote_srcs = [] if cfg.input.kind == "prompts" else [ing]
+        # pointwise annotation first: it is also the cheap first signal for pair selection
+        score_srcs = []
+        if cfg.rubrics.judges:
+            score_srcs.append(rubric_task(run_id, ing, cands))
+        if cfg.rewards.models:
+            score_srcs.append(reward_task(run_id, ing, cands))
+        outs += score_srcs
+        if cfg.judge.pair_selection == "best_worst" and not score_srcs and cfg.judge.judges:
+            raise ConfigError("judge.pair_selection: best_worst needs a first signal: "
+                              "configure rubrics.judges or rewards.models")
+        signal = score_srcs if cfg.judge.pair_selection == "best_worst" else []
         if cfg.judge.judges:
             if cfg.runner.kind != "thread":
                 _, _, _, jreqs = plan_judging(cfg.judge, ing.read("prompts"),
-                                              cands.read("candidates"))
+                                              cands.read("candidates"), first_signal(signal))
                 _warm_in_shards(ctx, "judge", [
                     (j.model, [r.request for r in jreqs if r.annotator.startswith(j.name + "|")])
                     for j in cfg.judge.judges], cfg.judge.batch_size)
-            jud = judge_task(run_id, ing, cands)
+            jud = judge_task(run_id, ing, cands, signal)
             outs.append(jud)
             vote_srcs.append(jud)
         emb = None
         if embeddings_enabled(cfg):
             emb = embed_task(run_id, ing, cands)
             outs.append(emb)
-        if cfg.rubrics.judges:
-            outs.append(rubric_task(run_id, ing, cands))
-        if cfg.rewards.models:
-            outs.append(reward_task(run_id, ing, cands))
         labels = []
         if cfg.input.kind == "pairs":
             labels = sorted(set(ing.read("prompts").column("source").to_pylist()))

@@ -184,11 +184,22 @@ def prob_first_from_logprobs(steps: list[dict[str, float]] | None) -> float | No
 
 
 def select_pairs(candidates: pa.Table, max_pairs_per_prompt: int,
+                 first_signal: dict[str, float] | None = None,
                  ) -> tuple[list[tuple[str, str, str, str]], list[dict], dict[str, int]]:
     """All canonical pairs (a < b) of each prompt's candidates, up to the cap.
 
     Returns (pairs as (prompt_id, source_id, a, b), dropped rows, info).
     Beyond the cap, pairs are chosen by a stable hash so reruns pick the same ones.
+    With ``first_signal`` ({candidate_id: score}), only the pair of the best and the worst
+    scored candidate of each prompt is judged; the other pairs are dropped ``first_signal``
+    (a prompt whose scores are all equal keeps its pairs up to the cap).
+
+    >>> import pyarrow as pa
+    >>> c = pa.table({"prompt_id": ["p"] * 3, "source_id": ["s"] * 3,
+    ...               "candidate_id": ["x", "y", "z"]})
+    >>> pairs, drops, _ = select_pairs(c, 6, {"x": 0.2, "y": 0.9, "z": 0.5})
+    >>> pairs, sorted(str(d["reason"]) for d in drops)
+    ([('p', 's', 'x', 'y')], ['first_signal', 'first_signal'])
     """
     by_prompt: dict[tuple[str, str], list[str]] = {}
     for r in candidates.select(["prompt_id", "source_id", "candidate_id"]).to_pylist():
@@ -201,6 +212,21 @@ def select_pairs(candidates: pa.Table, max_pairs_per_prompt: int,
             single += 1
             continue
         allp = sorted(itertools.combinations(cids, 2), key=lambda p: stable_hash(pid, *p))
+        scored = [c for c in cids if first_signal and first_signal.get(c) is not None]
+        if first_signal is not None and len(scored) >= 2:
+            best = max(scored, key=lambda c: (first_signal[c], c))
+            worst = min(scored, key=lambda c: (first_signal[c], c))
+            if first_signal[best] > first_signal[worst]:
+                keep = tuple(sorted((best, worst)))
+                for a, b in allp:
+                    if (a, b) == keep:
+                        pairs.append((pid, sid, a, b))
+                    else:
+                        drops.append({"source_id": sid, "row_id": f"{a}|{b}",
+                                      "reason": Reason.FIRST_SIGNAL,
+                                      "detail": f"best/worst by first signal: {best} vs "
+                                                f"{worst}"})
+                continue
         for k, (a, b) in enumerate(allp):
             if k < max_pairs_per_prompt:
                 pairs.append((pid, sid, a, b))

@@ -46,6 +46,7 @@ class Reason(StrEnum):
     # judging / aggregation
     NULL_VERDICT = "null_verdict"
     OVER_BUDGET = "over_budget"
+    FIRST_SIGNAL = "first_signal"  # not the (best, worst) pair by the cheap first signal
     SINGLE_CANDIDATE = "single_candidate"
     # margins / denoise / pairs
     TIE = "tie"

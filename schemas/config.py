@@ -94,6 +94,10 @@ class JudgeConfig(_Frozen):
     max_pairs_per_prompt: int = Field(6, ge=1)
     budget: int | None = None  # max judge calls in the stage (null: unbounded)
     batch_size: int = Field(64, ge=1)
+    # all: every pair up to the cap; best_worst: per prompt only the pair (best, worst) by a
+    # cheap first signal — the mean pointwise score from the rubric judges / reward models
+    # (K calls per prompt instead of K(K-1)/2 pairs x 2 orders)
+    pair_selection: Literal["all", "best_worst"] = "all"
 
 
 class AggregateConfig(_Frozen):

@@ -151,3 +151,27 @@ def test_gpm_annotator_and_budgeted_selection(tmp_path, examples):
         sel["kept"]
     dropped = pl.read_parquet(Path(summary["path"]) / "dropped.parquet")
     assert (dropped["reason"] == "budget").sum() == sel["dropped"].get("budget", 0)
+
+
+def test_best_worst_pair_selection_by_rubric_first_signal(tmp_path, examples):
+    cfg = _fake_cfg(tmp_path, examples, "judge.pair_selection=best_worst",
+                    "rubrics.judges=[{name: r, model: {engine: fake, model: fake-r}}]")
+    summary = curate(cfg.model_dump(mode="json"))
+    manifest = store.read_manifest(summary["path"])
+    _check_accounting(manifest)
+    order = manifest["stage_order"]
+    assert order.index("rubric") < order.index("judge")  # the signal comes first
+    judge = manifest["stages"]["judge"]
+    # 4 prompts x C(4,2)=6 pairs: at most one judged per prompt, the rest dropped with reason
+    assert judge["kept"] <= 4 and judge["kept"] + judge["dropped"].get("first_signal", 0) + \
+        judge["dropped"].get("over_budget", 0) == 24
+    assert judge["out"] == judge["kept"] * 2  # both orders
+    assert summary["calls"]["judge"]["made"] == judge["kept"] * 2
+
+
+def test_best_worst_without_signal_is_a_config_error(tmp_path, examples):
+    from pipeline.errors import ConfigError
+
+    cfg = _fake_cfg(tmp_path, examples, "judge.pair_selection=best_worst")
+    with pytest.raises(ConfigError, match="first signal"):
+        curate(cfg.model_dump(mode="json"))
