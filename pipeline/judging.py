@@ -113,7 +113,7 @@ def format_pairwise(judge: JudgeSpec, prompt: list[dict[str, str]], first: str,
                               response_a=_defang(first, nonce),
                               response_b=_defang(second, nonce))
     system = SYSTEM_V1 if not judge.persona else f"{SYSTEM_V1}\n{judge.persona}"
-    return ChatRequest(messages=(("system", system), ("user", user)), n=1,
+    return ChatRequest(messages=(("system", system), ("user", user)), n=judge.samples,
                        temperature=judge.temperature, max_tokens=judge.max_tokens,
                        seed=judge.seed,
                        json_schema=VERDICT_SCHEMA if judge.structured else None,
@@ -260,18 +260,22 @@ def make_votes(requests: list[JudgeRequest], completions: list[Completion],
     """Parse completions into VOTES rows; unparseable output is a null verdict, kept."""
     rows = []
     for jr, comp in zip(requests, completions, strict=True):
-        raw = comp.texts[0] if comp.texts else None
-        if comp.error is not None:
-            shown, err = None, f"request failed: {comp.error}"
-        else:
-            shown, err = parse_verdict(raw)
-        p_first = prob_first_from_logprobs(comp.top_logprobs[0] if comp.top_logprobs else None)
-        prob_a = None if p_first is None else (p_first if jr.order == "ab" else 1 - p_first)
-        rows.append({"prompt_id": jr.prompt_id, "source_id": jr.source_id,
-                     "candidate_a": jr.candidate_a, "candidate_b": jr.candidate_b,
-                     "annotator": jr.annotator, "order": jr.order,
-                     "verdict": map_verdict(shown, jr.order), "prob_a": prob_a,
-                     "raw_output": raw, "parse_error": err})
+        # one vote per sample (judge.samples > 1 at temperature > 0); a failed call is one
+        # null vote per requested sample, so nothing disappears from the counts
+        for i in range(max(jr.request.n, 1)):
+            raw = comp.texts[i] if i < len(comp.texts) else None
+            if comp.error is not None:
+                shown, err = None, f"request failed: {comp.error}"
+            else:
+                shown, err = parse_verdict(raw)
+            tops = comp.top_logprobs[i] if i < len(comp.top_logprobs) else None
+            p_first = prob_first_from_logprobs(tops)
+            prob_a = None if p_first is None else (p_first if jr.order == "ab" else 1 - p_first)
+            rows.append({"prompt_id": jr.prompt_id, "source_id": jr.source_id,
+                         "candidate_a": jr.candidate_a, "candidate_b": jr.candidate_b,
+                         "annotator": jr.annotator, "order": jr.order,
+                         "verdict": map_verdict(shown, jr.order), "prob_a": prob_a,
+                         "raw_output": raw, "parse_error": err})
     votes = from_rows(rows, VOTES, "votes")
     n_drop = len(drops)
     counts = StageCounts(rows_in=n_pairs + n_drop, kept=n_pairs,

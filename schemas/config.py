@@ -87,6 +87,7 @@ class JudgeSpec(_Frozen):
     max_tokens: int = Field(48, ge=1)
     seed: int = 0
     structured: bool = True  # JSON schema through vLLM structured outputs
+    samples: int = Field(1, ge=1)  # verdicts per call (use with temperature > 0): one vote each
 
 
 class JudgeConfig(_Frozen):

@@ -175,3 +175,13 @@ def test_best_worst_without_signal_is_a_config_error(tmp_path, examples):
     cfg = _fake_cfg(tmp_path, examples, "judge.pair_selection=best_worst")
     with pytest.raises(ConfigError, match="first signal"):
         curate(cfg.model_dump(mode="json"))
+
+
+def test_judge_samples_give_one_vote_each(tmp_path, examples):
+    cfg = _fake_cfg(tmp_path, examples, "judge.judges.0.samples=3",
+                    "judge.judges.0.temperature=0.7")
+    summary = curate(cfg.model_dump(mode="json"))
+    manifest = store.read_manifest(summary["path"])
+    judge = manifest["stages"]["judge"]
+    assert judge["out"] == judge["kept"] * 2 * 3  # pairs x orders x samples
+    assert summary["calls"]["judge"]["made"] == judge["kept"] * 2  # one call per order
