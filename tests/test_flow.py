@@ -185,3 +185,23 @@ def test_judge_samples_give_one_vote_each(tmp_path, examples):
     judge = manifest["stages"]["judge"]
     assert judge["out"] == judge["kept"] * 2 * 3  # pairs x orders x samples
     assert summary["calls"]["judge"]["made"] == judge["kept"] * 2  # one call per order
+
+
+def test_reward_model_stage_in_the_flow(tmp_path, examples):
+    """A (tiny, locally built) reward model scores every candidate through the transformers
+    path and serves as the first signal for best/worst judging."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_models import build_tiny_reward_model
+
+    rm = build_tiny_reward_model(tmp_path / "rm", num_labels=1)
+    cfg = _fake_cfg(tmp_path, examples, "judge.pair_selection=best_worst",
+                    f"rewards.models=[{{model: '{rm}', engine: transformers, name: tiny-rm}}]")
+    summary = curate(cfg.model_dump(mode="json"))
+    manifest = store.read_manifest(summary["path"])
+    _check_accounting(manifest)
+    reward = manifest["stages"]["reward"]
+    assert reward["in"] == 16 and reward["out"] == 16  # 4 prompts x 4 candidates, one head
+    assert manifest["stage_order"].index("reward") < manifest["stage_order"].index("judge")
+    assert manifest["stages"]["judge"]["kept"] <= 4
+    again = curate(cfg.model_dump(mode="json"))
+    assert again["created"] is False and again["stages"]["reward"]["reused"]
