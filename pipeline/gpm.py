@@ -73,7 +73,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.errors import PrefcurateError
-from pipeline.stage import Reason, StageCounts, StageResult, dropped_table
+from pipeline.stage import Reason, StageCounts, StageResult, as_matrix, dropped_table
 from schemas.config import GPMConfig
 from schemas.tables import CYCLES, VOTES, check_table
 
@@ -87,7 +87,6 @@ NO_EMBEDDING = "no_embedding"  # drop reason: a candidate (or its prompt) has no
 MIN_STEPS = 16  # batches shrink on small inputs so that an epoch has at least this many steps
 PCA_ROWS = 20_000  # rows used to fit the input reduction
 ORIGINS = ("panel", "gpm")
-
 
 
 
@@ -139,18 +138,6 @@ def _gelu(x: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ inputs
 
-def _as_matrix(x: Any, name: str, rows: int | None = None) -> np.ndarray:
-    arr = np.asarray(x, dtype=np.float32)
-    if arr.ndim != 2:
-        raise PrefcurateError(f"gpm: {name} must be a 2-D array (rows × dims), got shape "
-                              f"{arr.shape}")
-    if rows is not None and arr.shape[0] != rows:
-        raise PrefcurateError(f"gpm: {name} has {arr.shape[0]} rows, expected {rows} (one "
-                              f"per pair)")
-    if not np.all(np.isfinite(arr)):
-        raise PrefcurateError(f"gpm: {name} holds NaN or infinite values; embed every "
-                              f"prompt and response before this stage")
-    return arr
 
 
 def _as_vector(x: Any, name: str, n: int, lo: float | None = None,
@@ -228,11 +215,11 @@ class GPMModel:
         if prompt_emb is None:
             raise PrefcurateError("gpm: this head was trained with prompt embeddings; pass "
                                   "prompt_emb (one row per response / pair)")
-        return self.prompt(_as_matrix(prompt_emb, "prompt_emb", n))
+        return self.prompt(as_matrix(prompt_emb, "prompt_emb", "gpm", rows=n))
 
     def embed(self, emb: np.ndarray, prompt_emb: np.ndarray | None = None) -> np.ndarray:
         """Unit preference embeddings v (n × 2k) of responses (rows aligned with prompts)."""
-        e = _as_matrix(emb, "emb")
+        e = as_matrix(emb, "emb", "gpm")
         x = self._prompt(prompt_emb, len(e))
         return self._embed_std(self.resp(e), x)
 
@@ -262,7 +249,8 @@ class GPMModel:
     def logits(self, prompt_emb: np.ndarray | None, emb_i: np.ndarray,
                emb_j: np.ndarray) -> np.ndarray:
         """s(i ≻ j) per row, in [−1, 1]; exactly antisymmetric in (i, j)."""
-        ei, ej = _as_matrix(emb_i, "emb_i"), _as_matrix(emb_j, "emb_j", len(emb_i))
+        ei = as_matrix(emb_i, "emb_i", "gpm")
+        ej = as_matrix(emb_j, "emb_j", "gpm", rows=len(emb_i))
         x = self._prompt(prompt_emb, len(ei))
         return skew_scores(self._embed_std(self.resp(ei), x), self._embed_std(self.resp(ej), x),
                            self._gate_std(x, len(ei)))
@@ -287,13 +275,13 @@ class BTModel:
     info: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def reward(self, prompt_emb: np.ndarray | None, emb: np.ndarray) -> np.ndarray:
-        e = _as_matrix(emb, "emb")
+        e = as_matrix(emb, "emb", "gpm")
         if self.prompt is not None and prompt_emb is None:
             raise PrefcurateError("bt: this head was trained with prompt embeddings; pass "
                                   "prompt_emb")
         y = self.resp(e)
-        x = None if self.prompt is None else self.prompt(_as_matrix(prompt_emb, "prompt_emb",
-                                                                     len(e)))
+        x = None if self.prompt is None else self.prompt(
+            as_matrix(prompt_emb, "prompt_emb", "gpm", rows=len(e)))
         if not self.hidden:
             return (y @ self.w_out.T)[:, 0]
         pre = y @ self.w_y.T + self.b_y
@@ -312,8 +300,8 @@ def _prepare(prompt_emb: np.ndarray | None, emb_a: np.ndarray, emb_b: np.ndarray
              p_a: np.ndarray, input_dims: int | None, seed: int
              ) -> tuple[Standardizer, Standardizer | None, np.ndarray, np.ndarray,
                         np.ndarray | None, np.ndarray]:
-    a = _as_matrix(emb_a, "emb_a")
-    b = _as_matrix(emb_b, "emb_b", len(a))
+    a = as_matrix(emb_a, "emb_a", "gpm")
+    b = as_matrix(emb_b, "emb_b", "gpm", rows=len(a))
     if a.shape[1] != b.shape[1]:
         raise PrefcurateError(f"gpm: emb_a {a.shape} and emb_b {b.shape} differ in width")
     if len(a) == 0:
@@ -323,7 +311,7 @@ def _prepare(prompt_emb: np.ndarray | None, emb_a: np.ndarray, emb_b: np.ndarray
     resp = Standardizer.fit(np.concatenate([a, b]), input_dims, seed)
     prompt, x = None, None
     if prompt_emb is not None:
-        xp = _as_matrix(prompt_emb, "prompt_emb", len(a))
+        xp = as_matrix(prompt_emb, "prompt_emb", "gpm", rows=len(a))
         prompt = Standardizer.fit(xp, input_dims, seed + 1)
         x = prompt(xp).astype(np.float32)
     return resp, prompt, resp(a).astype(np.float32), resp(b).astype(np.float32), x, p

@@ -61,6 +61,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import PrefcurateError
+from pipeline.stage import as_matrix
 
 log = logging.getLogger("prefcurate.peer_review")
 
@@ -79,15 +80,7 @@ class PeerReview:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def _as_matrix(x: Any, name: str) -> np.ndarray:
-    arr = np.asarray(x, dtype=np.float32)
-    if arr.ndim != 2:
-        raise PrefcurateError(f"peer review: {name} must be a 2-D array (pairs × dims), got "
-                              f"shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise PrefcurateError(f"peer review: {name} holds NaN or infinite values; embed "
-                              f"every response before the denoise stage")
-    return arr
+
 
 
 def _reduce(arrays: list[np.ndarray], dims: int | None, rng: np.random.Generator
@@ -120,14 +113,15 @@ def review_pairs(emb_chosen: np.ndarray, emb_rejected: np.ndarray,
     import torch
 
     t0 = time.perf_counter()
-    xc, xr = _as_matrix(emb_chosen, "emb_chosen"), _as_matrix(emb_rejected, "emb_rejected")
+    xc = as_matrix(emb_chosen, "emb_chosen", "peer review")
+    xr = as_matrix(emb_rejected, "emb_rejected", "peer review")
     if xc.shape != xr.shape:
         raise PrefcurateError(f"peer review: emb_chosen {xc.shape} and emb_rejected "
                               f"{xr.shape} must have the same shape")
     n, d = xc.shape
     xp = None
     if emb_prompt is not None:
-        xp = _as_matrix(emb_prompt, "emb_prompt")
+        xp = as_matrix(emb_prompt, "emb_prompt", "peer review")
         if xp.shape[0] != n:
             raise PrefcurateError(f"peer review: emb_prompt has {xp.shape[0]} rows for {n} "
                                   f"pairs")

@@ -123,5 +123,22 @@ def quarantine_table(stage: str, rows: list[dict[str, Any]]) -> pa.Table:
                      QUARANTINE, "quarantine")
 
 
+def as_matrix(x: Any, name: str, stage: str, rows: int | None = None) -> "np.ndarray":
+    """``x`` as a finite 2-D float32 array (embeddings), or a PrefcurateError saying which."""
+    import numpy as np
+
+    arr = np.asarray(x, dtype=np.float32)
+    if arr.ndim != 2:
+        raise PrefcurateError(f"{stage}: {name} must be a 2-D array (rows × dims), got shape "
+                              f"{arr.shape}")
+    if rows is not None and arr.shape[0] != rows:
+        raise PrefcurateError(f"{stage}: {name} has {arr.shape[0]} rows, expected {rows} "
+                              f"(one per pair)")
+    if not np.all(np.isfinite(arr)):
+        raise PrefcurateError(f"{stage}: {name} holds NaN or infinite values; embed every "
+                              f"prompt and response before this stage")
+    return arr
+
+
 def count_reasons(table: pa.Table) -> dict[str, int]:
     return dict(Counter(table.column("reason").to_pylist()))
