@@ -25,7 +25,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -182,6 +182,24 @@ def too_long(n_tokens: int, context: int) -> Completion:
                       retryable=False)
 
 
+def vllm_defaults(dtype: str, engine_args: dict[str, Any] | None,
+                  cache_dir: Path | None) -> tuple[str, dict[str, Any]]:
+    """Environment and ``vllm.LLM`` arguments every vLLM engine here uses: seed 0, and on a
+    machine without a GPU float32 for ``dtype="auto"`` (no native bf16 on these CPUs: 4x
+    slower) and ``enforce_eager`` (torch.compile warm-up took ~100 s of a 130 s start on 2
+    cores and gained nothing measurable for a 135M model). User arguments win."""
+    import torch
+
+    _configure_vllm_cpu_env(cache_dir)
+    args = dict(engine_args or {})
+    args.setdefault("seed", 0)
+    if not torch.cuda.is_available():
+        if dtype == "auto":
+            dtype = "float32"
+        args.setdefault("enforce_eager", True)
+    return dtype, args
+
+
 def _configure_vllm_cpu_env(cache_dir: Path | None) -> None:
     """Environment vLLM needs on a CPU machine; never overrides what the user set."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
@@ -207,21 +225,12 @@ class VLLMEngine:
                  max_model_len: int = 2048, engine_args: dict[str, Any] | None = None,
                  structured_backend: str = "guidance", cache_dir: Path | None = None):
         self.model = model
-        _configure_vllm_cpu_env(cache_dir)
         try:
-            import torch
             from vllm import LLM
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise EngineError("vLLM is not installed: pip install -e '.[cpu]' (CPU) or "
                               "'.[gpu]' (GPU)") from exc
-        args = dict(engine_args or {})
-        args.setdefault("seed", 0)
-        if not torch.cuda.is_available():
-            if dtype == "auto":
-                dtype = "float32"
-            # torch.compile warm-up took ~100 s of a 130 s start on 2 cores and gained
-            # nothing measurable for a 135M model (26 s eager start, same tokens/s).
-            args.setdefault("enforce_eager", True)
+        dtype, args = vllm_defaults(dtype, engine_args, cache_dir)
         so = {"backend": structured_backend}
         if structured_backend in ("guidance", "xgrammar"):
             so["disable_any_whitespace"] = True

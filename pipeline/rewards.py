@@ -53,7 +53,7 @@ from typing import Any, Literal, Protocol
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.engines import Completion, RequestCache, _configure_vllm_cpu_env
+from pipeline.engines import Completion, RequestCache, vllm_defaults
 from pipeline.errors import ConfigError, EngineError
 from pipeline.hashing import stable_hash
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table
@@ -153,12 +153,6 @@ def build_reward_inputs(candidates: pa.Table, prompts: pa.Table, tokenizer: Any,
 # --------------------------------------------------------------------------- call
 
 
-def _cpu_only() -> bool:
-    import torch
-
-    return not torch.cuda.is_available()
-
-
 class VLLMRewardScorer:
     """vLLM's pooling runner; ``classify`` with the activation switched off (raw logits)."""
 
@@ -168,17 +162,12 @@ class VLLMRewardScorer:
                  max_model_len: int = 2048, engine_args: dict[str, Any] | None = None,
                  cache_dir: Path | None = None):
         self.model = model
-        _configure_vllm_cpu_env(cache_dir)
         try:
             from vllm import LLM
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise EngineError("vLLM is not installed: pip install -e '.[cpu]' (CPU) or "
                               "'.[gpu]' (GPU), or use engine 'transformers'") from exc
-        args = dict(engine_args or {})
-        args.setdefault("seed", 0)
-        if _cpu_only():
-            dtype = "float32" if dtype == "auto" else dtype
-            args.setdefault("enforce_eager", True)
+        dtype, args = vllm_defaults(dtype, engine_args, cache_dir)
         t0 = time.time()
         try:
             self.llm = LLM(model=model_path, runner="pooling", dtype=dtype,
