@@ -10,7 +10,6 @@ missing from it, so a rerun after a crash repeats no finished call.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -35,7 +34,7 @@ from pipeline.hashing import stable_hash, tree_hash
 from pipeline.ingest import ingest_pairs, ingest_prompts
 from pipeline.stage import StageCounts, StageResult
 from schemas.config import ModelSpec, RunConfig, config_hash, resolved_dict
-from schemas.tables import CANDIDATES, VOTES, SCHEMAS, schema_fingerprint
+from schemas.tables import SCHEMAS, VOTES, schema_fingerprint
 from flows.stagestore import StageOutput, StageStore
 
 log = logging.getLogger("prefcurate")

@@ -44,9 +44,8 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.embedded import EMBEDDED_PREFIX, MINILM, default_cache_dir, minilm_path
+from pipeline.embedded import EMBEDDED_PREFIX, default_cache_dir, minilm_path
 from schemas.config import EMBEDDED_MINILM, EmbeddingConfig
 from schemas.tables import embedding_schema
 from pipeline.errors import ConfigError, EngineError

@@ -48,16 +48,15 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.engines import Completion, RequestCache, vllm_defaults
 from pipeline.errors import ConfigError, EngineError
 from pipeline.hashing import stable_hash
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table
-from schemas.config import RewardModelSpec, RewardsConfig
+from schemas.config import RewardModelSpec
 from schemas.tables import SCORES, from_rows
 
 log = logging.getLogger(__name__)

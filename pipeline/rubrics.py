@@ -34,16 +34,15 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline.engines import ChatRequest, Completion
 from pipeline.hashing import stable_hash
 from pipeline.judging import _defang, _render_conversation
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table
-from schemas.config import DEFAULT_ASPECTS, ModelSpec, RubricConfig, RubricsConfig
+from schemas.config import DEFAULT_ASPECTS, RubricConfig
 from schemas.tables import SCORES, from_rows
 
 STAGE = "rubric"

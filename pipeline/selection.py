@@ -58,7 +58,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from scipy import sparse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.errors import PrefcurateError
 from pipeline.stage import StageCounts, StageResult

@@ -123,7 +123,7 @@ def quarantine_table(stage: str, rows: list[dict[str, Any]]) -> pa.Table:
                      QUARANTINE, "quarantine")
 
 
-def as_matrix(x: Any, name: str, stage: str, rows: int | None = None) -> "np.ndarray":
+def as_matrix(x: Any, name: str, stage: str, rows: int | None = None) -> Any:
     """``x`` as a finite 2-D float32 array (embeddings), or a PrefcurateError saying which."""
     import numpy as np
 
