@@ -83,8 +83,8 @@ import polars as pl
 import pyarrow as pa
 
 from pipeline.errors import PrefcurateError
-from pipeline.hashing import stable_hash
-from pipeline.margins import margin_from_p
+from pipeline.hashing import stable_hash_rows
+from pipeline.margins import margin_array
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table
 from pipeline.weights import (
     AGGREGATE,
@@ -346,27 +346,28 @@ def _assemble(pairs: pa.Table, df: pl.DataFrame, decision: np.ndarray, reason: n
     n = pairs.num_rows
     keep_m, flip_m, drop_m = decision == _KEEP, decision == _FLIP, decision == _DROP
     drop_idx = np.flatnonzero(drop_m)
-    sid = df["source_id"].to_list()
-    pid = df["pair_id"].to_list()
-    p_hat = df["p_hat"].to_list()
-    nv = df["n_votes"].to_list()
-    st = df["label_status"].to_list()
+    gone = df.select("source_id", "pair_id", "p_hat", "n_votes", "label_status") \
+        .gather(drop_idx)
+    w_drop = weight[drop_idx] if weight is not None else np.full(drop_idx.size, np.nan)
+    why = reason[drop_idx]
     drops = []
-    for i in drop_idx:
-        detail = f"p_hat={p_hat[i]} n_votes={nv[i]} status={st[i]}"
-        if weight is not None and np.isfinite(weight[i]):
-            detail += f" weight={weight[i]:.4f}"
-        drops.append({"source_id": sid[i], "row_id": pid[i], "reason": reason[i],
-                      "detail": detail})
+    for (sid, pid, p, nv, st), w, r in zip(gone.iter_rows(), w_drop.tolist(), why):
+        detail = f"p_hat={p} n_votes={nv} status={st}"
+        if np.isfinite(w):
+            detail += f" weight={w:.4f}"
+        drops.append({"source_id": sid, "row_id": pid, "reason": r, "detail": detail})
+    flip_idx = np.flatnonzero(flip_m)
+    flipped = df.select("source_id", "rejected_id", "chosen_id").gather(flip_idx)
+    new_ids = pl.Series("_new", [None] * n, dtype=pl.Utf8).scatter(
+        flip_idx, pl.Series(stable_hash_rows(*flipped.get_columns()), dtype=pl.Utf8)) \
+        if flip_idx.size else pl.repeat(None, n, dtype=pl.Utf8, eager=True).alias("_new")
     out = df.with_columns(
-        _i=pl.int_range(pl.len()), _dec=pl.Series(decision.astype(np.int64)),
-        _why=pl.Series(reason.tolist(), dtype=pl.Utf8))
+        _dec=pl.Series(decision.astype(np.int8)),
+        _why=pl.Series(reason.tolist(), dtype=pl.Utf8), _new=new_ids)
     if weight is not None:
         out = out.with_columns(_w=pl.Series(weight))
     out = out.filter(pl.col("_dec") != _DROP)
     flip = pl.col("_dec") == _FLIP
-    new_ids = {int(i): stable_hash(sid[i], df["rejected_id"][int(i)], df["chosen_id"][int(i)])
-               for i in np.flatnonzero(flip_m)}
     p_new = 1.0 - pl.col("p_hat")
     cols = [
         pl.when(flip).then(pl.col("rejected_id")).otherwise(pl.col("chosen_id"))
@@ -387,9 +388,7 @@ def _assemble(pairs: pa.Table, df: pl.DataFrame, decision: np.ndarray, reason: n
         pl.when(flip & ~pl.col("flags").list.contains(FLIPPED))
         .then(pl.col("flags").list.concat(pl.lit([FLIPPED])))
         .otherwise(pl.col("flags")).alias("flags"),
-        pl.when(flip).then(pl.col("_i").replace_strict(new_ids, default=None,
-                                                        return_dtype=pl.Utf8))
-        .otherwise(pl.col("pair_id")).alias("pair_id"),
+        pl.when(flip).then(pl.col("_new")).otherwise(pl.col("pair_id")).alias("pair_id"),
     ]
     if weight is not None:
         cols.append(pl.when(flip).then(1.0 - pl.col("_w")).otherwise(pl.col("_w"))
@@ -397,16 +396,15 @@ def _assemble(pairs: pa.Table, df: pl.DataFrame, decision: np.ndarray, reason: n
     else:
         cols.append(pl.when(flip).then(p_new).otherwise(pl.col("weight")).alias("weight"))
     out = out.with_columns(cols)
-    if flip_m.any():  # margins of flipped pairs, with the scalar formula of margins.py
+    if flip_idx.size:  # margins of flipped pairs, with the formula of margins.py
         fl = out["_dec"].to_numpy() == _FLIP
-        m = out["margin"].to_numpy().astype(np.float64, copy=True)
-        ph = out["p_hat"].to_numpy()
-        m[fl] = [margin_from_p(float(x), mcfg.lam, mcfg.cap) for x in ph[fl]]
+        m = out["margin"].cast(pl.Float64).to_numpy().astype(np.float64, copy=True)
+        m[fl] = margin_array(out["p_hat"].to_numpy()[fl], mcfg.lam, mcfg.cap)
         out = out.with_columns(margin=pl.Series(m))
-    kept_table = conform(out.drop(["_i", "_dec", "_why"] + (["_w"] if weight is not None
+    kept_table = conform(out.drop(["_dec", "_why", "_new"] + (["_w"] if weight is not None
                                                              else [])).to_arrow(),
                          PAIRS, "pairs") if out.height else PAIRS.empty_table()
     counts = StageCounts(rows_in=n, kept=int(keep_m.sum() + flip_m.sum()),
-                         dropped=dict(Counter(str(d["reason"]) for d in drops)))
+                         dropped=dict(Counter(str(r) for r in why)))
     return StageResult(STAGE, {"pairs": kept_table}, counts, dropped_table(STAGE, drops),
                        info={"flipped": int(flip_m.sum()), **info})

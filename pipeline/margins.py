@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from pipeline.hashing import stable_hash
+from pipeline.hashing import stable_hash, stable_hash_rows
 from pipeline.stage import StageCounts, StageResult
 from schemas.config import MarginConfig
 from schemas.tables import PAIRS, conform, from_rows
@@ -51,6 +52,20 @@ def margin_from_p(p: float, lam: float, cap: float) -> float:
     if p >= 1.0:
         return lam * cap
     return lam * min(max(math.log(p / (1.0 - p)), 0.0), cap)
+
+
+def margin_array(p: np.ndarray, lam: float, cap: float) -> np.ndarray:
+    """:func:`margin_from_p` of every element (NaN stays NaN).
+
+    >>> margin_array(np.array([0.3, 0.875, 1.0]), 1.0, 4.0).round(3).tolist()
+    [0.0, 1.946, 4.0]
+    """
+    p = np.asarray(p, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logit = np.log(p / (1.0 - p))
+    out = lam * np.clip(logit, 0.0, cap)
+    out = np.where(p <= 0.5, 0.0, out)
+    return np.where(p >= 1.0, lam * cap, np.where(np.isnan(p), np.nan, out))
 
 
 def label_status(p: float | None, band: float) -> str:
@@ -148,8 +163,7 @@ def compute_margins(comparisons: pa.Table, scores: pa.Table, cfg: MarginConfig) 
            how="left", maintain_order="left"
     ).join(sc.rename({"candidate_id": "rejected_id", "score": "score_rejected"}),
            on="rejected_id", how="left", maintain_order="left")
-    ids = [stable_hash(s, ch, rj) for s, ch, rj in
-           zip(df["source_id"].to_list(), df["chosen_id"].to_list(), df["rejected_id"].to_list())]
+    ids = stable_hash_rows(df["source_id"], df["chosen_id"], df["rejected_id"])
     df = df.with_columns(pair_id=pl.Series(ids, dtype=pl.Utf8))
     pairs = conform(df.select(PAIRS.names).to_arrow(), PAIRS, "pairs")
     counts = StageCounts(rows_in=comparisons.num_rows, kept=pairs.num_rows)

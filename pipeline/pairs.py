@@ -46,70 +46,19 @@ import math
 from collections import Counter
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 
 from pipeline.hashing import stable_hash
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table
 from schemas.config import PairsConfig
-from schemas.tables import PAIRS, PUBLISHED, from_rows
+from schemas.tables import PAIRS, PUBLISHED, conform, from_rows
 
 STAGE = "pairs"
 STAGE_VERSION = 2
 BELOW_MIN_MARGIN = "below_min_margin"
 RA_TARGET = "ra_target="
 RA_TWIN = "ra_twin"
-
-
-def _drop(sid: str, r: dict, reason: str, detail: str) -> dict:
-    return {"source_id": sid, "row_id": r["pair_id"], "reason": reason, "detail": detail}
-
-
-def _select_best_worst(sid: str, rows: list[dict], drops: list[dict]) -> list[dict]:
-    scored = [r for r in rows if r["score_chosen"] is not None
-              and r["score_rejected"] is not None]
-    if not scored:
-        return []
-    best = max(scored, key=lambda r: (r["score_chosen"] - r["score_rejected"],
-                                      r["margin"] or 0.0, r["pair_id"]))
-    gap = best["score_chosen"] - best["score_rejected"]
-    kept = []
-    for r in scored:
-        if r is best and gap > 0:
-            kept.append(r)
-        elif gap <= 0:
-            drops.append(_drop(sid, r, Reason.TIE, f"scores do not separate chosen from "
-                                                   f"rejected (best gap {gap:.3f})"))
-        else:
-            drops.append(_drop(sid, r, Reason.NOT_SELECTED,
-                               f"best_worst: pair {best['pair_id']} was selected"))
-    return kept
-
-
-def _select_curriculum(sid: str, rows: list[dict], drops: list[dict],
-                       n_stages: int) -> list[dict]:
-    scored = [r for r in rows if r["score_chosen"] is not None
-              and r["score_rejected"] is not None]
-    if not scored:
-        return []
-    best_id = max(scored, key=lambda r: (r["score_chosen"], r["chosen_id"]))["chosen_id"]
-    mine = [r for r in scored if r["chosen_id"] == best_id
-            and r["score_chosen"] - r["score_rejected"] > 0]
-    mine.sort(key=lambda r: (-(r["score_chosen"] - r["score_rejected"]), r["pair_id"]))
-    kept = []
-    for rank, r in enumerate(mine):
-        stage = 1 + (rank * n_stages) // max(len(mine), 1)
-        kept.append({**r, "curriculum_stage": min(stage, n_stages)})
-    chosen = {r["pair_id"] for r in mine}
-    for r in scored:
-        if r["pair_id"] in chosen:
-            continue
-        if r["chosen_id"] == best_id:
-            drops.append(_drop(sid, r, Reason.TIE, "scores do not separate chosen from "
-                                                   "rejected"))
-        else:
-            drops.append(_drop(sid, r, Reason.NOT_SELECTED,
-                               "curriculum: chosen is not the best candidate"))
-    return kept
 
 
 def _twins(rows: list[dict]) -> list[dict]:
@@ -126,51 +75,109 @@ def _twins(rows: list[dict]) -> list[dict]:
 
 
 def build_pairs(pairs: pa.Table, cfg: PairsConfig | str = "best_worst") -> StageResult:
-    """Select pairs per source by ``cfg.strategy``, then split / augment."""
+    """Select pairs per source by ``cfg.strategy``, then split / augment (vectorised with
+    polars: one pass per rule over all sources at once)."""
     if isinstance(cfg, str):
         cfg = PairsConfig(strategy=cfg)
-    groups: dict[str, list[dict]] = {}
-    for r in pairs.to_pylist():
-        groups.setdefault(r["source_id"], []).append(r)
-    kept: list[dict] = []
-    drops: list[dict] = []
-    for sid, rows in groups.items():
-        for r in rows:
-            if r["score_chosen"] is None or r["score_rejected"] is None:
-                if cfg.strategy != "all_pairs":
-                    drops.append(_drop(sid, r, Reason.NULL_SCORE,
-                                       "a candidate of this pair has no aggregated score"))
-        if cfg.strategy == "best_worst":
-            kept += _select_best_worst(sid, rows, drops)
-        elif cfg.strategy == "curriculum":
-            kept += _select_curriculum(sid, rows, drops, cfg.curriculum_stages)
-        else:
-            for r in rows:
-                if r["margin"] is None:
-                    drops.append(_drop(sid, r, Reason.NULL_SCORE, "no margin"))
-                elif r["margin"] < cfg.min_margin:
-                    drops.append(_drop(sid, r, BELOW_MIN_MARGIN,
-                                       f"margin {r['margin']:.3f} < {cfg.min_margin}"))
-                else:
-                    kept.append(r)
-    n_kept = len(kept)
     info: dict = {"strategy": cfg.strategy}
-    if cfg.split == "easy_hard" and kept:
-        margins = np.array([r["margin"] or 0.0 for r in kept])
-        thr = float(np.quantile(margins, cfg.hard_quantile))
-        kept = [{**r, "split": "hard" if (r["margin"] or 0.0) < thr else "easy"} for r in kept]
+    if not pairs.num_rows:
+        return StageResult(STAGE, {"pairs": PAIRS.empty_table()}, StageCounts(0, 0),
+                           dropped_table(STAGE, []), info=info)
+    df = pl.from_arrow(pairs).with_row_index("_i").with_columns(
+        _g=pl.col("_i").min().over("source_id"),  # sources in first-seen order
+        _scored=pl.col("score_chosen").is_not_null() & pl.col("score_rejected").is_not_null(),
+        _gap=pl.col("score_chosen") - pl.col("score_rejected"))
+    if cfg.strategy != "all_pairs":
+        df = df.join(_best_per_source(df, cfg), on="source_id", how="left")
+    why, detail = _select(df, cfg)
+    df = df.with_columns(_why=why, _detail=detail)
+    kept = df.filter(pl.col("_why").is_null())
+    if cfg.strategy == "curriculum":  # easiest (largest score gap) first, in stages
+        k = cfg.curriculum_stages
+        kept = kept.sort(["_g", "_gap", "pair_id"], descending=[False, True, False]) \
+            .with_columns(_r=pl.int_range(pl.len()).over("source_id"),
+                          _n=pl.len().over("source_id")) \
+            .with_columns(curriculum_stage=pl.min_horizontal(
+                1 + (pl.col("_r") * k) // pl.col("_n"), pl.lit(k)).cast(pl.Int32))
+    else:
+        kept = kept.sort("_g", "_i")
+    gone = df.filter(pl.col("_why").is_not_null()).sort("_g", "_i")
+    n_kept = kept.height
+    if cfg.split == "easy_hard" and n_kept:
+        m = kept["margin"].fill_null(0.0).fill_nan(0.0)
+        thr = float(np.quantile(m.to_numpy(), cfg.hard_quantile))
+        kept = kept.with_columns(split=pl.when(m < thr).then(pl.lit("hard"))
+                                 .otherwise(pl.lit("easy")))
         info["hard_below_margin"] = thr
-        info["split_counts"] = dict(Counter(r["split"] for r in kept))
+        info["split_counts"] = dict(Counter(kept["split"].to_list()))
+    out = conform(kept.select(PAIRS.names).to_arrow(), PAIRS, "pairs") if n_kept else \
+        PAIRS.empty_table()
     if cfg.reward_augmented:
-        kept = _twins(kept)
+        out = from_rows(_twins(out.to_pylist()), PAIRS, "pairs")
         info["reward_augmented_twins"] = n_kept
-    out = from_rows(kept, PAIRS, "pairs")
+    drops = [{"source_id": sid, "row_id": pid, "reason": r, "detail": d}
+             for sid, pid, r, d in gone.select("source_id", "pair_id", "_why", "_detail")
+             .iter_rows()]
     counts = StageCounts(rows_in=pairs.num_rows, kept=n_kept,
-                         dropped=dict(Counter(str(d["reason"]) for d in drops)),
-                         rows_out=len(kept))
+                         dropped=dict(Counter(gone["_why"].to_list())), rows_out=out.num_rows)
     return StageResult(STAGE, {"pairs": out}, counts, dropped_table(STAGE, drops), info=info)
 
 
+def _best_per_source(df: pl.DataFrame, cfg: PairsConfig) -> pl.DataFrame:
+    """Per source, among its scored pairs: for best_worst the best pair (largest score
+    gap, then margin, then pair_id: ``_best`` row, ``_bgap``, ``_bpid``); for curriculum
+    the best candidate (highest chosen score, then id: ``_bid``)."""
+    scored = df.filter(pl.col("_scored"))
+    if cfg.strategy == "curriculum":
+        return scored.group_by("source_id").agg(_bid=pl.col("chosen_id").sort_by(
+            ["score_chosen", "chosen_id"], descending=True).first())
+    rank = [pl.col("_gap"), pl.col("margin").fill_null(0.0).fill_nan(0.0), pl.col("pair_id")]
+    return scored.group_by("source_id").agg(
+        _best=pl.col("_i").sort_by(rank, descending=True).first(),
+        _bpid=pl.col("pair_id").sort_by(rank, descending=True).first(),
+        _bgap=pl.col("_gap").max())
+
+
+def _select(df: pl.DataFrame, cfg: PairsConfig) -> tuple[pl.Expr, pl.Expr]:
+    """Per row: the drop reason (null: kept) and its detail."""
+    scored, gap = pl.col("_scored"), pl.col("_gap")
+    null_score = pl.lit(str(Reason.NULL_SCORE))
+    if cfg.strategy == "all_pairs":
+        m = pl.col("margin")
+        why = (pl.when(m.is_null() | m.is_nan()).then(null_score)
+               .when(m < cfg.min_margin).then(pl.lit(BELOW_MIN_MARGIN)))
+        detail = (pl.when(m.is_null() | m.is_nan()).then(pl.lit("no margin"))
+                  .when(m < cfg.min_margin)
+                  .then(pl.format("margin {} < {}", m.round(3), pl.lit(cfg.min_margin))))
+        return why, detail
+    no_score = "a candidate of this pair has no aggregated score"
+    if cfg.strategy == "best_worst":
+        # the best pair of a source: largest score gap, then margin, then pair_id
+        best_gap, best, best_pid = pl.col("_bgap"), pl.col("_best"), pl.col("_bpid")
+        why = (pl.when(~scored).then(null_score)
+               .when(best_gap <= 0).then(pl.lit(str(Reason.TIE)))
+               .when(pl.col("_i") != best).then(pl.lit(str(Reason.NOT_SELECTED))))
+        detail = (pl.when(~scored).then(pl.lit(no_score))
+                  .when(best_gap <= 0)
+                  .then(pl.format("scores do not separate chosen from rejected (best gap {})",
+                                  best_gap.round(3)))
+                  .when(pl.col("_i") != best)
+                  .then(pl.format("best_worst: pair {} was selected", best_pid)))
+        return why, detail
+    # curriculum (Curry-DPO): pairs whose chosen is the source's best candidate, easiest
+    # (largest score gap) first, in curriculum_stages stages
+    best_id = pl.col("_bid")
+    mine = scored & (pl.col("chosen_id") == best_id) & (gap > 0)
+    why = (pl.when(~scored).then(null_score)
+           .when(mine).then(pl.lit(None, pl.Utf8))
+           .when(pl.col("chosen_id") == best_id).then(pl.lit(str(Reason.TIE)))
+           .otherwise(pl.lit(str(Reason.NOT_SELECTED))))
+    detail = (pl.when(~scored).then(pl.lit(no_score))
+              .when(mine).then(pl.lit(None, pl.Utf8))
+              .when(pl.col("chosen_id") == best_id)
+              .then(pl.lit("scores do not separate chosen from rejected"))
+              .otherwise(pl.lit("curriculum: chosen is not the best candidate")))
+    return why, detail
 def _conditioned(prompt: list[dict], flags: list[str]) -> list[dict]:
     target = next((f[len(RA_TARGET):] for f in flags if f.startswith(RA_TARGET)), None)
     if target is None:

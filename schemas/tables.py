@@ -86,6 +86,9 @@ COMPARISONS = pa.schema([
     _f("n_null", pa.int32()),
     _f("p_a", pa.float64(), True),  # aggregated P(a > b); null when no valid vote
     _f("label", pa.string(), True),  # original dataset label ("a" | "b"), if any
+    # judges-only EM posterior P(a > b), without the label annotators' votes (aggregate's
+    # judges_method); null when not fitted or no valid judge vote
+    _f("p_a_judges", pa.float64(), True),
 ])
 
 PAIRS = pa.schema([
