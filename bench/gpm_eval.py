@@ -1,4 +1,4 @@
-"""GPM vs Bradley–Terry on cyclic preferences, and budgeted selection vs random subsets.
+"""GPM vs Bradley–Terry on cyclic preferences, budgeted selection and active judging.
 
 Part (a), cyclic set (rock–paper–scissors). Every prompt has three candidates, one of
 each kind; the truth is cyclic: paper ≻ rock, scissors ≻ paper, rock ≻ scissors. A
@@ -37,10 +37,49 @@ scored on the held-out clean pairs. Several seeds.
 Part (c) (``--select-timing N``): ``select_pairs_budget`` on N pairs with 384-d prompt
 embeddings (N/4 prompts in 50 clusters), fraction 0.3, timed.
 
+Part (d) (``--active``; also in the default run, ~15 s): active judging with
+``select_uncertain_pairs`` at an equal judge budget. Part (b)'s world with K = 5
+candidates (10 pairs) per prompt, 400 prompts, no held-out prompts; part (b)'s panel
+(3 judges × 2 orders = 6 calls per judged pair, κ calibrated on all pairs for a mean
+call accuracy of 0.72, hard clusters κ × 0.35, one judge by position 20% of the time),
+each pair's calls drawn once so that every strategy reads the same votes for a pair it
+judges; votes go through the real ``aggregate_votes`` (majority). Budget 4 pairs (24
+calls) per prompt: (1) ``random``: 4 random pairs; (2) ``active``: the first 2 of the
+same random order (round 1), then ``select_uncertain_pairs`` (a GPM head trained on
+round 1's comparisons) picks 2 more; ``all``: the 10 pairs (60 calls), for reference.
+Final preference on all 10 pairs: the panel's aggregated p_a where judged, else the P of
+a GPM head trained on every judged comparison (``annotate_gpm`` with one fold). Reported
+per seed: pair accuracy against the true quality, the accuracy of each prompt's
+best–worst pair (argmax / argmin of the summed P(c ≻ other)), top-1 (the argmax is the
+truly best candidate), the GPM's accuracy on the unjudged pairs, and for the round-2
+pairs (judged beyond the 2 shared seed pairs) their true |Δq|, the panel's accuracy and
+the round-1 head's accuracy (what leaving them unjudged would have given); then the gain
+over the round-1 head alone split into judging round 2 and retraining the head on it.
+
+Result (5 seeds, ``python bench/gpm_eval.py --active``): no measurable gain with this
+panel. Pair accuracy 0.738 active vs 0.734 random (+0.005; per-seed sd 0.003 / 0.007;
+0.735 with all 10 pairs judged); best–worst accuracy 0.903 vs 0.916 (−0.012, active
+worse in 4 of 5 seeds); top-1 0.546 vs 0.555. The selection itself works: round-2 pairs
+have true |Δq| 0.92 vs 1.12, and on them the round-1 head is right only 0.549 (0.682 on
+random ones), so judging them buys three times as much (+0.031 of pair accuracy vs
++0.010). The gain is given back when the head is retrained: close pairs get the least
+reliable labels (a call is right with probability σ(κ|Δq|): panel 0.704 on active's
+round-2 pairs, 0.732 on random ones) and make a worse training set for the head, whose
+accuracy on the unjudged pairs retraining lifts by +0.017 (0.724 → 0.752) after active
+picks vs +0.034 (0.679 → 0.735) after random ones. Net +0.048 vs +0.043. Best–worst suffers for the same reason: a prompt's extremes are set by
+its large-gap pairs, which random sampling puts in front of the panel (right 0.88–0.92
+on pairs with |Δq| ≥ 1.5, seed 0) and active sampling leaves to the GPM. With a stronger,
+uniform judge (``--judge-accuracy 0.85 --hard-factor 1``: panel 0.91) active selection
+pays: pair accuracy 0.863 vs 0.848 (+0.015, 4 of 5 seeds), top-1 0.745 vs 0.728,
+best–worst 0.994 vs 0.993 (both near 1); judging round 2 gives +0.053 vs +0.028 and
+retraining +0.013 vs +0.023. Active judging helps as far as the judges are reliable on
+close pairs; its cost is a worse training set for the head that fills in the rest.
+
 Usage::
 
     python bench/gpm_eval.py [--seeds 0 1 2 3 4] [--prompts 1200]
     python bench/gpm_eval.py --select-timing 100000
+    python bench/gpm_eval.py --active [--budget 4] [--seed-pairs 2] [--judge-accuracy 0.72]
 """
 
 from __future__ import annotations
@@ -63,6 +102,7 @@ from pipeline.gpm import (  # noqa: E402
     BTConfig,
     GPMConfig,
     annotate_gpm,
+    select_uncertain_pairs,
     train_bt,
     train_gpm,
 )
@@ -187,11 +227,12 @@ def _calibrate(gap: np.ndarray, acc: float) -> float:
     return 0.5 * (lo + hi)
 
 
-def simulate_pairs(n_prompts: int, seed: int, *, clusters: int = 16, k: int = 4,
-                   dim: int = 32, judge_accuracy: float = 0.72, hard_factor: float = 0.35,
-                   held_out: float = 0.25) -> dict[str, Any]:
-    """Noisy pipeline pairs (real stages) + clean held-out pairs; see the module docstring."""
-    rng = np.random.default_rng(seed)
+def simulate_world(n_prompts: int, rng: np.random.Generator, *, clusters: int = 16,
+                   k: int = 4, dim: int = 32) -> dict[str, Any]:
+    """Prompts in clusters, k candidates each with latent quality q ~ N(0, 1) and an
+    embedding that carries it along the cluster's quality direction (module docstring,
+    part b): ``x`` (prompts × dim), ``q`` (prompts × k), ``emb`` (prompts × k × dim),
+    ``cl`` (cluster of each prompt), ``hard`` (per cluster), ids ``pids`` / ``cids``."""
     centres = 2.0 * rng.normal(size=(clusters, dim))
     u0 = rng.normal(size=dim)
     u = u0 + 1.5 * rng.normal(size=(clusters, dim))
@@ -205,20 +246,21 @@ def simulate_pairs(n_prompts: int, seed: int, *, clusters: int = 16, k: int = 4,
         + 0.7 * rng.normal(size=(n_prompts, k, dim))
     pids = np.array([f"p{i:05d}" for i in range(n_prompts)])
     cids = np.array([[f"p{i:05d}_{j}" for j in range(k)] for i in range(n_prompts)])
-    test = np.zeros(n_prompts, dtype=bool)
-    test[rng.permutation(n_prompts)[:int(round(held_out * n_prompts))]] = True
-    ii, jj = np.triu_indices(k, 1)
-    # training pairs: every pair of every training prompt's candidates, judged by a panel
-    tr = np.flatnonzero(~test)
-    P, I = np.meshgrid(tr, np.arange(len(ii)), indexing="ij")
-    P, A, B = P.reshape(-1), ii[I.reshape(-1)], jj[I.reshape(-1)]
+    return {"x": x, "q": q, "emb": emb, "cl": cl, "hard": hard, "pids": pids, "cids": cids}
+
+
+def panel_votes(world: dict[str, Any], P: np.ndarray, A: np.ndarray, B: np.ndarray,
+                kap: np.ndarray, rng: np.random.Generator,
+                biases: tuple[float, ...] = (0.0, 0.0, 0.2)) -> pa.Table:
+    """VOTES of a simulated panel on the pairs (prompt P, candidates A, B): one judge per
+    entry of ``biases``, each in both orders, right with probability σ(kap·|Δq|) and
+    answering by position with probability ``bias``."""
+    q, pids, cids = world["q"], world["pids"], world["cids"]
     gap = np.abs(q[P, A] - q[P, B])
     a_better = q[P, A] > q[P, B]
-    kappa = _calibrate(gap, judge_accuracy)
-    kap = kappa * np.where(hard[cl[P]], hard_factor, 1.0)
     cols: dict[str, list] = {c: [] for c in VOTES.names}
     n = len(P)
-    for j, bias in enumerate((0.0, 0.0, 0.2)):
+    for j, bias in enumerate(biases):
         for order in ("ab", "ba"):
             right = rng.random(n) < _sigmoid(kap * gap)
             says_a = right == a_better
@@ -234,7 +276,27 @@ def simulate_pairs(n_prompts: int, seed: int, *, clusters: int = 16, k: int = 4,
             cols["prob_a"].extend([None] * n)
             cols["raw_output"].extend([None] * n)
             cols["parse_error"].extend([None] * n)
-    votes = pa.Table.from_pydict(cols, schema=VOTES)
+    return pa.Table.from_pydict(cols, schema=VOTES)
+
+
+def simulate_pairs(n_prompts: int, seed: int, *, clusters: int = 16, k: int = 4,
+                   dim: int = 32, judge_accuracy: float = 0.72, hard_factor: float = 0.35,
+                   held_out: float = 0.25) -> dict[str, Any]:
+    """Noisy pipeline pairs (real stages) + clean held-out pairs; see the module docstring."""
+    rng = np.random.default_rng(seed)
+    world = simulate_world(n_prompts, rng, clusters=clusters, k=k, dim=dim)
+    x, q, emb, cl, hard = (world[c] for c in ("x", "q", "emb", "cl", "hard"))
+    pids, cids = world["pids"], world["cids"]
+    test = np.zeros(n_prompts, dtype=bool)
+    test[rng.permutation(n_prompts)[:int(round(held_out * n_prompts))]] = True
+    ii, jj = np.triu_indices(k, 1)
+    # training pairs: every pair of every training prompt's candidates, judged by a panel
+    tr = np.flatnonzero(~test)
+    P, I = np.meshgrid(tr, np.arange(len(ii)), indexing="ij")
+    P, A, B = P.reshape(-1), ii[I.reshape(-1)], jj[I.reshape(-1)]
+    kappa = _calibrate(np.abs(q[P, A] - q[P, B]), judge_accuracy)
+    kap = kappa * np.where(hard[cl[P]], hard_factor, 1.0)
+    votes = panel_votes(world, P, A, B, kap, rng)
     mcfg = MarginConfig()
     agg = aggregate_votes(votes)
     pairs = compute_margins(agg.outputs["comparisons"], agg.outputs["scores"],
@@ -301,6 +363,205 @@ def budget_eval(seed: int, n_prompts: int, fraction: float = 0.3) -> dict[str, A
     return out
 
 
+# ------------------------------------------------------------------------------ (d) active
+
+STRATEGIES = ("random", "active", "all")
+
+
+def _judged(votes: pa.Table, mask: np.ndarray) -> pa.Table:
+    """The votes on the pairs of ``mask`` (prompts × pairs): vote row r is pair r mod N."""
+    flat = mask.reshape(-1)
+    return votes.filter(pa.array(np.tile(flat, votes.num_rows // len(flat))))
+
+
+def _by_pair(table: pa.Table, column: str, pair_of: dict[tuple[str, str], int],
+             n: int) -> np.ndarray:
+    """``column`` of COMPARISONS / VOTES rows laid out by pair index (NaN: no row / null)."""
+    out = np.full(n, np.nan)
+    for ca, cb, v in zip(*(table.column(c).to_pylist() for c in ("candidate_a", "candidate_b",
+                                                                 column))):
+        out[pair_of[(ca, cb)]] = np.nan if v is None else v
+    return out
+
+
+def _accuracy(p: np.ndarray, truth: np.ndarray) -> float:
+    """Share of pairs where P(a ≻ b) points to the truth; P = ½ counts one half."""
+    return float(np.where(p == 0.5, 0.5, (p > 0.5) == truth).mean()) if p.size else \
+        float("nan")
+
+
+def _final_preference(world: dict[str, Any], mask: np.ndarray, votes: pa.Table,
+                      tables: tuple[pa.Table, pa.Table, pa.Table], cfg: GPMConfig,
+                      pair_of: dict[tuple[str, str], int]) -> dict[str, Any]:
+    """Judge the pairs of ``mask``: judged pairs take the panel's aggregated p_a, the others
+    the P of a GPM head trained on every judged comparison (``annotate_gpm``, one fold);
+    accuracy against the true quality on all pairs and of each prompt's best–worst pair."""
+    q = world["q"]
+    n, m = mask.shape
+    k = q.shape[1]
+    ii, jj = np.triu_indices(k, 1)
+    comps = aggregate_votes(_judged(votes, mask)).outputs["comparisons"]
+    p = _by_pair(comps, "p_a", pair_of, n * m)
+    if not mask.all():
+        gpm = annotate_gpm(comps, *tables, cfg).outputs["votes"]
+        p = np.where(mask.reshape(-1), p, _by_pair(gpm, "prob_a", pair_of, n * m))
+    p = np.where(np.isnan(p), 0.5, p).reshape(n, m)  # no valid vote / no score: a tie
+    truth = q[:, ii] > q[:, jj]
+    gpm_acc = _accuracy(p[~mask], truth[~mask]) if not mask.all() else None
+    win = np.zeros((n, k))  # summed P(c ≻ other): the win rate up to a constant
+    np.add.at(win, (slice(None), ii), p)
+    np.add.at(win, (slice(None), jj), 1.0 - p)
+    rows = np.arange(n)
+    best, worst = win.argmax(axis=1), win.argmin(axis=1)
+    return {"pair_acc": _accuracy(p, truth), "judged_acc": _accuracy(p[mask], truth[mask]),
+            "gpm_unjudged_acc": gpm_acc,
+            "best_worst_acc": float((q[rows, best] > q[rows, worst]).mean()),
+            "top1_acc": float((best == q.argmax(axis=1)).mean()),
+            "pairs_judged": int(mask.sum())}
+
+
+def active_eval(seed: int, n_prompts: int = 400, *, k: int = 5, budget: int = 4,
+                seed_pairs: int = 2, judge_accuracy: float = 0.72,
+                hard_factor: float = 0.35, epochs: int = 30) -> dict[str, Any]:
+    """Part (d): random ``budget`` pairs per prompt vs ``seed_pairs`` random pairs plus
+    ``select_uncertain_pairs`` picks, at the same judge budget (module docstring)."""
+    rng = np.random.default_rng(seed)
+    world = simulate_world(n_prompts, rng, k=k)
+    q, pids, cids = world["q"], world["pids"], world["cids"]
+    ii, jj = np.triu_indices(k, 1)
+    m = len(ii)
+    P, A, B = np.repeat(np.arange(n_prompts), m), np.tile(ii, n_prompts), np.tile(jj, n_prompts)
+    kappa = _calibrate(np.abs(q[P, A] - q[P, B]), judge_accuracy)
+    kap = kappa * np.where(world["hard"][world["cl"][P]], hard_factor, 1.0)
+    # every pair's judge calls drawn once: a strategy reads the votes of the pairs it judges
+    votes = panel_votes(world, P, A, B, kap, rng)
+    calls_per_pair = votes.num_rows // len(P)
+    pair_of = {(cids[i, a], cids[i, b]): i * m + t for i in range(n_prompts)
+               for t, (a, b) in enumerate(zip(ii, jj))}
+    cands = pa.table({"prompt_id": np.repeat(pids, k).tolist(),
+                      "source_id": ["sim"] * (n_prompts * k),
+                      "candidate_id": cids.reshape(-1).tolist()})
+    tables = (cands, _emb_table(cids.reshape(-1).tolist(),
+                                world["emb"].reshape(n_prompts * k, -1), "candidate_id"),
+              _emb_table(pids.tolist(), world["x"], "prompt_id"))
+    cfg = GPMConfig(enabled=True, epochs=epochs, seed=seed, folds=1)
+    order = np.random.default_rng(seed + 1).permuted(np.tile(np.arange(m), (n_prompts, 1)),
+                                                     axis=1)
+    first = np.zeros((n_prompts, m), dtype=bool)
+    np.put_along_axis(first, order[:, :seed_pairs], True, axis=1)
+    rand = np.zeros((n_prompts, m), dtype=bool)
+    np.put_along_axis(rand, order[:, :budget], True, axis=1)
+    t0 = time.perf_counter()
+    round1 = aggregate_votes(_judged(votes, first)).outputs["comparisons"]
+    chosen, _, sel_info = select_uncertain_pairs(round1, *tables, cfg,
+                                                 per_prompt=budget - seed_pairs)
+    select_seconds = time.perf_counter() - t0
+    active = first.copy()
+    for _, _, a, b in chosen:
+        f = pair_of[(a, b)]
+        active[f // m, f % m] = True
+    masks = {"random": rand, "active": active, "all": np.ones((n_prompts, m), dtype=bool)}
+    out: dict[str, Any] = {"seed": seed, "prompts": n_prompts, "pairs_per_prompt": m,
+                           "kappa": kappa, "select_seconds": round(select_seconds, 2),
+                           "select": {key: sel_info[key] for key in (
+                               "selected", "skipped", "training_pairs", "train_accuracy",
+                               "mean_certainty_selected", "mean_certainty_skipped")}}
+    gap = np.abs(q[:, ii] - q[:, jj])
+    truth = q[:, ii] > q[:, jj]
+    panel_p = _by_pair(aggregate_votes(votes).outputs["comparisons"], "p_a", pair_of,
+                       n_prompts * m).reshape(n_prompts, m)
+    panel_right = np.where(panel_p == 0.5, 0.5, (panel_p > 0.5) == truth)
+    # the round-1 head's own P (the head select_uncertain_pairs ranked with): the
+    # counterfactual of leaving a round-2 pair unjudged
+    head1 = _by_pair(annotate_gpm(round1, *tables, cfg).outputs["votes"], "prob_a", pair_of,
+                     n_prompts * m).reshape(n_prompts, m)
+    head1_right = np.where(np.isnan(head1) | (head1 == 0.5), 0.5, (head1 > 0.5) == truth)
+    for name, mask in masks.items():
+        r = _final_preference(world, mask, votes, tables, cfg, pair_of)
+        r["calls_per_prompt"] = calls_per_pair * mask.sum() / n_prompts
+        extra = mask & ~first  # round 2 (for "all": everything beyond the seed pairs)
+        r["round2_gap"] = float(gap[extra].mean()) if extra.any() else float("nan")
+        r["round2_panel_acc"] = float(panel_right[extra].mean()) if extra.any() else \
+            float("nan")
+        r["round2_head1_acc"] = float(head1_right[extra].mean()) if extra.any() else \
+            float("nan")
+        r["unjudged_head1_acc"] = float(head1_right[~mask].mean()) if (~mask).any() else None
+        r["round2_pairs"] = float(extra.sum() / n_prompts)
+        out[name] = r
+    return out
+
+
+def print_active(res: list[dict[str, Any]], budget: int, seed_pairs: int) -> None:
+    r0 = res[0]
+    m = r0["pairs_per_prompt"]
+    print(f"(d) active judging: {r0['prompts']} prompts × {m} pairs, judge budget {budget} "
+          f"pairs/prompt ({r0['random']['calls_per_prompt']:.0f} calls) — random {budget} vs "
+          f"{seed_pairs} random + {budget - seed_pairs} by select_uncertain_pairs; "
+          f"all {m} judged ({r0['all']['calls_per_prompt']:.0f} calls) for reference")
+    print("round-2 = the pairs judged beyond the 2 shared seed pairs: their true |Δq|, the "
+          "panel's accuracy on them, and the round-1 GPM head's (what leaving them unjudged "
+          "would have given)")
+    head = (f"{'seed':>4} | {'pair acc (all pairs)':^22} | {'best–worst pair acc':^22} | "
+            f"{'top-1 acc':^15} | {'GPM acc unjudged':^16} | {'round-2 |Δq|':^13} | "
+            f"{'round-2 panel':^13} | {'round-2 head1':^13}")
+    sub = (f"{'':>4} | {'random':>6} {'active':>6} {'all':>8} | {'random':>6} {'active':>6} "
+           f"{'all':>8} | {'random':>7} {'active':>7} | {'random':>7} {'active':>8} | "
+           f"{'random':>6} {'active':>6} | {'random':>6} {'active':>6} | "
+           f"{'random':>6} {'active':>6}")
+    print(head)
+    print(sub)
+    print("-" * len(sub))
+    keys = ("pair_acc", "best_worst_acc", "top1_acc", "gpm_unjudged_acc", "round2_gap",
+            "round2_panel_acc", "round2_head1_acc")
+
+    def line(label: str, v: dict[str, dict[str, float]]) -> str:
+        return (f"{label:>4} | {v['random']['pair_acc']:6.3f} {v['active']['pair_acc']:6.3f} "
+                f"{v['all']['pair_acc']:8.3f} | {v['random']['best_worst_acc']:6.3f} "
+                f"{v['active']['best_worst_acc']:6.3f} {v['all']['best_worst_acc']:8.3f} | "
+                f"{v['random']['top1_acc']:7.3f} {v['active']['top1_acc']:7.3f} | "
+                f"{v['random']['gpm_unjudged_acc']:7.3f} {v['active']['gpm_unjudged_acc']:8.3f}"
+                f" | {v['random']['round2_gap']:6.3f} {v['active']['round2_gap']:6.3f} | "
+                f"{v['random']['round2_panel_acc']:6.3f} {v['active']['round2_panel_acc']:6.3f}"
+                f" | {v['random']['round2_head1_acc']:6.3f} "
+                f"{v['active']['round2_head1_acc']:6.3f}")
+
+    for r in res:
+        print(line(str(r["seed"]), r))
+    print("-" * len(sub))
+    for label, fn in (("mean", np.mean), ("sd", np.std)):
+        agg = {s: {key: float(fn([r[s][key] for r in res])) if s != "all" or
+                   key != "gpm_unjudged_acc" else 0.0 for key in keys} for s in STRATEGIES}
+        print(line(label, agg))
+    for key, name in (("pair_acc", "pair acc"), ("best_worst_acc", "best–worst acc"),
+                      ("top1_acc", "top-1 acc")):
+        d = [r["active"][key] - r["random"][key] for r in res]
+        print(f"active − random, {name}: {np.mean(d):+.3f} (per seed "
+              f"{', '.join(f'{x:+.3f}' for x in d)})")
+    print(f"pair acc gained over the round-1 head alone on the {m - seed_pairs} non-seed "
+          f"pairs (means):")
+    for name in ("random", "active"):
+        mean = {key: float(np.mean([r[name][key] for r in res])) for key in (
+            "round2_panel_acc", "round2_head1_acc", "gpm_unjudged_acc", "unjudged_head1_acc",
+            "round2_pairs")}
+        n2, n_left = mean["round2_pairs"], m - seed_pairs - mean["round2_pairs"]
+        judge = n2 * (mean["round2_panel_acc"] - mean["round2_head1_acc"]) / m
+        retrain = n_left * (mean["gpm_unjudged_acc"] - mean["unjudged_head1_acc"]) / m
+        print(f"  {name:>6}: {judge:+.3f} from judging round 2 (panel "
+              f"{mean['round2_panel_acc']:.3f} vs head {mean['round2_head1_acc']:.3f}), "
+              f"{retrain:+.3f} from retraining the head on it (unjudged pairs "
+              f"{mean['unjudged_head1_acc']:.3f} → {mean['gpm_unjudged_acc']:.3f}) = "
+              f"{judge + retrain:+.3f}")
+    s0 = r0["select"]
+    if s0["mean_certainty_selected"] is None or s0["mean_certainty_skipped"] is None:
+        print(f"select_uncertain_pairs (seed {r0['seed']}): no ranking ({s0['training_pairs']} "
+              f"round-1 comparisons); {r0['select_seconds']:.1f} s")
+        return
+    print(f"select_uncertain_pairs (seed {r0['seed']}): head trained on "
+          f"{s0['training_pairs']} round-1 comparisons (train acc {s0['train_accuracy']:.3f}); "
+          f"mean |P − ½| selected {s0['mean_certainty_selected']:.3f} vs skipped "
+          f"{s0['mean_certainty_skipped']:.3f}; {r0['select_seconds']:.1f} s")
+
+
 # ------------------------------------------------------------------------------ (c) timing
 
 def synthetic_pairs_table(n_pairs: int, per_prompt: int = 4, dim: int = 384,
@@ -360,6 +621,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fraction", type=float, default=0.3)
     ap.add_argument("--select-timing", type=int, metavar="N", default=0,
                     help="only time select_pairs_budget on N pairs")
+    ap.add_argument("--active", action="store_true",
+                    help="only part (d), active judging (also part of the default run)")
+    ap.add_argument("--active-prompts", type=int, default=400,
+                    help="prompts of part (d) (5 candidates, 10 pairs each)")
+    ap.add_argument("--budget", type=int, default=4, help="part (d): pairs judged per prompt")
+    ap.add_argument("--seed-pairs", type=int, default=2,
+                    help="part (d): random round-1 pairs per prompt of the active strategy")
+    ap.add_argument("--judge-accuracy", type=float, default=0.72,
+                    help="part (d): mean accuracy of one judge call (before hard clusters)")
+    ap.add_argument("--hard-factor", type=float, default=0.35,
+                    help="part (d): κ multiplier in the hard half of the clusters (1: none)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     import torch
@@ -368,12 +640,34 @@ def main(argv: list[str] | None = None) -> int:
     if args.select_timing:
         print(json.dumps(select_timing(args.select_timing, args.fraction), indent=1))
         return 0
+    if not 0 <= args.seed_pairs <= args.budget <= 10:
+        ap.error("part (d) needs 0 <= --seed-pairs <= --budget <= 10 (pairs per prompt)")
+
+    def active() -> list[dict[str, Any]]:
+        return [active_eval(s, args.active_prompts, budget=args.budget,
+                            seed_pairs=args.seed_pairs, judge_accuracy=args.judge_accuracy,
+                            hard_factor=args.hard_factor) for s in args.seeds]
+
     t0 = time.perf_counter()
+    if args.active:
+        act = active()
+        if args.json:
+            print(json.dumps({"active": act}, indent=1))
+        else:
+            print(f"GPM evaluation — python bench/gpm_eval.py --active --seeds "
+                  f"{' '.join(map(str, args.seeds))} --active-prompts {args.active_prompts} "
+                  f"--budget {args.budget} --seed-pairs {args.seed_pairs} --judge-accuracy "
+                  f"{args.judge_accuracy} --hard-factor {args.hard_factor}")
+            print_active(act, args.budget, args.seed_pairs)
+            print(f"total {time.perf_counter() - t0:.0f} s")
+        return 0
     cyc = [cyclic_accuracy(args.cyclic_prompts, 300, seed=s) for s in args.seeds]
     stage = cyclic_stage(400, seed=args.seeds[0])
     bud = [budget_eval(s, args.prompts, args.fraction) for s in args.seeds]
+    act = active()
     if args.json:
-        print(json.dumps({"cyclic": cyc, "cyclic_stage": stage, "budget": bud}, indent=1))
+        print(json.dumps({"cyclic": cyc, "cyclic_stage": stage, "budget": bud, "active": act},
+                         indent=1))
         return 0
     pct = f"{args.fraction:.0%}"
     print(f"GPM evaluation — python bench/gpm_eval.py --seeds {' '.join(map(str, args.seeds))}"
@@ -416,6 +710,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"GPM stage end to end (400 cyclic prompts, 2 folds): out-of-fold gpm-vote accuracy "
           f"{stage['stage_gpm_oof']:.3f}; prompts flagged cyclic: gpm {stage['cyclic_gpm']:.2f}, "
           f"panel {stage['cyclic_panel']:.2f}; {stage['stage_seconds']:.1f} s")
+    print()
+    print_active(act, args.budget, args.seed_pairs)
     print(f"total {time.perf_counter() - t0:.0f} s")
     return 0
 

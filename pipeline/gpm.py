@@ -37,6 +37,15 @@ and, with ``folds`` ≥ 2, cross-fits by prompt: a prompt's votes come from a he
 not train on its comparisons (an in-sample head repeats the panel's labels back to the EM
 and would be trusted far too much; the same reasoning as :mod:`pipeline.peer_review`).
 
+**Choosing what the judges see** (:func:`select_uncertain_pairs`, active judging in two
+rounds): round 1 judges a seed subset of each prompt's pairs; one head, trained in sample
+on round 1's COMPARISONS (it only ranks, so cross-fitting buys nothing), scores every
+canonical pair, and round 2 judges per prompt the ``per_prompt`` unjudged pairs with the
+smallest |P − ½|; the pairs it is confident about are dropped ``first_signal``. Pairs
+with an unembedded candidate cannot be ranked and are judged; with fewer than 2 labelled
+comparisons there is no head and the pairs are taken in stable-hash order.
+``bench/gpm_eval.py --active`` measures what this buys at an equal judge budget.
+
 **Cycles** (:func:`find_cycles`): among a prompt's pairwise probabilities (a COMPARISONS
 table's p_a, or the GPM votes' prob_a), an intransitive triple is x ≻ y, y ≻ z, z ≻ x
 with each P > ½ + band (ties and missing pairs are no edge). Output: one CYCLES row per
@@ -73,6 +82,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.errors import PrefcurateError
+from pipeline.hashing import stable_hash
 from pipeline.stage import Reason, StageCounts, StageResult, as_matrix, dropped_table
 from schemas.config import GPMConfig
 from schemas.tables import CYCLES, VOTES, check_table
@@ -554,19 +564,23 @@ def _score_groups(model: GPMModel, cand: pl.DataFrame, c_mat: np.ndarray,
                               prob_a=pl.Series(sigmoid_pair(s / model.tau), dtype=pl.Float64))
 
 
-def _usable(candidates: pa.Table, c_idx: dict[str, int], p_idx: dict[str, int] | None
-            ) -> tuple[pl.DataFrame, list[dict]]:
-    """Candidates that can be scored (with ``_c`` / ``_p`` rows) and the drop rows."""
-    need = ["prompt_id", "candidate_id"]
-    for col in need:
+def _candidate_frame(candidates: pa.Table) -> pl.DataFrame:
+    """``source_id, prompt_id, candidate_id`` of CANDIDATES, each candidate once, in input
+    order (source_id null when the table has none)."""
+    for col in ("prompt_id", "candidate_id"):
         if col not in candidates.schema.names:
             raise PrefcurateError(f"gpm: candidates table needs column '{col}'")
     df = pl.from_arrow(candidates.select(
         [c for c in ("source_id", "prompt_id", "candidate_id") if c in candidates.schema.names]))
     if "source_id" not in df.columns:
         df = df.with_columns(source_id=pl.lit(None, pl.Utf8))
-    df = df.select("source_id", "prompt_id", "candidate_id").unique(maintain_order=True)
-    df = df.with_columns(
+    return df.select("source_id", "prompt_id", "candidate_id").unique(maintain_order=True)
+
+
+def _usable(candidates: pa.Table, c_idx: dict[str, int], p_idx: dict[str, int] | None
+            ) -> tuple[pl.DataFrame, list[dict]]:
+    """Candidates that can be scored (with ``_c`` / ``_p`` rows) and the drop rows."""
+    df = _candidate_frame(candidates).with_columns(
         _c=pl.col("candidate_id").replace_strict(c_idx, default=None, return_dtype=pl.Int64),
         _p=(pl.col("prompt_id").replace_strict(p_idx, default=None, return_dtype=pl.Int64)
             if p_idx is not None else pl.lit(0, pl.Int64)))
@@ -640,6 +654,36 @@ def comparisons_p_hat(comparisons: pa.Table, prior: float = 0.5) -> np.ndarray:
     return np.where(s > 0, p, np.nan)
 
 
+def _training_pairs(comparisons: pa.Table, c_idx: dict[str, int],
+                    p_idx: dict[str, int] | None, prior: float) -> pl.DataFrame:
+    """Training pairs: the comparisons with a valid vote whose candidates (and prompt, when
+    ``p_idx`` is given) are embedded; columns ``source_id, prompt_id, candidate_a,
+    candidate_b``, the soft label ``p`` (:func:`comparisons_p_hat`) and the rows ``_a``,
+    ``_b`` (of the candidate matrix) and ``_p`` (of the prompt matrix; 0 without one)."""
+    comp = pl.from_arrow(comparisons.select(["source_id", "prompt_id", "candidate_a",
+                                             "candidate_b"])) if comparisons.num_rows else \
+        pl.DataFrame(schema={c: pl.Utf8 for c in ("source_id", "prompt_id", "candidate_a",
+                                                  "candidate_b")})
+    p_hat = comparisons_p_hat(comparisons, prior) if comparisons.num_rows else np.zeros(0)
+    return comp.with_columns(
+        p=pl.Series(p_hat, dtype=pl.Float64),
+        _a=pl.col("candidate_a").replace_strict(c_idx, default=None, return_dtype=pl.Int64),
+        _b=pl.col("candidate_b").replace_strict(c_idx, default=None, return_dtype=pl.Int64),
+        _p=(pl.col("prompt_id").replace_strict(p_idx, default=None, return_dtype=pl.Int64)
+            if p_idx is not None else pl.lit(0, pl.Int64)),
+    ).filter(pl.col("p").is_not_nan() & pl.col("_a").is_not_null() & pl.col("_b").is_not_null()
+             & pl.col("_p").is_not_null())
+
+
+def _fit(train: pl.DataFrame, c_mat: np.ndarray, p_mat: np.ndarray | None,
+         cfg: GPMConfig) -> GPMModel:
+    """:func:`train_gpm` on :func:`_training_pairs` rows (without prompts when ``p_mat`` is
+    None)."""
+    x = p_mat[train["_p"].to_numpy()] if p_mat is not None else None
+    return train_gpm(x, c_mat[train["_a"].to_numpy()], c_mat[train["_b"].to_numpy()],
+                     train["p"].to_numpy(), cfg)
+
+
 def annotate_gpm(comparisons: pa.Table, candidates: pa.Table, candidate_embeddings: pa.Table,
                  prompt_embeddings: pa.Table, cfg: GPMConfig) -> StageResult:
     """Stage: train GPM heads on the panel's comparisons, vote on every candidate pair,
@@ -662,19 +706,7 @@ def annotate_gpm(comparisons: pa.Table, candidates: pa.Table, candidate_embeddin
     panel_cycles = find_cycles(comparisons, band=cfg.cycle_band, p_column="p_a",
                                origin="panel")
     info: dict[str, Any] = {"annotator": cfg.annotator, "folds": cfg.folds}
-    # training pairs: comparisons with a valid vote whose candidates and prompt are embedded
-    comp = pl.from_arrow(comparisons.select(["source_id", "prompt_id", "candidate_a",
-                                             "candidate_b"])) if comparisons.num_rows else \
-        pl.DataFrame(schema={c: pl.Utf8 for c in ("source_id", "prompt_id", "candidate_a",
-                                                  "candidate_b")})
-    p_hat = comparisons_p_hat(comparisons, cfg.prior) if comparisons.num_rows else np.zeros(0)
-    comp = comp.with_columns(
-        p=pl.Series(p_hat, dtype=pl.Float64),
-        _a=pl.col("candidate_a").replace_strict(c_idx, default=None, return_dtype=pl.Int64),
-        _b=pl.col("candidate_b").replace_strict(c_idx, default=None, return_dtype=pl.Int64),
-        _p=pl.col("prompt_id").replace_strict(p_idx, default=None, return_dtype=pl.Int64),
-    ).filter(pl.col("p").is_not_nan() & pl.col("_a").is_not_null() & pl.col("_b").is_not_null()
-             & pl.col("_p").is_not_null())
+    comp = _training_pairs(comparisons, c_idx, p_idx, cfg.prior)
     info["training_pairs"] = comp.height
     if comp.height == 0 or ok.height == 0:
         info.update(votes=0, skipped="no comparison with a valid vote between embedded "
@@ -700,8 +732,7 @@ def annotate_gpm(comparisons: pa.Table, candidates: pa.Table, candidate_embeddin
             continue
         if not train.height:  # nothing to learn from outside this fold: train on it all
             train = comp
-        model = train_gpm(p_mat[train["_p"].to_numpy()], c_mat[train["_a"].to_numpy()],
-                          c_mat[train["_b"].to_numpy()], train["p"].to_numpy(), cfg)
+        model = _fit(train, c_mat, p_mat, cfg)
         scored = _score_groups(model, target.drop("_fold"), c_mat, p_mat)
         scored_parts.append(scored)
         fold_info.append({k: model.info[k] for k in ("pairs", "train_accuracy", "seconds")})
@@ -727,6 +758,142 @@ def annotate_gpm(comparisons: pa.Table, candidates: pa.Table, candidate_embeddin
              info["cyclic"]["prompts_panel"], info["cyclic"]["prompts_gpm"])
     return StageResult(STAGE, {"votes": votes, "cycles": cycles}, counts,
                        dropped_table(STAGE, drops), info=info)
+
+
+def select_uncertain_pairs(comparisons: pa.Table, candidates: pa.Table,
+                           candidate_embeddings: pa.Table, prompt_embeddings: pa.Table | None,
+                           cfg: GPMConfig, per_prompt: int,
+                           ) -> tuple[list[tuple[str, str, str, str]], list[dict], dict]:
+    """Round 2 of active judging: per prompt, the unjudged pairs the GPM is least sure of.
+
+    Inputs: round 1's COMPARISONS (the pairs already judged, aggregated), CANDIDATES
+    (``prompt_id``, ``candidate_id``, optionally ``source_id``), the embed stage's
+    ``candidate_embeddings`` and ``prompt_embeddings`` (None: a head without prompts). One
+    head is trained, in sample (it only ranks), on the comparisons with a non-null ``p_a``
+    (label p̂ from the counts, as :func:`annotate_gpm`); it scores every canonical pair
+    (candidate_a < candidate_b) of each (prompt_id, source_id) group of ``candidates`` —
+    the grouping of :func:`pipeline.judging.select_pairs`. Pairs present in
+    ``comparisons`` are not returned and not dropped (they are judged already).
+
+    Returns (pairs, dropped rows, info), like ``select_pairs``. Pairs: (prompt_id,
+    source_id, a, b) to judge — per group the ``per_prompt`` unjudged pairs with the
+    smallest |P(a ≻ b) − ½| (ties by :func:`pipeline.hashing.stable_hash` of (prompt_id,
+    a, b)), plus every unjudged pair with a candidate (or prompt) that has no embedding:
+    the head cannot rank it, so it is judged, on top of ``per_prompt``, and counted in
+    ``info["unscored_pairs"]``. Dropped: every other unjudged pair, reason
+    ``first_signal``, row_id ``a|b``. With fewer than 2 comparisons to train on (a p_a,
+    both candidates embedded) there is no head: ``info["fallback"]`` says so and the
+    ``per_prompt`` pairs are taken in stable-hash order, the rest dropped ``over_budget``
+    (as ``select_pairs`` does beyond its cap). Every unjudged pair is returned or dropped.
+    ``info``: pairs (canonical pairs of the groups), already_judged, unjudged,
+    pairs_scored, selected, skipped, unscored_candidates, unscored_pairs, training
+    (pairs, final loss, accuracy, seconds), mean |P − ½| of the selected and skipped
+    pairs, fallback, prompts_with_single_candidate, seconds.
+
+    >>> from schemas.tables import COMPARISONS
+    >>> c = pa.table({"prompt_id": ["p"] * 3, "source_id": ["s"] * 3,
+    ...               "candidate_id": ["x", "y", "z"]})
+    >>> e = pa.table({"candidate_id": ["x", "y", "z"],
+    ...               "embedding": [[0.0, 1.0], [1.0, 0.0], [1.0, 1.0]]})
+    >>> pairs, drops, info = select_uncertain_pairs(COMPARISONS.empty_table(), c, e, None,
+    ...                                             GPMConfig(), per_prompt=1)
+    >>> len(pairs), [str(d["reason"]) for d in drops], info["fallback"] is not None
+    (1, ['over_budget', 'over_budget'], True)
+    """
+    if per_prompt < 0:
+        raise PrefcurateError(f"gpm: per_prompt must be >= 0 (got {per_prompt}): the number "
+                              f"of unjudged pairs to judge per prompt")
+    t0 = time.perf_counter()
+    keys = ["source_id", "prompt_id"]
+    pair_key = [*keys, "candidate_a", "candidate_b"]
+    c_idx, c_mat = _lookup(candidate_embeddings, "candidate_id")
+    p_idx, p_mat = _lookup(prompt_embeddings, "prompt_id") if prompt_embeddings is not None \
+        else (None, None)
+    cand = _candidate_frame(candidates)
+    ok, missing = _usable(candidates, c_idx, p_idx)
+    cand = cand.join(ok.select(*keys, "candidate_id", _ok=pl.lit(True)),
+                     on=[*keys, "candidate_id"], how="left", nulls_equal=True)
+    groups = cand.select(keys).unique(maintain_order=True).with_row_index("_g")
+    size = cand.group_by(keys).agg(n=pl.len())
+    # every canonical pair of each group, with its group's position and rankability
+    left = cand.select(*keys, pl.col("candidate_id").alias("candidate_a"),
+                       pl.col("_ok").fill_null(False).alias("_oa"))
+    right = cand.select(*keys, pl.col("candidate_id").alias("candidate_b"),
+                        pl.col("_ok").fill_null(False).alias("_ob"))
+    pairs = left.join(right, on=keys, nulls_equal=True) \
+        .filter(pl.col("candidate_a") < pl.col("candidate_b")) \
+        .join(groups, on=keys, how="left", nulls_equal=True) \
+        .with_columns(_rank=pl.col("_oa") & pl.col("_ob")).drop("_oa", "_ob")
+    # already judged: the comparisons' pairs (either orientation)
+    if comparisons.num_rows:
+        judged = pl.from_arrow(comparisons.select(pair_key)).select(
+            *keys, pl.min_horizontal("candidate_a", "candidate_b").alias("candidate_a"),
+            pl.max_horizontal("candidate_a", "candidate_b").alias("candidate_b"),
+        ).unique().with_columns(_judged=pl.lit(True))
+        pairs = pairs.join(judged, on=pair_key, how="left", nulls_equal=True)
+    else:
+        pairs = pairs.with_columns(_judged=pl.lit(None, pl.Boolean))
+    todo = pairs.filter(pl.col("_judged").is_null()).drop("_judged")
+    info: dict[str, Any] = {
+        "per_prompt": per_prompt, "prompts": groups.height, "pairs": pairs.height,
+        "already_judged": pairs.height - todo.height, "unjudged": todo.height,
+        "unscored_candidates": sum(d["reason"] == NO_EMBEDDING for d in missing),
+        "prompts_with_single_candidate": size.filter(pl.col("n") < 2).height,
+        "training_pairs": 0, "train_loss": None, "train_accuracy": None,
+        "train_seconds": None, "fallback": None}
+    # the head: trained on round 1 when something is left to rank
+    labelled = comparisons.filter(comparisons.column("p_a").is_valid()) \
+        if comparisons.num_rows else comparisons
+    train = _training_pairs(labelled, c_idx, p_idx, cfg.prior)
+    info["training_pairs"] = train.height
+    prob = pl.lit(None, pl.Float64)
+    if train.height < 2:
+        info["fallback"] = (f"{train.height} comparison(s) with a p_a between embedded "
+                            f"candidates (need 2): no GPM head; up to per_prompt="
+                            f"{per_prompt} unjudged pairs per prompt in stable-hash order")
+    elif todo.filter(pl.col("_rank")).height:
+        model = _fit(train, c_mat, p_mat, cfg)
+        scored = _score_groups(model, ok, c_mat, p_mat).select(*pair_key, "prob_a")
+        todo = todo.join(scored, on=pair_key, how="left", nulls_equal=True)
+        prob = pl.col("prob_a")
+        info.update(train_loss=model.info["loss_by_epoch"][-1],
+                    train_accuracy=model.info["train_accuracy"],
+                    train_seconds=model.info["seconds"])
+    hashes = [stable_hash(p, a, b) for p, a, b in
+              todo.select("prompt_id", "candidate_a", "candidate_b").iter_rows()]
+    todo = todo.with_columns(prob_a=prob, _h=pl.Series(hashes, dtype=pl.Utf8)) \
+        .with_columns(_u=(pl.col("prob_a") - 0.5).abs().fill_null(0.0)) \
+        .sort(["_g", "_rank", "_u", "_h"]) \
+        .with_columns(_k=pl.int_range(pl.len()).over(["_g", "_rank"]))
+    take = todo.with_columns(_take=~pl.col("_rank") | (pl.col("_k") < per_prompt))
+    chosen = take.filter(pl.col("_take"))
+    skipped = take.filter(~pl.col("_take"))
+    out = list(chosen.select("prompt_id", "source_id", "candidate_a", "candidate_b").iter_rows())
+    if info["fallback"] is None:
+        drops = [{"source_id": sid, "row_id": f"{a}|{b}", "reason": Reason.FIRST_SIGNAL,
+                  "detail": f"gpm P(a≻b)={p:.3f}: confident, not judged"}
+                 for sid, a, b, p in skipped.select("source_id", "candidate_a", "candidate_b",
+                                                    "prob_a").iter_rows()]
+    else:
+        drops = [{"source_id": sid, "row_id": f"{a}|{b}", "reason": Reason.OVER_BUDGET,
+                  "detail": f"no GPM head to rank by: beyond per_prompt={per_prompt} in "
+                            f"stable-hash order"}
+                 for sid, a, b in skipped.select("source_id", "candidate_a",
+                                                 "candidate_b").iter_rows()]
+
+    def certainty(df: pl.DataFrame) -> float | None:
+        u = df.filter(pl.col("prob_a").is_not_null())["_u"]
+        return round(float(u.mean()), 4) if len(u) else None
+
+    info.update(pairs_scored=int(todo["prob_a"].is_not_null().sum()), selected=len(out),
+                skipped=len(drops), unscored_pairs=int((~todo["_rank"]).sum()),
+                mean_certainty_selected=certainty(chosen),
+                mean_certainty_skipped=certainty(skipped),
+                seconds=round(time.perf_counter() - t0, 3))
+    log.info("gpm: %d of %d unjudged pair(s) chosen to judge (%d unscored), %d skipped%s",
+             len(out), todo.height, info["unscored_pairs"], len(drops),
+             "" if info["fallback"] is None else " (fallback: no head)")
+    return out, drops, info
 
 
 def _count(items: Any) -> dict[str, int]:
