@@ -62,7 +62,7 @@ def main() -> int:
 
     noise = ["bench/noise_eval.py", "--noise", "0", "0.2", "0.3", "0.4", "--pairs",
              "1000" if a.quick else "4000", "--methods", "majority", "dawid_skene",
-             "combined", "--json"]
+             "default", "--json"]
     print(f"\n=== noise_eval: {' '.join(noise)}", flush=True)
     t0 = time.time()
     res = subprocess.run([sys.executable, *noise], cwd=REPO, capture_output=True, text=True,

@@ -37,9 +37,11 @@ Methods (``METHODS``; the votes of every method are aggregated with the label as
   from ``aggregate_votes`` on the votes without the ``source`` annotator);
 - ``crm``: peer review alone, mode ``drop``;
 - ``scir``: the agreement filter (judges, peer-review heads, label);
-- ``combined``: the recommended configuration — p_i from the judges-only DS posterior,
-  ``on_contradicted: keep``, ``confidence_weights: true`` (calibrated, thresholds
-  0.3 / 0.5, flip below), ``peer_review: true`` with its margins as evidence.
+- ``default``: the product's defaults through the product's path —
+  ``AggregateConfig()`` (Dawid–Skene, plus the judges-only EM ``p_a_judges``),
+  ``denoise.judges_posterior`` as p_i, ``DenoiseConfig()`` (contradicted pairs kept,
+  calibrated confidence weights with thresholds 0.3 / 0.5, flip below; CRM peer review
+  with its margins as evidence, since the simulation has embeddings).
 
 Metrics, per method: ``acc`` recovered label accuracy (final orientation vs truth, over the
 kept pairs) and ``kept`` (share of pairs kept); precision / recall / F1 of the flagged
@@ -69,9 +71,9 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.aggregation import aggregate_votes  # noqa: E402
-from pipeline.denoise import denoise_pairs  # noqa: E402
+from pipeline.denoise import denoise_pairs, judges_posterior  # noqa: E402
 from pipeline.margins import compute_margins  # noqa: E402
-from schemas.config import DenoiseConfig, MarginConfig  # noqa: E402
+from schemas.config import AggregateConfig, DenoiseConfig, MarginConfig  # noqa: E402
 from schemas.tables import VOTES  # noqa: E402
 
 SOURCE = "source"  # the dataset's label annotator
@@ -218,22 +220,26 @@ class Method:
     embeddings: bool = False
 
 
-LCPO = dict(on_contradicted="keep", confidence_weights=True)
+OFF = dict(confidence_weights=False, peer_review=False)  # the product defaults switched off
+LCPO = dict(on_contradicted="keep", confidence_weights=True, peer_review=False)
 METHODS = (
     Method("majority", "majority", MarginConfig(contested_band=0.0),
-           DenoiseConfig(on_contradicted="flip")),
+           DenoiseConfig(on_contradicted="flip", **OFF)),
     Method("dawid_skene", "dawid_skene", MarginConfig(contested_band=0.0), None),
     Method("lcpo", "majority", MarginConfig(), DenoiseConfig(**LCPO)),
     Method("lcpo_ds", "majority", MarginConfig(), DenoiseConfig(**LCPO),
            p_model="dawid_skene"),
     Method("crm", "majority", MarginConfig(),
-           DenoiseConfig(on_contradicted="keep", peer_review=True), embeddings=True),
-    Method("scir", "majority", MarginConfig(),
-           DenoiseConfig(on_contradicted="keep", agreement_filter=True, peer_review=True),
+           DenoiseConfig(on_contradicted="keep", confidence_weights=False, peer_review=True),
            embeddings=True),
-    Method("combined", "majority", MarginConfig(),
-           DenoiseConfig(**LCPO, peer_review=True, peer_review_mode="weights"),
-           p_model="dawid_skene", embeddings=True),
+    Method("scir", "majority", MarginConfig(),
+           DenoiseConfig(on_contradicted="keep", confidence_weights=False,
+                         agreement_filter=True, peer_review=True),
+           embeddings=True),
+    # the product's defaults, through the product's path: aggregate with the judges-only
+    # EM (AggregateConfig), p_model = denoise.judges_posterior of its p_a_judges
+    Method("default", AggregateConfig().method, MarginConfig(), DenoiseConfig(),
+           p_model="product", embeddings=True),
 )
 
 
@@ -254,7 +260,9 @@ def run_method(sim: Simulation, m: Method) -> dict[str, Any]:
     """Run the real stages for one method; return the final state of every pair."""
     t0 = time.perf_counter()
     agg = aggregate_votes(sim.votes, label_annotators={SOURCE}, method=m.aggregate,
-                          use_logprobs=True)
+                          use_logprobs=AggregateConfig().use_logprobs,
+                          judges_method=AggregateConfig().judges_method
+                          if m.p_model == "product" else None)
     comps = agg.outputs["comparisons"]
     pairs = compute_margins(comps, agg.outputs["scores"], m.margins).outputs["pairs"]
     final: dict[str, tuple[str, float]] = {}  # source_id -> (chosen, p_hat)
@@ -273,6 +281,8 @@ def run_method(sim: Simulation, m: Method) -> dict[str, Any]:
                    (s in final and final[s][0] != sim.label[s])}
     else:
         kw: dict[str, Any] = {"label_source": SOURCE}
+        if m.p_model == "product" and m.denoise.judge_posterior:
+            kw["p_model"] = judges_posterior(pairs, comps)
         if m.p_model == "dawid_skene":
             judges = sim.votes.filter(pa.compute.not_equal(sim.votes["annotator"], SOURCE))
             ds = aggregate_votes(judges, method="dawid_skene", use_logprobs=True)

@@ -378,7 +378,7 @@ def embeddings_enabled(cfg: RunConfig) -> bool:
     (a pairs run with no judges then loads no model at all)."""
     if cfg.embed.enabled is not None:
         return cfg.embed.enabled
-    return cfg.input.kind == "prompts" or cfg.denoise.peer_review
+    return cfg.input.kind == "prompts" or cfg.denoise.peer_review is True
 
 
 @task(name="embed", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10,
@@ -499,7 +499,8 @@ def aggregate_task(run_id: str, vote_srcs: list[StageOutput], label_annotators: 
         votes = pa.concat_tables(tables) if tables else VOTES.empty_table()
         return aggregation.aggregate_votes(votes, label_annotators=set(label_annotators),
                                            method=ctx.cfg.aggregate.method,
-                                           use_logprobs=ctx.cfg.aggregate.use_logprobs)
+                                           use_logprobs=ctx.cfg.aggregate.use_logprobs,
+                                           judges_method=ctx.cfg.aggregate.judges_method)
 
     return _stage(ctx, stage, aggregation.STAGE_VERSION,
                   [ctx.cfg.aggregate.model_dump(mode="json"), sorted(label_annotators)],
@@ -538,13 +539,19 @@ def margins_task(run_id: str, agg: StageOutput, emb: StageOutput | None,
 
 @task(name="denoise", cache_policy=NO_CACHE)
 def denoise_task(run_id: str, mar: StageOutput, emb: StageOutput | None,
-                 label_source: str | None) -> StageOutput:
+                 label_source: str | None, agg: StageOutput | None = None) -> StageOutput:
     ctx = _ctx(run_id)
+    peer_review = ctx.cfg.denoise.peer_review is not False
+    use_agg = agg is not None and ctx.cfg.denoise.judge_posterior
 
     def compute() -> StageResult:
         pairs_t = mar.read("pairs")
-        kw: dict[str, Any] = {"label_source": label_source}
-        if emb is not None and ctx.cfg.denoise.peer_review:
+        # prompt runs: every pair is oriented by its own votes (annotator "aggregate")
+        kw: dict[str, Any] = {"label_source": label_source if ctx.cfg.input.kind == "pairs"
+                              else [None] * pairs_t.num_rows}
+        if use_agg:
+            kw["p_model"] = denoise.judges_posterior(pairs_t, agg.read("comparisons"))
+        if emb is not None and peer_review:
             import numpy as np
 
             from pipeline.embeddings import embeddings_matrix
@@ -570,7 +577,8 @@ def denoise_task(run_id: str, mar: StageOutput, emb: StageOutput | None,
                   [ctx.cfg.denoise.model_dump(mode="json"), ctx.cfg.margins.model_dump(mode="json"),
                    label_source],
                   [mar.output_hash] + ([emb.output_hash] if emb is not None and
-                                       ctx.cfg.denoise.peer_review else []), compute)
+                                       peer_review else []) +
+                  ([agg.output_hash] if use_agg else []), compute)
 
 
 @task(name="pairs", cache_policy=NO_CACHE)
@@ -747,7 +755,7 @@ def curate(config: dict[str, Any]) -> dict[str, Any]:
             agg = aggregate_task(run_id, vote_srcs + [gp], labels, stage="aggregate_gpm")
             outs += [gp, agg]
         mar = margins_task(run_id, agg, emb, gp)
-        den = denoise_task(run_id, mar, emb, labels[0] if len(labels) == 1 else None)
+        den = denoise_task(run_id, mar, emb, labels[0] if len(labels) == 1 else None, agg)
         sel = pairs_task(run_id, den)
         outs += [mar, den, sel]
         if cfg.select.budget is not None:

@@ -65,8 +65,9 @@ from schemas.tables import COMPARISONS, SCORES, VOTES, check_table, conform
 STAGE = "aggregate"
 STAGE_VERSION = 2
 KEY = ["source_id", "prompt_id", "candidate_a", "candidate_b"]
-METHODS = ("majority", "dawid_skene", "one_coin")
-EM_METHODS = ("dawid_skene", "one_coin")
+METHODS = ("auto", "majority", "dawid_skene", "one_coin")
+EM_METHODS = ("auto", "dawid_skene", "one_coin")
+MIN_EM_JUDGES = 3  # Dawid–Skene needs 3 conditionally independent annotators to identify
 LABELS = ("a", "b", "tie")  # label codes 0, 1, 2; classes are a (0) and b (1)
 _NEEDED = KEY + ["annotator", "order", "verdict", "prob_a"]
 
@@ -103,18 +104,27 @@ def aggregate_votes(votes: pa.Table | pl.DataFrame, *,
     if judges_method is not None and judges_method not in EM_METHODS:
         raise ValueError(f"unknown judges_method {judges_method!r}; use one of "
                          f"{', '.join(EM_METHODS)} or none")
-    use_em = method != "majority"
     df = _votes_frame(votes)
     n = df.height
     labels = sorted(label_annotators)
+    asked = method, judges_method
+    if "auto" in asked:
+        judges = _judges(df, label_annotators)
+        n_label = len(set(labels) & set(df["annotator"].unique().to_list())) if n else 0
+        if method == "auto":
+            method = "dawid_skene" if len(judges) + n_label >= MIN_EM_JUDGES else "majority"
+        if judges_method == "auto":
+            judges_method = "dawid_skene" if len(judges) >= MIN_EM_JUDGES else None
+    use_em = method != "majority"
     em_info: dict = {"annotator_reliability": {}, "n_iter": 0, "converged": True,
                      "priors": None, "elbo_per_vote": None} if use_em else {}
     if not n:
         return StageResult(STAGE, {"comparisons": COMPARISONS.empty_table(),
                                    "scores": SCORES.empty_table()}, StageCounts(0, 0),
                            dropped_table(STAGE, []),
-                           info={"method": method, "use_logprobs": use_logprobs,
-                                 "annotators": {}, "position_consistency": {}, **em_info})
+                           info={"method": method, "method_asked": asked[0],
+                                 "use_logprobs": use_logprobs, "annotators": {},
+                                 "position_consistency": {}, **em_info})
     v = _VoteArrays(df, use_logprobs)
     code, first = factorize(df, KEY)
     k = first.size
@@ -158,14 +168,21 @@ def aggregate_votes(votes: pa.Table | pl.DataFrame, *,
     n_by = np.bincount(acode, minlength=len(names))
     null_by = np.bincount(acode[~v.valid], minlength=len(names))
     annot = {a: {"votes": int(n_by[i]), "null": int(null_by[i])} for i, a in enumerate(names)}
-    info = {"method": method, "use_logprobs": use_logprobs, "annotators": annot,
+    info = {"method": method, "method_asked": asked[0], "judges_method": judges_method,
+            "use_logprobs": use_logprobs, "annotators": annot,
             "position_consistency": _position_consistency(df, v, code, k, acode, names),
             **em_info}
     if judges_method is not None:
-        info["judges_method"] = judges_method
         info["judges_posterior_pairs"] = int(np.isfinite(p_judges).sum())
     return StageResult(STAGE, {"comparisons": comparisons, "scores": scores}, counts,
                        dropped_table(STAGE, drops), info=info)
+
+
+def _judges(df: pl.DataFrame, label_annotators: set[str] | frozenset[str]) -> set[str]:
+    """The distinct judges among the votes' annotators (an annotator without its
+    ``|ab``/``|ba`` order: both orders of one judge are not independent), labels left out."""
+    names = df["annotator"].unique().to_list() if df.height else []
+    return {re.sub(r"\|(ab|ba)$", "", a) for a in names if a not in label_annotators}
 
 
 class _VoteArrays:

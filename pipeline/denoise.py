@@ -96,7 +96,7 @@ from schemas.config import DenoiseConfig, MarginConfig
 from schemas.tables import PAIRS, conform, from_rows  # noqa: F401 (from_rows: doctest)
 
 STAGE = "denoise"
-STAGE_VERSION = 2
+STAGE_VERSION = 4
 
 # Reasons beyond pipeline.stage.Reason (plain strings: the tables take any string).
 LOW_CONFIDENCE = "low_confidence"  # confidence weight in [flip_below, drop_below)
@@ -183,6 +183,39 @@ def _model_probability(p_judge: np.ndarray, s_c: np.ndarray, s_r: np.ndarray,
         p_i = np.where(ok, np.clip(pm, 0.0, 1.0), p_i)
         source = f"p_model ({int(ok.sum())} pairs; {source} for the rest)"
     return p_i, source
+
+
+def judges_posterior(pairs: pa.Table, comparisons: pa.Table,
+                     column: str = "p_a_judges") -> np.ndarray:
+    """P(chosen ≻ rejected) per pair from the comparisons' ``column`` (P(a ≻ b)), oriented
+    by the pair (NaN where the comparison or its value is missing): the ``p_model`` that
+    aggregation's judges-only EM gives denoise.
+
+    >>> c = pa.table({"source_id": ["s", "s"], "candidate_a": ["x", "x"],
+    ...               "candidate_b": ["y", "z"], "p_a_judges": [0.8, None]})
+    >>> p = pa.table({"source_id": ["s", "s", "t"], "chosen_id": ["y", "x", "x"],
+    ...               "rejected_id": ["x", "z", "y"]})
+    >>> judges_posterior(p, c).round(3).tolist()
+    [0.2, nan, nan]
+    """
+    n = pairs.num_rows
+    if not n or not comparisons.num_rows or column not in comparisons.schema.names:
+        return np.full(n, np.nan)
+    c = pl.from_arrow(comparisons.select(["source_id", "candidate_a", "candidate_b", column])
+                      ).rename({column: "_p"}).unique(["source_id", "candidate_a",
+                                                       "candidate_b"], keep="first")
+    df = pl.from_arrow(pairs.select(["source_id", "chosen_id", "rejected_id"]))
+    fwd = df.join(c, left_on=["source_id", "chosen_id", "rejected_id"],
+                  right_on=["source_id", "candidate_a", "candidate_b"], how="left",
+                  maintain_order="left")["_p"]
+    rev = df.join(c, left_on=["source_id", "rejected_id", "chosen_id"],
+                  right_on=["source_id", "candidate_a", "candidate_b"], how="left",
+                  maintain_order="left")["_p"]
+    out = fwd.cast(pl.Float64).fill_null(float("nan")).to_numpy().copy()
+    r = rev.cast(pl.Float64).fill_null(float("nan")).to_numpy()
+    use_rev = np.isnan(out) & np.isfinite(r)
+    out[use_rev] = 1.0 - r[use_rev]
+    return out
 
 
 def _peer_review(emb_chosen: np.ndarray, emb_rejected: np.ndarray,
@@ -279,7 +312,8 @@ def denoise_pairs(pairs: pa.Table, cfg: DenoiseConfig, mcfg: MarginConfig, *,
     mode = cfg.peer_review_mode if cfg.peer_review_mode != "auto" else \
         ("weights" if cfg.confidence_weights else "drop")
     head_margin, flagged = None, None
-    if cfg.peer_review:
+    if cfg.peer_review or (cfg.peer_review is None and emb_chosen is not None
+                           and emb_rejected is not None):
         if emb_chosen is None or emb_rejected is None:
             info["peer_review"] = {"ran": False, "skipped": "no response embeddings were "
                                    "given (emb_chosen / emb_rejected); embed the candidates "

@@ -28,10 +28,11 @@ ridge pulling β towards 1), found with L-BFGS-B because EM crawls when η and �
 the weights are the E-step at that optimum.
 
 Pairs without a single label source (candidates generated and judged by a panel) are
-oriented by the panel's own majority; their annotator is the aggregate itself (name
-:data:`AGGREGATE`), with its own η: how often the panel's majority is right under the
-model. When p_i comes from the same votes, p_i ≥ ½ there by construction, so
-η_aggregate stays high; and since η ≥ ½, w_i ≥ p_i for every pair.
+oriented by the panel's own votes; their annotator is the aggregate itself (name
+:data:`AGGREGATE`). That orientation is a function of the same votes p_i comes from, so it
+is no independent evidence: its η is fixed at ½ and w_i = p_i (calibrated). (Fitted, η
+went to 1 — p_i ≥ ½ by construction — and every such pair got w = 1, coin flips
+included.) For the other annotators η ≥ ½, so w_i ≥ p_i.
 
 One iteration by hand, p = (0.9, 0.6, 0.2) and η₀ = 0.9: w = (0.9878, 0.9310, 0.6923),
 η₁ = mean w = 0.8704; the returned weights are the E-step at the returned η:
@@ -95,7 +96,7 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 def _em(p: np.ndarray, code: np.ndarray, counts: np.ndarray, eta: np.ndarray,
-        eta_min: float, eta_max: float, tol: float,
+        eta_min: np.ndarray, eta_max: np.ndarray, tol: float,
         max_iter: int) -> tuple[np.ndarray, np.ndarray, int, bool]:
     """E/M steps from ``eta`` until no η moves by more than ``tol``."""
     w = posterior_weight(p, eta[code])
@@ -111,7 +112,7 @@ def _em(p: np.ndarray, code: np.ndarray, counts: np.ndarray, eta: np.ndarray,
 
 
 def _fit_calibrated(x: np.ndarray, code: np.ndarray, k: int, eta0: np.ndarray,
-                    eta_min: float, eta_max: float, tol: float,
+                    eta_min: np.ndarray, eta_max: np.ndarray, tol: float,
                     max_iter: int) -> tuple[np.ndarray, np.ndarray, int, bool]:
     """Maximise Σ_i log(η_k σ(x_i β) + (1 − η_k)(1 − σ(x_i β))) − ½·RIDGE·|β − 1|²
     over η ∈ [eta_min, eta_max]^K and β ∈ [0, BETA_MAX]^J with L-BFGS-B (analytic
@@ -136,7 +137,8 @@ def _fit_calibrated(x: np.ndarray, code: np.ndarray, k: int, eta0: np.ndarray,
         return float(val), np.concatenate([g_eta, g_beta])
 
     theta0 = np.concatenate([eta0, np.ones(j)])
-    bounds = [(eta_min, eta_max)] * k + [(0.0, BETA_MAX)] * j
+    bounds = [(float(lo), float(hi)) for lo, hi in zip(eta_min, eta_max)] + \
+        [(0.0, BETA_MAX)] * j
     opt = minimize(objective, theta0, jac=True, method="L-BFGS-B", bounds=bounds,
                    options={"maxiter": max_iter, "ftol": tol * 1e-3, "gtol": tol})
     return opt.x[:k], opt.x[k:], int(opt.nit), bool(opt.success)
@@ -192,15 +194,18 @@ def estimate_confidence_weights(
     def model_p() -> np.ndarray:
         return np.clip(_sigmoid(x @ beta), P_CLIP, 1.0 - P_CLIP)
 
-    eta = np.full(len(names), float(np.clip(eta_init, eta_min, eta_max)))
+    lo, hi = np.full(len(names), eta_min), np.full(len(names), eta_max)
+    fixed = np.array([str(a) == AGGREGATE for a in names], dtype=bool)
+    lo[fixed] = hi[fixed] = 0.5  # vote-oriented pairs: the orientation is no evidence
+    eta = np.clip(np.full(len(names), float(eta_init)), lo, hi)
     if calibrate:
-        eta, beta, it, converged = _fit_calibrated(x, code, len(names), eta, eta_min,
-                                                   eta_max, tol, max_iter)
+        eta, beta, it, converged = _fit_calibrated(x, code, len(names), eta, lo, hi, tol,
+                                                   max_iter)
         pc = model_p()
         w = posterior_weight(pc, eta[code])
     else:
         pc = model_p()
-        w, eta, it, converged = _em(pc, code, counts, eta, eta_min, eta_max, tol, max_iter)
+        w, eta, it, converged = _em(pc, code, counts, eta, lo, hi, tol, max_iter)
     if not converged:
         log.info("confidence weights: stopped after %d iterations (max_iter) before "
                  "converging to %g", it, tol)

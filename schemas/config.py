@@ -102,8 +102,15 @@ class JudgeConfig(_Frozen):
 
 
 class AggregateConfig(_Frozen):
-    method: Literal["majority", "dawid_skene", "one_coin"] = "majority"
+    # p_a of each comparison: vote share, or the EM posterior over all annotators; auto:
+    # dawid_skene with >= 3 distinct judges (label annotators counted), else majority
+    # (with fewer, Dawid-Skene is not identifiable: it rates a lone judge's two orders 0.5)
+    method: Literal["auto", "majority", "dawid_skene", "one_coin"] = "auto"
     use_logprobs: bool = True  # votes with prob_a count as soft votes (cancels position bias)
+    # also fit this EM without the dataset's label votes: comparisons.p_a_judges, the
+    # judges' own view of each pair, which denoise's confidence weights use (null: skip;
+    # auto: dawid_skene with >= 3 distinct judges besides the labels, else skip)
+    judges_method: Literal["auto", "dawid_skene", "one_coin"] | None = "auto"
 
 
 class MarginConfig(_Frozen):
@@ -115,13 +122,19 @@ class MarginConfig(_Frozen):
 
 
 class DenoiseConfig(_Frozen):
-    on_contradicted: Literal["drop", "flip", "keep"] = "drop"
+    # The defaults are the configuration measured best by bench/noise_eval.py: keep the
+    # label's vote out of the rules, decide by LCPO confidence weights on the judges-only
+    # EM posterior, with CRM peer review as evidence whenever embeddings exist.
+    on_contradicted: Literal["drop", "flip", "keep"] = "keep"
     drop_contested: bool = False
     max_disagreement: float = Field(1.0, ge=0, le=1)  # drop pairs above this disagreement
     # LCPO / RE-PO confidence weights (pipeline/weights.py): weight = w_i; w < flip_below
     # -> on_low_confidence; flip_below <= w < drop_below -> drop (low_confidence)
-    confidence_weights: bool = False
+    confidence_weights: bool = True
     weight_source: Literal["p_hat", "scores"] = "p_hat"  # p_i: votes, or sigma(s_w - s_l)
+    # p_i from the aggregation's judges-only EM posterior (comparisons.p_a_judges) where
+    # it exists; else from weight_source
+    judge_posterior: bool = True
     exclude_label_vote: bool = True  # take the label's own vote out of p_hat for p_i
     weight_calibration: bool = True  # EM also fits the scale of p_i's log-odds (and CRM's)
     eta_init: float = Field(0.9, ge=0.5, le=1)
@@ -129,7 +142,7 @@ class DenoiseConfig(_Frozen):
     drop_below: float = Field(0.5, ge=0, le=1)
     on_low_confidence: Literal["flip", "drop"] = "flip"
     # CRM collaborative peer review (pipeline/peer_review.py); needs embeddings
-    peer_review: bool = False
+    peer_review: bool | None = None  # None: whenever embeddings are available
     peer_review_noise_rate: float | None = Field(None, ge=0, le=0.5)  # None: estimated
     peer_review_epochs: int = Field(8, ge=1)
     peer_review_warmup_epochs: int = Field(3, ge=0)

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from crowdkit.aggregation import DawidSkene, OneCoinDawidSkene
 from hypothesis import example, given, settings
@@ -510,3 +511,33 @@ def test_aggregate_em_rejects_unknown_verdicts() -> None:
 def test_aggregate_unknown_method_lists_choices() -> None:
     with pytest.raises(ValueError, match="unknown aggregation method 'em'.*dawid_skene"):
         aggregate_votes(VOTES.empty_table(), method="em")
+
+
+# =========================================================================== auto method
+
+
+def test_auto_method_needs_three_judges_and_fits_judges_only_posterior() -> None:
+    """auto: Dawid–Skene with ≥ 3 distinct judges (both orders of one judge count once),
+    else majority; the judges-only posterior leaves the label annotator out."""
+    item, annot, label, truth = synth(300, ACC[:3], votes_per_item=(3, 3), seed=4)
+    judges = ["j0|t|p|ab", "j0|t|p|ba", "j1|t|p|ab"]  # two judges in three annotators
+    v = votes_from_codes(item, annot, label, names=judges)
+    res = aggregate_votes(v, method="auto", judges_method="auto")
+    assert res.info["method"] == "majority" and res.info["judges_method"] is None
+    assert res.outputs["comparisons"].column("p_a_judges").null_count == 300
+    # the same votes with a third judge (and a label annotator) switch the EM on
+    src = votes_from_codes(np.arange(300), np.zeros(300, int), truth, names=["src"])
+    three = votes_from_codes(item, annot, label, names=["j0|t|p|ab", "j1|t|p|ab", "j2|t|p|ab"])
+    both = pa.concat_tables([three, src])
+    res = aggregate_votes(both, label_annotators={"src"}, method="auto", judges_method="auto")
+    assert res.info["method"] == res.info["judges_method"] == "dawid_skene"
+    comps = res.outputs["comparisons"]
+    judges_only = aggregate_votes(three, method="dawid_skene").outputs["comparisons"]
+    # same comparisons in the same order: the label's vote is not in p_a_judges
+    assert np.allclose(comps.column("p_a_judges").to_numpy(),
+                       judges_only.column("p_a").to_numpy(), atol=1e-9)
+    assert not np.allclose(comps.column("p_a").to_numpy(), judges_only.column("p_a").to_numpy())
+    # a label annotator does not count as a judge for judges_method
+    res = aggregate_votes(pa.concat_tables([v, src]), label_annotators={"src"},
+                          method="auto", judges_method="auto")
+    assert res.info["method"] == "dawid_skene" and res.info["judges_method"] is None

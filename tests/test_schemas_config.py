@@ -249,7 +249,8 @@ def test_defaults_load() -> None:
     cfg = load_config(None)
     assert cfg == RunConfig()
     assert cfg.input.limit == 8 and len(cfg.generate.policies) == 1
-    assert cfg.generate.policies[0].n == 4 and cfg.denoise.on_contradicted == "drop"
+    assert cfg.generate.policies[0].n == 4 and cfg.denoise.on_contradicted == "keep"
+    assert cfg.aggregate.method == cfg.aggregate.judges_method == "auto"
 
 
 def test_config_is_frozen() -> None:
