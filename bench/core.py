@@ -2,6 +2,8 @@
 
     python bench/core.py [--pairs N] [--votes V] [--annotators W] [--no-table] [--no-crowdkit]
 
+Measured on the 2-core machine (1M × 10, 20 annotators): see the README.
+
 Synthesises N pairs × V votes with a known truth (a/b labels only, so crowd-kit's
 ``DawidSkene`` sees the same two classes), from W annotators with their own 2×2 confusion
 matrices (one spammer, one always-"a" position-biased annotator among them); each pair gets
@@ -11,11 +13,12 @@ its own:
 - ``ours arrays``: ``pipeline.em.fit_dawid_skene`` on the integer-coded vote arrays
   (item, annotator, label), end to end: sparse matrix build, majority init, EM to the
   stopping rule; also ``fit_one_coin``.
-- ``ours table``: ``pipeline.aggregation.aggregate_votes(method="dawid_skene")`` on a VOTES
-  Arrow table of N·V rows (string ids, as the pipeline has them): polars grouping and
-  coding + EM + scores + position consistency. Building the table is not timed.
-- ``margins``: ``pipeline.margins.compute_margins`` on that run's comparisons, as it is
-  (a Python loop over rows); killed after ``--margins-timeout`` seconds.
+- ``default chain``: what the flow runs with the default config on a VOTES parquet file of
+  N·V rows (string ids, as the pipeline has them; written by the parent, read with
+  polars, not timed): ``aggregate_votes`` (``AggregateConfig()``: Dawid–Skene, plus the
+  judges-only EM), ``compute_margins``, ``denoise_pairs`` with ``DenoiseConfig()``
+  (confidence weights on the judges-only posterior; no embeddings, so no peer review) and
+  ``build_pairs`` (best_worst). Wall time end to end and per stage, peak RSS.
 - ``crowd-kit``: ``DawidSkene().fit`` on a pandas DataFrame (task, worker, label) of the
   same votes; building the DataFrame is timed apart.
 - per EM iteration, for both: fit with the stopping rule off (``tol=-inf``) for 2 and for
@@ -147,48 +150,55 @@ def part_ours(data: Path, repeat: int, k: int) -> dict:
             "loss_history": res.history, "elbo_history": res.elbo}
 
 
-def part_table(data: Path, n_annot: int, repeat: int) -> dict:
-    import pyarrow.parquet as pq
+def part_pipeline(data: Path) -> dict:
+    """The product's default chain on the VOTES table, as the flow runs it: each stage
+    reads its input, the votes are released after aggregation. Reading the parquet file
+    is not timed (its RSS is in "base")."""
+    import gc
+
+    import polars as pl
 
     from pipeline.aggregation import aggregate_votes
+    from pipeline.denoise import denoise_pairs, judges_posterior
+    from pipeline.margins import compute_margins
+    from pipeline.pairs import build_pairs
+    from schemas.config import AggregateConfig, DenoiseConfig, MarginConfig, PairsConfig
 
-    d = load(data)
-    t0 = time.perf_counter()
-    table = votes_table(d, n_annot)
-    t_build = time.perf_counter() - t0
-    truth = d.pop("truth")
-    del d
+    votes = pl.read_parquet(data / "votes.parquet")
+    rows = votes.height
+    truth = load(data)["truth"]
     base = rss_now_gb()
-    t, res = timed(lambda: aggregate_votes(table, label_annotators={"source"},
-                                           method="dawid_skene"), repeat)
+    acfg, mcfg, dcfg = AggregateConfig(), MarginConfig(), DenoiseConfig()
+    steps: dict[str, float] = {}
+    t0 = time.perf_counter()
+    agg = aggregate_votes(votes, label_annotators={"source"}, method=acfg.method,
+                          use_logprobs=acfg.use_logprobs, judges_method=acfg.judges_method)
+    steps["aggregate"] = time.perf_counter() - t0
+    del votes
+    gc.collect()
+    comps = agg.outputs["comparisons"]
+    t1 = time.perf_counter()
+    pairs = compute_margins(comps, agg.outputs["scores"], mcfg).outputs["pairs"]
+    steps["margins"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
+    den = denoise_pairs(pairs, dcfg, mcfg, label_source="source",
+                        p_model=judges_posterior(pairs, comps) if dcfg.judge_posterior
+                        else None)
+    steps["denoise (weights)"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
+    sel = build_pairs(den.outputs["pairs"], PairsConfig())
+    steps["pairs"] = time.perf_counter() - t1
+    t = time.perf_counter() - t0
     peak = peak_rss_gb()
-    comps = res.outputs["comparisons"]
     p_a = comps.column("p_a").to_numpy()
-    # the table's items are in first-seen order, the same as the array run's item codes
-    pq.write_table(comps, data / "comparisons.parquet")
-    pq.write_table(res.outputs["scores"], data / "scores.parquet")
     same = np.abs(p_a - np.load(data / "ours_post.npy")).max() if \
         (data / "ours_post.npy").exists() else None
-    return {"t": t, "t_build": t_build, "base": base, "peak": peak,
-            "rows": table.num_rows, "n_iter": res.info["n_iter"],
+    return {"t": t, "steps": steps, "base": base, "peak": peak, "rows": rows,
+            "method": agg.info["method"], "judges_method": agg.info["judges_method"],
+            "n_iter": agg.info["n_iter"], "pairs_out": sel.outputs["pairs"].num_rows,
+            "denoise": den.counts.to_dict(), "flipped": den.info["flipped"],
             "acc": float(((p_a < 0.5) == truth.astype(bool)).mean()),
             "max_diff_vs_arrays": None if same is None else float(same)}
-
-
-def part_margins(data: Path) -> dict:
-    import pyarrow.parquet as pq
-
-    from pipeline.margins import compute_margins
-    from schemas.config import MarginConfig
-
-    comps = pq.read_table(data / "comparisons.parquet")
-    scores = pq.read_table(data / "scores.parquet")
-    base = rss_now_gb()
-    t0 = time.perf_counter()
-    res = compute_margins(comps, scores, MarginConfig())
-    t = time.perf_counter() - t0
-    return {"t": t, "base": base, "peak": peak_rss_gb(),
-            "rows": res.outputs["pairs"].num_rows}
 
 
 def part_crowdkit(data: Path, k: int, fixed: bool) -> dict:
@@ -262,9 +272,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs per timing of our code")
     ap.add_argument("--iters", type=int, default=10,
                     help="k extra fixed iterations for the per-iteration figure")
-    ap.add_argument("--no-table", action="store_true", help="skip aggregate_votes + margins")
+    ap.add_argument("--no-table", action="store_true", help="skip the default-chain part")
     ap.add_argument("--no-crowdkit", action="store_true")
-    ap.add_argument("--margins-timeout", type=float, default=600.0)
     ap.add_argument("--part", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -272,8 +281,7 @@ def main() -> None:
     if a.part:  # a child process: one measurement, one JSON line
         data = Path(a.data)
         out = {"ours": lambda: part_ours(data, a.repeat, a.iters),
-               "table": lambda: part_table(data, a.annotators, 1),
-               "margins": lambda: part_margins(data),
+               "pipeline": lambda: part_pipeline(data),
                "crowdkit": lambda: part_crowdkit(data, a.iters, fixed=False),
                "crowdkit_fixed": lambda: part_crowdkit(data, a.iters, fixed=True)}[a.part]()
         print(json.dumps(out))
@@ -291,12 +299,15 @@ def main() -> None:
                   str(a.repeat), "--iters", str(a.iters)]
         ours = run_part("ours", common)
         print(f"# ours: {json.dumps(ours)}", flush=True)
-        table = margins = ck = ckf = None
+        table = ck = ckf = None
         if not a.no_table:
-            table = run_part("table", common)
-            print(f"# table: {json.dumps(table)}", flush=True)
-            margins = run_part("margins", common, timeout=a.margins_timeout)
-            print(f"# margins: {json.dumps(margins)}", flush=True)
+            import pyarrow.parquet as pq
+
+            t0 = time.perf_counter()
+            pq.write_table(votes_table(load(data), a.annotators), data / "votes.parquet")
+            print(f"# VOTES table written in {time.perf_counter() - t0:.1f} s", flush=True)
+            table = run_part("pipeline", common)
+            print(f"# pipeline: {json.dumps(table)}", flush=True)
         if not a.no_crowdkit:
             ck = run_part("crowdkit", common)
             print(f"# crowd-kit: {json.dumps(ck)}", flush=True)
@@ -308,18 +319,13 @@ def main() -> None:
             ("ours: fit_one_coin on vote arrays", ours["t_oc"], None, None,
              ours["n_iter_oc"], f"label acc vs truth {ours['acc_oc']:.4f}")]
     if table:
-        rows.append(("ours: aggregate_votes(dawid_skene), VOTES table", table["t"],
-                     table["base"], table["peak"], table["n_iter"],
-                     f"{table['rows']:,} rows; building the table took {table['t_build']:.1f}"
-                     f" s (not timed); max |p_a − arrays run| "
-                     f"{fmt(table['max_diff_vs_arrays'], '.1e')}"))
-    if margins:
-        if "timeout" in margins:
-            rows.append(("margins.compute_margins (as is)", None, None, None, None,
-                         f"did not finish in {margins['timeout']:.0f} s"))
-        else:
-            rows.append(("margins.compute_margins (as is)", margins["t"], margins["base"],
-                         margins["peak"], None, f"{margins['rows']:,} pairs"))
+        rows.append(("ours: default chain on the VOTES table", table["t"], table["base"],
+                     table["peak"], table["n_iter"],
+                     f"{table['rows']:,} votes → {table['pairs_out']:,} pairs; aggregate "
+                     f"{table['method']} (+ judges-only {table['judges_method']}); max "
+                     f"|p_a − arrays run| {fmt(table['max_diff_vs_arrays'], '.1e')}"))
+        for step, dt in table["steps"].items():
+            rows.append((f"  {step}", dt, None, None, None, ""))
     if ck:
         rows.append(("crowd-kit DawidSkene().fit on a DataFrame", ck["t"], ck["base"],
                      ck["peak"], ck["n_iter"],
@@ -343,7 +349,7 @@ def main() -> None:
         print(f"  end to end (arrays run)          {ck['t'] / ours['t']:7.1f}×   "
               f"(target ≥ 10×)")
         if table:
-            print(f"  end to end (VOTES table run)     {ck['t'] / table['t']:7.1f}×")
+            print(f"  end to end (default chain)       {ck['t'] / table['t']:7.1f}×")
         if ckf:
             print(f"  per EM iteration                 {ckf['per_iter'] / ours['per_iter']:7.1f}×"
                   f"   (target ≥ 20×)")
@@ -356,7 +362,8 @@ def main() -> None:
               f"{ck['max_diff_same_iters']:.1e}")
     print(f"targets (issue 5): ours < 10 s and < 3 GB peak at 1M × 10: arrays run "
           f"{ours['t']:.2f} s / {ours['peak']:.2f} GB"
-          + (f"; table run {table['t']:.2f} s / {table['peak']:.2f} GB" if table else ""))
+          + (f"; default chain (aggregation + margins + weights + pair building) "
+             f"{table['t']:.2f} s / {table['peak']:.2f} GB" if table else ""))
 
 
 if __name__ == "__main__":

@@ -267,12 +267,29 @@ def first_signal(score_srcs: list[StageOutput]) -> dict[str, float] | None:
     return dict(zip(agg["candidate_id"].to_list(), agg["z"].to_list()))
 
 
+GPM_ROUND = "gpm_round"  # judge round 1 of pair_selection gpm: left for round 2 to choose
+
+
 def plan_judging(jcfg: Any, prompts: Any, candidates: Any,
-                 signal: dict[str, float] | None = None) -> tuple[list, list, dict, list]:
-    """Pairs to judge (first signal, cap and call budget applied) and their judge requests."""
-    pairs_, drops, info = judging.select_pairs(
-        candidates, jcfg.max_pairs_per_prompt,
-        signal if jcfg.pair_selection == "best_worst" else None)
+                 signal: dict[str, float] | None = None,
+                 chosen: tuple[list, list, dict] | None = None) -> tuple[list, list, dict, list]:
+    """Pairs to judge (first signal, cap and call budget applied) and their judge requests.
+
+    ``chosen``: the (pairs, drops, info) of GPM-guided round 2, instead of selecting here.
+    With ``pair_selection: gpm`` (round 1) each prompt's first ``seed_pairs_per_prompt``
+    pairs are judged and the rest are left for round 2 (reason ``gpm_round``).
+    """
+    if chosen is not None:
+        pairs_, drops, info = chosen
+    elif jcfg.pair_selection == "gpm":
+        pairs_, drops, info = judging.select_pairs(candidates, jcfg.seed_pairs_per_prompt)
+        for d in drops:
+            d.update(reason=GPM_ROUND, detail="left for round 2: the GPM head trained on "
+                                              "round 1 chooses which pairs the judges see")
+    else:
+        pairs_, drops, info = judging.select_pairs(
+            candidates, jcfg.max_pairs_per_prompt,
+            signal if jcfg.pair_selection == "best_worst" else None)
     calls_per_pair = 2 * len(jcfg.judges)
     if jcfg.budget is not None and len(pairs_) * calls_per_pair > jcfg.budget:
         keep = jcfg.budget // calls_per_pair
@@ -343,7 +360,11 @@ def _warm_in_shards(ctx: RunContext, label: str, groups: list[tuple[ModelSpec, l
 @task(name="judge", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60],
       retry_condition_fn=_transient)
 def judge_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput,
-               signal_srcs: list[StageOutput] | None = None) -> StageOutput:
+               signal_srcs: list[StageOutput] | None = None,
+               seed_agg: StageOutput | None = None,
+               emb: StageOutput | None = None) -> StageOutput:
+    """Judge the selected pairs; with ``seed_agg`` (round 1's aggregation) and ``emb`` this
+    is round 2 of ``pair_selection: gpm`` (stage ``judge_gpm``)."""
     ctx = _ctx(run_id)
     jcfg = ctx.cfg.judge
     signal_srcs = signal_srcs or []
@@ -351,8 +372,16 @@ def judge_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput,
     def compute() -> StageResult:
         prompts = prompts_src.read("prompts")
         candidates = cands_src.read("candidates")
+        chosen = None
+        if seed_agg is not None and emb is not None:
+            from pipeline.gpm import select_uncertain_pairs
+
+            chosen = select_uncertain_pairs(
+                seed_agg.read("comparisons"), candidates, emb.read("candidate_embeddings"),
+                emb.read("prompt_embeddings"), ctx.cfg.gpm,
+                jcfg.max_pairs_per_prompt - jcfg.seed_pairs_per_prompt)
         pairs_, drops, info, reqs = plan_judging(jcfg, prompts, candidates,
-                                                 first_signal(signal_srcs))
+                                                 first_signal(signal_srcs), chosen)
         log.info("judge: %d pairs x %d judges x 2 orders = %d judge calls", len(pairs_),
                  len(jcfg.judges), len(reqs))
         ordered, comps, total = _call_models(
@@ -365,12 +394,16 @@ def judge_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput,
 
         res.info["judge_stats"] = compute_judge_stats(res.outputs["votes"], candidates)
         res.info["calls"] = total.__dict__
-        ctx.calls["judge"] = total
+        ctx.calls["judge" if chosen is None else "judge_gpm"] = total
         return res
 
-    return _stage(ctx, "judge", judging.STAGE_VERSION, jcfg.model_dump(mode="json"),
+    second = seed_agg is not None and emb is not None
+    return _stage(ctx, "judge_gpm" if second else "judge", judging.STAGE_VERSION,
+                  [jcfg.model_dump(mode="json")] +
+                  ([ctx.cfg.gpm.model_dump(mode="json")] if second else []),
                   [prompts_src.output_hash, cands_src.output_hash] +
-                  [s.output_hash for s in signal_srcs], compute)
+                  [s.output_hash for s in signal_srcs] +
+                  ([seed_agg.output_hash, emb.output_hash] if second else []), compute)
 
 
 def embeddings_enabled(cfg: RunConfig) -> bool:
@@ -378,7 +411,8 @@ def embeddings_enabled(cfg: RunConfig) -> bool:
     (a pairs run with no judges then loads no model at all)."""
     if cfg.embed.enabled is not None:
         return cfg.embed.enabled
-    return cfg.input.kind == "prompts" or cfg.denoise.peer_review is True
+    return cfg.input.kind == "prompts" or cfg.denoise.peer_review is True or \
+        cfg.judge.pair_selection == "gpm"
 
 
 @task(name="embed", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10,
@@ -744,6 +778,15 @@ def curate(config: dict[str, Any]) -> dict[str, Any]:
         labels = []
         if cfg.input.kind == "pairs":
             labels = sorted(set(ing.read("prompts").column("source").to_pylist()))
+        if cfg.judge.judges and cfg.judge.pair_selection == "gpm":
+            if emb is None:
+                raise ConfigError("judge.pair_selection: gpm needs embeddings: set "
+                                  "embed.enabled: true")
+            # round 2: a GPM head trained on round 1 chooses the pairs the judges see
+            seed = aggregate_task(run_id, vote_srcs, labels, stage="aggregate_seed")
+            jud2 = judge_task(run_id, ing, cands, signal, seed, emb)
+            outs += [seed, jud2]
+            vote_srcs.append(jud2)
         agg = aggregate_task(run_id, vote_srcs, labels)
         outs.append(agg)
         gp = None

@@ -128,9 +128,7 @@ def aggregate_votes(votes: pa.Table | pl.DataFrame, *,
     v = _VoteArrays(df, use_logprobs)
     code, first = factorize(df, KEY)
     k = first.size
-    n_a = np.bincount(code, weights=v.w_a, minlength=k)
-    n_b = np.bincount(code, weights=v.w_b, minlength=k)
-    n_tie = np.bincount(code, weights=v.w_t, minlength=k)
+    n_a, n_b, n_tie = v.sums(code, k)
     n_votes = np.bincount(code[v.valid], minlength=k)
     n_null = np.bincount(code[~v.valid], minlength=k)
     acode, names = _annotator_codes(df)
@@ -196,16 +194,27 @@ class _VoteArrays:
         self.vcode = vc  # 0 a, 1 b, 2 tie, 3 another string, -1 null
         self.valid = vc >= 0
         self.is_a, self.is_b, self.is_t = vc == 0, vc == 1, vc == 2
-        prob = df["prob_a"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
-        self.soft = self.valid & np.isfinite(prob) if use_logprobs else \
-            np.zeros(df.height, dtype=bool)
-        p = np.clip(np.where(self.soft, prob, 0.0), 0.0, 1.0)
-        self.prob = p
-        self.w_a = np.where(self.soft, p, self.is_a)
-        self.w_b = np.where(self.soft, 1.0 - p, self.is_b)
-        self.w_t = np.where(self.soft, 0.0, self.is_t)
+        self.soft = np.zeros(df.height, dtype=bool)
+        self.prob = np.zeros(0)  # P(a) of the soft votes, in row order (soft rows only)
+        if use_logprobs and df["prob_a"].null_count() < df.height:
+            prob = df["prob_a"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+            self.soft = self.valid & np.isfinite(prob)
+            self.prob = np.clip(prob[self.soft], 0.0, 1.0)
         self.bad = self.valid & ~(self.is_a | self.is_b | self.is_t)
         self.verdict = verdict
+
+    def sums(self, code: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per code: the (soft) vote mass on a, on b and on tie. A soft vote puts prob_a on
+        a and 1 − prob_a on b; one array at a time (10M votes: 80 MB each)."""
+        hard = ~self.soft
+        out = []
+        for mask, soft_w in ((self.is_a, self.prob), (self.is_b, 1.0 - self.prob),
+                             (self.is_t, None)):
+            n = np.bincount(code[mask & hard], minlength=k).astype(np.float64)
+            if soft_w is not None and soft_w.size:
+                n += np.bincount(code[self.soft], weights=soft_w, minlength=k)
+            out.append(n)
+        return out[0], out[1], out[2]
 
 
 def _first_where(code: np.ndarray, k: int, mask: np.ndarray) -> np.ndarray:
@@ -265,7 +274,7 @@ def _fit_em(v: _VoteArrays, code: np.ndarray, k: int, acode: np.ndarray, names: 
     weight = None
     soft = v.soft[rows]
     if soft.any():  # a soft vote: two weighted observations, a with prob_a, b with 1-prob_a
-        p = v.prob[rows][soft]
+        p = v.prob[np.searchsorted(np.flatnonzero(v.soft), rows[soft])]
         weight = np.concatenate([np.ones(int((~soft).sum())), p, 1.0 - p])
         item = np.concatenate([item[~soft], item[soft], item[soft]])
         annot = np.concatenate([annot[~soft], annot[soft], annot[soft]])

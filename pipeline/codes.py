@@ -22,6 +22,7 @@ once would go unseen (odds ~2⁻¹²⁸ per pair of keys).
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import polars as pl
 
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -54,8 +55,6 @@ def first_rows(codes: np.ndarray, n_codes: int) -> np.ndarray:
 
 def factorize(df: pl.DataFrame, cols: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(codes per row as int64, first row of each code); codes in first-seen order."""
-    import pandas as pd
-
     if df.height == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     codes, uniques = pd.factorize(_mix(df, cols, 0))

@@ -128,12 +128,12 @@ def decide(row: dict, cfg: DenoiseConfig) -> tuple[str, Reason | None]:
 
 
 def _label_sources(label_source: str | Sequence[str | None] | None,
-                   n: int) -> list[str | None] | None:
+                   n: int) -> pl.Series | None:
     if label_source is None:
         return None
     if isinstance(label_source, str):
-        return [label_source] * n
-    out = list(label_source)
+        return pl.repeat(label_source, n, dtype=pl.Utf8, eager=True)
+    out = pl.Series(list(label_source), dtype=pl.Utf8)
     if len(out) != n:
         raise PrefcurateError(f"denoise: label_source has {len(out)} entries for {n} pairs; "
                               f"pass one name per pair (None where the votes oriented it) "
@@ -291,20 +291,21 @@ def denoise_pairs(pairs: pa.Table, cfg: DenoiseConfig, mcfg: MarginConfig, *,
     if cfg.drop_contested:
         apply(status == "contested", _DROP, str(Reason.CONTESTED))
 
-    sources = _label_sources(label_source, n)
-    has_label = np.array([s is not None for s in sources]) if sources is not None \
+    sources = _label_sources(label_source, n)  # None, or a polars Series (nulls: votes)
+    has_label = sources.is_not_null().to_numpy() if sources is not None \
         and cfg.exclude_label_vote else np.zeros(n, dtype=bool)
     p_judge, s_judge = judge_probability(p_hat, n_votes, has_label, mcfg.prior)
 
     valid = np.isfinite(p_hat) & (n_votes > 0)
     p_i, source_of_p = _model_probability(p_judge, s_c, s_r, p_model, cfg, n)
-    ann = [DEFAULT_ANNOTATOR] * n if sources is None else \
-        [AGGREGATE if s is None else s for s in sources]
+    ann = pl.repeat(DEFAULT_ANNOTATOR, n, dtype=pl.Utf8, eager=True) if sources is None \
+        else sources.fill_null(AGGREGATE)
     idx = np.flatnonzero(valid)
+    ann_valid = ann.gather(idx)
 
     def weigh(evidence: np.ndarray | None) -> ConfidenceWeights:
         return estimate_confidence_weights(
-            p_i[idx], [ann[i] for i in idx], eta_init=cfg.eta_init,
+            p_i[idx], ann_valid, eta_init=cfg.eta_init,
             calibrate=cfg.weight_calibration,
             evidence=None if evidence is None else evidence[idx])
 

@@ -146,7 +146,7 @@ def _fit_calibrated(x: np.ndarray, code: np.ndarray, k: int, eta0: np.ndarray,
 
 def estimate_confidence_weights(
         p: Sequence[float] | np.ndarray,
-        annotator: Sequence[str | None] | np.ndarray | None = None, *,
+        annotator: Sequence[str | None] | np.ndarray | None = None, *,  # or a polars Series
         evidence: np.ndarray | None = None, calibrate: bool = False,
         eta_init: float = 0.9, eta_min: float = 0.5, eta_max: float = 1.0,
         tol: float = 1e-6, max_iter: int = 200) -> ConfidenceWeights:
@@ -170,12 +170,17 @@ def estimate_confidence_weights(
         names = np.array([DEFAULT_ANNOTATOR]) if n else np.array([], dtype=object)
         code = np.zeros(n, dtype=np.int64)
     else:
-        ann = np.array([AGGREGATE if a is None else str(a) for a in annotator], dtype=object)
-        if ann.size != n:
-            raise PrefcurateError(f"confidence weights: {n} probabilities but {ann.size} "
+        import polars as pl
+
+        ann = annotator if isinstance(annotator, pl.Series) else \
+            pl.Series([None if a is None else str(a) for a in annotator], dtype=pl.Utf8)
+        ann = ann.cast(pl.Utf8).fill_null(AGGREGATE)
+        if ann.len() != n:
+            raise PrefcurateError(f"confidence weights: {n} probabilities but {ann.len()} "
                                   f"annotators; pass one annotator per pair")
-        names, code = np.unique(ann.astype(str), return_inverse=True) if n else \
-            (np.array([], dtype=object), np.zeros(0, dtype=np.int64))
+        names = np.array(sorted(ann.unique().to_list()), dtype=object)
+        code = ann.cast(pl.Enum(names.tolist())).to_physical().to_numpy().astype(np.int64) \
+            if n else np.zeros(0, dtype=np.int64)
     ev = None
     if evidence is not None:
         ev = np.asarray(evidence, dtype=np.float64)

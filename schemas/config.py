@@ -98,7 +98,22 @@ class JudgeConfig(_Frozen):
     # all: every pair up to the cap; best_worst: per prompt only the pair (best, worst) by a
     # cheap first signal — the mean pointwise score from the rubric judges / reward models
     # (K calls per prompt instead of K(K-1)/2 pairs x 2 orders)
-    pair_selection: Literal["all", "best_worst"] = "all"
+    # gpm: active judging in two rounds — round 1 judges seed_pairs_per_prompt pairs per
+    # prompt, a GPM head (gpm.* training settings) trained on them picks per prompt the
+    # max_pairs_per_prompt - seed_pairs_per_prompt unjudged pairs it is least sure of for
+    # round 2 (needs embeddings; bench/gpm_eval.py --active measures what it buys)
+    pair_selection: Literal["all", "best_worst", "gpm"] = "all"
+    seed_pairs_per_prompt: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _check_rounds(self) -> "JudgeConfig":
+        if self.pair_selection == "gpm" and \
+                self.seed_pairs_per_prompt >= self.max_pairs_per_prompt:
+            raise ValueError(f"judge: pair_selection 'gpm' judges seed_pairs_per_prompt "
+                             f"({self.seed_pairs_per_prompt}) pairs first and the rest of "
+                             f"max_pairs_per_prompt ({self.max_pairs_per_prompt}) by the GPM; "
+                             f"make max_pairs_per_prompt larger")
+        return self
 
 
 class AggregateConfig(_Frozen):

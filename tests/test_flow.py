@@ -205,3 +205,34 @@ def test_reward_model_stage_in_the_flow(tmp_path, examples):
     assert manifest["stages"]["judge"]["kept"] <= 4
     again = curate(cfg.model_dump(mode="json"))
     assert again["created"] is False and again["stages"]["reward"]["reused"]
+
+
+def test_gpm_guided_judging_in_two_rounds(tmp_path, examples):
+    """pair_selection gpm: round 1 judges 2 of each prompt's 6 pairs, a GPM head trained on
+    them picks 2 more for round 2; the other 2 are dropped first_signal. Every pair is
+    accounted for, the rerun makes no call."""
+    cfg = _fake_cfg(tmp_path, examples, "judge.pair_selection=gpm",
+                    "judge.max_pairs_per_prompt=4", "judge.seed_pairs_per_prompt=2",
+                    "gpm.epochs=3").model_dump(mode="json")
+    summary = curate(cfg)
+    manifest = store.read_manifest(Path(summary["path"]))
+    _check_accounting(manifest)
+    order = manifest["stage_order"]
+    assert order.index("judge") < order.index("aggregate_seed") < order.index("judge_gpm") \
+        < order.index("aggregate")
+    r1, r2 = manifest["stages"]["judge"], manifest["stages"]["judge_gpm"]
+    assert (r1["in"], r1["kept"], r1["dropped"]) == (24, 8, {"gpm_round": 16})
+    # round 2 sees the 16 unjudged pairs, judges 2 per prompt, skips the confident rest
+    assert (r2["in"], r2["kept"], r2["dropped"]) == (16, 8, {"first_signal": 8})
+    assert r1["out"] == r2["out"] == 8 * 2  # two orders per pair, one judge
+    assert manifest["stages"]["aggregate"]["in"] == 32  # both rounds' votes
+    info = manifest["stage_info"]["judge_gpm"]
+    assert info["selected"] == 8 and info["mean_certainty_selected"] <= \
+        info["mean_certainty_skipped"]
+    assert summary["calls"]["judge"]["made"] == summary["calls"]["judge_gpm"]["made"] == 16
+    again = curate(cfg)
+    assert not again["created"] and all(c["reused"] for c in again["stages"].values())
+    bad = _fake_cfg(tmp_path, examples, "judge.pair_selection=gpm",
+                    "embed.enabled=false").model_dump(mode="json")
+    with pytest.raises(Exception, match="needs embeddings"):
+        curate(bad)
