@@ -633,7 +633,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hard-factor", type=float, default=0.35,
                     help="part (d): κ multiplier in the hard half of the clusters (1: none)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--quick", action="store_true",
+                    help="smaller sizes for python -m bench --quick: seeds 0 1, 600 prompts, "
+                         "150 cyclic prompts, 200 prompts in part (d)")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.seeds, args.prompts = args.seeds[:2], min(args.prompts, 600)
+        args.cyclic_prompts = min(args.cyclic_prompts, 150)
+        args.active_prompts = min(args.active_prompts, 200)
     import torch
 
     torch.set_num_threads(1)
