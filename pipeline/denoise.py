@@ -243,8 +243,12 @@ def _peer_review(emb_chosen: np.ndarray, emb_rejected: np.ndarray,
                       warmup_epochs=cfg.peer_review_warmup_epochs,
                       late_epochs=cfg.peer_review_late_epochs,
                       hidden=cfg.peer_review_hidden, seed=cfg.peer_review_seed)
-    return 0.5 * (pr.margin_a + pr.margin_b), pr.flagged, \
-        {"ran": True, "noise_rate_from": eps_from, **pr.info}
+    margin = 0.5 * (pr.margin_a + pr.margin_b)
+    # a pair no head could score out of fold (too few pairs, e.g. a single one) gets
+    # margin 0: no evidence either way
+    missing = ~np.isfinite(margin)
+    return np.where(missing, 0.0, margin), pr.flagged, \
+        {"ran": True, "noise_rate_from": eps_from, "no_margin": int(missing.sum()), **pr.info}
 
 
 def denoise_pairs(pairs: pa.Table, cfg: DenoiseConfig, mcfg: MarginConfig, *,

@@ -428,3 +428,15 @@ def test_vote_oriented_pairs_weigh_by_the_model_alone() -> None:
     assert cal.eta == {AGGREGATE: 0.5} and cal.weight == pytest.approx(cal.p_model)
     mixed = estimate_confidence_weights(np.r_[p, 0.95, 0.9], [None] * 5 + ["src", "src"])
     assert mixed.eta["src"] > 0.5 and mixed.eta[AGGREGATE] == 0.5
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_peer_review_on_a_handful_of_pairs_is_no_evidence_not_a_crash(n: int) -> None:
+    """Found by the real-engine run: one pair, the CRM heads cannot score it out of fold
+    (margin NaN), and the weights refused the evidence. Such a pair gets margin 0."""
+    ec, er, x, _ = synthetic_pairs(n, 0.0, seed=1)
+    rows = [pair(3, 1, sid=f"s{i}", a=f"a{i}", b=f"b{i}") for i in range(n)]
+    res = run(table(*rows), label_source="src", **WEIGHTS, peer_review=True,
+              emb_chosen=ec, emb_rejected=er, emb_prompt=x)
+    assert res.info["peer_review"]["ran"] and res.counts.rows_in == n
+    assert 0 <= res.info["peer_review"]["no_margin"] <= n
