@@ -7,7 +7,10 @@ Orientation: the dataset's label when there is one, else the majority (``p_a ≥
 With S valid votes, p̂ = (n_chosen + ½·n_tie + a) / (S + 2a) (Jeffreys, a = ``prior``),
 disagreement d = 1 − |2p̂ − 1|, margin m = λ·clip(logit p̂, 0, cap).
 ``label_status``: agree (p̂ ≥ ½ + band), contradicted (p̂ ≤ ½ − band), contested
-(between), unknown (no valid vote). ``weight`` is p̂ here: the probability the label is
+(between), unknown (no valid vote). Flag ``plurality``: d ≥ ``plurality_disagreement`` and
+both candidates' aggregated scores (win rates) ≥ ``plurality_min_score`` — two good
+responses the users split on (a difference of taste, not noise; with only two candidates
+per source the win rates mirror each other, so it fires only at an even split). ``weight`` is p̂ here: the probability the label is
 right under this estimate.
 
 >>> compute_p_hat(3, 0, 0, 0.5)
@@ -32,7 +35,8 @@ from schemas.config import MarginConfig
 from schemas.tables import PAIRS, conform, from_rows
 
 STAGE = "margins"
-STAGE_VERSION = 1
+STAGE_VERSION = 2
+PLURALITY = "plurality"  # good candidates, high disagreement
 
 
 def compute_p_hat(n_chosen: float, n_rejected: float, n_tie: float, prior: float) -> float | None:
@@ -163,9 +167,19 @@ def compute_margins(comparisons: pa.Table, scores: pa.Table, cfg: MarginConfig) 
            how="left", maintain_order="left"
     ).join(sc.rename({"candidate_id": "rejected_id", "score": "score_rejected"}),
            on="rejected_id", how="left", maintain_order="left")
+    # plurality (seed 001): both responses good, the users split — a legitimate difference
+    # of taste, not label noise
+    good = cfg.plurality_min_score
+    plural = ((pl.col("disagreement") >= cfg.plurality_disagreement)
+              & (pl.col("score_chosen") >= good) & (pl.col("score_rejected") >= good)
+              ).fill_null(False)
+    df = df.with_columns(flags=pl.when(plural).then(pl.col("flags").list.concat(
+        pl.lit([PLURALITY], dtype=pl.List(pl.Utf8)))).otherwise(pl.col("flags")))
     ids = stable_hash_rows(df["source_id"], df["chosen_id"], df["rejected_id"])
     df = df.with_columns(pair_id=pl.Series(ids, dtype=pl.Utf8))
     pairs = conform(df.select(PAIRS.names).to_arrow(), PAIRS, "pairs")
     counts = StageCounts(rows_in=comparisons.num_rows, kept=pairs.num_rows)
+    n_plural = int(df["flags"].list.contains(PLURALITY).sum())
     return StageResult(STAGE, {"pairs": pairs}, counts, info={"lam": cfg.lam, "cap": cfg.cap,
-                                                              "prior": cfg.prior})
+                                                              "prior": cfg.prior,
+                                                              "plurality": n_plural})

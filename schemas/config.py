@@ -134,6 +134,9 @@ class MarginConfig(_Frozen):
     prior: float = Field(0.5, gt=0)  # Jeffreys: p_hat = (n_chosen + tie/2 + a) / (S + 2a)
     contested_band: float = Field(0.1, ge=0, lt=0.5)  # |p_hat - 0.5| < band -> contested
     indistinguishable_tau: float = Field(0.95, gt=0, le=1)  # embedding cosine >= tau: flag
+    # flag plurality: disagreement >= this and both candidates' win rates >= min_score
+    plurality_disagreement: float = Field(0.8, ge=0, le=1)
+    plurality_min_score: float = Field(0.5, ge=0, le=1)
 
 
 class DenoiseConfig(_Frozen):

@@ -709,7 +709,7 @@ def test_margins_join_scores_and_config() -> None:
     assert (row["chosen_id"], row["score_chosen"], row["score_rejected"]) == ("y", 0.9, 0.2)
     assert row["p_hat"] == pytest.approx(5 / 6)
     assert row["margin"] == pytest.approx(2.0)  # lam * cap: logit(5/6)=1.61 clipped at 1
-    assert res.info == {"lam": 2.0, "cap": 1.0, "prior": 1.0}
+    assert res.info == {"lam": 2.0, "cap": 1.0, "prior": 1.0, "plurality": 0}
     assert margins_of(comparison(4, 0)).outputs["pairs"].column("score_chosen").to_pylist() \
         == [None]
 
@@ -982,3 +982,18 @@ def test_end_to_end_small_chain() -> None:
     assert {r["chosen"][0]["content"] for r in pub} == {"red"}
     assert {r["rejected"][0]["content"] for r in pub} == {"blue"}
     assert all(r["margin"] > 0 and r["label_status"] == "agree" for r in pub)
+
+
+def test_margins_flag_plurality_only_for_two_good_split_responses() -> None:
+    """Seed 001's plurality: high disagreement between two responses that both win at least
+    half their comparisons. A split between a good and a bad response is not plurality."""
+    split = comparison(3, 2, a="x", b="y")  # p̂ = 3.5/6, d = 0.83
+    res = margins_of(split, comparison(3, 2, a="u", b="v", sid="t"),
+                     comparison(5, 0, a="m", b="n", sid="r"),
+                     scores={"x": 0.7, "y": 0.6, "u": 0.7, "v": 0.2, "m": 0.9, "n": 0.8})
+    flags = {r["source_id"]: r["flags"] for r in res.outputs["pairs"].to_pylist()}
+    assert flags == {"s": ["plurality"], "t": [], "r": []}
+    assert res.info["plurality"] == 1
+    off = margins_of(split, scores={"x": 0.7, "y": 0.6},
+                     cfg=MarginConfig(plurality_disagreement=0.9))
+    assert off.outputs["pairs"].column("flags").to_pylist() == [[]]
