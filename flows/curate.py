@@ -175,7 +175,7 @@ def _call_models(ctx: RunContext, label: str, groups: list[tuple[str, ModelSpec,
     total = CallStats()
     for name, spec, mine in groups:
         out, stats = run_cached(
-            [r.request for r in mine], engine_kind=spec.engine, model=spec.model,
+            [r.request for r in mine], engine_kind=spec.engine, model=spec.cache_identity(),
             get_engine=lambda spec=spec: ctx.engine(spec), cache=ctx.cache,
             batch_size=batch_size, progress=_progress(ctx, f"{label} [{name}]", len(mine)))
         ordered += mine
@@ -312,7 +312,7 @@ def answer_shard(spec_json: dict[str, Any], requests: list[ChatRequest], cache_p
     cache = RequestCache(cache_path)
     pool = EnginePool.shared(Path(cache_dir))
     try:
-        _, stats = run_cached(requests, engine_kind=spec.engine, model=spec.model,
+        _, stats = run_cached(requests, engine_kind=spec.engine, model=spec.cache_identity(),
                               get_engine=lambda: pool.get(spec), cache=cache,
                               batch_size=batch_size)
     finally:
@@ -338,9 +338,10 @@ def _warm_in_shards(ctx: RunContext, label: str, groups: list[tuple[ModelSpec, l
     futures = []
     total = CallStats()
     for spec, reqs in groups:
-        have = ctx.cache.get_many({r.key(spec.engine, spec.model) for r in reqs})
-        todo = [r for r in reqs if not (r.key(spec.engine, spec.model) in have
-                                        and have[r.key(spec.engine, spec.model)].final)]
+        ident = spec.cache_identity()
+        have = ctx.cache.get_many({r.key(spec.engine, ident) for r in reqs})
+        todo = [r for r in reqs if not (r.key(spec.engine, ident) in have
+                                        and have[r.key(spec.engine, ident)].final)]
         total.reused += len(reqs) - len(todo)
         total.requests += len(reqs)
         for i in range(n):

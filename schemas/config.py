@@ -53,6 +53,25 @@ class ModelSpec(_Frozen):
         """Identity of the engine instance (two specs with the same key share it)."""
         return config_hash(self.model_dump(exclude={"structured_backend"}))
 
+    def cache_identity(self) -> str:
+        """The model's name in request-cache keys. A served model (engine ``openai``) is
+        named with its server, without any credentials in the URL: two servers that
+        serve the same model name are different models to the cache.
+
+        >>> ModelSpec(model="m", engine="openai", base_url="http://u:pw@h:8000/v1/").cache_identity()
+        'm@http://h:8000/v1'
+        >>> ModelSpec(model="m").cache_identity()
+        'm'
+        """
+        if self.engine != "openai" or not self.base_url:
+            return self.model
+        from urllib.parse import urlsplit
+
+        u = urlsplit(self.base_url)
+        host = u.hostname or ""
+        port = f":{u.port}" if u.port else ""
+        return f"{self.model}@{u.scheme}://{host}{port}{u.path.rstrip('/')}"
+
 
 class InputConfig(_Frozen):
     kind: Literal["prompts", "pairs"] = "prompts"

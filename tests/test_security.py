@@ -74,3 +74,18 @@ def test_no_unsafe_deserialisation_or_eval_in_the_code():
                 if bad.search(line):
                     offenders.append(f"{f.relative_to(REPO)}:{i}: {line.strip()}")
     assert offenders == []
+
+
+def test_request_cache_names_a_served_model_by_its_server_without_credentials() -> None:
+    """Two servers serving the same model name are different models to the request cache;
+    credentials in the URL never reach the cache (keys and the stored model column)."""
+    from pipeline.engines import ChatRequest
+    from schemas.config import ModelSpec
+
+    a = ModelSpec(model="m", engine="openai", base_url="http://alice:s3cret@10.0.0.1:8000/v1")
+    b = ModelSpec(model="m", engine="openai", base_url="http://10.0.0.2:8000/v1")
+    r = ChatRequest(messages=(("user", "hi"),))
+    assert r.key("openai", a.cache_identity()) != r.key("openai", b.cache_identity())
+    assert "s3cret" not in a.cache_identity() and "alice" not in a.cache_identity()
+    # the local engine's identity is unchanged: caches from earlier runs stay valid
+    assert ModelSpec(model="m").cache_identity() == "m"
