@@ -106,11 +106,11 @@ def aggregate_votes(votes: pa.Table | pl.DataFrame, *,
                          f"{', '.join(EM_METHODS)} or none")
     df = _votes_frame(votes)
     n = df.height
-    labels = sorted(label_annotators)
+    acode, names = _annotator_codes(df)
     asked = method, judges_method
     if "auto" in asked:
-        judges = _judges(df, label_annotators)
-        n_label = len(set(labels) & set(df["annotator"].unique().to_list())) if n else 0
+        judges = {_judge_name(a) for a in names if a not in label_annotators}
+        n_label = len(set(label_annotators) & set(names))
         if method == "auto":
             method = "dawid_skene" if len(judges) + n_label >= MIN_EM_JUDGES else "majority"
         if judges_method == "auto":
@@ -131,16 +131,17 @@ def aggregate_votes(votes: pa.Table | pl.DataFrame, *,
     n_a, n_b, n_tie = v.sums(code, k)
     n_votes = np.bincount(code[v.valid], minlength=k)
     n_null = np.bincount(code[~v.valid], minlength=k)
-    acode, names = _annotator_codes(df)
     is_label = np.isin(acode, [i for i, a in enumerate(names) if a in label_annotators])
-    label_row = _first_where(code, k, is_label & (v.is_a | v.is_b))
+    label_row = first_rows(code, k, is_label & (v.is_a | v.is_b))
     with np.errstate(invalid="ignore", divide="ignore"):
         p_a = np.where(n_votes > 0, (n_a + 0.5 * n_tie) / np.maximum(n_votes, 1), np.nan)
     if use_em:
         post, em_info = _fit_em(v, code, k, acode, names, v.valid, method)
         p_a = np.where(n_votes > 0, post, np.nan)
     p_judges = np.full(k, np.nan)
-    if judges_method is not None:
+    if judges_method is not None and judges_method == method and not is_label.any():
+        p_judges = p_a  # no label votes: the judges-only fit is the fit above
+    elif judges_method is not None:
         judged = v.valid & ~is_label
         if judged.any():
             post, _ = _fit_em(v, code, k, acode, names, judged, judges_method)
@@ -176,11 +177,10 @@ def aggregate_votes(votes: pa.Table | pl.DataFrame, *,
                        dropped_table(STAGE, drops), info=info)
 
 
-def _judges(df: pl.DataFrame, label_annotators: set[str] | frozenset[str]) -> set[str]:
-    """The distinct judges among the votes' annotators (an annotator without its
-    ``|ab``/``|ba`` order: both orders of one judge are not independent), labels left out."""
-    names = df["annotator"].unique().to_list() if df.height else []
-    return {re.sub(r"\|(ab|ba)$", "", a) for a in names if a not in label_annotators}
+def _judge_name(annotator: str) -> str:
+    """The judge of an annotator: without its ``|ab``/``|ba`` order (both orders of one
+    judge are not independent annotators)."""
+    return re.sub(r"\|(ab|ba)$", "", annotator)
 
 
 class _VoteArrays:
@@ -200,7 +200,7 @@ class _VoteArrays:
             prob = df["prob_a"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
             self.soft = self.valid & np.isfinite(prob)
             self.prob = np.clip(prob[self.soft], 0.0, 1.0)
-        self.bad = self.valid & ~(self.is_a | self.is_b | self.is_t)
+        self.bad = vc == 3  # a valid verdict that is not a, b or tie
         self.verdict = verdict
 
     def sums(self, code: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -215,14 +215,6 @@ class _VoteArrays:
                 n += np.bincount(code[self.soft], weights=soft_w, minlength=k)
             out.append(n)
         return out[0], out[1], out[2]
-
-
-def _first_where(code: np.ndarray, k: int, mask: np.ndarray) -> np.ndarray:
-    """Per code, the first row where ``mask`` holds (−1 where none)."""
-    out = np.full(k, -1, dtype=np.int64)
-    idx = np.flatnonzero(mask)
-    out[code[idx][::-1]] = idx[::-1]
-    return out
 
 
 def _null_negative(idx: np.ndarray) -> pl.Series:
@@ -263,7 +255,7 @@ def _fit_em(v: _VoteArrays, code: np.ndarray, k: int, acode: np.ndarray, names: 
                           f"verdict mapping or use method 'majority'",
                           table="votes", column="verdict")
     rows = np.flatnonzero(use)
-    first = _first_where(acode, len(names), use)  # annotators with a vote here,
+    first = first_rows(acode, len(names), use)  # annotators with a vote here,
     used = np.flatnonzero(first >= 0)
     used = used[np.argsort(first[used], kind="stable")]  # in first-seen order
     remap = np.zeros(len(names), dtype=np.int32)
@@ -309,6 +301,8 @@ def position_consistency(votes: pa.Table) -> dict[str, dict[str, float | int]]:
 def _annotator_codes(df: pl.DataFrame) -> tuple[np.ndarray, list[str]]:
     """Per vote the code of its annotator, and the names in first-seen order (few distinct
     values: an Enum cast is exact and cheaper than hashing)."""
+    if not df.height:
+        return np.zeros(0, dtype=np.int64), []
     names = df["annotator"].unique(maintain_order=True).to_list()
     return df["annotator"].cast(pl.Enum(names)).to_physical().to_numpy().astype(np.int64), names
 
@@ -327,7 +321,7 @@ def _position_consistency(df: pl.DataFrame, v: _VoteArrays, code: np.ndarray, k:
     is_ba = (order == "ba").fill_null(False).to_numpy() & v.valid
     if not (is_ab.any() and is_ba.any()):
         return {}
-    judge_of = [re.sub(r"\|(ab|ba)$", "", a) for a in names]
+    judge_of = [_judge_name(a) for a in names]
     judges = sorted(set(judge_of))
     jmap = np.array([judges.index(j) for j in judge_of], dtype=np.int64)
     jcode = jmap[acode]

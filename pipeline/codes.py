@@ -46,10 +46,12 @@ def _mix(df: pl.DataFrame, cols: list[str], seed: int) -> np.ndarray:
     return x
 
 
-def first_rows(codes: np.ndarray, n_codes: int) -> np.ndarray:
-    """The first row index of every code (codes in 0 … n_codes − 1, all present)."""
-    first = np.empty(n_codes, dtype=np.int64)
-    first[codes[::-1]] = np.arange(codes.size - 1, -1, -1, dtype=np.int64)
+def first_rows(codes: np.ndarray, n_codes: int, mask: np.ndarray | None = None) -> np.ndarray:
+    """The first row index of every code in 0 … n_codes − 1 (among the rows where ``mask``
+    holds, if given); −1 for a code without such a row."""
+    idx = np.arange(codes.size, dtype=np.int64) if mask is None else np.flatnonzero(mask)
+    first = np.full(n_codes, -1, dtype=np.int64)
+    first[codes[idx][::-1]] = idx[::-1]
     return first
 
 

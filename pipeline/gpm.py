@@ -82,7 +82,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.errors import PrefcurateError
-from pipeline.hashing import stable_hash
+from pipeline.hashing import stable_hash_rows
 from pipeline.stage import Reason, StageCounts, StageResult, as_matrix, dropped_table
 from schemas.config import GPMConfig
 from schemas.tables import CYCLES, VOTES, check_table
@@ -859,8 +859,8 @@ def select_uncertain_pairs(comparisons: pa.Table, candidates: pa.Table,
         info.update(train_loss=model.info["loss_by_epoch"][-1],
                     train_accuracy=model.info["train_accuracy"],
                     train_seconds=model.info["seconds"])
-    hashes = [stable_hash(p, a, b) for p, a, b in
-              todo.select("prompt_id", "candidate_a", "candidate_b").iter_rows()]
+    hashes = stable_hash_rows(*todo.select("prompt_id", "candidate_a", "candidate_b")
+                              .get_columns())
     todo = todo.with_columns(prob_a=prob, _h=pl.Series(hashes, dtype=pl.Utf8)) \
         .with_columns(_u=(pl.col("prob_a") - 0.5).abs().fill_null(0.0)) \
         .sort(["_g", "_rank", "_u", "_h"]) \

@@ -40,16 +40,11 @@ def stable_hash_rows(*columns: Any, length: int = 16) -> list[str]:
                                & ~pl.col(c).str.contains(r'["\\\x00-\x1f]') for c in names])
     text = pl.concat_str([pl.lit('["'), pl.concat_str([pl.col(c) for c in names],
                                                       separator='","'), pl.lit('"]')])
-    out = df.select(ok=plain, text=text)
-    try:  # the same SHA-256 in Rust (polars-hash): 1M ids in 0.2 s instead of 1 s
-        import polars_hash as plh
+    import polars_hash as plh  # the same SHA-256 in Rust: 1M ids in 0.2 s instead of 1 s
 
-        hexd = out.select(plh.col("text").chash.sha2_256().str.slice(0, length))["text"]
-        ids = pl.select(pl.when(out["ok"]).then(hexd)).to_series().to_list()
-    except ImportError:
-        sha = hashlib.sha256
-        ids = [sha(t.encode()).hexdigest()[:length] if ok else None
-               for ok, t in zip(out["ok"].to_list(), out["text"].to_list())]
+    out = df.select(ok=plain, text=text)
+    hexd = out.select(plh.col("text").chash.sha2_256().str.slice(0, length))["text"]
+    ids = pl.select(pl.when(out["ok"]).then(hexd)).to_series().to_list()
     if not all(ok for ok in out["ok"].to_list()):
         rows = df.rows()
         ids = [i if i is not None else stable_hash(*rows[k], length=length)

@@ -148,11 +148,10 @@ def compute_margins(comparisons: pa.Table, scores: pa.Table, cfg: MarginConfig) 
         p_hat=pl.when(pl.col("_s") > 0).then(
             (pl.col("_nc") + 0.5 * pl.col("n_tie") + prior) / (pl.col("_s") + 2 * prior)))
     p = pl.col("p_hat")
-    logit = (p / (1 - p)).log().clip(0.0, cfg.cap)
+    p_np = df["p_hat"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
     df = df.with_columns(
         disagreement=1.0 - (2.0 * p - 1.0).abs(),
-        margin=pl.when(p.is_null()).then(None).when(p <= 0.5).then(0.0)
-        .when(p >= 1.0).then(cfg.lam * cfg.cap).otherwise(cfg.lam * logit),
+        margin=pl.Series(margin_array(p_np, cfg.lam, cfg.cap)).fill_nan(None),
         weight=p,
         label_status=pl.when(p.is_null()).then(pl.lit("unknown"))
         .when((p >= 0.5 + band) & (p > 0.5)).then(pl.lit("agree"))
