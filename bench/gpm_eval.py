@@ -106,7 +106,9 @@ from pipeline.gpm import (  # noqa: E402
     train_bt,
     train_gpm,
 )
+from bench.noise_eval import calibrate  # noqa: E402
 from pipeline.margins import compute_margins  # noqa: E402
+from pipeline.weights import sigmoid  # noqa: E402
 from pipeline.selection import SelectConfig, select_pairs_budget  # noqa: E402
 from schemas.config import DenoiseConfig, MarginConfig  # noqa: E402
 from schemas.tables import PAIRS, VOTES  # noqa: E402
@@ -114,10 +116,6 @@ from schemas.tables import PAIRS, VOTES  # noqa: E402
 KINDS = ("rock", "paper", "scissors")
 # (i, j, P(i ≻ j)) for the three pairs of a prompt's candidates, in kind order
 RPS_PAIRS = ((0, 1, 0.0), (1, 2, 0.0), (0, 2, 1.0))  # paper>rock, scissors>paper, rock>scissors
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
 def _emb_table(ids: list[str], mat: np.ndarray, id_column: str) -> pa.Table:
@@ -217,16 +215,6 @@ def cyclic_stage(n_prompts: int = 400, seed: int = 0) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------ (b) budget
 
-def _calibrate(gap: np.ndarray, acc: float) -> float:
-    lo, hi = 0.0, 1.0
-    while _sigmoid(hi * gap).mean() < acc and hi < 1e6:
-        hi *= 2
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if _sigmoid(mid * gap).mean() < acc else (lo, mid)
-    return 0.5 * (lo + hi)
-
-
 def simulate_world(n_prompts: int, rng: np.random.Generator, *, clusters: int = 16,
                    k: int = 4, dim: int = 32) -> dict[str, Any]:
     """Prompts in clusters, k candidates each with latent quality q ~ N(0, 1) and an
@@ -262,7 +250,7 @@ def panel_votes(world: dict[str, Any], P: np.ndarray, A: np.ndarray, B: np.ndarr
     n = len(P)
     for j, bias in enumerate(biases):
         for order in ("ab", "ba"):
-            right = rng.random(n) < _sigmoid(kap * gap)
+            right = rng.random(n) < sigmoid(kap * gap)
             says_a = right == a_better
             first = rng.random(n) < bias
             says_a = np.where(first, order == "ab", says_a)
@@ -294,7 +282,7 @@ def simulate_pairs(n_prompts: int, seed: int, *, clusters: int = 16, k: int = 4,
     tr = np.flatnonzero(~test)
     P, I = np.meshgrid(tr, np.arange(len(ii)), indexing="ij")
     P, A, B = P.reshape(-1), ii[I.reshape(-1)], jj[I.reshape(-1)]
-    kappa = _calibrate(np.abs(q[P, A] - q[P, B]), judge_accuracy)
+    kappa = calibrate(np.abs(q[P, A] - q[P, B]), judge_accuracy)
     kap = kappa * np.where(hard[cl[P]], hard_factor, 1.0)
     votes = panel_votes(world, P, A, B, kap, rng)
     mcfg = MarginConfig()
@@ -431,7 +419,7 @@ def active_eval(seed: int, n_prompts: int = 400, *, k: int = 5, budget: int = 4,
     ii, jj = np.triu_indices(k, 1)
     m = len(ii)
     P, A, B = np.repeat(np.arange(n_prompts), m), np.tile(ii, n_prompts), np.tile(jj, n_prompts)
-    kappa = _calibrate(np.abs(q[P, A] - q[P, B]), judge_accuracy)
+    kappa = calibrate(np.abs(q[P, A] - q[P, B]), judge_accuracy)
     kap = kappa * np.where(world["hard"][world["cl"][P]], hard_factor, 1.0)
     # every pair's judge calls drawn once: a strategy reads the votes of the pairs it judges
     votes = panel_votes(world, P, A, B, kap, rng)

@@ -73,6 +73,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.aggregation import aggregate_votes  # noqa: E402
 from pipeline.denoise import denoise_pairs, judges_posterior  # noqa: E402
 from pipeline.margins import compute_margins  # noqa: E402
+from pipeline.weights import sigmoid  # noqa: E402
 from schemas.config import AggregateConfig, DenoiseConfig, MarginConfig  # noqa: E402
 from schemas.tables import VOTES  # noqa: E402
 
@@ -112,20 +113,16 @@ class Simulation:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
-
-
-def _calibrate(gap: np.ndarray, acc: float) -> float:
+def calibrate(gap: np.ndarray, acc: float) -> float:
     """κ with mean σ(κ·gap) = acc (bisection; gap ≥ 0)."""
     if acc <= 0.5:
         return 0.0
     lo, hi = 0.0, 1.0
-    while _sigmoid(hi * gap).mean() < acc and hi < 1e6:
+    while sigmoid(hi * gap).mean() < acc and hi < 1e6:
         hi *= 2
     for _ in range(60):
         mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if _sigmoid(mid * gap).mean() < acc else (lo, mid)
+        lo, hi = (mid, hi) if sigmoid(mid * gap).mean() < acc else (lo, mid)
     return 0.5 * (lo + hi)
 
 
@@ -150,7 +147,7 @@ def simulate(n_pairs: int, noise: float, seed: int, *, panel: tuple[Annotator, .
     noisy = np.zeros(n, dtype=bool)
     noisy[rng.permutation(n)[:int(round(noise * n))]] = True
     label_is_good = ~noisy
-    kappa_pop = _calibrate(gap, pop_accuracy)
+    kappa_pop = calibrate(gap, pop_accuracy)
 
     cols: dict[str, list] = {c: [] for c in VOTES.names}
 
@@ -170,8 +167,8 @@ def simulate(n_pairs: int, noise: float, seed: int, *, panel: tuple[Annotator, .
     # the dataset's own label, in the ab orientation
     add(np.where(label_is_good == a_is_good, "a", "b").astype(object), SOURCE, None)
     for judge in panel:
-        kappa = _calibrate(gap, judge.accuracy)
-        p_right = (1 - difficulty) * judge.accuracy + difficulty * _sigmoid(kappa * gap)
+        kappa = calibrate(gap, judge.accuracy)
+        p_right = (1 - difficulty) * judge.accuracy + difficulty * sigmoid(kappa * gap)
         for order in ("ab", "ba"):
             if judge.spammer:
                 says_a = rng.random(n) < 0.5
@@ -243,19 +240,6 @@ METHODS = (
 )
 
 
-def _oriented(comparisons: pa.Table, pairs: pa.Table) -> np.ndarray:
-    """P(chosen ≻ rejected) per pair from the comparisons' p_a (NaN where null)."""
-    p_a = {(r["source_id"], r["candidate_a"], r["candidate_b"]): r["p_a"]
-           for r in comparisons.select(["source_id", "candidate_a", "candidate_b", "p_a"])
-           .to_pylist()}
-    out = []
-    for r in pairs.select(["source_id", "chosen_id", "rejected_id"]).to_pylist():
-        a, b = sorted((r["chosen_id"], r["rejected_id"]))
-        p = p_a.get((r["source_id"], a, b))
-        out.append(np.nan if p is None else (p if r["chosen_id"] == a else 1.0 - p))
-    return np.array(out, dtype=np.float64)
-
-
 def run_method(sim: Simulation, m: Method) -> dict[str, Any]:
     """Run the real stages for one method; return the final state of every pair."""
     t0 = time.perf_counter()
@@ -269,7 +253,7 @@ def run_method(sim: Simulation, m: Method) -> dict[str, Any]:
     dropped: set[str] = set()
     info: dict[str, Any] = {}
     if m.denoise is None:  # the aggregation's own posterior orients the pair
-        post = _oriented(comps, pairs)
+        post = judges_posterior(pairs, comps, column="p_a")
         for r, p in zip(pairs.select(["source_id", "chosen_id", "rejected_id"]).to_pylist(),
                         post):
             if not np.isfinite(p) or p == 0.5:
@@ -286,7 +270,7 @@ def run_method(sim: Simulation, m: Method) -> dict[str, Any]:
         if m.p_model == "dawid_skene":
             judges = sim.votes.filter(pa.compute.not_equal(sim.votes["annotator"], SOURCE))
             ds = aggregate_votes(judges, method="dawid_skene", use_logprobs=True)
-            kw["p_model"] = _oriented(ds.outputs["comparisons"], pairs)
+            kw["p_model"] = judges_posterior(pairs, ds.outputs["comparisons"], column="p_a")
         if m.embeddings:
             ch = [sim.cand_row[c] for c in pairs.column("chosen_id").to_pylist()]
             rj = [sim.cand_row[c] for c in pairs.column("rejected_id").to_pylist()]
@@ -321,7 +305,7 @@ def score(sim: Simulation, out: dict[str, Any]) -> dict[str, float]:
         rejected = sim.worse[s] if chosen == sim.better[s] else sim.better[s]
         dq = sim.quality[chosen] - sim.quality[rejected]
         p_hat.append(p)
-        share.append(float(_sigmoid(np.array(sim.kappa_pop * dq))))
+        share.append(float(sigmoid(np.array(sim.kappa_pop * dq))))
     rho = float(spearmanr(p_hat, share).statistic) if len(final) > 2 else float("nan")
     return {"acc": float(np.mean(right)) if right else float("nan"), "kept": len(final) / n,
             "precision": prec, "recall": rec, "f1": f1, "spearman": rho,

@@ -91,6 +91,7 @@ from pipeline.weights import (
     DEFAULT_ANNOTATOR,
     ConfidenceWeights,
     estimate_confidence_weights,
+    sigmoid,
 )
 from schemas.config import DenoiseConfig, MarginConfig
 from schemas.tables import PAIRS, conform, from_rows  # noqa: F401 (from_rows: doctest)
@@ -141,10 +142,6 @@ def _label_sources(label_source: str | Sequence[str | None] | None,
     return out
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
-
-
 def judge_probability(p_hat: np.ndarray, n_votes: np.ndarray, has_label: np.ndarray,
                       prior: float) -> tuple[np.ndarray, np.ndarray]:
     """p̂ without the label's own vote where ``has_label``; and the remaining vote count.
@@ -172,7 +169,7 @@ def _model_probability(p_judge: np.ndarray, s_c: np.ndarray, s_r: np.ndarray,
     p_i, source = p_judge.copy(), "p_hat"
     if cfg.weight_source == "scores":
         both = np.isfinite(s_c) & np.isfinite(s_r)
-        p_i = np.where(both, _sigmoid(s_c - s_r), p_i)
+        p_i = np.where(both, sigmoid(s_c - s_r), p_i)
         source = f"scores ({int(both.sum())} pairs; p_hat for the rest)"
     if p_model is not None:
         pm = np.asarray(p_model, dtype=np.float64).reshape(-1)

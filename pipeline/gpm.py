@@ -331,6 +331,34 @@ def _batches(n: int, batch_size: int) -> int:
     return min(batch_size, max(16, math.ceil(n / MIN_STEPS)))
 
 
+def _train_epochs(opt: Any, pair_loss: Any, weight: Any, n: int, batch_size: int,
+                  epochs: int, seed: int) -> list[float]:
+    """Mini-batch training shared by the GPM and BT heads: each epoch a seeded permutation,
+    per batch the weight-averaged ``pair_loss(idx)``; returns the mean loss per epoch."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed + 1)
+    losses = []
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=gen)
+        total = 0.0
+        for s in range(0, n, batch_size):
+            idx = perm[s:s + batch_size]
+            loss = (weight[idx] * pair_loss(idx)).sum() / weight[idx].sum().clamp_min(1e-12)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        losses.append(round(total / n, 5))
+    return losses
+
+
+def _train_accuracy(pred: np.ndarray, p: np.ndarray) -> float | None:
+    """Share of the decided training pairs (p ≠ ½) the trained head orients like p."""
+    decided = p != 0.5
+    return float(((pred > 0.5) == (p > 0.5))[decided].mean()) if decided.any() else None
+
+
 def _np(t: Any) -> np.ndarray:
     return t.detach().numpy().astype(np.float64)
 
@@ -399,26 +427,18 @@ def train_gpm(prompt_emb: np.ndarray | None, emb_a: np.ndarray, emb_b: np.ndarra
                 return (lam * d).sum(1)
 
             softplus = nn.functional.softplus
+
+            def pair_loss(idx: Any) -> Any:
+                z = scores(idx) / cfg.tau
+                pp = tp[idx]
+                loss = pp * softplus(-z) + (1 - pp) * softplus(z)
+                if hard is not None:
+                    zc = sign[idx] * z - tm[idx] / cfg.tau
+                    loss = torch.where(hard[idx], softplus(-zc), loss)
+                return loss
+
             bs = _batches(n, cfg.batch_size)
-            gen = torch.Generator().manual_seed(cfg.seed + 1)
-            losses = []
-            for _ in range(cfg.epochs):
-                perm = torch.randperm(n, generator=gen)
-                total = 0.0
-                for s in range(0, n, bs):
-                    idx = perm[s:s + bs]
-                    z = scores(idx) / cfg.tau
-                    pp = tp[idx]
-                    loss = pp * softplus(-z) + (1 - pp) * softplus(z)
-                    if hard is not None:
-                        zc = sign[idx] * z - tm[idx] / cfg.tau
-                        loss = torch.where(hard[idx], softplus(-zc), loss)
-                    loss = (tw[idx] * loss).sum() / tw[idx].sum().clamp_min(1e-12)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    total += float(loss.detach()) * len(idx)
-                losses.append(round(total / n, 5))
+            losses = _train_epochs(opt, pair_loss, tw, n, bs, cfg.epochs, cfg.seed)
     finally:
         torch.set_num_threads(prev)
     model = GPMModel(
@@ -429,9 +449,7 @@ def train_gpm(prompt_emb: np.ndarray | None, emb_a: np.ndarray, emb_b: np.ndarra
         w_gate=_np(gate.weight) if gate is not None else None,
         b_gate=_np(gate_bias) + (_np(gate.bias) if gate is not None else 0.0),
         tau=cfg.tau, info={})
-    pred = model.score_pairs(prompt_emb, emb_a, emb_b)
-    decided = p != 0.5
-    acc = float(((pred > 0.5) == (p > 0.5))[decided].mean()) if decided.any() else None
+    acc = _train_accuracy(model.score_pairs(prompt_emb, emb_a, emb_b), p)
     model.info.update(pairs=n, k=cfg.k, loss=cfg.loss, epochs=cfg.epochs, batch_size=bs,
                       loss_by_epoch=losses, train_accuracy=acc,
                       seconds=round(time.perf_counter() - t0, 3))
@@ -482,24 +500,15 @@ def train_bt(prompt_emb: np.ndarray | None, emb_a: np.ndarray, emb_b: np.ndarray
                 return out(nn.functional.gelu(pre)).squeeze(-1)
 
             softplus = nn.functional.softplus
+
+            def pair_loss(idx: Any) -> Any:
+                xx = tx[idx] if tx is not None else None
+                z = reward(ty[idx], xx) - reward(tb[idx], xx)
+                pp = tp[idx]
+                return pp * softplus(-z) + (1 - pp) * softplus(z)
+
             bs = _batches(n, cfg.batch_size)
-            gen = torch.Generator().manual_seed(cfg.seed + 1)
-            losses = []
-            for _ in range(cfg.epochs):
-                perm = torch.randperm(n, generator=gen)
-                total = 0.0
-                for s in range(0, n, bs):
-                    idx = perm[s:s + bs]
-                    xx = tx[idx] if tx is not None else None
-                    z = reward(ty[idx], xx) - reward(tb[idx], xx)
-                    pp = tp[idx]
-                    loss = pp * softplus(-z) + (1 - pp) * softplus(z)
-                    loss = (tw[idx] * loss).sum() / tw[idx].sum().clamp_min(1e-12)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    total += float(loss.detach()) * len(idx)
-                losses.append(round(total / n, 5))
+            losses = _train_epochs(opt, pair_loss, tw, n, bs, cfg.epochs, cfg.seed)
     finally:
         torch.set_num_threads(prev)
     if lin_y is None:
@@ -509,9 +518,7 @@ def train_bt(prompt_emb: np.ndarray | None, emb_a: np.ndarray, emb_b: np.ndarray
         model = BTModel(resp=resp, prompt=prompt, w_y=_np(lin_y.weight), b_y=_np(lin_y.bias),
                         w_x=_np(lin_x.weight) if lin_x is not None else None,
                         w_out=_np(out.weight), hidden=True, info={})
-    pred = model.score_pairs(prompt_emb, emb_a, emb_b)
-    decided = p != 0.5
-    acc = float(((pred > 0.5) == (p > 0.5))[decided].mean()) if decided.any() else None
+    acc = _train_accuracy(model.score_pairs(prompt_emb, emb_a, emb_b), p)
     model.info.update(pairs=n, epochs=cfg.epochs, batch_size=bs, loss_by_epoch=losses,
                       train_accuracy=acc, seconds=round(time.perf_counter() - t0, 3))
     return model

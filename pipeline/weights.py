@@ -91,7 +91,8 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """The logistic function, as 0.5·(1 + tanh(z/2)) (no overflow for large |z|)."""
     return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 
@@ -128,7 +129,7 @@ def _fit_calibrated(x: np.ndarray, code: np.ndarray, k: int, eta0: np.ndarray,
 
     def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
         eta, beta = theta[:k], theta[k:]
-        s = _sigmoid(x @ beta)
+        s = sigmoid(x @ beta)
         e = eta[code]
         dens = np.maximum(e * s + (1.0 - e) * (1.0 - s), 1e-300)
         val = -np.sum(np.log(dens)) + 0.5 * RIDGE * np.sum((beta - 1.0) ** 2)
@@ -197,7 +198,7 @@ def estimate_confidence_weights(
     beta = np.ones(x.shape[1])
 
     def model_p() -> np.ndarray:
-        return np.clip(_sigmoid(x @ beta), P_CLIP, 1.0 - P_CLIP)
+        return np.clip(sigmoid(x @ beta), P_CLIP, 1.0 - P_CLIP)
 
     lo, hi = np.full(len(names), eta_min), np.full(len(names), eta_max)
     fixed = np.array([str(a) == AGGREGATE for a in names], dtype=bool)
