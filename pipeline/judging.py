@@ -29,6 +29,7 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 
@@ -100,9 +101,15 @@ def _defang(text: str, nonce: str) -> str:
     return text.replace(nonce, "#" * len(nonce)).replace("[END ", "[END\u200b ")
 
 
+def annotator_base(spec: Any) -> str:
+    """``name|template|persona-hash`` of a judge or rubric judge (pairwise judges add
+    ``|order``)."""
+    persona = stable_hash(spec.persona, length=6) if spec.persona else "none"
+    return f"{spec.name}|{spec.template}|{persona}"
+
+
 def annotator_name(judge: JudgeSpec, order: str) -> str:
-    persona = stable_hash(judge.persona, length=6) if judge.persona else "none"
-    return f"{judge.name}|{judge.template}|{persona}|{order}"
+    return f"{annotator_base(judge)}|{order}"
 
 
 def format_pairwise(judge: JudgeSpec, prompt: list[dict[str, str]], first: str,
@@ -213,7 +220,7 @@ def select_pairs(candidates: pa.Table, max_pairs_per_prompt: int,
             continue
         allp = sorted(itertools.combinations(cids, 2), key=lambda p: stable_hash(pid, *p))
         scored = [c for c in cids if first_signal and first_signal.get(c) is not None]
-        if first_signal is not None and len(scored) >= 2:
+        if len(scored) >= 2:
             best = max(scored, key=lambda c: (first_signal[c], c))
             worst = min(scored, key=lambda c: (first_signal[c], c))
             if first_signal[best] > first_signal[worst]:

@@ -66,13 +66,12 @@ from typing import Any
 
 import httpx
 
-from pipeline.engines import ChatRequest, Completion, too_long
+from pipeline.engines import TOP_LOGPROB_STEPS, ChatRequest, Completion, too_long
 from pipeline.errors import ConfigError, EngineError
 
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({408, 409, 429})  # and every 5xx
-TOP_LOGPROB_STEPS = 8
 SCHEMA_NAME = "verdict"
 _CONTEXT_RE = re.compile(r"context[ _]length|context window|prompt is too long|"
                          r"maximum context|too many tokens|exceeds .{0,40}context",

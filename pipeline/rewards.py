@@ -43,7 +43,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -52,9 +51,10 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from pipeline.engines import Completion, RequestCache, vllm_defaults
+from pipeline.engines import Completion, RequestCache, shutdown_vllm, start_vllm
 from pipeline.errors import ConfigError, EngineError
 from pipeline.hashing import stable_hash
+from pipeline.judging import _render_conversation
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table
 from schemas.config import RewardModelSpec
 from schemas.tables import SCORES, from_rows
@@ -109,10 +109,6 @@ def aspect_names(num_labels: int, id2label: dict[Any, str] | None,
     return [f"head_{i}" for i in range(num_labels)]
 
 
-def _plain_template(messages: list[dict[str, str]]) -> str:
-    return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
-
-
 def encode_conversation(tokenizer: Any, prompt: list[dict[str, str]], response: str,
                         ) -> list[int]:
     """Token ids of the conversation ``prompt + [assistant: response]``.
@@ -128,7 +124,7 @@ def encode_conversation(tokenizer: Any, prompt: list[dict[str, str]], response: 
         if hasattr(ids, "keys"):
             ids = ids["input_ids"]
         return [int(i) for i in ids]
-    return [int(i) for i in tokenizer(_plain_template(conv))["input_ids"]]
+    return [int(i) for i in tokenizer(_render_conversation(conv))["input_ids"]]
 
 
 def build_reward_inputs(candidates: pa.Table, prompts: pa.Table, tokenizer: Any,
@@ -161,21 +157,10 @@ class VLLMRewardScorer:
                  max_model_len: int = 2048, engine_args: dict[str, Any] | None = None,
                  cache_dir: Path | None = None):
         self.model = model
-        try:
-            from vllm import LLM
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise EngineError("vLLM is not installed: pip install -e '.[cpu]' (CPU) or "
-                              "'.[gpu]' (GPU), or use engine 'transformers'") from exc
-        dtype, args = vllm_defaults(dtype, engine_args, cache_dir)
-        t0 = time.time()
-        try:
-            self.llm = LLM(model=model_path, runner="pooling", dtype=dtype,
-                           max_model_len=max_model_len, **args)
-        except Exception as exc:
-            raise EngineError(f"vLLM could not start reward model '{model}' ({model_path}) "
-                              f"with runner='pooling': {type(exc).__name__}: {exc}") from exc
-        self.start_seconds = time.time() - t0
-        log.info("vLLM reward model %s started in %.1fs", model, self.start_seconds)
+        self.llm, self.start_seconds = start_vllm(
+            model, model_path, dtype, max_model_len, engine_args, cache_dir,
+            what="reward model (runner='pooling')", hint=", or use engine 'transformers'",
+            runner="pooling")
 
     def score(self, token_ids: Sequence[Sequence[int]]) -> list[list[float]]:
         from vllm.pooling_params import PoolingParams
@@ -188,11 +173,7 @@ class VLLMRewardScorer:
         return [[float(x) for x in o.outputs.probs] for o in outs]
 
     def close(self) -> None:
-        """Stop the engine-core process now rather than at interpreter exit."""
-        try:
-            self.llm.llm_engine.engine_core.shutdown()
-        except Exception as exc:  # already gone
-            log.debug("engine shutdown: %s", exc)
+        shutdown_vllm(self.llm)
 
 
 class HFRewardScorer:

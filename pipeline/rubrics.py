@@ -40,7 +40,7 @@ import pyarrow as pa
 
 from pipeline.engines import ChatRequest, Completion
 from pipeline.hashing import stable_hash
-from pipeline.judging import _defang, _render_conversation
+from pipeline.judging import _defang, _render_conversation, annotator_base
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table
 from schemas.config import DEFAULT_ASPECTS, RubricConfig
 from schemas.tables import SCORES, from_rows
@@ -109,8 +109,7 @@ class RubricParse(NamedTuple):
 
 def rubric_annotator(cfg: RubricConfig) -> str:
     """``name|template|persona-hash`` (the pairwise judges add ``|order``)."""
-    persona = stable_hash(cfg.persona, length=6) if cfg.persona else "none"
-    return f"{cfg.name}|{cfg.template}|{persona}"
+    return annotator_base(cfg)
 
 
 def rubric_schema(aspects: tuple[str, ...] | list[str], min_score: int = 1,
