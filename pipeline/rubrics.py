@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 
 import pyarrow as pa
 
-from pipeline.engines import ChatRequest, Completion
+from pipeline.engines import ChatRequest, Completion, fake_json
 from pipeline.hashing import stable_hash
 from pipeline.judging import _defang, _render_conversation, annotator_base
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table
@@ -336,14 +336,5 @@ def fake_rubric_responder(request: ChatRequest, sample_index: int) -> str:
     The scores are a deterministic function of the request; use it as
     ``FakeEngine(responder=fake_rubric_responder)`` in tests and fake-engine runs.
     """
-    schema = json.loads(request.json_schema) if request.json_schema else {
-        "properties": {a: {"minimum": 1, "maximum": 5} for a in DEFAULT_ASPECTS}}
-    out: dict[str, Any] = {}
-    for k, spec in schema["properties"].items():
-        if k == "rationale":
-            out[k] = "fake rationale"
-            continue
-        lo, hi = spec.get("minimum", 1), spec.get("maximum", 5)
-        h = int(stable_hash(request.messages, sample_index, k, length=8), 16)
-        out[k] = lo + h % (hi - lo + 1)
-    return json.dumps(out)
+    schema = request.json_schema or rubric_schema(DEFAULT_ASPECTS)
+    return fake_json(json.loads(schema), request.messages, sample_index)
