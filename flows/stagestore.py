@@ -22,17 +22,10 @@ import pyarrow.parquet as pq
 
 from pipeline.hashing import file_hash, stable_hash
 from pipeline.stage import StageResult
+from pipeline.store import fsync_file
 from schemas.tables import DROPPED, QUARANTINE, check_table, conform, schema_for
 
 COMPLETE = "_COMPLETE"
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass
@@ -95,7 +88,7 @@ class StageStore:
                 check_table(table, schema_for(name, table), f"{result.stage}/{name}")
                 p = tmp / f"{name}.parquet"
                 pq.write_table(table, p)
-                _fsync_file(p)
+                fsync_file(p)
                 hashes[name] = file_hash(p)
             meta = {"stage": result.stage, "key": key, "tables": list(result.outputs),
                     "inputs": list(inputs or []),
@@ -103,13 +96,13 @@ class StageStore:
                     "files": hashes,
                     "output_hash": stable_hash([hashes[n] for n in result.outputs], length=32)}
             (tmp / "stage.json").write_text(json.dumps(meta, indent=2, default=str))
-            _fsync_file(tmp / "stage.json")
+            fsync_file(tmp / "stage.json")
             if final.exists():
                 shutil.rmtree(final)
             os.rename(tmp, final)
             if complete:
                 (final / COMPLETE).write_text("ok\n")
-                _fsync_file(final / COMPLETE)
+                fsync_file(final / COMPLETE)
             dfd = os.open(self.root, os.O_RDONLY)
             try:
                 os.fsync(dfd)

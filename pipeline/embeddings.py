@@ -48,8 +48,9 @@ import pyarrow.parquet as pq
 from pipeline.embedded import EMBEDDED_PREFIX, default_cache_dir, minilm_path
 from schemas.config import EMBEDDED_MINILM, EmbeddingConfig
 from schemas.tables import embedding_schema
-from pipeline.errors import ConfigError, EngineError
+from pipeline.errors import ConfigError, EngineError, PrefcurateError
 from pipeline.hashing import stable_hash, tree_hash
+from pipeline.store import fsync_file
 from pipeline.judging import _render_conversation
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table
 
@@ -139,7 +140,7 @@ class SentenceTransformerEmbedder:
         finally:
             if self.cfg.num_threads:
                 torch.set_num_threads(before)
-        return _normalize(vecs)
+        return np.asarray(vecs, dtype=np.float32)  # unit vectors: normalize_embeddings
 
 
 class EmbeddingCache:
@@ -184,14 +185,18 @@ class EmbeddingCache:
         dim = vectors.shape[1]
         table = pa.table({"text_hash": pa.array(list(hashes), pa.string()),
                           "embedding": _fixed_list(vectors, dim)})
+        self._write_shard(table)
+        if len(self._shards()) > self.MAX_SHARDS:
+            self.compact()
+
+    def _write_shard(self, table: pa.Table) -> None:
+        """Write one shard atomically (temporary file, fsync, rename); its name matches
+        :meth:`_shards`' pattern."""
         name = f"shard-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
         tmp = self.dir / f".tmp-{name}"
         pq.write_table(table, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
+        fsync_file(tmp)
         os.replace(tmp, self.dir / name)
-        if len(self._shards()) > self.MAX_SHARDS:
-            self.compact()
 
     def compact(self) -> None:
         """Merge all shards into one (under a lock); readers skip vanished shards."""
@@ -210,12 +215,7 @@ class EmbeddingCache:
             keys = merged.column("text_hash").to_pylist()
             first = sorted({k: i for i, k in reversed(list(enumerate(keys)))}.values())
             merged = merged.take(pa.array(first, pa.int64()))
-            name = f"shard-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
-            tmp = self.dir / f".tmp-{name}"
-            pq.write_table(merged, tmp)
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.dir / name)
+            self._write_shard(merged)
             for s in shards:
                 s.unlink(missing_ok=True)
 
@@ -285,10 +285,21 @@ def embeddings_table(ids: Sequence[str], vectors: np.ndarray, id_column: str) ->
                                 schema=schema)
 
 
-def embeddings_matrix(table: pa.Table, id_column: str = "candidate_id",
+def embeddings_matrix(table: pa.Table, id_column: str = "candidate_id", stage: str = "embed",
                       ) -> tuple[list[str], np.ndarray]:
-    """(ids, [n, dim] float32 matrix) of an embedding table."""
-    return table.column(id_column).to_pylist(), _matrix(table.column("embedding"))
+    """(ids, [n, dim] float32 matrix) of an embedding table ``(id_column, embedding)``; the
+    embedding column a fixed-size list (as the embed stage writes it) or a plain list."""
+    for col in (id_column, "embedding"):
+        if col not in table.schema.names:
+            raise PrefcurateError(f"{stage}: embedding table needs columns ({id_column}, "
+                                  f"embedding); '{col}' is missing (use the embed stage's "
+                                  f"outputs)")
+    ids = table.column(id_column).to_pylist()
+    col = table.column("embedding").combine_chunks()
+    if pa.types.is_fixed_size_list(col.type):
+        return ids, _matrix(col)
+    return ids, np.asarray(col.to_pylist(), dtype=np.float32).reshape(len(ids), -1) if ids \
+        else np.zeros((0, 0), np.float32)
 
 
 def compute_embeddings(prompts: pa.Table, candidates: pa.Table, cfg: EmbeddingConfig, *,

@@ -528,19 +528,9 @@ def train_bt(prompt_emb: np.ndarray | None, emb_a: np.ndarray, emb_b: np.ndarray
 
 def _lookup(table: pa.Table, id_column: str) -> tuple[dict[str, int], np.ndarray]:
     """(id → row, float32 matrix) of an embedding table ``(id_column, embedding)``."""
-    for col in (id_column, "embedding"):
-        if col not in table.schema.names:
-            raise PrefcurateError(f"gpm: embedding table needs columns ({id_column}, "
-                                  f"embedding); '{col}' is missing (use the embed stage's "
-                                  f"outputs)")
-    ids = table.column(id_column).to_pylist()
-    col = table.column("embedding").combine_chunks()
-    if len(col) == 0:
-        return {}, np.zeros((0, 0), np.float32)
-    if pa.types.is_fixed_size_list(col.type):
-        mat = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size)
-    else:
-        mat = np.asarray(col.to_pylist(), dtype=np.float32)
+    from pipeline.embeddings import embeddings_matrix
+
+    ids, mat = embeddings_matrix(table, id_column, stage="gpm")
     return {c: i for i, c in enumerate(ids)}, mat.astype(np.float32, copy=False)
 
 

@@ -60,7 +60,7 @@ import pyarrow.compute as pc
 from scipy import sparse
 
 from pipeline.errors import PrefcurateError
-from pipeline.stage import StageCounts, StageResult
+from pipeline.stage import StageCounts, StageResult, as_matrix
 from schemas.config import SelectConfig
 from schemas.tables import DROPPED, PAIRS, check_table
 
@@ -93,24 +93,15 @@ def _prompt_space(prompt_embeddings: pa.Table | Mapping[str, Any]
                   ) -> tuple[list[str], np.ndarray]:
     """(prompt ids, unit-norm float32 rows) of the prompt embeddings."""
     if isinstance(prompt_embeddings, pa.Table):
-        for col in ("prompt_id", "embedding"):
-            if col not in prompt_embeddings.schema.names:
-                raise PrefcurateError(f"select: prompt_embeddings needs columns (prompt_id, "
-                                      f"embedding); '{col}' is missing")
-        ids = prompt_embeddings.column("prompt_id").to_pylist()
-        col = prompt_embeddings.column("embedding").combine_chunks()
-        if len(col) and pa.types.is_fixed_size_list(col.type):
-            mat = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col),
-                                                                       col.type.list_size)
-        else:
-            mat = np.asarray(col.to_pylist(), dtype=np.float32)
+        from pipeline.embeddings import embeddings_matrix
+
+        ids, mat = embeddings_matrix(prompt_embeddings, "prompt_id", stage="select")
     else:
         ids = list(prompt_embeddings)
         mat = np.asarray([np.asarray(prompt_embeddings[i], dtype=np.float32) for i in ids])
     mat = np.asarray(mat, dtype=np.float32).reshape(len(ids), -1) if ids else \
         np.zeros((0, 1), np.float32)
-    if not np.all(np.isfinite(mat)):
-        raise PrefcurateError("select: prompt embeddings hold NaN or infinite values")
+    mat = as_matrix(mat, "prompt_embeddings", STAGE)
     norm = np.linalg.norm(mat, axis=1, keepdims=True)
     return ids, mat / np.maximum(norm, 1e-12)
 

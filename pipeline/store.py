@@ -240,7 +240,7 @@ def find_content_key(root: str | Path, name: str, content_key: str) -> int | Non
 # ---------------------------------------------------------------------------- publishing
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -263,7 +263,7 @@ def _fsync_tree(path: Path) -> None:
         if p.is_dir():
             dirs.append(p)
         elif p.is_file():
-            _fsync_file(p)
+            fsync_file(p)
     for d in sorted(dirs, key=lambda x: len(x.parts), reverse=True):
         _fsync_dir(d)
 
@@ -384,7 +384,7 @@ def publish_version(root: str | Path, name: str, *, data: pa.Table, dropped: pa.
                 "files": files,
             })
             (tmp / MANIFEST).write_text(_manifest_json(full), encoding="utf-8")
-            _fsync_file(tmp / MANIFEST)
+            fsync_file(tmp / MANIFEST)
             _make_read_only(tmp)
             _fsync_dir(tmp)
             final = ds_dir / f"v{version}"
