@@ -99,11 +99,11 @@ from schemas.tables import PAIRS, conform, from_rows  # noqa: F401 (from_rows: d
 STAGE = "denoise"
 STAGE_VERSION = 4
 
-# Reasons beyond pipeline.stage.Reason (plain strings: the tables take any string).
-LOW_CONFIDENCE = "low_confidence"  # confidence weight in [flip_below, drop_below)
-FLIPPED_LOW_CONFIDENCE = "flipped_low_confidence"  # weight < flip_below, flipped
-PEER_REVIEW = "peer_review"  # both CRM heads reject the pair late in training
-DISAGREEMENT_FILTER = "disagreement_filter"  # SCIR: judges / RMs / label disagree
+# Drop reasons of this stage (pipeline.stage.Reason, as plain strings) and the flip flag.
+LOW_CONFIDENCE = Reason.LOW_CONFIDENCE.value  # confidence weight in [flip_below, drop_below)
+FLIPPED_LOW_CONFIDENCE = Reason.FLIPPED_LOW_CONFIDENCE.value  # weight < flip_below, flipped
+PEER_REVIEW = Reason.PEER_REVIEW.value  # both CRM heads reject the pair late in training
+DISAGREEMENT_FILTER = Reason.DISAGREEMENT_FILTER.value  # SCIR: judges / RMs / label disagree
 FLIPPED = "flipped"  # flag on every flipped pair
 
 _KEEP, _FLIP, _DROP = 0, 1, 2

@@ -56,7 +56,7 @@ from schemas.tables import PAIRS, PUBLISHED, conform, from_rows
 
 STAGE = "pairs"
 STAGE_VERSION = 2
-BELOW_MIN_MARGIN = "below_min_margin"
+BELOW_MIN_MARGIN = Reason.BELOW_MIN_MARGIN.value
 RA_TARGET = "ra_target="
 RA_TWIN = "ra_twin"
 

@@ -60,7 +60,7 @@ import pyarrow.compute as pc
 from scipy import sparse
 
 from pipeline.errors import PrefcurateError
-from pipeline.stage import StageCounts, StageResult, as_matrix
+from pipeline.stage import Reason, StageCounts, StageResult, as_matrix
 from schemas.config import SelectConfig
 from schemas.tables import DROPPED, PAIRS, check_table
 
@@ -68,7 +68,7 @@ log = logging.getLogger("prefcurate.selection")
 
 STAGE = "select"
 STAGE_VERSION = 1
-BUDGET = "budget"  # drop reason: cut to meet the budget
+BUDGET = Reason.BUDGET.value  # drop reason: cut to meet the budget
 
 
 def resolve_budget(budget: int | float | None, n: int) -> int:
