@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from pipeline import store
 from pipeline.errors import StoreError
 from pipeline.hashing import stable_hash
+from pipeline.report import _finite, _num
 
 MAX_IDS = 20  # pair ids listed per category
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -58,16 +59,8 @@ def pair_key(row: dict[str, Any]) -> tuple[str, str, str]:
     return (row.get("source_id") or row.get("prompt_id") or "", a, b)
 
 
-def _num(x: Any) -> float | None:
-    if x is None:
-        return None
-    x = float(x)
-    return x if np.isfinite(x) else None
-
-
 def _dist(values: list[Any]) -> dict[str, Any]:
-    arr = np.array([v for v in values if v is not None], dtype=float)
-    arr = arr[np.isfinite(arr)]
+    arr = _finite(values)
     out: dict[str, Any] = {"n": int(arr.size)}
     if arr.size == 0:
         out.update(mean=None, std=None, median=None, quantiles={str(q): None for q in QUANTILES})
@@ -88,9 +81,7 @@ def _shift(a: list[Any], b: list[Any]) -> dict[str, Any]:
            "delta_quantiles": {q: sub(da["quantiles"][q], db["quantiles"][q])
                                for q in da["quantiles"]},
            "ks_statistic": None, "ks_pvalue": None}
-    xa = np.array([v for v in a if v is not None], dtype=float)
-    xb = np.array([v for v in b if v is not None], dtype=float)
-    xa, xb = xa[np.isfinite(xa)], xb[np.isfinite(xb)]
+    xa, xb = _finite(a), _finite(b)
     if xa.size and xb.size:
         from scipy.stats import ks_2samp
 
@@ -139,7 +130,7 @@ def diff_versions(root: str | Path, ref_a: str, ref_b: str) -> dict[str, Any]:
 
     # why B lost a pair: its dropped rows by row_id (a pair id in either orientation)
     drop_b: dict[str, dict[str, Any]] = {}
-    for r in _read(vb.path, store.DROPPED_PARQUET):
+    for r in _read(vb.path, store.DROPPED_PARQUET, ["row_id", "stage", "reason"]):
         if r.get("row_id"):
             drop_b.setdefault(r["row_id"], r)
 
@@ -164,7 +155,9 @@ def diff_versions(root: str | Path, ref_a: str, ref_b: str) -> dict[str, Any]:
             unchanged += 1
     changed.sort(key=lambda ab: ab[1]["pair_id"])
     transitions = Counter(f"{a['decision']}→{b['decision']}" for a, b in changed)
-    removed_reasons = Counter(why_removed(r) or "not in B (no drop record)" for r in removed)
+    removed = sorted(removed, key=lambda r: r["pair_id"])
+    removed_why = [why_removed(r) for r in removed]
+    removed_reasons = Counter(w or "not in B (no drop record)" for w in removed_why)
 
     ra_d, rb_d = _reasons(ma, "dropped"), _reasons(mb, "dropped")
     ra_q, rb_q = _reasons(ma, "quarantined"), _reasons(mb, "quarantined")
@@ -183,11 +176,11 @@ def diff_versions(root: str | Path, ref_a: str, ref_b: str) -> dict[str, Any]:
             "removed_reasons": dict(removed_reasons.most_common()),
             "added_ids": sorted(r["pair_id"] for r in added)[:MAX_IDS],
             "removed_examples": [{"pair_id": r["pair_id"], "source_id": r["source_id"],
-                                  "reason_in_b": why_removed(r)}
-                                 for r in sorted(removed, key=lambda r: r["pair_id"])][:MAX_IDS],
+                                  "reason_in_b": w}
+                                 for r, w in zip(removed[:MAX_IDS], removed_why)],
             "changed_examples": [{"source_id": a["source_id"], "pair_id_a": a["pair_id"],
                                   "pair_id_b": b["pair_id"], "decision_a": a["decision"],
-                                  "decision_b": b["decision"]} for a, b in changed][:MAX_IDS],
+                                  "decision_b": b["decision"]} for a, b in changed[:MAX_IDS]],
         },
         "reasons": {"dropped": _delta(ra_d, rb_d), "quarantined": _delta(ra_q, rb_q)},
         "distributions": {c: _shift([r[c] for r in da], [r[c] for r in db]) for c in COMPARED},

@@ -183,7 +183,7 @@ def compute_judge_stats(votes: pa.Table, candidates: pa.Table | None = None,
             "verdicts": {k: counts.get(k, 0) for k in VERDICTS},
             "tie_rate": _rate(counts.get("tie", 0), sum(counts.values())),
             "majority_agreement": _rate(agree, compared), "majority_compared": compared,
-            "longer_win_rate": _rate(long_wins, decisive) if length is not None else None,
+            "longer_win_rate": _rate(long_wins, decisive),
             "length_decisive": decisive,
         }
 
@@ -232,7 +232,7 @@ def compute_judge_stats(votes: pa.Table, candidates: pa.Table | None = None,
         "krippendorff_alpha": krippendorff_alpha_nominal(
             list(v.values()) for v in by_pair.values()),
         "alpha_units": sum(len(v) >= 2 for v in by_pair.values()),
-        "longer_win_rate": _rate(all_long, all_dec) if length is not None else None,
+        "longer_win_rate": _rate(all_long, all_dec),
         "length_decisive_votes": all_dec,
         "annotators": per_ann,
         "judges": per_judge,

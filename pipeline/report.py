@@ -254,23 +254,20 @@ class _Lineage:
             if key and (d / "_COMPLETE").is_file():
                 self.dirs[stage] = d
 
-    def tables(self, name: str) -> list[pa.Table]:
-        out = []
-        for stage, d in self.dirs.items():
-            f = d / f"{name}.parquet"
-            if f.is_file():
-                try:
-                    out.append(pq.read_table(f))
-                except (OSError, pa.ArrowException) as exc:
-                    log.warning("report: cannot read %s: %s", f, exc)
-        return out
+    def tables(self, name: str, columns: list[str] | None = None) -> list[pa.Table]:
+        """Table ``name`` of every stage that wrote one (``columns``: those it has)."""
+        return [t for stage in self.dirs if (t := self.table(stage, name, columns)) is not None]
 
-    def table(self, stage: str, name: str) -> pa.Table | None:
+    def table(self, stage: str, name: str, columns: list[str] | None = None
+              ) -> pa.Table | None:
         f = self.dirs.get(stage, Path("/nonexistent")) / f"{name}.parquet"
         if not f.is_file():
             return None
         try:
-            return pq.read_table(f)
+            if columns is not None:
+                have = set(pq.read_schema(f).names)
+                columns = [c for c in columns if c in have]
+            return pq.read_table(f, columns=columns)
         except (OSError, pa.ArrowException) as exc:
             log.warning("report: cannot read %s: %s", f, exc)
             return None
@@ -330,7 +327,7 @@ def _section_scores(data: pa.Table, lin: _Lineage) -> dict[str, Any]:
         rng = (rng[0] - 0.5, rng[1] + 0.5)
     gaps = [c - r for c, r in zip(sc, sr) if c is not None and r is not None]
     by_ann = []
-    for t in lin.tables("scores"):
+    for t in lin.tables("scores", ["annotator", "aspect", "score"]):
         groups: dict[tuple[str, str], list[Any]] = defaultdict(list)
         for a, asp, s in zip(_col(t, "annotator"), _col(t, "aspect"), _col(t, "score")):
             groups[(a, asp)].append(s)
@@ -408,7 +405,8 @@ def _section_judges(manifest: dict[str, Any], lin: _Lineage) -> dict[str, Any]:
     if pc:
         pcs = {k: _num(v.get("consistency")) if isinstance(v, dict) else _num(v)
                if isinstance(v, (int, float)) else None for k, v in pc.items()}
-    agreement = _agreement(lin.tables("votes"))
+    agreement = _agreement(lin.tables("votes", ["annotator", "source_id", "candidate_a",
+                                                "candidate_b", "verdict"]))
     notes = []
     if not pc:
         notes.append("no position consistency in the manifest (no pairwise judge ran both "
@@ -531,29 +529,27 @@ def _section_examples(data: pa.Table, dropped: pa.Table, quarantine: pa.Table, l
 
     # texts from the lineage, to show what a dropped pair / candidate was
     cand_text: dict[str, str] = {}
-    for t in lin.tables("candidates"):
+    cand_prompt: dict[str, str] = {}
+    for t in lin.tables("candidates", ["candidate_id", "prompt_id", "text"]):
         cand_text.update(zip(_col(t, "candidate_id"), _col(t, "text")))
+        cand_prompt.update(zip(_col(t, "candidate_id"), _col(t, "prompt_id")))
     prompt_text: dict[str, str] = {}
-    for t in lin.tables("prompts"):
+    for t in lin.tables("prompts", ["prompt_id", "prompt"]):
         prompt_text.update(zip(_col(t, "prompt_id"), map(_prompt_text, _col(t, "prompt"))))
     pair_ids: dict[str, tuple[str, str, str]] = {}
-    for t in lin.tables("pairs"):
+    for t in lin.tables("pairs", ["pair_id", "prompt_id", "chosen_id", "rejected_id"]):
         for pid, prid, c, r in zip(_col(t, "pair_id"), _col(t, "prompt_id"),
                                    _col(t, "chosen_id"), _col(t, "rejected_id")):
             pair_ids.setdefault(pid, (prid, c, r))
-    cand_prompt: dict[str, str] = {}
-    for t in lin.tables("candidates"):
-        cand_prompt.update(zip(_col(t, "candidate_id"), _col(t, "prompt_id")))
 
     def by_reason(table: pa.Table) -> list[dict[str, Any]]:
         seen: Counter = Counter()
-        out = []
-        for r in table.to_pylist() if table.num_rows else []:
-            k = (r.get("stage"), r.get("reason"))
+        idx = []
+        for i, k in enumerate(zip(_col(table, "stage"), _col(table, "reason"))):
             if seen[k] < max_examples:
                 seen[k] += 1
-                out.append(r)
-        return out
+                idx.append(i)
+        return table.take(idx).to_pylist() if idx else []
 
     drops = []
     for r in by_reason(dropped):
@@ -776,28 +772,23 @@ def _plot_length(rep: dict[str, Any]):
     return fig
 
 
-def _plot_hist(col: str, color: str) -> Callable[[dict[str, Any]], Any]:
+def _plot_hist(get: Callable[[dict[str, Any]], Any], xlabel: str,
+               color: str) -> Callable[[dict[str, Any]], Any]:
+    """A histogram plot of the report's histogram ``get(rep)`` (None: no plot)."""
     def draw(rep: dict[str, Any]):
-        h = rep["distributions"][col]["hist"]
+        h = get(rep)
         if not h:
             return None
         fig, ax = _fig(6.4, 2.6)
         _bars(ax, h, color=color)
-        ax.set_xlabel(col)
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("pairs")
         return fig
     return draw
 
 
-def _plot_similarity(rep: dict[str, Any]):
-    h = rep["similarity"]["hist"]
-    if not h:
-        return None
-    fig, ax = _fig(6.4, 2.6)
-    _bars(ax, h, color="#d68910")
-    ax.set_xlabel("cosine similarity (chosen, rejected)")
-    ax.set_ylabel("pairs")
-    return fig
+def _dist_hist(col: str, color: str) -> Callable[[dict[str, Any]], Any]:
+    return _plot_hist(lambda rep: rep["distributions"][col]["hist"], col, color)
 
 
 def _plot_noise(rep: dict[str, Any]):
@@ -829,13 +820,14 @@ PLOTS: list[tuple[str, str, str, Callable[[dict[str, Any]], Any]]] = [
     ("length_bias", "plot-length-bias", "Chosen vs rejected response length; points above "
      "the diagonal are pairs where the longer response was chosen.", _plot_length),
     ("distributions", "plot-p-hat", "Histogram of p_hat, the estimated probability that "
-     "chosen is preferred.", _plot_hist("p_hat", "#2e6fba")),
+     "chosen is preferred.", _dist_hist("p_hat", "#2e6fba")),
     ("distributions", "plot-disagreement", "Histogram of disagreement d = 1 − |2p̂ − 1|.",
-     _plot_hist("disagreement", "#8e6cc0")),
+     _dist_hist("disagreement", "#8e6cc0")),
     ("distributions", "plot-margin", "Histogram of the margin used by reward-model training.",
-     _plot_hist("margin", "#2e8b57")),
+     _dist_hist("margin", "#2e8b57")),
     ("similarity", "plot-similarity", "Cosine similarity of chosen and rejected responses.",
-     _plot_similarity),
+     _plot_hist(lambda rep: rep["similarity"]["hist"], "cosine similarity (chosen, rejected)",
+                "#d68910")),
     ("noise", "plot-noise", "What denoise did with its input pairs.", _plot_noise),
 ]
 
