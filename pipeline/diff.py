@@ -27,10 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from pipeline import store
-from pipeline.errors import StoreError
 from pipeline.hashing import stable_hash
 from pipeline.report import _finite, _num
 
@@ -106,14 +104,7 @@ def _delta(a: dict[str, int], b: dict[str, int]) -> list[dict[str, Any]]:
 
 def _read(path: Path, name: str, columns: list[str] | None = None) -> list[dict[str, Any]]:
     """Rows of one Parquet file of a version (only ``columns`` that exist, when given)."""
-    f = path / name
-    if not f.is_file():
-        raise StoreError(f"{f} is missing: is {path} a complete published version? "
-                         f"(`prefcurate datasets show` re-checks its files)")
-    if columns is not None:
-        have = set(pq.read_schema(f).names)
-        columns = [c for c in columns if c in have]
-    return pq.read_table(f, columns=columns).to_pylist()
+    return store.read_version_table(path, name, columns).to_pylist()
 
 
 def diff_versions(root: str | Path, ref_a: str, ref_b: str) -> dict[str, Any]:

@@ -46,9 +46,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from pipeline.errors import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -263,11 +261,10 @@ class _Lineage:
         f = self.dirs.get(stage, Path("/nonexistent")) / f"{name}.parquet"
         if not f.is_file():
             return None
+        from pipeline.store import read_parquet_columns
+
         try:
-            if columns is not None:
-                have = set(pq.read_schema(f).names)
-                columns = [c for c in columns if c in have]
-            return pq.read_table(f, columns=columns)
+            return read_parquet_columns(f, columns)
         except (OSError, pa.ArrowException) as exc:
             log.warning("report: cannot read %s: %s", f, exc)
             return None
@@ -618,18 +615,12 @@ def build_report(version_path: str | Path, *, run_root: str | Path | None = None
     ``<root>/runs/<name>``) unless ``lineage=False``.
     """
     from pipeline.store import (DATA_PARQUET, DROPPED_PARQUET, QUARANTINE_PARQUET,
-                                read_manifest)
+                                read_manifest, read_version_table)
 
     vp = Path(version_path)
     manifest = read_manifest(vp)
-    tables = []
-    for fname in (DATA_PARQUET, DROPPED_PARQUET, QUARANTINE_PARQUET):
-        try:
-            tables.append(pq.read_table(vp / fname))
-        except FileNotFoundError as exc:
-            raise StoreError(f"{vp / fname} is missing: is {vp} a complete published "
-                             f"version? (`prefcurate datasets show` re-checks its files)") \
-                from exc
+    tables = [read_version_table(vp, f)
+              for f in (DATA_PARQUET, DROPPED_PARQUET, QUARANTINE_PARQUET)]
     if lineage and run_root is None:
         run_root = _default_run_root(vp, manifest)
     return report_from_tables(manifest, *tables, version_path=vp,

@@ -240,6 +240,25 @@ def find_content_key(root: str | Path, name: str, content_key: str) -> int | Non
 # ---------------------------------------------------------------------------- publishing
 
 
+def read_parquet_columns(f: Path, columns: list[str] | None = None) -> pa.Table:
+    """A Parquet file as a table; with ``columns``, only those of them it has."""
+    if columns is not None:
+        have = set(pq.read_schema(f).names)
+        columns = [c for c in columns if c in have]
+    return pq.read_table(f, columns=columns)
+
+
+def read_version_table(path: str | Path, name: str,
+                       columns: list[str] | None = None) -> pa.Table:
+    """One Parquet file of a published version (only ``columns`` it has, when given);
+    a StoreError that says what to check when the file is missing."""
+    f = Path(path) / name
+    if not f.is_file():
+        raise StoreError(f"{f} is missing: is {path} a complete published version? "
+                         f"(`prefcurate datasets show` re-checks its files)")
+    return read_parquet_columns(f, columns)
+
+
 def fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
