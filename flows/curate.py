@@ -143,10 +143,14 @@ def _register(run_id: str, ctx: RunContext | None) -> None:
         _CONTEXTS[run_id] = ctx
 
 
+def _request_cache_path(cfg: RunConfig) -> Path:
+    return Path(cfg.data_root) / "cache" / "requests.sqlite"
+
+
 def _new_context(cfg: RunConfig) -> RunContext:
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     return RunContext(cfg=cfg, stages=StageStore(Path(cfg.data_root) / "runs" / cfg.name),
-                      cache=RequestCache(Path(cfg.data_root) / "cache" / "requests.sqlite"),
+                      cache=RequestCache(_request_cache_path(cfg)),
                       engines=EnginePool.shared(cache_dir), progress=_PROGRESS.get("factory"))
 
 
@@ -334,14 +338,13 @@ def _warm_in_shards(ctx: RunContext, label: str, groups: list[tuple[ModelSpec, l
                     batch_size: int) -> None:
     """Split uncached requests into shards run by the flow's task runner."""
     n = ctx.cfg.runner.shards or ctx.cfg.runner.workers
-    cache_path = str(Path(ctx.cfg.data_root) / "cache" / "requests.sqlite")
+    cache_path = str(_request_cache_path(ctx.cfg))
     futures = []
     total = CallStats()
     for spec, reqs in groups:
-        ident = spec.cache_identity()
-        have = ctx.cache.get_many({r.key(spec.engine, ident) for r in reqs})
-        todo = [r for r in reqs if not (r.key(spec.engine, ident) in have
-                                        and have[r.key(spec.engine, ident)].final)]
+        keys = [r.key(spec.engine, spec.cache_identity()) for r in reqs]
+        have = ctx.cache.get_many(set(keys))
+        todo = [r for r, k in zip(reqs, keys) if not (k in have and have[k].final)]
         total.reused += len(reqs) - len(todo)
         total.requests += len(reqs)
         for i in range(n):
@@ -586,26 +589,16 @@ def denoise_task(run_id: str, mar: StageOutput, emb: StageOutput | None,
                               else [None] * pairs_t.num_rows}
         if use_agg:
             kw["p_model"] = denoise.judges_posterior(pairs_t, agg.read("comparisons"))
-        if emb is not None and peer_review:
-            import numpy as np
+        if emb is not None and peer_review and pairs_t.num_rows:
+            from pipeline.embeddings import aligned_embeddings
 
-            from pipeline.embeddings import embeddings_matrix
-
-            ids, mat = embeddings_matrix(emb.read("candidate_embeddings"))
-            pids, pmat = embeddings_matrix(emb.read("prompt_embeddings"), "prompt_id")
-            row = {c: i for i, c in enumerate(ids)}
-            prow = {p: i for i, p in enumerate(pids)}
-            ch = pairs_t.column("chosen_id").to_pylist()
-            rj = pairs_t.column("rejected_id").to_pylist()
-            pp = pairs_t.column("prompt_id").to_pylist()
-            zero = np.zeros(mat.shape[1], dtype=np.float32)
-            kw["emb_chosen"] = np.stack([mat[row[c]] if c in row else zero for c in ch]) \
-                if ch else None
-            kw["emb_rejected"] = np.stack([mat[row[c]] if c in row else zero for c in rj]) \
-                if rj else None
-            kw["emb_prompt"] = np.stack([pmat[prow[p]] if p in prow else
-                                         np.zeros(pmat.shape[1], np.float32) for p in pp]) \
-                if pp else None
+            cand = emb.read("candidate_embeddings")
+            kw["emb_chosen"] = aligned_embeddings(cand, pairs_t.column("chosen_id").to_pylist())
+            kw["emb_rejected"] = aligned_embeddings(cand,
+                                                    pairs_t.column("rejected_id").to_pylist())
+            kw["emb_prompt"] = aligned_embeddings(emb.read("prompt_embeddings"),
+                                                  pairs_t.column("prompt_id").to_pylist(),
+                                                  "prompt_id")
         return denoise.denoise_pairs(pairs_t, ctx.cfg.denoise, ctx.cfg.margins, **kw)
 
     return _stage(ctx, "denoise", denoise.STAGE_VERSION,

@@ -302,6 +302,21 @@ def embeddings_matrix(table: pa.Table, id_column: str = "candidate_id", stage: s
         else np.zeros((0, 0), np.float32)
 
 
+def aligned_embeddings(table: pa.Table, ids: Sequence[str], id_column: str = "candidate_id",
+                       ) -> np.ndarray:
+    """[len(ids), dim] float32: each id's row of an embedding table, zeros where it has none.
+
+    >>> t = embeddings_table(["x", "y"], np.eye(2, dtype=np.float32), "candidate_id")
+    >>> aligned_embeddings(t, ["y", "z", "x"]).tolist()
+    [[0.0, 1.0], [0.0, 0.0], [1.0, 0.0]]
+    """
+    tids, mat = embeddings_matrix(table, id_column)
+    row = {k: i for i, k in enumerate(tids)}
+    idx = np.array([row.get(i, -1) for i in ids], dtype=np.int64)
+    padded = np.vstack([mat, np.zeros((1, mat.shape[1]), dtype=np.float32)])
+    return padded[idx]  # -1: the zero row
+
+
 def compute_embeddings(prompts: pa.Table, candidates: pa.Table, cfg: EmbeddingConfig, *,
                        get_embedder: Callable[[], Embedder] | None = None,
                        cache_dir: str | Path | None = None) -> StageResult:
