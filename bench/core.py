@@ -10,7 +10,7 @@ matrices (one spammer, one always-"a" position-biased annotator among them); eac
 V distinct annotators. Then, each part in a fresh Python process so that its peak RSS is
 its own:
 
-- ``ours arrays``: ``pipeline.em.fit_dawid_skene`` on the integer-coded vote arrays
+- ``ours arrays``: ``pipeline.aggregate.em.fit_dawid_skene`` on the integer-coded vote arrays
   (item, annotator, label), end to end: sparse matrix build, majority init, EM to the
   stopping rule; also ``fit_one_coin``.
 - ``default chain``: what the flow runs with the default config on a VOTES parquet file of
@@ -130,7 +130,7 @@ def timed(f, repeat: int):
 
 
 def part_ours(data: Path, repeat: int, k: int) -> dict:
-    from pipeline.em import fit_dawid_skene, fit_one_coin
+    from pipeline.aggregate.em import fit_dawid_skene, fit_one_coin
 
     d = load(data)
     args = (d["item"], d["annot"], d["label"])
@@ -158,8 +158,8 @@ def part_pipeline(data: Path) -> dict:
 
     import polars as pl
 
-    from pipeline.aggregation import aggregate_votes
-    from pipeline.denoise import denoise_pairs, judges_posterior
+    from pipeline.aggregate.aggregation import aggregate_votes
+    from pipeline.denoise.denoise import denoise_pairs, judges_posterior
     from pipeline.margins import compute_margins
     from pipeline.pairs import build_pairs
     from schemas.config import AggregateConfig, DenoiseConfig, MarginConfig, PairsConfig
@@ -229,7 +229,7 @@ def part_crowdkit(data: Path, k: int, fixed: bool) -> dict:
     post = post.to_numpy()[:, 0]
     ours = np.load(data / "ours_post.npy")
     # and ours run for exactly crowd-kit's number of iterations (stopping rule off)
-    from pipeline.em import fit_dawid_skene
+    from pipeline.aggregate.em import fit_dawid_skene
 
     n_ck = len(model.loss_history_)
     same = fit_dawid_skene(d["item"], d["annot"], d["label"], tol=-np.inf,

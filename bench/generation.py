@@ -2,7 +2,7 @@
 
 1. Output tokens/s on the embedded SmolLM2-135M-Instruct folder, the first 8 MT-Bench
    prompts, n=4 samples, max_tokens=128, temperature 0.8, top_p 0.95, float32:
-   vLLM's offline engine (:class:`pipeline.engines.VLLMEngine`, continuous batching)
+   vLLM's offline engine (:class:`pipeline.engines.base.VLLMEngine`, continuous batching)
    against Hugging Face ``generate`` (the 32 sequences in one left-padded batch,
    sampling). Printed with the ratio, plus import and engine start times.
 2. Framework overhead: the real generation path with :class:`FakeEngine`
@@ -59,7 +59,7 @@ def _policy():
 
 def _mtbench_requests():
     from pipeline.generation import build_generation_requests
-    from pipeline.ingest import ingest_prompts
+    from pipeline.ingest.stage import ingest_prompts
 
     prompts = ingest_prompts("mtbench", limit=N_PROMPTS).outputs["prompts"]
     return [g.request for g in build_generation_requests(prompts, [_policy()])]
@@ -82,10 +82,10 @@ def import_seconds(modules: str) -> float:
 
 
 def bench_vllm(model_dir: Path, out: list) -> float | None:
-    from pipeline.embedded import default_cache_dir
+    from pipeline.engines.embedded import default_cache_dir
 
     out.append(("vllm: import vllm (fresh process)", f"{import_seconds('vllm'):.1f} s", ""))
-    from pipeline.engines import ChatRequest, VLLMEngine
+    from pipeline.engines.base import ChatRequest, VLLMEngine
 
     t0 = time.perf_counter()
     eng = VLLMEngine("smollm2", str(model_dir), dtype="float32", max_model_len=2048,
@@ -178,7 +178,7 @@ def _synthetic_prompts(n: int):
 
 
 def bench_overhead(n_candidates: int, batch_size: int, out: list, profile: bool) -> float:
-    from pipeline.engines import FakeEngine, RequestCache, run_cached
+    from pipeline.engines.base import FakeEngine, RequestCache, run_cached
     from pipeline.generation import build_generation_requests, make_candidates
     from schemas.config import ModelSpec, PolicyConfig
 
@@ -274,7 +274,7 @@ def main() -> None:
         ("machine", f"{os.cpu_count()} cores", f"load avg {os.getloadavg()[0]:.1f} at start")]
     vllm_tps = hf_tps = None
     if not (args.skip_vllm and args.skip_hf):
-        from pipeline.embedded import ensure_smollm2
+        from pipeline.engines.embedded import ensure_smollm2
 
         model_dir = ensure_smollm2()
         if not args.skip_vllm:

@@ -96,9 +96,9 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.aggregation import aggregate_votes  # noqa: E402
-from pipeline.denoise import denoise_pairs  # noqa: E402
-from pipeline.gpm import (  # noqa: E402
+from pipeline.aggregate.aggregation import aggregate_votes  # noqa: E402
+from pipeline.denoise.denoise import denoise_pairs  # noqa: E402
+from pipeline.gpm.model import (  # noqa: E402
     BTConfig,
     GPMConfig,
     annotate_gpm,
@@ -108,7 +108,7 @@ from pipeline.gpm import (  # noqa: E402
 )
 from bench.noise_eval import calibrate  # noqa: E402
 from pipeline.margins import compute_margins  # noqa: E402
-from pipeline.weights import sigmoid  # noqa: E402
+from pipeline.denoise.weights import sigmoid  # noqa: E402
 from pipeline.selection import SelectConfig, select_pairs_budget  # noqa: E402
 from schemas.config import DenoiseConfig, MarginConfig  # noqa: E402
 from schemas.tables import PAIRS, VOTES  # noqa: E402

@@ -70,10 +70,10 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.aggregation import aggregate_votes  # noqa: E402
-from pipeline.denoise import denoise_pairs, judges_posterior  # noqa: E402
+from pipeline.aggregate.aggregation import aggregate_votes  # noqa: E402
+from pipeline.denoise.denoise import denoise_pairs, judges_posterior  # noqa: E402
 from pipeline.margins import compute_margins  # noqa: E402
-from pipeline.weights import sigmoid  # noqa: E402
+from pipeline.denoise.weights import sigmoid  # noqa: E402
 from schemas.config import AggregateConfig, DenoiseConfig, MarginConfig  # noqa: E402
 from schemas.tables import VOTES  # noqa: E402
 
@@ -316,7 +316,7 @@ def score(sim: Simulation, out: dict[str, Any]) -> dict[str, float]:
 
 def crm_timing(n: int, dim: int = 384, seed: int = 0) -> dict[str, Any]:
     """Time CRM peer review on n random pairs with prompt and response embeddings."""
-    from pipeline.peer_review import review_pairs
+    from pipeline.denoise.peer_review import review_pairs
 
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, dim)).astype(np.float32)

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.errors import PrefcurateError
+from schemas.errors import PrefcurateError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="prefcurate: curate preference data for DPO and reward models.")
@@ -139,7 +139,7 @@ def _print_stages(stages: dict[str, Any]) -> None:
 def datasets_list(root: Path = typer.Option(Path("data"), help="Store root (data_root)"),
                   as_json: bool = typer.Option(False, "--json")) -> None:
     """List datasets and their versions."""
-    from pipeline import store
+    from pipeline.store import datasets as store
     rows = []
     for name in store.list_datasets(root):
         versions = store.list_versions(root, name)
@@ -163,7 +163,7 @@ def datasets_show(ref: str = typer.Argument(..., help="NAME or NAME@vN"),
                   root: Path = typer.Option(Path("data"), help="Store root (data_root)"),
                   as_json: bool = typer.Option(False, "--json")) -> None:
     """Show one version: path, rows, per-stage counts, problems found re-hashing files."""
-    from pipeline import store
+    from pipeline.store import datasets as store
     try:
         v = store.resolve(root, ref)
         manifest = store.read_manifest(v.path)
@@ -192,8 +192,8 @@ def report(ref: str = typer.Argument(..., help="NAME or NAME@vN"),
                                                "<root>/datasets/<name>/reports/v<N>.html)"),
            as_json: bool = typer.Option(False, "--json")) -> None:
     """Per-stage data-quality report: terminal tables and one self-contained HTML file."""
-    from pipeline import store
-    from pipeline.report import build_report, render_terminal, write_report
+    from pipeline.store import datasets as store
+    from pipeline.report.build import build_report, render_terminal, write_report
     try:
         v = store.resolve(root, ref)
         rep = build_report(v.path)
@@ -212,7 +212,7 @@ def datasets_diff(a: str = typer.Argument(..., help="NAME@vA"),
                   root: Path = typer.Option(Path("data"), help="Store root (data_root)"),
                   as_json: bool = typer.Option(False, "--json")) -> None:
     """Pairs added / removed / changed decision, drop reasons and margin shift."""
-    from pipeline.diff import diff_versions, render_diff_terminal
+    from pipeline.store.diff import diff_versions, render_diff_terminal
     try:
         d = diff_versions(root, a, b)
     except PrefcurateError as exc:

@@ -25,17 +25,21 @@ from prefect.artifacts import (create_link_artifact, create_markdown_artifact,
 from prefect.cache_policies import NO_CACHE
 
 import pipeline
-from pipeline import aggregation, denoise, generation, judging, margins, pairs, store
-from pipeline.embedded import default_cache_dir, resolve_model_path
-from pipeline.engines import (CallStats, ChatRequest, Engine, FakeEngine, RequestCache,
+from pipeline import generation, margins, pairs
+from pipeline.aggregate import aggregation
+from pipeline.denoise import denoise
+from pipeline.annotate import judging
+from pipeline.store import datasets as store
+from pipeline.engines.embedded import default_cache_dir, resolve_model_path
+from pipeline.engines.base import (CallStats, ChatRequest, Engine, FakeEngine, RequestCache,
                               VLLMEngine, run_cached)
-from pipeline.errors import ConfigError, PrefcurateError
+from schemas.errors import ConfigError, PrefcurateError
 from pipeline.hashing import stable_hash, tree_hash
-from pipeline.ingest import ingest_pairs, ingest_prompts
+from pipeline.ingest.stage import ingest_pairs, ingest_prompts
 from pipeline.stage import StageCounts, StageResult
 from schemas.config import ModelSpec, RunConfig, config_hash, resolved_dict
 from schemas.tables import SCHEMAS, VOTES, schema_fingerprint
-from flows.stagestore import StageOutput, StageStore
+from pipeline.store.stages import StageOutput, StageStore
 
 log = logging.getLogger("prefcurate")
 
@@ -99,7 +103,7 @@ class EnginePool:
                               structured_backend=spec.structured_backend,
                               cache_dir=self.cache_dir)
         if spec.engine == "openai":
-            from pipeline.openai_engine import OpenAIEngine
+            from pipeline.engines.openai import OpenAIEngine
 
             if not spec.base_url:
                 raise ConfigError(f"model '{spec.model}': engine 'openai' needs base_url, e.g. "
@@ -378,7 +382,7 @@ def judge_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput,
         candidates = cands_src.read("candidates")
         chosen = None
         if seed_agg is not None and emb is not None:
-            from pipeline.gpm import select_uncertain_pairs
+            from pipeline.gpm.model import select_uncertain_pairs
 
             chosen = select_uncertain_pairs(
                 seed_agg.read("comparisons"), candidates, emb.read("candidate_embeddings"),
@@ -394,7 +398,7 @@ def judge_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput,
                            for j in jcfg.judges], jcfg.batch_size)
         info["candidates_with_injection_like_text"] = judging.injection_like(candidates)
         res = judging.make_votes(ordered, comps, len(pairs_), drops, info)
-        from pipeline.judge_stats import compute_judge_stats
+        from pipeline.annotate.judge_stats import compute_judge_stats
 
         res.info["judge_stats"] = compute_judge_stats(res.outputs["votes"], candidates)
         res.info["calls"] = total.__dict__
@@ -435,8 +439,8 @@ def embed_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) ->
 @task(name="rubric", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60],
       retry_condition_fn=_transient)
 def rubric_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -> StageOutput:
-    from pipeline import rubrics
-    from pipeline.judge_stats import compute_score_stats
+    from pipeline.annotate import rubrics
+    from pipeline.annotate.judge_stats import compute_score_stats
 
     ctx = _ctx(run_id)
     rcfg = ctx.cfg.rubrics
@@ -469,8 +473,8 @@ def rubric_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -
 def reward_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -> StageOutput:
     import pyarrow as pa
 
-    from pipeline import rewards
-    from pipeline.judge_stats import compute_score_stats
+    from pipeline.annotate import rewards
+    from pipeline.annotate.judge_stats import compute_score_stats
 
     ctx = _ctx(run_id)
     wcfg = ctx.cfg.rewards
@@ -505,7 +509,7 @@ def reward_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -
 @task(name="gpm", cache_policy=NO_CACHE)
 def gpm_task(run_id: str, agg: StageOutput, cands_src: StageOutput, emb: StageOutput
              ) -> StageOutput:
-    from pipeline.gpm import annotate_gpm
+    from pipeline.gpm.model import annotate_gpm
 
     ctx = _ctx(run_id)
     return _stage(ctx, "gpm", 1, ctx.cfg.gpm.model_dump(mode="json"),
@@ -554,7 +558,7 @@ def margins_task(run_id: str, agg: StageOutput, emb: StageOutput | None,
         res = margins.compute_margins(agg.read("comparisons"), agg.read("scores"),
                                       ctx.cfg.margins)
         if gpm is not None:
-            from pipeline.gpm import flag_cyclic_pairs, flag_cyclic_prompts
+            from pipeline.gpm.model import flag_cyclic_pairs, flag_cyclic_prompts
 
             cyc = flag_cyclic_prompts(gpm.read("cycles"))
             res.outputs["pairs"] = flag_cyclic_pairs(res.outputs["pairs"], cyc)
@@ -677,7 +681,7 @@ def publish_task(run_id: str, ing: StageOutput, cands: StageOutput, sel: StageOu
     }
     html = None
     try:
-        from pipeline.report import render_html, report_from_tables
+        from pipeline.report.build import render_html, report_from_tables
 
         html = render_html(report_from_tables(
             manifest, data, dropped, quarantine,

@@ -35,7 +35,7 @@ from typing import Any
 
 import httpx
 
-from pipeline.errors import PrefcurateError
+from schemas.errors import PrefcurateError
 
 log = logging.getLogger("prefcurate")
 

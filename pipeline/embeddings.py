@@ -45,13 +45,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.embedded import EMBEDDED_PREFIX, default_cache_dir, minilm_path
+from pipeline.engines.embedded import EMBEDDED_PREFIX, default_cache_dir, minilm_path
 from schemas.config import EMBEDDED_MINILM, EmbeddingConfig
 from schemas.tables import embedding_schema
-from pipeline.errors import ConfigError, EngineError, PrefcurateError
+from schemas.errors import ConfigError, EngineError, PrefcurateError
 from pipeline.hashing import stable_hash, tree_hash
-from pipeline.store import fsync_file
-from pipeline.judging import _render_conversation
+from pipeline.store.datasets import fsync_file
+from pipeline.annotate.judging import _render_conversation
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table
 
 log = logging.getLogger(__name__)

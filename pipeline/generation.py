@@ -8,7 +8,7 @@ on the next run: failed requests are never cached).
 
 >>> import pyarrow as pa
 >>> from schemas.config import PolicyConfig
->>> from pipeline.engines import Completion
+>>> from pipeline.engines.base import Completion
 >>> prompts = pa.table({"prompt_id": ["p1"], "source_id": ["s1"],
 ...     "prompt": [[{"role": "user", "content": "hi"}]], "source": ["t"], "meta": [None]})
 >>> reqs = build_generation_requests(prompts, [PolicyConfig(name="pol", n=3)])
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from pipeline.engines import ChatRequest, Completion
+from pipeline.engines.base import ChatRequest, Completion
 from pipeline.hashing import candidate_id
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table, quarantine_table
 from schemas.config import PolicyConfig

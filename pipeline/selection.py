@@ -59,7 +59,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy import sparse
 
-from pipeline.errors import PrefcurateError
+from schemas.errors import PrefcurateError
 from pipeline.stage import Reason, StageCounts, StageResult, as_matrix
 from schemas.config import SelectConfig
 from schemas.tables import DROPPED, PAIRS, check_table

@@ -9,7 +9,7 @@ from the input (e.g. votes in, comparisons out).
 >>> StageCounts(rows_in=3, kept=1).check("pairs")
 Traceback (most recent call last):
 ...
-pipeline.errors.PrefcurateError: stage 'pairs' lost rows: in=3 but kept=1 + dropped=0 + quarantined=0
+schemas.errors.PrefcurateError: stage 'pairs' lost rows: in=3 but kept=1 + dropped=0 + quarantined=0
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.errors import PrefcurateError
+from schemas.errors import PrefcurateError
 from schemas.tables import DROPPED, QUARANTINE, from_rows
 
 

@@ -9,7 +9,7 @@ keys are errors with a did-you-mean hint. YAML is read with ``yaml.safe_load`` o
 >>> load_config(None, ["input.limt=2"])
 Traceback (most recent call last):
 ...
-pipeline.errors.ConfigError: unknown key 'input.limt' (did you mean 'input.limit'?)
+schemas.errors.ConfigError: unknown key 'input.limt' (did you mean 'input.limit'?)
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
 
-from pipeline.errors import ConfigError
+from schemas.errors import ConfigError
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 
@@ -165,7 +165,7 @@ class DenoiseConfig(_Frozen):
     on_contradicted: Literal["drop", "flip", "keep"] = "keep"
     drop_contested: bool = False
     max_disagreement: float = Field(1.0, ge=0, le=1)  # drop pairs above this disagreement
-    # LCPO / RE-PO confidence weights (pipeline/weights.py): weight = w_i; w < flip_below
+    # LCPO / RE-PO confidence weights (pipeline/denoise/weights.py): weight = w_i; w < flip_below
     # -> on_low_confidence; flip_below <= w < drop_below -> drop (low_confidence)
     confidence_weights: bool = True
     weight_source: Literal["p_hat", "scores"] = "p_hat"  # p_i: votes, or sigma(s_w - s_l)
@@ -178,7 +178,7 @@ class DenoiseConfig(_Frozen):
     flip_below: float = Field(0.3, ge=0, le=1)  # chosen with bench/noise_eval.py
     drop_below: float = Field(0.5, ge=0, le=1)
     on_low_confidence: Literal["flip", "drop"] = "flip"
-    # CRM collaborative peer review (pipeline/peer_review.py); needs embeddings
+    # CRM collaborative peer review (pipeline/denoise/peer_review.py); needs embeddings
     peer_review: bool | None = None  # None: whenever embeddings are available
     peer_review_noise_rate: float | None = Field(None, ge=0, le=0.5)  # None: estimated
     peer_review_epochs: int = Field(8, ge=1)

@@ -34,7 +34,7 @@ def smollm2_engine():
     """The embedded SmolLM2 vLLM engine, started once for the whole test session (the flow
     runs in the tests reuse the same instance through EnginePool.shared)."""
     from flows.curate import EnginePool
-    from pipeline.embedded import default_cache_dir
+    from pipeline.engines.embedded import default_cache_dir
     from schemas.config import ModelSpec
 
     return EnginePool.shared(default_cache_dir()).get(ModelSpec())

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from pipeline.denoise import (
+from pipeline.denoise.denoise import (
     DISAGREEMENT_FILTER,
     FLIPPED,
     FLIPPED_LOW_CONFIDENCE,
@@ -24,12 +24,12 @@ from pipeline.denoise import (
     denoise_pairs,
     judge_probability,
 )
-from pipeline.errors import PrefcurateError
+from schemas.errors import PrefcurateError
 from pipeline.hashing import stable_hash
 from pipeline.margins import margin_from_p, oriented_row
-from pipeline.peer_review import review_pairs
+from pipeline.denoise.peer_review import review_pairs
 from pipeline.stage import StageResult
-from pipeline.weights import AGGREGATE, estimate_confidence_weights, posterior_weight
+from pipeline.denoise.weights import AGGREGATE, estimate_confidence_weights, posterior_weight
 from schemas.config import DenoiseConfig, MarginConfig
 from schemas.tables import DROPPED, PAIRS, check_table, from_rows
 

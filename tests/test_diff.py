@@ -13,9 +13,9 @@ from rich.console import Console
 from scipy.stats import ks_2samp
 
 from flows.curate import curate
-from pipeline import store
-from pipeline.diff import diff_versions, render_diff_terminal
-from pipeline.errors import StoreError
+from pipeline.store import datasets as store
+from pipeline.store.diff import diff_versions, render_diff_terminal
+from schemas.errors import StoreError
 from schemas.config import load_config
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"

@@ -1,4 +1,4 @@
-"""Tests for Dawid–Skene EM (pipeline/em.py) and the EM methods of aggregate_votes.
+"""Tests for Dawid–Skene EM (pipeline/aggregate/em.py) and the EM methods of aggregate_votes.
 
 Synthetic annotators with known truth; crowd-kit (test-only dependency) as the reference.
 """
@@ -15,9 +15,9 @@ from crowdkit.aggregation import DawidSkene, OneCoinDawidSkene
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from pipeline.aggregation import aggregate_votes
-from pipeline.em import EMResult, fit_dawid_skene, fit_one_coin
-from pipeline.errors import SchemaError
+from pipeline.aggregate.aggregation import aggregate_votes
+from pipeline.aggregate.em import EMResult, fit_dawid_skene, fit_one_coin
+from schemas.errors import SchemaError
 from schemas.tables import COMPARISONS, VOTES, check_table, from_rows
 
 PROPS = settings(max_examples=60, deadline=None)

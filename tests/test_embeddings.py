@@ -23,7 +23,7 @@ from pipeline.embeddings import (
     embeddings_table,
     resolve_embedding_model,
 )
-from pipeline.errors import ConfigError
+from schemas.errors import ConfigError
 from pipeline.stage import Reason
 from schemas.tables import CANDIDATES, PAIRS, PROMPTS, check_table, from_rows
 

@@ -11,9 +11,9 @@ import datasets
 import pytest
 
 from flows.curate import EnginePool, curate
-from pipeline import store
-from pipeline.embedded import default_cache_dir
-from pipeline.engines import ChatRequest
+from pipeline.store import datasets as store
+from pipeline.engines.embedded import default_cache_dir
+from pipeline.engines.base import ChatRequest
 from schemas.config import ModelSpec, load_config
 
 pytestmark = pytest.mark.engine
@@ -65,7 +65,7 @@ def test_samples_distinct_and_seeds_reproduce(engine):
 
 
 def test_judge_structured_output_and_logprobs(engine):
-    from pipeline.judging import format_pairwise, parse_verdict, prob_first_from_logprobs
+    from pipeline.annotate.judging import format_pairwise, parse_verdict, prob_first_from_logprobs
     from schemas.config import JudgeSpec
 
     req = format_pairwise(JudgeSpec(), [{"role": "user", "content": "What is 2 + 2?"}],

@@ -1,4 +1,4 @@
-"""Tests for pipeline.engines (FakeEngine, RequestCache, run_cached) and flows.stagestore."""
+"""Tests for pipeline.engines.base (FakeEngine, RequestCache, run_cached) and pipeline.store.stages."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flows.stagestore import COMPLETE, StageStore
-from pipeline.engines import ChatRequest, Completion, FakeEngine, RequestCache, run_cached
-from pipeline.errors import EngineError, SchemaError
+from pipeline.store.stages import COMPLETE, StageStore
+from pipeline.engines.base import ChatRequest, Completion, FakeEngine, RequestCache, run_cached
+from schemas.errors import EngineError, SchemaError
 from pipeline.generation import build_generation_requests, make_candidates
 from pipeline.stage import StageResult
 from schemas.config import PolicyConfig
@@ -90,7 +90,7 @@ def test_fake_engine_counts_calls_and_uses_responder() -> None:
 
 
 def test_fake_engine_answers_follow_the_schema() -> None:
-    from pipeline.judging import VERDICT_SCHEMA
+    from pipeline.annotate.judging import VERDICT_SCHEMA
 
     rs = [req(f"compare {i}", json_schema=VERDICT_SCHEMA) for i in range(12)]
     winners = {json.loads(c.texts[0])["winner"] for c in FakeEngine().complete(rs)}

@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 
 from flows.curate import curate
-from pipeline import store
+from pipeline.store import datasets as store
 from schemas.config import load_config
 
 
@@ -170,7 +170,7 @@ def test_best_worst_pair_selection_by_rubric_first_signal(tmp_path, examples):
 
 
 def test_best_worst_without_signal_is_a_config_error(tmp_path, examples):
-    from pipeline.errors import ConfigError
+    from schemas.errors import ConfigError
 
     cfg = _fake_cfg(tmp_path, examples, "judge.pair_selection=best_worst")
     with pytest.raises(ConfigError, match="first signal"):

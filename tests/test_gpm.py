@@ -13,8 +13,8 @@ from hypothesis.extra.numpy import arrays
 from pydantic import ValidationError
 
 from bench.gpm_eval import cyclic_accuracy, make_cyclic_set
-from pipeline.errors import PrefcurateError
-from pipeline.gpm import (
+from schemas.errors import PrefcurateError
+from pipeline.gpm.model import (
     CYCLES,
     FLAG_CYCLIC,
     NO_EMBEDDING,

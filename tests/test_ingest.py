@@ -1,4 +1,4 @@
-"""Tests for pipeline.ingest: formats, TRL pairs, votes orientation, quarantine, limits."""
+"""Tests for pipeline.ingest.stage: formats, TRL pairs, votes orientation, quarantine, limits."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import hashing
-from pipeline.errors import ConfigError, InputError
-from pipeline.ingest import ingest_pairs, ingest_prompts
+from schemas.errors import ConfigError, InputError
+from pipeline.ingest.stage import ingest_pairs, ingest_prompts
 from pipeline.stage import Reason, StageResult
 from schemas.tables import CANDIDATES, PROMPTS, QUARANTINE, VOTES, check_table
 

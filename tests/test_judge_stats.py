@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.judge_stats import (
+from pipeline.annotate.judge_stats import (
     cohen_kappa,
     compute_judge_stats,
     compute_score_stats,

@@ -28,7 +28,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipeline import store
+from pipeline.store import datasets as store
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 4

@@ -19,9 +19,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from pipeline.engines import ChatRequest, RequestCache, run_cached
-from pipeline.errors import EngineError
-from pipeline.openai_engine import OpenAIEngine, parse_retry_after
+from pipeline.engines.base import ChatRequest, RequestCache, run_cached
+from schemas.errors import EngineError
+from pipeline.engines.openai import OpenAIEngine, parse_retry_after
 
 KEY_ENV = "PREFCURATE_TEST_OPENAI_KEY"
 
@@ -378,7 +378,7 @@ def vllm_server(tmp_path_factory):
 
     if importlib.util.find_spec("vllm") is None:
         pytest.skip("vLLM is not installed")
-    from pipeline.embedded import default_cache_dir, ensure_smollm2
+    from pipeline.engines.embedded import default_cache_dir, ensure_smollm2
 
     model_dir = ensure_smollm2()
     cache = default_cache_dir()
@@ -450,7 +450,7 @@ def test_serve_samples_distinct_and_seeds_reproduce(served):
 
 @pytest.mark.engine
 def test_serve_structured_verdict_and_logprobs(served):
-    from pipeline.judging import format_pairwise, parse_verdict, prob_first_from_logprobs
+    from pipeline.annotate.judging import format_pairwise, parse_verdict, prob_first_from_logprobs
     from schemas.config import JudgeSpec
 
     r = format_pairwise(JudgeSpec(), [{"role": "user", "content": "What is 2 + 2?"}],

@@ -16,8 +16,8 @@ import pytest
 from rich.console import Console
 
 from flows.curate import curate
-from pipeline import report as rp
-from pipeline import store
+from pipeline.report import build as rp
+from pipeline.store import datasets as store
 from schemas.config import load_config
 
 PLANTED = "<script>alert(1)</script>"

@@ -14,9 +14,9 @@ import os
 import pyarrow as pa
 import pytest
 
-from pipeline.engines import RequestCache
-from pipeline.errors import ConfigError, EngineError
-from pipeline.rewards import (
+from pipeline.engines.base import RequestCache
+from schemas.errors import ConfigError, EngineError
+from pipeline.annotate.rewards import (
     HFRewardScorer,
     RewardInput,
     RewardModelSpec,
@@ -241,7 +241,7 @@ def test_score_with_reward_model_transformers(tiny, tmp_path):
 
 
 def _vllm_scorer(path: str):
-    from pipeline.rewards import VLLMRewardScorer
+    from pipeline.annotate.rewards import VLLMRewardScorer
 
     os.environ["VLLM_CPU_KVCACHE_SPACE"] = "1"
     return VLLMRewardScorer("tiny-rm", path, dtype="float32", max_model_len=256,

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from pipeline.engines import ChatRequest, Completion, FakeEngine, RequestCache, run_cached
-from pipeline.rubrics import (
+from pipeline.engines.base import ChatRequest, Completion, FakeEngine, RequestCache, run_cached
+from pipeline.annotate.rubrics import (
     DEFAULT_ASPECTS,
     RubricConfig,
     build_rubric_requests,

@@ -15,7 +15,7 @@ import pytest
 
 from flows.schedule import (ScheduleError, serve_curation, server_env, start_local_server,
                             stop_local_server, stop_process_group, validate_cron)
-from pipeline import store
+from pipeline.store import datasets as store
 from schemas.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]

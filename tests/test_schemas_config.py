@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-from pipeline.errors import ConfigError, PrefcurateError, SchemaError
+from schemas.errors import ConfigError, PrefcurateError, SchemaError
 from schemas.config import (
     PolicyConfig,
     RunConfig,

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from flows.curate import curate
-from pipeline import store
-from pipeline.errors import ConfigError, StoreError
+from pipeline.store import datasets as store
+from schemas.errors import ConfigError, StoreError
 from schemas.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,7 +79,7 @@ def test_no_unsafe_deserialisation_or_eval_in_the_code():
 def test_request_cache_names_a_served_model_by_its_server_without_credentials() -> None:
     """Two servers serving the same model name are different models to the request cache;
     credentials in the URL never reach the cache (keys and the stored model column)."""
-    from pipeline.engines import ChatRequest
+    from pipeline.engines.base import ChatRequest
     from schemas.config import ModelSpec
 
     a = ModelSpec(model="m", engine="openai", base_url="http://alice:s3cret@10.0.0.1:8000/v1")

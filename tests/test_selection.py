@@ -9,7 +9,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from pipeline.errors import PrefcurateError
+from schemas.errors import PrefcurateError
 from pipeline.selection import (
     BUDGET,
     SelectConfig,

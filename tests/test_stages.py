@@ -12,13 +12,13 @@ from pydantic import ValidationError
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from pipeline import judging
-from pipeline.aggregation import aggregate_votes
-from pipeline.denoise import decide, denoise_pairs
-from pipeline.engines import ChatRequest, Completion, FakeEngine
+from pipeline.annotate import judging
+from pipeline.aggregate.aggregation import aggregate_votes
+from pipeline.denoise.denoise import decide, denoise_pairs
+from pipeline.engines.base import ChatRequest, Completion, FakeEngine
 from pipeline.generation import build_generation_requests, make_candidates
 from pipeline.hashing import candidate_id, stable_hash
-from pipeline.judging import (
+from pipeline.annotate.judging import (
     build_judge_requests,
     format_pairwise,
     make_votes,

@@ -1,4 +1,4 @@
-"""Tests for pipeline.store: names, publish/dedup, loading, integrity, atomicity, concurrency."""
+"""Tests for pipeline.store.datasets: names, publish/dedup, loading, integrity, atomicity, concurrency."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipeline import store
-from pipeline.errors import SchemaError, StoreError
+from pipeline.store import datasets as store
+from schemas.errors import SchemaError, StoreError
 from schemas.tables import DROPPED, PUBLISHED, QUARANTINE, from_rows, schema_fingerprint
 
 REPO = Path(__file__).resolve().parents[1]

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
-from pipeline.errors import EngineError
+from schemas.errors import EngineError
 from pipeline.hashing import stable_hash
 
 log = logging.getLogger(__name__)

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.errors import PrefcurateError
+from schemas.errors import PrefcurateError
 
 log = logging.getLogger("prefcurate.weights")
 

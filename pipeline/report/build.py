@@ -261,7 +261,7 @@ class _Lineage:
         f = self.dirs.get(stage, Path("/nonexistent")) / f"{name}.parquet"
         if not f.is_file():
             return None
-        from pipeline.store import read_parquet_columns
+        from pipeline.store.datasets import read_parquet_columns
 
         try:
             return read_parquet_columns(f, columns)
@@ -614,7 +614,7 @@ def build_report(version_path: str | Path, *, run_root: str | Path | None = None
     The run's stage outputs are looked up under ``run_root`` (default
     ``<root>/runs/<name>``) unless ``lineage=False``.
     """
-    from pipeline.store import (DATA_PARQUET, DROPPED_PARQUET, QUARANTINE_PARQUET,
+    from pipeline.store.datasets import (DATA_PARQUET, DROPPED_PARQUET, QUARANTINE_PARQUET,
                                 read_manifest, read_version_table)
 
     vp = Path(version_path)

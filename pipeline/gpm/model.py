@@ -35,7 +35,7 @@ null, prob_a = P(a ≻ b), verdict ``tie`` when |P − ½| < ``tie_band`` else a
 trains on the panel's COMPARISONS (p̂ from the counts, Jeffreys prior as in the margins)
 and, with ``folds`` ≥ 2, cross-fits by prompt: a prompt's votes come from a head that did
 not train on its comparisons (an in-sample head repeats the panel's labels back to the EM
-and would be trusted far too much; the same reasoning as :mod:`pipeline.peer_review`).
+and would be trusted far too much; the same reasoning as :mod:`pipeline.denoise.peer_review`).
 
 **Choosing what the judges see** (:func:`select_uncertain_pairs`, active judging in two
 rounds): round 1 judges a seed subset of each prompt's pairs; one head, trained in sample
@@ -81,7 +81,7 @@ import polars as pl
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.errors import PrefcurateError
+from schemas.errors import PrefcurateError
 from pipeline.hashing import stable_hash_rows
 from pipeline.stage import Reason, StageCounts, StageResult, as_matrix, dropped_table
 from schemas.config import GPMConfig
@@ -769,7 +769,7 @@ def select_uncertain_pairs(comparisons: pa.Table, candidates: pa.Table,
     head is trained, in sample (it only ranks), on the comparisons with a non-null ``p_a``
     (label p̂ from the counts, as :func:`annotate_gpm`); it scores every canonical pair
     (candidate_a < candidate_b) of each (prompt_id, source_id) group of ``candidates`` —
-    the grouping of :func:`pipeline.judging.select_pairs`. Pairs present in
+    the grouping of :func:`pipeline.annotate.judging.select_pairs`. Pairs present in
     ``comparisons`` are not returned and not dropped (they are judged already).
 
     Returns (pairs, dropped rows, info), like ``select_pairs``. Pairs: (prompt_id,

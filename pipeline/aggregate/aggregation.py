@@ -16,7 +16,7 @@ calls, yet its probabilities separate the candidates).
 The dataset's own label is a vote like any other (annotators in ``label_annotators``) and
 is also reported in ``label``.
 
-Methods ``dawid_skene`` / ``one_coin`` (:mod:`pipeline.em`, DESIGN.md §5): p_a is the EM
+Methods ``dawid_skene`` / ``one_coin`` (:mod:`pipeline.aggregate.em`, DESIGN.md §5): p_a is the EM
 posterior P(a ≻ b) of each comparison, learnt jointly over all comparisons, with one
 annotator per distinct ``annotator`` value as given (judge|template|persona|order, and the
 dataset's label annotator like any other). Observed labels are a, b and tie (a tie is an
@@ -56,9 +56,9 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from pipeline import em
-from pipeline.codes import factorize, first_rows
-from pipeline.errors import SchemaError
+from pipeline.aggregate import em
+from pipeline.aggregate.codes import factorize, first_rows
+from schemas.errors import SchemaError
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table
 from schemas.tables import COMPARISONS, SCORES, VOTES, check_table, conform
 

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from pipeline.hashing import file_hash, stable_hash
 from pipeline.stage import StageResult
-from pipeline.store import fsync_file
+from pipeline.store.datasets import fsync_file
 from schemas.tables import DROPPED, QUARANTINE, check_table, conform, schema_for
 
 COMPLETE = "_COMPLETE"

@@ -33,7 +33,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.engines import ChatRequest, Completion
+from pipeline.engines.base import ChatRequest, Completion
 from pipeline.hashing import stable_hash
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table
 from schemas.config import JudgeSpec

@@ -17,7 +17,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from pipeline.errors import EngineError
+from schemas.errors import EngineError
 
 log = logging.getLogger(__name__)
 

@@ -12,15 +12,15 @@ The rules, in order — the first that applies decides:
 4. ``contradicted``: votes against the dataset's label (p̂ ≤ ½ − band): drop, flip (reason
    ``contradicted``) or keep, per ``on_contradicted``.
 5. ``contested`` (near 50/50) when ``drop_contested``.
-6. Confidence weights (``confidence_weights``; LCPO / RE-PO, :mod:`pipeline.weights`):
+6. Confidence weights (``confidence_weights``; LCPO / RE-PO, :mod:`pipeline.denoise.weights`):
    ``weight`` = w_i, the posterior that the label is right; w < ``flip_below`` →
    ``on_low_confidence`` (flip with reason ``flipped_low_confidence``, or drop
    ``low_confidence``); ``flip_below`` ≤ w < ``drop_below`` → drop ``low_confidence``
    (defaults 0.3 / 0.5, chosen with ``bench/noise_eval.py``).
    A flipped pair's weight is 1 − w (the new orientation's probability). With
    ``weight_calibration`` the EM also fits the scale of p_i's log-odds (vote shares are
-   not probabilities of being right; see :mod:`pipeline.weights`).
-7. Peer review (``peer_review``; CRM, :mod:`pipeline.peer_review`), trained on every
+   not probabilities of being right; see :mod:`pipeline.denoise.weights`).
+7. Peer review (``peer_review``; CRM, :mod:`pipeline.denoise.peer_review`), trained on every
    input pair with ε̂ = 1 − mean confidence weight (the weights are estimated for this
    even when ``confidence_weights`` is off) and its margins out of fold.
    Mode ``drop``: a pair both reward heads reject late in training is dropped
@@ -82,11 +82,11 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from pipeline.errors import PrefcurateError
+from schemas.errors import PrefcurateError
 from pipeline.hashing import stable_hash_rows
 from pipeline.margins import margin_array
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table
-from pipeline.weights import (
+from pipeline.denoise.weights import (
     AGGREGATE,
     DEFAULT_ANNOTATOR,
     ConfidenceWeights,
@@ -221,7 +221,7 @@ def _peer_review(emb_chosen: np.ndarray, emb_rejected: np.ndarray,
                  valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Run CRM peer review on every input pair; the noise rate ε̂ = 1 − mean weight and
     the curriculum's easy → hard order come from the confidence weights ``res``."""
-    from pipeline.peer_review import review_pairs
+    from pipeline.denoise.peer_review import review_pairs
 
     for name, emb in (("emb_chosen", emb_chosen), ("emb_rejected", emb_rejected),
                       ("emb_prompt", emb_prompt)):

@@ -1,12 +1,12 @@
 """An engine for any OpenAI-compatible ``/v1/chat/completions`` server (``vllm serve`` first).
 
-:class:`OpenAIEngine` implements the :class:`~pipeline.engines.Engine` Protocol over HTTP:
+:class:`OpenAIEngine` implements the :class:`~pipeline.engines.base.Engine` Protocol over HTTP:
 one async ``httpx`` client per :meth:`~OpenAIEngine.complete` call, at most
 ``max_concurrency`` requests in flight, a per-request timeout, and retries with
 exponential backoff and jitter on 408/409/429/5xx, connection errors, timeouts and
 unreadable (non-JSON, no ``choices``) bodies. ``Retry-After`` (seconds or an HTTP date) and
 ``retry-after-ms`` are honoured, up to ``max_backoff_s``. A request never raises: when the
-retries are spent it becomes a :class:`~pipeline.engines.Completion` with ``error`` and
+retries are spent it becomes a :class:`~pipeline.engines.base.Completion` with ``error`` and
 ``retryable=True`` (not cached, so the next run tries again). Other 4xx answers are not
 retried within the call (``retryable=True`` as well: a fixed key or server may answer
 next time), except a 400 saying that the prompt exceeds the model's context, which
@@ -66,8 +66,8 @@ from typing import Any
 
 import httpx
 
-from pipeline.engines import TOP_LOGPROB_STEPS, ChatRequest, Completion, too_long
-from pipeline.errors import ConfigError, EngineError
+from pipeline.engines.base import TOP_LOGPROB_STEPS, ChatRequest, Completion, too_long
+from schemas.errors import ConfigError, EngineError
 
 log = logging.getLogger(__name__)
 

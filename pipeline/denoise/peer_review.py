@@ -24,7 +24,7 @@ Cross-fitting (our addition). With ``folds`` = K ≥ 2 the pairs are split into 
 a pair of heads is trained on every K − 1 of them; each pair's returned margins come from
 the heads that did *not* train on it. A head that learnt a pair's own (possibly wrong)
 label scores that label too well: in-sample margins leak the label, and a calibration
-that weighs evidence by how well it predicts labels (``pipeline.weights``) would then
+that weighs evidence by how well it predicts labels (``pipeline.denoise.weights``) would then
 trust the heads far too much (measured with ``bench/noise_eval.py``: 8 epochs in-sample
 took F1 from 0.89 to 0.79; out-of-fold margins do not). K = 1 trains once on everything.
 
@@ -60,7 +60,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import PrefcurateError
+from schemas.errors import PrefcurateError
 from pipeline.stage import as_matrix
 
 log = logging.getLogger("prefcurate.peer_review")

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import hashing
-from pipeline.errors import ConfigError, InputError
+from schemas.errors import ConfigError, InputError
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table, quarantine_table
 from schemas.tables import CANDIDATES, PROMPTS, VOTES, from_rows
 

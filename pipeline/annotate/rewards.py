@@ -51,10 +51,10 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from pipeline.engines import Completion, RequestCache, shutdown_vllm, start_vllm
-from pipeline.errors import ConfigError, EngineError
+from pipeline.engines.base import Completion, RequestCache, shutdown_vllm, start_vllm
+from schemas.errors import ConfigError, EngineError
 from pipeline.hashing import stable_hash
-from pipeline.judging import _render_conversation
+from pipeline.annotate.judging import _render_conversation
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table
 from schemas.config import RewardModelSpec
 from schemas.tables import SCORES, from_rows

@@ -1,0 +1,1 @@
+"""Annotators: pairwise judges, pointwise rubrics, reward models, judge statistics."""

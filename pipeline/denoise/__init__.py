@@ -1,0 +1,1 @@
+"""Noisy-pair filtering: confidence weights, peer review, flip/drop decisions."""

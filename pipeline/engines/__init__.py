@@ -1,0 +1,1 @@
+"""Model engines: the engine protocol, request cache, fake, vLLM, OpenAI-compatible, embedded."""

@@ -1,0 +1,1 @@
+"""General preference model heads over embeddings (annotator, active selection, cycles)."""

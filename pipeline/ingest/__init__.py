@@ -1,0 +1,1 @@
+"""Ingest: read prompts or pairs files into the PROMPTS / CANDIDATES tables."""

@@ -1,0 +1,1 @@
+"""The per-stage data-quality report (HTML and terminal)."""

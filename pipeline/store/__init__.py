@@ -1,0 +1,1 @@
+"""Stores: versioned datasets, stage outputs, diffs between versions."""
