@@ -542,7 +542,10 @@ def aggregate_task(run_id: str, vote_srcs: list[StageOutput], label_annotators: 
         return aggregation.aggregate_votes(votes, label_annotators=set(label_annotators),
                                            method=ctx.cfg.aggregate.method,
                                            use_logprobs=ctx.cfg.aggregate.use_logprobs,
-                                           judges_method=ctx.cfg.aggregate.judges_method)
+                                           judges_method=ctx.cfg.aggregate.judges_method,
+                                           prior=ctx.cfg.aggregate.em_prior,
+                                           label_correlation=ctx.cfg.aggregate.label_correlation,
+                                           correlation_z=ctx.cfg.aggregate.correlation_z)
 
     return _stage(ctx, stage, aggregation.STAGE_VERSION,
                   [ctx.cfg.aggregate.model_dump(mode="json"), sorted(label_annotators)],
@@ -583,16 +586,19 @@ def margins_task(run_id: str, agg: StageOutput, emb: StageOutput | None,
 def denoise_task(run_id: str, mar: StageOutput, emb: StageOutput | None,
                  label_source: str | None, agg: StageOutput | None = None) -> StageOutput:
     ctx = _ctx(run_id)
-    peer_review = ctx.cfg.denoise.peer_review is not False
-    use_agg = agg is not None and ctx.cfg.denoise.judge_posterior
+    posterior = ctx.cfg.denoise.method == "posterior"
+    peer_review = ctx.cfg.denoise.peer_review is True or (
+        ctx.cfg.denoise.peer_review is None and not posterior)
+    use_agg = agg is not None and (posterior or ctx.cfg.denoise.judge_posterior)
 
     def compute() -> StageResult:
         pairs_t = mar.read("pairs")
         # prompt runs: every pair is oriented by its own votes (annotator "aggregate")
         kw: dict[str, Any] = {"label_source": label_source if ctx.cfg.input.kind == "pairs"
                               else [None] * pairs_t.num_rows}
-        if use_agg:
-            kw["p_model"] = denoise.judges_posterior(pairs_t, agg.read("comparisons"))
+        if use_agg:  # posterior: P(label right) over all annotators; weights: judges only
+            kw["p_model"] = denoise.judges_posterior(pairs_t, agg.read("comparisons"),
+                                                     "p_a" if posterior else "p_a_judges")
         if emb is not None and peer_review and pairs_t.num_rows:
             from pipeline.embeddings import aligned_embeddings
 

@@ -4,7 +4,9 @@ Input: COMPARISONS (+ SCORES for ``score_chosen``/``score_rejected``). Output: P
 ``decision = keep`` (denoise decides later). Row unit: one comparison; all are kept.
 
 Orientation: the dataset's label when there is one, else the majority (``p_a ≥ ½`` → a).
-With S valid votes, p̂ = (n_chosen + ½·n_tie + a) / (S + 2a) (Jeffreys, a = ``prior``),
+With S valid votes, p̂ = (n_chosen + ½·n_tie + a) / (S + 2a) (Jeffreys, a = ``prior``;
+``p_source``: ``posterior`` takes the aggregation's P(chosen ≻ rejected) instead, ``shrink``
+the vote share shrunk towards it, (n_chosen + ½·n_tie + 2s·q) / (S + 2s)),
 disagreement d = 1 − |2p̂ − 1|, margin m = λ·clip(logit p̂, 0, cap).
 ``label_status``: agree (p̂ ≥ ½ + band), contradicted (p̂ ≤ ½ − band), contested
 (between), unknown (no valid vote). Flag ``plurality``: d ≥ ``plurality_disagreement`` and
@@ -35,7 +37,7 @@ from schemas.config import MarginConfig
 from schemas.tables import PAIRS, conform, from_rows
 
 STAGE = "margins"
-STAGE_VERSION = 2
+STAGE_VERSION = 3
 PLURALITY = "plurality"  # good candidates, high disagreement
 
 
@@ -144,9 +146,16 @@ def compute_margins(comparisons: pa.Table, scores: pa.Table, cfg: MarginConfig) 
         rejected_id=pl.when("_a").then("candidate_b").otherwise("candidate_a"),
         _nc=pl.when("_a").then("n_a").otherwise("n_b"),
         _nr=pl.when("_a").then("n_b").otherwise("n_a"),
-    ).with_columns(_s=pl.col("_nc") + pl.col("_nr") + pl.col("n_tie")).with_columns(
-        p_hat=pl.when(pl.col("_s") > 0).then(
-            (pl.col("_nc") + 0.5 * pl.col("n_tie") + prior) / (pl.col("_s") + 2 * prior)))
+        _q=pl.when("_a").then(pl.col("p_a")).otherwise(1.0 - pl.col("p_a")),
+    ).with_columns(_s=pl.col("_nc") + pl.col("_nr") + pl.col("n_tie"))
+    share = (pl.col("_nc") + 0.5 * pl.col("n_tie") + prior) / (pl.col("_s") + 2 * prior)
+    if cfg.p_source == "posterior":
+        share = pl.col("_q").fill_null(share)
+    elif cfg.p_source == "shrink":
+        st = cfg.shrink_strength
+        share = ((pl.col("_nc") + 0.5 * pl.col("n_tie") + 2 * st * pl.col("_q"))
+                 / (pl.col("_s") + 2 * st)).fill_null(share)
+    df = df.with_columns(p_hat=pl.when(pl.col("_s") > 0).then(share))
     p = pl.col("p_hat")
     p_np = df["p_hat"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
     df = df.with_columns(

@@ -145,12 +145,27 @@ class AggregateConfig(_Frozen):
     # judges' own view of each pair, which denoise's confidence weights use (null: skip;
     # auto: dawid_skene with >= 3 distinct judges besides the labels, else skip)
     judges_method: Literal["auto", "dawid_skene", "one_coin"] | None = "auto"
+    # Dawid-Skene MAP prior: Dirichlet pseudo-counts (right, wrong) added to every
+    # annotator's confusion (keeps reliabilities off 0/1 on small or sparse files; an
+    # annotator with a handful of votes counts for little); null: maximum likelihood
+    em_prior: tuple[float, float] | None = (2.0, 1.0)
+    # annotators agreeing with the file's label beyond what their accuracy explains
+    # (they copy it): report them, and with split refit their confusion conditioned on
+    # the label's side, so a copied vote carries only the evidence it has
+    label_correlation: Literal["off", "report", "split"] = "split"
+    correlation_z: float = Field(4.0, gt=0)  # z-score of the excess agreement to flag
 
 
 class MarginConfig(_Frozen):
     lam: float = Field(1.0, ge=0)  # margin = lam * clip(logit(p_hat), 0, cap)
     cap: float = Field(4.0, gt=0)
     prior: float = Field(0.5, gt=0)  # Jeffreys: p_hat = (n_chosen + tie/2 + a) / (S + 2a)
+    # p_hat, the estimated share of people preferring chosen: votes (the Jeffreys vote
+    # share above), posterior (the aggregation's P(chosen better), Dawid-Skene when it
+    # ran), or shrink: the vote share shrunk towards the posterior,
+    # (n_chosen + tie/2 + 2 s q) / (S + 2 s) with s = shrink_strength
+    p_source: Literal["votes", "posterior", "shrink"] = "votes"
+    shrink_strength: float = Field(2.0, gt=0)
     contested_band: float = Field(0.1, ge=0, lt=0.5)  # |p_hat - 0.5| < band -> contested
     indistinguishable_tau: float = Field(0.95, gt=0, le=1)  # embedding cosine >= tau: flag
     # flag plurality: disagreement >= this and both candidates' win rates >= min_score
@@ -162,6 +177,11 @@ class DenoiseConfig(_Frozen):
     # The defaults are the configuration measured best by bench/noise_eval.py: keep the
     # label's vote out of the rules, decide by LCPO confidence weights on the judges-only
     # EM posterior, with CRM peer review as evidence whenever embeddings exist.
+    # posterior: decide by the aggregation's posterior q = P(label right) (Dawid-Skene
+    # over every annotator, the file's label included): q < flip_below -> flip (or drop,
+    # on_low_confidence), q < drop_below -> drop, else keep; raw-count ties are resolved
+    # by q. weights: LCPO confidence weights on the judges-only posterior (below).
+    method: Literal["posterior", "weights"] = "posterior"
     on_contradicted: Literal["drop", "flip", "keep"] = "keep"
     drop_contested: bool = False
     max_disagreement: float = Field(1.0, ge=0, le=1)  # drop pairs above this disagreement
@@ -203,6 +223,10 @@ class DenoiseConfig(_Frozen):
             raise ValueError(f"denoise: peer_review_late_epochs "
                              f"({self.peer_review_late_epochs}) must not exceed "
                              f"peer_review_epochs ({self.peer_review_epochs})")
+        if self.peer_review_mode == "weights" and self.method == "posterior":
+            raise ValueError("denoise: peer_review_mode 'weights' feeds the reward heads' "
+                             "margins into the confidence weights of method 'weights'; "
+                             "use peer_review_mode 'drop' with method 'posterior'")
         if self.peer_review_mode == "weights" and not self.confidence_weights:
             raise ValueError("denoise: peer_review_mode 'weights' feeds the reward heads' "
                              "margins into the confidence weights; set "

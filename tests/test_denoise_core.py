@@ -70,7 +70,8 @@ def run(t: pa.Table, **kw: Any) -> StageResult:
 
 
 # the vote rules alone (the product's defaults switch weights and peer review on)
-RULES = {"on_contradicted": "drop", "confidence_weights": False, "peer_review": False}
+RULES = {"method": "weights", "on_contradicted": "drop", "confidence_weights": False,
+         "peer_review": False}
 WEIGHTS = {"on_contradicted": "keep", "confidence_weights": True}
 
 

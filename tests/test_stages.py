@@ -748,7 +748,8 @@ def test_margin_invariants(counts: list[tuple], cfg: MarginConfig) -> None:
 
 
 def denoise(table: pa.Table, **kw: Any) -> StageResult:
-    rules = {"on_contradicted": "drop", "confidence_weights": False, "peer_review": False}
+    rules = {"method": "weights", "on_contradicted": "drop", "confidence_weights": False,
+             "peer_review": False}
     return accounted(denoise_pairs(table, DenoiseConfig(**{**rules, **kw}), MarginConfig()))
 
 
@@ -788,7 +789,7 @@ def test_denoise_flip_reorients_the_pair() -> None:
     before = pair_rows(comparison(0, 3, label="a"), cfg=mcfg).to_pylist()[0]
     before_scored = {**before, "score_chosen": 0.1, "score_rejected": 0.7}
     t = from_rows([before_scored], PAIRS, "pairs")
-    res = accounted(denoise_pairs(t, DenoiseConfig(on_contradicted="flip",
+    res = accounted(denoise_pairs(t, DenoiseConfig(method="weights", on_contradicted="flip",
                                                    confidence_weights=False), mcfg))
     assert res.info == {"flipped": 1} and res.counts.kept == 1
     row = res.outputs["pairs"].to_pylist()[0]

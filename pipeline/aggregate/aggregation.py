@@ -63,7 +63,7 @@ from pipeline.stage import Reason, StageCounts, StageResult, dropped_table
 from schemas.tables import COMPARISONS, SCORES, VOTES, check_table, conform
 
 STAGE = "aggregate"
-STAGE_VERSION = 2
+STAGE_VERSION = 3
 KEY = ["source_id", "prompt_id", "candidate_a", "candidate_b"]
 METHODS = ("auto", "majority", "dawid_skene", "one_coin")
 EM_METHODS = ("auto", "dawid_skene", "one_coin")
@@ -90,13 +90,24 @@ def _votes_frame(votes: pa.Table | pl.DataFrame) -> pl.DataFrame:
 def aggregate_votes(votes: pa.Table | pl.DataFrame, *,
                     label_annotators: set[str] | frozenset[str] = frozenset(),
                     method: str = "majority", use_logprobs: bool = False,
-                    judges_method: str | None = None) -> StageResult:
+                    judges_method: str | None = None,
+                    prior: tuple[float, float] | None = None,
+                    label_correlation: str = "off",
+                    correlation_z: float = 4.0) -> StageResult:
     """Aggregate votes per pair (integer-coded once, numpy sums, EM with numpy/scipy).
 
     ``judges_method`` (``dawid_skene`` | ``one_coin``): also fit that EM on the votes
     without the label annotators' and write its posterior P(a ≻ b) to ``p_a_judges``
     (null for a comparison without a valid judge vote): the judges' view of the pair
     that does not count the dataset's label, for the confidence weights of denoise.
+
+    ``prior``: the EM's Dirichlet pseudo-counts (see :mod:`pipeline.aggregate.em`).
+    ``label_correlation`` (``off`` | ``report`` | ``split``): test every annotator for
+    agreeing with the dataset's label more often than its estimated accuracy allows
+    (:func:`label_correlated`, z > ``correlation_z``), report them in
+    ``info["label_correlated"]``, and with ``split`` refit with each such annotator's
+    confusion conditioned on the label's side (two virtual annotators): a vote that copies
+    the label then carries only the evidence it has.
     """
     if method not in METHODS:
         raise ValueError(f"unknown aggregation method {method!r}; use one of "
@@ -136,7 +147,11 @@ def aggregate_votes(votes: pa.Table | pl.DataFrame, *,
     with np.errstate(invalid="ignore", divide="ignore"):
         p_a = np.where(n_votes > 0, (n_a + 0.5 * n_tie) / np.maximum(n_votes, 1), np.nan)
     if use_em:
-        post, em_info = _fit_em(v, code, k, acode, names, v.valid, method)
+        side = np.where(label_row >= 0, v.vcode[np.maximum(label_row, 0)], -1)
+        post, em_info = _fit_em(v, code, k, acode, names, v.valid, method, prior=prior,
+                                label_side=side if is_label.any() else None,
+                                is_label=is_label, correlation=label_correlation,
+                                correlation_z=correlation_z)
         p_a = np.where(n_votes > 0, post, np.nan)
     p_judges = np.full(k, np.nan)
     if judges_method is not None and judges_method == method and not is_label.any():
@@ -144,7 +159,7 @@ def aggregate_votes(votes: pa.Table | pl.DataFrame, *,
     elif judges_method is not None:
         judged = v.valid & ~is_label
         if judged.any():
-            post, _ = _fit_em(v, code, k, acode, names, judged, judges_method)
+            post, _ = _fit_em(v, code, k, acode, names, judged, judges_method, prior=prior)
             p_judges = np.where(np.bincount(code[judged], minlength=k) > 0, post, np.nan)
     verdicts = df["verdict"]
     comp = df.select(KEY).gather(first).with_columns(
@@ -242,11 +257,14 @@ def _winrate_scores(comp: pl.DataFrame, p_a: np.ndarray) -> pa.Table:
 
 
 def _fit_em(v: _VoteArrays, code: np.ndarray, k: int, acode: np.ndarray, names: list[str],
-            use: np.ndarray, method: str) -> tuple[np.ndarray, dict]:
+            use: np.ndarray, method: str, *, prior: tuple[float, float] | None = None,
+            label_side: np.ndarray | None = None, is_label: np.ndarray | None = None,
+            correlation: str = "off", correlation_z: float = 4.0) -> tuple[np.ndarray, dict]:
     """Dawid–Skene / one-coin EM over the votes ``use`` (valid ones), items = ``code``.
 
     Returns P(a) per comparison (the prior where it has no vote in ``use``; the caller
-    nulls those) and the stage info (reliability per annotator, iterations).
+    nulls those) and the stage info (reliability per annotator, iterations, and the
+    label-correlated annotators when ``correlation`` is not ``off``).
     """
     if (v.bad & use).any():
         bad = v.verdict.filter(pl.Series(v.bad & use)).unique().sort().to_list()
@@ -265,24 +283,119 @@ def _fit_em(v: _VoteArrays, code: np.ndarray, k: int, acode: np.ndarray, names: 
     label = v.vcode[rows]
     weight = None
     soft = v.soft[rows]
+    hard = np.ones(item.size, dtype=bool)
+    label_vote = is_label[rows] if is_label is not None else np.zeros(item.size, bool)
     if soft.any():  # a soft vote: two weighted observations, a with prob_a, b with 1-prob_a
         p = v.prob[np.searchsorted(np.flatnonzero(v.soft), rows[soft])]
+        ns = int(soft.sum())
         weight = np.concatenate([np.ones(int((~soft).sum())), p, 1.0 - p])
         item = np.concatenate([item[~soft], item[soft], item[soft]])
         annot = np.concatenate([annot[~soft], annot[soft], annot[soft]])
-        label = np.concatenate([label[~soft], np.zeros(int(soft.sum()), label.dtype),
-                                np.ones(int(soft.sum()), label.dtype)])
+        label = np.concatenate([label[~soft], np.zeros(ns, label.dtype),
+                                np.ones(ns, label.dtype)])
+        hard = np.concatenate([np.ones(int((~soft).sum()), bool), np.zeros(2 * ns, bool)])
+        label_vote = np.concatenate([label_vote[~soft], label_vote[soft], label_vote[soft]])
     n_labels = 3 if (label == 2).any() else 2
     fit = em.fit_one_coin if method == "one_coin" else em.fit_dawid_skene
+    kw = {"prior": prior} if method != "one_coin" else {}
     res = fit(item, annot, label, weight=weight, n_items=k, n_annotators=used.size,
-              n_classes=2, n_labels=n_labels)
+              n_classes=2, n_labels=n_labels, **kw)
     rel = dict(zip((names[i] for i in used), res.reliability().tolist()))
     info = {"annotator_reliability": {
                 n: None if n not in rel or np.isnan(rel[n]) else rel[n] for n in names},
             "n_iter": res.n_iter, "converged": bool(res.converged),
             "priors": {"a": float(res.priors[0]), "b": float(res.priors[1])},
             "elbo_per_vote": res.elbo[-1] if res.elbo else None}
+    if correlation != "off" and label_side is not None and method != "one_coin":
+        jv = ~label_vote  # the judges-only fit: who agrees with the label beyond the truth
+        jres = fit(item[jv], annot[jv], label[jv],
+                   weight=None if weight is None else weight[jv], n_items=k,
+                   n_annotators=used.size, n_classes=2, n_labels=n_labels, **kw)
+        found = label_correlated(jres.posterior[:, 0], jres.confusion, item, annot, label,
+                                 hard & jv, label_side, correlation_z)
+        info["label_correlation"] = correlation
+        info["label_correlated"] = {names[used[w]]: st for w, st in found.items()}
+        if correlation == "split" and found:
+            flagged = sorted(found)
+            annot2 = annot.copy()
+            side = label_side[item]
+            for i, w in enumerate(flagged):
+                m = (annot == w) & (side >= 0)
+                annot2[m] = used.size + 2 * i + side[m]
+            res = fit(item, annot2, label, weight=weight, n_items=k,
+                      n_annotators=used.size + 2 * len(flagged), n_classes=2,
+                      n_labels=n_labels, **kw)
+            info.update(n_iter=info["n_iter"] + res.n_iter, converged=bool(res.converged))
     return res.posterior[:, 0], info
+
+
+def label_correlated(post_a: np.ndarray, confusion: np.ndarray, item: np.ndarray,
+                     annot: np.ndarray, label: np.ndarray, test: np.ndarray,
+                     side: np.ndarray, z_min: float, *, min_votes: int = 20,
+                     min_excess: float = 0.05) -> dict[int, dict]:
+    """Annotators that agree with the dataset's label more often than independence allows.
+
+    Dawid–Skene assumes annotators independent given the truth; one that copies the
+    file's label part of the time forms a coalition with it that a fit over all annotators
+    takes for two reliable voters. So the test uses a fit **without the label**
+    (``post_a``, P(a) per comparison, and its ``confusion``): the label's own confusion is
+    estimated against that posterior; for each vote of an annotator w (rows ``test``: hard
+    a/b votes, not the label's) on a comparison whose label side is ``side`` (0 a, 1 b,
+    −1 none), the posterior without w's own term and with the label's, and w's fitted
+    confusion, give the probability p that w says the label's side were it independent of
+    the label. Observed agreements A, expected E = Σ p and variance V = Σ p(1 − p) give
+    z = (A − E)/√V. Flagged: z > ``z_min``, ≥ ``min_votes`` votes and an excess
+    (A − E)/n ≥ ``min_excess``. Returns {annotator code: {z, agreement, expected, votes}}.
+
+    >>> rng = np.random.default_rng(0)
+    >>> n = 400; truth = rng.integers(0, 2, n)
+    >>> lab = np.where(rng.random(n) < 0.3, 1 - truth, truth)
+    >>> honest = [np.where(rng.random(n) < 0.8, truth, 1 - truth) for _ in range(3)]
+    >>> own = np.where(rng.random(n) < 0.8, truth, 1 - truth)
+    >>> copier = np.where(rng.random(n) < 0.7, lab, own)
+    >>> item = np.tile(np.arange(n), 4); annot = np.repeat(np.arange(1, 5), n)
+    >>> label = np.concatenate(honest + [copier])
+    >>> res = em.fit_dawid_skene(item, annot, label, n_annotators=5, prior=(2.0, 1.0))
+    >>> found = label_correlated(res.posterior[:, 0], res.confusion, item, annot, label,
+    ...                          annot > 0, lab, 4.0)
+    >>> sorted(found)
+    [4]
+    """
+    sel = test & (label < 2) & (side[item] >= 0)
+    if not sel.any():
+        return {}
+    it, w, y = item[sel], annot[sel], label[sel]
+    s = side[it]
+    # the label's confusion P(label side k | class c) against the judges-only posterior
+    has = side >= 0
+    pj = np.clip(np.nan_to_num(post_a, nan=0.5), 1e-12, 1 - 1e-12)
+    e_lab = np.empty((2, 2))
+    for c, pc in ((0, pj), (1, 1.0 - pj)):
+        tot = pc[has].sum() + 3.0
+        e_lab[0, c] = (pc[has & (side == 0)].sum() + (2.0 if c == 0 else 1.0)) / tot
+        e_lab[1, c] = 1.0 - e_lab[0, c]
+    lab_lo = np.log(e_lab[s, 0]) - np.log(e_lab[s, 1])
+    pa_ = pj[it]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_e = np.log(np.maximum(confusion[:, :2, :], 1e-300))
+        own = log_e[w, y, 0] - log_e[w, y, 1]
+        loo = np.log(pa_) - np.log1p(-pa_) - own + lab_lo
+        p0 = 1.0 / (1.0 + np.exp(-np.clip(loo, -50, 50)))
+        e = confusion[:, :2, :] / confusion[:, :2, :].sum(axis=1, keepdims=True)
+        p = p0 * e[w, s, 0] + (1.0 - p0) * e[w, s, 1]
+    p = np.nan_to_num(p, nan=0.5)
+    n_w = confusion.shape[0]
+    agree = np.bincount(w, (y == s).astype(np.float64), n_w)
+    exp_ = np.bincount(w, p, n_w)
+    var = np.bincount(w, p * (1.0 - p), n_w)
+    cnt = np.bincount(w, minlength=n_w)
+    out = {}
+    for a in np.flatnonzero(cnt >= min_votes):
+        z = (agree[a] - exp_[a]) / np.sqrt(max(var[a], 1e-12))
+        if z > z_min and (agree[a] - exp_[a]) / cnt[a] >= min_excess:
+            out[int(a)] = {"z": round(float(z), 2), "agreement": float(agree[a] / cnt[a]),
+                           "expected": float(exp_[a] / cnt[a]), "votes": int(cnt[a])}
+    return out
 
 
 def position_consistency(votes: pa.Table) -> dict[str, dict[str, float | int]]:

@@ -5,6 +5,15 @@ Flipped pairs are re-oriented: chosen ↔ rejected (and their scores), a new ``p
 p̂ → 1 − p̂, disagreement and margin recomputed, ``label_status`` ``contradicted`` and the
 flag ``flipped``. Row unit: one pair; ``in = kept + dropped`` (each drop with a reason).
 
+Method ``posterior`` (the default): q = ``p_model``, the aggregation's posterior that the
+label is right (Dawid–Skene over every annotator, the file's label included; the vote
+share where there is none). Rules 1, 3–5 as below, rule 2 (``tie``) only where q is
+undefined (a tie in the raw counts that the posterior separates is decided by it), then
+q < ``flip_below`` → flip (``flipped_low_confidence``, or drop per ``on_low_confidence``),
+q < ``drop_below`` → drop ``low_confidence``, else keep; ``weight`` = q (1 − q once
+flipped). Peer review runs only when asked (``peer_review: true``, mode ``drop``); the
+agreement filter as below. Method ``weights``: the rules below.
+
 The rules, in order — the first that applies decides:
 
 1. ``null_score``: no valid vote. 2. ``tie``: as many votes each way (never kept).
@@ -65,7 +74,7 @@ vote; see the bench's docstring for the recommended configuration.
 >>> row = res.outputs["pairs"].to_pylist()[0]
 >>> row["decision"], row["chosen_id"], row["reason"], row["flags"]
 ('flip', 'y', 'contradicted', ['flipped'])
->>> cfg = DenoiseConfig(on_contradicted="keep", confidence_weights=True)
+>>> cfg = DenoiseConfig(method="weights", on_contradicted="keep", confidence_weights=True)
 >>> res = denoise_pairs(pairs, cfg, MarginConfig(), label_source="src")
 >>> row = res.outputs["pairs"].to_pylist()[0]
 >>> row["reason"], row["chosen_id"], round(res.info["weights"]["eta"]["src"], 2)
@@ -97,7 +106,7 @@ from schemas.config import DenoiseConfig, MarginConfig
 from schemas.tables import PAIRS, conform, from_rows  # noqa: F401 (from_rows: doctest)
 
 STAGE = "denoise"
-STAGE_VERSION = 4
+STAGE_VERSION = 5
 
 # Drop reasons of this stage (pipeline.stage.Reason, as plain strings) and the flip flag.
 LOW_CONFIDENCE = Reason.LOW_CONFIDENCE.value  # confidence weight in [flip_below, drop_below)
@@ -283,8 +292,21 @@ def denoise_pairs(pairs: pa.Table, cfg: DenoiseConfig, mcfg: MarginConfig, *,
         reason[m] = why
         open_[m] = False
 
+    posterior = cfg.method == "posterior"
+    q = None
+    if posterior:  # q = P(label right): the aggregation's posterior, else the vote share
+        q = p_hat.copy()
+        if p_model is not None:
+            pm = np.asarray(p_model, dtype=np.float64).reshape(-1)
+            if pm.size != n:
+                raise PrefcurateError(f"denoise: p_model has {pm.size} values for {n} "
+                                      f"pairs; pass one probability per input pair (NaN: "
+                                      f"use the votes)")
+            q = np.where(np.isfinite(pm), np.clip(pm, 0.0, 1.0), q)
     apply(~np.isfinite(p_hat) | (n_votes == 0), _DROP, str(Reason.NULL_SCORE))
-    apply(is_tie, _DROP, str(Reason.TIE))
+    # a tie in the raw counts is dropped only where no posterior decides it
+    undecided = (~np.isfinite(q) | (np.abs(q - 0.5) < 1e-9)) if posterior else True
+    apply(is_tie & undecided, _DROP, str(Reason.TIE))
     apply(np.isfinite(d) & (d > cfg.max_disagreement), _DROP, str(Reason.HIGH_DISAGREEMENT))
     if cfg.on_contradicted != "keep":
         apply(status == "contradicted", _DROP if cfg.on_contradicted == "drop" else _FLIP,
@@ -310,11 +332,26 @@ def denoise_pairs(pairs: pa.Table, cfg: DenoiseConfig, mcfg: MarginConfig, *,
             calibrate=cfg.weight_calibration,
             evidence=None if evidence is None else evidence[idx])
 
-    res = weigh(None) if cfg.confidence_weights else None
+    res = weigh(None) if cfg.confidence_weights and not posterior else None
     mode = cfg.peer_review_mode if cfg.peer_review_mode != "auto" else \
-        ("weights" if cfg.confidence_weights else "drop")
+        ("weights" if cfg.confidence_weights and not posterior else "drop")
     head_margin, flagged = None, None
-    if cfg.peer_review or (cfg.peer_review is None and emb_chosen is not None
+    weight = None
+    if posterior:
+        ok = valid & np.isfinite(q)
+        weight = np.where(ok, q, np.nan)
+        apply(ok & (q < cfg.flip_below), _FLIP if cfg.on_low_confidence == "flip" else _DROP,
+              FLIPPED_LOW_CONFIDENCE if cfg.on_low_confidence == "flip" else LOW_CONFIDENCE)
+        apply(ok & (q < cfg.drop_below), _DROP, LOW_CONFIDENCE)
+        info["posterior"] = {"p_source": "p_model" if p_model is not None else "p_hat",
+                             "pairs": int(ok.sum()), "flip_below": cfg.flip_below,
+                             "drop_below": cfg.drop_below,
+                             "mean_q": float(q[ok].mean()) if ok.any() else None}
+        if cfg.peer_review is None and emb_chosen is not None:
+            info["peer_review"] = {"ran": False, "skipped": "denoise.method is posterior; "
+                                   "set denoise.peer_review: true to drop the pairs both "
+                                   "reward heads reject"}
+    if cfg.peer_review or (cfg.peer_review is None and not posterior and emb_chosen is not None
                            and emb_rejected is not None):
         if emb_chosen is None or emb_rejected is None:
             info["peer_review"] = {"ran": False, "skipped": "no response embeddings were "
@@ -330,7 +367,6 @@ def denoise_pairs(pairs: pa.Table, cfg: DenoiseConfig, mcfg: MarginConfig, *,
             if mode == "weights":
                 res = weigh(head_margin)
 
-    weight = None
     if res is not None:
         weight = np.full(n, np.nan)
         weight[idx] = res.weight
