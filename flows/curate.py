@@ -29,6 +29,8 @@ from pipeline import generation, margins, pairs
 from pipeline.aggregate import aggregation
 from pipeline.denoise import denoise
 from pipeline.annotate import judging
+from pipeline.annotate import qualify
+from pipeline.annotate.qualify import qualify_judges
 from pipeline.store import datasets as store
 from pipeline.engines.embedded import default_cache_dir, resolve_model_path
 from pipeline.engines.base import (CallStats, ChatRequest, Engine, FakeEngine, RequestCache,
@@ -158,7 +160,7 @@ def _new_context(cfg: RunConfig) -> RunContext:
                       engines=EnginePool.shared(cache_dir), progress=_PROGRESS.get("factory"))
 
 
-def _stage(ctx: RunContext, mod_stage: str, version: int, cfg: Any, inputs: list[str],
+def _stage(ctx: RunContext, mod_stage: str, version: int | list[int], cfg: Any, inputs: list[str],
            compute: Callable[[], StageResult], *, complete: Callable[[StageResult], bool]
            = lambda r: True) -> StageOutput:
     key = StageStore.key(mod_stage, version, cfg, inputs)
@@ -539,15 +541,23 @@ def aggregate_task(run_id: str, vote_srcs: list[StageOutput], label_annotators: 
     def compute() -> StageResult:
         tables = [s.read("votes") for s in vote_srcs]
         votes = pa.concat_tables(tables) if tables else VOTES.empty_table()
-        return aggregation.aggregate_votes(votes, label_annotators=set(label_annotators),
+        res = aggregation.aggregate_votes(votes, label_annotators=set(label_annotators),
                                            method=ctx.cfg.aggregate.method,
                                            use_logprobs=ctx.cfg.aggregate.use_logprobs,
                                            judges_method=ctx.cfg.aggregate.judges_method,
                                            prior=ctx.cfg.aggregate.em_prior,
                                            label_correlation=ctx.cfg.aggregate.label_correlation,
                                            correlation_z=ctx.cfg.aggregate.correlation_z)
+        qual = qualify_judges(votes, judge_models={j.name: j.model.model
+                                                   for j in ctx.cfg.judge.judges},
+                              policy_models={p.name: p.model.model
+                                             for p in ctx.cfg.generate.policies}
+                              if ctx.cfg.input.kind == "prompts" else None)
+        if qual["gold_pairs"]:
+            res.info["judge_qualification"] = qual
+        return res
 
-    return _stage(ctx, stage, aggregation.STAGE_VERSION,
+    return _stage(ctx, stage, [aggregation.STAGE_VERSION, qualify.STAGE_VERSION],
                   [ctx.cfg.aggregate.model_dump(mode="json"), sorted(label_annotators)],
                   [s.output_hash for s in vote_srcs], compute)
 

@@ -261,7 +261,10 @@ class RubricConfig(BaseModel):
 
     name: str = "smollm2-rubric"
     model: ModelSpec = Field(default_factory=ModelSpec)
-    template: Literal["rubric_v1"] = "rubric_v1"
+    # rubric_v1: integer scores per aspect as JSON; yesno_v1: "is the response correct
+    # and helpful? Yes/No", scored P(Yes) in [0, 1] from the first token's logprobs
+    # (aspect "correct"; a small judge reads better this way than pairwise, issue 13)
+    template: Literal["rubric_v1", "yesno_v1"] = "rubric_v1"
     aspects: tuple[str, ...] = DEFAULT_ASPECTS
     descriptions: dict[str, str] = Field(default_factory=dict)  # override ASPECT_GUIDE
     persona: str | None = None  # a system prompt standing for a kind of user

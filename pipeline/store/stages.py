@@ -63,7 +63,7 @@ class StageStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     @staticmethod
-    def key(stage: str, version: int, cfg: Any, inputs: list[str]) -> str:
+    def key(stage: str, version: int | list[int], cfg: Any, inputs: list[str]) -> str:
         return stable_hash(stage, version, cfg, inputs, length=20)
 
     def load(self, stage: str, key: str) -> StageOutput | None:
