@@ -562,6 +562,19 @@ def aggregate_task(run_id: str, vote_srcs: list[StageOutput], label_annotators: 
                   [s.output_hash for s in vote_srcs], compute)
 
 
+@task(name="verify", cache_policy=NO_CACHE)
+def verify_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -> StageOutput:
+    """Verifier annotators (answers, unit tests in a sandbox, format constraints)."""
+    from pipeline.annotate import verify
+
+    ctx = _ctx(run_id)
+    return _stage(ctx, "verify", verify.STAGE_VERSION, ctx.cfg.verify.model_dump(mode="json"),
+                  [prompts_src.output_hash, cands_src.output_hash],
+                  lambda: verify.verify_candidates(prompts_src.read("prompts"),
+                                                   cands_src.read("candidates"),
+                                                   ctx.cfg.verify))
+
+
 @task(name="margins", cache_policy=NO_CACHE)
 def margins_task(run_id: str, agg: StageOutput, emb: StageOutput | None,
                  gpm: StageOutput | None = None) -> StageOutput:
@@ -764,6 +777,10 @@ def curate(config: dict[str, Any]) -> dict[str, Any]:
         else:
             cands = ing
         vote_srcs = [] if cfg.input.kind == "prompts" else [ing]
+        if cfg.verify.enabled is not False:
+            ver = verify_task(run_id, ing, cands)
+            outs.append(ver)
+            vote_srcs.append(ver)
         # pointwise annotation first: it is also the cheap first signal for pair selection
         score_srcs = []
         if cfg.rubrics.judges:

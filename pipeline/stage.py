@@ -36,6 +36,7 @@ class Reason(StrEnum):
     INVALID_TEXT = "invalid_text"
     UNKNOWN_ROLE = "unknown_role"
     IDENTICAL_PAIR = "identical_pair"
+    INVALID_TARGET = "invalid_target"  # a bad answer / tests / constraints field
     DUPLICATE_ID = "duplicate_id"
     LIMIT = "limit"
     # generation

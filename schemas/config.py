@@ -419,6 +419,32 @@ class RunnerConfig(_Frozen):
     shards: int | None = None  # request shards per model stage (default: workers)
 
 
+VERIFIER_KINDS = ("exact_answer", "python_tests", "constraints")
+
+
+class VerifyConfig(BaseModel):
+    """Which verifiers run and the sandbox limits of ``python_tests``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # None: run whenever the input has prompts (a prompt without answer / tests /
+    # constraints costs nothing); false: never
+    enabled: bool | None = None
+    kinds: tuple[Literal["exact_answer", "python_tests", "constraints"], ...] = VERIFIER_KINDS
+    time_limit_s: float = Field(5.0, gt=0, le=600)
+    memory_limit_mb: int = Field(512, ge=64)
+    workers: int = Field(2, ge=1)
+    answer_rel_tol: float = Field(1e-6, ge=0)
+    answer_abs_tol: float = Field(1e-9, ge=0)
+
+    @field_validator("kinds")
+    @classmethod
+    def _kinds(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"kinds: {list(v)} names a verifier twice")
+        return v
+
+
 class RunConfig(_Frozen):
     name: str = "mtbench-smollm2"
     data_root: str = "data"
@@ -436,6 +462,7 @@ class RunConfig(_Frozen):
     embed: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
     gpm: GPMConfig = Field(default_factory=GPMConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
 
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":

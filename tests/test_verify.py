@@ -23,7 +23,8 @@ from pipeline.annotate.sandbox import SandboxLimits, run_many, run_python, sandb
 from pipeline.annotate.verify import (CONSTRAINTS, VerifyConfig, VerifyJob, Verdict,
                                       build_votes, check_constraints, check_exact_answer,
                                       extract_code, extract_final_answer, normalize_text,
-                                      prompt_targets, validate_targets, verify_candidates)
+                                      prompt_numbers, prompt_targets, validate_targets,
+                                      verify_candidates)
 from schemas.tables import SCORES, VOTES, check_table
 
 # generous wall time: only the timeout test needs a short one, and a loaded 2-core machine
@@ -88,6 +89,28 @@ def test_exact_answer(text, expected, ok):
 ])
 def test_extract_final_answer(text, numeric, want):
     assert extract_final_answer(text, numeric=numeric) == want
+
+
+@pytest.mark.parametrize("text,avoid,want", [
+    ("There are 300 centimeters in 3 meters.", (3,), "300 centimeters"),
+    ("7 plus 5 makes 12, as 7 + 5 shows", (7, 5), "12"),
+    ("5 times 1 is 5", (5, 1), "5"),  # every number is the prompt's: the last one
+    ("There are 300 centimeters in 3 meters.", (), "3 meters"),
+])
+def test_last_number_skips_the_prompts_numbers(text, avoid, want):
+    assert extract_final_answer(text, avoid=avoid) == (want, "last_number")
+
+
+def test_prompt_numbers_reach_the_checker():
+    p = pa.table({"prompt_id": ["p"], "source_id": ["s"],
+                  "prompt": [[{"role": "system", "content": "Be brief, 1 line."},
+                              {"role": "user", "content": "How many cm are in 3 m?"}]],
+                  "meta": [json.dumps({"answer": 300})]})
+    c = _cands([("p", "a", "There are 300 centimeters in 3 meters."),
+                ("p", "b", "There are 30 centimeters in 3 meters.")])
+    res = verify_candidates(p, c, VerifyConfig(kinds=("exact_answer",)))
+    assert res.outputs["scores"].column("score").to_pylist() == [1.0, 0.0]
+    assert prompt_numbers(p.column("prompt").to_pylist()[0]) == (3.0,)  # user turns only
 
 
 def test_normalize_text():

@@ -22,14 +22,15 @@ them with :func:`validate_targets`):
 - ``answer``: the expected final answer, a string or a number. The final answer of a
   response is found by :func:`extract_final_answer`: the last ``\\boxed{...}``, else the
   text after the last "answer:" / "answer is" / "final answer:", else the right-hand side
-  of a last line ending in ``= X``, else (numeric answers) the last number, or (text
-  answers) the last non-empty line. Numbers compare numerically (relative tolerance
-  1e-6): thousands separators (``1,234``), fractions (``3/4``, ``\\frac{3}{4}``), a
-  leading currency sign and, when the expected answer has none, a unit (``42 apples``,
-  ``50%``) are understood; when both give a unit, the units must match (no unit
-  conversion: ``5 km`` is not ``5000 m``; ``50%`` is not ``0.5``). Text compares
-  after normalisation: case, punctuation, articles (a, an, the), LaTeX ``\\text{}`` and
-  extra whitespace are ignored.
+  of a last line ending in ``= X``, else (numeric answers) the last number that is not
+  one of the prompt's own numbers (a response that restates the question, "There are
+  300 cm in 3 m", ends on one), or (text answers) the last non-empty line. Numbers
+  compare numerically (relative tolerance 1e-6): thousands separators (``1,234``),
+  fractions (``3/4``, ``\\frac{3}{4}``), a leading currency sign and, when the expected
+  answer has none, a unit (``42 apples``, ``50%``) are understood; when both give a
+  unit, the units must match (no unit conversion: ``5 km`` is not ``5000 m``; ``50%``
+  is not ``0.5``). Text compares after normalisation: case, punctuation, articles (a,
+  an, the), LaTeX ``\\text{}`` and extra whitespace are ignored.
 - ``tests``: Python test code run after the response's code (its ```` ```python ````
   blocks, else its untagged fenced blocks, else the whole text when it has no fence);
   top-level ``assert`` statements and ``test*`` functions (called in order). A pass is
@@ -64,6 +65,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.annotate.sandbox import SandboxLimits, run_many, sandbox_layers
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table
+from schemas.config import VERIFIER_KINDS as KINDS
+from schemas.config import VerifyConfig
 from schemas.errors import PrefcurateError
 from schemas.tables import SCORES, VOTES, from_rows
 
@@ -72,7 +75,6 @@ log = logging.getLogger(__name__)
 STAGE = "verify"
 STAGE_VERSION = 1
 ASPECT = "correct"
-KINDS = ("exact_answer", "python_tests", "constraints")
 TARGET_FIELD = {"exact_answer": "answer", "python_tests": "tests",
                 "constraints": "constraints"}
 MAX_TEXT_CHARS = 200_000  # longer texts are checked on their first MAX_TEXT_CHARS chars
@@ -81,27 +83,9 @@ REGEX_TIMEOUT_S = 1.0
 Kind = Literal["exact_answer", "python_tests", "constraints"]
 
 
-class VerifyConfig(BaseModel):
-    """Which verifiers run and the sandbox limits of ``python_tests``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kinds: tuple[Kind, ...] = KINDS
-    time_limit_s: float = Field(5.0, gt=0, le=600)
-    memory_limit_mb: int = Field(512, ge=64)
-    workers: int = Field(2, ge=1)
-    answer_rel_tol: float = Field(1e-6, ge=0)
-    answer_abs_tol: float = Field(1e-9, ge=0)
-
-    @field_validator("kinds")
-    @classmethod
-    def _kinds(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        if len(set(v)) != len(v):
-            raise ValueError(f"kinds: {list(v)} names a verifier twice")
-        return v
-
-    def sandbox_limits(self) -> SandboxLimits:
-        return SandboxLimits(time_s=self.time_limit_s, memory_mb=self.memory_limit_mb)
+def sandbox_limits(cfg: VerifyConfig) -> SandboxLimits:
+    """The sandbox limits of ``python_tests`` from the verify config."""
+    return SandboxLimits(time_s=cfg.time_limit_s, memory_mb=cfg.memory_limit_mb)
 
 
 class Verdict(NamedTuple):
@@ -248,7 +232,7 @@ def _check_one(text: str, c: dict[str, Any]) -> str | None:
     if typ == "json":
         try:
             json.loads(_unfence_json(s))
-        except ValueError as exc:  # json.JSONDecodeError, RecursionError-free inputs
+        except ValueError as exc:  # json.JSONDecodeError
             return f"not valid JSON ({getattr(exc, 'msg', exc)})"
         except RecursionError:
             return "not valid JSON (nested too deeply)"
@@ -347,21 +331,25 @@ def _balanced(text: str, start: int) -> str | None:
     return None
 
 
-def extract_final_answer(text: str, numeric: bool = True) -> tuple[str, str] | None:
+def extract_final_answer(text: str, numeric: bool = True,
+                         avoid: Sequence[float] = ()) -> tuple[str, str] | None:
     """The final answer in a free-text response, and how it was found.
 
     In this order: the last ``\\boxed{...}`` / ``\\fbox{...}`` (``boxed``); the rest of
     the line after the last "answer:", "answer is", "final answer:" (``answer_marker``;
     the next line when that is empty); the right-hand side of a last line ending in
-    ``= X`` (``equals``); then the last number, with the word right after it as its
-    unit (``last_number``) when ``numeric``, else the last non-empty line
-    (``last_line``). Markdown emphasis is ignored. None when
-    nothing is found.
+    ``= X`` (``equals``); then, when ``numeric``, the last number with the word right
+    after it as its unit (``last_number``) — skipping numbers in ``avoid`` (the
+    prompt's own numbers: "There are 300 cm in 3 m" restates the question) unless all
+    are — else the last non-empty line (``last_line``). Markdown emphasis is ignored.
+    None when nothing is found.
 
     >>> extract_final_answer("First 2+2=4, then 4*3 = 12. The total is 12 apples.")
     ('12 apples', 'last_number')
     >>> extract_final_answer("x = 3\\ny = 4\\nSo x + y = 7")
     ('7', 'equals')
+    >>> extract_final_answer("There are 300 centimeters in 3 meters.", avoid=[3])
+    ('300 centimeters', 'last_number')
     >>> extract_final_answer("Answer: Paris.", numeric=False)
     ('Paris', 'answer_marker')
     """
@@ -389,10 +377,13 @@ def extract_final_answer(text: str, numeric: bool = True) -> tuple[str, str] | N
         if m and m.group(1).strip() and (not numeric or parse_number(m.group(1))):
             return m.group(1).strip(), "equals"
     if numeric:
-        nums = list(_LAST_NUMBER_RE.finditer(_clean_latex(t)))
-        if nums:
-            return nums[-1].group(0).strip(), "last_number"
-        return None
+        nums = [m.group(0).strip() for m in _LAST_NUMBER_RE.finditer(_clean_latex(t))]
+        for n in reversed(nums):
+            got = _answer_number(n)
+            if got is None or not any(math.isclose(got[0], a, rel_tol=1e-9, abs_tol=1e-12)
+                                      for a in avoid):
+                return n, "last_number"
+        return (nums[-1], "last_number") if nums else None
     return (lines[-1].rstrip(".!;,").strip() or lines[-1], "last_line") if lines else None
 
 
@@ -459,8 +450,10 @@ def _expected_number(expected: str | int | float) -> tuple[float, str | None] | 
 
 
 def check_exact_answer(text: str, expected: str | int | float, *, rel_tol: float = 1e-6,
-                       abs_tol: float = 1e-9) -> Verdict:
-    """Pass iff the response's final answer equals ``expected`` (module docstring).
+                       abs_tol: float = 1e-9, prompt_numbers: Sequence[float] = (),
+                       ) -> Verdict:
+    """Pass iff the response's final answer equals ``expected`` (module docstring);
+    ``prompt_numbers`` are the numbers of the request (see :func:`extract_final_answer`).
 
     >>> check_exact_answer("The answer is 1,000 meters.", 1000)
     Verdict(passed=True, reason='1000 == 1000 (answer_marker: 1,000 meters)')
@@ -468,7 +461,7 @@ def check_exact_answer(text: str, expected: str | int | float, *, rel_tol: float
     'expected 42, got 41 (last_number: 41)'
     """
     want = _expected_number(expected)
-    found = extract_final_answer(text, numeric=want is not None)
+    found = extract_final_answer(text, numeric=want is not None, avoid=prompt_numbers)
     shown_exp = _fmt(want[0]) + (f" {want[1]}" if want and want[1] else "") if want \
         else str(expected)
     if found is None:
@@ -626,6 +619,24 @@ class VerifyJob:
     kind: str
     text: str
     target: Any
+    prompt_numbers: tuple[float, ...] = ()  # numbers in the request (exact_answer)
+
+
+def prompt_numbers(messages: Sequence[dict[str, str]] | None) -> tuple[float, ...]:
+    """The numbers in a prompt's user messages (distinct, in order of appearance).
+
+    >>> prompt_numbers([{"role": "user", "content": "How many cm are in 3.5 m? (1,000)"}])
+    (3.5, 1000.0)
+    """
+    out: list[float] = []
+    for m in messages or ():
+        if m.get("role") != "user":
+            continue
+        for hit in _NUMBER_RE.finditer(_clean_latex(m.get("content") or "")):
+            got = parse_number(hit.group(0))
+            if got is not None and got[0] not in out:
+                out.append(got[0])
+    return tuple(out)
 
 
 def build_verify_jobs(prompts: pa.Table, candidates: pa.Table, cfg: VerifyConfig,
@@ -637,10 +648,15 @@ def build_verify_jobs(prompts: pa.Table, candidates: pa.Table, cfg: VerifyConfig
     """
     targets: dict[str, dict[str, Any]] = {}
     invalid: dict[str, list[str]] = {}
-    for pid, meta in zip(prompts.column("prompt_id").to_pylist(),
-                         prompts.column("meta").to_pylist()):
+    numbers: dict[str, tuple[float, ...]] = {}
+    pids = prompts.column("prompt_id").to_pylist()
+    convs = prompts.column("prompt").to_pylist() if "prompt" in prompts.column_names \
+        else [None] * len(pids)
+    for pid, meta, conv in zip(pids, prompts.column("meta").to_pylist(), convs):
         t, problems = prompt_targets(meta)
         targets[pid] = t
+        if "exact_answer" in t:
+            numbers[pid] = prompt_numbers(conv)
         if problems:
             invalid[pid] = problems
     if invalid:
@@ -673,7 +689,9 @@ def build_verify_jobs(prompts: pa.Table, candidates: pa.Table, cfg: VerifyConfig
             no_target += 1
         for k in kinds:
             jobs.append(VerifyJob(r["prompt_id"], r["source_id"], r["candidate_id"], k,
-                                  r["text"], targets[r["prompt_id"]][k]))
+                                  r["text"], targets[r["prompt_id"]][k],
+                                  numbers.get(r["prompt_id"], ()) if k == "exact_answer"
+                                  else ()))
     jobs.sort(key=lambda j: (j.prompt_id, j.candidate_id, kind_order[j.kind]))
     info = {"candidates_without_target": no_target,
             "prompts_with_targets": sum(1 for t in targets.values()
@@ -692,7 +710,8 @@ def run_verify_jobs(jobs: Sequence[VerifyJob], cfg: VerifyConfig, *,
     for i, j in enumerate(jobs):
         if j.kind == "exact_answer":
             out[i] = check_exact_answer(j.text, j.target, rel_tol=cfg.answer_rel_tol,
-                                        abs_tol=cfg.answer_abs_tol)
+                                        abs_tol=cfg.answer_abs_tol,
+                                        prompt_numbers=j.prompt_numbers)
         elif j.kind == "constraints":
             out[i] = check_constraints(j.text, j.target)
         elif j.kind == "python_tests":
@@ -707,7 +726,7 @@ def run_verify_jobs(jobs: Sequence[VerifyJob], cfg: VerifyConfig, *,
     if code_jobs:
         keys = list(code_jobs)
         if sandbox is None:
-            results = run_many(keys, cfg.sandbox_limits(), workers=cfg.workers)
+            results = run_many(keys, sandbox_limits(cfg), workers=cfg.workers)
         else:
             results = sandbox(keys)
         for key, res in zip(keys, results, strict=True):
@@ -806,5 +825,5 @@ def verify_candidates(prompts: pa.Table, candidates: pa.Table, cfg: VerifyConfig
     jobs, drops, info = build_verify_jobs(prompts, candidates, cfg)
     verdicts = run_verify_jobs(jobs, cfg, sandbox=sandbox)
     if sandbox is None and any(j.kind == "python_tests" for j in jobs):
-        info = {**info, "sandbox": sandbox_layers(cfg.sandbox_limits())}
+        info = {**info, "sandbox": sandbox_layers(sandbox_limits(cfg))}
     return make_verifier_outputs(jobs, verdicts, drops, info, candidates.num_rows)

