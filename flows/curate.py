@@ -461,6 +461,8 @@ def rubric_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -
                                                r.annotator == rubrics.rubric_annotator(j)])
                             for j in rcfg.judges], rcfg.batch_size)
         res = rubrics.make_scores(ordered, comps, drops)
+        # Yes/No judges also vote pairwise (empty for the other templates)
+        res.outputs["votes"] = rubrics.yesno_votes(res.outputs["scores"], candidates)
         res.info["calls"] = total.__dict__
         res.info["score_stats"] = compute_score_stats(res.outputs["scores"])
         ctx.calls["rubric"] = total
@@ -548,8 +550,9 @@ def aggregate_task(run_id: str, vote_srcs: list[StageOutput], label_annotators: 
                                            prior=ctx.cfg.aggregate.em_prior,
                                            label_correlation=ctx.cfg.aggregate.label_correlation,
                                            correlation_z=ctx.cfg.aggregate.correlation_z)
-        qual = qualify_judges(votes, judge_models={j.name: j.model.model
-                                                   for j in ctx.cfg.judge.judges},
+        judge_models = {j.name: j.model.model for j in ctx.cfg.judge.judges}
+        judge_models.update({j.name: j.model.model for j in ctx.cfg.rubrics.judges})
+        qual = qualify_judges(votes, exclude=label_annotators, judge_models=judge_models,
                               policy_models={p.name: p.model.model
                                              for p in ctx.cfg.generate.policies}
                               if ctx.cfg.input.kind == "prompts" else None)
@@ -785,6 +788,7 @@ def curate(config: dict[str, Any]) -> dict[str, Any]:
         score_srcs = []
         if cfg.rubrics.judges:
             score_srcs.append(rubric_task(run_id, ing, cands))
+            vote_srcs.append(score_srcs[-1])  # Yes/No judges' pairwise votes
         if cfg.rewards.models:
             score_srcs.append(reward_task(run_id, ing, cands))
         outs += score_srcs

@@ -87,19 +87,22 @@ def gold_pairs(votes: pl.DataFrame, gold_annotators: Iterable[str] = ()) -> pl.D
 
 
 def qualify_judges(votes: pa.Table | pl.DataFrame, *, gold_annotators: Iterable[str] = (),
+                   exclude: Iterable[str] = (),
                    policy_models: Mapping[str, str] | None = None,
                    judge_models: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The qualification table (module docstring). ``judge_models`` maps a judge name (the
     first part of its annotator) to its model, ``policy_models`` a policy to its model:
-    together they name the self-preference risks."""
+    together they name the self-preference risks. Annotators in ``exclude`` (the file's
+    label) are not judges; every other annotator that is not a verifier is one (pointwise
+    judges through their pairwise votes, order null)."""
     df = votes if isinstance(votes, pl.DataFrame) else pl.from_arrow(votes)
     gold = gold_pairs(df, gold_annotators)
     out: dict[str, Any] = {"gold_pairs": gold.height,
                            "gold_sources": sorted(set(gold["gold_from"].to_list()))
                            if gold.height else [], "judges": {}, "warnings": []}
     special = df["annotator"].str.starts_with(VERIFIER_PREFIX) | df["annotator"].is_in(
-        list(set(gold_annotators)))
-    jv = df.filter(~special & pl.col("order").is_not_null()).with_columns(
+        list(set(gold_annotators) | set(exclude)))
+    jv = df.filter(~special).with_columns(
         judge=pl.col("annotator").map_elements(_judge_name, return_dtype=pl.Utf8))
     if not gold.height or not jv.height:
         return out

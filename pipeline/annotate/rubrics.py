@@ -43,7 +43,7 @@ from pipeline.hashing import stable_hash
 from pipeline.annotate.judging import _defang, _render_conversation, annotator_base
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table
 from schemas.config import DEFAULT_ASPECTS, RubricConfig
-from schemas.tables import SCORES, from_rows
+from schemas.tables import SCORES, VOTES, from_rows
 
 STAGE = "rubric"
 STAGE_VERSION = 2
@@ -402,6 +402,47 @@ def make_scores(requests: list[RubricRequest], completions: list[Completion],
                              "parse_errors": sum(r["parse_error"] is not None for r in rows),
                              "requests_with_parse_errors": bad_requests,
                              "null_scores": dict(sorted(nulls.items()))})
+
+
+def yesno_votes(scores: pa.Table, candidates: pa.Table) -> pa.Table:
+    """Pairwise VOTES from ``yesno_v1`` scores: for every two candidates of a prompt that
+    both have a P(Yes), ``prob_a`` = s_a(1 − s_b) / (s_a(1 − s_b) + s_b(1 − s_a)) (the
+    chance that a is right and b wrong, given exactly one is), verdict a / b (tie when
+    equal), ``order`` null, annotator the rubric judge's. So a pointwise judge enters the
+    aggregation, and the judge qualification, like a pairwise one.
+
+    >>> sc = pa.table({"candidate_id": ["c1", "c2"], "annotator": ["j|yesno_v1|none"] * 2,
+    ...                "aspect": ["correct"] * 2, "score": [0.8, 0.2]})
+    >>> ca = pa.table({"prompt_id": ["p", "p"], "source_id": ["s", "s"],
+    ...                "candidate_id": ["c1", "c2"]})
+    >>> v = yesno_votes(sc, ca).to_pylist()[0]
+    >>> v["candidate_a"], v["verdict"], round(v["prob_a"], 3)
+    ('c1', 'a', 0.941)
+    """
+    import itertools
+
+    rows = []
+    where = {c: (p, s) for p, s, c in zip(candidates.column("prompt_id").to_pylist(),
+                                          candidates.column("source_id").to_pylist(),
+                                          candidates.column("candidate_id").to_pylist())}
+    by: dict[tuple[str, str, str], dict[str, float]] = {}
+    for cid, ann, asp, sc in zip(scores.column("candidate_id").to_pylist(),
+                                 scores.column("annotator").to_pylist(),
+                                 scores.column("aspect").to_pylist(),
+                                 scores.column("score").to_pylist()):
+        if sc is None or asp != YESNO_ASPECT or "|yesno_v1|" not in ann or cid not in where:
+            continue
+        p, s = where[cid]
+        by.setdefault((ann, p, s), {})[cid] = min(max(float(sc), 1e-6), 1 - 1e-6)
+    for (ann, p, s), sc in sorted(by.items()):
+        for a, b in itertools.combinations(sorted(sc), 2):
+            x, y = sc[a], sc[b]
+            pa_ = x * (1 - y) / (x * (1 - y) + y * (1 - x))
+            verdict = "a" if pa_ > 0.5 else "b" if pa_ < 0.5 else "tie"
+            rows.append({"prompt_id": p, "source_id": s, "candidate_a": a, "candidate_b": b,
+                         "annotator": ann, "order": None, "verdict": verdict,
+                         "prob_a": pa_, "raw_output": None, "parse_error": None})
+    return from_rows(rows, VOTES, "votes")
 
 
 def fake_rubric_responder(request: ChatRequest, sample_index: int) -> str:

