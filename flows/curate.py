@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -39,7 +40,8 @@ from schemas.errors import ConfigError, PrefcurateError
 from pipeline.hashing import stable_hash, tree_hash
 from pipeline.ingest.stage import ingest_pairs, ingest_prompts
 from pipeline.stage import StageCounts, StageResult
-from schemas.config import ModelSpec, RunConfig, config_hash, resolved_dict
+from schemas.config import (ModelSpec, RunConfig, config_hash, merge_secrets, resolved_dict,
+                            split_secrets)
 from schemas.tables import SCHEMAS, VOTES, schema_fingerprint
 from pipeline.store.stages import StageOutput, StageStore
 
@@ -757,8 +759,15 @@ def report_task(summary: dict[str, Any]) -> str:
 
 
 @flow(name="curate", log_prints=True)
-def curate(config: dict[str, Any]) -> dict[str, Any]:
-    """Run one curation from a RunConfig (as a dict) and publish a dataset version."""
+def curate(config: dict[str, Any], secrets_ref: str | None = None) -> dict[str, Any]:
+    """Run one curation from a RunConfig (as a dict) and publish a dataset version.
+
+    ``config`` is what Prefect stores in its database and shows: :func:`run_curation`
+    passes it redacted (:func:`schemas.config.split_secrets`) and keeps the secrets in this
+    process, under ``secrets_ref`` (Prefect stores even a pydantic ``SecretDict``
+    parameter in clear)."""
+    if secrets_ref is not None:
+        config = merge_secrets(config, _SECRETS.pop(secrets_ref, {}))
     cfg = RunConfig.model_validate(config)
     store.validate_name(cfg.name)
     run_id = stable_hash(datetime.now(timezone.utc).isoformat(), os.getpid(),
@@ -876,7 +885,20 @@ def run_curation(config: dict[str, Any]) -> dict[str, Any]:
     cfg = RunConfig.model_validate(config)
     flow_ = curate if cfg.runner.kind == "thread" else curate.with_options(
         task_runner=task_runner_for(cfg.runner.kind, cfg.runner.workers))
-    return flow_(config)
+    public, secrets = split_secrets(cfg.model_dump(mode="json"))
+    ref = None
+    if secrets:
+        ref = uuid.uuid4().hex
+        _SECRETS[ref] = secrets
+    try:
+        return flow_(public, ref)
+    finally:
+        if ref is not None:
+            _SECRETS.pop(ref, None)
+
+
+# secrets of the runs started by run_curation in this process, never given to Prefect
+_SECRETS: dict[str, dict[str, Any]] = {}
 
 
 # The CLI installs a rich progress factory here; tests and library users may leave it out.

@@ -20,6 +20,7 @@ start and stop a throw-away local server for tests and demos: its own process gr
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -156,6 +157,14 @@ def serve_curation(config: dict[str, Any], cron: str, name: str, *,
     from schemas.config import RunConfig
 
     RunConfig.model_validate(config)  # fail here, not in the first scheduled run
+    from schemas.config import split_secrets
+
+    _, secrets = split_secrets(config)
+    if secrets:  # a deployment's parameters live in Prefect's database, in clear
+        where = ", ".join(".".join(str(p) for p in json.loads(k)) for k in sorted(secrets))
+        raise ScheduleError(f"a scheduled config cannot hold inline secrets (found at "
+                            f"{where}); name an environment variable with api_key_env "
+                            f"instead of an api_key, and keep credentials out of URLs")
     validate_cron(cron)
     if not name or "/" in name:
         raise ScheduleError(f"invalid deployment name {name!r}: a non-empty name without '/'")

@@ -89,3 +89,38 @@ def test_request_cache_names_a_served_model_by_its_server_without_credentials() 
     assert "s3cret" not in a.cache_identity() and "alice" not in a.cache_identity()
     # the local engine's identity is unchanged: caches from earlier runs stay valid
     assert ModelSpec(model="m").cache_identity() == "m"
+
+
+def test_secrets_in_urls_and_engine_args_reach_no_file_nor_prefect(tmp_path):
+    """Credentials in a base_url and secret-named engine_args keys: redacted in the
+    manifest and the card, and Prefect's database (the flow's parameters) never holds them
+    (the reliability probe's D3: both were there in clear)."""
+    planted = ["sk-url-secret-456", "sk-engine-arg-789", "sk-nested-token-012"]
+    m = "generate.policies.0.model"
+    sets = [f"data_root={tmp_path / 'data'}", "name=secrets2", "input.kind=pairs",
+            f"input.path={REPO / 'data/examples/pairs_votes.jsonl'}", "judge.judges=[]",
+            f"{m}.engine=openai", f"{m}.base_url=http://alice:{planted[0]}@127.0.0.1:9/v1",
+            f"{m}.engine_args={{api_key: {planted[1]}, extra: {{token: {planted[2]}}}}}"]
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / ".prefect")}
+    res = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--json",
+                          *[a for s in sets for a in ("--set", s)]], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    files = [f for f in tmp_path.rglob("*") if f.is_file()]
+    assert any(f.suffix == ".db" or ".db-" in f.name for f in files)  # Prefect's database
+    assert any(f.name == "manifest.json" for f in files)
+    for secret in planted:
+        assert secret not in res.stdout and secret not in res.stderr
+        assert [str(f) for f in files if secret.encode() in f.read_bytes()] == []
+    manifest = store.read_manifest(store.resolve(tmp_path / "data", "secrets2").path)
+    model = manifest["config"]["generate"]["policies"][0]["model"]
+    assert model["base_url"] == "http://***@127.0.0.1:9/v1"
+    assert model["engine_args"] == {"api_key": "***", "extra": {"token": "***"}}
+
+
+def test_a_schedule_refuses_inline_secrets():
+    from flows.schedule import ScheduleError, serve_curation
+
+    cfg = load_config(None, ["judge.judges.0.model.base_url=http://u:pw@h/v1"])
+    with pytest.raises(ScheduleError, match="inline secrets.*judge.judges.0.model.base_url"):
+        serve_curation(cfg.model_dump(mode="json"), "0 3 * * *", "x")
