@@ -159,7 +159,8 @@ def part_pipeline(data: Path) -> dict:
     import polars as pl
 
     from pipeline.aggregate.aggregation import aggregate_votes
-    from pipeline.denoise.denoise import denoise_pairs, judges_posterior
+    from pipeline.chain import aggregate_kwargs, denoise_p_model
+    from pipeline.denoise.denoise import denoise_pairs
     from pipeline.margins import compute_margins
     from pipeline.pairs import build_pairs
     from schemas.config import AggregateConfig, DenoiseConfig, MarginConfig, PairsConfig
@@ -171,8 +172,7 @@ def part_pipeline(data: Path) -> dict:
     acfg, mcfg, dcfg = AggregateConfig(), MarginConfig(), DenoiseConfig()
     steps: dict[str, float] = {}
     t0 = time.perf_counter()
-    agg = aggregate_votes(votes, label_annotators={"source"}, method=acfg.method,
-                          use_logprobs=acfg.use_logprobs, judges_method=acfg.judges_method)
+    agg = aggregate_votes(votes, label_annotators={"source"}, **aggregate_kwargs(acfg))
     steps["aggregate"] = time.perf_counter() - t0
     del votes
     gc.collect()
@@ -182,9 +182,8 @@ def part_pipeline(data: Path) -> dict:
     steps["margins"] = time.perf_counter() - t1
     t1 = time.perf_counter()
     den = denoise_pairs(pairs, dcfg, mcfg, label_source="source",
-                        p_model=judges_posterior(pairs, comps) if dcfg.judge_posterior
-                        else None)
-    steps["denoise (weights)"] = time.perf_counter() - t1
+                        p_model=denoise_p_model(pairs, comps, dcfg))
+    steps[f"denoise ({dcfg.method})"] = time.perf_counter() - t1
     t1 = time.perf_counter()
     sel = build_pairs(den.outputs["pairs"], PairsConfig())
     steps["pairs"] = time.perf_counter() - t1

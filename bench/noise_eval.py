@@ -72,6 +72,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.aggregate.aggregation import aggregate_votes  # noqa: E402
 from pipeline.denoise.denoise import denoise_pairs, judges_posterior  # noqa: E402
+from pipeline.chain import aggregate_kwargs, denoise_p_model  # noqa: E402
 from pipeline.margins import compute_margins  # noqa: E402
 from pipeline.denoise.weights import sigmoid  # noqa: E402
 from schemas.config import AggregateConfig, DenoiseConfig, MarginConfig  # noqa: E402
@@ -217,8 +218,10 @@ class Method:
     embeddings: bool = False
 
 
-OFF = dict(confidence_weights=False, peer_review=False)  # the product defaults switched off
-LCPO = dict(on_contradicted="keep", confidence_weights=True, peer_review=False)
+# the LCPO / CRM / SCIR variants of denoise method "weights" (its measured thresholds)
+W = dict(method="weights", drop_below=0.5)
+OFF = dict(confidence_weights=False, peer_review=False, **W)  # weights and CRM off
+LCPO = dict(on_contradicted="keep", confidence_weights=True, peer_review=False, **W)
 METHODS = (
     Method("majority", "majority", MarginConfig(contested_band=0.0),
            DenoiseConfig(on_contradicted="flip", **OFF)),
@@ -227,11 +230,11 @@ METHODS = (
     Method("lcpo_ds", "majority", MarginConfig(), DenoiseConfig(**LCPO),
            p_model="dawid_skene"),
     Method("crm", "majority", MarginConfig(),
-           DenoiseConfig(on_contradicted="keep", confidence_weights=False, peer_review=True),
-           embeddings=True),
+           DenoiseConfig(on_contradicted="keep", confidence_weights=False, peer_review=True,
+                         **W), embeddings=True),
     Method("scir", "majority", MarginConfig(),
            DenoiseConfig(on_contradicted="keep", confidence_weights=False,
-                         agreement_filter=True, peer_review=True),
+                         agreement_filter=True, peer_review=True, **W),
            embeddings=True),
     # the product's defaults, through the product's path: aggregate with the judges-only
     # EM (AggregateConfig), p_model = denoise.judges_posterior of its p_a_judges
@@ -243,10 +246,12 @@ METHODS = (
 def run_method(sim: Simulation, m: Method) -> dict[str, Any]:
     """Run the real stages for one method; return the final state of every pair."""
     t0 = time.perf_counter()
-    agg = aggregate_votes(sim.votes, label_annotators={SOURCE}, method=m.aggregate,
-                          use_logprobs=AggregateConfig().use_logprobs,
-                          judges_method=AggregateConfig().judges_method
-                          if m.p_model == "product" else None)
+    if m.p_model == "product":  # the product's aggregation arguments, exactly
+        agg = aggregate_votes(sim.votes, label_annotators={SOURCE},
+                              **aggregate_kwargs(AggregateConfig()))
+    else:
+        agg = aggregate_votes(sim.votes, label_annotators={SOURCE}, method=m.aggregate,
+                              use_logprobs=AggregateConfig().use_logprobs)
     comps = agg.outputs["comparisons"]
     pairs = compute_margins(comps, agg.outputs["scores"], m.margins).outputs["pairs"]
     final: dict[str, tuple[str, float]] = {}  # source_id -> (chosen, p_hat)
@@ -265,8 +270,10 @@ def run_method(sim: Simulation, m: Method) -> dict[str, Any]:
                    (s in final and final[s][0] != sim.label[s])}
     else:
         kw: dict[str, Any] = {"label_source": SOURCE}
-        if m.p_model == "product" and m.denoise.judge_posterior:
-            kw["p_model"] = judges_posterior(pairs, comps)
+        if m.p_model == "product":
+            p_model = denoise_p_model(pairs, comps, m.denoise)
+            if p_model is not None:
+                kw["p_model"] = p_model
         if m.p_model == "dawid_skene":
             judges = sim.votes.filter(pa.compute.not_equal(sim.votes["annotator"], SOURCE))
             ds = aggregate_votes(judges, method="dawid_skene", use_logprobs=True)

@@ -32,6 +32,7 @@ from pipeline.denoise import denoise
 from pipeline.annotate import judging
 from pipeline.annotate import qualify
 from pipeline.annotate.qualify import qualify_judges
+from pipeline.chain import aggregate_kwargs, denoise_p_model
 from pipeline.store import datasets as store
 from pipeline.engines.embedded import default_cache_dir, resolve_model_path
 from pipeline.engines.base import (CallStats, ChatRequest, Engine, FakeEngine, RequestCache,
@@ -546,12 +547,7 @@ def aggregate_task(run_id: str, vote_srcs: list[StageOutput], label_annotators: 
         tables = [s.read("votes") for s in vote_srcs]
         votes = pa.concat_tables(tables) if tables else VOTES.empty_table()
         res = aggregation.aggregate_votes(votes, label_annotators=set(label_annotators),
-                                           method=ctx.cfg.aggregate.method,
-                                           use_logprobs=ctx.cfg.aggregate.use_logprobs,
-                                           judges_method=ctx.cfg.aggregate.judges_method,
-                                           prior=ctx.cfg.aggregate.em_prior,
-                                           label_correlation=ctx.cfg.aggregate.label_correlation,
-                                           correlation_z=ctx.cfg.aggregate.correlation_z)
+                                          **aggregate_kwargs(ctx.cfg.aggregate))
         judge_models = {j.name: j.model.model for j in ctx.cfg.judge.judges}
         judge_models.update({j.name: j.model.model for j in ctx.cfg.rubrics.judges})
         qual = qualify_judges(votes, exclude=label_annotators, judge_models=judge_models,
@@ -625,8 +621,9 @@ def denoise_task(run_id: str, mar: StageOutput, emb: StageOutput | None,
         kw: dict[str, Any] = {"label_source": label_source if ctx.cfg.input.kind == "pairs"
                               else [None] * pairs_t.num_rows}
         if use_agg:  # posterior: P(label right) over all annotators; weights: judges only
-            kw["p_model"] = denoise.judges_posterior(pairs_t, agg.read("comparisons"),
-                                                     "p_a" if posterior else "p_a_judges")
+            p_model = denoise_p_model(pairs_t, agg.read("comparisons"), ctx.cfg.denoise)
+            if p_model is not None:
+                kw["p_model"] = p_model
         if emb is not None and peer_review and pairs_t.num_rows:
             from pipeline.embeddings import aligned_embeddings
 

@@ -75,8 +75,10 @@ class ModelSpec(_Frozen):
 
 class InputConfig(_Frozen):
     kind: Literal["prompts", "pairs"] = "prompts"
-    path: str = "mtbench"  # file / save_to_disk dir / "mtbench"
-    limit: int | None = 8  # first N good rows (null: all)
+    # a file, a save_to_disk folder, or built-in prompts: "mtbench", "verifiable", or a
+    # "+"-mix with optional counts; the default is the embedded default's mix
+    path: str = "mtbench:4+verifiable"
+    limit: int | None = Field(None, ge=0)  # first N good rows (null: all)
     source: str | None = None  # name of the source; default: file stem
 
 
@@ -111,7 +113,7 @@ class JudgeSpec(_Frozen):
 
 class JudgeConfig(_Frozen):
     judges: list[JudgeSpec] = Field(default_factory=lambda: [JudgeSpec()])
-    max_pairs_per_prompt: int = Field(6, ge=1)
+    max_pairs_per_prompt: int = Field(3, ge=1)
     budget: int | None = None  # max judge calls in the stage (null: unbounded)
     batch_size: int = Field(64, ge=1)
     # all: every pair up to the cap; best_worst: per prompt only the pair (best, worst) by a
@@ -149,6 +151,13 @@ class AggregateConfig(_Frozen):
     # annotator's confusion (keeps reliabilities off 0/1 on small or sparse files; an
     # annotator with a handful of votes counts for little); null: maximum likelihood
     em_prior: tuple[float, float] | None = (2.0, 1.0)
+    # the same for verifier annotators (verifier:*): a checked answer is rarely wrong,
+    # but its reliability is still estimated (a broken test or extractor shows up)
+    verifier_prior: tuple[float, float] = (18.0, 1.0)
+    # symmetric: P(a better) = 1/2 a priori — candidate_a/b are ordered by content hash,
+    # so neither side is favoured; an estimated prior soaked up a position-biased
+    # judge's "A" and outvoted a verifier. estimated: fit it (Dawid-Skene's π)
+    class_prior: Literal["symmetric", "estimated"] = "symmetric"
     # annotators agreeing with the file's label beyond what their accuracy explains
     # (they copy it): report them, and with split refit their confusion conditioned on
     # the label's side, so a copied vote carries only the evidence it has
@@ -195,8 +204,11 @@ class DenoiseConfig(_Frozen):
     exclude_label_vote: bool = True  # take the label's own vote out of p_hat for p_i
     weight_calibration: bool = True  # EM also fits the scale of p_i's log-odds (and CRM's)
     eta_init: float = Field(0.9, ge=0.5, le=1)
-    flip_below: float = Field(0.3, ge=0, le=1)  # chosen with bench/noise_eval.py
-    drop_below: float = Field(0.5, ge=0, le=1)
+    # posterior: q < flip_below -> flip, q < drop_below -> drop: the band [0.3, 0.7) is what
+    # the posterior cannot decide (bench/noise_matrix.py; for method weights,
+    # bench/noise_eval.py measured drop_below 0.5)
+    flip_below: float = Field(0.3, ge=0, le=1)
+    drop_below: float = Field(0.7, ge=0, le=1)
     on_low_confidence: Literal["flip", "drop"] = "flip"
     # CRM collaborative peer review (pipeline/denoise/peer_review.py); needs embeddings
     peer_review: bool | None = None  # None: whenever embeddings are available
@@ -238,7 +250,7 @@ class PairsConfig(_Frozen):
     # best_worst: per prompt, best vs worst by aggregated score; all_pairs: every kept pair
     # with margin >= min_margin; curriculum: Curry-DPO, pairs sharing the best response
     # ordered by score gap into `curriculum_stages` stages (1 = easiest)
-    strategy: Literal["best_worst", "all_pairs", "curriculum"] = "best_worst"
+    strategy: Literal["best_worst", "all_pairs", "curriculum"] = "all_pairs"
     min_margin: float = Field(0.0, ge=0)
     curriculum_stages: int = Field(3, ge=1)
     split: Literal["none", "easy_hard"] = "none"  # MPO: |margin| quantile split
@@ -304,7 +316,10 @@ class RubricsConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    judges: list[RubricConfig] = Field(default_factory=list)
+    # the embedded default's Yes/No judge (measured on the verifiable prompts: the best
+    # way to ask SmolLM2, issue 13); [] skips the stage
+    judges: list[RubricConfig] = Field(default_factory=lambda: [
+        RubricConfig(name="smollm2-yesno", template="yesno_v1")])
     budget: int | None = None  # max rubric calls in the stage (null: unbounded)
     batch_size: int = Field(64, ge=1)
 

@@ -296,11 +296,9 @@ def test_config_checks() -> None:
     with pytest.raises(ValidationError, match="peer_review_late_epochs"):
         DenoiseConfig(peer_review_epochs=2, peer_review_late_epochs=3)
     with pytest.raises(ValidationError, match="confidence_weights"):
-        DenoiseConfig(confidence_weights=False, peer_review_mode="weights")
-    d = DenoiseConfig()  # the measured default (bench/noise_eval.py, method "default")
-    assert (d.confidence_weights, d.peer_review, d.agreement_filter) == (True, None, False)
-    assert (d.flip_below, d.drop_below, d.on_contradicted) == (0.3, 0.5, "keep")
-    assert d.judge_posterior and d.peer_review_mode == "auto"
+        DenoiseConfig(method="weights", confidence_weights=False, peer_review_mode="weights")
+    with pytest.raises(ValidationError, match="method 'posterior'"):
+        DenoiseConfig(peer_review_mode="weights")
 
 
 # =========================================================================== CRM

@@ -97,7 +97,9 @@ def simulate(n: int, noise: float, accs: list[float], seed: int = 0, *,
 
 def curate(votes: pa.Table, acfg: AggregateConfig, dcfg: DenoiseConfig | None = None):
     agg = aggregate_votes(votes, label_annotators={SRC}, method="dawid_skene",
-                          prior=acfg.em_prior, label_correlation=acfg.label_correlation,
+                          prior=acfg.em_prior, verifier_prior=acfg.verifier_prior,
+                          class_prior=acfg.class_prior,
+                          label_correlation=acfg.label_correlation,
                           correlation_z=acfg.correlation_z)
     pairs = compute_margins(agg.outputs["comparisons"], agg.outputs["scores"],
                             MCFG).outputs["pairs"]

@@ -92,6 +92,8 @@ def aggregate_votes(votes: pa.Table | pl.DataFrame, *,
                     method: str = "majority", use_logprobs: bool = False,
                     judges_method: str | None = None,
                     prior: tuple[float, float] | None = None,
+                    verifier_prior: tuple[float, float] | None = None,
+                    class_prior: str = "estimated",
                     label_correlation: str = "off",
                     correlation_z: float = 4.0) -> StageResult:
     """Aggregate votes per pair (integer-coded once, numpy sums, EM with numpy/scipy).
@@ -101,7 +103,10 @@ def aggregate_votes(votes: pa.Table | pl.DataFrame, *,
     (null for a comparison without a valid judge vote): the judges' view of the pair
     that does not count the dataset's label, for the confidence weights of denoise.
 
-    ``prior``: the EM's Dirichlet pseudo-counts (see :mod:`pipeline.aggregate.em`).
+    ``prior``: the EM's Dirichlet pseudo-counts (see :mod:`pipeline.aggregate.em`);
+    ``verifier_prior`` replaces it for ``verifier:*`` annotators. ``class_prior``
+    ``symmetric`` fixes π = (½, ½) (the pipeline orders candidate_a/b by content hash),
+    ``estimated`` fits it.
     ``label_correlation`` (``off`` | ``report`` | ``split``): test every annotator for
     agreeing with the dataset's label more often than its estimated accuracy allows
     (:func:`label_correlated`, z > ``correlation_z``), report them in
@@ -148,7 +153,9 @@ def aggregate_votes(votes: pa.Table | pl.DataFrame, *,
         p_a = np.where(n_votes > 0, (n_a + 0.5 * n_tie) / np.maximum(n_votes, 1), np.nan)
     if use_em:
         side = np.where(label_row >= 0, v.vcode[np.maximum(label_row, 0)], -1)
-        post, em_info = _fit_em(v, code, k, acode, names, v.valid, method, prior=prior,
+        post, em_info = _fit_em(v, code, k, acode, names, v.valid, method,
+                                prior=_priors(names, prior, verifier_prior),
+                                class_prior=class_prior,
                                 label_side=side if is_label.any() else None,
                                 is_label=is_label, correlation=label_correlation,
                                 correlation_z=correlation_z)
@@ -159,7 +166,9 @@ def aggregate_votes(votes: pa.Table | pl.DataFrame, *,
     elif judges_method is not None:
         judged = v.valid & ~is_label
         if judged.any():
-            post, _ = _fit_em(v, code, k, acode, names, judged, judges_method, prior=prior)
+            post, _ = _fit_em(v, code, k, acode, names, judged, judges_method,
+                              prior=_priors(names, prior, verifier_prior),
+                              class_prior=class_prior)
             p_judges = np.where(np.bincount(code[judged], minlength=k) > 0, post, np.nan)
     verdicts = df["verdict"]
     comp = df.select(KEY).gather(first).with_columns(
@@ -256,8 +265,22 @@ def _winrate_scores(comp: pl.DataFrame, p_a: np.ndarray) -> pa.Table:
     return conform(sc.to_arrow(), SCORES, "scores")
 
 
+def _priors(names: list[str], prior: tuple[float, float] | None,
+            verifier_prior: tuple[float, float] | None) -> np.ndarray | None:
+    """Per annotator (in ``names`` order) its (right, wrong) pseudo-counts, or None."""
+    if prior is None and verifier_prior is None:
+        return None
+    base = np.asarray(prior if prior is not None else (0.0, 0.0), dtype=np.float64)
+    out = np.tile(base, (len(names), 1))
+    if verifier_prior is not None:
+        ver = np.array([n.startswith("verifier:") for n in names], dtype=bool)
+        out[ver] = verifier_prior
+    return out
+
+
 def _fit_em(v: _VoteArrays, code: np.ndarray, k: int, acode: np.ndarray, names: list[str],
-            use: np.ndarray, method: str, *, prior: tuple[float, float] | None = None,
+            use: np.ndarray, method: str, *, prior: np.ndarray | None = None,
+            class_prior: str = "estimated",
             label_side: np.ndarray | None = None, is_label: np.ndarray | None = None,
             correlation: str = "off", correlation_z: float = 4.0) -> tuple[np.ndarray, dict]:
     """Dawid–Skene / one-coin EM over the votes ``use`` (valid ones), items = ``code``.
@@ -297,7 +320,11 @@ def _fit_em(v: _VoteArrays, code: np.ndarray, k: int, acode: np.ndarray, names: 
         label_vote = np.concatenate([label_vote[~soft], label_vote[soft], label_vote[soft]])
     n_labels = 3 if (label == 2).any() else 2
     fit = em.fit_one_coin if method == "one_coin" else em.fit_dawid_skene
-    kw = {"prior": prior} if method != "one_coin" else {}
+    kw: dict = {}
+    if method != "one_coin":
+        kw["prior"] = None if prior is None else prior[used]
+        if class_prior == "symmetric":
+            kw["class_prior"] = np.array([0.5, 0.5])
     res = fit(item, annot, label, weight=weight, n_items=k, n_annotators=used.size,
               n_classes=2, n_labels=n_labels, **kw)
     rel = dict(zip((names[i] for i in used), res.reliability().tolist()))
@@ -322,9 +349,13 @@ def _fit_em(v: _VoteArrays, code: np.ndarray, k: int, acode: np.ndarray, names: 
             for i, w in enumerate(flagged):
                 m = (annot == w) & (side >= 0)
                 annot2[m] = used.size + 2 * i + side[m]
+            kw2 = dict(kw)
+            if kw.get("prior") is not None:  # each virtual annotator keeps its prior
+                kw2["prior"] = np.concatenate([kw["prior"], np.repeat(
+                    kw["prior"][flagged], 2, axis=0)])
             res = fit(item, annot2, label, weight=weight, n_items=k,
                       n_annotators=used.size + 2 * len(flagged), n_classes=2,
-                      n_labels=n_labels, **kw)
+                      n_labels=n_labels, **kw2)
             info.update(n_iter=info["n_iter"] + res.n_iter, converged=bool(res.converged))
     return res.posterior[:, 0], info
 

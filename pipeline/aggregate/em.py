@@ -26,7 +26,11 @@ Model (Dawid & Skene 1979): each annotator w has a confusion e^w[k, c] = P(label
   only where the annotator gave it), and 1 to every class of π. It keeps reliabilities off
   the 0/1 boundary on small or sparse data (a 10-pair file fitted the label's reliability
   at 1.0, so a pair contradicted 3–0 stayed unflipped) and makes an annotator with a
-  handful of votes count for little. ``None``: maximum likelihood (crowd-kit's fit).
+  handful of votes count for little. ``None``: maximum likelihood (crowd-kit's fit). One
+  pair for every annotator, or a (n_annotators × 2) array of pairs.
+- ``class_prior`` (optional): π fixed instead of estimated (the pipeline's pairs are in a
+  canonical order by content hash, so a priori each side is the better one half the time;
+  an estimated π soaked up judges' position bias and outvoted a verifier).
 - Initialisation: soft majority vote, T_jc = share of j's votes for c, each non-class label
   spread evenly over the classes (a tie counts ½ to a and ½ to b); items without votes 1/C.
 - Stop: after an iteration in which neither the ELBO nor crowd-kit's loss (both per vote,
@@ -115,7 +119,8 @@ def fit_dawid_skene(item: np.ndarray, annotator: np.ndarray, label: np.ndarray, 
                     n_annotators: int | None = None, n_classes: int = 2,
                     n_labels: int | None = None, tol: float = TOL,
                     max_iter: int = MAX_ITER,
-                    prior: tuple[float, float] | None = None) -> EMResult:
+                    prior: tuple[float, float] | np.ndarray | None = None,
+                    class_prior: np.ndarray | None = None) -> EMResult:
     """Full-confusion Dawid–Skene EM (module docstring: model, prior, floors, stopping rule).
 
     >>> item, annot = np.repeat(np.arange(4), 2), np.tile([0, 1], 4)
@@ -126,7 +131,7 @@ def fit_dawid_skene(item: np.ndarray, annotator: np.ndarray, label: np.ndarray, 
     (True, True)
     """
     return _fit(item, annotator, label, weight, n_items, n_annotators, n_classes, n_labels,
-                tol, max_iter, one_coin=False, prior=prior)
+                tol, max_iter, one_coin=False, prior=prior, class_prior=class_prior)
 
 
 def fit_one_coin(item: np.ndarray, annotator: np.ndarray, label: np.ndarray, *,
@@ -158,7 +163,8 @@ def _codes(name: str, x: np.ndarray, n: int | None) -> tuple[np.ndarray, int]:
 def _fit(item: np.ndarray, annotator: np.ndarray, label: np.ndarray,
          weight: np.ndarray | None, n_items: int | None, n_annotators: int | None,
          n_classes: int, n_labels: int | None, tol: float, max_iter: int, *,
-         one_coin: bool, prior: tuple[float, float] | None = None) -> EMResult:
+         one_coin: bool, prior: tuple[float, float] | np.ndarray | None = None,
+         class_prior: np.ndarray | None = None) -> EMResult:
     item, n_items = _codes("item", item, n_items)
     annotator, n_annot = _codes("annotator", annotator, n_annotators)
     if n_classes < 2:
@@ -207,11 +213,21 @@ def _fit(item: np.ndarray, annotator: np.ndarray, label: np.ndarray,
     with np.errstate(invalid="ignore", divide="ignore"):
         T = np.where(rs > 0, T / rs, 1.0 / C)
     empty = np.flatnonzero(~has_votes)[:1]  # one item without votes, if any (its T = π)
+    fixed_pri = None
+    if class_prior is not None:
+        fixed_pri = np.asarray(class_prior, dtype=np.float64)
+        if fixed_pri.shape != (C,) or np.any(fixed_pri <= 0) or \
+                abs(fixed_pri.sum() - 1.0) > 1e-9:
+            raise ValueError(f"class_prior must be {C} positive probabilities summing to 1")
     pseudo = None
     if prior is not None and not one_coin:
-        diag, off = (float(x) for x in prior)
-        if diag < 0 or off < 0:
-            raise ValueError(f"prior pseudo-counts must be non-negative, got {prior}")
+        pr = np.asarray(prior, dtype=np.float64)
+        if pr.shape == (2,):
+            pr = np.broadcast_to(pr, (W, 2))
+        if pr.shape != (W, 2) or np.any(pr < 0) or not np.all(np.isfinite(pr)):
+            raise ValueError(f"prior must be non-negative pseudo-counts (right, wrong), one "
+                             f"pair or one per annotator, got shape {pr.shape}")
+        diag, off = pr[w_of_g, 0][:, None], pr[w_of_g, 1][:, None]
         pseudo = np.where(k_of_g[:, None] == np.arange(C)[None, :], diag, off)
         pseudo[(k_of_g >= C) & ~observed] = 0.0  # a non-class label never given stays 0
         has_any = np.bincount(w_of_g, n_g, W) > 0  # annotators with votes here
@@ -220,9 +236,12 @@ def _fit(item: np.ndarray, annotator: np.ndarray, label: np.ndarray,
 
     def m_step(T: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None,
                                        np.ndarray]:
-        pri = T.mean(axis=1) if mean_rows is None else np.einsum("ci,i->c", T, mean_rows)
-        if pseudo is not None:  # Dirichlet(1 + 1) on π: one pseudo-item per class
-            pri = (pri * n_with + 1.0) / (n_with + C)
+        if fixed_pri is not None:
+            pri = fixed_pri
+        else:
+            pri = T.mean(axis=1) if mean_rows is None else np.einsum("ci,i->c", T, mean_rows)
+            if pseudo is not None:  # Dirichlet(1 + 1) on π: one pseudo-item per class
+                pri = (pri * n_with + 1.0) / (n_with + C)
         # (W·K, C): Σ over the votes in cell g = (annotator, label) of T_jc. The last class
         # needs no sparse product: its column is the cell's vote weight minus the others.
         counts = np.empty((W * K, C))
