@@ -15,9 +15,14 @@ flip if q < ``FLIP_BELOW`` (0.3), drop if q < ``DROP_BELOW`` (0.7), else keep:
   canonical (a, b) frame, the label as one more annotator, a tie vote as the non-class
   label 2, every annotator name (judge × order) its own annotator.
 - ``crowdkit_ds``, ``crowdkit_mace``, ``crowdkit_glad``: crowd-kit's DawidSkene, MACE
-  (``n_restarts=2``: the default 10 restarts cost 6× the time for the same labels here)
-  and GLAD, the label as an annotator, q from their ``probas_``. **Tie votes are left out
-  for these three** (they would be a third class).
+  (``n_restarts=1``: the default 10 restarts cost 10× the time for the same labels here)
+  and GLAD (defaults; by far the slowest — a Python call per task in every E-step — so it
+  runs on the first ``--glad-seeds`` seeds of a cell only, default 1), the label as an
+  annotator, q from their ``probas_``. **Tie votes are left out for these three** (they
+  would be a third class).
+- ``default_rule``: the product's path with ``denoise.flip_below`` / ``drop_below`` set to
+  the bench's rule (0.3 / 0.7): the product's estimator under the references' decision
+  rule, so that thresholds and estimator can be told apart.
 - ``oracle``: the Bayes posterior from the generator's parameters (``scenarios.oracle``).
 - ``default``: the product's real path with its default config (:func:`run_default`).
 
@@ -44,6 +49,7 @@ Usage::
     python bench/noise_matrix.py --quick         # fewer pairs / noise levels, 1 seed
     python bench/noise_matrix.py --json > m.json # one JSON document on stdout, logs on stderr
     python bench/noise_matrix.py --scenarios dense ties --noise 0.3 --seeds 5 --pairs 2000
+    python bench/noise_matrix.py --set denoise.drop_below=0.7   # try a product setting
     python bench/noise_matrix.py --check-flow    # the real Prefect flow vs run_default
 
 ``--jobs`` (default 2) runs cells in that many processes (one BLAS / torch thread each).
@@ -185,7 +191,7 @@ def method_crowdkit(sim: Sim, which: str) -> Result:
     df = pd.DataFrame({"task": item[keep], "worker": np.array(names, dtype=object)[ann[keep]],
                        "label": lab[keep]})
     model = {"crowdkit_ds": lambda: DawidSkene(n_iter=100),
-             "crowdkit_mace": lambda: MACE(n_restarts=2, n_iter=50, random_state=sim.seed),
+             "crowdkit_mace": lambda: MACE(n_restarts=1, n_iter=50, random_state=sim.seed),
              "crowdkit_glad": lambda: GLAD()}[which]()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -227,24 +233,38 @@ _EMB_ENABLED = None
 _INGESTED: dict[str, Any] = {}  # the last ingested simulation (one entry)
 
 
+def _prefect_home() -> None:
+    """Importing prefect (flows.curate) creates its home folder: a temporary one, removed
+    at exit, unless the caller set PREFECT_HOME."""
+    if "PREFECT_HOME" not in os.environ:
+        import atexit
+        import shutil
+
+        home = tempfile.mkdtemp(prefix="prefcurate-bench-prefect-")
+        atexit.register(shutil.rmtree, home, True)
+        os.environ["PREFECT_HOME"] = home
+
+
 def _embeddings_enabled(cfg: Any) -> bool:
     """The flow's own rule (flows.curate.embeddings_enabled), imported once."""
     global _EMB_ENABLED
     if _EMB_ENABLED is None:
-        os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prefcurate-bench-"))
+        _prefect_home()
         from flows.curate import embeddings_enabled
 
         _EMB_ENABLED = embeddings_enabled
     return bool(_EMB_ENABLED(cfg))
 
 
-def default_config(sim: Sim) -> Any:
+def default_config(sim: Sim, sets: tuple[str, ...] | list[str] = ()) -> Any:
     """``RunConfig`` defaults plus input.kind (pairs, or prompts without a file label),
-    input.limit = None and no judge (the votes are given)."""
-    from schemas.config import RunConfig
+    input.limit = None and no judge (the votes are given), then the ``--set``-style
+    overrides ``sets`` (``denoise.drop_below=0.7``), validated like the CLI's."""
+    from schemas.config import load_config
 
-    return RunConfig.model_validate({"input": {"kind": "pairs" if sim.has_label else "prompts",
-                                               "limit": None}, "judge": {"judges": []}})
+    kind = "pairs" if sim.has_label else "prompts"
+    return load_config(None, [f"input.kind={kind}", "input.limit=null", "judge.judges=[]",
+                              *sets])
 
 
 def run_default(sim: Sim, cfg: Any = None, embeddings: str = "flow") -> Outcomes:
@@ -394,15 +414,15 @@ def _small(x: Any, depth: int = 0) -> Any:
     return x
 
 
-def method_default(sim: Sim, embeddings: str = "flow", shared_rule: bool = False) -> Result:
-    """``default``; with ``shared_rule`` (method ``default_rule``) the same path with the
-    bench's thresholds (denoise.flip_below / drop_below = FLIP_BELOW / DROP_BELOW): the
-    product's estimator under the references' decision rule."""
-    cfg = None
-    if shared_rule:
-        cfg = default_config(sim)
-        cfg = cfg.model_copy(update={"denoise": cfg.denoise.model_copy(
-            update={"flip_below": FLIP_BELOW, "drop_below": DROP_BELOW})})
+def method_default(sim: Sim, embeddings: str = "flow", shared_rule: bool = False,
+                   sets: tuple[str, ...] = ()) -> Result:
+    """``default`` (with ``sets``, the ``--set`` overrides, if any); with ``shared_rule``
+    (method ``default_rule``) the same path with the bench's thresholds
+    (denoise.flip_below / drop_below = FLIP_BELOW / DROP_BELOW): the product's estimator
+    under the references' decision rule."""
+    cfg = default_config(sim, tuple(sets) + ((f"denoise.flip_below={FLIP_BELOW}",
+                                              f"denoise.drop_below={DROP_BELOW}")
+                                             if shared_rule else ()))
     out = run_default(sim, cfg, embeddings=embeddings)
     rows = [out[s] for s in sim.ids]
     dec = np.array([DECISIONS[r["decision"]] for r in rows])
@@ -519,8 +539,8 @@ def _jsonable(x: Any) -> Any:
 
 
 def run_one(scenario: str, noise: float, seed: int, pairs: int, methods: tuple[str, ...],
-            train: bool = True, embeddings: str = "flow", glad_seeds: int | None = None
-            ) -> dict[str, Any]:
+            train: bool = True, embeddings: str = "flow", glad_seeds: int | None = None,
+            sets: tuple[str, ...] = ()) -> dict[str, Any]:
     """One (scenario, noise, seed): every method's metrics, the training check, timings.
     ``glad_seeds``: run crowd-kit's GLAD only for seeds below this (it is ~20× slower than
     everything else together: a Python call per task and E-step)."""
@@ -542,9 +562,9 @@ def run_one(scenario: str, noise: float, seed: int, pairs: int, methods: tuple[s
         elif m == "oracle":
             res[m] = method_oracle(sim, post)
         elif m == "default":
-            res[m] = method_default(sim, embeddings)
+            res[m] = method_default(sim, embeddings, sets=sets)
         elif m == "default_rule":
-            res[m] = method_default(sim, embeddings, shared_rule=True)
+            res[m] = method_default(sim, embeddings, shared_rule=True, sets=sets)
         secs[m] = time.perf_counter() - t
     metrics = {m: score(sim, r) for m, r in res.items()}
     # the ceiling at each method's own coverage: the oracle publishing as many pairs, its
@@ -847,7 +867,7 @@ def check_flow(scenario: str = "label_copier", n: int = 300, noise: float = 0.3,
     :func:`run_default`: the guard against the bench drifting from the flow."""
     import polars as pl
 
-    os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prefcurate-bench-"))
+    _prefect_home()
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     sim = S.simulate(scenario, n, noise, seed)
     with tempfile.TemporaryDirectory(prefix="prefcurate-checkflow-") as d:
@@ -904,6 +924,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--embeddings", choices=("flow", "always", "never"), default="flow",
                     help="pass the simulated embeddings to the default path: as the flow "
                          "decides (embeddings_enabled), always or never")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="override the product's config for default / default_rule, as "
+                         "prefcurate run --set does (repeatable): e.g. "
+                         "--set denoise.drop_below=0.7")
     ap.add_argument("--check-flow", action="store_true",
                     help="only run the real Prefect flow on one simulated file and compare "
                          "it with run_default (exit 1 on any difference)")
@@ -912,6 +936,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(v, "1")  # one thread per (spawned) worker: 2-core machines
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    _prefect_home()  # one for every worker (they inherit it), removed at exit
     if a.check_flow:
         res = check_flow()
         print(json.dumps(res, indent=1))
@@ -921,8 +946,15 @@ def main(argv: list[str] | None = None) -> int:
     seeds = a.seeds if a.seeds is not None else base["seeds"]
     pairs = a.pairs if a.pairs is not None else base["pairs"]
     methods = tuple(m for m in METHODS if m in a.methods)
-    jobs = [(s, nz, sd, pairs, methods, not a.no_train, a.embeddings, a.glad_seeds)
+    sets = tuple(a.sets)
+    if sets:
+        from bench.scenarios import simulate as _sim
+
+        default_config(_sim("sparse", 2, 0.1), sets)  # a bad --set fails here, not in a worker
+    jobs = [(s, nz, sd, pairs, methods, not a.no_train, a.embeddings, a.glad_seeds, sets)
             for s in a.scenarios for nz in noise for sd in range(seeds)]
+    if sets:
+        log(f"default / default_rule run with --set {' '.join(sets)}")
     log(f"noise matrix: {len(a.scenarios)} scenarios × {len(noise)} noise levels × {seeds} "
         f"seed(s) = {len(jobs)} runs of {pairs} pairs, {a.jobs} process(es)")
     t0 = time.perf_counter()
@@ -952,7 +984,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": {"scenarios": a.scenarios, "noise": list(noise), "seeds": seeds,
                    "pairs": pairs, "methods": list(methods), "flip_below": FLIP_BELOW,
                    "drop_below": DROP_BELOW, "embeddings": a.embeddings, "quick": a.quick,
-                   "jobs": a.jobs, "glad_seeds": a.glad_seeds},
+                   "jobs": a.jobs, "glad_seeds": a.glad_seeds, "sets": list(sets)},
         "summary": summ, "cells": cells, "runs": runs, "wall_seconds": elapsed})
     if a.save:
         Path(a.save).write_text(json.dumps(doc, indent=1))

@@ -80,11 +80,14 @@ def run(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
         runner: Optional[str] = typer.Option(None, "--runner", help="thread | dask | ray "
                                              "(same as --set runner.kind=...)"),
         workers: Optional[int] = typer.Option(None, "--workers", help="runner workers"),
+        allow_partial: bool = typer.Option(False, "--allow-partial", help="Publish even "
+                                           "when every call of a model stage failed"),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every stage")) -> None:
     """Run a curation (ingest → … → publish) and print where the dataset version is."""
     _prefect_env(verbose)
     set_ = list(set_) + ([f"runner.kind={runner}"] if runner else []) + \
-        ([f"runner.workers={workers}"] if workers else [])
+        ([f"runner.workers={workers}"] if workers else []) + \
+        (["allow_partial=true"] if allow_partial else [])
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("prefcurate").setLevel(logging.INFO)
@@ -121,6 +124,11 @@ def run(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
               f"{summary['seconds']} s")
     out.print(f"[bold green]{verb}[/] {summary['name']}@v{summary['version']} "
               f"({summary['rows']} pairs)")
+    if summary.get("partial"):
+        err.print("[bold yellow]partial:[/] rows with failed model calls were quarantined "
+                  "and left out (" + ", ".join(f"{k}: {v}" for k, v in
+                                                summary["partial"].items()) +
+                  "); rerun to make exactly those calls again")
     if summary.get("report_html"):
         out.print(f"quality report: {summary['report_html']}")
     out.print(summary["path"])

@@ -37,10 +37,10 @@ from pipeline.store import datasets as store
 from pipeline.engines.embedded import default_cache_dir, resolve_model_path
 from pipeline.engines.base import (CallStats, ChatRequest, Engine, FakeEngine, RequestCache,
                               VLLMEngine, run_cached)
-from schemas.errors import ConfigError, PrefcurateError
+from schemas.errors import ConfigError, EngineError, PrefcurateError
 from pipeline.hashing import stable_hash, tree_hash
 from pipeline.ingest.stage import ingest_pairs, ingest_prompts
-from pipeline.stage import StageCounts, StageResult
+from pipeline.stage import Reason, StageCounts, StageResult
 from schemas.config import (ModelSpec, RunConfig, config_hash, merge_secrets, resolved_dict,
                             split_secrets)
 from schemas.tables import SCHEMAS, VOTES, schema_fingerprint
@@ -257,8 +257,32 @@ def generate_task(run_id: str, ingest: StageOutput) -> StageOutput:
         return res
 
     return _stage(ctx, "generate", generation.STAGE_VERSION, gcfg.model_dump(mode="json"),
-                  [ingest.output_hash], compute,
-                  complete=lambda r: r.counts.quarantined.get("request_failed", 0) == 0)
+                  [ingest.output_hash], compute, complete=_no_failed_calls)
+
+
+def _no_failed_calls(result: StageResult) -> bool:
+    """A model stage is complete only when none of its calls failed."""
+    return not result.counts.quarantined.get(str(Reason.REQUEST_FAILED), 0)
+
+
+def check_outage(out: StageOutput, cfg: RunConfig, partial: dict[str, int]) -> None:
+    """After a model stage: failed calls are recorded in ``partial``; when every row of
+    the stage failed the run stops (unless ``allow_partial``), naming the first error."""
+    failed = out.counts.get("quarantined", {}).get(str(Reason.REQUEST_FAILED), 0)
+    if not failed:
+        return
+    partial[out.stage] = failed
+    q = out.read("quarantine")
+    first = next((d for d, r in zip(q.column("detail").to_pylist(),
+                                    q.column("reason").to_pylist())
+                  if r == str(Reason.REQUEST_FAILED)), "")
+    log.warning("%s: %d rows have failed model calls (quarantined; the next run makes "
+                "exactly those calls again): %s", out.stage, failed, first)
+    if out.counts.get("kept", 0) == 0 and not cfg.allow_partial:
+        raise EngineError(f"{out.stage}: every call failed ({failed} rows quarantined), e.g. "
+                          f"{first}; nothing published. Rerun when the model server is back "
+                          f"(only the failed calls are made again), or pass --allow-partial "
+                          f"to publish without them")
 
 
 def first_signal(score_srcs: list[StageOutput]) -> dict[str, float] | None:
@@ -416,7 +440,8 @@ def judge_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput,
                   ([ctx.cfg.gpm.model_dump(mode="json")] if second else []),
                   [prompts_src.output_hash, cands_src.output_hash] +
                   [s.output_hash for s in signal_srcs] +
-                  ([seed_agg.output_hash, emb.output_hash] if second else []), compute)
+                  ([seed_agg.output_hash, emb.output_hash] if second else []), compute,
+                  complete=_no_failed_calls)
 
 
 def embeddings_enabled(cfg: RunConfig) -> bool:
@@ -472,7 +497,8 @@ def rubric_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -
         return res
 
     return _stage(ctx, "rubric", rubrics.STAGE_VERSION, rcfg.model_dump(mode="json"),
-                  [prompts_src.output_hash, cands_src.output_hash], compute)
+                  [prompts_src.output_hash, cands_src.output_hash], compute,
+                  complete=_no_failed_calls)
 
 
 @task(name="reward", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60],
@@ -680,7 +706,8 @@ def _card(name: str, version_hint: str, cfg: RunConfig, stages: dict[str, Any],
 @task(name="publish", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5,
       retry_condition_fn=_transient)
 def publish_task(run_id: str, ing: StageOutput, cands: StageOutput, sel: StageOutput,
-                 all_stages: list[StageOutput]) -> dict[str, Any]:
+                 all_stages: list[StageOutput],
+                 partial: dict[str, int] | None = None) -> dict[str, Any]:
     import pyarrow as pa
 
     ctx = _ctx(run_id)
@@ -710,6 +737,8 @@ def publish_task(run_id: str, ing: StageOutput, cands: StageOutput, sel: StageOu
         "models_called": list(ctx.models_used),
         "schema_fingerprint": {n: schema_fingerprint(s) for n, s in SCHEMAS.items()},
     }
+    if partial:  # rows whose model calls failed: quarantined, retried by the next run
+        manifest["partial"] = dict(partial)
     html = None
     try:
         from pipeline.report.build import render_html, report_from_tables
@@ -727,6 +756,7 @@ def publish_task(run_id: str, ing: StageOutput, cands: StageOutput, sel: StageOu
     return {"name": ref.name, "version": ref.version, "path": str(Path(ref.path).resolve()),
             "created": ref.created, "rows": data.num_rows, "stages": stages,
             "calls": manifest["calls"], "models_called": manifest["models_called"],
+            "partial": manifest.get("partial", {}),
             "report_html": str(Path(ref.path).resolve() / "report.html") if html else None}
 
 
@@ -774,6 +804,7 @@ def curate(config: dict[str, Any], secrets_ref: str | None = None) -> dict[str, 
     try:
         ing = ingest_task(run_id)
         outs = [ing]
+        partial: dict[str, int] = {}  # model stages with failed calls: rows quarantined
         if cfg.input.kind == "prompts":
             if cfg.runner.kind != "thread":
                 reqs = generation.build_generation_requests(ing.read("prompts"),
@@ -783,6 +814,7 @@ def curate(config: dict[str, Any], secrets_ref: str | None = None) -> dict[str, 
                     for p in cfg.generate.policies], cfg.generate.batch_size)
             cands = generate_task(run_id, ing)
             outs.append(cands)
+            check_outage(cands, cfg, partial)
         else:
             cands = ing
         vote_srcs = [] if cfg.input.kind == "prompts" else [ing]
@@ -794,6 +826,7 @@ def curate(config: dict[str, Any], secrets_ref: str | None = None) -> dict[str, 
         score_srcs = []
         if cfg.rubrics.judges:
             score_srcs.append(rubric_task(run_id, ing, cands))
+            check_outage(score_srcs[-1], cfg, partial)
             vote_srcs.append(score_srcs[-1])  # Yes/No judges' pairwise votes
         if cfg.rewards.models:
             score_srcs.append(reward_task(run_id, ing, cands))
@@ -811,6 +844,7 @@ def curate(config: dict[str, Any], secrets_ref: str | None = None) -> dict[str, 
                     for j in cfg.judge.judges], cfg.judge.batch_size)
             jud = judge_task(run_id, ing, cands, signal)
             outs.append(jud)
+            check_outage(jud, cfg, partial)
             vote_srcs.append(jud)
         emb = None
         if embeddings_enabled(cfg):
@@ -847,7 +881,7 @@ def curate(config: dict[str, Any], secrets_ref: str | None = None) -> dict[str, 
                 raise ConfigError("select.budget needs embeddings: set embed.enabled: true")
             sel = select_task(run_id, sel, emb)
             outs.append(sel)
-        summary = publish_task(run_id, ing, cands, sel, outs)
+        summary = publish_task(run_id, ing, cands, sel, outs, partial)
         summary["report"] = report_task(summary)
         return summary
     finally:

@@ -478,6 +478,10 @@ class RunConfig(_Frozen):
     gpm: GPMConfig = Field(default_factory=GPMConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    # publish even when every call of a model stage failed (an outage): off, the run stops
+    # with an error; a stage with any failed call is never marked complete either way,
+    # so the next run makes exactly the failed calls again
+    allow_partial: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":

@@ -225,9 +225,10 @@ def test_failed_request_and_empty_candidates():
                                         [RubricConfig(aspects=("helpfulness",))])
     assert len(reqs) == 1 and [d["reason"] for d in drops] == [Reason.EMPTY_OUTPUT] * 2
     res = make_scores(reqs, [Completion(texts=[], finish_reasons=[], error="boom")], drops)
-    row = res.outputs["scores"].to_pylist()[0]
-    assert row["score"] is None and row["parse_error"] == "request failed: boom"
-    assert row["raw_output"] is None
+    # a failed call is quarantined (retried by the next run), not a null score
+    assert res.outputs["scores"].num_rows == 0
+    assert res.counts.quarantined == {"request_failed": 1} and res.counts.kept == 0
+    assert "boom" in res.quarantine.column("detail")[0].as_py()
     assert res.counts.to_dict()["dropped"] == {"empty_output": 2}
     assert res.dropped.num_rows == 2 and res.counts.rows_in == 3
 

@@ -403,16 +403,28 @@ def test_position_inconsistent_judge() -> None:
     assert denoise_pairs(pairs_t, DenoiseConfig(), MarginConfig()).counts.dropped == {"tie": 1}
 
 
-def test_make_votes_parse_errors_and_failures_are_null_votes() -> None:
+def test_make_votes_parse_errors_are_null_votes() -> None:
     pairs, drops, info, reqs = judge_setup({"x": "4", "y": "5"})
-    comps = [completion("hmm, hard to say"),
-             Completion(texts=[], finish_reasons=[], error="RuntimeError: down")]
+    comps = [completion("hmm, hard to say"), completion("")]
     res = accounted(make_votes(reqs, comps, len(pairs), drops, info))
     v = res.outputs["votes"].to_pylist()
     assert [x["verdict"] for x in v] == [None, None]
     assert v[0]["raw_output"] == "hmm, hard to say" and v[0]["parse_error"]
-    assert v[1]["raw_output"] is None and v[1]["parse_error"].startswith("request failed")
     assert res.info["parse_errors"] == 2 and res.counts.kept == 1  # the pair was judged
+
+
+def test_make_votes_a_failed_call_quarantines_its_pair() -> None:
+    """A failed call is not a vote: the pair is quarantined with the error (so the stage
+    is incomplete and the next run retries it), and none of its votes is written."""
+    pairs, drops, info, reqs = judge_setup({"x": "4", "y": "5"})
+    comps = [completion('{"winner": "A"}'),
+             Completion(texts=[], finish_reasons=[], error="ConnectError: refused")]
+    res = make_votes(reqs, comps, len(pairs), drops, info)
+    assert res.outputs["votes"].num_rows == 0
+    assert res.counts.kept == 0 and res.counts.quarantined == {"request_failed": 1}
+    q = res.quarantine.to_pylist()[0]
+    assert q["reason"] == "request_failed" and "ConnectError: refused" in q["detail"]
+    assert res.info["failed_calls"] == 1
 
 
 def test_make_votes_prob_a_follows_order() -> None:

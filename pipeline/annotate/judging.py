@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from pipeline.engines.base import ChatRequest, Completion
 from pipeline.hashing import stable_hash
-from pipeline.stage import Reason, StageCounts, StageResult, dropped_table
+from pipeline.stage import Reason, StageCounts, StageResult, dropped_table, quarantine_table
 from schemas.config import JudgeSpec
 from schemas.tables import VOTES, from_rows
 
@@ -264,9 +264,21 @@ def build_judge_requests(pairs: list[tuple[str, str, str, str]], candidates: pa.
 
 def make_votes(requests: list[JudgeRequest], completions: list[Completion],
                n_pairs: int, drops: list[dict], info: dict) -> StageResult:
-    """Parse completions into VOTES rows; unparseable output is a null verdict, kept."""
+    """Parse completions into VOTES rows; unparseable output is a null verdict, kept.
+
+    A pair with a failed call (``Completion.error``: the engine or server refused, timed
+    out, or answered 5xx after its retries) is quarantined (``request_failed``, with the
+    error) and none of its votes is written: the stage is then incomplete, and the next run
+    makes exactly the failed calls again (the others come from the request cache)."""
+    failed: dict[tuple[str, str, str], str] = {}
+    for jr, comp in zip(requests, completions, strict=True):
+        if comp.error is not None:
+            failed.setdefault((jr.source_id, jr.candidate_a, jr.candidate_b),
+                              f"{jr.annotator}: {comp.error}")
     rows = []
     for jr, comp in zip(requests, completions, strict=True):
+        if (jr.source_id, jr.candidate_a, jr.candidate_b) in failed:
+            continue
         # one vote per sample (judge.samples > 1 at temperature > 0); a failed call is one
         # null vote per requested sample, so nothing disappears from the counts
         for i in range(max(jr.request.n, 1)):
@@ -285,12 +297,19 @@ def make_votes(requests: list[JudgeRequest], completions: list[Completion],
                          "raw_output": raw, "parse_error": err})
     votes = from_rows(rows, VOTES, "votes")
     n_drop = len(drops)
-    counts = StageCounts(rows_in=n_pairs + n_drop, kept=n_pairs,
+    quarantine = [{"source_id": sid, "row": None, "reason": Reason.REQUEST_FAILED,
+                   "detail": f"pair {a} vs {b}: {err}"[:1000]}
+                  for (sid, a, b), err in failed.items()]
+    counts = StageCounts(rows_in=n_pairs + n_drop, kept=n_pairs - len(failed),
                          dropped=dict(Counter(str(d["reason"]) for d in drops)),
-                         rows_out=len(rows))
+                         quarantined={str(Reason.REQUEST_FAILED): len(failed)}
+                         if failed else {}, rows_out=len(rows))
     parse_errors = sum(r["parse_error"] is not None for r in rows)
+    n_failed = sum(c.error is not None for c in completions)
     return StageResult(STAGE, {"votes": votes}, counts, dropped_table(STAGE, drops),
-                       info={**info, "judge_calls": len(rows), "parse_errors": parse_errors})
+                       quarantine_table(STAGE, quarantine),
+                       info={**info, "judge_calls": len(requests), "parse_errors": parse_errors,
+                             "failed_calls": n_failed})
 
 
 def injection_like(candidates: pa.Table) -> list[str]:

@@ -41,7 +41,7 @@ import pyarrow as pa
 from pipeline.engines.base import ChatRequest, Completion, fake_json
 from pipeline.hashing import stable_hash
 from pipeline.annotate.judging import _defang, _render_conversation, annotator_base
-from pipeline.stage import Reason, StageCounts, StageResult, dropped_table
+from pipeline.stage import Reason, StageCounts, StageResult, dropped_table, quarantine_table
 from schemas.config import DEFAULT_ASPECTS, RubricConfig
 from schemas.tables import SCORES, VOTES, from_rows
 
@@ -374,10 +374,14 @@ def make_scores(requests: list[RubricRequest], completions: list[Completion],
     rows = []
     bad_requests = 0
     nulls: Counter[str] = Counter()
+    failed = []
     for rr, comp in zip(requests, completions, strict=True):
         raw = comp.texts[0] if comp.texts else None
-        if comp.error is not None:
-            parsed = {a: (None, f"request failed: {comp.error}") for a in rr.aspects}
+        if comp.error is not None:  # quarantined, no score row: retried by the next run
+            failed.append({"source_id": rr.source_id, "row": None,
+                           "reason": Reason.REQUEST_FAILED,
+                           "detail": f"{rr.annotator} on {rr.candidate_id}: {comp.error}"[:1000]})
+            continue
         elif rr.aspects == (YESNO_ASPECT,) and rr.annotator.split("|")[1] == "yesno_v1":
             tops = comp.top_logprobs[0] if comp.top_logprobs else None
             parsed = {YESNO_ASPECT: parse_yesno(raw, tops)}
@@ -394,10 +398,12 @@ def make_scores(requests: list[RubricRequest], completions: list[Completion],
                          "aspect": a, "score": score, "raw_output": raw, "parse_error": err})
         bad_requests += any_bad
     scores = from_rows(rows, SCORES, "scores")
-    counts = StageCounts(rows_in=len(requests) + len(drops), kept=len(requests),
+    counts = StageCounts(rows_in=len(requests) + len(drops), kept=len(requests) - len(failed),
                          dropped=dict(Counter(str(d["reason"]) for d in drops)),
-                         rows_out=len(rows))
+                         quarantined={str(Reason.REQUEST_FAILED): len(failed)}
+                         if failed else {}, rows_out=len(rows))
     return StageResult(STAGE, {"scores": scores}, counts, dropped_table(STAGE, drops),
+                       quarantine_table(STAGE, failed),
                        info={"rubric_calls": len(requests),
                              "parse_errors": sum(r["parse_error"] is not None for r in rows),
                              "requests_with_parse_errors": bad_requests,
