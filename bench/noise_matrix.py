@@ -46,7 +46,7 @@ the same generator, and the share of the (a) → (d) gap that (b) and (c) close.
 Usage::
 
     python bench/noise_matrix.py                 # 10 scenarios × noise 0.1–0.4 × 3 seeds
-    python bench/noise_matrix.py --quick         # fewer pairs / noise levels, 1 seed
+    python bench/noise_matrix.py --quick         # 800 pairs, noise 0.2 / 0.4, 1 seed, no GLAD
     python bench/noise_matrix.py --json > m.json # one JSON document on stdout, logs on stderr
     python bench/noise_matrix.py --scenarios dense ties --noise 0.3 --seeds 5 --pairs 2000
     python bench/noise_matrix.py --set denoise.drop_below=0.7   # try a product setting
@@ -82,8 +82,8 @@ KEEP, FLIP, DROP = 0, 1, 2
 DECISIONS = {"keep": KEEP, "flip": FLIP, "drop": DROP}
 METHODS = ("majority", "plain_ds", "crowdkit_ds", "crowdkit_mace", "crowdkit_glad", "oracle",
            "default", "default_rule")
-FULL = {"pairs": 1500, "seeds": 3, "noise": (0.1, 0.2, 0.3, 0.4)}
-QUICK = {"pairs": 800, "seeds": 1, "noise": (0.2, 0.4)}
+FULL = {"pairs": 1500, "seeds": 3, "noise": (0.1, 0.2, 0.3, 0.4), "glad_seeds": 1}
+QUICK = {"pairs": 800, "seeds": 1, "noise": (0.2, 0.4), "glad_seeds": 0}
 TEST_PAIRS = 3000  # held-out clean pairs for the training check
 
 
@@ -240,7 +240,7 @@ def _prefect_home() -> None:
         import atexit
         import shutil
 
-        home = tempfile.mkdtemp(prefix="prefcurate-bench-prefect-")
+        home = tempfile.mkdtemp(prefix="prefcurate-matrix-prefect-")
         atexit.register(shutil.rmtree, home, True)
         os.environ["PREFECT_HOME"] = home
 
@@ -727,9 +727,18 @@ def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
     for c in cells:
         if "training" in c:
             tr.setdefault(c["scenario"], []).append(c)
-    summ["training_by_scenario"] = {
-        s: {k: _mean_std([c["training"][k]["mean"] for c in cs if c["noise"] >= 0.2])[0]
-            for k in TRAIN} for s, cs in tr.items()}
+    by_s: dict[str, Any] = {}
+    for sc, cs in tr.items():
+        cs = [c for c in cs if c["noise"] >= 0.2]
+        if not cs:
+            continue
+        d = {k: _mean_std([c["training"][k]["mean"] for c in cs])[0]
+             for k in ("raw", "curated_w", "curated_margin", "clean")}
+        gap = (d["clean"] - d["raw"]) if None not in (d["clean"], d["raw"]) else None
+        for k, src in (("closed_w", "curated_w"), ("closed_margin", "curated_margin")):
+            d[k] = (d[src] - d["raw"]) / gap if gap and gap > 0.002 else None
+        by_s[sc] = d
+    summ["training_by_scenario"] = by_s  # noise >= 0.2; shares closed from the means
     return summ
 
 
@@ -852,7 +861,8 @@ def print_summary(cells: list[dict[str, Any]], summ: dict[str, Any], elapsed: fl
             sd = "one seed" if x["std"] is None else f"std {x['std']:.3f}"
             print(f"  {x['cell']:<24} {x['metric']:<11} vs {x['vs']:<9} {x['diff']:+.3f} ({sd})")
     if summ.get("training_by_scenario"):
-        print("\ntraining check by scenario (cells with noise ≥ 0.2): held-out BT accuracy")
+        print("\ntraining check by scenario (cells with noise ≥ 0.2, mean over them): held-out "
+              "BT accuracy; closed = share of the raw → clean gap closed")
         print(f"  {'scenario':<20}" + "".join(f"{k:>16}" for k in TRAIN))
         for s, d in summ["training_by_scenario"].items():
             print(f"  {s:<20}" + "".join(f"{'–':>16}" if d[k] is None else f"{d[k]:>16.3f}"
@@ -908,7 +918,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
-                    help=f"{QUICK['pairs']} pairs, noise {QUICK['noise']}, {QUICK['seeds']} seed")
+                    help=f"{QUICK['pairs']} pairs, noise {QUICK['noise']}, {QUICK['seeds']} seed, "
+                         f"no GLAD")
     ap.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     ap.add_argument("--save", metavar="PATH", help="also write the JSON document to PATH")
     ap.add_argument("--scenarios", nargs="+", default=list(S.SCENARIOS), choices=list(S.SCENARIOS))
@@ -917,9 +928,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pairs", type=int, default=None, help="pairs per dataset (1500; quick 800)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--jobs", type=int, default=2, help="worker processes (2)")
-    ap.add_argument("--glad-seeds", type=int, default=1,
-                    help="run crowd-kit GLAD on the first N seeds of a cell only (1; it is "
-                         "the slowest method by far)")
+    ap.add_argument("--glad-seeds", type=int, default=None,
+                    help="run crowd-kit GLAD on the first N seeds of a cell only (default 1, "
+                         "--quick 0; it is the slowest method by far: ~5 s a run)")
     ap.add_argument("--no-train", action="store_true", help="skip the training check")
     ap.add_argument("--embeddings", choices=("flow", "always", "never"), default="flow",
                     help="pass the simulated embeddings to the default path: as the flow "
@@ -945,6 +956,7 @@ def main(argv: list[str] | None = None) -> int:
     noise = tuple(a.noise) if a.noise else base["noise"]
     seeds = a.seeds if a.seeds is not None else base["seeds"]
     pairs = a.pairs if a.pairs is not None else base["pairs"]
+    a.glad_seeds = a.glad_seeds if a.glad_seeds is not None else base["glad_seeds"]
     methods = tuple(m for m in METHODS if m in a.methods)
     sets = tuple(a.sets)
     if sets:
@@ -956,7 +968,8 @@ def main(argv: list[str] | None = None) -> int:
     if sets:
         log(f"default / default_rule run with --set {' '.join(sets)}")
     log(f"noise matrix: {len(a.scenarios)} scenarios × {len(noise)} noise levels × {seeds} "
-        f"seed(s) = {len(jobs)} runs of {pairs} pairs, {a.jobs} process(es)")
+        f"seed(s) = {len(jobs)} runs of {pairs} pairs, {a.jobs} process(es); crowd-kit GLAD "
+        f"on the first {a.glad_seeds} seed(s) of each cell")
     t0 = time.perf_counter()
     runs: list[dict[str, Any]] = []
     if a.jobs <= 1:

@@ -111,6 +111,11 @@ def run(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
         from flows.curate import EnginePool
         EnginePool.close_all()
     summary["seconds"] = round(time.time() - t0, 1)
+    if summary.get("partial"):
+        err.print("[bold yellow]partial:[/] rows with failed model calls were quarantined "
+                  "and left out (" + ", ".join(f"{k}: {v}" for k, v in
+                                                summary["partial"].items()) +
+                  "); rerun to make exactly those calls again")
     if as_json:
         summary.pop("report", None)
         print(json.dumps(summary, indent=2, default=str))
@@ -124,11 +129,6 @@ def run(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
               f"{summary['seconds']} s")
     out.print(f"[bold green]{verb}[/] {summary['name']}@v{summary['version']} "
               f"({summary['rows']} pairs)")
-    if summary.get("partial"):
-        err.print("[bold yellow]partial:[/] rows with failed model calls were quarantined "
-                  "and left out (" + ", ".join(f"{k}: {v}" for k, v in
-                                                summary["partial"].items()) +
-                  "); rerun to make exactly those calls again")
     if summary.get("report_html"):
         out.print(f"quality report: {summary['report_html']}")
     out.print(summary["path"])

@@ -474,10 +474,11 @@ def rubric_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -
 
     ctx = _ctx(run_id)
     rcfg = ctx.cfg.rubrics
+    judges = ctx.cfg.rubric_judges()
 
     def compute() -> StageResult:
         prompts, candidates = prompts_src.read("prompts"), cands_src.read("candidates")
-        reqs, drops = rubrics.build_rubric_requests(candidates, prompts, list(rcfg.judges))
+        reqs, drops = rubrics.build_rubric_requests(candidates, prompts, judges)
         if rcfg.budget is not None and len(reqs) > rcfg.budget:
             for r in reqs[rcfg.budget:]:
                 drops.append({"source_id": r.source_id, "row_id": r.candidate_id,
@@ -487,7 +488,7 @@ def rubric_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -
         ordered, comps, total = _call_models(
             ctx, "rubric", [(j.name, j.model, [r for r in reqs if
                                                r.annotator == rubrics.rubric_annotator(j)])
-                            for j in rcfg.judges], rcfg.batch_size)
+                            for j in judges], rcfg.batch_size)
         res = rubrics.make_scores(ordered, comps, drops)
         # Yes/No judges also vote pairwise (empty for the other templates)
         res.outputs["votes"] = rubrics.yesno_votes(res.outputs["scores"], candidates)
@@ -496,7 +497,8 @@ def rubric_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -
         ctx.calls["rubric"] = total
         return res
 
-    return _stage(ctx, "rubric", rubrics.STAGE_VERSION, rcfg.model_dump(mode="json"),
+    return _stage(ctx, "rubric", rubrics.STAGE_VERSION,
+                  [rcfg.model_dump(mode="json"), [j.model_dump(mode="json") for j in judges]],
                   [prompts_src.output_hash, cands_src.output_hash], compute,
                   complete=_no_failed_calls)
 
@@ -575,7 +577,7 @@ def aggregate_task(run_id: str, vote_srcs: list[StageOutput], label_annotators: 
         res = aggregation.aggregate_votes(votes, label_annotators=set(label_annotators),
                                           **aggregate_kwargs(ctx.cfg.aggregate))
         judge_models = {j.name: j.model.model for j in ctx.cfg.judge.judges}
-        judge_models.update({j.name: j.model.model for j in ctx.cfg.rubrics.judges})
+        judge_models.update({j.name: j.model.model for j in ctx.cfg.rubric_judges()})
         qual = qualify_judges(votes, exclude=label_annotators, judge_models=judge_models,
                               policy_models={p.name: p.model.model
                                              for p in ctx.cfg.generate.policies}
@@ -824,7 +826,7 @@ def curate(config: dict[str, Any], secrets_ref: str | None = None) -> dict[str, 
             vote_srcs.append(ver)
         # pointwise annotation first: it is also the cheap first signal for pair selection
         score_srcs = []
-        if cfg.rubrics.judges:
+        if cfg.rubric_judges():
             score_srcs.append(rubric_task(run_id, ing, cands))
             check_outage(score_srcs[-1], cfg, partial)
             vote_srcs.append(score_srcs[-1])  # Yes/No judges' pairwise votes

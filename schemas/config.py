@@ -316,10 +316,10 @@ class RubricsConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # the embedded default's Yes/No judge (measured on the verifiable prompts: the best
-    # way to ask SmolLM2, issue 13); [] skips the stage
-    judges: list[RubricConfig] = Field(default_factory=lambda: [
-        RubricConfig(name="smollm2-yesno", template="yesno_v1")])
+    # null (auto): one Yes/No judge (template yesno_v1, P(Yes) from its logits) with the
+    # model of each pairwise judge, named <judge>-yesno — how a small judge reads best
+    # (measured on the embedded default, README); [] skips the stage; or list them
+    judges: list[RubricConfig] | None = None
     budget: int | None = None  # max rubric calls in the stage (null: unbounded)
     batch_size: int = Field(64, ge=1)
 
@@ -482,6 +482,14 @@ class RunConfig(_Frozen):
     # with an error; a stage with any failed call is never marked complete either way,
     # so the next run makes exactly the failed calls again
     allow_partial: bool = False
+
+    def rubric_judges(self) -> list[RubricConfig]:
+        """The rubric judges: as listed, or (``rubrics.judges: null``) one Yes/No judge
+        per pairwise judge, with its model."""
+        if self.rubrics.judges is not None:
+            return list(self.rubrics.judges)
+        return [RubricConfig(name=f"{j.name}-yesno", model=j.model, template="yesno_v1",
+                             seed=j.seed) for j in self.judge.judges]
 
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":
