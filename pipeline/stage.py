@@ -37,6 +37,7 @@ class Reason(StrEnum):
     UNKNOWN_ROLE = "unknown_role"
     IDENTICAL_PAIR = "identical_pair"
     INVALID_TARGET = "invalid_target"  # a bad answer / tests / constraints field
+    DUPLICATE_PAIR = "duplicate_pair"  # the same pair again (or swapped): votes pooled
     DUPLICATE_ID = "duplicate_id"
     LIMIT = "limit"
     # generation

@@ -238,7 +238,11 @@ def test_conversational_and_string_pairs_agree(tmp_path: Path) -> None:
         hashing.candidate_id(pid, "given:rejected", 0, "Go away.")}
     assert all(c["sample_index"] == 0 and c["truncated"] is False and c["error"] is None
                for c in cands)
-    assert ids_of(res) == ["s", "c", "i", "t"]  # one label vote per input row
+    # one label vote per input row; c and i are s's pair again: dropped duplicate_pair,
+    # their label votes pooled on s
+    assert ids_of(res) == ["s", "s", "s", "t"]
+    assert res.counts.dropped == {"duplicate_pair": 2}
+    assert res.dropped.column("source_id").to_pylist() == ["c", "i"]
 
 
 def test_votes_canonical_orientation(tmp_path: Path) -> None:
@@ -510,5 +514,7 @@ def test_property_ingest_pairs_accounts_for_every_line(
     assert c.kept + sum(c.dropped.values()) + sum(c.quarantined.values()) == len(lines)
     want = {str(row["id"]) if "id" in row else hashing.stable_hash("prop.jsonl", n)
             for n, row in valid.items()}
-    assert want <= set(ids_of(res))
-    assert c.kept >= len(valid)
+    dup = set(res.dropped.filter(pa.compute.equal(res.dropped["reason"], "duplicate_pair"))
+              .column("source_id").to_pylist())
+    assert want <= set(ids_of(res)) | dup  # a valid row is kept, or pooled into its twin
+    assert c.kept + c.dropped.get("duplicate_pair", 0) >= len(valid)

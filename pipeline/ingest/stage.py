@@ -610,6 +610,9 @@ def _ingest(path: str | os.PathLike[str], kind: str, source: str | None,
     seen_ids: dict[str, int] = {}  # source_id -> row of its first good occurrence
     first_of_prompt: dict[str, str] = {}  # prompt_id -> source_id that holds it
     seen_candidates: set[str] = set()
+    # (prompt_id, the two texts sorted) -> (source_id, candidate a, b, chosen text) of its
+    # first row: a later row with the same content (or swapped) pools its votes there
+    first_of_pair: dict[tuple[str, str, str], tuple[str, str, str, str, str]] = {}
     rows_in = kept = good = 0
 
     for r in _guard(src.rows, src.file):
@@ -666,6 +669,30 @@ def _ingest(path: str | os.PathLike[str], kind: str, source: str | None,
             dropped.append({"source_id": sid, "row_id": hashing.pair_id(pid, c_id, r_id),
                             "reason": Reason.LIMIT, "detail": f"limit={limit} reached"})
             continue
+        chosen_is_a = c_id < r_id
+        a, b = (c_id, r_id) if chosen_is_a else (r_id, c_id)
+        side = {"chosen": "a" if chosen_is_a else "b", "rejected": "b" if chosen_is_a else "a",
+                "tie": "tie"}
+        content = (pid, *sorted((chosen["text"], rejected["text"])))
+        twin = first_of_pair.get(content)
+        if twin is not None:  # the same pair again (maybe swapped): one pair, pooled votes
+            t_sid, t_a, t_b, t_chosen_text, t_chosen_id = twin
+            swapped = t_chosen_text != chosen["text"]
+            dropped.append({"source_id": sid, "row_id": hashing.pair_id(pid, c_id, r_id),
+                            "reason": Reason.DUPLICATE_PAIR,
+                            "detail": f"same pair as source_id {t_sid}"
+                                      f"{' with chosen and rejected swapped' if swapped else ''}"
+                                      f"; its votes are pooled there"})
+            # in the first row's frame: this row's chosen text is the first's chosen
+            # candidate, or (swapped) the first's rejected one
+            mine = t_chosen_id if not swapped else (t_b if t_chosen_id == t_a else t_a)
+            t_side = {"chosen": "a" if mine == t_a else "b",
+                      "rejected": "b" if mine == t_a else "a", "tie": "tie"}
+            votes.append(_vote(pid, t_sid, t_a, t_b, name, t_side["chosen"]))
+            votes.extend(_vote(pid, t_sid, t_a, t_b, ann, t_side[pref])
+                         for ann, pref in pair.votes)
+            continue
+        first_of_pair[content] = (sid, a, b, chosen["text"], c_id)
         kept += 1
         if pid not in first_of_prompt:
             first_of_prompt[pid] = sid
@@ -675,10 +702,6 @@ def _ingest(path: str | os.PathLike[str], kind: str, source: str | None,
             if cand["candidate_id"] not in seen_candidates:
                 seen_candidates.add(cand["candidate_id"])
                 candidates.append(cand)
-        chosen_is_a = c_id < r_id
-        a, b = (c_id, r_id) if chosen_is_a else (r_id, c_id)
-        side = {"chosen": "a" if chosen_is_a else "b", "rejected": "b" if chosen_is_a else "a",
-                "tie": "tie"}
         votes.append(_vote(pid, sid, a, b, name, side["chosen"]))
         votes.extend(_vote(pid, sid, a, b, ann, side[pref]) for ann, pref in pair.votes)
 
