@@ -270,9 +270,11 @@ def default_config(sim: Sim, sets: tuple[str, ...] | list[str] = ()) -> Any:
 def run_default(sim: Sim, cfg: Any = None, embeddings: str = "flow") -> Outcomes:
     """The product's path on ``sim`` with ``cfg`` (default: :func:`default_config`), the
     same functions and arguments as flows/curate.py: ingest_pairs (a JSONL pairs file
-    written to a temporary folder) → aggregate_votes → compute_margins (+ similarity when
-    embeddings are on) → denoise_pairs (label_source, p_model = judges_posterior, the
-    simulated embeddings aligned like the flow) → build_pairs. Without a file label
+    written to a temporary folder) → aggregate_votes (``pipeline.chain.aggregate_kwargs``)
+    → compute_margins (+ similarity when embeddings are on) → denoise_pairs (label_source,
+    p_model = ``pipeline.chain.denoise_p_model``, the simulated embeddings aligned like the
+    flow, when peer review would run) → build_pairs. ``--check-flow`` compares it with the
+    real flow. Without a file label
     (``judges_only``) it starts at aggregate with the VOTES table of
     :func:`bench.scenarios.votes_table`, as the judge stage would write it.
 
@@ -280,7 +282,8 @@ def run_default(sim: Sim, cfg: Any = None, embeddings: str = "flow") -> Outcomes
     ``always`` or ``never``.
     """
     from pipeline.aggregate.aggregation import aggregate_votes
-    from pipeline.denoise.denoise import denoise_pairs, judges_posterior
+    from pipeline.chain import aggregate_kwargs, denoise_p_model
+    from pipeline.denoise.denoise import denoise_pairs
     from pipeline.embeddings import aligned_embeddings, cosine_similarity_pairs, embeddings_table
     from pipeline.ingest.stage import ingest_pairs
     from pipeline.margins import compute_margins, with_similarity
@@ -342,15 +345,8 @@ def run_default(sim: Sim, cfg: Any = None, embeddings: str = "flow") -> Outcomes
                                       .astype(np.float32), "prompt_id")
     info["embeddings"] = bool(emb_on)
 
-    # aggregate_task: the EM options the flow passes (those this version of the config has)
-    acfg = cfg.aggregate
-    extra = {k: getattr(acfg, a) for k, a in (("prior", "em_prior"),
-                                              ("label_correlation", "label_correlation"),
-                                              ("correlation_z", "correlation_z"))
-             if hasattr(acfg, a)}
-    agg = aggregate_votes(votes, label_annotators=set(labels), method=acfg.method,
-                          use_logprobs=acfg.use_logprobs, judges_method=acfg.judges_method,
-                          **extra)
+    # aggregate_task: the arguments come from pipeline.chain, as in the flow
+    agg = aggregate_votes(votes, label_annotators=set(labels), **aggregate_kwargs(cfg.aggregate))
     comps = agg.outputs["comparisons"]
     # margins_task
     mar = compute_margins(comps, agg.outputs["scores"], cfg.margins)
@@ -360,13 +356,14 @@ def run_default(sim: Sim, cfg: Any = None, embeddings: str = "flow") -> Outcomes
         pairs_t = with_similarity(pairs_t, sims, cfg.margins.indistinguishable_tau)
     # denoise_task
     dcfg = cfg.denoise
-    posterior = getattr(dcfg, "method", "weights") == "posterior"
+    posterior = dcfg.method == "posterior"
     peer_review = dcfg.peer_review is True or (dcfg.peer_review is None and not posterior)
-    use_agg = posterior or dcfg.judge_posterior
     kw: dict[str, Any] = {"label_source": label_source if cfg.input.kind == "pairs"
                           else [None] * pairs_t.num_rows}
-    if use_agg:  # posterior: P(label right) over all annotators; weights: judges only
-        kw["p_model"] = judges_posterior(pairs_t, comps, "p_a" if posterior else "p_a_judges")
+    if posterior or dcfg.judge_posterior:  # (the flow's use_agg)
+        p_model = denoise_p_model(pairs_t, comps, dcfg)
+        if p_model is not None:
+            kw["p_model"] = p_model
     if cand_emb is not None and peer_review and pairs_t.num_rows:
         kw["emb_chosen"] = aligned_embeddings(cand_emb, pairs_t.column("chosen_id").to_pylist())
         kw["emb_rejected"] = aligned_embeddings(cand_emb,
@@ -910,6 +907,23 @@ def check_flow(scenario: str = "label_copier", n: int = 300, noise: float = 0.3,
 
 # --------------------------------------------------------------------------------- CLI
 
+def code_version() -> dict[str, Any]:
+    """The commit the product code came from, and whether pipeline/, schemas/ or flows/
+    differ from it (the numbers describe the working tree)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
+                              capture_output=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "pipeline", "schemas",
+                                "flows"], cwd=root, text=True, capture_output=True,
+                               timeout=10).stdout.split("\n")
+        return {"commit": head or None, "modified": [d[3:] for d in dirty if d.strip()]}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "modified": []}
+
+
 def _job(args: tuple) -> dict[str, Any]:
     return run_one(*args)
 
@@ -939,6 +953,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="override the product's config for default / default_rule, as "
                          "prefcurate run --set does (repeatable): e.g. "
                          "--set denoise.drop_below=0.7")
+    ap.add_argument("--from-json", metavar="PATH",
+                    help="print the tables and summary of a document saved with --save / "
+                         "--json (no run)")
     ap.add_argument("--check-flow", action="store_true",
                     help="only run the real Prefect flow on one simulated file and compare "
                          "it with run_default (exit 1 on any difference)")
@@ -948,6 +965,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     _prefect_home()  # one for every worker (they inherit it), removed at exit
+    if a.from_json:
+        doc = json.loads(Path(a.from_json).read_text())
+        summ = summarise(doc["cells"])
+        for c in doc["cells"]:
+            print_cell(c)
+        print_summary(doc["cells"], summ, doc.get("wall_seconds", 0.0))
+        print(f"(from {a.from_json}; code {doc['config'].get('code')})")
+        return 0
     if a.check_flow:
         res = check_flow()
         print(json.dumps(res, indent=1))
@@ -994,7 +1019,7 @@ def main(argv: list[str] | None = None) -> int:
     summ = summarise(cells)
     elapsed = time.perf_counter() - t0
     doc = _jsonable({
-        "config": {"scenarios": a.scenarios, "noise": list(noise), "seeds": seeds,
+        "config": {"code": code_version(), "scenarios": a.scenarios, "noise": list(noise), "seeds": seeds,
                    "pairs": pairs, "methods": list(methods), "flip_below": FLIP_BELOW,
                    "drop_below": DROP_BELOW, "embeddings": a.embeddings, "quick": a.quick,
                    "jobs": a.jobs, "glad_seeds": a.glad_seeds, "sets": list(sets)},
@@ -1007,6 +1032,7 @@ def main(argv: list[str] | None = None) -> int:
         for c in cells:
             print_cell(c)
         print_summary(cells, summ, elapsed)
+        print(f"code: {doc['config']['code']}")
     return 0
 
 

@@ -14,13 +14,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from schemas.errors import PrefcurateError
+from schemas.errors import ConfigError, PrefcurateError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="prefcurate: curate preference data for DPO and reward models.")
 datasets_app = typer.Typer(no_args_is_help=True, help="Inspect the versioned dataset store.")
 app.add_typer(datasets_app, name="datasets")
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # an error is one line, whatever the width
 out = Console()
 
 
@@ -41,6 +41,23 @@ def _prefect_env(verbose: bool = False) -> None:
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def check_data_root(root: str) -> None:
+    """Fail before any work when ``data_root`` cannot hold the run: a file, a folder that
+    cannot be created or written (read-only, no permission), named in one line."""
+    p = Path(root)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"data_root {root}: is a file, not a folder; pass another "
+                          f"--set data_root=...")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"data_root {root}: cannot write there ({exc.strerror or exc}); "
+                          f"pass another --set data_root=...") from None
 
 
 def _fail(exc: Exception) -> None:
@@ -96,6 +113,10 @@ def run(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
         cfg = load_config(config, set_)
     except PrefcurateError as exc:
         _fail(exc)
+    try:
+        check_data_root(cfg.data_root)
+    except PrefcurateError as exc:
+        _fail(exc)
     from flows.curate import run_curation, set_progress_factory
     prog = _RichProgress()
     set_progress_factory(prog.factory)
@@ -105,6 +126,12 @@ def run(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
     except PrefcurateError as exc:
         prog.stop()
         _fail(exc)
+    except OSError as exc:  # the environment (disk full, read-only, a file for a folder)
+        prog.stop()
+        if verbose:
+            raise
+        _fail(ConfigError(f"{exc.filename or cfg.data_root}: {exc.strerror or exc} "
+                          f"(errno {exc.errno}); nothing was published (-v: the traceback)"))
     finally:
         prog.stop()
         set_progress_factory(None)
@@ -253,7 +280,7 @@ def serve(config: Optional[Path] = typer.Option(None, "--config", "-c"),
         data["data_root"] = str(Path(cfg.data_root).resolve())  # runs start elsewhere
         if cfg.input.path != "mtbench" and Path(cfg.input.path).exists():
             data["input"]["path"] = str(Path(cfg.input.path).resolve())
-        serve_curation(data, cron, name or cfg.name)
+        serve_curation(data, cron, name or cfg.dataset_name)
     except PrefcurateError as exc:
         _fail(exc)
 

@@ -10,6 +10,7 @@ missing from it, so a rerun after a crash repeats no finished call.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -158,7 +159,11 @@ def _request_cache_path(cfg: RunConfig) -> Path:
 
 def _new_context(cfg: RunConfig) -> RunContext:
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-    return RunContext(cfg=cfg, stages=StageStore(Path(cfg.data_root) / "runs" / cfg.name),
+    for folder in (Path(cfg.data_root) / "runs" / cfg.dataset_name / "stages",
+                   Path(cfg.data_root) / "datasets" / cfg.dataset_name):
+        store.sweep_stale_tmp(folder)  # what killed runs left half-written
+    return RunContext(cfg=cfg,
+                      stages=StageStore(Path(cfg.data_root) / "runs" / cfg.dataset_name),
                       cache=RequestCache(_request_cache_path(cfg)),
                       engines=EnginePool.shared(cache_dir), progress=_PROGRESS.get("factory"))
 
@@ -197,15 +202,48 @@ def _call_models(ctx: RunContext, label: str, groups: list[tuple[str, ModelSpec,
     return ordered, comps, total
 
 
+_TRANSIENT_ERRNOS = {errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT, errno.ECONNRESET,
+                     errno.ECONNREFUSED, errno.ECONNABORTED, errno.EPIPE, errno.EINTR,
+                     errno.ENETUNREACH, errno.EHOSTUNREACH}
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """The allow-list of errors a retry can fix: connection failures and timeouts
+    (builtins and httpx), HTTP 5xx, and OS errors that say "try again" (a full disk, a
+    read-only or missing folder, a KeyError in stage code are not: retrying them only
+    delays the error by a minute).
+
+    >>> is_transient(ConnectionRefusedError()), is_transient(TimeoutError())
+    (True, True)
+    >>> is_transient(KeyError("x")), is_transient(OSError(errno.ENOSPC, "No space left"))
+    (False, False)
+    """
+    if exc is None:
+        return False
+    try:
+        import httpx
+
+        if isinstance(exc, (httpx.TransportError, httpx.TimeoutException)):
+            return True
+        if isinstance(exc, httpx.HTTPStatusError):
+            return exc.response.status_code >= 500
+    except ImportError:  # pragma: no cover - httpx is a dependency
+        pass
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, OSError):
+        return exc.errno in _TRANSIENT_ERRNOS
+    return False
+
+
 def _transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry a task on unexpected errors (I/O, engine crashes), never on our own typed
-    errors (bad config, bad input, schema violations), which a retry cannot fix. Model
-    calls already made are in the request cache, so a retry repeats none of them."""
+    """Prefect's retry condition: retry only :func:`is_transient` errors. Model calls
+    already made are in the request cache, so a retry repeats none of them."""
     try:
         exc = state.result(raise_on_failure=False)
-    except Exception:  # pragma: no cover - cannot read the state: be safe, retry
-        return True
-    return not isinstance(exc, PrefcurateError)
+    except Exception:  # pragma: no cover - cannot read the state: do not guess
+        return False
+    return is_transient(exc if isinstance(exc, BaseException) else None)
 
 
 def _artifact(out: StageOutput) -> None:
@@ -747,12 +785,13 @@ def publish_task(run_id: str, ing: StageOutput, cands: StageOutput, sel: StageOu
 
         html = render_html(report_from_tables(
             manifest, data, dropped, quarantine,
-            run_root=Path(cfg.data_root) / "runs" / cfg.name))
+            run_root=Path(cfg.data_root) / "runs" / cfg.dataset_name))
     except Exception as exc:  # a report must never cost the user their dataset
         log.warning("quality report not rendered: %s: %s", type(exc).__name__, exc)
-    ref = store.publish_version(cfg.data_root, cfg.name, data=data, dropped=dropped,
+    ref = store.publish_version(cfg.data_root, cfg.dataset_name, data=data,
+                                dropped=dropped,
                                 quarantine=quarantine, manifest=manifest,
-                                card=_card(cfg.name, "", cfg, stages, data.num_rows),
+                                card=_card(cfg.dataset_name, "", cfg, stages, data.num_rows),
                                 content_key=content_key,
                                 extra_files={"report.html": html} if html else None)
     return {"name": ref.name, "version": ref.version, "path": str(Path(ref.path).resolve()),
@@ -798,7 +837,7 @@ def curate(config: dict[str, Any], secrets_ref: str | None = None) -> dict[str, 
     if secrets_ref is not None:
         config = merge_secrets(config, _SECRETS.pop(secrets_ref, {}))
     cfg = RunConfig.model_validate(config)
-    store.validate_name(cfg.name)
+    store.validate_name(cfg.dataset_name)
     run_id = stable_hash(datetime.now(timezone.utc).isoformat(), os.getpid(),
                          threading.get_ident())
     ctx = _new_context(cfg)

@@ -461,8 +461,10 @@ class VerifyConfig(BaseModel):
 
 
 class RunConfig(_Frozen):
-    name: str = "mtbench-smollm2"
-    data_root: str = "data"
+    # the dataset's name; null: the input file's stem (the embedded default's name for
+    # the built-in prompt sets)
+    name: str | None = None
+    data_root: str = Field("data", min_length=1)  # "" would write into the current folder
     cache_dir: str | None = None  # default: $PREFCURATE_CACHE or ~/.cache/prefcurate
     input: InputConfig = Field(default_factory=InputConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
@@ -482,6 +484,30 @@ class RunConfig(_Frozen):
     # with an error; a stage with any failed call is never marked complete either way,
     # so the next run makes exactly the failed calls again
     allow_partial: bool = False
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):
+            v = str(v)  # --set name=2024 is a name, not a number
+        if v is not None and (not isinstance(v, str) or not DATASET_NAME_RE.fullmatch(v)
+                              or ".." in v):
+            raise ValueError(f"invalid dataset name {v!r}: {DATASET_NAME_RULE}")
+        return v
+
+    @property
+    def dataset_name(self) -> str:
+        """``name``, or one derived from the input: the file's stem (made a valid name),
+        ``mtbench-smollm2`` for the built-in prompt sets."""
+        if self.name:
+            return self.name
+        stem = Path(self.input.path.rstrip("/")).stem if self.input.path else ""
+        builtin = all(p.partition(":")[0] in ("mtbench", "verifiable")
+                      for p in self.input.path.split("+"))
+        if builtin or not stem:
+            return "mtbench-smollm2"
+        clean = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-._")[:100].replace("..", ".")
+        return clean if clean and clean[0].isalnum() else "dataset"
 
     def rubric_judges(self) -> list[RubricConfig]:
         """The rubric judges: as listed, or (``rubrics.judges: null``) one Yes/No judge
@@ -663,6 +689,9 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
+DATASET_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+DATASET_NAME_RULE = ("a dataset name is 1-100 characters from [A-Za-z0-9._-], starts with a "
+                     "letter or digit, and contains no '..' or '/'")
 MAX_YAML_NODES = 100_000  # nodes after alias expansion; a real run config has < 1,000
 MAX_YAML_DEPTH = 64
 

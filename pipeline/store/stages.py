@@ -77,7 +77,7 @@ class StageStore:
              inputs: list[str] | None = None) -> StageOutput:
         """Write a StageResult durably; mark it complete unless ``complete`` is False."""
         final = self.root / f"{result.stage}-{key}"
-        tmp = self.root / f".tmp-{result.stage}-{key}-{uuid.uuid4().hex[:8]}"
+        tmp = self.root / f".tmp-{os.getpid()}-{result.stage}-{key}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True)
         try:
             hashes = {}
