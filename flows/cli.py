@@ -24,11 +24,67 @@ err = Console(stderr=True, soft_wrap=True)  # an error is one line, whatever the
 out = Console()
 
 
+SERVER_MARKER = "prefect.server.api.server:create_app"  # the ephemeral API server's argv
+
+
+def reap_orphan_servers() -> list[int]:
+    """Stop the Prefect API servers that a killed prefcurate CLI left behind.
+
+    The CLI marks its environment with ``PREFCURATE_CLI_PID``; Prefect's ephemeral server
+    (a uvicorn subprocess) inherits it. A server whose CLI is gone (kill -9 skips Prefect's
+    own clean-up; one held 290 MB and a port minutes later) is sent SIGTERM, then SIGKILL.
+    Returns the pids stopped. Linux /proc only; elsewhere nothing happens."""
+    import signal
+
+    stopped = []
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            cmd = (d / "cmdline").read_bytes()
+            if SERVER_MARKER.encode() not in cmd:
+                continue
+            env = dict(x.split(b"=", 1) for x in (d / "environ").read_bytes().split(b"\0")
+                       if b"=" in x)
+        except OSError:
+            continue
+        owner = env.get(b"PREFCURATE_CLI_PID")
+        if owner is None or not owner.isdigit() or _alive(int(owner)):
+            continue
+        pid = int(d.name)
+        try:
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(50):
+                time.sleep(0.1)
+                if not _alive(pid):
+                    break
+            else:
+                os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        stopped.append(pid)
+    return stopped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
 def _prefect_env(verbose: bool = False) -> None:
     """Ephemeral Prefect with a project-local home and no telemetry, unless set by the user.
 
     Without ``-v`` Prefect's own logging is kept to critical messages: the CLI prints a
     one-line error itself (Prefect would add a traceback for every failed task)."""
+    os.environ["PREFCURATE_CLI_PID"] = str(os.getpid())  # marks our Prefect server
+    for pid in reap_orphan_servers():
+        err.print(f"stopped an orphaned Prefect API server (pid {pid}) of a killed run")
     os.environ.setdefault("PREFECT_HOME", str(Path.cwd() / ".prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")

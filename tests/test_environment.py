@@ -82,3 +82,28 @@ def test_killed_writers_temp_folders_are_swept_at_start(tmp_path: Path) -> None:
     out = curate(cfg.model_dump(mode="json"))
     assert out["version"] == 1
     assert not any(d.exists() for d in dead) and alive.exists()
+
+
+def test_an_orphaned_prefect_server_of_a_killed_cli_is_stopped() -> None:
+    """kill -9 of the CLI leaves Prefect's ephemeral server alive (probe D6); the next CLI
+    start stops it. A stand-in process carries the server's argv marker and the dead
+    CLI's pid; one with a live CLI pid is left alone."""
+    import time
+
+    from flows.cli import SERVER_MARKER, reap_orphan_servers
+
+    code = "import time; time.sleep(120)"
+    orphan = subprocess.Popen([sys.executable, "-c", code, SERVER_MARKER],
+                              env={**os.environ, "PREFCURATE_CLI_PID": "999999999"})
+    kept = subprocess.Popen([sys.executable, "-c", code, SERVER_MARKER],
+                            env={**os.environ, "PREFCURATE_CLI_PID": str(os.getpid())})
+    try:
+        time.sleep(0.5)
+        stopped = reap_orphan_servers()
+        assert orphan.pid in stopped and kept.pid not in stopped
+        assert orphan.wait(timeout=10) is not None
+        assert kept.poll() is None
+    finally:
+        for p in (orphan, kept):
+            p.kill()
+            p.wait()
