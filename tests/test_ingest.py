@@ -518,3 +518,24 @@ def test_property_ingest_pairs_accounts_for_every_line(
               .column("source_id").to_pylist())
     assert want <= set(ids_of(res)) | dup  # a valid row is kept, or pooled into its twin
     assert c.kept + c.dropped.get("duplicate_pair", 0) >= len(valid)
+
+
+def test_misleading_messages_fixed(tmp_path: Path) -> None:
+    """Probe D11: a broken pretty-printed array is one error naming its line, not a bad
+    row per line; an unterminated CSV quote names the quote; json's 'starting at' is not
+    followed by a second 'at'."""
+    arr = tmp_path / "a.json"
+    arr.write_text('[\n  {"prompt": "a", "chosen": "x", "rejected": "y"},\n'
+                   '  {"prompt": "b" "chosen": "x", "rejected": "y"}\n]\n')
+    with pytest.raises(InputError, match=r"invalid JSON array: Expecting ',' delimiter at "
+                                         r"column \d+ of line 3"):
+        ingest_pairs(arr)
+    csv_f = tmp_path / "q.csv"
+    csv_f.write_text('prompt,chosen,rejected\nok,x,y\n"a,x,y\nb,x,y\n')
+    with pytest.raises(InputError, match="line 3: a quoted field opened there never closes"):
+        ingest_pairs(csv_f)
+    jl = tmp_path / "t.jsonl"
+    jl.write_text('{"prompt": "a", "chosen": "x", "rejected": "y"}\n{"prompt": "b", "chosen": "x\n')
+    res = ingest_pairs(jl)
+    (detail,) = res.quarantine.column("detail").to_pylist()
+    assert "starting at column" in detail and "at at" not in detail

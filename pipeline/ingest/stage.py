@@ -308,7 +308,7 @@ def _read_jsonl(path: Path) -> Iterator[_Row]:
                 value = json.loads(text)
             except json.JSONDecodeError as exc:
                 yield _Row(lineno, raw, error=_Reject(
-                    Reason.BAD_JSON, f"line is not valid JSON: {exc.msg} at column {exc.colno}"))
+                    Reason.BAD_JSON, f"line is not valid JSON: {_json_where(exc)}"))
                 continue
             except (ValueError, RecursionError) as exc:
                 yield _Row(lineno, raw, error=_Reject(
@@ -322,14 +322,30 @@ def _read_jsonl(path: Path) -> Iterator[_Row]:
             yield _Row(lineno, raw, value)
 
 
+def _json_where(exc: json.JSONDecodeError) -> str:
+    """``Expecting ',' delimiter at column 12`` (json's own messages may end in "at")."""
+    msg = exc.msg.removesuffix(" at")
+    return f"{msg} at column {exc.colno}"
+
+
 def _read_json_array(path: Path) -> list[_Row] | None:
-    """Rows of a ``.json`` file that is one JSON array, else None (read it as JSON lines)."""
+    """Rows of a ``.json`` file that is one JSON array, else None (read it as JSON lines).
+
+    A file that starts with ``[`` is an array (a JSON-lines file holds objects): one that
+    does not parse is an error naming the line and column, not one bad row per line."""
     with path.open("rb") as fh:
         head = fh.read(4096)
     if not head.removeprefix(_BOM).lstrip().startswith(b"["):
         return None
     try:
         value = json.loads(path.read_bytes().removeprefix(_BOM).decode("utf-8"))
+    except json.JSONDecodeError as exc:
+        if exc.lineno == 1 and "\n" not in path.read_bytes()[:exc.pos].decode("utf-8", "replace"):
+            lines = path.read_bytes().count(b"\n")
+            if lines > 1:  # one array per line: JSON lines of arrays, rejected row by row
+                return None
+        raise InputError(f"{path}: invalid JSON array: {_json_where(exc)} of line "
+                         f"{exc.lineno}") from None
     except (ValueError, RecursionError):
         return None
     if not isinstance(value, list):
@@ -364,12 +380,20 @@ def _read_csv(path: Path, file: str) -> Iterator[_Row]:
     text = path.read_bytes().decode("utf-8-sig", "surrogateescape")
     old_limit = csv.field_size_limit()
     csv.field_size_limit(max(old_limit, 1 << 30))  # long model responses
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    # strict: an unterminated quote is an error naming its line, not a row that swallowed
+    # the rest of the file ("field 'chosen' is missing")
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+    records: list[dict] = []
+    start = 1  # the line the next record starts on
     try:
-        records = list(reader)
+        for rec in reader:
+            records.append(rec)
+            start = reader.line_num + 1
     except csv.Error as exc:
-        raise InputError(f"{file}: cannot parse CSV near line {reader.line_num}: {exc}; "
-                         "check the quoting of that line") from exc
+        what = ("a quoted field opened there never closes (an unterminated quote)"
+                if "unexpected end of data" in str(exc) else str(exc))
+        raise InputError(f"{file}: cannot parse CSV at the record starting on line "
+                         f"{max(start, 2)}: {what}; check the quoting of that line") from exc
     finally:
         csv.field_size_limit(old_limit)
     width = len(reader.fieldnames or [])
