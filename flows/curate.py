@@ -779,26 +779,34 @@ def publish_task(run_id: str, ing: StageOutput, cands: StageOutput, sel: StageOu
     }
     if partial:  # rows whose model calls failed: quarantined, retried by the next run
         manifest["partial"] = dict(partial)
-    html = None
-    try:
-        from pipeline.report.build import render_html, report_from_tables
+    rendered: list[bool] = []
 
-        html = render_html(report_from_tables(
-            manifest, data, dropped, quarantine,
-            run_root=Path(cfg.data_root) / "runs" / cfg.dataset_name))
-    except Exception as exc:  # a report must never cost the user their dataset
-        log.warning("quality report not rendered: %s: %s", type(exc).__name__, exc)
+    def html(full: dict[str, Any], path: Path) -> str:
+        """The stored report, rendered once publish knows the version, path and rows."""
+        try:
+            from pipeline.report.build import render_html, report_from_tables
+
+            out = render_html(report_from_tables(
+                full, data, dropped, quarantine, version_path=path,
+                run_root=Path(cfg.data_root) / "runs" / cfg.dataset_name))
+            rendered.append(True)
+            return out
+        except Exception as exc:  # a report must never cost the user their dataset
+            log.warning("quality report not rendered: %s: %s", type(exc).__name__, exc)
+            return (f"<!doctype html><p>quality report not rendered: "
+                    f"{type(exc).__name__}; run prefcurate report {cfg.dataset_name}</p>")
     ref = store.publish_version(cfg.data_root, cfg.dataset_name, data=data,
                                 dropped=dropped,
                                 quarantine=quarantine, manifest=manifest,
                                 card=_card(cfg.dataset_name, "", cfg, stages, data.num_rows),
                                 content_key=content_key,
-                                extra_files={"report.html": html} if html else None)
+                                extra_files={"report.html": html})
     return {"name": ref.name, "version": ref.version, "path": str(Path(ref.path).resolve()),
             "created": ref.created, "rows": data.num_rows, "stages": stages,
             "calls": manifest["calls"], "models_called": manifest["models_called"],
             "partial": manifest.get("partial", {}),
-            "report_html": str(Path(ref.path).resolve() / "report.html") if html else None}
+            "report_html": str(Path(ref.path).resolve() / "report.html")
+            if (Path(ref.path) / "report.html").exists() else None}
 
 
 @task(name="report", cache_policy=NO_CACHE)

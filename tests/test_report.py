@@ -328,3 +328,16 @@ def test_html_renders_in_headless_chromium(versions, tmp_path):
     attrs, _ = _render_check(exe, broken, tmp_path, "broken")
     assert attrs["data-plots-ok"] == str(len(want) - 1) and attrs["data-plots-bad"]
     assert int(attrs["data-errors"]) >= 1
+
+
+def test_stored_report_names_its_version(versions):
+    """The report.html inside a published version is rendered once publish knows the
+    version: its real name, number, path and rows (probe D12: it said "dataset", "–", 0)."""
+    vpath = versions["example"]
+    html = (vpath / "report.html").read_text()
+    manifest = store.read_manifest(vpath)
+    assert "example-pairs@v1" in html and str(vpath) in html
+    assert manifest["files"]["report.html"]  # hashed like the other files
+    assert store.verify_version(vpath) == []
+    rows = manifest["rows"]["data"]
+    assert rows > 0 and f">{rows}<" in html

@@ -33,6 +33,7 @@ import re
 import shutil
 import stat
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -380,7 +381,9 @@ def _make_read_only(path: Path) -> None:
 
 def publish_version(root: str | Path, name: str, *, data: pa.Table, dropped: pa.Table,
                     quarantine: pa.Table, manifest: dict[str, Any], card: str,
-                    content_key: str, extra_files: dict[str, str] | None = None) -> VersionRef:
+                    content_key: str,
+                    extra_files: dict[str, str | Callable[[dict[str, Any], Path], str]]
+                    | None = None) -> VersionRef:
     """Publish the tables as the next immutable version ``v<N>`` of dataset ``name``.
 
     ``data`` must match PUBLISHED, ``dropped`` DROPPED, ``quarantine`` QUARANTINE (checked
@@ -390,7 +393,9 @@ def publish_version(root: str | Path, name: str, *, data: pa.Table, dropped: pa.
     ``files``: {relative path: sha256}); the caller is responsible for redacting secrets.
     If a version already carries ``content_key``, nothing is published and that version is
     returned with ``created=False``. ``extra_files`` ({relative name: text}, e.g. the HTML
-    report) are written into the version too and hashed like the rest.
+    report) are written into the version too and hashed like the rest; a value may be a
+    callable ``(manifest, version path) -> text``, called under the lock once the version
+    number, parent and row counts are known (the stored report names its real version).
     """
     validate_name(name)
     for rel in (extra_files or {}):
@@ -426,8 +431,10 @@ def publish_version(root: str | Path, name: str, *, data: pa.Table, dropped: pa.
         _write_parquet(dropped, tmp / DROPPED_PARQUET)
         _write_parquet(quarantine, tmp / QUARANTINE_PARQUET)
         (tmp / CARD).write_text(card, encoding="utf-8")
+        deferred = {rel: f for rel, f in (extra_files or {}).items() if callable(f)}
         for rel, text in (extra_files or {}).items():
-            (tmp / rel).write_text(text, encoding="utf-8")
+            if not callable(text):
+                (tmp / rel).write_text(text, encoding="utf-8")
         files = {p.relative_to(tmp).as_posix(): file_hash(p)
                  for p in sorted(tmp.rglob("*")) if p.is_file()}
         _fsync_tree(tmp)
@@ -458,11 +465,15 @@ def publish_version(root: str | Path, name: str, *, data: pa.Table, dropped: pa.
                          "quarantine": quarantine.num_rows},
                 "files": files,
             })
+            final = ds_dir / f"v{version}"
+            for rel, render in deferred.items():
+                (tmp / rel).write_text(render(full, final), encoding="utf-8")
+                fsync_file(tmp / rel)
+                files[rel] = file_hash(tmp / rel)
             (tmp / MANIFEST).write_text(_manifest_json(full), encoding="utf-8")
             fsync_file(tmp / MANIFEST)
             _make_read_only(tmp)
             _fsync_dir(tmp)
-            final = ds_dir / f"v{version}"
             os.rename(tmp, final)
             _fsync_dir(ds_dir)
     except BaseException:
