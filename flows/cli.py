@@ -20,6 +20,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="prefcurate: curate preference data for DPO and reward models.")
 datasets_app = typer.Typer(no_args_is_help=True, help="Inspect the versioned dataset store.")
 app.add_typer(datasets_app, name="datasets")
+judges_app = typer.Typer(no_args_is_help=True, help="Qualify the judges of a config.")
+app.add_typer(judges_app, name="judges")
 err = Console(stderr=True, soft_wrap=True)  # an error is one line, whatever the width
 out = Console()
 
@@ -227,6 +229,52 @@ def _print_stages(stages: dict[str, Any]) -> None:
                   ", ".join(f"{k}={v}" for k, v in c["quarantined"].items()) or "0",
                   "yes" if c.get("reused") else "")
     out.print(t)
+
+
+@judges_app.command("qualify")
+def judges_qualify(config: Optional[Path] = typer.Option(None, "--config", "-c",
+                                                         help="YAML run config"),
+                   gold: Optional[Path] = typer.Option(None, "--gold", help="A pairs file "
+                                                       "whose chosen responses are right"),
+                   set_: list[str] = typer.Option([], "--set", help="Override a key"),
+                   as_json: bool = typer.Option(False, "--json"),
+                   verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Measure each judge on pairs whose answer is known (verifier-decided pairs of the
+    config's input, or a gold pairs file) and print the table; publishes nothing."""
+    _prefect_env(verbose)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from schemas.config import load_config
+    try:
+        cfg = load_config(config, set_)
+        check_data_root(cfg.data_root)
+        if gold is not None and not gold.exists():
+            raise ConfigError(f"--gold {gold}: file not found")
+        from flows.curate import EnginePool, qualify_run
+        try:
+            q = qualify_run(cfg.model_dump(mode="json"), str(gold) if gold else None)
+        finally:
+            EnginePool.close_all()
+    except PrefcurateError as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps(q, indent=2, default=str))
+        return
+    from pipeline.report.build import _qualification_table
+
+    t = _qualification_table("judges", q)
+    if t is None:
+        err.print(f"no judge verdict on a gold pair ({q['gold_pairs']} gold pairs): give "
+                  f"prompts with answer / tests / constraints, or --gold FILE")
+        raise typer.Exit(1)
+    table = Table(title=t["title"])
+    for c in t["columns"]:
+        table.add_column(c)
+    for r in t["rows"]:
+        table.add_row(*["–" if v is None else str(v) for v in r])
+    out.print(table)
+    for w in q.get("warnings") or []:
+        out.print(f"[yellow]warning:[/] {w}")
 
 
 @datasets_app.command("list")

@@ -269,8 +269,10 @@ def _progress(ctx: RunContext, label: str, total: int) -> Callable[[int], None] 
 def ingest_task(run_id: str) -> StageOutput:
     ctx = _ctx(run_id)
     inp = ctx.cfg.input
-    in_hash = "mtbench" if inp.path == "mtbench" else tree_hash(inp.path) \
-        if Path(inp.path).exists() else "missing"
+    from pipeline.ingest import verifiable
+
+    in_hash = tree_hash(inp.path) if Path(inp.path).exists() else \
+        f"builtin:{inp.path}:v{verifiable.VERSION}"
     fn = ingest_prompts if inp.kind == "prompts" else ingest_pairs
     return _stage(ctx, "ingest", INGEST_VERSION, inp.model_dump(mode="json"), [in_hash],
                   lambda: fn(inp.path, source=inp.source, limit=inp.limit))
@@ -933,6 +935,50 @@ def curate(config: dict[str, Any], secrets_ref: str | None = None) -> dict[str, 
         summary = publish_task(run_id, ing, cands, sel, outs, partial)
         summary["report"] = report_task(summary)
         return summary
+    finally:
+        ctx.cache.close()
+        _register(run_id, None)
+
+
+def qualify_run(config: dict[str, Any], gold: str | None = None) -> dict[str, Any]:
+    """Judge qualification without publishing: the config's judges (pairwise and Yes/No)
+    on a qualification set, and the table of :func:`qualify_judges`.
+
+    The set: with ``gold`` (a pairs file whose ``chosen`` is right), its pairs, the file's
+    label as the gold annotator; else the config's input, generated and verified, and the
+    pairs a verifier decided. Finished stages and model calls are reused like a run's
+    (the stages live under ``runs/<name>-qualify``)."""
+    cfg = RunConfig.model_validate(config)
+    if gold is not None:
+        cfg = cfg.model_copy(update={"input": cfg.input.model_copy(
+            update={"kind": "pairs", "path": gold})})
+    cfg = cfg.model_copy(update={"name": f"{cfg.dataset_name}-qualify"[:100]})
+    run_id = stable_hash("qualify", datetime.now(timezone.utc).isoformat(), os.getpid())
+    ctx = _new_context(cfg)
+    _register(run_id, ctx)
+    try:
+        ing = ingest_task(run_id)
+        cands = generate_task(run_id, ing) if cfg.input.kind == "prompts" else ing
+        srcs = [verify_task(run_id, ing, cands)]
+        labels: list[str] = []
+        if cfg.input.kind == "pairs":
+            srcs.append(ing)
+            labels = sorted(set(ing.read("prompts").column("source").to_pylist()))
+        if cfg.rubric_judges():
+            srcs.append(rubric_task(run_id, ing, cands))
+        if cfg.judge.judges:
+            srcs.append(judge_task(run_id, ing, cands, []))
+        import pyarrow as pa
+
+        votes = pa.concat_tables([s.read("votes") for s in srcs])
+        judge_models = {j.name: j.model.model for j in cfg.judge.judges}
+        judge_models.update({j.name: j.model.model for j in cfg.rubric_judges()})
+        out = qualify_judges(votes, gold_annotators=labels, judge_models=judge_models,
+                             policy_models={p.name: p.model.model
+                                            for p in cfg.generate.policies}
+                             if cfg.input.kind == "prompts" else None)
+        out["calls"] = {k: v.__dict__ for k, v in ctx.calls.items()}
+        return out
     finally:
         ctx.cache.close()
         _register(run_id, None)

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from typing import Any
 
 VERIFIABLE = "verifiable"
+VERSION = 1  # bump when a prompt or target changes: the ingest stage is keyed on it
 
 _ARITH = [(7, "+", 5), (9, "+", 8), (15, "-", 6), (6, "*", 7), (23, "+", 19), (12, "*", 3),
           (40, "-", 17), (8, "*", 9)]
