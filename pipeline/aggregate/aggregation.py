@@ -127,8 +127,10 @@ def aggregate_votes(votes: pa.Table | pl.DataFrame, *,
     if "auto" in asked:
         judges = {_judge_name(a) for a in names if a not in label_annotators}
         n_label = len(set(label_annotators) & set(names))
-        if method == "auto":
-            method = "dawid_skene" if len(judges) + n_label >= MIN_EM_JUDGES else "majority"
+        if method == "auto":  # with a verifier, its strong prior makes the fit meaningful
+            verifier = any(a.startswith("verifier:") for a in names)
+            method = "dawid_skene" if len(judges) + n_label >= MIN_EM_JUDGES or verifier \
+                else "majority"
         if judges_method == "auto":
             judges_method = "dawid_skene" if len(judges) >= MIN_EM_JUDGES else None
     use_em = method != "majority"
