@@ -162,12 +162,14 @@ def _coded_votes(sim: Sim, with_label: bool = True
     label as annotator ``source`` when there is one."""
     names = sim.vote_names()
     uniq, acode = np.unique(np.array(names, dtype=object), return_inverse=True)
-    item, lab, ann = sim.v_item, sim.v_code, acode.reshape(-1)
+    # in the product's canonical frame (what a method sees; = positions unless swapped)
+    item, lab, ann = sim.v_item, S.canonical_codes(sim, sim.v_item, sim.v_code), \
+        acode.reshape(-1)
     annot_names = [str(u) for u in uniq]
     if with_label and sim.has_label:
         item = np.concatenate([item, np.arange(sim.n)])
         ann = np.concatenate([ann, np.full(sim.n, len(annot_names))])
-        lab = np.concatenate([lab, np.where(sim.label_a, S.CODE_A, S.CODE_B)])
+        lab = np.concatenate([lab, np.where(sim.label_a != sim.swapped, S.CODE_A, S.CODE_B)])
         annot_names.append(S.LABEL_ANNOTATOR)
     return item.astype(np.int64), ann.astype(np.int64), lab.astype(np.int64), annot_names
 
@@ -178,8 +180,13 @@ def method_plain_ds(sim: Sim) -> Result:
     item, ann, lab, names = _coded_votes(sim)
     res = fit_dawid_skene(item, ann, lab, n_items=sim.n, n_annotators=len(names),
                           n_classes=2, n_labels=3)
-    return from_posterior(sim, res.posterior[:, 0], {"n_iter": res.n_iter,
-                                                     "converged": bool(res.converged)})
+    return from_posterior(sim, _to_positions(sim, res.posterior[:, 0]),
+                          {"n_iter": res.n_iter, "converged": bool(res.converged)})
+
+
+def _to_positions(sim: Sim, p_canonical_a: np.ndarray) -> np.ndarray:
+    """P(canonical a ≻ b) → P(position a ≻ b)."""
+    return np.where(sim.swapped, 1.0 - p_canonical_a, p_canonical_a)
 
 
 def method_crowdkit(sim: Sim, which: str) -> Result:
@@ -208,7 +215,8 @@ def method_crowdkit(sim: Sim, which: str) -> Result:
         lbl = model.labels_
         p_a[lbl.index.to_numpy(dtype=np.int64)] = (lbl.to_numpy() == S.CODE_A).astype(float)
         src = "labels"
-    return from_posterior(sim, p_a, {"q_from": src, "ties_left_out": int((~keep).sum())})
+    return from_posterior(sim, _to_positions(sim, p_a),
+                          {"q_from": src, "ties_left_out": int((~keep).sum())})
 
 
 def method_oracle(sim: Sim, post: S.Posterior) -> Result:
@@ -321,13 +329,16 @@ def run_default(sim: Sim, cfg: Any = None, embeddings: str = "flow") -> Outcomes
         lab = votes.filter(np.array([a in labels for a in votes.column("annotator").to_pylist()]))
         la = np.array([v == "a" for v in lab.column("verdict").to_pylist()])
         li = np.array([row[s] for s in lab.column("source_id").to_pylist()])
-        info["frame_aligned"] = float(np.mean(la == sim.label_a[li])) if li.size else None
+        want = sim.label_a[li] != sim.swapped[li]  # the canonical a the simulation asked for
+        info["frame_aligned"] = float(np.mean(la == want)) if li.size else None
         label_source: Any = labels[0] if len(labels) == 1 else None
     else:
         votes = S.votes_table(sim)
         labels = []
         ca, cb = S.candidate_ids(sim)
-        pos = {c: (i, True) for i, c in enumerate(ca)} | {c: (i, False) for i, c in enumerate(cb)}
+        sw = sim.swapped.tolist()
+        pos = {c: (i, not sw[i]) for i, c in enumerate(ca)} | \
+            {c: (i, sw[i]) for i, c in enumerate(cb)}
         prompt_row = {f"prompt-{s}": i for i, s in enumerate(sim.ids)}
         label_source = None
         info["frame_aligned"] = 1.0

@@ -53,9 +53,14 @@ The scenarios (``SCENARIOS``; noise = ε, the mean share of wrong file labels)
    h = 0.9 (near chance on close pairs), and the file's label instance-dependent (h_ε = 1).
 6. ``imbalance``: the better response is at position ``a`` in 85% of the pairs (π_a =
    0.85), and every annotator says ``a`` more often (p_j ~ U(0.1, 0.3)): a class prior and
-   class-dependent confusion in the frame a full-confusion Dawid–Skene fits. (In a real
-   pairs file the candidate-id order is arbitrary; this stands in for any observable
-   attribute — first listed, a model's identity — that most truths share.)
+   class-dependent confusion in the frame a full-confusion Dawid–Skene fits (the
+   product's canonical order). A stress test of the estimator's class prior: in a real
+   file the canonical order is a content hash, independent of quality, so its true class
+   prior is ½ — ``imbalance_hidden`` is that case.
+6b. ``imbalance_hidden``: the same in a presentation order the file does not record
+   (``Sim.swap``: the product's canonical a is position b on a random half of the pairs):
+   the truth is the first-shown response in 85% of the pairs and the annotators favour it,
+   but the product cannot see which response that was.
 7. ``length_biased``: the longer response is better in 60% of the pairs (ρ = 0.6); two
    annotators (twice as active) answer the longer response with probability
    b ~ U(0.6, 0.8) whatever its quality.
@@ -199,6 +204,9 @@ class Sim:
     emb_b: np.ndarray | None = None
     emb_prompt: np.ndarray | None = None
     world: dict[str, np.ndarray] = field(default_factory=dict)  # embedding directions
+    # per pair: the product's canonical candidate_a is position b (hidden frame); None:
+    # canonical order = positions
+    swap: np.ndarray | None = None
     params: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -217,6 +225,11 @@ class Sim:
     def share_a(self) -> np.ndarray:
         s = self.share_better
         return np.where(self.better_a, s, 1.0 - s)
+
+    @property
+    def swapped(self) -> np.ndarray:
+        """Per pair: the product's canonical ``candidate_a`` is position ``b``."""
+        return self.swap if self.swap is not None else np.zeros(self.n, dtype=bool)
 
     def vote_names(self) -> list[str]:
         """Per vote: the annotator name the product sees (``name|ab`` for ordered calls)."""
@@ -283,6 +296,7 @@ class Design:
     pi_a: float = 0.5
     rho: float = 0.5
     noise_of_label: bool = True  # False: ``noise`` parametrises the annotators instead
+    hidden_frame: bool = False  # positions are a presentation order the product never sees
 
 
 def _panel_assign(annotators: list[Annotator]):
@@ -370,6 +384,14 @@ def imbalance(rng: np.random.Generator, noise: float) -> Design:
     return Design(ann, _sparse_assign(ann, 3, 5), pi_a=0.85)
 
 
+def imbalance_hidden(rng: np.random.Generator, noise: float) -> Design:
+    """``imbalance`` in a presentation order the file does not record: the product's
+    canonical order is independent of it (as for any real file, whose candidate ids are
+    content hashes), so its class prior is ½ there and the annotators' "a" bias is an
+    error they share."""
+    return replace(imbalance(rng, noise), hidden_frame=True)
+
+
 def length_biased(rng: np.random.Generator, noise: float) -> Design:
     """Two annotators answer the longer response with probability b ~ U(0.6, 0.8)."""
     ann = _honest(rng, int(rng.integers(15, 31)), 0.6, 0.9, 0.3)
@@ -402,7 +424,8 @@ def ties(rng: np.random.Generator, noise: float) -> Design:
 SCENARIOS: dict[str, Callable[[np.random.Generator, float], Design]] = {
     "dense": dense, "sparse": sparse, "adversarial": adversarial,
     "label_copier": label_copier, "instance_dependent": instance_dependent,
-    "imbalance": imbalance, "length_biased": length_biased, "judges_only": judges_only,
+    "imbalance": imbalance, "imbalance_hidden": imbalance_hidden,
+    "length_biased": length_biased, "judges_only": judges_only,
     "single_annotator": single_annotator, "ties": ties,
 }
 
@@ -474,6 +497,7 @@ def simulate(name: str, n: int, noise: float, seed: int = 0) -> Sim:
     world = _world(np.random.default_rng(_seed_seq(name + "/world", 0.0, seed)), EMB_DIM)
     q_a, q_b = np.where(better_a, q_hi, q_lo), np.where(better_a, q_lo, q_hi)
     e_a, e_b, x = embed_responses(world, rng, q_a, q_b, len_a, len_b)
+    swap = rng.random(n) < 0.5 if design.hidden_frame else None
     ids = [f"{name[:4]}{seed}-{i:06d}" for i in range(n)]
     return Sim(scenario=name, noise=noise, seed=seed, n=n, ids=ids, g=g, better_a=better_a,
                has_label=design.has_label, label_a=label_a, len_a=len_a, len_b=len_b,
@@ -482,10 +506,10 @@ def simulate(name: str, n: int, noise: float, seed: int = 0) -> Sim:
                v_code=code.astype(np.int64), kappa_pop=calibrate(POP_ACCURACY),
                pi_a=design.pi_a, rho=design.rho, label_alpha=label_alpha,
                label_h=design.label_h, emb_a=e_a, emb_b=e_b, emb_prompt=x, world=world,
-               params={"scenario": name, "noise": noise, "seed": seed, "pairs": n,
+               swap=swap, params={"scenario": name, "noise": noise, "seed": seed, "pairs": n,
                        "annotators": len(design.annotators), "votes": int(item.size),
                        "pi_a": design.pi_a, "rho": design.rho, "label_h": design.label_h,
-                       "has_label": design.has_label})
+                       "has_label": design.has_label, "hidden_frame": design.hidden_frame})
 
 
 def fresh_clean_pairs(sim: Sim, n: int, seed: int = 12345) -> np.ndarray:
@@ -576,8 +600,8 @@ def pairs_rows(sim: Sim) -> list[dict[str, Any]]:
     ``rejected``, ``votes: [{annotator, preferred}]``), the file's label as chosen.
 
     Each prompt carries a nonce chosen so that ingest's canonical order (``candidate_a`` =
-    the smaller candidate id) puts the response at position ``a`` first; texts have the
-    simulated lengths exactly.
+    the smaller candidate id) puts the response at position ``a`` first (position ``b``
+    where ``sim.swapped``: a hidden frame); texts have the simulated lengths exactly.
     """
     if not sim.has_label:
         raise ValueError(f"scenario {sim.scenario} has no file label: build the VOTES table "
@@ -587,8 +611,10 @@ def pairs_rows(sim: Sim) -> list[dict[str, Any]]:
     for i, nm, c in zip(sim.v_item.tolist(), names, sim.v_code.tolist()):
         by_item[i].append((nm, c))
     rows = []
+    swapped = sim.swapped
     for i, sid in enumerate(sim.ids):
         la = bool(sim.label_a[i])
+        want = la != bool(swapped[i])  # chosen is the product's candidate_a
         t_a, t_b = _text(f"{sid} a", int(sim.len_a[i])), _text(f"{sid} b", int(sim.len_b[i]))
         chosen, rejected = (t_a, t_b) if la else (t_b, t_a)
         for nonce in range(10_000):
@@ -596,7 +622,7 @@ def pairs_rows(sim: Sim) -> list[dict[str, Any]]:
             pid = hashing.prompt_id([{"role": "user", "content": prompt}])
             c_id = hashing.candidate_id(pid, "given:chosen", 0, chosen)
             r_id = hashing.candidate_id(pid, "given:rejected", 0, rejected)
-            if (c_id < r_id) == la:
+            if (c_id < r_id) == want:
                 break
         pref = {CODE_A: "chosen" if la else "rejected", CODE_B: "rejected" if la else "chosen",
                 CODE_TIE: "tie"}
@@ -614,8 +640,15 @@ def write_pairs_jsonl(sim: Sim, path: str | Path) -> Path:
 
 
 def candidate_ids(sim: Sim) -> tuple[list[str], list[str]]:
-    """Candidate ids of positions a and b in :func:`votes_table` (``<id>-a`` < ``<id>-b``)."""
+    """Candidate ids of the canonical a and b in :func:`votes_table` (``<id>-a`` <
+    ``<id>-b``): positions a and b, exchanged where ``sim.swapped``."""
     return [f"{s}-a" for s in sim.ids], [f"{s}-b" for s in sim.ids]
+
+
+def canonical_codes(sim: Sim, item: np.ndarray, code: np.ndarray) -> np.ndarray:
+    """Verdict codes in the product's canonical frame (a ↔ b where the pair is swapped)."""
+    sw = sim.swapped[item] & (code != CODE_TIE)
+    return np.where(sw, CODE_A + CODE_B - code, code)
 
 
 def votes_table(sim: Sim, include_label: bool = False):
@@ -626,20 +659,21 @@ def votes_table(sim: Sim, include_label: bool = False):
 
     from schemas.tables import VOTES
 
-    ca, cb = candidate_ids(sim)
+    ca, cb = candidate_ids(sim)  # canonical a / b (positions a / b unless swapped)
     names = sim.vote_names()
     items = sim.v_item.tolist()
+    sw = sim.swapped
     orders = {ORDER_NONE: None, ORDER_AB: "ab", ORDER_BA: "ba"}
     verdict = {CODE_A: "a", CODE_B: "b", CODE_TIE: "tie"}
     rows_i = list(items)
     ann = list(names)
     order = [orders[o] for o in sim.v_order.tolist()]
-    verd = [verdict[c] for c in sim.v_code.tolist()]
+    verd = [verdict[c] for c in canonical_codes(sim, sim.v_item, sim.v_code).tolist()]
     if include_label and sim.has_label:
         rows_i += list(range(sim.n))
         ann += [LABEL_ANNOTATOR] * sim.n
         order += [None] * sim.n
-        verd += ["a" if x else "b" for x in sim.label_a.tolist()]
+        verd += ["a" if x else "b" for x in (sim.label_a != sw).tolist()]
     ids = sim.ids
     cols = {"prompt_id": [f"prompt-{ids[i]}" for i in rows_i],
             "source_id": [ids[i] for i in rows_i], "candidate_a": [ca[i] for i in rows_i],

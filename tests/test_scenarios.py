@@ -62,7 +62,8 @@ def test_annotators_vote_as_specified():
 
 
 @pytest.mark.parametrize("name", ["dense", "label_copier", "instance_dependent", "imbalance",
-                                  "length_biased", "ties", "adversarial", "judges_only"])
+                                  "imbalance_hidden", "length_biased", "ties", "adversarial",
+                                  "judges_only"])
 def test_oracle_is_calibrated(name):
     sim = S.simulate(name, 8000, 0.3, seed=7)
     post = S.oracle(sim)
@@ -84,7 +85,8 @@ def test_oracle_is_calibrated(name):
     assert ll < ll0
 
 
-@pytest.mark.parametrize("name", ["adversarial", "label_copier", "imbalance"])
+@pytest.mark.parametrize("name", ["adversarial", "label_copier", "imbalance",
+                                  "imbalance_hidden"])
 def test_oracle_beats_majority_and_plain_ds(name):
     sim = S.simulate(name, 5000, 0.3, seed=2)
     post = S.oracle(sim)
@@ -128,6 +130,14 @@ def test_pairs_file_is_read_in_the_simulated_frame(tmp_path):
     assert [v == "a" for v in lab.column("verdict").to_pylist()] == sim.label_a.tolist()
     tbl = S.votes_table(S.simulate("judges_only", 30, 0.2, seed=0))
     assert set(tbl.column("order").to_pylist()) == {"ab", "ba"}
+    # a hidden frame: the product's canonical a is position b where the pair is swapped
+    hid = S.simulate("imbalance_hidden", 60, 0.2, seed=0)
+    assert 10 < hid.swapped.sum() < 50
+    res = ingest_pairs(str(S.write_pairs_jsonl(hid, tmp_path / "source.jsonl")), limit=None)
+    v = res.outputs["votes"]
+    lab = v.filter(np.array([a == S.LABEL_ANNOTATOR for a in v.column("annotator").to_pylist()]))
+    assert [x == "a" for x in lab.column("verdict").to_pylist()] == \
+        (hid.label_a != hid.swapped).tolist()
 
 
 def test_run_default_accounts_for_every_pair():
