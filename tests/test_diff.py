@@ -48,7 +48,8 @@ def example_root(tmp_path_factory) -> Path:
     that best_worst does not drop the kept ones as ties)."""
     root = tmp_path_factory.mktemp("diff-example")
     base = [f"data_root={root}", f"input.path={EXAMPLES / 'pairs_votes.jsonl'}",
-            "pairs.strategy=all_pairs", "denoise.confidence_weights=false"]
+            "pairs.strategy=all_pairs", "denoise.confidence_weights=false",
+            "denoise.method=weights"]  # the raw-vote rules decide (method posterior ignores them)
     for value in ("flip", "keep"):
         cfg = load_config(EXAMPLES / "pairs_votes.yaml",
                           [*base, f"denoise.on_contradicted={value}"])

@@ -28,7 +28,9 @@ def engine(smollm2_engine):
 
 def _cfg(root: Path):
     return load_config(None, [f"data_root={root}", "name=e2e", "input.limit=2",
-                              "generate.policies.0.n=2", "generate.policies.0.max_tokens=32"])
+                              "generate.policies.0.n=2", "generate.policies.0.max_tokens=32",
+                              # one weak judge alone: publish what its posterior leans to
+                              "rubrics.judges=[]", "denoise.drop_below=0.5"])
 
 
 def test_end_to_end_two_prompts_real_engine(tmp_path, engine):

@@ -24,7 +24,8 @@ def _fake_cfg(tmp_path: Path, examples: Path, *extra: str):
                               "generate.policies.0.model.engine=fake",
                               "generate.policies.0.model.model=fake-policy",
                               "judge.judges.0.model.engine=fake",
-                              "judge.judges.0.model.model=fake-judge", *extra])
+                              "judge.judges.0.model.model=fake-judge",
+                              "judge.max_pairs_per_prompt=6", "rubrics.judges=[]", *extra])
 
 
 def _check_accounting(manifest: dict) -> None:
@@ -39,8 +40,8 @@ def test_fake_run_publishes_and_accounts(tmp_path, examples):
     vpath = Path(summary["path"])
     manifest = store.read_manifest(vpath)
     _check_accounting(manifest)
-    assert manifest["stage_order"] == ["ingest", "generate", "judge", "embed", "aggregate",
-                                       "margins", "denoise", "pairs"]
+    assert manifest["stage_order"] == ["ingest", "generate", "verify", "judge", "embed",
+                                       "aggregate", "margins", "denoise", "pairs"]
     assert manifest["stages"]["generate"]["in"] == 4 * 4
     # judge: 4 prompts x C(4,2)=6 pairs, x2 orders
     assert manifest["stages"]["judge"]["out"] == 4 * 6 * 2

@@ -68,6 +68,7 @@ generate:
   batch_size: {BATCH}
   policies:
     - {{name: pol, model: {{engine: fake, model: fake-policy}}, n: {N_SAMPLES}, seed: 3}}
+rubrics: {{judges: []}}
 judge:
   batch_size: {BATCH}
   max_pairs_per_prompt: {PAIRS_PER_PROMPT}

@@ -248,7 +248,7 @@ def test_schema_fingerprint_is_stable_and_distinguishes() -> None:
 def test_defaults_load() -> None:
     cfg = load_config(None)
     assert cfg == RunConfig()
-    assert cfg.input.limit == 8 and len(cfg.generate.policies) == 1
+    assert cfg.input.limit is None and len(cfg.generate.policies) == 1
     assert cfg.generate.policies[0].n == 4 and cfg.denoise.on_contradicted == "keep"
     assert cfg.aggregate.method == cfg.aggregate.judges_method == "auto"
 
@@ -358,8 +358,8 @@ def test_python_tag_is_rejected_and_not_run(tmp_path: Path) -> None:
 
 def test_python_tag_in_set_value_stays_a_string(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
-    cfg = load_config(None, [f"name=!!python/object/apply:os.system ['touch {marker}']"])
-    assert not marker.exists() and cfg.name.startswith("!!python")
+    cfg = load_config(None, [f"input.source=!!python/object/apply:os.system ['touch {marker}']"])
+    assert not marker.exists() and cfg.input.source.startswith("!!python")
 
 
 @pytest.mark.parametrize("text, kind", [("- a\n- b\n", "list"), ("42\n", "int"),
@@ -419,7 +419,7 @@ def test_resolved_dict_keeps_api_key_env_and_is_json_data() -> None:
     cfg = load_config(None, ["generate.policies.0.model.api_key_env=MY_KEY"])
     d = resolved_dict(cfg)
     assert d["generate"]["policies"][0]["model"]["api_key_env"] == "MY_KEY"
-    assert d["input"]["limit"] == 8
+    assert d["input"]["limit"] is None
     assert config_hash(d) == config_hash(resolved_dict(load_config(None, [
         "generate.policies.0.model.api_key_env=MY_KEY"])))
 
