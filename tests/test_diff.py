@@ -27,7 +27,12 @@ def _fake_cfg(root: Path) -> dict:
                               "generate.policies.0.model.engine=fake",
                               "generate.policies.0.model.model=fake-policy",
                               "judge.judges.0.model.engine=fake",
-                              "judge.judges.0.model.model=fake-judge"]).model_dump(mode="json")
+                              "judge.judges.0.model.model=fake-judge",
+                              # the vote rules and a wide panel: many pairs to diff (the
+                              # posterior default publishes few of a fake judge's pairs)
+                              "judge.max_pairs_per_prompt=6", "rubrics.judges=[]",
+                              "denoise.method=weights", "denoise.drop_below=0.5",
+                              "margins.p_source=votes"]).model_dump(mode="json")
 
 
 @pytest.fixture(scope="module")
