@@ -121,6 +121,7 @@ def test_example_specifics(versions):
     rep = rp.build_report(versions["example"])
     assert rep["noise"]["noise_rate"] == pytest.approx(7 / 12)  # 3 dropped + 4 flipped
     assert rep["examples"]["flipped_total"] == 4
+    assert rep["examples"]["flipped_by_denoise"] == rep["noise"]["flipped"] == 4  # one count
     assert {e["reason"] for e in rep["examples"]["dropped"]} == {"low_confidence"}
     # the file's own label and five annotators: a 6 x 6 agreement matrix with κ
     agr = rep["judges"]["agreement"]

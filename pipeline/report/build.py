@@ -620,7 +620,7 @@ def report_from_tables(manifest: dict[str, Any], data: pa.Table, dropped: pa.Tab
     """
     lin = _Lineage(manifest, Path(run_root) if run_root is not None else None)
     vp = Path(version_path) if version_path is not None else None
-    return {
+    rep = {
         "report_version": REPORT_VERSION,
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "title": f"{manifest.get('name') or 'dataset'}"
@@ -637,6 +637,18 @@ def report_from_tables(manifest: dict[str, Any], data: pa.Table, dropped: pa.Tab
         "noise": _section_noise(manifest, data),
         "examples": _section_examples(data, dropped, quarantine, lin, max_examples),
     }
+    # one count of flips: the published flipped pairs, and how many denoise flipped (a
+    # flipped pair can still be left out by pair building or selection)
+    rep["examples"]["flipped_by_denoise"] = rep["noise"].get("flipped")
+    return rep
+
+
+def _flip_count(ex: dict[str, Any]) -> str:
+    """"4 published" or "4 published of 5 flipped by denoise"."""
+    n, by = ex.get("flipped_total"), ex.get("flipped_by_denoise")
+    if isinstance(by, int) and by != n:
+        return f"{n} published of {by} flipped by denoise"
+    return f"{n} published"
 
 
 def build_report(version_path: str | Path, *, run_root: str | Path | None = None,
@@ -1015,7 +1027,7 @@ def _section_html(key: str, rep: dict[str, Any]) -> str:
             p.append(f"<h3>{_e(t['title'])}</h3>" + _html_table(t["columns"], t["rows"]))
         p.append(_note(s["note"]))
     elif key == "examples":
-        p.append(f"<h3>Flipped pairs ({s['flipped_total']} in total)</h3>")
+        p.append(f"<h3>Flipped pairs ({_flip_count(s)})</h3>")
         if s["flipped"]:
             cols = ["source_id", "prompt", "chosen", "rejected", "p_hat", "margin",
                     "label_status", "reason"]
@@ -1194,7 +1206,7 @@ def render_terminal(report: dict[str, Any], console: Any) -> None:
     console.rule(Text(heads["examples"]))
     if ex["flipped"]:
         cols = ["source_id", "prompt", "chosen", "rejected", "p_hat", "reason"]
-        console.print(table(f"flipped pairs ({ex['flipped_total']})", cols,
+        console.print(table(f"flipped pairs ({_flip_count(ex)})", cols,
                             short(ex["flipped"], cols, 80)))
     if ex["dropped"]:
         cols = ["stage", "reason", "source_id", "detail", "chosen", "rejected", "text"]
