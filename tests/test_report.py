@@ -145,6 +145,13 @@ def test_fake_judge_agreement_is_position_consistency(versions):
     assert rep["judges"]["position_consistency"] == {judge: stats["consistency"]}
     titles = [t["title"] for t in rep["judges"]["tables"]]
     assert "aggregate: position_consistency" in titles
+    # the judge statistics as tables a person reads: a row per judge and per annotator,
+    # no dotted raw keys (probe D12)
+    (per_judge,) = [t for t in rep["judges"]["tables"] if t["title"].startswith("judge: judges")]
+    assert [r[0] for r in per_judge["rows"]] == [judge]
+    assert per_judge["rows"][0][2] == pytest.approx(stats["consistency"], abs=1e-3)
+    assert not any("." in c for t in rep["judges"]["tables"] for c in t["columns"]
+                   if t["title"].startswith("judge:"))
 
 
 def test_judge_stats_rendered_whatever_their_shape(versions):

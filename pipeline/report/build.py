@@ -376,6 +376,42 @@ _JUDGE_KEYS = {"judge_stats", "position_consistency", "agreement", "kappa", "coh
                "alpha", "krippendorff_alpha", "length_bias", "position_bias"}
 
 
+def _judge_stats_tables(stage: str, js: dict[str, Any]) -> list[dict[str, Any]]:
+    """The judge stage's statistics as two tables a person reads (the raw numbers stay
+    in the manifest): per judge, and per annotator (judge × order)."""
+    def r(v: Any) -> Any:
+        return round(float(v), 3) if isinstance(v, (int, float)) and not isinstance(v, bool) \
+            else v
+
+    out = []
+    judges = js.get("judges") or {}
+    if isinstance(judges, dict) and judges:
+        out.append({"title": f"{stage}: judges (Krippendorff's α over all annotators "
+                             f"{r(js.get('krippendorff_alpha'))}, {js.get('n_pairs')} pairs)",
+                    "columns": ["judge", "pairs in both orders", "position consistency",
+                                "first position wins", "κ ab vs ba", "mean κ vs others"],
+                    "rows": [[n, d.get("position_pairs"), r(d.get("position_consistency")),
+                              r(d.get("first_position_win_rate")), r(d.get("kappa_ab_ba")),
+                              r(d.get("mean_kappa_vs_other_judges"))]
+                             for n, d in judges.items() if isinstance(d, dict)]})
+    anns = js.get("annotators") or {}
+    if isinstance(anns, dict) and anns:
+        rows = []
+        for n, d in anns.items():
+            if not isinstance(d, dict):
+                continue
+            v = d.get("verdicts") or {}
+            rows.append([n, d.get("votes"), f"{v.get('a', 0)} / {v.get('b', 0)} / "
+                         f"{v.get('tie', 0)}", r(d.get("tie_rate")),
+                         r(d.get("parse_failure_rate")), r(d.get("longer_win_rate")),
+                         r(d.get("majority_agreement"))])
+        out.append({"title": f"{stage}: annotators (judge × order)",
+                    "columns": ["annotator", "votes", "a / b / tie", "tie rate",
+                                "parse failures", "longer wins", "agrees with majority"],
+                    "rows": rows})
+    return out
+
+
 def _qualification_table(stage: str, q: dict[str, Any]) -> dict[str, Any] | None:
     """The judge-qualification info (pipeline/annotate/qualify.py) as a readable table."""
     judges = q.get("judges") or {}
@@ -412,6 +448,9 @@ def _section_judges(manifest: dict[str, Any], lin: _Lineage) -> dict[str, Any]:
         for key, val in d.items():
             if key == "position_consistency" and isinstance(val, dict) and val:
                 pc = val
+            if key == "judge_stats" and isinstance(val, dict) and "judges" in val:
+                tables += _judge_stats_tables(stage, val)
+                continue
             if key == "judge_qualification" and isinstance(val, dict):
                 t = _qualification_table(stage, val)
                 if t:
