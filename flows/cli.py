@@ -38,6 +38,8 @@ def reap_orphan_servers() -> list[int]:
     Returns the pids stopped. Linux /proc only; elsewhere nothing happens."""
     import signal
 
+    from pipeline.store.datasets import pid_alive as _alive
+
     stopped = []
     for d in Path("/proc").glob("[0-9]*"):
         try:
@@ -64,19 +66,6 @@ def reap_orphan_servers() -> list[int]:
             pass
         stopped.append(pid)
     return stopped
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not alive
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def _prefect_env(verbose: bool = False) -> None:

@@ -616,12 +616,7 @@ def aggregate_task(run_id: str, vote_srcs: list[StageOutput], label_annotators: 
         votes = pa.concat_tables(tables) if tables else VOTES.empty_table()
         res = aggregation.aggregate_votes(votes, label_annotators=set(label_annotators),
                                           **aggregate_kwargs(ctx.cfg.aggregate))
-        judge_models = {j.name: j.model.model for j in ctx.cfg.judge.judges}
-        judge_models.update({j.name: j.model.model for j in ctx.cfg.rubric_judges()})
-        qual = qualify_judges(votes, exclude=label_annotators, judge_models=judge_models,
-                              policy_models={p.name: p.model.model
-                                             for p in ctx.cfg.generate.policies}
-                              if ctx.cfg.input.kind == "prompts" else None)
+        qual = qualify_judges(votes, exclude=label_annotators, **_model_maps(ctx.cfg))
         if qual["gold_pairs"]:
             res.info["judge_qualification"] = qual
         return res
@@ -940,6 +935,14 @@ def curate(config: dict[str, Any], secrets_ref: str | None = None) -> dict[str, 
         _register(run_id, None)
 
 
+def _model_maps(cfg: RunConfig) -> dict[str, dict[str, str] | None]:
+    """``judge_models`` / ``policy_models`` of :func:`qualify_judges` (self-preference)."""
+    judges = {j.name: j.model.model for j in [*cfg.judge.judges, *cfg.rubric_judges()]}
+    policies = {p.name: p.model.model for p in cfg.generate.policies} \
+        if cfg.input.kind == "prompts" else None
+    return {"judge_models": judges, "policy_models": policies}
+
+
 def qualify_run(config: dict[str, Any], gold: str | None = None) -> dict[str, Any]:
     """Judge qualification without publishing: the config's judges (pairwise and Yes/No)
     on a qualification set, and the table of :func:`qualify_judges`.
@@ -971,12 +974,7 @@ def qualify_run(config: dict[str, Any], gold: str | None = None) -> dict[str, An
         import pyarrow as pa
 
         votes = pa.concat_tables([s.read("votes") for s in srcs])
-        judge_models = {j.name: j.model.model for j in cfg.judge.judges}
-        judge_models.update({j.name: j.model.model for j in cfg.rubric_judges()})
-        out = qualify_judges(votes, gold_annotators=labels, judge_models=judge_models,
-                             policy_models={p.name: p.model.model
-                                            for p in cfg.generate.policies}
-                             if cfg.input.kind == "prompts" else None)
+        out = qualify_judges(votes, gold_annotators=labels, **_model_maps(cfg))
         out["calls"] = {k: v.__dict__ for k, v in ctx.calls.items()}
         return out
     finally:

@@ -91,14 +91,18 @@ class VersionRef:
 # ---------------------------------------------------------------------------- names / refs
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (another user's counts; a zombie does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's live process
         return True
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 def sweep_stale_tmp(folder: Path, prefix: str = TMP_PREFIX) -> list[str]:
@@ -122,7 +126,7 @@ def sweep_stale_tmp(folder: Path, prefix: str = TMP_PREFIX) -> list[str]:
             continue
         head = p.name[len(prefix):].split("-", 1)[0]
         if head.isdigit():
-            stale = not _alive(int(head))
+            stale = not pid_alive(int(head))
         else:
             try:
                 stale = p.stat().st_mtime < started
