@@ -577,8 +577,9 @@ def reward_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -
                                             zip(wcfg.models, results)},
                                  "score_stats": compute_score_stats(scores)})
 
-    return _stage(ctx, "reward", 1, wcfg.model_dump(mode="json"),
-                  [prompts_src.output_hash, cands_src.output_hash], compute)
+    return _stage(ctx, "reward", rewards.STAGE_VERSION, wcfg.model_dump(mode="json"),
+                  [prompts_src.output_hash, cands_src.output_hash], compute,
+                  complete=_no_failed_calls)
 
 
 @task(name="gpm", cache_policy=NO_CACHE)
@@ -876,6 +877,7 @@ def curate(config: dict[str, Any], secrets_ref: str | None = None) -> dict[str, 
             vote_srcs.append(score_srcs[-1])  # Yes/No judges' pairwise votes
         if cfg.rewards.models:
             score_srcs.append(reward_task(run_id, ing, cands))
+            check_outage(score_srcs[-1], cfg, partial)
         outs += score_srcs
         if cfg.judge.pair_selection == "best_worst" and not score_srcs and cfg.judge.judges:
             raise ConfigError("judge.pair_selection: best_worst needs a first signal: "

@@ -144,6 +144,25 @@ def test_make_reward_scores_multi_head_and_mismatch():
     assert res.info["too_long"] == 1 and res.info["null_scores"] == 2
 
 
+def test_failed_reward_calls_are_quarantined_and_keep_the_stage_incomplete():
+    from flows.curate import _no_failed_calls
+
+    inputs = [RewardInput("c1", "s1", (1,)), RewardInput("c2", "s2", (2,)),
+              RewardInput("c3", "s3", (3,))]
+    res = make_reward_scores(inputs, [[0.5], None, [1.0, 2.0]],
+                             [None, "request failed: RuntimeError: out of memory", None],
+                             annotator="rm", aspects=["reward"])
+    q = res.quarantine.to_pylist()
+    assert [(r["source_id"], r["reason"]) for r in q] == [("s2", "request_failed")]
+    assert "c2" in q[0]["detail"] and "out of memory" in q[0]["detail"]
+    # the wrong-width output is a null score but not a failed call: kept
+    assert res.counts.to_dict() == {"in": 3, "kept": 2, "dropped": {},
+                                    "quarantined": {"request_failed": 1}, "out": 3}
+    assert not _no_failed_calls(res)
+    ok = make_reward_scores(inputs[:1], [[0.5]], [None], annotator="rm", aspects=["reward"])
+    assert _no_failed_calls(ok) and ok.quarantine.num_rows == 0
+
+
 class _Scorer:
     kind, model = "fake", "fake-rm"
 

@@ -55,15 +55,17 @@ from pipeline.engines.base import Completion, RequestCache, shutdown_vllm, start
 from schemas.errors import ConfigError, EngineError
 from pipeline.hashing import stable_hash
 from pipeline.annotate.judging import _render_conversation
-from pipeline.stage import Reason, StageCounts, StageResult, dropped_table
+from pipeline.stage import (Reason, StageCounts, StageResult, dropped_table,
+                            quarantine_table)
 from schemas.config import RewardModelSpec
 from schemas.tables import SCORES, from_rows
 
 log = logging.getLogger(__name__)
 
 STAGE = "rewards"
-STAGE_VERSION = 1
+STAGE_VERSION = 2  # 2: failed calls are quarantined (request_failed), not kept
 TOO_LONG = "prompt_too_long"
+FAILED = "request failed: "
 
 
 @dataclass(frozen=True)
@@ -309,7 +311,7 @@ def run_rewards(inputs: Sequence[RewardInput], *, engine_kind: str, model: str,
                 except EngineError:
                     raise
                 except Exception as one:  # an error row, not cached: retried next run
-                    errors[i] = f"request failed: {type(one).__name__}: {one}"[:500]
+                    errors[i] = f"{FAILED}{type(one).__name__}: {one}"[:500]
                     outs.append(None)
         done = []
         for i, lg in zip(chunk, outs, strict=True):
@@ -332,13 +334,20 @@ def run_rewards(inputs: Sequence[RewardInput], *, engine_kind: str, model: str,
 def make_reward_scores(inputs: Sequence[RewardInput], logits: Sequence[list[float] | None],
                        errors: Sequence[str | None], *, annotator: str, aspects: list[str],
                        drops: list[dict] | None = None) -> StageResult:
-    """SCORES rows (one per candidate and head); failures are null scores, kept.
+    """SCORES rows (one per candidate and head); failures are null scores with the error.
+
+    A candidate whose scoring call failed (``request failed: …``, not cached: the next run
+    scores it again) is also a quarantine row (``request_failed``) and not counted as
+    kept, so the flow does not mark the stage complete; other null scores (a wrong number
+    of logits) are kept.
 
     >>> res = make_reward_scores([RewardInput("c1", "s", (1, 2)), RewardInput("c2", "s", (3,))],
     ...                          [[0.5], None], [None, "request failed: boom"],
     ...                          annotator="rm", aspects=["reward"])
     >>> res.outputs["scores"].column("score").to_pylist(), res.info["null_scores"]
     ([0.5, None], 1)
+    >>> res.counts.kept, res.counts.quarantined, res.quarantine.column("detail").to_pylist()
+    (1, {'request_failed': 1}, ['candidate c2 (rm): request failed: boom'])
     """
     drops = drops or []
     rows = []
@@ -354,10 +363,16 @@ def make_reward_scores(inputs: Sequence[RewardInput], logits: Sequence[list[floa
                          "score": None if lg is None else float(lg[h]), "raw_output": raw,
                          "parse_error": None if lg is not None else (err or "no score")})
     scores = from_rows(rows, SCORES, "scores")
-    counts = StageCounts(rows_in=len(inputs) + len(drops), kept=len(inputs),
+    failed = [{"source_id": x.source_id, "row": None, "reason": Reason.REQUEST_FAILED,
+               "detail": f"candidate {x.candidate_id} ({annotator}): {err}"[:1000]}
+              for x, lg, err in zip(inputs, logits, errors)
+              if lg is None and err is not None and err.startswith(FAILED)]
+    counts = StageCounts(rows_in=len(inputs) + len(drops), kept=len(inputs) - len(failed),
                          dropped=dict(Counter(str(d["reason"]) for d in drops)),
-                         rows_out=len(rows))
+                         quarantined={str(Reason.REQUEST_FAILED): len(failed)}
+                         if failed else {}, rows_out=len(rows))
     return StageResult(STAGE, {"scores": scores}, counts, dropped_table(STAGE, drops),
+                       quarantine_table(STAGE, failed),
                        info={"annotator": annotator, "aspects": aspects,
                              "candidates_scored": len(inputs) - n_null,
                              "null_scores": n_null,
