@@ -28,6 +28,7 @@ def aggregate_kwargs(acfg: AggregateConfig) -> dict[str, Any]:
     return {"method": acfg.method, "use_logprobs": acfg.use_logprobs,
             "judges_method": acfg.judges_method, "prior": acfg.em_prior,
             "verifier_prior": acfg.verifier_prior, "class_prior": acfg.class_prior,
+            "class_prior_lr": acfg.class_prior_lr,
             "label_correlation": acfg.label_correlation,
             "correlation_z": acfg.correlation_z}
 

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline.aggregate.aggregation import aggregate_votes
+from pipeline.chain import aggregate_kwargs
 from pipeline.denoise.denoise import FLIPPED_LOW_CONFIDENCE, LOW_CONFIDENCE, denoise_pairs
 from pipeline.denoise.denoise import judges_posterior
 from pipeline.margins import compute_margins, oriented_row
@@ -96,11 +97,8 @@ def simulate(n: int, noise: float, accs: list[float], seed: int = 0, *,
 
 
 def curate(votes: pa.Table, acfg: AggregateConfig, dcfg: DenoiseConfig | None = None):
-    agg = aggregate_votes(votes, label_annotators={SRC}, method="dawid_skene",
-                          prior=acfg.em_prior, verifier_prior=acfg.verifier_prior,
-                          class_prior=acfg.class_prior,
-                          label_correlation=acfg.label_correlation,
-                          correlation_z=acfg.correlation_z)
+    agg = aggregate_votes(votes, label_annotators={SRC},
+                          **{**aggregate_kwargs(acfg), "method": "dawid_skene"})
     pairs = compute_margins(agg.outputs["comparisons"], agg.outputs["scores"],
                             MCFG).outputs["pairs"]
     den = denoise_pairs(pairs, dcfg or DenoiseConfig(), MCFG, label_source=SRC,
@@ -133,6 +131,11 @@ def test_a_label_copier_is_detected_and_split() -> None:
     assert list(agg.info["label_correlated"]) == ["copier"]
     assert agg.info["label_correlated"]["copier"]["z"] > 4
     assert "label_correlated" not in agg_off.info
+    # the reported reliabilities are the refit's: the label (70% right) and its copier no
+    # longer look near-perfect, as they do in the fit that treats them as independent
+    rel, rel_off = agg.info["annotator_reliability"], agg_off.info["annotator_reliability"]
+    assert rel_off[SRC] > 0.8 and 0.6 < rel[SRC] < 0.8
+    assert set(agg.info["label_correlated"]["copier"]["reliability_given_label"]) == {"a", "b"}
 
     def kept_accuracy(den) -> float:
         out = den.outputs["pairs"].to_pylist()

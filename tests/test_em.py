@@ -541,3 +541,29 @@ def test_auto_method_needs_three_judges_and_fits_judges_only_posterior() -> None
     res = aggregate_votes(pa.concat_tables([v, src]), label_annotators={"src"},
                           method="auto", judges_method="auto")
     assert res.info["method"] == "dawid_skene" and res.info["judges_method"] is None
+
+
+# =========================================================================== class prior
+
+
+def test_tested_class_prior_keeps_half_unless_the_data_reject_it() -> None:
+    acc = np.tile([0.8, 0.8], (6, 1))
+    for prior_a, want in ((0.5, "symmetric"), (0.85, "estimated")):
+        item, annot, label, truth = synth(1500, acc, prior_a=prior_a, seed=7,
+                                          votes_per_item=(2, 4))
+        res = aggregate_votes(votes_from_codes(item, annot, label), method="dawid_skene",
+                              prior=(2.0, 1.0), class_prior="tested")
+        test = res.info["class_prior_test"]
+        assert test["chosen"] == want, test
+        assert res.info["priors"]["a"] == pytest.approx(
+            0.5 if want == "symmetric" else test["estimated"]["a"])
+        if want == "estimated":
+            assert 0.8 < test["estimated"]["a"] < 0.9 and test["statistic"] > 30
+            p_a = np.array(res.outputs["comparisons"].column("p_a").to_pylist())
+            sym = aggregate_votes(votes_from_codes(item, annot, label), method="dawid_skene",
+                                  prior=(2.0, 1.0), class_prior="symmetric")
+            p_sym = np.array(sym.outputs["comparisons"].column("p_a").to_pylist())
+            # comparisons are in item order (c0000a|c0000b, ...): the fitted prior is right
+            # more often than the symmetric one on the items it decides differently
+            is_a = truth == 0
+            assert np.mean((p_a > 0.5) == is_a) > np.mean((p_sym > 0.5) == is_a)

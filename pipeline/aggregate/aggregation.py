@@ -63,7 +63,7 @@ from pipeline.stage import Reason, StageCounts, StageResult, dropped_table
 from schemas.tables import COMPARISONS, SCORES, VOTES, check_table, conform
 
 STAGE = "aggregate"
-STAGE_VERSION = 3
+STAGE_VERSION = 4  # 4: class prior tested against 1/2; reliabilities from the split refit
 KEY = ["source_id", "prompt_id", "candidate_a", "candidate_b"]
 METHODS = ("auto", "majority", "dawid_skene", "one_coin")
 EM_METHODS = ("auto", "dawid_skene", "one_coin")
@@ -94,6 +94,7 @@ def aggregate_votes(votes: pa.Table | pl.DataFrame, *,
                     prior: tuple[float, float] | None = None,
                     verifier_prior: tuple[float, float] | None = None,
                     class_prior: str = "estimated",
+                    class_prior_lr: float = 10.83,
                     label_correlation: str = "off",
                     correlation_z: float = 4.0) -> StageResult:
     """Aggregate votes per pair (integer-coded once, numpy sums, EM with numpy/scipy).
@@ -106,7 +107,9 @@ def aggregate_votes(votes: pa.Table | pl.DataFrame, *,
     ``prior``: the EM's Dirichlet pseudo-counts (see :mod:`pipeline.aggregate.em`);
     ``verifier_prior`` replaces it for ``verifier:*`` annotators. ``class_prior``
     ``symmetric`` fixes π = (½, ½) (the pipeline orders candidate_a/b by content hash),
-    ``estimated`` fits it.
+    ``estimated`` fits it; ``tested`` fits both and keeps the fitted π only where the likelihood-ratio statistic
+    2·(log L(π̂) − log L(½)) exceeds ``class_prior_lr`` (χ²₁; 10.83 is p = 0.001), the test
+    in ``info["class_prior_test"]``.
     ``label_correlation`` (``off`` | ``report`` | ``split``): test every annotator for
     agreeing with the dataset's label more often than its estimated accuracy allows
     (:func:`label_correlated`, z > ``correlation_z``), report them in
@@ -158,6 +161,7 @@ def aggregate_votes(votes: pa.Table | pl.DataFrame, *,
         post, em_info = _fit_em(v, code, k, acode, names, v.valid, method,
                                 prior=_priors(names, prior, verifier_prior),
                                 class_prior=class_prior,
+                                class_prior_lr=class_prior_lr,
                                 label_side=side if is_label.any() else None,
                                 is_label=is_label, correlation=label_correlation,
                                 correlation_z=correlation_z)
@@ -170,7 +174,8 @@ def aggregate_votes(votes: pa.Table | pl.DataFrame, *,
         if judged.any():
             post, _ = _fit_em(v, code, k, acode, names, judged, judges_method,
                               prior=_priors(names, prior, verifier_prior),
-                              class_prior=class_prior)
+                              class_prior=class_prior,
+                              class_prior_lr=class_prior_lr)
             p_judges = np.where(np.bincount(code[judged], minlength=k) > 0, post, np.nan)
     verdicts = df["verdict"]
     comp = df.select(KEY).gather(first).with_columns(
@@ -282,7 +287,7 @@ def _priors(names: list[str], prior: tuple[float, float] | None,
 
 def _fit_em(v: _VoteArrays, code: np.ndarray, k: int, acode: np.ndarray, names: list[str],
             use: np.ndarray, method: str, *, prior: np.ndarray | None = None,
-            class_prior: str = "estimated",
+            class_prior: str = "estimated", class_prior_lr: float = 10.83,
             label_side: np.ndarray | None = None, is_label: np.ndarray | None = None,
             correlation: str = "off", correlation_z: float = 4.0) -> tuple[np.ndarray, dict]:
     """Dawid–Skene / one-coin EM over the votes ``use`` (valid ones), items = ``code``.
@@ -325,16 +330,32 @@ def _fit_em(v: _VoteArrays, code: np.ndarray, k: int, acode: np.ndarray, names: 
     kw: dict = {}
     if method != "one_coin":
         kw["prior"] = None if prior is None else prior[used]
-        if class_prior == "symmetric":
+        if class_prior in ("symmetric", "tested"):
             kw["class_prior"] = np.array([0.5, 0.5])
     res = fit(item, annot, label, weight=weight, n_items=k, n_annotators=used.size,
               n_classes=2, n_labels=n_labels, **kw)
+    test_info = None
+    if class_prior == "tested" and method != "one_coin":
+        # the likelihood-ratio test of π = ½ against a fitted π (one degree of freedom)
+        free_kw = {key: val for key, val in kw.items() if key != "class_prior"}
+        free = fit(item, annot, label, weight=weight, n_items=k, n_annotators=used.size,
+                   n_classes=2, n_labels=n_labels, **free_kw)
+        total = float(item.size if weight is None else weight.sum())
+        stat = 2.0 * total * ((free.elbo[-1] if free.elbo else 0.0) -
+                              (res.elbo[-1] if res.elbo else 0.0))
+        chosen = "estimated" if stat > class_prior_lr else "symmetric"
+        test_info = {"statistic": stat, "threshold": class_prior_lr, "chosen": chosen,
+                     "estimated": {"a": float(free.priors[0]), "b": float(free.priors[1])}}
+        if chosen == "estimated":
+            res, kw = free, free_kw
     rel = dict(zip((names[i] for i in used), res.reliability().tolist()))
     info = {"annotator_reliability": {
                 n: None if n not in rel or np.isnan(rel[n]) else rel[n] for n in names},
             "n_iter": res.n_iter, "converged": bool(res.converged),
             "priors": {"a": float(res.priors[0]), "b": float(res.priors[1])},
             "elbo_per_vote": res.elbo[-1] if res.elbo else None}
+    if test_info is not None:
+        info["class_prior_test"] = test_info
     if correlation != "off" and label_side is not None and method != "one_coin":
         jv = ~label_vote  # the judges-only fit: who agrees with the label beyond the truth
         jres = fit(item[jv], annot[jv], label[jv],
@@ -358,7 +379,20 @@ def _fit_em(v: _VoteArrays, code: np.ndarray, k: int, acode: np.ndarray, names: 
             res = fit(item, annot2, label, weight=weight, n_items=k,
                       n_annotators=used.size + 2 * len(flagged), n_classes=2,
                       n_labels=n_labels, **kw2)
-            info.update(n_iter=info["n_iter"] + res.n_iter, converged=bool(res.converged))
+            info.update(n_iter=info["n_iter"] + res.n_iter, converged=bool(res.converged),
+                        priors={"a": float(res.priors[0]), "b": float(res.priors[1])},
+                        elbo_per_vote=res.elbo[-1] if res.elbo else None)
+            # the reliabilities that decided: the refit's (the first fit's are inflated
+            # for the label and its copiers, which looked like two independent voters)
+            r2 = res.reliability()
+            for i, w in enumerate(flagged):
+                given = r2[used.size + 2 * i: used.size + 2 * i + 2]
+                r2[w] = float(np.nanmean(given)) if np.isfinite(given).any() else np.nan
+                info["label_correlated"][names[used[w]]]["reliability_given_label"] = {
+                    s_: None if np.isnan(g) else float(g) for s_, g in zip("ab", given)}
+            rel = dict(zip((names[i] for i in used), r2[:used.size].tolist()))
+            info["annotator_reliability"] = {
+                n: None if n not in rel or np.isnan(rel[n]) else rel[n] for n in names}
     return res.posterior[:, 0], info
 
 
