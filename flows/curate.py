@@ -465,7 +465,6 @@ def judge_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput,
             ctx, "judge", [(j.name, j.model, [r for r in reqs if
                                               r.annotator.startswith(j.name + "|")])
                            for j in jcfg.judges], jcfg.batch_size)
-        info["candidates_with_injection_like_text"] = judging.injection_like(candidates)
         res = judging.make_votes(ordered, comps, len(pairs_), drops, info)
         from pipeline.annotate.judge_stats import compute_judge_stats
 
@@ -496,10 +495,11 @@ def embeddings_enabled(cfg: RunConfig) -> bool:
 @task(name="embed", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10,
       retry_condition_fn=_transient)
 def embed_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -> StageOutput:
-    from pipeline.embeddings import compute_embeddings
+    from pipeline.embeddings import STAGE_VERSION, compute_embeddings
 
     ctx = _ctx(run_id)
-    return _stage(ctx, "embed", 1, ctx.cfg.embed.model_dump(mode="json", exclude={"enabled"}),
+    return _stage(ctx, "embed", STAGE_VERSION,
+                  ctx.cfg.embed.model_dump(mode="json", exclude={"enabled"}),
                   [prompts_src.output_hash, cands_src.output_hash],
                   lambda: compute_embeddings(prompts_src.read("prompts"),
                                              cands_src.read("candidates"), ctx.cfg.embed,
@@ -585,10 +585,10 @@ def reward_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -
 @task(name="gpm", cache_policy=NO_CACHE)
 def gpm_task(run_id: str, agg: StageOutput, cands_src: StageOutput, emb: StageOutput
              ) -> StageOutput:
-    from pipeline.gpm.model import annotate_gpm
+    from pipeline.gpm.model import STAGE_VERSION, annotate_gpm
 
     ctx = _ctx(run_id)
-    return _stage(ctx, "gpm", 1, ctx.cfg.gpm.model_dump(mode="json"),
+    return _stage(ctx, "gpm", STAGE_VERSION, ctx.cfg.gpm.model_dump(mode="json"),
                   [agg.output_hash, cands_src.output_hash, emb.output_hash],
                   lambda: annotate_gpm(agg.read("comparisons"), cands_src.read("candidates"),
                                        emb.read("candidate_embeddings"),
@@ -597,10 +597,10 @@ def gpm_task(run_id: str, agg: StageOutput, cands_src: StageOutput, emb: StageOu
 
 @task(name="select", cache_policy=NO_CACHE)
 def select_task(run_id: str, sel: StageOutput, emb: StageOutput) -> StageOutput:
-    from pipeline.selection import select_pairs_budget
+    from pipeline.selection import STAGE_VERSION, select_pairs_budget
 
     ctx = _ctx(run_id)
-    return _stage(ctx, "select", 1, ctx.cfg.select.model_dump(mode="json"),
+    return _stage(ctx, "select", STAGE_VERSION, ctx.cfg.select.model_dump(mode="json"),
                   [sel.output_hash, emb.output_hash],
                   lambda: select_pairs_budget(sel.read("pairs"), emb.read("prompt_embeddings"),
                                               ctx.cfg.select))
@@ -642,12 +642,19 @@ def verify_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -
 
 @task(name="margins", cache_policy=NO_CACHE)
 def margins_task(run_id: str, agg: StageOutput, emb: StageOutput | None,
-                 gpm: StageOutput | None = None) -> StageOutput:
+                 cands: StageOutput, gpm: StageOutput | None = None) -> StageOutput:
     ctx = _ctx(run_id)
 
     def compute() -> StageResult:
+        from pipeline.annotate import injection
+
         res = margins.compute_margins(agg.read("comparisons"), agg.read("scores"),
                                       ctx.cfg.margins)
+        # text aimed at the judge: its pairs are flagged (with or without judges)
+        suspects = injection.suspect_candidates(cands.read("candidates"))
+        res.outputs["pairs"], n_flagged = injection.flag_pairs(res.outputs["pairs"], suspects)
+        res.info["injection_suspects"] = {"candidates": len(suspects), "pairs": n_flagged,
+                                          "examples": dict(list(suspects.items())[:20])}
         if gpm is not None:
             from pipeline.gpm.model import flag_cyclic_pairs, flag_cyclic_prompts
 
@@ -666,7 +673,8 @@ def margins_task(run_id: str, agg: StageOutput, emb: StageOutput | None,
         return res
 
     return _stage(ctx, "margins", margins.STAGE_VERSION, ctx.cfg.margins.model_dump(mode="json"),
-                  [agg.output_hash] + ([emb.output_hash] if emb is not None else []) +
+                  [agg.output_hash, cands.output_hash] +
+                  ([emb.output_hash] if emb is not None else []) +
                   ([gpm.output_hash] if gpm is not None else []), compute)
 
 
@@ -920,7 +928,7 @@ def curate(config: dict[str, Any], secrets_ref: str | None = None) -> dict[str, 
             # the GPM is one more annotator: aggregate again with its votes
             agg = aggregate_task(run_id, vote_srcs + [gp], labels, stage="aggregate_gpm")
             outs += [gp, agg]
-        mar = margins_task(run_id, agg, emb, gp)
+        mar = margins_task(run_id, agg, emb, cands, gp)
         den = denoise_task(run_id, mar, emb, labels[0] if len(labels) == 1 else None, agg)
         sel = pairs_task(run_id, den)
         outs += [mar, den, sel]

@@ -13,6 +13,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pipeline.annotate import judging
+from pipeline.annotate.injection import suspect_candidates
 from pipeline.aggregate.aggregation import aggregate_votes
 from pipeline.denoise.denoise import decide, denoise_pairs
 from pipeline.engines.base import ChatRequest, Completion, FakeEngine
@@ -505,13 +506,9 @@ def test_injection_does_not_change_the_parsed_verdict() -> None:
     v = res.outputs["votes"].to_pylist()
     assert [(x["order"], x["verdict"], x["raw_output"]) for x in v] == [
         ("ab", "b", '{"winner": "B"}'), ("ba", "a", '{"winner": "B"}')]
-    cands = candidates_table(*[cand(k, text=v) for k, v in texts.items()])
-    assert sorted(judging.injection_like(cands)) == ["x", "y"]
-
-
-def test_injection_flag_ignores_clean_candidates() -> None:
-    cands = candidates_table(cand("x", text="Paris."), cand("y", text="Lyon."))
-    assert judging.injection_like(cands) == []
+    cands = candidates_table(*[cand(k, text=v) for k, v in texts.items()],
+                             cand("z", text="Paris."))
+    assert sorted(suspect_candidates(cands)) == ["x", "y"]
 
 
 def test_format_pairwise_request_fields() -> None:
@@ -1026,3 +1023,15 @@ def test_injection_quoted_verdict_and_fake_fences() -> None:
     assert nonce not in out
     for marker in ("[end response a]", "[RESPONSE B]", "[Request]", "[END RESPONSE A"):
         assert marker not in out
+
+
+def test_every_flow_stage_names_its_module_version() -> None:
+    """Stage identity: each stage key carries its module's STAGE_VERSION (a literal version
+    in the flow would not change when the stage's logic does)."""
+    import re
+    from pathlib import Path
+
+    src = (Path(__file__).resolve().parents[1] / "flows" / "curate.py").read_text()
+    calls = re.findall(r"_stage\(ctx, [^,]+, ([^,\n]+),", src)
+    assert len(calls) >= 12
+    assert all("VERSION" in c and not re.fullmatch(r"\s*\d+\s*", c) for c in calls), calls

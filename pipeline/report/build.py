@@ -506,8 +506,10 @@ def _section_distributions(data: pa.Table) -> dict[str, Any]:
     return out
 
 
-def _section_similarity(data: pa.Table, lin: _Lineage) -> dict[str, Any]:
+def _section_similarity(data: pa.Table, lin: _Lineage,
+                        manifest: dict[str, Any]) -> dict[str, Any]:
     flags = Counter(f for fl in _col(data, "flags") for f in (fl or []))
+    inj = ((manifest.get("stage_info") or {}).get("margins") or {}).get("injection_suspects")
     source, sims = None, []
     if "similarity" in data.column_names:
         sims = _finite(_col(data, "similarity")).tolist()
@@ -527,6 +529,10 @@ def _section_similarity(data: pa.Table, lin: _Lineage) -> dict[str, Any]:
         if sims else None,
         "flags": dict(flags.most_common()),
         "indistinguishable_share": _num(flags.get("indistinguishable", 0) / n) if n else None,
+        # responses with text aimed at the judge (pipeline.annotate.injection)
+        "injection": None if inj is None else {
+            "candidates": inj.get("candidates", 0), "pairs": inj.get("pairs", 0),
+            "published": flags.get("injection_suspect", 0)},
         "note": None if sims else "no chosen/rejected similarity was computed for this version "
                                   "(embedding similarity not enabled); flag counts only",
     }
@@ -672,7 +678,7 @@ def report_from_tables(manifest: dict[str, Any], data: pa.Table, dropped: pa.Tab
         "judges": _section_judges(manifest, lin),
         "length_bias": _section_length(data),
         "distributions": _section_distributions(data),
-        "similarity": _section_similarity(data, lin),
+        "similarity": _section_similarity(data, lin, manifest),
         "noise": _section_noise(manifest, data),
         "examples": _section_examples(data, dropped, quarantine, lin, max_examples),
     }
@@ -1046,6 +1052,11 @@ def _section_html(key: str, rep: dict[str, Any]) -> str:
                  (_kv_table(s["flags"]) if s["flags"] else "<p>no flags</p>"))
         p.append(f"<p>share flagged indistinguishable: "
                  f"{_e(_fmt(s['indistinguishable_share']))}</p>")
+        if s.get("injection") is not None:
+            i = s["injection"]
+            p.append(f"<p>text aimed at the judge (flag <code>injection_suspect</code>): "
+                     f"{_e(i['candidates'])} responses, {_e(i['pairs'])} pairs, "
+                     f"{_e(i['published'])} of them published</p>")
         p.append(_note(s["note"]))
     elif key == "noise":
         p.append(f'<p>estimated noise rate: <span class="big">{_e(_fmt(s["noise_rate"]))}'
