@@ -484,12 +484,8 @@ def judge_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput,
 
 
 def embeddings_enabled(cfg: RunConfig) -> bool:
-    """Embeddings are on for prompt curation and off for given pairs, unless configured
-    (a pairs run with no judges then loads no model at all)."""
-    if cfg.embed.enabled is not None:
-        return cfg.embed.enabled
-    return cfg.input.kind == "prompts" or cfg.denoise.peer_review is True or \
-        cfg.judge.pair_selection == "gpm"
+    """Whether the flow embeds (:meth:`schemas.config.RunConfig.embeddings_on`)."""
+    return cfg.embeddings_on()
 
 
 @task(name="embed", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10,
@@ -887,9 +883,6 @@ def curate(config: dict[str, Any], secrets_ref: str | None = None) -> dict[str, 
             score_srcs.append(reward_task(run_id, ing, cands))
             check_outage(score_srcs[-1], cfg, partial)
         outs += score_srcs
-        if cfg.judge.pair_selection == "best_worst" and not score_srcs and cfg.judge.judges:
-            raise ConfigError("judge.pair_selection: best_worst needs a first signal: "
-                              "configure rubrics.judges or rewards.models")
         signal = score_srcs if cfg.judge.pair_selection == "best_worst" else []
         if cfg.judge.judges:
             if cfg.runner.kind != "thread":
@@ -910,9 +903,6 @@ def curate(config: dict[str, Any], secrets_ref: str | None = None) -> dict[str, 
         if cfg.input.kind == "pairs":
             labels = sorted(set(ing.read("prompts").column("source").to_pylist()))
         if cfg.judge.judges and cfg.judge.pair_selection == "gpm":
-            if emb is None:
-                raise ConfigError("judge.pair_selection: gpm needs embeddings: set "
-                                  "embed.enabled: true")
             # round 2: a GPM head trained on round 1 chooses the pairs the judges see
             seed = aggregate_task(run_id, vote_srcs, labels, stage="aggregate_seed")
             jud2 = judge_task(run_id, ing, cands, signal, seed, emb)
@@ -922,8 +912,6 @@ def curate(config: dict[str, Any], secrets_ref: str | None = None) -> dict[str, 
         outs.append(agg)
         gp = None
         if cfg.gpm.enabled:
-            if emb is None:
-                raise ConfigError("gpm.enabled needs embeddings: set embed.enabled: true")
             gp = gpm_task(run_id, agg, cands, emb)
             # the GPM is one more annotator: aggregate again with its votes
             agg = aggregate_task(run_id, vote_srcs + [gp], labels, stage="aggregate_gpm")
@@ -933,8 +921,6 @@ def curate(config: dict[str, Any], secrets_ref: str | None = None) -> dict[str, 
         sel = pairs_task(run_id, den)
         outs += [mar, den, sel]
         if cfg.select.budget is not None:
-            if emb is None:
-                raise ConfigError("select.budget needs embeddings: set embed.enabled: true")
             sel = select_task(run_id, sel, emb)
             outs.append(sel)
         summary = publish_task(run_id, ing, cands, sel, outs, partial)

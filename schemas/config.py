@@ -525,8 +525,32 @@ class RunConfig(_Frozen):
         return [RubricConfig(name=f"{j.name}-yesno", model=j.model, template="yesno_v1",
                              seed=j.seed) for j in self.judge.judges]
 
+    def embeddings_on(self) -> bool:
+        """Embeddings are on for prompt curation and off for given pairs (a pairs run with
+        no judges then loads no model at all), unless ``embed.enabled`` says; anything that
+        needs them (CRM peer review, GPM pair selection or head, a selection budget) turns
+        them on."""
+        if self.embed.enabled is not None:
+            return self.embed.enabled
+        return self.input.kind == "prompts" or self.denoise.peer_review is True or \
+            self.judge.pair_selection == "gpm" or self.gpm.enabled or \
+            self.select.budget is not None
+
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":
+        # checks across sections: a config that cannot work fails here, before any call
+        needs = [name for name, on in (
+            ("judge.pair_selection: gpm", bool(self.judge.judges) and
+             self.judge.pair_selection == "gpm"),
+            ("gpm.enabled", self.gpm.enabled),
+            ("select.budget", self.select.budget is not None)) if on]
+        if needs and self.embed.enabled is False:
+            raise ValueError(f"{needs[0]} needs embeddings: set embed.enabled: true (or "
+                             f"leave it unset)")
+        if self.judge.pair_selection == "best_worst" and self.judge.judges and \
+                not self.rubric_judges() and not self.rewards.models:
+            raise ValueError("judge.pair_selection: best_worst needs a first signal: "
+                             "configure rubrics.judges (or leave it null) or rewards.models")
         names = [p.name for p in self.generate.policies]
         if len(set(names)) != len(names):
             raise ValueError(f"generate.policies: policy names must be unique, got {names}")
@@ -674,6 +698,8 @@ def _errors_to_message(exc: ValidationError, origin: str) -> str:
         loc = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
             lines.append(f"unknown key '{loc}'{_hint(loc)}")
+        elif not loc:  # a check across sections: its message names the keys
+            lines.append(str(err["msg"]).removeprefix("Value error, "))
         else:
             lines.append(f"'{loc}': {err['msg']} (got {err.get('input')!r})")
     return f"invalid configuration ({origin}): " + "; ".join(lines) if len(lines) > 1 \
@@ -786,7 +812,9 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
             try:
                 RunConfig.model_validate(base)
             except ValidationError as exc:
-                raise ConfigError(_errors_to_message(exc, "--set")) from None
+                # a check across sections waits for the last --set (a later one may fix it)
+                if any(err["loc"] for err in exc.errors()):
+                    raise ConfigError(_errors_to_message(exc, "--set")) from None
         data = base
     try:
         return RunConfig.model_validate(data)

@@ -16,6 +16,7 @@ import pytest
 from flows.curate import curate
 from pipeline.store import datasets as store
 from schemas.config import load_config
+from schemas.errors import ConfigError
 
 
 def _fake_cfg(tmp_path: Path, examples: Path, *extra: str):
@@ -171,11 +172,11 @@ def test_best_worst_pair_selection_by_rubric_first_signal(tmp_path, examples):
 
 
 def test_best_worst_without_signal_is_a_config_error(tmp_path, examples):
-    from schemas.errors import ConfigError
 
-    cfg = _fake_cfg(tmp_path, examples, "judge.pair_selection=best_worst")
+    # refused when the config is loaded, before Prefect starts or a model is called
     with pytest.raises(ConfigError, match="first signal"):
-        curate(cfg.model_dump(mode="json"))
+        _fake_cfg(tmp_path, examples, "judge.pair_selection=best_worst")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_judge_samples_give_one_vote_each(tmp_path, examples):
@@ -233,7 +234,9 @@ def test_gpm_guided_judging_in_two_rounds(tmp_path, examples):
     assert summary["calls"]["judge"]["made"] == summary["calls"]["judge_gpm"]["made"] == 16
     again = curate(cfg)
     assert not again["created"] and all(c["reused"] for c in again["stages"].values())
-    bad = _fake_cfg(tmp_path, examples, "judge.pair_selection=gpm",
-                    "embed.enabled=false").model_dump(mode="json")
-    with pytest.raises(Exception, match="needs embeddings"):
-        curate(bad)
+    with pytest.raises(ConfigError, match="needs embeddings"):
+        _fake_cfg(tmp_path, examples, "judge.pair_selection=gpm", "embed.enabled=false")
+    for extra in ("gpm.enabled=true", "select.budget=0.5"):
+        with pytest.raises(ConfigError, match="needs embeddings"):
+            _fake_cfg(tmp_path, examples, extra, "embed.enabled=false")
+        assert _fake_cfg(tmp_path, examples, extra, "input.kind=pairs").embeddings_on()

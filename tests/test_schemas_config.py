@@ -437,3 +437,20 @@ def test_engine_key_ignores_structured_backend() -> None:
     b = a.model_copy(update={"structured_backend": "xgrammar"})
     c = a.model_copy(update={"dtype": "float16"})
     assert a.engine_key() == b.engine_key() != c.engine_key()
+
+
+def test_cross_section_checks_fail_at_load_and_wait_for_the_last_set() -> None:
+    """A config that cannot work is refused by load_config (before Prefect or any model),
+    and a check across sections is made after every --set is applied, so a later --set
+    can satisfy it."""
+    from schemas.config import load_config
+    from schemas.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="best_worst needs a first signal"):
+        load_config(None, ["judge.pair_selection=best_worst", "rubrics.judges=[]"])
+    ok = load_config(None, ["judge.pair_selection=best_worst", "rubrics.judges=[]",
+                            "rewards.models=[{model: /m}]"])
+    assert ok.judge.pair_selection == "best_worst"
+    with pytest.raises(ConfigError, match="select.budget needs embeddings") as exc:
+        load_config(None, ["select.budget=0.5", "embed.enabled=false"])
+    assert "got {" not in str(exc.value)  # names the keys, does not dump the config
