@@ -179,9 +179,23 @@ def _stage(ctx: RunContext, mod_stage: str, version: int | list[int], cfg: Any, 
         return done
     result = compute()
     result.stage = mod_stage  # the stage's name in this flow (e.g. a second aggregation)
+    # ... and in its reject rows (the module's name differs: rewards → reward, judge →
+    # judge_gpm), so dropped.parquet and quarantine.parquet say what the manifest says
+    result.dropped = _restaged(result.dropped, mod_stage)
+    result.quarantine = _restaged(result.quarantine, mod_stage)
     out = ctx.stages.save(result, key, complete=complete(result), inputs=inputs)
     _artifact(out)
     return out
+
+
+def _restaged(table: Any, stage: str) -> Any:
+    import pyarrow as pa
+
+    if table is None or not table.num_rows or "stage" not in table.column_names:
+        return table
+    i = table.schema.get_field_index("stage")
+    return table.set_column(i, table.schema.field(i),
+                            pa.array([stage] * table.num_rows, table.schema.field(i).type))
 
 
 def _call_models(ctx: RunContext, label: str, groups: list[tuple[str, ModelSpec, list[Any]]],
@@ -668,7 +682,15 @@ def margins_task(run_id: str, agg: StageOutput, emb: StageOutput | None,
                 "indistinguishable" in f for f in res.outputs["pairs"].column("flags").to_pylist())
         return res
 
-    return _stage(ctx, "margins", margins.STAGE_VERSION, ctx.cfg.margins.model_dump(mode="json"),
+    from pipeline.annotate import injection
+
+    # every pipeline function the task calls is part of its key
+    versions = [margins.STAGE_VERSION, injection.STAGE_VERSION]
+    if gpm is not None:
+        from pipeline.gpm.model import STAGE_VERSION as GPM_VERSION
+
+        versions.append(GPM_VERSION)
+    return _stage(ctx, "margins", versions, ctx.cfg.margins.model_dump(mode="json"),
                   [agg.output_hash, cands.output_hash] +
                   ([emb.output_hash] if emb is not None else []) +
                   ([gpm.output_hash] if gpm is not None else []), compute)

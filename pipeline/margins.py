@@ -37,7 +37,7 @@ from schemas.config import MarginConfig
 from schemas.tables import PAIRS, conform, from_rows
 
 STAGE = "margins"
-STAGE_VERSION = 4  # 4: pairs flagged injection_suspect (pipeline.annotate.injection)
+STAGE_VERSION = 4  # 4: pairs flagged injection_suspect (by the flow's margins task)
 PLURALITY = "plurality"  # good candidates, high disagreement
 
 

@@ -52,6 +52,8 @@ def test_fake_run_publishes_and_accounts(tmp_path, examples):
     dropped = pl.read_parquet(vpath / "dropped.parquet")
     # every dropped row names its stage and reason
     assert dropped["reason"].null_count() == 0 and dropped["stage"].null_count() == 0
+    # ... by the name the manifest uses for it
+    assert set(dropped["stage"].to_list()) <= set(manifest["stage_order"])
     for row in ds:
         assert row["chosen"] != row["rejected"]
         assert row["prompt"][-1]["role"] == "user"
@@ -72,6 +74,32 @@ def test_rerun_reuses_everything_and_publishes_nothing(tmp_path, examples):
     assert third["created"] and third["version"] == 2
     assert third["stages"]["generate"]["reused"] and third["stages"]["judge"]["reused"]
     assert not third["stages"]["margins"]["reused"]
+
+
+@pytest.mark.parametrize("module, stage", [
+    ("pipeline.aggregate.aggregation", "aggregate"),
+    ("pipeline.annotate.injection", "margins"),  # a function the margins task also calls
+])
+def test_bumping_a_stage_version_reruns_it_and_what_depends_on_it(tmp_path, examples,
+                                                                   monkeypatch, module,
+                                                                   stage):
+    import importlib
+
+    cfg = _fake_cfg(tmp_path, examples).model_dump(mode="json")
+    first = curate(cfg)
+    mod = importlib.import_module(module)
+    monkeypatch.setattr(mod, "STAGE_VERSION", mod.STAGE_VERSION + 1)
+    again = curate(cfg)
+    order = list(again["stages"])
+    i = order.index(stage)
+    assert all(again["stages"][s]["reused"] for s in order[:i]), again["stages"]
+    assert not again["stages"][stage]["reused"]
+    assert again["stages"][stage]["key"] != first["stages"][stage]["key"]
+    # a stage after it runs again unless its inputs are byte-identical to last time
+    # (a content hash): then the same key, and its finished output is the right one
+    for s in order[i + 1:]:
+        same_key = again["stages"][s]["key"] == first["stages"][s]["key"]
+        assert again["stages"][s]["reused"] == same_key, s
 
 
 def test_model_calls_resume_after_lost_stage_outputs(tmp_path, examples):
@@ -228,6 +256,8 @@ def test_gpm_guided_judging_in_two_rounds(tmp_path, examples):
     assert (r2["in"], r2["kept"], r2["dropped"]) == (16, 8, {"first_signal": 8})
     assert r1["out"] == r2["out"] == 8 * 2  # two orders per pair, one judge
     assert manifest["stages"]["aggregate"]["in"] == 32  # both rounds' votes
+    dropped = pl.read_parquet(Path(summary["path"]) / "dropped.parquet")
+    assert "judge_gpm" in set(dropped["stage"].to_list()) <= set(manifest["stage_order"])
     info = manifest["stage_info"]["judge_gpm"]
     assert info["selected"] == 8 and info["mean_certainty_selected"] <= \
         info["mean_certainty_skipped"]

@@ -63,7 +63,7 @@ from pipeline.stage import Reason, StageCounts, StageResult, dropped_table
 from schemas.tables import COMPARISONS, SCORES, VOTES, check_table, conform
 
 STAGE = "aggregate"
-STAGE_VERSION = 4  # 4: class prior tested against 1/2; reliabilities from the split refit
+STAGE_VERSION = 4  # 4: class prior tested against 1/2; reliabilities of the split refit
 KEY = ["source_id", "prompt_id", "candidate_a", "candidate_b"]
 METHODS = ("auto", "majority", "dawid_skene", "one_coin")
 EM_METHODS = ("auto", "dawid_skene", "one_coin")

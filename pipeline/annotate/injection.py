@@ -47,6 +47,7 @@ from collections.abc import Iterable
 import pyarrow as pa
 
 FLAG = "injection_suspect"
+STAGE_VERSION = 1  # part of the margins stage's key (it flags the pairs)
 THRESHOLD = 1.0
 
 _ZERO_WIDTH = re.compile("[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
