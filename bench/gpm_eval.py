@@ -58,22 +58,23 @@ over the round-1 head alone split into judging round 2 and retraining the head o
 
 Result (5 seeds, ``python bench/gpm_eval.py --active``): no measurable gain with this
 panel. Pair accuracy 0.738 active vs 0.734 random (+0.005; per-seed sd 0.003 / 0.007;
-0.735 with all 10 pairs judged); best–worst accuracy 0.903 vs 0.916 (−0.012, active
-worse in 4 of 5 seeds); top-1 0.546 vs 0.555. The selection itself works: round-2 pairs
-have true |Δq| 0.92 vs 1.12, and on them the round-1 head is right only 0.549 (0.682 on
-random ones), so judging them buys three times as much (+0.031 of pair accuracy vs
-+0.010). The gain is given back when the head is retrained: close pairs get the least
-reliable labels (a call is right with probability σ(κ|Δq|): panel 0.704 on active's
-round-2 pairs, 0.732 on random ones) and make a worse training set for the head, whose
-accuracy on the unjudged pairs retraining lifts by +0.017 (0.724 → 0.752) after active
-picks vs +0.034 (0.679 → 0.735) after random ones. Net +0.048 vs +0.043. Best–worst suffers for the same reason: a prompt's extremes are set by
-its large-gap pairs, which random sampling puts in front of the panel (right 0.88–0.92
-on pairs with |Δq| ≥ 1.5, seed 0) and active sampling leaves to the GPM. With a stronger,
-uniform judge (``--judge-accuracy 0.85 --hard-factor 1``: panel 0.91) active selection
-pays: pair accuracy 0.863 vs 0.848 (+0.015, 4 of 5 seeds), top-1 0.745 vs 0.728,
-best–worst 0.994 vs 0.993 (both near 1); judging round 2 gives +0.053 vs +0.028 and
-retraining +0.013 vs +0.023. Active judging helps as far as the judges are reliable on
-close pairs; its cost is a worse training set for the head that fills in the rest.
+0.735 with all 10 pairs judged); best–worst accuracy 0.903 vs 0.916 (−0.012, active worse
+in 4 of 5 seeds); top-1 0.546 vs 0.555. The selection itself works: round-2 pairs have
+true |Δq| 0.92 vs 1.12, and on them the round-1 head is right only 0.549 (0.682 on random
+ones), so judging them buys three times as much (+0.031 of pair accuracy vs +0.010). The
+gain is given back when the head is retrained: close pairs get the least reliable labels
+(a call is right with probability σ(κ|Δq|): panel 0.704 on active's round-2 pairs, 0.732
+on random ones) and make a worse training set for the head, whose accuracy on the
+unjudged pairs retraining lifts by +0.017 (0.724 → 0.752) after active picks vs +0.034
+(0.679 → 0.735) after random ones. Net +0.048 vs +0.043. Best–worst suffers for the same
+reason: a prompt's extremes are set by its large-gap pairs, which random sampling puts in
+front of the panel (right 0.88–0.92 on pairs with |Δq| ≥ 1.5, seed 0) and active sampling
+leaves to the GPM. With a stronger, uniform judge (``--judge-accuracy 0.85 --hard-factor
+1``: panel 0.91) active selection pays: pair accuracy 0.863 vs 0.848 (+0.015, 4 of 5
+seeds), top-1 0.745 vs 0.728, best–worst 0.994 vs 0.993 (both near 1); judging round 2
+gives +0.053 vs +0.028 and retraining +0.013 vs +0.023. Active judging helps as far as
+the judges are reliable on close pairs; its cost is a worse training set for the head
+that fills in the rest.
 
 Usage::
 
@@ -96,8 +97,10 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.noise_eval import calibrate  # noqa: E402
 from pipeline.aggregate.aggregation import aggregate_votes  # noqa: E402
 from pipeline.denoise.denoise import denoise_pairs  # noqa: E402
+from pipeline.denoise.weights import sigmoid  # noqa: E402
 from pipeline.gpm.model import (  # noqa: E402
     BTConfig,
     GPMConfig,
@@ -106,9 +109,7 @@ from pipeline.gpm.model import (  # noqa: E402
     train_bt,
     train_gpm,
 )
-from bench.noise_eval import calibrate  # noqa: E402
 from pipeline.margins import compute_margins  # noqa: E402
-from pipeline.denoise.weights import sigmoid  # noqa: E402
 from pipeline.selection import SelectConfig, select_pairs_budget  # noqa: E402
 from schemas.config import DenoiseConfig, MarginConfig  # noqa: E402
 from schemas.tables import PAIRS, VOTES  # noqa: E402
@@ -280,8 +281,8 @@ def simulate_pairs(n_prompts: int, seed: int, *, clusters: int = 16, k: int = 4,
     ii, jj = np.triu_indices(k, 1)
     # training pairs: every pair of every training prompt's candidates, judged by a panel
     tr = np.flatnonzero(~test)
-    P, I = np.meshgrid(tr, np.arange(len(ii)), indexing="ij")
-    P, A, B = P.reshape(-1), ii[I.reshape(-1)], jj[I.reshape(-1)]
+    P, Ix = np.meshgrid(tr, np.arange(len(ii)), indexing="ij")
+    P, A, B = P.reshape(-1), ii[Ix.reshape(-1)], jj[Ix.reshape(-1)]
     kappa = calibrate(np.abs(q[P, A] - q[P, B]), judge_accuracy)
     kap = kappa * np.where(hard[cl[P]], hard_factor, 1.0)
     votes = panel_votes(world, P, A, B, kap, rng)

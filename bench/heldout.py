@@ -570,7 +570,7 @@ def print_table(name: str, n: int, runs: list[dict[str, Any]]) -> None:
               f"reasons {p['dropped_reasons']}; aggregate method {p['aggregate_method']}; "
               f"{p['published']} published, {p['unmapped_published_rows']} not mapped to an "
               f"input id, {p['flipped_column_mismatch']} with `flipped` != chosen_policy")
-        print(f"    label_correlated: "
+        print("    label_correlated: "
               + (", ".join(f"{k} ({p['roles'].get(k, '?')}): {json.dumps(v)}"
                            for k, v in lc.items()) or "none"))
         print("    stage_info.aggregate.annotator_reliability: " + ", ".join(

@@ -71,10 +71,10 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.aggregate.aggregation import aggregate_votes  # noqa: E402
-from pipeline.denoise.denoise import denoise_pairs, judges_posterior  # noqa: E402
 from pipeline.chain import aggregate_kwargs, denoise_p_model  # noqa: E402
-from pipeline.margins import compute_margins  # noqa: E402
+from pipeline.denoise.denoise import denoise_pairs, judges_posterior  # noqa: E402
 from pipeline.denoise.weights import sigmoid  # noqa: E402
+from pipeline.margins import compute_margins  # noqa: E402
 from schemas.config import AggregateConfig, DenoiseConfig, MarginConfig  # noqa: E402
 from schemas.tables import VOTES  # noqa: E402
 

@@ -1031,7 +1031,8 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - t0
     doc = _jsonable({
         "config": {"code": code_version(), "scenarios": a.scenarios, "noise": list(noise),
-                   "seeds": seeds, "pairs": pairs, "methods": list(methods), "flip_below": FLIP_BELOW,
+                   "seeds": seeds, "pairs": pairs, "methods": list(methods),
+                   "flip_below": FLIP_BELOW,
                    "drop_below": DROP_BELOW, "embeddings": a.embeddings, "quick": a.quick,
                    "jobs": a.jobs, "glad_seeds": a.glad_seeds, "sets": list(sets)},
         "summary": summ, "cells": cells, "runs": runs, "wall_seconds": elapsed})

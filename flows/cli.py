@@ -116,8 +116,14 @@ class _RichProgress:
     """Progress bars with rate and ETA for model stages."""
 
     def __init__(self) -> None:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
                                  MofNCompleteColumn(), TextColumn("{task.speed} req/s"
                                                                   if False else ""),
@@ -323,8 +329,8 @@ def report(ref: str = typer.Argument(..., help="NAME or NAME@vN"),
                                                "<root>/datasets/<name>/reports/v<N>.html)"),
            as_json: bool = typer.Option(False, "--json")) -> None:
     """Per-stage data-quality report: terminal tables and one self-contained HTML file."""
-    from pipeline.store import datasets as store
     from pipeline.report.build import build_report, render_terminal, write_report
+    from pipeline.store import datasets as store
     try:
         v = store.resolve(root, ref)
         rep = build_report(v.path)

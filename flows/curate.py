@@ -22,30 +22,41 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
-from prefect.artifacts import (create_link_artifact, create_markdown_artifact,
-                               create_table_artifact)
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 import pipeline
 from pipeline import generation, margins, pairs
 from pipeline.aggregate import aggregation
-from pipeline.denoise import denoise
-from pipeline.annotate import judging
-from pipeline.annotate import qualify
+from pipeline.annotate import judging, qualify
 from pipeline.annotate.qualify import qualify_judges
 from pipeline.chain import aggregate_kwargs, denoise_p_model
-from pipeline.store import datasets as store
+from pipeline.denoise import denoise
+from pipeline.engines.base import (
+    CallStats,
+    ChatRequest,
+    Engine,
+    FakeEngine,
+    RequestCache,
+    VLLMEngine,
+    run_cached,
+)
 from pipeline.engines.embedded import default_cache_dir, resolve_model_path
-from pipeline.engines.base import (CallStats, ChatRequest, Engine, FakeEngine, RequestCache,
-                              VLLMEngine, run_cached)
-from schemas.errors import ConfigError, EngineError, PrefcurateError
 from pipeline.hashing import stable_hash, tree_hash
 from pipeline.ingest.stage import ingest_pairs, ingest_prompts
 from pipeline.stage import Reason, StageCounts, StageResult
-from schemas.config import (ModelSpec, RunConfig, config_hash, merge_secrets, resolved_dict,
-                            split_secrets)
-from schemas.tables import SCHEMAS, VOTES, schema_fingerprint
+from pipeline.store import datasets as store
 from pipeline.store.stages import StageOutput, StageStore
+from schemas.config import (
+    ModelSpec,
+    RunConfig,
+    config_hash,
+    merge_secrets,
+    resolved_dict,
+    split_secrets,
+)
+from schemas.errors import ConfigError, EngineError
+from schemas.tables import SCHEMAS, VOTES, schema_fingerprint
 
 log = logging.getLogger("prefcurate")
 
@@ -748,13 +759,16 @@ def _stage_rows(outs: list[StageOutput]) -> dict[str, Any]:
 
 def _card(name: str, version_hint: str, cfg: RunConfig, stages: dict[str, Any],
           n_rows: int) -> str:
+    policies = ", ".join(f"{p.name} ({p.model.model})" for p in cfg.generate.policies) \
+        if cfg.input.kind == "prompts" else "given pairs"
+    judges = ", ".join(f"{j.name} ({j.model.model})" for j in cfg.judge.judges) or \
+        "none (given votes only)"
     lines = [f"# {name}", "",
              "Preference pairs curated by prefcurate "
              f"{pipeline.__version__}: TRL conversational `prompt` / `chosen` / `rejected` "
              "plus `margin`, `weight`, `p_hat`, `disagreement` and lineage ids.", "",
              f"- input: `{cfg.input.kind}` from `{cfg.input.path}`",
-             f"- policies: {', '.join(p.name + ' (' + p.model.model + ')' for p in cfg.generate.policies) if cfg.input.kind == 'prompts' else 'given pairs'}",
-             f"- judges: {', '.join(j.name + ' (' + j.model.model + ')' for j in cfg.judge.judges) or 'none (given votes only)'}",
+             f"- policies: {policies}", f"- judges: {judges}",
              f"- pairs published: {n_rows}", "",
              "## Rows per stage", "", "| stage | in | kept | dropped | quarantined |",
              "|---|---|---|---|---|"]

@@ -81,10 +81,14 @@ def validate_cron(cron: str) -> str:
 
 async def _count_finished(deployment_id: Any, since: Any) -> int:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId,
-                                                FlowRunFilter, FlowRunFilterState,
-                                                FlowRunFilterStateType,
-                                                FlowRunFilterExpectedStartTime)
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterExpectedStartTime,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
     from prefect.client.schemas.objects import StateType
 
     async with get_client() as client:

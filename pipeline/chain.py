@@ -4,7 +4,7 @@ runs it. The flow's tasks call each stage through these helpers, and the benchma
 
 >>> from schemas.config import RunConfig
 >>> sorted(aggregate_kwargs(RunConfig().aggregate))[:3]
-['class_prior', 'correlation_z', 'judges_method']
+['class_prior', 'class_prior_lr', 'correlation_z']
 """
 
 from __future__ import annotations

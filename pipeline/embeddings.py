@@ -45,14 +45,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.engines.embedded import EMBEDDED_PREFIX, default_cache_dir, minilm_path
-from schemas.config import EMBEDDED_MINILM, EmbeddingConfig
-from schemas.tables import embedding_schema
-from schemas.errors import ConfigError, EngineError, PrefcurateError
-from pipeline.hashing import stable_hash, tree_hash
-from pipeline.store.datasets import fsync_file
 from pipeline.annotate.judging import _render_conversation
+from pipeline.engines.embedded import EMBEDDED_PREFIX, default_cache_dir, minilm_path
+from pipeline.hashing import stable_hash, tree_hash
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table
+from pipeline.store.datasets import fsync_file
+from schemas.config import EMBEDDED_MINILM, EmbeddingConfig
+from schemas.errors import ConfigError, EngineError, PrefcurateError
+from schemas.tables import embedding_schema
 
 log = logging.getLogger(__name__)
 

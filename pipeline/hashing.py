@@ -27,7 +27,8 @@ def stable_hash_rows(*columns: Any, length: int = 16) -> list[str]:
     strings need no escaping is built by concatenation (vectorised); the rest (quotes,
     backslashes, control characters, nulls) go through :func:`stable_hash` itself.
 
-    >>> stable_hash_rows(["s", 'q"x'], ["a", "b"]) == [stable_hash("s", "a"), stable_hash('q"x', "b")]
+    >>> want = [stable_hash("s", "a"), stable_hash('q"x', "b")]
+    >>> stable_hash_rows(["s", 'q"x'], ["a", "b"]) == want
     True
     """
     import polars as pl

@@ -12,8 +12,8 @@ disagreement d = 1 − |2p̂ − 1|, margin m = λ·clip(logit p̂, 0, cap).
 (between), unknown (no valid vote). Flag ``plurality``: d ≥ ``plurality_disagreement`` and
 both candidates' aggregated scores (win rates) ≥ ``plurality_min_score`` — two good
 responses the users split on (a difference of taste, not noise; with only two candidates
-per source the win rates mirror each other, so it fires only at an even split). ``weight`` is p̂ here: the probability the label is
-right under this estimate.
+per source the win rates mirror each other, so it fires only at an even split). ``weight``
+is p̂ here: the probability the label is right under this estimate.
 
 >>> compute_p_hat(3, 0, 0, 0.5)
 0.875
@@ -167,7 +167,8 @@ def compute_margins(comparisons: pa.Table, scores: pa.Table, cfg: MarginConfig) 
         .when((p <= 0.5 - band) & (p < 0.5)).then(pl.lit("contradicted"))
         .otherwise(pl.lit("contested")),
         flags=pl.when((pl.col("n_votes") > 0) & (pl.col("_nc") == pl.col("_nr")))
-        .then(pl.lit(["tie"], dtype=pl.List(pl.Utf8))).otherwise(pl.lit([], dtype=pl.List(pl.Utf8))),
+        .then(pl.lit(["tie"], dtype=pl.List(pl.Utf8)))
+        .otherwise(pl.lit([], dtype=pl.List(pl.Utf8))),
         similarity=pl.lit(None, pl.Float64), decision=pl.lit("keep"),
         reason=pl.lit(None, pl.Utf8), curriculum_stage=pl.lit(None, pl.Int32),
         split=pl.lit(None, pl.Utf8),

@@ -59,9 +59,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy import sparse
 
-from schemas.errors import PrefcurateError
 from pipeline.stage import Reason, StageCounts, StageResult, as_matrix
 from schemas.config import SelectConfig
+from schemas.errors import PrefcurateError
 from schemas.tables import DROPPED, PAIRS, check_table
 
 log = logging.getLogger("prefcurate.selection")

@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from schemas.errors import ConfigError
 
@@ -584,7 +583,8 @@ def split_secrets(obj: Any, path: tuple = ()) -> tuple[Any, dict[str, Any]]:
     >>> pub, sec = split_secrets({"m": {"base_url": "http://u:pw@h/v1", "api_key_env": "K",
     ...                                 "engine_args": {"extra": {"token": "t"}}}})
     >>> pub
-    {'m': {'base_url': 'http://***@h/v1', 'api_key_env': 'K', 'engine_args': {'extra': {'token': '***'}}}}
+    {'m': {'base_url': 'http://***@h/v1', 'api_key_env': 'K',
+           'engine_args': {'extra': {'token': '***'}}}}
     >>> merge_secrets(pub, sec) == {"m": {"base_url": "http://u:pw@h/v1", "api_key_env": "K",
     ...                                   "engine_args": {"extra": {"token": "t"}}}}
     True
@@ -744,7 +744,7 @@ def safe_yaml(text: str, where: str) -> Any:
     ...     for i in range(8))
     >>> safe_yaml(bomb, "bomb.yaml")
     Traceback (most recent call last):
-    schemas.errors.ConfigError: bomb.yaml: the YAML expands to more than 100000 nodes (aliases); write the values out or shorten the config
+    schemas.errors.ConfigError: bomb.yaml: the YAML expands to more than 100000 nodes ...
     """
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)

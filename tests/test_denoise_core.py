@@ -24,13 +24,13 @@ from pipeline.denoise.denoise import (
     denoise_pairs,
     judge_probability,
 )
-from schemas.errors import PrefcurateError
+from pipeline.denoise.peer_review import review_pairs
+from pipeline.denoise.weights import AGGREGATE, estimate_confidence_weights, posterior_weight
 from pipeline.hashing import stable_hash
 from pipeline.margins import margin_from_p, oriented_row
-from pipeline.denoise.peer_review import review_pairs
 from pipeline.stage import StageResult
-from pipeline.denoise.weights import AGGREGATE, estimate_confidence_weights, posterior_weight
 from schemas.config import DenoiseConfig, MarginConfig
+from schemas.errors import PrefcurateError
 from schemas.tables import DROPPED, PAIRS, check_table, from_rows
 
 PROPS = settings(max_examples=60, deadline=None)

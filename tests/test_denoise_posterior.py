@@ -12,8 +12,12 @@ import pytest
 
 from pipeline.aggregate.aggregation import aggregate_votes
 from pipeline.chain import aggregate_kwargs
-from pipeline.denoise.denoise import FLIPPED_LOW_CONFIDENCE, LOW_CONFIDENCE, denoise_pairs
-from pipeline.denoise.denoise import judges_posterior
+from pipeline.denoise.denoise import (
+    FLIPPED_LOW_CONFIDENCE,
+    LOW_CONFIDENCE,
+    denoise_pairs,
+    judges_posterior,
+)
 from pipeline.margins import compute_margins, oriented_row
 from schemas.config import AggregateConfig, DenoiseConfig, MarginConfig
 from schemas.tables import PAIRS, VOTES, from_rows

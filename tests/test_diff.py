@@ -15,8 +15,8 @@ from scipy.stats import ks_2samp
 from flows.curate import curate
 from pipeline.store import datasets as store
 from pipeline.store.diff import diff_versions, render_diff_terminal
-from schemas.errors import StoreError
 from schemas.config import load_config
+from schemas.errors import StoreError
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"
 

@@ -23,8 +23,8 @@ from pipeline.embeddings import (
     embeddings_table,
     resolve_embedding_model,
 )
-from schemas.errors import ConfigError
 from pipeline.stage import Reason
+from schemas.errors import ConfigError
 from schemas.tables import CANDIDATES, PAIRS, PROMPTS, check_table, from_rows
 
 CFG = EmbeddingConfig()

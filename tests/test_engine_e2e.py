@@ -10,10 +10,9 @@ from pathlib import Path
 import datasets
 import pytest
 
-from flows.curate import EnginePool, curate
-from pipeline.store import datasets as store
-from pipeline.engines.embedded import default_cache_dir
+from flows.curate import curate
 from pipeline.engines.base import ChatRequest
+from pipeline.store import datasets as store
 from schemas.config import ModelSpec, load_config
 
 pytestmark = pytest.mark.engine

@@ -1,4 +1,5 @@
-"""Tests for pipeline.engines.base (FakeEngine, RequestCache, run_cached) and pipeline.store.stages."""
+"""Tests for pipeline.engines.base (FakeEngine, RequestCache, run_cached) and
+pipeline.store.stages."""
 
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.store.stages import COMPLETE, StageStore
 from pipeline.engines.base import ChatRequest, Completion, FakeEngine, RequestCache, run_cached
-from schemas.errors import EngineError, SchemaError
 from pipeline.generation import build_generation_requests, make_candidates
 from pipeline.stage import StageResult
+from pipeline.store.stages import COMPLETE, StageStore
 from schemas.config import PolicyConfig
+from schemas.errors import EngineError, SchemaError
 from schemas.tables import CANDIDATES, PROMPTS, from_rows
 
 # --------------------------------------------------------------------------- helpers

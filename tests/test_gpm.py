@@ -13,7 +13,6 @@ from hypothesis.extra.numpy import arrays
 from pydantic import ValidationError
 
 from bench.gpm_eval import cyclic_accuracy, make_cyclic_set
-from schemas.errors import PrefcurateError
 from pipeline.gpm.model import (
     CYCLES,
     FLAG_CYCLIC,
@@ -33,6 +32,7 @@ from pipeline.gpm.model import (
 )
 from pipeline.margins import oriented_row
 from schemas.config import MarginConfig
+from schemas.errors import PrefcurateError
 from schemas.tables import COMPARISONS, DROPPED, PAIRS, VOTES, check_table, from_rows
 
 PROPS = settings(max_examples=60, deadline=None)

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from schemas.errors import PrefcurateError
 from pipeline.gpm.model import STAGE, GPMConfig, select_uncertain_pairs
 from pipeline.hashing import stable_hash
 from pipeline.stage import Reason, dropped_table
+from schemas.errors import PrefcurateError
 from schemas.tables import COMPARISONS, DROPPED, check_table, embedding_schema, from_rows
 
 CFG = GPMConfig(epochs=15, seed=0)

@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import hashing
-from schemas.errors import ConfigError, InputError
 from pipeline.ingest.stage import ingest_pairs, ingest_prompts
 from pipeline.stage import Reason, StageResult
+from schemas.errors import ConfigError, InputError
 from schemas.tables import CANDIDATES, PROMPTS, QUARANTINE, VOTES, check_table
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"

@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 from pipeline.engines.base import ChatRequest, RequestCache, run_cached
-from schemas.errors import EngineError
 from pipeline.engines.openai import OpenAIEngine, parse_retry_after
+from schemas.errors import EngineError
 
 KEY_ENV = "PREFCURATE_TEST_OPENAI_KEY"
 

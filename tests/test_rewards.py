@@ -13,9 +13,8 @@ import os
 
 import pyarrow as pa
 import pytest
+from tiny_models import build_tiny_reward_model
 
-from pipeline.engines.base import RequestCache
-from schemas.errors import ConfigError, EngineError
 from pipeline.annotate.rewards import (
     HFRewardScorer,
     RewardInput,
@@ -28,9 +27,10 @@ from pipeline.annotate.rewards import (
     run_rewards,
     score_with_reward_model,
 )
+from pipeline.engines.base import RequestCache
 from pipeline.stage import Reason
+from schemas.errors import ConfigError, EngineError
 from schemas.tables import CANDIDATES, PROMPTS, SCORES, check_table, from_rows
-from tiny_models import build_tiny_reward_model
 
 TOL = 1e-4
 

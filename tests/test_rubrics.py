@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 
 import pyarrow as pa
@@ -12,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from pipeline.engines.base import ChatRequest, Completion, FakeEngine, RequestCache, run_cached
 from pipeline.annotate.rubrics import (
     DEFAULT_ASPECTS,
     RubricConfig,
@@ -24,6 +22,7 @@ from pipeline.annotate.rubrics import (
     rubric_annotator,
     rubric_schema,
 )
+from pipeline.engines.base import ChatRequest, Completion, FakeEngine, RequestCache, run_cached
 from pipeline.stage import Reason
 from schemas.tables import CANDIDATES, PROMPTS, SCORES, check_table, from_rows
 

@@ -13,8 +13,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flows.schedule import (ScheduleError, serve_curation, server_env, start_local_server,
-                            stop_local_server, stop_process_group, validate_cron)
+from flows.schedule import (
+    ScheduleError,
+    serve_curation,
+    server_env,
+    start_local_server,
+    stop_local_server,
+    stop_process_group,
+    validate_cron,
+)
 from pipeline.store import datasets as store
 from schemas.config import load_config
 

@@ -9,7 +9,6 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-from schemas.errors import ConfigError, PrefcurateError, SchemaError
 from schemas.config import (
     PolicyConfig,
     RunConfig,
@@ -19,6 +18,7 @@ from schemas.config import (
     redact,
     resolved_dict,
 )
+from schemas.errors import ConfigError, PrefcurateError, SchemaError
 from schemas.tables import (
     CANDIDATES,
     MESSAGES,

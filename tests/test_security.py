@@ -13,8 +13,8 @@ import pytest
 
 from flows.curate import curate
 from pipeline.store import datasets as store
-from schemas.errors import ConfigError, StoreError
 from schemas.config import load_config
+from schemas.errors import ConfigError, StoreError
 
 REPO = Path(__file__).resolve().parents[1]
 

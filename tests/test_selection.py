@@ -9,7 +9,6 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from schemas.errors import PrefcurateError
 from pipeline.selection import (
     BUDGET,
     SelectConfig,
@@ -17,6 +16,7 @@ from pipeline.selection import (
     resolve_budget,
     select_pairs_budget,
 )
+from schemas.errors import PrefcurateError
 from schemas.tables import DROPPED, PAIRS, check_table
 
 PROPS = settings(max_examples=40, deadline=None)

@@ -8,17 +8,13 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from pydantic import ValidationError
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
+from pipeline.aggregate.aggregation import aggregate_votes
 from pipeline.annotate import judging
 from pipeline.annotate.injection import suspect_candidates
-from pipeline.aggregate.aggregation import aggregate_votes
-from pipeline.denoise.denoise import decide, denoise_pairs
-from pipeline.engines.base import ChatRequest, Completion, FakeEngine
-from pipeline.generation import build_generation_requests, make_candidates
-from pipeline.hashing import candidate_id, stable_hash
 from pipeline.annotate.judging import (
     build_judge_requests,
     format_pairwise,
@@ -28,6 +24,10 @@ from pipeline.annotate.judging import (
     prob_first_from_logprobs,
     select_pairs,
 )
+from pipeline.denoise.denoise import decide, denoise_pairs
+from pipeline.engines.base import ChatRequest, Completion, FakeEngine
+from pipeline.generation import build_generation_requests, make_candidates
+from pipeline.hashing import candidate_id, stable_hash
 from pipeline.margins import (
     compute_margins,
     compute_p_hat,
@@ -1034,4 +1034,5 @@ def test_every_flow_stage_names_its_module_version() -> None:
     src = (Path(__file__).resolve().parents[1] / "flows" / "curate.py").read_text()
     calls = re.findall(r"_stage\(ctx, [^,]+, ([^,\n]+),", src)
     assert len(calls) >= 12
-    assert all("VERSION" in c and not re.fullmatch(r"\s*\d+\s*", c) for c in calls), calls
+    assert all(re.search(r"VERSION|versions", c) and not re.match(r"\s*\[?\s*\d", c)
+               for c in calls), calls

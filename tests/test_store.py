@@ -1,4 +1,5 @@
-"""Tests for pipeline.store.datasets: names, publish/dedup, loading, integrity, atomicity, concurrency."""
+"""Tests for pipeline.store.datasets: names, publish/dedup, loading, integrity, atomicity,
+concurrency."""
 
 from __future__ import annotations
 

@@ -20,11 +20,22 @@ from hypothesis import strategies as st
 
 from pipeline.annotate import sandbox as sbx
 from pipeline.annotate.sandbox import SandboxLimits, run_many, run_python, sandbox_layers
-from pipeline.annotate.verify import (CONSTRAINTS, VerifyConfig, VerifyJob, Verdict,
-                                      build_votes, check_constraints, check_exact_answer,
-                                      extract_code, extract_final_answer, normalize_text,
-                                      prompt_numbers, prompt_targets, validate_targets,
-                                      verify_candidates)
+from pipeline.annotate.verify import (
+    CONSTRAINTS,
+    Verdict,
+    VerifyConfig,
+    VerifyJob,
+    build_votes,
+    check_constraints,
+    check_exact_answer,
+    extract_code,
+    extract_final_answer,
+    normalize_text,
+    prompt_numbers,
+    prompt_targets,
+    validate_targets,
+    verify_candidates,
+)
 from schemas.tables import SCORES, VOTES, check_table
 
 # generous wall time: only the timeout test needs a short one, and a loaded 2-core machine

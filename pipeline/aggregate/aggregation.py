@@ -58,8 +58,8 @@ import pyarrow as pa
 
 from pipeline.aggregate import em
 from pipeline.aggregate.codes import factorize, first_rows
-from schemas.errors import SchemaError
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table
+from schemas.errors import SchemaError
 from schemas.tables import COMPARISONS, SCORES, VOTES, check_table, conform
 
 STAGE = "aggregate"
@@ -107,9 +107,9 @@ def aggregate_votes(votes: pa.Table | pl.DataFrame, *,
     ``prior``: the EM's Dirichlet pseudo-counts (see :mod:`pipeline.aggregate.em`);
     ``verifier_prior`` replaces it for ``verifier:*`` annotators. ``class_prior``
     ``symmetric`` fixes π = (½, ½) (the pipeline orders candidate_a/b by content hash),
-    ``estimated`` fits it; ``tested`` fits both and keeps the fitted π only where the likelihood-ratio statistic
-    2·(log L(π̂) − log L(½)) exceeds ``class_prior_lr`` (χ²₁; 10.83 is p = 0.001), the test
-    in ``info["class_prior_test"]``.
+    ``estimated`` fits it; ``tested`` fits both and keeps the fitted π only where the
+    likelihood-ratio statistic 2·(log L(π̂) − log L(½)) exceeds ``class_prior_lr``
+    (χ²₁; 10.83 is p = 0.001), the test in ``info["class_prior_test"]``.
     ``label_correlation`` (``off`` | ``report`` | ``split``): test every annotator for
     agreeing with the dataset's label more often than its estimated accuracy allows
     (:func:`label_correlated`, z > ``correlation_z``), report them in

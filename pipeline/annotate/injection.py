@@ -101,7 +101,8 @@ _ADDR = re.compile(
     r"assess)\w*|\bif you are (?:an? |the )?(?:ai |llm |model |automated )?(?:"
     + _EVALUATOR + r"|compar|evaluat|judg|grad|review|rat|scor|assess|tasked)|"
     r"\b(?:evaluat|grad|judg|scor|assess|annotat)\w* (?:guidance|instructions?|policy|"
-    r"protocol|result|override|team|notice|mode|output|malfunction)\b|\b(?:pre-?verified|pre-?approved|quality assurance check|"
+    r"protocol|result|override|team|notice|mode|output|malfunction)\b|"
+    r"\b(?:pre-?verified|pre-?approved|quality assurance check|"
     r"self-evaluation|internal test run|red-team|calibration item|test mode|gold label)\b")
 # words of the verdict
 _VERDICT = re.compile(
@@ -109,7 +110,8 @@ _VERDICT = re.compile(
     r"rank(?:ed|ing)?|rate[ds]?|rating|scored?|scores|better|best|superior|higher[- ]"
     r"quality|correct|incorrect|wrong|errors?|inaccurate|flawed|worse|inferior|"
     r"disqualif\w*|non-compliant|invalid|violates?|harmful|select(?:ed)?|"
-    r"choose|chosen|pick(?:ed)?|first(?! (?:\w+ )?" + _RESP + r")|only valid|highest|top|\d+(?:\.\d+)? ?/ ?\d+|stars?|"
+    r"choose|chosen|pick(?:ed)?|first(?! (?:\w+ )?" + _RESP + r")|only valid|highest|top|"
+    r"\d+(?:\.\d+)? ?/ ?\d+|stars?|"
     r"points?|favou?r(?:ed)?|stronger|weaker|losing|loser|deserve[sd]?|full marks|"
     r"grade[sd]?|agree with|go with|win|wins|meilleure|première|premier|mejor|correcta|"
     r"ganar|bessere?|migliore|melhor|beste)\b")

@@ -27,12 +27,14 @@ responses (``self-preference risk``).
 ...     return dict(prompt_id="p", source_id="s" + a, candidate_a="x", candidate_b="y",
 ...                 annotator=w, order=o, verdict=d, prob_a=p, raw_output=None, parse_error=None)
 >>> rows = [v("1", "verifier:exact_answer", None, "a"), v("2", "verifier:exact_answer", None, "b")]
->>> rows += [v("1", "j|pairwise_v1|none|ab", "ab", "a", 0.9), v("1", "j|pairwise_v1|none|ba", "ba", "a", 0.7),
-...          v("2", "j|pairwise_v1|none|ab", "ab", "a", 0.6), v("2", "j|pairwise_v1|none|ba", "ba", "b", 0.2)]
+>>> ab, ba = "j|pairwise_v1|none|ab", "j|pairwise_v1|none|ba"
+>>> rows += [v("1", ab, "ab", "a", 0.9), v("1", ba, "ba", "a", 0.7),
+...          v("2", ab, "ab", "a", 0.6), v("2", ba, "ba", "b", 0.2)]
 >>> q = qualify_judges(pa.Table.from_pylist(rows, schema=VOTES))
 >>> q["gold_pairs"], q["judges"]["j|pairwise_v1|none"]["accuracy"]
 (2, 0.75)
->>> q["judges"]["j|pairwise_v1|none"]["position_flip_rate"], q["judges"]["j|pairwise_v1|none"]["soft_accuracy"]
+>>> j = q["judges"]["j|pairwise_v1|none"]
+>>> j["position_flip_rate"], j["soft_accuracy"]
 (0.5, 1.0)
 """
 

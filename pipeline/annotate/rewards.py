@@ -51,13 +51,12 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from pipeline.engines.base import Completion, RequestCache, shutdown_vllm, start_vllm
-from schemas.errors import ConfigError, EngineError
-from pipeline.hashing import stable_hash
 from pipeline.annotate.judging import _render_conversation
-from pipeline.stage import (Reason, StageCounts, StageResult, dropped_table,
-                            quarantine_table)
+from pipeline.engines.base import Completion, RequestCache, shutdown_vllm, start_vllm
+from pipeline.hashing import stable_hash
+from pipeline.stage import Reason, StageCounts, StageResult, dropped_table, quarantine_table
 from schemas.config import RewardModelSpec
+from schemas.errors import ConfigError, EngineError
 from schemas.tables import SCORES, from_rows
 
 log = logging.getLogger(__name__)

@@ -38,9 +38,9 @@ from typing import Any, NamedTuple
 
 import pyarrow as pa
 
+from pipeline.annotate.judging import _defang, _render_conversation, annotator_base
 from pipeline.engines.base import ChatRequest, Completion, fake_json
 from pipeline.hashing import stable_hash
-from pipeline.annotate.judging import _defang, _render_conversation, annotator_base
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table, quarantine_table
 from schemas.config import DEFAULT_ASPECTS, RubricConfig
 from schemas.tables import SCORES, VOTES, from_rows

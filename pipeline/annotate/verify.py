@@ -61,7 +61,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal, NamedTuple, Sequence
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.annotate.sandbox import SandboxLimits, run_many, sandbox_layers
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table

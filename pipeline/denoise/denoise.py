@@ -91,10 +91,6 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from schemas.errors import PrefcurateError
-from pipeline.hashing import stable_hash_rows
-from pipeline.margins import margin_array
-from pipeline.stage import Reason, StageCounts, StageResult, dropped_table
 from pipeline.denoise.weights import (
     AGGREGATE,
     DEFAULT_ANNOTATOR,
@@ -102,7 +98,11 @@ from pipeline.denoise.weights import (
     estimate_confidence_weights,
     sigmoid,
 )
+from pipeline.hashing import stable_hash_rows
+from pipeline.margins import margin_array
+from pipeline.stage import Reason, StageCounts, StageResult, dropped_table
 from schemas.config import DenoiseConfig, MarginConfig
+from schemas.errors import PrefcurateError
 from schemas.tables import PAIRS, conform, from_rows  # noqa: F401 (from_rows: doctest)
 
 STAGE = "denoise"

@@ -60,8 +60,8 @@ from typing import Any
 
 import numpy as np
 
-from schemas.errors import PrefcurateError
 from pipeline.stage import as_matrix
+from schemas.errors import PrefcurateError
 
 log = logging.getLogger("prefcurate.peer_review")
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
-from schemas.errors import EngineError
 from pipeline.hashing import stable_hash
+from schemas.errors import EngineError
 
 log = logging.getLogger(__name__)
 
@@ -356,7 +356,8 @@ class RequestCache:
         with self._lock:
             for i in range(0, len(keys), 500):
                 chunk = keys[i:i + 500]
-                q = f"SELECT key, value FROM completions WHERE key IN ({','.join('?' * len(chunk))})"
+                marks = ",".join("?" * len(chunk))
+                q = f"SELECT key, value FROM completions WHERE key IN ({marks})"
                 for k, v in self._conn.execute(q, chunk):
                     found[k] = Completion.from_json(v)
         return found

@@ -81,10 +81,10 @@ import polars as pl
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.errors import PrefcurateError
 from pipeline.hashing import stable_hash_rows
 from pipeline.stage import Reason, StageCounts, StageResult, as_matrix, dropped_table
 from schemas.config import GPMConfig
+from schemas.errors import PrefcurateError
 from schemas.tables import CYCLES, VOTES, check_table
 
 log = logging.getLogger("prefcurate.gpm")
@@ -93,7 +93,7 @@ STAGE = "gpm"
 STAGE_VERSION = 1
 ANNOTATOR = "gpm"
 FLAG_CYCLIC = "cyclic"  # prompt with an intransitive triple (a plurality case)
-NO_EMBEDDING = Reason.NO_EMBEDDING.value  # drop reason: a candidate (or its prompt) has no embedding
+NO_EMBEDDING = Reason.NO_EMBEDDING.value  # drop: a candidate (or its prompt) has no embedding
 MIN_STEPS = 16  # batches shrink on small inputs so that an epoch has at least this many steps
 PCA_ROWS = 20_000  # rows used to fit the input reduction
 ORIGINS = ("panel", "gpm")

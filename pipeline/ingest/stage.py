@@ -44,11 +44,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline import hashing
 from pipeline.annotate.verify import validate_targets
 from pipeline.ingest.verifiable import VERIFIABLE, verifiable_rows
-from pipeline import hashing
-from schemas.errors import ConfigError, InputError
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table, quarantine_table
+from schemas.errors import ConfigError, InputError
 from schemas.tables import CANDIDATES, PROMPTS, VOTES, from_rows
 
 __all__ = ["ingest_prompts", "ingest_pairs", "MTBENCH"]

@@ -47,7 +47,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-
 log = logging.getLogger(__name__)
 
 REPORT_VERSION = 1
@@ -703,8 +702,13 @@ def build_report(version_path: str | Path, *, run_root: str | Path | None = None
     The run's stage outputs are looked up under ``run_root`` (default
     ``<root>/runs/<name>``) unless ``lineage=False``.
     """
-    from pipeline.store.datasets import (DATA_PARQUET, DROPPED_PARQUET, QUARANTINE_PARQUET,
-                                read_manifest, read_version_table)
+    from pipeline.store.datasets import (
+        DATA_PARQUET,
+        DROPPED_PARQUET,
+        QUARANTINE_PARQUET,
+        read_manifest,
+        read_version_table,
+    )
 
     vp = Path(version_path)
     manifest = read_manifest(vp)

@@ -42,8 +42,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas.errors import StoreError
 from pipeline.hashing import file_hash
+from schemas.errors import StoreError
 from schemas.tables import DROPPED, PUBLISHED, QUARANTINE, check_table, schema_fingerprint
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def validate_name(name: str) -> str:
     >>> validate_name("../x")
     Traceback (most recent call last):
     ...
-    schemas.errors.StoreError: invalid dataset name '../x': a dataset name is 1-100 characters from [A-Za-z0-9._-], starts with a letter or digit, and contains no '..' or '/'
+    schemas.errors.StoreError: invalid dataset name '../x': a dataset name is 1-100 ...
     """
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or ".." in name:
         raise StoreError(f"invalid dataset name {name!r}: {_NAME_RULE}")

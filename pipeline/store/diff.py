@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.store import datasets as store
 from pipeline.hashing import stable_hash
 from pipeline.report.build import _finite, _num
+from pipeline.store import datasets as store
 
 MAX_IDS = 20  # pair ids listed per category
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
