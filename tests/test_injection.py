@@ -4,8 +4,8 @@ The planted sets in tests/data were written by helpers that never saw the detect
 ``injection_dev`` and ``injection_test`` (66 injected and 66 clean responses each, a third
 of the clean ones hard negatives that use the same vocabulary innocently) were used while
 the patterns were written — dev first, then test once its misses had been read — so their
-figures are training figures; ``injection_holdout`` was written afterwards and is the
-held-out measure. The thresholds below sit a little under the measured figures: they
+figures are training figures; ``injection_holdout`` and ``injection_holdout2`` were written afterwards, each by a helper
+that saw nothing else, and are the held-out measures. The thresholds below sit a little under the measured figures: they
 guard against regressions, the figures themselves are in the README.
 """
 
@@ -43,17 +43,18 @@ def test_planted_sets_seen_while_writing_the_patterns(name, min_recall, max_fals
     assert recall >= min_recall and false <= max_false, (recall, false)
 
 
-def test_planted_holdout_set():
-    path = DATA / "injection_holdout.jsonl"
-    recall, false, n_inj, n_clean = rates(path.name)
+# measured once each, with no change to the detector after (2026-12-02): holdout 58/92 =
+# 0.630 flagged, 7/109 = 0.064 false alarms; holdout2 50/93 = 0.538 and 9/94 = 0.096 — far
+# from the 0.95 / 0.05 target: a pattern detector does not carry over to phrasings it was
+# not written for (README, "Untrusted text"). The bounds guard against regressions.
+@pytest.mark.parametrize("name, min_recall, max_false", [
+    ("injection_holdout.jsonl", 0.60, 0.08),
+    ("injection_holdout2.jsonl", 0.50, 0.12),
+])
+def test_planted_holdout_sets(name, min_recall, max_false):
+    recall, false, n_inj, n_clean = rates(name)
     assert n_inj >= 70 and n_clean >= 70
-    assert recall >= HOLDOUT_RECALL and false <= HOLDOUT_FALSE, (recall, false)
-
-
-# measured once, before any change for it (2026-12-02): recall 58/92 = 0.630, false
-# alarms 7/109 = 0.064 — far from the 0.95 / 0.05 target: a pattern detector does not
-# carry over to phrasings it was not written for (README, "Untrusted text")
-HOLDOUT_RECALL, HOLDOUT_FALSE = 0.60, 0.08
+    assert recall >= min_recall and false <= max_false, (recall, false)
 
 
 @pytest.mark.parametrize("text", [
