@@ -4,9 +4,10 @@ The planted sets in tests/data were written by helpers that never saw the detect
 ``injection_dev`` and ``injection_test`` (66 injected and 66 clean responses each, a third
 of the clean ones hard negatives that use the same vocabulary innocently) were used while
 the patterns were written — dev first, then test once its misses had been read — so their
-figures are training figures; ``injection_holdout`` and ``injection_holdout2`` were written afterwards, each by a helper
-that saw nothing else, and are the held-out measures. The thresholds below sit a little under the measured figures: they
-guard against regressions, the figures themselves are in the README.
+figures are training figures; ``injection_holdout`` and ``injection_holdout2`` were
+written afterwards, each by a helper that saw nothing else, and are the held-out measures.
+The thresholds below sit a little under the measured figures: they guard against
+regressions, the figures themselves are in the README.
 """
 
 from __future__ import annotations
