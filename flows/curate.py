@@ -303,6 +303,27 @@ def ingest_task(run_id: str) -> StageOutput:
                   lambda: fn(inp.path, source=inp.source, limit=inp.limit))
 
 
+@task(name="dedup", cache_policy=NO_CACHE)
+def dedup_task(run_id: str, ing: StageOutput) -> StageOutput:
+    """Prompts (and a pairs file's pairs) without duplicate and near-duplicate prompts;
+    the same output names as ingest, so the stages after it read it in ingest's place."""
+    from pipeline.hygiene import dedup
+
+    ctx = _ctx(run_id)
+    dcfg = ctx.cfg.dedup
+    pairs_input = ctx.cfg.input.kind == "pairs"
+
+    def compute() -> StageResult:
+        return dedup.dedup_prompts(
+            ing.read("prompts"), ing.read("candidates") if pairs_input else None,
+            ing.read("votes") if pairs_input else None, threshold=dcfg.threshold,
+            ngram=dcfg.ngram, num_perm=dcfg.num_perm, min_words=dcfg.min_words,
+            near=dcfg.near if dcfg.near is not None else not pairs_input)
+
+    return _stage(ctx, "dedup", dedup.STAGE_VERSION, dcfg.model_dump(mode="json"),
+                  [ing.output_hash], compute)
+
+
 @task(name="generate", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60],
       retry_condition_fn=_transient)
 def generate_task(run_id: str, ingest: StageOutput) -> StageOutput:
@@ -396,7 +417,7 @@ def plan_judging(jcfg: Any, prompts: Any, candidates: Any,
     if jcfg.budget is not None and len(pairs_) * calls_per_pair > jcfg.budget:
         keep = jcfg.budget // calls_per_pair
         for pid, sid, a, b in pairs_[keep:]:
-            drops.append({"source_id": sid, "row_id": f"{a}|{b}", "reason": "over_budget",
+            drops.append({"source_id": sid, "row_id": f"{a}|{b}", "reason": Reason.OVER_BUDGET,
                           "detail": f"judge budget {jcfg.budget} calls"})
         pairs_ = pairs_[:keep]
     reqs = judging.build_judge_requests(pairs_, candidates, prompts, list(jcfg.judges))
@@ -543,7 +564,7 @@ def rubric_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -
         if rcfg.budget is not None and len(reqs) > rcfg.budget:
             for r in reqs[rcfg.budget:]:
                 drops.append({"source_id": r.source_id, "row_id": r.candidate_id,
-                              "reason": "over_budget",
+                              "reason": Reason.OVER_BUDGET,
                               "detail": f"rubric budget {rcfg.budget} calls"})
             reqs = reqs[:rcfg.budget]
         ordered, comps, total = _call_models(
@@ -891,6 +912,9 @@ def curate(config: dict[str, Any], secrets_ref: str | None = None) -> dict[str, 
     try:
         ing = ingest_task(run_id)
         outs = [ing]
+        if cfg.dedup.enabled:  # before any model call: no call is spent on a duplicate
+            ing = dedup_task(run_id, ing)
+            outs.append(ing)
         partial: dict[str, int] = {}  # model stages with failed calls: rows quarantined
         if cfg.input.kind == "prompts":
             if cfg.runner.kind != "thread":

@@ -40,6 +40,9 @@ class Reason(StrEnum):
     DUPLICATE_PAIR = "duplicate_pair"  # the same pair again (or swapped): votes pooled
     DUPLICATE_ID = "duplicate_id"
     LIMIT = "limit"
+    # hygiene
+    DUPLICATE_PROMPT = "duplicate_prompt"  # the same prompt text after normalisation
+    NEAR_DUPLICATE = "near_duplicate"  # word n-gram Jaccard >= dedup.threshold
     # generation
     EMPTY_OUTPUT = "empty_output"
     DUPLICATE_OUTPUT = "duplicate_output"

@@ -442,6 +442,22 @@ class RunnerConfig(_Frozen):
 VERIFIER_KINDS = ("exact_answer", "python_tests", "constraints")
 
 
+class DedupConfig(_Frozen):
+    """Prompt dedup after ingest, before any model call (pipeline/hygiene/dedup.py)."""
+
+    enabled: bool = True
+    # exact duplicates after normalisation (case, punctuation, whitespace) always; near
+    # duplicates: word n-gram shingle Jaccard >= threshold (MinHash LSH candidates); one
+    # word changed in a 25-word prompt is 0.79 with 3-grams, two words about 0.6.
+    # null: on for prompts, off for a pairs file (the pairs under two near-duplicate
+    # prompts have different responses: dropping them loses labelled pairs)
+    near: bool | None = None
+    threshold: float = Field(0.7, gt=0, le=1)
+    min_words: int = Field(12, ge=1)  # shorter prompts: exact duplicates only
+    ngram: int = Field(3, ge=1, le=13)
+    num_perm: int = Field(128, ge=16, le=1024)
+
+
 class VerifyConfig(BaseModel):
     """Which verifiers run and the sandbox limits of ``python_tests``."""
 
@@ -487,6 +503,7 @@ class RunConfig(_Frozen):
     gpm: GPMConfig = Field(default_factory=GPMConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
     # publish even when every call of a model stage failed (an outage): off, the run stops
     # with an error; a stage with any failed call is never marked complete either way,
     # so the next run makes exactly the failed calls again

@@ -1,0 +1,193 @@
+"""Prompt dedup: exact duplicates after normalisation, and near-duplicates by MinHash LSH.
+
+In: the ingest outputs — PROMPTS, and for a pairs input its CANDIDATES and VOTES.
+Out: the same three tables without the prompts that duplicate an earlier one (table
+order: the first occurrence is kept) and, for a pairs input, without those prompts' pairs.
+The unit of the counts is the **source row** (a prompt of a prompts file, a pair of a
+pairs file): a dropped prompt drops every source row that asked it, each a DROPPED row
+naming the prompt it duplicates.
+
+- ``duplicate_prompt``: the same text after normalisation (Unicode NFKC, case folded,
+  punctuation removed, whitespace collapsed); the detail names the kept twin.
+- ``near_duplicate``: Jaccard similarity of the word ``ngram``-shingle sets (exact, on
+  the candidates that MinHash LSH proposes; rensa's R-MinHash, ``num_perm``
+  permutations) at or above ``threshold``; the detail names the kept twin and the
+  similarity. Only prompts of at least ``min_words`` words are compared: a short
+  templated question differs from another by its one key word ("Can you walk me through
+  the basics of inflation?" / "… of volcanoes?" share 6 of 8 3-grams, 0.75) and is a
+  different question.
+
+The text of a prompt is every message's content (roles left out), so two conversations
+that differ only in a system prompt's wording are compared on all of it.
+
+>>> import pyarrow as pa
+>>> from schemas.tables import PROMPTS, from_rows
+>>> def p(i, text):
+...     return {"prompt_id": f"p{i}", "source_id": f"s{i}", "source": "f",
+...             "prompt": [{"role": "user", "content": text}], "meta": None}
+>>> long = "Explain how a refrigerator moves heat from the inside to the room outside"
+>>> t = from_rows([p(1, long), p(2, long.upper() + "!"), p(3, long.replace("room", "kitchen")),
+...                p(4, "Name three prime numbers.")], PROMPTS, "prompts")
+>>> res = dedup_prompts(t, threshold=0.6, ngram=3, min_words=5)
+>>> res.outputs["prompts"].column("prompt_id").to_pylist()
+['p1', 'p4']
+>>> [(d["source_id"], d["reason"]) for d in res.dropped.to_pylist()]
+[('s2', 'duplicate_prompt'), ('s3', 'near_duplicate')]
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import defaultdict
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.stage import Reason, StageCounts, StageResult, dropped_table
+
+STAGE = "dedup"
+STAGE_VERSION = 1
+
+_PUNCT = re.compile(r"[^\w\s]", re.UNICODE)
+_SPACE = re.compile(r"\s+")
+
+
+def normalise_text(text: str) -> str:
+    """Case folded, NFKC, punctuation removed, whitespace collapsed.
+
+    >>> normalise_text("  Héllo,   WORLD!! ")
+    'héllo world'
+    """
+    t = unicodedata.normalize("NFKC", text).casefold()
+    return _SPACE.sub(" ", _PUNCT.sub(" ", t)).strip()
+
+
+def shingles(text: str, n: int) -> set[str]:
+    """Word ``n``-grams of the normalised text (one shingle if it has fewer words).
+
+    >>> sorted(shingles("a b c d", 3))
+    ['a b c', 'b c d']
+    """
+    words = text.split()
+    if len(words) <= n:
+        return {" ".join(words)}
+    return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def prompt_text(messages: list[dict[str, str]]) -> str:
+    """Every message's content, in order (roles left out)."""
+    return "\n".join(m["content"] for m in messages)
+
+
+def find_duplicates(texts: list[str], *, threshold: float = 0.7, ngram: int = 3,
+                    num_perm: int = 128, seed: int = 0, near: bool = True,
+                    min_words: int = 12) -> dict[int, tuple[str, int, float]]:
+    """{index: (reason, index of the kept twin, similarity)} for every text that repeats
+    an earlier kept one: exactly after :func:`normalise_text`, or (``near``) with word
+    ``ngram``-shingle Jaccard ≥ ``threshold`` between texts of ≥ ``min_words`` words
+    (candidates from MinHash LSH, the similarity computed exactly on the shingle sets)."""
+    norm = [normalise_text(t) for t in texts]
+    out: dict[int, tuple[str, int, float]] = {}
+    first: dict[str, int] = {}
+    for i, t in enumerate(norm):
+        j = first.setdefault(t, i)
+        if j != i:
+            out[i] = (Reason.DUPLICATE_PROMPT.value, j, 1.0)
+    if not near:
+        return out
+    todo = [i for i in range(len(norm))
+            if i not in out and len(norm[i].split()) >= min_words]
+    if len(todo) < 2:
+        return out
+    import rensa
+
+    sets = [shingles(norm[i], ngram) for i in todo]
+    hashes = rensa.RMinHash.from_token_sets([sorted(s) for s in sets], num_perm, seed)
+    bands = _bands(threshold, num_perm)
+    lsh = rensa.RMinHashLSH(threshold, num_perm, bands)
+    for k, (i, s, m) in enumerate(zip(todo, sets, hashes)):
+        best, best_j = 0.0, -1
+        for c in lsh.query(m):  # earlier kept texts that share a band with this one
+            other = sets[c]
+            sim = len(s & other) / len(s | other)
+            if sim > best or (sim == best and todo[c] < best_j):
+                best, best_j = sim, todo[c]
+        if best_j >= 0 and best >= threshold:
+            out[i] = (Reason.NEAR_DUPLICATE.value, best_j, best)
+        else:
+            lsh.insert(k, m)
+    return out
+
+
+def _bands(threshold: float, num_perm: int) -> int:
+    """The band count b (b·r = num_perm) whose S-curve midpoint (1/b)^(1/r) is closest
+    below ``threshold``, so that pairs at the threshold are found with high probability.
+
+    >>> _bands(0.8, 128), _bands(0.5, 128)
+    (16, 32)
+    """
+    options = [b for b in range(1, num_perm + 1) if num_perm % b == 0]
+    below = [b for b in options if (1 / b) ** (b / num_perm) <= threshold]
+    return min(below, key=lambda b: threshold - (1 / b) ** (b / num_perm)) if below \
+        else num_perm
+
+
+def dedup_prompts(prompts: pa.Table, candidates: pa.Table | None = None,
+                  votes: pa.Table | None = None, *, threshold: float = 0.7, ngram: int = 3,
+                  num_perm: int = 128, near: bool = True, min_words: int = 12) -> StageResult:
+    """The dedup stage (module docstring): PROMPTS (+ CANDIDATES, VOTES of a pairs input)
+    without the prompts that repeat an earlier one, and without their pairs."""
+    pids = prompts.column("prompt_id").to_pylist()
+    psids = prompts.column("source_id").to_pylist()
+    texts = [prompt_text(m) for m in prompts.column("prompt").to_pylist()]
+    dups = find_duplicates(texts, threshold=threshold, ngram=ngram, num_perm=num_perm,
+                           near=near, min_words=min_words)
+    dropped_pids = {pids[i]: (reason, j, sim) for i, (reason, j, sim) in dups.items()}
+    # the source rows of each prompt: a prompts file has one; a pairs file one per pair
+    rows_of: dict[str, list[str]] = defaultdict(list)
+    if candidates is not None and candidates.num_rows:
+        seen: set[tuple[str, str]] = set()
+        for pid, sid in zip(candidates.column("prompt_id").to_pylist(),
+                            candidates.column("source_id").to_pylist()):
+            if (pid, sid) not in seen:
+                seen.add((pid, sid))
+                rows_of[pid].append(sid)
+    if votes is not None and votes.num_rows:  # pooled duplicates keep their first row
+        seen_v = {(p, s) for p, ss in rows_of.items() for s in ss}
+        for pid, sid in zip(votes.column("prompt_id").to_pylist(),
+                            votes.column("source_id").to_pylist()):
+            if (pid, sid) not in seen_v:
+                seen_v.add((pid, sid))
+                rows_of[pid].append(sid)
+    for pid, sid in zip(pids, psids):
+        if not rows_of.get(pid):
+            rows_of[pid] = [sid]
+    drops: list[dict[str, Any]] = []
+    for pid, (reason, j, sim) in dropped_pids.items():
+        what = "same text after normalisation as" if reason == Reason.DUPLICATE_PROMPT \
+            else f"word {ngram}-gram Jaccard {sim:.3f} with"
+        detail = f"{what} prompt_id {pids[j]} (source_id {psids[j]}), which is kept"
+        drops += [{"source_id": sid, "row_id": pid, "reason": reason, "detail": detail}
+                  for sid in rows_of[pid]]
+    keep = pa.array([pid not in dropped_pids for pid in pids], pa.bool_())
+    outputs = {"prompts": prompts.filter(keep)}
+    bad = pa.array(sorted(dropped_pids), pa.string())
+    for name, table in (("candidates", candidates), ("votes", votes)):
+        if table is not None:
+            outputs[name] = table.filter(pc.invert(pc.is_in(table.column("prompt_id"),
+                                                            value_set=bad)))
+    n_rows = sum(len(v) for v in rows_of.values())
+    counts = StageCounts(rows_in=n_rows, kept=n_rows - len(drops),
+                         dropped={r: sum(d["reason"] == r for d in drops)
+                                  for r in {d["reason"] for d in drops}},
+                         rows_out=outputs["prompts"].num_rows)
+    n_dup = sum(r == Reason.DUPLICATE_PROMPT for r, _, _ in dropped_pids.values())
+    return StageResult(STAGE, outputs, counts, dropped_table(STAGE, drops),
+                       info={"prompts": len(pids), "duplicate_prompts": n_dup,
+                             "near_duplicates": len(dropped_pids) - n_dup,
+                             "threshold": threshold, "ngram": ngram,
+                             "examples": [{"prompt_id": p, "twin": pids[j],
+                                           "similarity": round(s, 3), "reason": r}
+                                          for p, (r, j, s) in list(dropped_pids.items())[:20]]})
