@@ -107,6 +107,41 @@ def check_data_root(root: str) -> None:
                           f"pass another --set data_root=...") from None
 
 
+def _model_problem(name: str) -> str | None:
+    """Why a model name can be neither a local folder nor a usable hub id, or None."""
+    if name.startswith("embedded:") or Path(name).expanduser().exists():
+        return None
+    if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1:
+        return "no such folder"
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return ("no such folder, and not in the local Hugging Face cache (the CLI runs "
+                    "offline: HF_HUB_OFFLINE=1)")
+    return None
+
+
+def check_models(cfg: Any) -> None:
+    """Fail before any work when a model the run will load locally is missing: a path
+    that does not exist, or (offline) a hub id that is not in the cache."""
+    specs: list[tuple[str, str]] = []
+    if cfg.input.kind == "prompts":
+        specs += [(f"generate.policies.{i}", p.model.model) for i, p in
+                  enumerate(cfg.generate.policies) if p.model.engine == "vllm"]
+    specs += [(f"judge.judges.{i}", j.model.model) for i, j in enumerate(cfg.judge.judges)
+              if j.model.engine == "vllm"]
+    specs += [(f"rubrics ({r.name})", r.model.model) for r in cfg.rubric_judges()
+              if r.model.engine == "vllm"]
+    specs += [(f"rewards.models.{i}", m.model) for i, m in enumerate(cfg.rewards.models)]
+    if cfg.embeddings_on():
+        specs.append(("embed", cfg.embed.model))
+    for where, name in specs:
+        problem = _model_problem(name)
+        if problem:
+            raise ConfigError(f"{where}: model '{name}': {problem}")
+
+
 def _fail(exc: Exception) -> None:
     err.print(f"[bold red]error:[/] {exc}")
     raise typer.Exit(2)
@@ -168,6 +203,7 @@ def run(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
         _fail(exc)
     try:
         check_data_root(cfg.data_root)
+        check_models(cfg)
     except PrefcurateError as exc:
         _fail(exc)
     from flows.curate import run_curation, set_progress_factory

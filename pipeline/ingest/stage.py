@@ -246,7 +246,8 @@ def _votes(value: Any, label_annotator: str) -> list[tuple[str, str]]:
         _check_text(ann, f"{where}.annotator")
         if ann in seen:
             why = ("is also the source name that casts the file's own label vote; pass "
-                   "another source=" if ann == label_annotator else "votes twice on this pair")
+                   "another --set input.source=..." if ann == label_annotator
+                   else "votes twice on this pair")
             raise _Reject(Reason.WRONG_TYPE, f"field '{where}.annotator': {_short(ann)} {why}")
         seen.add(ann)
         if pref not in PREFERRED:

@@ -59,6 +59,7 @@ MAX_ANNOTATORS = 12  # annotators in the agreement matrix (most votes first)
 SECTIONS: list[tuple[str, str]] = [
     ("overview", "Overview"),
     ("stages", "Rows per stage"),
+    ("hygiene", "Hygiene: duplicates and contamination"),
     ("scores", "Score and reward distributions"),
     ("judges", "Judge agreement and position consistency"),
     ("length_bias", "Length bias"),
@@ -296,6 +297,30 @@ def _section_overview(manifest: dict[str, Any], version_path: Path | None) -> di
         "rows": manifest.get("rows") or {},
         "calls": _tabulate("model calls per stage", calls),
     }
+
+
+def _section_hygiene(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Dedup and decontamination: what was dropped, against which benchmarks, and what
+    was left out (the input's own source)."""
+    info = manifest.get("stage_info") or {}
+    dd, dc = info.get("dedup"), info.get("decontaminate")
+    out: dict[str, Any] = {"dedup": None, "decontaminate": None}
+    if dd is not None:
+        out["dedup"] = {"prompts": dd.get("prompts"),
+                        "duplicate_prompt": dd.get("duplicate_prompts", 0),
+                        "near_duplicate": dd.get("near_duplicates", 0),
+                        "threshold": dd.get("threshold"), "ngram": dd.get("ngram"),
+                        "examples": dd.get("examples", [])[:10]}
+    if dc is not None:
+        out["decontaminate"] = {"benchmarks": dc.get("benchmarks", {}),
+                                "contaminated": dc.get("contaminated", {}),
+                                "skipped": dc.get("skipped", []),
+                                "unavailable": dc.get("unavailable", []),
+                                "ngram": dc.get("ngram"),
+                                "examples": dc.get("examples", [])[:10]}
+    out["note"] = None if dd is not None or dc is not None else \
+        "no dedup or decontamination stage in this version"
+    return out
 
 
 def _section_stages(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -673,6 +698,7 @@ def report_from_tables(manifest: dict[str, Any], data: pa.Table, dropped: pa.Tab
                     "stages_found": sorted(lin.dirs)},
         "overview": _section_overview(manifest, vp),
         "stages": _section_stages(manifest),
+        "hygiene": _section_hygiene(manifest),
         "scores": _section_scores(data, lin),
         "judges": _section_judges(manifest, lin),
         "length_bias": _section_length(data),
@@ -1039,6 +1065,28 @@ def _section_html(key: str, rep: dict[str, Any]) -> str:
         for t in s["tables"]:
             p.append(f"<h3>{_e(t['title'])}</h3>" + _html_table(t["columns"], t["rows"]))
         p.append(_note(s["note"]))
+    elif key == "hygiene":
+        if s["dedup"] is not None:
+            d = s["dedup"]
+            p.append(_kv_table({"prompts checked": d["prompts"],
+                                "exact duplicates (after normalisation)":
+                                d["duplicate_prompt"],
+                                f"near duplicates (word {d['ngram']}-gram Jaccard ≥ "
+                                f"{d['threshold']})": d["near_duplicate"]}))
+            if d["examples"]:
+                p.append(_html_table(list(d["examples"][0]),
+                                     [list(r.values()) for r in d["examples"]]))
+        if s["decontaminate"] is not None:
+            c = s["decontaminate"]
+            p.append(_kv_table({"benchmarks (items)": c["benchmarks"] or "none",
+                                "contaminated prompts": c["contaminated"] or 0,
+                                "left out (never the input against itself)":
+                                ", ".join(c["skipped"]) or "none",
+                                "not installed": ", ".join(c["unavailable"]) or "none"}))
+            if c["examples"]:
+                p.append(_html_table(list(c["examples"][0]),
+                                     [list(r.values()) for r in c["examples"]]))
+        p.append(_note(s["note"]))
     elif key == "length_bias":
         p.append(f'<p>win rate of the longer response: <span class="big">'
                  f'{_e(_fmt(s["longer_wins"]))}</span> (0.5 = no length bias)</p>')
@@ -1223,6 +1271,20 @@ def render_terminal(report: dict[str, Any], console: Any) -> None:
     for t in j["tables"]:
         console.print(table(t["title"], t["columns"], t["rows"]))
     note(j["note"])
+
+    hy = report["hygiene"]
+    console.rule(Text(heads["hygiene"]))
+    if hy["dedup"] is not None:
+        d = hy["dedup"]
+        console.print(kv(None, {"prompts checked": d["prompts"],
+                                "exact duplicates": d["duplicate_prompt"],
+                                "near duplicates": d["near_duplicate"]}))
+    if hy["decontaminate"] is not None:
+        c = hy["decontaminate"]
+        console.print(kv(None, {"benchmarks": c["benchmarks"] or "none",
+                                "contaminated": c["contaminated"] or 0,
+                                "left out": ", ".join(c["skipped"]) or "none"}))
+    note(hy["note"])
 
     lb = report["length_bias"]
     console.rule(Text(heads["length_bias"]))
