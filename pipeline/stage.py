@@ -32,6 +32,7 @@ class Reason(StrEnum):
     BAD_JSON = "bad_json"
     MISSING_FIELD = "missing_field"
     WRONG_TYPE = "wrong_type"
+    INVALID_VALUE = "invalid_value"  # the right type, a value not allowed there
     EMPTY_TEXT = "empty_text"
     INVALID_TEXT = "invalid_text"
     UNKNOWN_ROLE = "unknown_role"

@@ -711,13 +711,24 @@ def _hint(key: str) -> str:
     return ""
 
 
+def _list_slot(cur: list, part: str, key: str) -> int:
+    """The index ``part`` of list ``cur``: an existing entry, or the next one (appended);
+    a gap is an error (it would fill the list with default entries)."""
+    idx = int(part)
+    if idx > len(cur):
+        raise ConfigError(f"--set {key}: index {idx} is past the end of a list of "
+                          f"{len(cur)} entr{'y' if len(cur) == 1 else 'ies'}; add entries in "
+                          f"order (the next one is index {len(cur)})")
+    return idx
+
+
 def _set_dotted(data: dict, key: str, value: Any) -> None:
     parts = key.split(".")
     cur: Any = data
     for i, part in enumerate(parts[:-1]):
         nxt = parts[i + 1]
         if isinstance(cur, list):
-            idx = int(part)
+            idx = _list_slot(cur, part, key)
             while len(cur) <= idx:
                 cur.append({})
             if not isinstance(cur[idx], (dict, list)):
@@ -729,7 +740,7 @@ def _set_dotted(data: dict, key: str, value: Any) -> None:
         cur = cur[part]
     last = parts[-1]
     if isinstance(cur, list):
-        idx = int(last)
+        idx = _list_slot(cur, last, key)
         while len(cur) <= idx:
             cur.append({})
         cur[idx] = value

@@ -114,6 +114,20 @@ def test_parquet_pairs(tmp_path: Path) -> None:
     assert res.outputs["votes"].num_rows == 3  # label p1, x on p1, label p3
 
 
+def test_parquet_votes_stored_as_json_text_are_read_like_csv(tmp_path: Path) -> None:
+    """A string column holding the votes list as JSON text (what CSV files and many
+    exports carry) is parsed, not refused (the reliability probe's D11 leftover)."""
+    votes = json.dumps([{"annotator": "x", "preferred": "rejected"}])
+    rows = [{**pair("p1"), "votes": votes}, {**pair("p2", prompt="Q2?"), "votes": None}]
+    path = tmp_path / "text_votes.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    res = ingest_pairs(str(path))
+    check_accounting(res)
+    assert res.counts.kept == 2 and res.counts.quarantined == {}
+    got = [(v["annotator"], v["source_id"]) for v in res.outputs["votes"].to_pylist()]
+    assert ("x", "p1") in got
+
+
 def test_csv_pairs_with_json_cells(tmp_path: Path) -> None:
     conv_c = json.dumps([{"role": "assistant", "content": "Paris."}])
     conv_r = json.dumps([{"role": "assistant", "content": "Lyon."}])
@@ -325,14 +339,16 @@ MALFORMED: list[tuple[str, Any, Reason, str]] = [
     ("duplicate id", pair("g1", prompt="Another?"), Reason.DUPLICATE_ID, "'g1' already seen"),
     ("votes bad preferred", pair(votes=[{"annotator": "a", "preferred": "chosen"},
                                         {"annotator": "b", "preferred": "maybe"}]),
-     Reason.WRONG_TYPE, "votes[1].preferred"),
+     Reason.INVALID_VALUE, "votes[1].preferred"),
     ("votes missing annotator", pair(votes=[{"preferred": "tie"}]), Reason.MISSING_FIELD,
      "votes[0].annotator"),
     ("votes not list", pair(votes="chosen"), Reason.WRONG_TYPE, "field 'votes'"),
     ("votes entry not object", pair(votes=["a"]), Reason.WRONG_TYPE, "votes[0]"),
     ("votes twice", pair(votes=[{"annotator": "a", "preferred": "tie"},
                                 {"annotator": "a", "preferred": "chosen"}]),
-     Reason.WRONG_TYPE, "votes twice"),
+     Reason.INVALID_VALUE, "votes twice"),
+    ("votes text not JSON", pair(votes="[not json"), Reason.WRONG_TYPE,
+     "a string that is not a JSON list"),
 ]
 
 

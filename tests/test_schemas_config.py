@@ -454,3 +454,13 @@ def test_cross_section_checks_fail_at_load_and_wait_for_the_last_set() -> None:
     with pytest.raises(ConfigError, match="select.budget needs embeddings") as exc:
         load_config(None, ["select.budget=0.5", "embed.enabled=false"])
     assert "got {" not in str(exc.value)  # names the keys, does not dump the config
+
+
+def test_set_list_index_must_exist_or_be_the_next_one() -> None:
+    from schemas.config import load_config
+    from schemas.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="index 5 is past the end of a list of 1 entry"):
+        load_config(None, ["generate.policies.5.n=2"])
+    cfg = load_config(None, ["judge.judges.1.name=j2", "judge.judges.1.model.model=m"])
+    assert [j.name for j in cfg.judge.judges] == ["smollm2-judge", "j2"]

@@ -226,6 +226,12 @@ def _votes(value: Any, label_annotator: str) -> list[tuple[str, str]]:
     """Check ``votes``: a list of ``{annotator, preferred}``; return (annotator, preferred)."""
     if value is None:
         return []
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:  # a Parquet / JSON string column holding the list as JSON text (as CSV does)
+            value = json.loads(value)
+        except (ValueError, RecursionError) as exc:
+            raise _Reject(Reason.WRONG_TYPE, f"field 'votes': a string that is not a JSON "
+                                             f"list ({exc})") from None
     if not isinstance(value, list):
         raise _Reject(Reason.WRONG_TYPE, "field 'votes': expected a list of {annotator, "
                                          f"preferred}} objects, got {_tname(value)}")
@@ -248,11 +254,13 @@ def _votes(value: Any, label_annotator: str) -> list[tuple[str, str]]:
             why = ("is also the source name that casts the file's own label vote; pass "
                    "another --set input.source=..." if ann == label_annotator
                    else "votes twice on this pair")
-            raise _Reject(Reason.WRONG_TYPE, f"field '{where}.annotator': {_short(ann)} {why}")
+            raise _Reject(Reason.INVALID_VALUE,
+                          f"field '{where}.annotator': {_short(ann)} {why}")
         seen.add(ann)
         if pref not in PREFERRED:
-            raise _Reject(Reason.WRONG_TYPE, f"field '{where}.preferred': expected 'chosen', "
-                                             f"'rejected' or 'tie', got {_short(pref)}")
+            raise _Reject(Reason.INVALID_VALUE, f"field '{where}.preferred': expected "
+                                                f"'chosen', 'rejected' or 'tie', got "
+                                                f"{_short(pref)}")
         out.append((ann, pref))
     return out
 
