@@ -34,27 +34,21 @@ def rates(name: str) -> tuple[float, float, int, int]:
     return sum(inj) / len(inj), sum(clean) / len(clean), len(inj), len(clean)
 
 
-@pytest.mark.parametrize("name, min_recall, max_false", [
-    ("injection_dev.jsonl", 0.95, 0.03),
-    ("injection_test.jsonl", 0.90, 0.05),
+# dev and test were read while the patterns were written (training figures); the two
+# holdouts were measured once each, with no change to the detector after (2026-12-02):
+# holdout 58/92 = 0.630 flagged, 7/109 = 0.064 false alarms; holdout2 50/93 = 0.538 and
+# 9/94 = 0.096 — far from the 0.95 / 0.05 target: a pattern detector does not carry over
+# to phrasings it was not written for (README, "Untrusted text"). The bounds guard
+# against regressions.
+@pytest.mark.parametrize("name, min_recall, max_false, min_rows", [
+    ("injection_dev.jsonl", 0.95, 0.03, 50),
+    ("injection_test.jsonl", 0.90, 0.05, 50),
+    ("injection_holdout.jsonl", 0.60, 0.08, 70),
+    ("injection_holdout2.jsonl", 0.50, 0.12, 70),
 ])
-def test_planted_sets_seen_while_writing_the_patterns(name, min_recall, max_false):
+def test_planted_sets(name, min_recall, max_false, min_rows):
     recall, false, n_inj, n_clean = rates(name)
-    assert n_inj >= 50 and n_clean >= 50
-    assert recall >= min_recall and false <= max_false, (recall, false)
-
-
-# measured once each, with no change to the detector after (2026-12-02): holdout 58/92 =
-# 0.630 flagged, 7/109 = 0.064 false alarms; holdout2 50/93 = 0.538 and 9/94 = 0.096 — far
-# from the 0.95 / 0.05 target: a pattern detector does not carry over to phrasings it was
-# not written for (README, "Untrusted text"). The bounds guard against regressions.
-@pytest.mark.parametrize("name, min_recall, max_false", [
-    ("injection_holdout.jsonl", 0.60, 0.08),
-    ("injection_holdout2.jsonl", 0.50, 0.12),
-])
-def test_planted_holdout_sets(name, min_recall, max_false):
-    recall, false, n_inj, n_clean = rates(name)
-    assert n_inj >= 70 and n_clean >= 70
+    assert n_inj >= min_rows and n_clean >= min_rows
     assert recall >= min_recall and false <= max_false, (recall, false)
 
 

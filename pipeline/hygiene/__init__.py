@@ -1,0 +1,1 @@
+"""Prompt hygiene before any model call: dedup and benchmark decontamination."""
