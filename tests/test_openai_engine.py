@@ -140,8 +140,10 @@ class FaultServer:
                                  "total_tokens": 8 + 5 * n}}
                 return 200, json.dumps(out).encode(), {}
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
+        # a listen backlog above the client's concurrency (the default 5 resets the rest)
+        server = type("Server", (ThreadingHTTPServer,), {"request_queue_size": 128,
+                                                          "daemon_threads": True})
+        self.httpd = server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()

@@ -23,6 +23,14 @@ REPO = Path(__file__).resolve().parents[1]
 PAIRS = REPO / "data" / "examples" / "pairs_votes.jsonl"
 
 
+class _Server(ThreadingHTTPServer):
+    # the default listen backlog (5) is below the client's 16 concurrent connections:
+    # the kernel reset the overflow, a ReadError that failed a call the test meant to
+    # succeed (1 run in 3)
+    request_queue_size = 128
+    daemon_threads = True
+
+
 class Judge:
     """A stub judge server: answers {"winner": "A"}; requests whose text contains
     ``fail_marker`` get a 503 (while ``fail_marker`` is set)."""
@@ -61,7 +69,7 @@ class Judge:
                                                           "content": '{"winner": "A"}'}}],
                                  "usage": {"prompt_tokens": 9, "completion_tokens": 5}})
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.httpd = _Server(("127.0.0.1", 0), H)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
