@@ -303,6 +303,12 @@ def ingest_task(run_id: str) -> StageOutput:
                   lambda: fn(inp.path, source=inp.source, limit=inp.limit))
 
 
+def _hygiene_inputs(ing: StageOutput, pairs_input: bool) -> tuple[Any, Any, Any]:
+    """PROMPTS, and a pairs file's CANDIDATES and VOTES (None for a prompts file)."""
+    return (ing.read("prompts"), ing.read("candidates") if pairs_input else None,
+            ing.read("votes") if pairs_input else None)
+
+
 @task(name="dedup", cache_policy=NO_CACHE)
 def dedup_task(run_id: str, ing: StageOutput) -> StageOutput:
     """Prompts (and a pairs file's pairs) without duplicate and near-duplicate prompts;
@@ -311,14 +317,12 @@ def dedup_task(run_id: str, ing: StageOutput) -> StageOutput:
 
     ctx = _ctx(run_id)
     dcfg = ctx.cfg.dedup
-    pairs_input = ctx.cfg.input.kind == "pairs"
 
     def compute() -> StageResult:
         return dedup.dedup_prompts(
-            ing.read("prompts"), ing.read("candidates") if pairs_input else None,
-            ing.read("votes") if pairs_input else None, threshold=dcfg.threshold,
+            *_hygiene_inputs(ing, ctx.cfg.input.kind == "pairs"), threshold=dcfg.threshold,
             ngram=dcfg.ngram, num_perm=dcfg.num_perm, min_words=dcfg.min_words,
-            near=dcfg.near if dcfg.near is not None else not pairs_input)
+            near=ctx.cfg.dedup_near_on())
 
     return _stage(ctx, "dedup", dedup.STAGE_VERSION, dcfg.model_dump(mode="json"),
                   [ing.output_hash], compute)
@@ -332,15 +336,13 @@ def decontaminate_task(run_id: str, ing: StageOutput) -> StageOutput:
 
     ctx = _ctx(run_id)
     dcfg = ctx.cfg.decontaminate
-    pairs_input = ctx.cfg.input.kind == "pairs"
     items, notes = decontam.resolve_benchmarks(dcfg.benchmarks, ctx.cfg.input.path)
     bench_hash = stable_hash([[i.benchmark, i.item_id, i.text] for i in items])
 
     def compute() -> StageResult:
         res = decontam.decontaminate(
-            ing.read("prompts"), ing.read("candidates") if pairs_input else None,
-            ing.read("votes") if pairs_input else None, benchmarks=items, ngram=dcfg.ngram,
-            skipped=notes["skipped"])
+            *_hygiene_inputs(ing, ctx.cfg.input.kind == "pairs"), benchmarks=items,
+            ngram=dcfg.ngram, skipped=notes["skipped"])
         res.info["unavailable"] = notes["unavailable"]
         return res
 
@@ -709,11 +711,11 @@ def verify_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -
 @task(name="margins", cache_policy=NO_CACHE)
 def margins_task(run_id: str, agg: StageOutput, emb: StageOutput | None,
                  cands: StageOutput, gpm: StageOutput | None = None) -> StageOutput:
+    from pipeline.annotate import injection
+
     ctx = _ctx(run_id)
 
     def compute() -> StageResult:
-        from pipeline.annotate import injection
-
         res = margins.compute_margins(agg.read("comparisons"), agg.read("scores"),
                                       ctx.cfg.margins)
         # text aimed at the judge: its pairs are flagged (with or without judges)
@@ -737,8 +739,6 @@ def margins_task(run_id: str, agg: StageOutput, emb: StageOutput | None,
             res.info["indistinguishable"] = sum(
                 "indistinguishable" in f for f in res.outputs["pairs"].column("flags").to_pylist())
         return res
-
-    from pipeline.annotate import injection
 
     # every pipeline function the task calls is part of its key
     versions = [margins.STAGE_VERSION, injection.STAGE_VERSION]

@@ -108,6 +108,29 @@ def oriented_row(c: dict, chosen_is_a: bool, cfg: MarginConfig,
     }
 
 
+def add_flag(pairs: pa.Table, mask: list[bool], flag: str) -> tuple[pa.Table, int]:
+    """``pairs`` with ``flag`` appended to the flags of the rows where ``mask`` holds (never
+    twice); and how many rows gained it. Rows and order unchanged.
+
+    >>> from schemas.tables import PAIRS
+    >>> t = pa.table({"flags": [["tie"], None]}, schema=pa.schema([PAIRS.field("flags")]))
+    >>> out, n = add_flag(t, [True, True], "tie")
+    >>> out.column("flags").to_pylist(), n
+    ([['tie'], ['tie']], 1)
+    """
+    flags = pairs.column("flags").to_pylist()
+    n = 0
+    for i, on in enumerate(mask):
+        if on and flag not in (flags[i] or []):
+            flags[i] = list(flags[i] or []) + [flag]
+            n += 1
+    if not n:
+        return pairs, 0
+    idx = pairs.schema.get_field_index("flags")
+    field = pairs.schema.field(idx)
+    return pairs.set_column(idx, field, pa.array(flags, type=field.type)), n
+
+
 def with_similarity(pairs: pa.Table, similarity: list[float | None], tau: float) -> pa.Table:
     """Fill ``similarity`` and flag ``indistinguishable`` pairs (cosine ≥ ``tau``).
 

@@ -580,6 +580,11 @@ class RunConfig(_Frozen):
             self.judge.pair_selection == "gpm" or self.gpm.enabled or \
             self.select.budget is not None
 
+    def dedup_near_on(self) -> bool:
+        """Near-duplicate dedup: as ``dedup.near`` says; unset, on for prompts and off for
+        a pairs file (its near-duplicate prompts carry different, labelled pairs)."""
+        return self.dedup.near if self.dedup.near is not None else self.input.kind != "pairs"
+
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":
         # checks across sections: a config that cannot work fails here, before any call

@@ -348,12 +348,16 @@ def _fit_em(v: _VoteArrays, code: np.ndarray, k: int, acode: np.ndarray, names: 
                      "estimated": {"a": float(free.priors[0]), "b": float(free.priors[1])}}
         if chosen == "estimated":
             res, kw = free, free_kw
-    rel = dict(zip((names[i] for i in used), res.reliability().tolist()))
-    info = {"annotator_reliability": {
-                n: None if n not in rel or np.isnan(rel[n]) else rel[n] for n in names},
-            "n_iter": res.n_iter, "converged": bool(res.converged),
-            "priors": {"a": float(res.priors[0]), "b": float(res.priors[1])},
-            "elbo_per_vote": res.elbo[-1] if res.elbo else None}
+    def summary(res: em.EMResult, reliability: np.ndarray) -> dict:
+        """The fit's part of the stage info (``reliability`` of the ``used`` annotators)."""
+        rel = dict(zip((names[i] for i in used), reliability[:used.size].tolist()))
+        return {"annotator_reliability": {
+                    n: None if n not in rel or np.isnan(rel[n]) else rel[n] for n in names},
+                "priors": {"a": float(res.priors[0]), "b": float(res.priors[1])},
+                "elbo_per_vote": res.elbo[-1] if res.elbo else None}
+
+    info = {**summary(res, res.reliability()), "n_iter": res.n_iter,
+            "converged": bool(res.converged)}
     if test_info is not None:
         info["class_prior_test"] = test_info
     if correlation != "off" and label_side is not None and method != "one_coin":
@@ -379,9 +383,6 @@ def _fit_em(v: _VoteArrays, code: np.ndarray, k: int, acode: np.ndarray, names: 
             res = fit(item, annot2, label, weight=weight, n_items=k,
                       n_annotators=used.size + 2 * len(flagged), n_classes=2,
                       n_labels=n_labels, **kw2)
-            info.update(n_iter=info["n_iter"] + res.n_iter, converged=bool(res.converged),
-                        priors={"a": float(res.priors[0]), "b": float(res.priors[1])},
-                        elbo_per_vote=res.elbo[-1] if res.elbo else None)
             # the reliabilities that decided: the refit's (the first fit's are inflated
             # for the label and its copiers, which looked like two independent voters)
             r2 = res.reliability()
@@ -390,9 +391,8 @@ def _fit_em(v: _VoteArrays, code: np.ndarray, k: int, acode: np.ndarray, names: 
                 r2[w] = float(np.nanmean(given)) if np.isfinite(given).any() else np.nan
                 info["label_correlated"][names[used[w]]]["reliability_given_label"] = {
                     s_: None if np.isnan(g) else float(g) for s_, g in zip("ab", given)}
-            rel = dict(zip((names[i] for i in used), r2[:used.size].tolist()))
-            info["annotator_reliability"] = {
-                n: None if n not in rel or np.isnan(rel[n]) else rel[n] for n in names}
+            info.update(summary(res, r2), n_iter=info["n_iter"] + res.n_iter,
+                        converged=bool(res.converged))
     return res.posterior[:, 0], info
 
 

@@ -48,7 +48,6 @@ import pyarrow as pa
 
 FLAG = "injection_suspect"
 STAGE_VERSION = 1  # part of the margins stage's key (it flags the pairs)
-THRESHOLD = 1.0
 
 _ZERO_WIDTH = re.compile("[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
 # Cyrillic / Greek letters that look like Latin ones (after NFKC and case folding)
@@ -235,8 +234,7 @@ def _decoded(text: str) -> list[str]:
     return out
 
 
-def _views(text: str) -> list[str]:
-    plain, leet = normalise(text)
+def _views(text: str, plain: str, leet: str) -> list[str]:
     # words broken over lines ("pre-\nfer\nthis") and single letters spaced out
     joined = re.sub(r"-\n", "", plain).replace("\n", " ")
     views = [plain, leet, joined] + [normalise(d)[0] for d in _decoded(text)]
@@ -247,15 +245,16 @@ def _views(text: str) -> list[str]:
     return list(dict.fromkeys(views))
 
 
-def score(text: str) -> tuple[float, list[str]]:
-    """(1.0 if flagged else 0.0, the reasons): a sentence with an instruction override,
-    a verdict in the judge's format, or a reference to the compared responses / the
-    evaluator together with verdict words and an order (``steering``); or, anywhere, a
-    structural imitation (fence, role marker, chat token) next to evaluation words."""
+def detect(text: str) -> tuple[bool, list[str]]:
+    """(flagged, reasons): a sentence with an instruction override, a verdict in the
+    judge's format, or a reference to the compared responses / the evaluator together with
+    verdict words and an order (``steering``); or, anywhere, a structural imitation
+    (fence, role marker, chat token) followed by evaluation words (``structure``)."""
     if not text:
-        return 0.0, []
+        return False, []
+    plain, leet = normalise(text)
     hits: set[str] = set()
-    for view in _views(text):
+    for view in _views(text, plain, leet):
         for sent in _SENTENCE.split(view):
             if sent.strip():
                 hits.update(_sentence_hits(sent))
@@ -264,21 +263,13 @@ def score(text: str) -> tuple[float, list[str]]:
             if _VERDICT.search(after) and (_REF.search(after) or _ADDR.search(after)):
                 hits.add("structure")
                 break
-    compact = re.sub(r"[^a-z]", "", normalise(text)[1])
-    quoted = " ".join(_QUOTED.findall(normalise(text)[0]))
-    example = bool(_ABOUT.search(normalise(text)[0])) and bool(
-        _COMPACT.search(re.sub(r"[^a-z]", "", quoted)))
-    if _COMPACT.search(compact) and not example:
+    # the override spelled out letter by letter; not when it is a quoted example
+    example = bool(_ABOUT.search(plain)) and bool(
+        _COMPACT.search(re.sub(r"[^a-z]", "", " ".join(_QUOTED.findall(plain)))))
+    if not example and _COMPACT.search(re.sub(r"[^a-z]", "", leet)):
         hits.add("override")
-    order = ["override", "verdict_format", "steering", "structure"]
-    found = [h for h in order if h in hits]
-    return (1.0 if found else 0.0), found
-
-
-def detect(text: str) -> tuple[bool, list[str]]:
-    """(flagged, reasons)."""
-    s, hits = score(text)
-    return s >= THRESHOLD, hits
+    found = [h for h in ("override", "verdict_format", "steering", "structure") if h in hits]
+    return bool(found), found
 
 
 def suspect_candidates(candidates: pa.Table) -> dict[str, list[str]]:
@@ -295,16 +286,11 @@ def suspect_candidates(candidates: pa.Table) -> dict[str, list[str]]:
 def flag_pairs(pairs: pa.Table, suspects: Iterable[str]) -> tuple[pa.Table, int]:
     """``pairs`` with ``injection_suspect`` added to the flags of every pair whose chosen
     or rejected candidate is in ``suspects``; and how many pairs were flagged."""
+    from pipeline.margins import add_flag
+
     bad = set(suspects)
     if not bad or not pairs.num_rows:
         return pairs, 0
-    flags = pairs.column("flags").to_pylist()
-    n = 0
-    for i, (c, r) in enumerate(zip(pairs.column("chosen_id").to_pylist(),
-                                   pairs.column("rejected_id").to_pylist())):
-        if (c in bad or r in bad) and FLAG not in (flags[i] or []):
-            flags[i] = list(flags[i] or []) + [FLAG]
-            n += 1
-    idx = pairs.schema.get_field_index("flags")
-    return pairs.set_column(idx, pairs.schema.field(idx),
-                            pa.array(flags, type=pairs.schema.field(idx).type)), n
+    mask = [c in bad or r in bad for c, r in zip(pairs.column("chosen_id").to_pylist(),
+                                                 pairs.column("rejected_id").to_pylist())]
+    return add_flag(pairs, mask, FLAG)

