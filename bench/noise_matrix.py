@@ -70,6 +70,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -290,6 +291,7 @@ def run_default(sim: Sim, cfg: Any = None, embeddings: str = "flow") -> Outcomes
     ``always`` or ``never``.
     """
     from pipeline.aggregate.aggregation import aggregate_votes
+    from pipeline.aggregate.length import candidate_lengths
     from pipeline.chain import aggregate_kwargs, denoise_p_model
     from pipeline.denoise.denoise import denoise_pairs
     from pipeline.embeddings import aligned_embeddings, cosine_similarity_pairs, embeddings_table
@@ -317,6 +319,7 @@ def run_default(sim: Sim, cfg: Any = None, embeddings: str = "flow") -> Outcomes
         prompts = ing.outputs["prompts"]
         votes = ing.outputs["votes"]
         cands = ing.outputs["candidates"]
+        lengths = candidate_lengths(cands)
         labels = sorted(set(prompts.column("source").to_pylist()))
         row = {s: i for i, s in enumerate(sim.ids)}
         c_sid = [row[s] for s in cands.column("source_id").to_pylist()]
@@ -342,6 +345,10 @@ def run_default(sim: Sim, cfg: Any = None, embeddings: str = "flow") -> Outcomes
         prompt_row = {f"prompt-{s}": i for i, s in enumerate(sim.ids)}
         label_source = None
         info["frame_aligned"] = 1.0
+        len_a = np.where(sim.swapped, sim.len_b, sim.len_a)  # canonical a / b
+        len_b = np.where(sim.swapped, sim.len_a, sim.len_b)
+        lengths = pl.DataFrame({"candidate_id": ca + cb, "length": np.concatenate(
+            [len_a, len_b]).astype(np.float64)})
     emb_on = {"flow": None, "always": True, "never": False}[embeddings]
     if emb_on is None:
         emb_on = _embeddings_enabled(cfg)
@@ -357,7 +364,8 @@ def run_default(sim: Sim, cfg: Any = None, embeddings: str = "flow") -> Outcomes
     info["embeddings"] = bool(emb_on)
 
     # aggregate_task: the arguments come from pipeline.chain, as in the flow
-    agg = aggregate_votes(votes, label_annotators=set(labels), **aggregate_kwargs(cfg.aggregate))
+    agg = aggregate_votes(votes, label_annotators=set(labels), lengths=lengths,
+                          **aggregate_kwargs(cfg.aggregate))
     comps = agg.outputs["comparisons"]
     # margins_task
     mar = compute_margins(comps, agg.outputs["scores"], cfg.margins)
@@ -717,7 +725,8 @@ def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
         worst = max(gaps)
         summ["worst_vs_oracle"] = {"cell": worst[1], "acc_gap": worst[0]}
         summ["mean_gap_to_oracle_acc"] = float(np.mean([g for g, _ in gaps]))
-        lab = [g for (g, n_), c in zip(gaps, cells) if c["scenario"] != "judges_only"]
+        lab = [g for (g, n_), c in zip(gaps, cells)
+               if S.SCENARIOS[c["scenario"]] not in (S.judges_only, S.length_judges)]
         if lab:
             summ["mean_gap_to_oracle_acc_label_scenarios"] = float(np.mean(lab))
     for prod in ("default", "default_rule"):

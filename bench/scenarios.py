@@ -64,6 +64,11 @@ The scenarios (``SCENARIOS``; noise = ε, the mean share of wrong file labels)
 7. ``length_biased``: the longer response is better in 60% of the pairs (ρ = 0.6); two
    annotators (twice as active) answer the longer response with probability
    b ~ U(0.6, 0.8) whatever its quality.
+7b. ``length_confound``: length independent of quality (ρ = ½), and every annotator (15–30,
+    accuracies U(0.65, 0.95), 3–5 votes a pair) answers the longer response with
+    probability b ~ U(0.1, 0.4): the length bias LLM judges and raters share.
+7c. ``length_judges``: the ``judges_only`` panel (no file label) with every judge but the
+    spammer answering the longer response with probability b ~ U(0.2, 0.4) (ρ = ½).
 8. ``judges_only``: no file label (the prompts path): the ``dense`` panel, with judge
    accuracies 1 − noise·(0.75, 1, 1.25) (so ``noise`` is the mean error of the three
    judges), oriented by votes alone.
@@ -401,6 +406,23 @@ def length_biased(rng: np.random.Generator, noise: float) -> Design:
     return Design(ann, _sparse_assign(ann, 3, 5), rho=0.6)
 
 
+def length_confound(rng: np.random.Generator, noise: float) -> Design:
+    """Every annotator answers the longer response with probability b ~ U(0.1, 0.4);
+    length says nothing about quality (ρ = ½)."""
+    ann = [replace(a, longer=float(rng.uniform(0.1, 0.4)))
+           for a in _honest(rng, int(rng.integers(15, 31)), 0.65, 0.95, 0.3)]
+    return Design(ann, _sparse_assign(ann, 3, 5))
+
+
+def length_judges(rng: np.random.Generator, noise: float) -> Design:
+    """No file label: the judges_only panel, every judge answering the longer response
+    with probability b ~ U(0.2, 0.4) (ρ = ½)."""
+    accs = tuple(float(np.clip(1.0 - noise * f, 0.5, 1.0)) for f in (0.75, 1.0, 1.25))
+    ann = [replace(a, longer=float(rng.uniform(0.2, 0.4))) if a.alpha != 0.5 else a
+           for a in _panel(accs)]  # type: ignore[arg-type]
+    return Design(ann, _panel_assign(ann), has_label=False, noise_of_label=False)
+
+
 def judges_only(rng: np.random.Generator, noise: float) -> Design:
     """No file label: the dense panel with mean judge error = noise."""
     accs = tuple(float(np.clip(1.0 - noise * f, 0.5, 1.0)) for f in (0.75, 1.0, 1.25))
@@ -425,7 +447,8 @@ SCENARIOS: dict[str, Callable[[np.random.Generator, float], Design]] = {
     "dense": dense, "sparse": sparse, "adversarial": adversarial,
     "label_copier": label_copier, "instance_dependent": instance_dependent,
     "imbalance": imbalance, "imbalance_hidden": imbalance_hidden,
-    "length_biased": length_biased, "judges_only": judges_only,
+    "length_biased": length_biased, "length_confound": length_confound,
+    "length_judges": length_judges, "judges_only": judges_only,
     "single_annotator": single_annotator, "ties": ties,
 }
 

@@ -676,23 +676,34 @@ def select_task(run_id: str, sel: StageOutput, emb: StageOutput) -> StageOutput:
 
 @task(name="aggregate", cache_policy=NO_CACHE)
 def aggregate_task(run_id: str, vote_srcs: list[StageOutput], label_annotators: list[str],
-                   stage: str = "aggregate") -> StageOutput:
+                   cands: StageOutput, stage: str = "aggregate") -> StageOutput:
     ctx = _ctx(run_id)
     import pyarrow as pa
+
+    from pipeline.aggregate import length
+
+    lengths_on = ctx.cfg.aggregate.length_control != "off"
 
     def compute() -> StageResult:
         tables = [s.read("votes") for s in vote_srcs]
         votes = pa.concat_tables(tables) if tables else VOTES.empty_table()
+        lengths = length.candidate_lengths(cands.read("candidates")) if lengths_on else None
         res = aggregation.aggregate_votes(votes, label_annotators=set(label_annotators),
+                                          lengths=lengths,
                                           **aggregate_kwargs(ctx.cfg.aggregate))
         qual = qualify_judges(votes, exclude=label_annotators, **_model_maps(ctx.cfg))
         if qual["gold_pairs"]:
             res.info["judge_qualification"] = qual
         return res
 
-    return _stage(ctx, stage, [aggregation.STAGE_VERSION, qualify.STAGE_VERSION],
+    versions = [aggregation.STAGE_VERSION, qualify.STAGE_VERSION]
+    inputs = [s.output_hash for s in vote_srcs]
+    if lengths_on:
+        versions.append(length.STAGE_VERSION)
+        inputs.append(cands.output_hash)
+    return _stage(ctx, stage, versions,
                   [ctx.cfg.aggregate.model_dump(mode="json"), sorted(label_annotators)],
-                  [s.output_hash for s in vote_srcs], compute)
+                  inputs, compute)
 
 
 @task(name="verify", cache_policy=NO_CACHE)
@@ -791,11 +802,18 @@ def denoise_task(run_id: str, mar: StageOutput, emb: StageOutput | None,
 
 
 @task(name="pairs", cache_policy=NO_CACHE)
-def pairs_task(run_id: str, den: StageOutput) -> StageOutput:
+def pairs_task(run_id: str, den: StageOutput, cands: StageOutput) -> StageOutput:
     ctx = _ctx(run_id)
-    return _stage(ctx, "pairs", pairs.STAGE_VERSION, ctx.cfg.pairs.model_dump(mode="json"),
-                  [den.output_hash],
-                  lambda: pairs.build_pairs(den.read("pairs"), ctx.cfg.pairs))
+    from pipeline.aggregate import length
+
+    balance = ctx.cfg.pairs.length_balance is not None
+    return _stage(ctx, "pairs",
+                  [pairs.STAGE_VERSION, length.STAGE_VERSION] if balance else pairs.STAGE_VERSION,
+                  ctx.cfg.pairs.model_dump(mode="json"),
+                  [den.output_hash] + ([cands.output_hash] if balance else []),
+                  lambda: pairs.build_pairs(
+                      den.read("pairs"), ctx.cfg.pairs,
+                      length.candidate_lengths(cands.read("candidates")) if balance else None))
 
 
 def _stage_rows(outs: list[StageOutput]) -> dict[str, Any]:
@@ -991,21 +1009,22 @@ def curate(config: dict[str, Any], secrets_ref: str | None = None) -> dict[str, 
             labels = sorted(set(ing.read("prompts").column("source").to_pylist()))
         if cfg.judge.judges and cfg.judge.pair_selection == "gpm":
             # round 2: a GPM head trained on round 1 chooses the pairs the judges see
-            seed = aggregate_task(run_id, vote_srcs, labels, stage="aggregate_seed")
+            seed = aggregate_task(run_id, vote_srcs, labels, cands, stage="aggregate_seed")
             jud2 = judge_task(run_id, ing, cands, signal, seed, emb)
             outs += [seed, jud2]
             vote_srcs.append(jud2)
-        agg = aggregate_task(run_id, vote_srcs, labels)
+        agg = aggregate_task(run_id, vote_srcs, labels, cands)
         outs.append(agg)
         gp = None
         if cfg.gpm.enabled:
             gp = gpm_task(run_id, agg, cands, emb)
             # the GPM is one more annotator: aggregate again with its votes
-            agg = aggregate_task(run_id, vote_srcs + [gp], labels, stage="aggregate_gpm")
+            agg = aggregate_task(run_id, vote_srcs + [gp], labels, cands,
+                                 stage="aggregate_gpm")
             outs += [gp, agg]
         mar = margins_task(run_id, agg, emb, cands, gp)
         den = denoise_task(run_id, mar, emb, labels[0] if len(labels) == 1 else None, agg)
-        sel = pairs_task(run_id, den)
+        sel = pairs_task(run_id, den, cands)
         outs += [mar, den, sel]
         if cfg.select.budget is not None:
             sel = select_task(run_id, sel, emb)

@@ -30,7 +30,9 @@ def aggregate_kwargs(acfg: AggregateConfig) -> dict[str, Any]:
             "verifier_prior": acfg.verifier_prior, "class_prior": acfg.class_prior,
             "class_prior_lr": acfg.class_prior_lr,
             "label_correlation": acfg.label_correlation,
-            "correlation_z": acfg.correlation_z}
+            "correlation_z": acfg.correlation_z,
+            "length_control": acfg.length_control,
+            "length_min_diff": acfg.length_min_diff, "length_z": acfg.length_z}
 
 
 def denoise_p_model(pairs: pa.Table, comparisons: pa.Table,

@@ -74,9 +74,16 @@ def _twins(rows: list[dict]) -> list[dict]:
     return out
 
 
-def build_pairs(pairs: pa.Table, cfg: PairsConfig | str = "best_worst") -> StageResult:
-    """Select pairs per source by ``cfg.strategy``, then split / augment (vectorised with
-    polars: one pass per rule over all sources at once)."""
+def build_pairs(pairs: pa.Table, cfg: PairsConfig | str = "best_worst",
+                lengths: pl.DataFrame | None = None) -> StageResult:
+    """Select pairs per source by ``cfg.strategy``, balance lengths, then split / augment
+    (vectorised with polars: one pass per rule over all sources at once).
+
+    ``cfg.length_balance`` (needs ``lengths``, :func:`pipeline.aggregate.length.
+    candidate_lengths`): of the selected pairs, those on the side in excess (chosen longer
+    or not) are dropped with reason ``length_balance``, lowest weight first, until the
+    share whose chosen is longer lies in the band; ``info["length_balance"]`` has the share
+    before and after."""
     if isinstance(cfg, str):
         cfg = PairsConfig(strategy=cfg)
     info: dict = {"strategy": cfg.strategy}
@@ -91,6 +98,10 @@ def build_pairs(pairs: pa.Table, cfg: PairsConfig | str = "best_worst") -> Stage
         df = df.join(_best_per_source(df, cfg), on="source_id", how="left")
     why, detail = _select(df, cfg)
     df = df.with_columns(_why=why, _detail=detail)
+    if cfg.length_balance is not None:
+        if lengths is None:
+            raise ValueError("pairs.length_balance needs the candidates' lengths")
+        df, info["length_balance"] = _balance(df, lengths, cfg.length_balance)
     kept = df.filter(pl.col("_why").is_null())
     if cfg.strategy == "curriculum":  # easiest (largest score gap) first, in stages
         k = cfg.curriculum_stages
@@ -121,6 +132,38 @@ def build_pairs(pairs: pa.Table, cfg: PairsConfig | str = "best_worst") -> Stage
     counts = StageCounts(rows_in=pairs.num_rows, kept=n_kept,
                          dropped=dict(Counter(gone["_why"].to_list())), rows_out=out.num_rows)
     return StageResult(STAGE, {"pairs": out}, counts, dropped_table(STAGE, drops), info=info)
+
+
+def _balance(df: pl.DataFrame, lengths: pl.DataFrame,
+             band: tuple[float, float]) -> tuple[pl.DataFrame, dict]:
+    """Mark the pairs :func:`pipeline.aggregate.length.balance_drops` picks among the
+    selected ones as dropped (``length_balance``)."""
+    from pipeline.aggregate import length
+
+    sel = df.filter(pl.col("_why").is_null())
+    lc = length.lookup(sel["chosen_id"], lengths)
+    lr = length.lookup(sel["rejected_id"], lengths)
+    longer = lc > lr
+    w = sel["weight"].fill_null(0.0).fill_nan(0.0).to_numpy()
+    drop = length.balance_drops(longer, w, band)
+    before = float(longer.mean()) if longer.size else None
+    keep = np.ones(longer.size, dtype=bool)
+    keep[drop] = False
+    info = {"band": list(band), "chosen_longer_before": before,
+            "chosen_longer_after": float(longer[keep].mean()) if keep.any() else None,
+            "dropped": int(drop.size),
+            "reachable": bool(before is None or band[0] <= before <= band[1] or drop.size)}
+    if not drop.size:
+        return df, info
+    ids = sel["_i"].gather(drop)
+    side = "longer" if longer[drop[0]] else "not longer"
+    msg = (f"chosen-longer share {before:.3f} outside [{band[0]}, {band[1]}]: "
+           f"a lowest-weight pair whose chosen is {side}")
+    hit = pl.col("_i").is_in(ids.implode())
+    return df.with_columns(_why=pl.when(hit).then(pl.lit(str(Reason.LENGTH_BALANCE)))
+                           .otherwise(pl.col("_why")),
+                           _detail=pl.when(hit).then(pl.lit(msg))
+                           .otherwise(pl.col("_detail"))), info
 
 
 def _best_per_source(df: pl.DataFrame, cfg: PairsConfig) -> pl.DataFrame:

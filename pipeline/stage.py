@@ -67,6 +67,7 @@ class Reason(StrEnum):
     PEER_REVIEW = "peer_review"  # both CRM reward heads reject the pair late in training
     DISAGREEMENT_FILTER = "disagreement_filter"  # SCIR: judges / RMs / label disagree
     BELOW_MIN_MARGIN = "below_min_margin"
+    LENGTH_BALANCE = "length_balance"  # the chosen-longer share outside pairs.length_balance
     BUDGET = "budget"
     NO_EMBEDDING = "no_embedding"
 

@@ -168,6 +168,21 @@ class AggregateConfig(_Frozen):
     # the label's side, so a copied vote carries only the evidence it has
     label_correlation: Literal["off", "report", "split"] = "split"
     correlation_z: float = Field(4.0, gt=0)  # z-score of the excess agreement to flag
+    # length control: each annotator gets one confusion per length side of the pair (a
+    # longer / b longer by length_min_diff of the longer text, or similar), so answering
+    # "the longer one" is learnt as its bias and its votes count only beyond it (a
+    # length-debiased posterior; pipeline/aggregate/length.py, EM methods only). on: every
+    # annotator; tested: only those whose verdicts depend on the length side beyond the
+    # plain fit's posterior (|z| > length_z)
+    length_control: Literal["off", "on", "tested"] = "tested"
+    length_min_diff: float = Field(0.1, ge=0, lt=1)
+    length_z: float = Field(4.0, gt=0)
+
+    @field_validator("length_control", mode="before")
+    @classmethod
+    def _yaml_bool(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare off / on as a boolean
+        return {False: "off", True: "on"}.get(v, v) if isinstance(v, bool) else v
 
 
 class MarginConfig(_Frozen):
@@ -261,6 +276,19 @@ class PairsConfig(_Frozen):
     split: Literal["none", "easy_hard"] = "none"  # MPO: |margin| quantile split
     hard_quantile: float = Field(0.5, gt=0, lt=1)  # margins below this quantile are "hard"
     reward_augmented: bool = False  # add score-conditioned twins (arXiv 2410.08067)
+    # [low, high]: target band for the share of kept pairs whose chosen is the longer
+    # response; pairs on the side in excess are dropped (reason length_balance), lowest
+    # weight first, until the share is inside it. null: no balancing
+    length_balance: tuple[float, float] | None = None
+
+    @model_validator(mode="after")
+    def _band(self) -> "PairsConfig":
+        if self.length_balance is not None:
+            low, high = self.length_balance
+            if not 0.0 <= low <= high <= 1.0:
+                raise ValueError(f"pairs.length_balance must be [low, high] with 0 <= low "
+                                 f"<= high <= 1, got [{low}, {high}]")
+        return self
 
 
 

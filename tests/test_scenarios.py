@@ -11,7 +11,7 @@ import pytest
 from bench import noise_matrix as M
 from bench import scenarios as S
 
-LABELLED = [s for s in S.SCENARIOS if s != "judges_only"]
+LABELLED = [s for s in S.SCENARIOS if s not in ("judges_only", "length_judges")]
 
 
 def _se(p: float, n: int) -> float:
@@ -39,6 +39,10 @@ def test_instance_dependent_noise_hits_close_pairs():
     assert right[close[sim.v_item]].mean() < 0.62 < 0.85 < right[far[sim.v_item]].mean()
 
 
+def truth_code_of(sim):
+    return np.where(sim.better_a, S.CODE_A, S.CODE_B)[sim.v_item]
+
+
 def test_annotators_vote_as_specified():
     sim = S.simulate("sparse", 20_000, 0.2, seed=1)
     truth_code = np.where(sim.better_a, S.CODE_A, S.CODE_B)[sim.v_item]
@@ -54,6 +58,14 @@ def test_annotators_vote_as_specified():
     jo = S.simulate("judges_only", 20_000, 0.3, seed=0)
     assert [round(a.alpha, 3) for a in jo.annotators[:3]] == [0.775, 0.7, 0.625]
     assert not jo.has_label
+    # length_confound: length says nothing about quality, yet every annotator favours it
+    lc = S.simulate("length_confound", 20_000, 0.2, seed=0)
+    longer_a = lc.len_a > lc.len_b
+    assert abs(float(np.mean(longer_a == lc.better_a)) - 0.5) < 0.02
+    said_longer = (lc.v_code == np.where(longer_a, S.CODE_A, S.CODE_B)[lc.v_item])
+    right = lc.v_code == truth_code_of(lc)
+    wrong = ~right & (lc.v_code != S.CODE_TIE)
+    assert said_longer[wrong].mean() > 0.65  # errors go to the longer response (0.5 if not)
     # ties scenario: ties exist and concentrate on close pairs
     t = S.simulate("ties", 20_000, 0.2, seed=0)
     tie = t.v_code == S.CODE_TIE
@@ -63,7 +75,7 @@ def test_annotators_vote_as_specified():
 
 @pytest.mark.parametrize("name", ["dense", "label_copier", "instance_dependent", "imbalance",
                                   "imbalance_hidden", "length_biased", "ties", "adversarial",
-                                  "judges_only"])
+                                  "judges_only", "length_confound", "length_judges"])
 def test_oracle_is_calibrated(name):
     sim = S.simulate(name, 8000, 0.3, seed=7)
     post = S.oracle(sim)

@@ -63,10 +63,11 @@ from schemas.errors import SchemaError
 from schemas.tables import COMPARISONS, SCORES, VOTES, check_table, conform
 
 STAGE = "aggregate"
-STAGE_VERSION = 4  # 4: class prior tested against 1/2; reliabilities of the split refit
+STAGE_VERSION = 5  # 5: length control; 4: class prior tested, reliabilities of the refit
 KEY = ["source_id", "prompt_id", "candidate_a", "candidate_b"]
 METHODS = ("auto", "majority", "dawid_skene", "one_coin")
 EM_METHODS = ("auto", "dawid_skene", "one_coin")
+MAX_LENGTH_ROUNDS = 5  # length_control tested: rounds of flag → refit
 MIN_EM_JUDGES = 3  # Dawid–Skene needs 3 conditionally independent annotators to identify
 LABELS = ("a", "b", "tie")  # label codes 0, 1, 2; classes are a (0) and b (1)
 _NEEDED = KEY + ["annotator", "order", "verdict", "prob_a"]
@@ -96,7 +97,10 @@ def aggregate_votes(votes: pa.Table | pl.DataFrame, *,
                     class_prior: str = "estimated",
                     class_prior_lr: float = 10.83,
                     label_correlation: str = "off",
-                    correlation_z: float = 4.0) -> StageResult:
+                    correlation_z: float = 4.0,
+                    length_control: str = "off", length_min_diff: float = 0.1,
+                    length_z: float = 4.0,
+                    lengths: pl.DataFrame | None = None) -> StageResult:
     """Aggregate votes per pair (integer-coded once, numpy sums, EM with numpy/scipy).
 
     ``judges_method`` (``dawid_skene`` | ``one_coin``): also fit that EM on the votes
@@ -116,6 +120,15 @@ def aggregate_votes(votes: pa.Table | pl.DataFrame, *,
     ``info["label_correlated"]``, and with ``split`` refit with each such annotator's
     confusion conditioned on the label's side (two virtual annotators): a vote that copies
     the label then carries only the evidence it has.
+    ``length_control`` ``on`` (EM methods; ``lengths``: :func:`pipeline.aggregate.length.
+    candidate_lengths`): every annotator but verifiers gets one confusion per length side
+    of the pair (a longer / b longer by ``length_min_diff`` of the longer, or similar),
+    a length-debiased posterior (:mod:`pipeline.aggregate.length`); the per-side
+    reliabilities are in ``info["length_control"]``, and ``annotator_reliability`` is their
+    vote-weighted mean. ``tested`` (skipped without ``lengths``) splits only the
+    annotators whose verdicts depend on the length side beyond what the plain fit's
+    posterior explains (:func:`pipeline.aggregate.length.length_flags`, |z| >
+    ``length_z``), so an annotator that ignores length keeps one confusion.
     """
     if method not in METHODS:
         raise ValueError(f"unknown aggregation method {method!r}; use one of "
@@ -156,15 +169,64 @@ def aggregate_votes(votes: pa.Table | pl.DataFrame, *,
     label_row = first_rows(code, k, is_label & (v.is_a | v.is_b))
     with np.errstate(invalid="ignore", divide="ignore"):
         p_a = np.where(n_votes > 0, (n_a + 0.5 * n_tie) / np.maximum(n_votes, 1), np.nan)
+    fit_acode, fit_names, length_info = acode, names, None
+    if length_control not in ("off", "on", "tested"):
+        raise ValueError(f"unknown length_control {length_control!r}; use off, on or tested")
+    if length_control == "on" and lengths is None:
+        raise ValueError("aggregate.length_control 'on' needs the candidates' lengths")
+    length_on = use_em and length_control != "off" and lengths is not None
     if use_em:
         side = np.where(label_row >= 0, v.vcode[np.maximum(label_row, 0)], -1)
-        post, em_info = _fit_em(v, code, k, acode, names, v.valid, method,
-                                prior=_priors(names, prior, verifier_prior),
-                                class_prior=class_prior,
-                                class_prior_lr=class_prior_lr,
-                                label_side=side if is_label.any() else None,
-                                is_label=is_label, correlation=label_correlation,
-                                correlation_z=correlation_z)
+
+        def fit(ac: np.ndarray, nm: list[str]) -> tuple[np.ndarray, dict]:
+            return _fit_em(v, code, k, ac, nm, v.valid, method,
+                           prior=_priors(nm, prior, verifier_prior),
+                           class_prior=class_prior, class_prior_lr=class_prior_lr,
+                           label_side=side if is_label.any() else None,
+                           is_label=is_label, correlation=label_correlation,
+                           correlation_z=correlation_z)
+
+        if not length_on:
+            post, em_info = fit(acode, names)
+        else:
+            from pipeline.aggregate import length
+
+            ends = df.select("candidate_a", "candidate_b").gather(first)
+            lside = length.length_sides(length.lookup(ends["candidate_a"], lengths),
+                                        length.lookup(ends["candidate_b"], lengths),
+                                        length_min_diff)
+            split: list[int] | None = None  # None: every annotator but verifiers
+            flags: dict[str, float] = {}
+            if length_control == "tested":
+                # flag, refit with the flagged split, test the others against the less
+                # biased posterior, until no annotator is added (a shared bias hides in
+                # the first posterior: the strongest are found first)
+                post, em_info = fit(acode, names)
+                split = []
+                for _ in range(MAX_LENGTH_ROUNDS):
+                    z = length.length_flags(post, code, acode, v.vcode, v.valid & ~v.soft,
+                                            lside, len(names))
+                    new = [i for i in np.flatnonzero(np.abs(z) > length_z)
+                           if i not in split and not names[i].startswith("verifier:")]
+                    if not new:
+                        break
+                    flags.update({names[i]: float(z[i]) for i in new})
+                    split += new
+                    fit_acode, fit_names = _length_codes(acode, names, lside[code], split)
+                    post, em_info = fit(fit_acode, fit_names)
+            length_info = {"mode": length_control, "min_diff": length_min_diff,
+                           "comparisons": {s_: int(c) for s_, c in zip(
+                               length.SIDES, np.bincount(lside, minlength=len(length.SIDES)))},
+                           "z_threshold": length_z, "split": flags}
+            if split is None:  # on: every annotator
+                fit_acode, fit_names = _length_codes(acode, names, lside[code], None)
+                post, em_info = fit(fit_acode, fit_names)
+            if split is None or split:
+                em_info = _collapse_length(em_info, fit_acode, fit_names, acode, names,
+                                           length_info)
+            else:
+                em_info = {**em_info, "length_control": {**length_info,
+                                                         "reliability_by_side": {}}}
         p_a = np.where(n_votes > 0, post, np.nan)
     p_judges = np.full(k, np.nan)
     if judges_method is not None and judges_method == method and not is_label.any():
@@ -172,8 +234,8 @@ def aggregate_votes(votes: pa.Table | pl.DataFrame, *,
     elif judges_method is not None:
         judged = v.valid & ~is_label
         if judged.any():
-            post, _ = _fit_em(v, code, k, acode, names, judged, judges_method,
-                              prior=_priors(names, prior, verifier_prior),
+            post, _ = _fit_em(v, code, k, fit_acode, fit_names, judged, judges_method,
+                              prior=_priors(fit_names, prior, verifier_prior),
                               class_prior=class_prior,
                               class_prior_lr=class_prior_lr)
             p_judges = np.where(np.bincount(code[judged], minlength=k) > 0, post, np.nan)
@@ -204,8 +266,48 @@ def aggregate_votes(votes: pa.Table | pl.DataFrame, *,
             **em_info}
     if judges_method is not None:
         info["judges_posterior_pairs"] = int(np.isfinite(p_judges).sum())
+    if lengths is not None:  # the report's per-annotator length table
+        from pipeline.aggregate import length
+
+        info["length_effects"] = length.length_effects(df, comparisons, lengths)
     return StageResult(STAGE, {"comparisons": comparisons, "scores": scores}, counts,
                        dropped_table(STAGE, drops), info=info)
+
+
+def _length_codes(acode: np.ndarray, names: list[str], vote_side: np.ndarray,
+                  split: list[int] | None) -> tuple[np.ndarray, list[str]]:
+    """Virtual annotators ``name@<side>`` (the sides of :mod:`pipeline.aggregate.length`):
+    each annotator in ``split`` (None: every one but verifiers) gets one per side, the
+    others keep one (``@similar``)."""
+    from pipeline.aggregate import length
+
+    n_side = len(length.SIDES)
+    if split is None:
+        split = [i for i, a in enumerate(names) if not a.startswith("verifier:")]
+    on = np.zeros(len(names), dtype=bool)
+    on[split] = True
+    fit_acode = acode.astype(np.int32) * n_side + np.where(on[acode], vote_side, 0)
+    return fit_acode.astype(np.int32), [f"{a}@{s}" for a in names for s in length.SIDES]
+
+
+def _collapse_length(info: dict, fit_acode: np.ndarray, fit_names: list[str],
+                     acode: np.ndarray, names: list[str], length_info: dict) -> dict:
+    """The fit's info in the real annotators' names: reliability = the vote-weighted mean
+    of an annotator's per-side reliabilities (those in ``length_control``)."""
+    rel = info["annotator_reliability"]
+    n_fit = np.bincount(fit_acode, minlength=len(fit_names))
+    n_side = len(fit_names) // max(len(names), 1)
+    by_side: dict[str, dict] = {}
+    collapsed: dict[str, float | None] = {}
+    for i, a in enumerate(names):
+        parts = {fit_names[i * n_side + j].rsplit("@", 1)[1]:
+                 (rel.get(fit_names[i * n_side + j]), int(n_fit[i * n_side + j]))
+                 for j in range(n_side)}
+        by_side[a] = {s: r for s, (r, c) in parts.items() if c}
+        got = [(r, c) for r, c in parts.values() if r is not None and c]
+        collapsed[a] = (sum(r * c for r, c in got) / sum(c for _, c in got)) if got else None
+    return {**info, "annotator_reliability": collapsed,
+            "length_control": {**length_info, "reliability_by_side": by_side}}
 
 
 def _judge_name(annotator: str) -> str:
