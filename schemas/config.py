@@ -168,12 +168,15 @@ class AggregateConfig(_Frozen):
     # the label's side, so a copied vote carries only the evidence it has
     label_correlation: Literal["off", "report", "split"] = "split"
     correlation_z: float = Field(4.0, gt=0)  # z-score of the excess agreement to flag
-    # length control: each annotator gets one confusion per length side of the pair (a
-    # longer / b longer by length_min_diff of the longer text, or similar), so answering
-    # "the longer one" is learnt as its bias and its votes count only beyond it (a
-    # length-debiased posterior; pipeline/aggregate/length.py, EM methods only). on: every
-    # annotator; tested: only those whose verdicts depend on the length side beyond the
-    # plain fit's posterior (|z| > length_z)
+    # length control: annotators get one confusion per length side of the pair (a longer
+    # / b longer by length_min_diff of the longer text, or similar), so answering "the
+    # longer one" is learnt as their bias and their votes count only beyond it (a
+    # length-debiased posterior; pipeline/aggregate/length.py, EM methods only).
+    # tested: only the annotators whose verdicts depend on the length side beyond the
+    # posterior (|z| > length_z, re-tested until stable): a length preference that differs
+    # from the panel's. on: every annotator, i.e. length is assumed to say nothing about
+    # quality (LC-AlpacaEval's assumption): a bias all annotators share is only removed
+    # this way, since from votes alone it looks exactly like "longer is better"
     length_control: Literal["off", "on", "tested"] = "tested"
     length_min_diff: float = Field(0.1, ge=0, lt=1)
     length_z: float = Field(4.0, gt=0)

@@ -104,6 +104,19 @@ def test_numbers_match_manifest_and_data(versions, which):
     assert lb["pairs"] == n and lb["equal_length"] == n - len(differ)
     if differ:
         assert lb["longer_wins"] == pytest.approx(sum(c > r for c, r in differ) / len(differ))
+    # chosen − rejected lengths after (the data) and before curation (the margins pairs)
+    assert lb["after"]["pairs"] == n and sum(lb["after"]["counts"]) == n
+    assert lb["after"]["chosen_longer_share"] == pytest.approx(
+        sum(c > r for c, r in zip(ch, rj)) / n)
+    before = lb["before"]
+    assert before is not None and sum(before["counts"]) == before["pairs"] >= n
+    # the per-annotator length GLM of the aggregate stage, for every annotator with a vote
+    if which == "example":
+        voted = {r["annotator"] for r in lb["annotators"]}
+        assert voted and voted <= set(manifest["stage_info"]["aggregate"]["annotators"])
+        for r in lb["annotators"]:
+            assert 0.0 <= r["longer_win_rate"] <= 1.0
+        assert lb["control"]["mode"] == "tested"
 
     den = manifest["stages"]["denoise"]
     flipped = int((data["decision"] == "flip").sum())
@@ -258,6 +271,14 @@ _CHECKER = """<script>
       if (drawn && p.id && cap && cap.textContent.trim()) { ok++; } else { bad.push(p.id || '?'); }
     });
     var h = document.documentElement;
+    var shown = [];  // sections drawn with a heading and content below it
+    document.querySelectorAll('section[id]').forEach(function (sec) {
+      var r = sec.getBoundingClientRect();
+      var head = sec.querySelector('h2');
+      if (r.height > 40 && head && head.textContent.trim() &&
+          sec.querySelectorAll('table, figure, p').length) { shown.push(sec.id); }
+    });
+    h.setAttribute('data-sections', shown.join(','));
     h.setAttribute('data-plots-total', String(plots.length));
     h.setAttribute('data-plots-ok', String(ok));
     h.setAttribute('data-plots-bad', bad.join(','));
@@ -306,12 +327,13 @@ def test_html_renders_in_headless_chromium(versions, tmp_path):
         pytest.skip("no Chromium found (shutil.which('chromium') is None): install it with "
                     "`apt-get install -y chromium` to run the rendering check")
     for which, want in (("fake", {"plot-stage-rows", "plot-scores", "plot-agreement",
-                                  "plot-position-consistency", "plot-length-bias", "plot-p-hat",
+                                  "plot-position-consistency", "plot-length-bias",
+                                  "plot-length-shift", "plot-p-hat",
                                   "plot-disagreement", "plot-margin", "plot-noise",
                                   "plot-similarity"}),
                         ("planted", {"plot-stage-rows", "plot-scores", "plot-agreement",
-                                     "plot-length-bias", "plot-p-hat", "plot-disagreement",
-                                     "plot-margin", "plot-noise"})):
+                                     "plot-length-bias", "plot-length-shift", "plot-p-hat",
+                                     "plot-disagreement", "plot-margin", "plot-noise"})):
         out = rp.write_report(versions[which], tmp_path / f"{which}.html")
         html = out.read_text(encoding="utf-8")
         assert set(re.findall(r'<img class="plot" id="([^"]+)"', html)) == want
@@ -320,6 +342,8 @@ def test_html_renders_in_headless_chromium(versions, tmp_path):
         assert attrs["data-errors"] == "0", attrs.get("data-error-text")
         assert attrs["data-plots-total"] == str(len(want))
         assert attrs["data-plots-ok"] == str(len(want)), attrs["data-plots-bad"]
+        # every section is drawn, the Hygiene and Length ones included
+        assert attrs["data-sections"].split(",") == [k for k, _ in rp.SECTIONS], attrs
         console_errors = [ln for ln in stderr.splitlines()
                           if "CONSOLE" in ln and re.search(r"Uncaught|Error", ln)]
         assert console_errors == []

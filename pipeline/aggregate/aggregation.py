@@ -198,21 +198,23 @@ def aggregate_votes(votes: pa.Table | pl.DataFrame, *,
             split: list[int] | None = None  # None: every annotator but verifiers
             flags: dict[str, float] = {}
             if length_control == "tested":
-                # flag, refit with the flagged split, test the others against the less
-                # biased posterior, until no annotator is added (a shared bias hides in
-                # the first posterior: the strongest are found first)
+                # flag against the current posterior, refit with the flagged split, and
+                # again until the set is stable: a bias the annotators share hides in the
+                # first posterior (only the strongest show, and an unbiased annotator
+                # looks biased the other way), and shows once they are split
                 post, em_info = fit(acode, names)
                 split = []
                 for _ in range(MAX_LENGTH_ROUNDS):
                     z = length.length_flags(post, code, acode, v.vcode, v.valid & ~v.soft,
                                             lside, len(names))
-                    new = [i for i in np.flatnonzero(np.abs(z) > length_z)
-                           if i not in split and not names[i].startswith("verifier:")]
-                    if not new:
+                    now = [int(i) for i in np.flatnonzero(np.abs(z) > length_z)
+                           if not names[i].startswith("verifier:")]
+                    if now == split:
                         break
-                    flags.update({names[i]: float(z[i]) for i in new})
-                    split += new
-                    fit_acode, fit_names = _length_codes(acode, names, lside[code], split)
+                    split = now
+                    flags = {names[i]: float(z[i]) for i in split}
+                    fit_acode, fit_names = (_length_codes(acode, names, lside[code], split)
+                                            if split else (acode, names))
                     post, em_info = fit(fit_acode, fit_names)
             length_info = {"mode": length_control, "min_diff": length_min_diff,
                            "comparisons": {s_: int(c) for s_, c in zip(

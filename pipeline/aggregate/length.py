@@ -17,10 +17,13 @@ LLM judges and human raters prefer the longer answer. Three pieces:
   length control, Dawid–Skene gives every annotator one confusion matrix per side (a
   discretised covariate: P(verdict | truth, side)), so "says the longer one" is learnt as
   that annotator's bias on that side and a vote carries only the evidence beyond it: a
-  length-debiased posterior. Identifiable, like Dawid–Skene itself, when annotators err
-  independently given the truth (their length bias included); when length is also a real
-  sign of quality, the debiased posterior deliberately ignores it (length is then no
-  evidence at all, as in LC-AlpacaEval).
+  length-debiased posterior. ``on`` splits every annotator: length is then no evidence
+  at all (LC-AlpacaEval's assumption), which removes a bias the whole panel shares but
+  also discards length where it really is a sign of quality — from votes alone the two
+  cannot be told apart. ``tested`` splits only the annotators :func:`length_flags` finds
+  (a length preference beyond what the posterior explains, i.e. beyond the panel's):
+  identifiable, like Dawid–Skene itself, when annotators err independently given the
+  truth.
 - :func:`balance_drops` (``pairs.length_balance``): which pairs to drop so the share of
   pairs whose chosen is the longer one falls inside a target band, lowest weight first.
 

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ SECTIONS: list[tuple[str, str]] = [
     ("hygiene", "Hygiene: duplicates and contamination"),
     ("scores", "Score and reward distributions"),
     ("judges", "Judge agreement and position consistency"),
-    ("length_bias", "Length bias"),
+    ("length_bias", "Length: bias per annotator and chosen − rejected lengths"),
     ("distributions", "p_hat, disagreement and margin"),
     ("similarity", "Similarity of chosen vs rejected"),
     ("noise", "Estimated noise rate"),
@@ -510,14 +511,56 @@ def _section_judges(manifest: dict[str, Any], lin: _Lineage) -> dict[str, Any]:
             "note": "; ".join(notes) or None}
 
 
-def _section_length(data: pa.Table) -> dict[str, Any]:
+def _section_length(data: pa.Table, manifest: dict[str, Any] | None = None,
+                    lin: _Lineage | None = None) -> dict[str, Any]:
+    """Length bias: the published pairs' lengths, each annotator's length GLM (from the
+    aggregate stage's info), what length control and balancing did, and the chosen −
+    rejected length distribution before curation (the margins stage's pairs, in the
+    label's orientation) and after (the published pairs)."""
+    from pipeline.aggregate import length
+
     ch = [messages_text(m, ("assistant",)) or messages_text(m) for m in _col(data, "chosen")]
     rj = [messages_text(m, ("assistant",)) or messages_text(m) for m in _col(data, "rejected")]
     out = length_bias(zip(ch, rj))
     pts = [(len(c), len(r)) for c, r in zip(ch, rj)]
     step = max(1, math.ceil(len(pts) / MAX_POINTS))
     out["points"] = [list(p) for p in pts[::step]]
-    out["note"] = None if pts else "no published pairs"
+    info = (manifest or {}).get("stage_info") or {}
+    agg = next((info[k] for k in ("aggregate_gpm", "aggregate") if isinstance(info.get(k), dict)),
+               {})
+    eff = agg.get("length_effects") or {}
+    out["annotators"] = [{"annotator": a, **row} for a, row in
+                         (eff.get("annotators") or {}).items()]
+    out["annotators_left_out"] = eff.get("annotators_left_out", 0)
+    ctl = agg.get("length_control")
+    out["control"] = None if ctl is None else {
+        "mode": ctl.get("mode"), "min_diff": ctl.get("min_diff"),
+        "comparisons": ctl.get("comparisons"), "split": ctl.get("split") or {}}
+    out["balance"] = (info.get("pairs") or {}).get("length_balance") \
+        if isinstance(info.get("pairs"), dict) else None
+    out["after"] = length.length_shift(np.array([c for c, _ in pts], dtype=float),
+                                       np.array([r for _, r in pts], dtype=float))
+    out["before"] = None
+    if lin is not None:
+        mp = lin.table("margins", "pairs", ["chosen_id", "rejected_id"])
+        cands = next((t for st in ("generate", "ingest")
+                      if (t := lin.table(st, "candidates", ["candidate_id", "text"]))
+                      is not None), None)
+        if mp is not None and cands is not None:
+            lens = length.candidate_lengths(cands)
+            out["before"] = length.length_shift(
+                length.lookup(pl.Series(mp.column("chosen_id").to_pylist()), lens),
+                length.lookup(pl.Series(mp.column("rejected_id").to_pylist()), lens))
+    notes = []
+    if not pts:
+        notes.append("no published pairs")
+    if not out["annotators"]:
+        notes.append("no per-annotator length table (aggregate.length_control off, or "
+                     "no decisive vote on pairs of unequal length)")
+    if out["before"] is None:
+        notes.append("no before-curation distribution: the run's margins and candidates "
+                     "outputs are no longer on disk")
+    out["note"] = "; ".join(notes) or None
     return out
 
 
@@ -701,7 +744,7 @@ def report_from_tables(manifest: dict[str, Any], data: pa.Table, dropped: pa.Tab
         "hygiene": _section_hygiene(manifest),
         "scores": _section_scores(data, lin),
         "judges": _section_judges(manifest, lin),
-        "length_bias": _section_length(data),
+        "length_bias": _section_length(data, manifest, lin),
         "distributions": _section_distributions(data),
         "similarity": _section_similarity(data, lin, manifest),
         "noise": _section_noise(manifest, data),
@@ -882,6 +925,25 @@ def _plot_length(rep: dict[str, Any]):
     return fig
 
 
+def _plot_length_shift(rep: dict[str, Any]):
+    lb = rep["length_bias"]
+    shown = [(n, d, c) for n, d, c in (("before curation", lb.get("before"), "#b0b7c3"),
+                                       ("published", lb.get("after"), "#2e6fba"))
+             if d and d["pairs"]]
+    if not shown:
+        return None
+    fig, ax = _fig()
+    for name, d, color in shown:
+        edges = np.array(d["edges"])
+        share = np.array(d["counts"], dtype=float) / max(d["pairs"], 1)
+        ax.step(edges[:-1], share, where="post", color=color, lw=1.6, label=name)
+    ax.axvline(0.0, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("(chosen − rejected) / (chosen + rejected) length")
+    ax.set_ylabel("share of pairs")
+    ax.legend(fontsize=8)
+    return fig
+
+
 def _plot_hist(get: Callable[[dict[str, Any]], Any], xlabel: str,
                color: str) -> Callable[[dict[str, Any]], Any]:
     """A histogram plot of the report's histogram ``get(rep)`` (None: no plot)."""
@@ -929,6 +991,8 @@ PLOTS: list[tuple[str, str, str, Callable[[dict[str, Any]], Any]]] = [
      "whose verdict is the same in both presentation orders.", _plot_position),
     ("length_bias", "plot-length-bias", "Chosen vs rejected response length; points above "
      "the diagonal are pairs where the longer response was chosen.", _plot_length),
+    ("length_bias", "plot-length-shift", "Normalised chosen − rejected length before "
+     "curation and in the published pairs.", _plot_length_shift),
     ("distributions", "plot-p-hat", "Histogram of p_hat, the estimated probability that "
      "chosen is preferred.", _dist_hist("p_hat", "#2e6fba")),
     ("distributions", "plot-disagreement", "Histogram of disagreement d = 1 − |2p̂ − 1|.",
@@ -1093,6 +1157,38 @@ def _section_html(key: str, rep: dict[str, Any]) -> str:
         p.append(_kv_table({k: s[k] for k in ("pairs", "equal_length", "chosen_longer",
                                               "rejected_longer", "mean_chosen_chars",
                                               "mean_rejected_chars")}))
+        shift = [(n, d) for n, d in (("before curation", s.get("before")),
+                                     ("published", s.get("after"))) if d]
+        if shift:
+            p.append("<h3>Chosen − rejected length</h3>")
+            p.append(_html_table(["pairs", "count", "chosen longer", "median chosen − "
+                                  "rejected (chars)"],
+                                 [[n, d["pairs"], d["chosen_longer_share"],
+                                   d["median_diff_chars"]] for n, d in shift]))
+        if s.get("annotators"):
+            p.append("<h3>Length effect per annotator</h3>")
+            p.append("<p>Logistic regression of each annotator's verdicts on the pair's "
+                     "posterior and tanh(length difference / sd) (LC-AlpacaEval's GLM): the "
+                     "length coefficient, and the longer-win rate with it set to 0.</p>")
+            cols = ["annotator", "votes", "longer_win_rate", "lc_longer_win_rate",
+                    "length_coef", "length_coef_se"]
+            p.append(_html_table(cols, [[r.get(c) for c in cols] for r in s["annotators"]],
+                                 text_cols=["annotator"]))
+            if s.get("annotators_left_out"):
+                p.append(_note(f"{s['annotators_left_out']} annotators with fewer votes "
+                               f"left out of the table"))
+        if s.get("control"):
+            c = s["control"]
+            p.append(_kv_table({"length control": c["mode"],
+                                "pairs by length side": c["comparisons"],
+                                "annotators given one confusion per side":
+                                    ", ".join(c["split"]) or "none"}))
+        if s.get("balance"):
+            b = s["balance"]
+            p.append(_kv_table({"length balance band": b["band"],
+                                "chosen longer before": b["chosen_longer_before"],
+                                "chosen longer after": b["chosen_longer_after"],
+                                "dropped (length_balance)": b["dropped"]}))
         p.append(_note(s["note"]))
     elif key == "distributions":
         p.append(_stats_table({c: v["stats"] for c, v in s.items()}))
@@ -1291,6 +1387,27 @@ def render_terminal(report: dict[str, Any], console: Any) -> None:
     console.print(kv(None, {k: lb[k] for k in (
         "longer_wins", "pairs", "equal_length", "chosen_longer", "rejected_longer",
         "mean_chosen_chars", "mean_rejected_chars")}))
+    shift = [(n, d) for n, d in (("before curation", lb.get("before")),
+                                 ("published", lb.get("after"))) if d]
+    if shift:
+        console.print(table("chosen − rejected length", ["pairs", "count", "chosen longer",
+                                                         "median diff (chars)"],
+                            [[n, d["pairs"], d["chosen_longer_share"], d["median_diff_chars"]]
+                             for n, d in shift]))
+    if lb.get("annotators"):
+        cols = ["annotator", "votes", "longer_win_rate", "lc_longer_win_rate", "length_coef"]
+        console.print(table("length effect per annotator (GLM)", cols,
+                            [[r.get(c) for c in cols] for r in lb["annotators"]]))
+    if lb.get("control"):
+        console.print(kv(None, {"length control": lb["control"]["mode"],
+                                "split": ", ".join(lb["control"]["split"]) or "none"}))
+    if lb.get("balance"):
+        b = lb["balance"]
+        console.print(kv(None, {"length balance": b["band"],
+                                "chosen longer before → after":
+                                    f"{_fmt(b['chosen_longer_before'])} → "
+                                    f"{_fmt(b['chosen_longer_after'])}",
+                                "dropped": b["dropped"]}))
     note(lb["note"])
 
     console.rule(Text(heads["distributions"]))
