@@ -174,3 +174,36 @@ def test_config_names_and_checks():
         PairsConfig(length_balance=(0.7, 0.3))
     with pytest.raises(ValueError):
         PairsConfig(length_balance=(0.2, 1.5))
+
+
+def test_flow_balances_lengths_and_reports_them(tmp_path):
+    """The pairs example through the real flow with a band it is outside of: the excess
+    pairs are in dropped.parquet with reason length_balance, the rows add up, and the
+    published share is inside the band."""
+    import json
+    from pathlib import Path
+
+    from flows.curate import curate
+    from pipeline.store import datasets as store
+
+    examples = Path(__file__).resolve().parents[1] / "data" / "examples"
+    cfg = load_config(examples / "pairs_votes.yaml",
+                      [f"data_root={tmp_path}", f"input.path={examples / 'pairs_votes.jsonl'}",
+                       "pairs.length_balance=[0.0,0.4]"])
+    vpath = Path(curate(cfg.model_dump(mode="json"))["path"])
+    manifest = store.read_manifest(vpath)
+    info = manifest["stage_info"]["pairs"]["length_balance"]
+    assert info["chosen_longer_before"] > 0.4 >= info["chosen_longer_after"]
+    dropped = pl.read_parquet(vpath / "dropped.parquet")
+    bal = dropped.filter(pl.col("reason") == "length_balance")
+    assert bal.height == info["dropped"] > 0
+    assert set(bal["stage"].to_list()) == {"pairs"}
+    st = manifest["stages"]["pairs"]
+    assert st["in"] == st["kept"] + sum(st["dropped"].values()) + sum(
+        st["quarantined"].values())
+    data = pl.read_parquet(vpath / "data.parquet")
+    text = lambda m: "".join(x["content"] for x in m if x["role"] == "assistant")  # noqa: E731
+    longer = [len(text(c)) > len(text(r)) for c, r in
+              zip(data["chosen"].to_list(), data["rejected"].to_list())]
+    assert sum(longer) / len(longer) <= 0.4
+    assert json.loads(json.dumps(manifest["stage_info"]["aggregate"]["length_control"]))
