@@ -45,7 +45,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.annotate.judging import _render_conversation
+from pipeline import conversation
 from pipeline.engines.embedded import EMBEDDED_PREFIX, default_cache_dir, minilm_path
 from pipeline.hashing import stable_hash, tree_hash
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table
@@ -335,7 +335,7 @@ def compute_embeddings(prompts: pa.Table, candidates: pa.Table, cfg: EmbeddingCo
         return holder[0]
 
     p_ids = prompts.column("prompt_id").to_pylist()
-    p_texts = [_render_conversation(m) for m in prompts.column("prompt").to_pylist()]
+    p_texts = [conversation.render(m) for m in prompts.column("prompt").to_pylist()]
     c_ids, c_texts, drops = [], [], []
     for r in candidates.select(["source_id", "candidate_id", "text"]).to_pylist():
         if r["text"] is None or not r["text"].strip():

@@ -28,8 +28,11 @@ LLM judges and human raters prefer the longer answer. Three pieces:
   pairs whose chosen is the longer one falls inside a target band, lowest weight first.
 
 >>> import numpy as np
+>>> import polars as pl
 >>> length_sides(np.array([100, 100, 100, np.nan]), np.array([50, 95, 200, 10]), 0.1).tolist()
 [1, 0, 2, 0]
+>>> lookup(pl.Series([], dtype=pl.Null), pl.DataFrame({"candidate_id": ["x"], "length": [1.0]}))
+array([], dtype=float64)
 >>> balance_drops(np.array([True, True, True, False]), np.array([0.9, 0.2, 0.5, 1.0]),
 ...               (0.0, 0.5)).tolist()
 [1, 2]
@@ -62,8 +65,9 @@ def lookup(ids: pl.Series, lengths: pl.DataFrame | None) -> np.ndarray:
     """The length of each id in ``ids`` (NaN where unknown), in order."""
     if lengths is None:
         return np.full(ids.len(), np.nan)
-    out = pl.DataFrame({"candidate_id": ids}).join(lengths, on="candidate_id", how="left",
-                                                   maintain_order="left")
+    out = pl.DataFrame({"candidate_id": ids.cast(pl.Utf8)}).join(
+        lengths.with_columns(pl.col("candidate_id").cast(pl.Utf8)), on="candidate_id",
+        how="left", maintain_order="left")
     return out["length"].fill_null(np.nan).to_numpy()
 
 

@@ -33,6 +33,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline import conversation
 from pipeline.engines.base import ChatRequest, Completion
 from pipeline.hashing import stable_hash
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table, quarantine_table
@@ -85,12 +86,6 @@ class JudgeRequest:
     request: ChatRequest
 
 
-def _render_conversation(messages: list[dict[str, str]]) -> str:
-    if len(messages) == 1 and messages[0]["role"] == "user":
-        return messages[0]["content"]
-    return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
-
-
 _FAKE_FENCE = re.compile(r"\[(\s*)(end\s+)?(request|response(\s+[ab])?)\b", re.IGNORECASE)
 
 
@@ -120,7 +115,7 @@ def format_pairwise(judge: JudgeSpec, prompt: list[dict[str, str]], first: str,
                     second: str) -> ChatRequest:
     """The judge request showing ``first`` as Response A and ``second`` as Response B."""
     nonce = stable_hash(prompt, first, second, length=10)
-    user = TEMPLATE_V1.format(nonce=nonce, request=_defang(_render_conversation(prompt), nonce),
+    user = TEMPLATE_V1.format(nonce=nonce, request=_defang(conversation.render(prompt), nonce),
                               response_a=_defang(first, nonce),
                               response_b=_defang(second, nonce))
     system = SYSTEM_V1 if not judge.persona else f"{SYSTEM_V1}\n{judge.persona}"

@@ -51,7 +51,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from pipeline.annotate.judging import _render_conversation
+from pipeline import conversation
 from pipeline.engines.base import Completion, RequestCache, shutdown_vllm, start_vllm
 from pipeline.hashing import stable_hash
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table, quarantine_table
@@ -125,7 +125,7 @@ def encode_conversation(tokenizer: Any, prompt: list[dict[str, str]], response: 
         if hasattr(ids, "keys"):
             ids = ids["input_ids"]
         return [int(i) for i in ids]
-    return [int(i) for i in tokenizer(_render_conversation(conv))["input_ids"]]
+    return [int(i) for i in tokenizer(conversation.render(conv))["input_ids"]]
 
 
 def build_reward_inputs(candidates: pa.Table, prompts: pa.Table, tokenizer: Any,

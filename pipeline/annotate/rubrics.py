@@ -38,7 +38,8 @@ from typing import Any, NamedTuple
 
 import pyarrow as pa
 
-from pipeline.annotate.judging import _defang, _render_conversation, annotator_base
+from pipeline import conversation
+from pipeline.annotate.judging import _defang, annotator_base
 from pipeline.engines.base import ChatRequest, Completion, fake_json
 from pipeline.hashing import stable_hash
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table, quarantine_table
@@ -156,7 +157,7 @@ def format_yesno(cfg: RubricConfig, prompt: list[dict[str, str]], response: str,
     """
     nonce = stable_hash(prompt, response, length=10)
     user = TEMPLATE_YESNO.format(nonce=nonce,
-                                 request=_defang(_render_conversation(prompt), nonce),
+                                 request=_defang(conversation.render(prompt), nonce),
                                  response=_defang(response, nonce))
     system = SYSTEM_YESNO if not cfg.persona else f"{SYSTEM_YESNO}\n{cfg.persona}"
     return ChatRequest(messages=(("system", system), ("user", user)), n=1,
@@ -209,7 +210,7 @@ def format_rubric(cfg: RubricConfig, prompt: list[dict[str, str]], response: str
     example_text = "{" + ", ".join(fields) + "}"
     user = TEMPLATE_V1.format(lo=cfg.min_score, hi=cfg.max_score, nonce=nonce,
                               aspect_lines="\n".join(lines),
-                              request=_defang(_render_conversation(prompt), nonce),
+                              request=_defang(conversation.render(prompt), nonce),
                               response=_defang(response, nonce), example=example_text)
     system = SYSTEM_V1 if not cfg.persona else f"{SYSTEM_V1}\n{cfg.persona}"
     schema = rubric_schema(cfg.aspects, cfg.min_score, cfg.max_score,

@@ -40,7 +40,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.hygiene.dedup import normalise_text, prompt_text
+from pipeline import conversation
+from pipeline.hygiene.dedup import normalise_text
 from pipeline.hygiene.filtering import drop_prompts
 from pipeline.ingest.stage import mtbench_file, package_data_file
 from pipeline.stage import Reason
@@ -175,7 +176,7 @@ def decontaminate(prompts: pa.Table, candidates: pa.Table | None = None,
     examples = []
     for pid, messages in zip(prompts.column("prompt_id").to_pylist(),
                              prompts.column("prompt").to_pylist()):
-        m = match(prompt_text(messages), index, ngram)
+        m = match(conversation.contents(messages), index, ngram)
         if m is None:
             continue
         bench, item, count, gram = m

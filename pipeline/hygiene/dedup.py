@@ -42,6 +42,7 @@ import unicodedata
 
 import pyarrow as pa
 
+from pipeline import conversation
 from pipeline.hygiene.filtering import drop_prompts
 from pipeline.stage import Reason, StageResult
 
@@ -72,11 +73,6 @@ def shingles(text: str, n: int) -> set[str]:
     if len(words) <= n:
         return {" ".join(words)}
     return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
-
-
-def prompt_text(messages: list[dict[str, str]]) -> str:
-    """Every message's content, in order (roles left out)."""
-    return "\n".join(m["content"] for m in messages)
 
 
 def find_duplicates(texts: list[str], *, threshold: float = 0.7, ngram: int = 3,
@@ -139,7 +135,7 @@ def dedup_prompts(prompts: pa.Table, candidates: pa.Table | None = None,
     without the prompts that repeat an earlier one, and without their pairs."""
     pids = prompts.column("prompt_id").to_pylist()
     psids = prompts.column("source_id").to_pylist()
-    texts = [prompt_text(m) for m in prompts.column("prompt").to_pylist()]
+    texts = [conversation.contents(m) for m in prompts.column("prompt").to_pylist()]
     dups = find_duplicates(texts, threshold=threshold, ngram=ngram, num_perm=num_perm,
                            near=near, min_words=min_words)
     dropped_pids = {pids[i]: (reason, j, sim) for i, (reason, j, sim) in dups.items()}

@@ -48,6 +48,9 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from pipeline import conversation
+from pipeline.annotate.judge_stats import cohen_kappa
+
 log = logging.getLogger(__name__)
 
 REPORT_VERSION = 1
@@ -115,26 +118,6 @@ def histogram(values: Iterable[Any], bins: int = 20,
     return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
 
 
-def cohen_kappa(x: list[str], y: list[str]) -> float | None:
-    """Cohen's κ of two aligned label lists (None when undefined: no items, or chance = 1
-    with disagreement).
-
-    >>> cohen_kappa(["a", "b", "a", "b"], ["a", "b", "a", "b"])
-    1.0
-    >>> cohen_kappa(["a", "a", "b", "b"], ["a", "b", "a", "b"])
-    0.0
-    """
-    n = len(x)
-    if n == 0 or n != len(y):
-        return None
-    po = sum(a == b for a, b in zip(x, y)) / n
-    cx, cy = Counter(x), Counter(y)
-    pe = sum(cx[k] * cy[k] for k in set(cx) | set(cy)) / (n * n)
-    if pe >= 1.0:
-        return 1.0 if po == 1.0 else None
-    return (po - pe) / (1.0 - pe)
-
-
 def length_bias(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
     """Win rate of the longer response over ``(chosen_text, rejected_text)`` pairs.
 
@@ -154,29 +137,6 @@ def length_bias(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- text helpers
-
-
-def messages_text(messages: Any, roles: tuple[str, ...] | None = None) -> str:
-    """Plain text of a conversational value (list of {role, content}) or of a string."""
-    if messages is None:
-        return ""
-    if isinstance(messages, str):
-        return messages
-    parts = []
-    for m in messages:
-        if isinstance(m, dict):
-            if roles is None or m.get("role") in roles:
-                parts.append(str(m.get("content") or ""))
-        else:
-            parts.append(str(m))
-    return "\n".join(parts)
-
-
-def _prompt_text(messages: Any) -> str:
-    if messages is None or isinstance(messages, str):
-        return messages or ""
-    return " / ".join(f"{m.get('role')}: {m.get('content')}" for m in messages
-                      if isinstance(m, dict))
 
 
 def truncate(text: Any, limit: int = TEXT_LIMIT) -> str:
@@ -519,8 +479,11 @@ def _section_length(data: pa.Table, manifest: dict[str, Any] | None = None,
     label's orientation) and after (the published pairs)."""
     from pipeline.aggregate import length
 
-    ch = [messages_text(m, ("assistant",)) or messages_text(m) for m in _col(data, "chosen")]
-    rj = [messages_text(m, ("assistant",)) or messages_text(m) for m in _col(data, "rejected")]
+    def response(m: Any) -> str:  # the assistant side of a published response
+        return conversation.contents(m, ("assistant",)) or conversation.contents(m)
+
+    ch = [response(m) for m in _col(data, "chosen")]
+    rj = [response(m) for m in _col(data, "rejected")]
     out = length_bias(zip(ch, rj))
     pts = [(len(c), len(r)) for c, r in zip(ch, rj)]
     step = max(1, math.ceil(len(pts) / MAX_POINTS))
@@ -660,9 +623,9 @@ def _section_examples(data: pa.Table, dropped: pa.Table, quarantine: pa.Table, l
     flip = data.take(pa.array(idx, type=pa.int64())).to_pylist() if idx.size else []
     flipped = [{
         "source_id": r.get("source_id"), "pair_id": r.get("pair_id"),
-        "prompt": truncate(_prompt_text(r.get("prompt"))),
-        "chosen": truncate(messages_text(r.get("chosen"))),
-        "rejected": truncate(messages_text(r.get("rejected"))),
+        "prompt": truncate(conversation.render(r.get("prompt"))),
+        "chosen": truncate(conversation.contents(r.get("chosen"))),
+        "rejected": truncate(conversation.contents(r.get("rejected"))),
         "p_hat": _num(r.get("p_hat")), "margin": _num(r.get("margin")),
         "label_status": r.get("label_status"),
         "reason": "the votes contradict the input's label: chosen and rejected exchanged",
@@ -676,7 +639,8 @@ def _section_examples(data: pa.Table, dropped: pa.Table, quarantine: pa.Table, l
         cand_prompt.update(zip(_col(t, "candidate_id"), _col(t, "prompt_id")))
     prompt_text: dict[str, str] = {}
     for t in lin.tables("prompts", ["prompt_id", "prompt"]):
-        prompt_text.update(zip(_col(t, "prompt_id"), map(_prompt_text, _col(t, "prompt"))))
+        prompt_text.update(zip(_col(t, "prompt_id"),
+                               map(conversation.render, _col(t, "prompt"))))
     pair_ids: dict[str, tuple[str, str, str]] = {}
     for t in lin.tables("pairs", ["pair_id", "prompt_id", "chosen_id", "rejected_id"]):
         for pid, prid, c, r in zip(_col(t, "pair_id"), _col(t, "prompt_id"),
