@@ -251,14 +251,13 @@ def run(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
 
 
 def _print_stages(stages: dict[str, Any]) -> None:
+    from pipeline.stage import STAGE_COLUMNS, stage_count_rows
+
     t = Table(title="rows per stage")
-    for col in ("stage", "in", "kept", "dropped", "quarantined", "reused"):
+    for col in STAGE_COLUMNS:
         t.add_column(col)
-    for st, c in stages.items():
-        t.add_row(st, str(c["in"]), str(c["kept"]),
-                  ", ".join(f"{k}={v}" for k, v in c["dropped"].items()) or "0",
-                  ", ".join(f"{k}={v}" for k, v in c["quarantined"].items()) or "0",
-                  "yes" if c.get("reused") else "")
+    for row in stage_count_rows(stages):
+        t.add_row(*row)
     out.print(t)
 
 

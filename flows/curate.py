@@ -44,7 +44,7 @@ from pipeline.engines.base import (
 from pipeline.engines.embedded import default_cache_dir, resolve_model_path
 from pipeline.hashing import stable_hash, tree_hash
 from pipeline.ingest.stage import ingest_pairs, ingest_prompts
-from pipeline.stage import Reason, StageCounts, StageResult
+from pipeline.stage import Reason, StageCounts, StageResult, stage_count_rows
 from pipeline.store import datasets as store
 from pipeline.store.stages import StageOutput, StageStore
 from schemas.config import (
@@ -835,10 +835,7 @@ def _card(name: str, version_hint: str, cfg: RunConfig, stages: dict[str, Any],
              f"- pairs published: {n_rows}", "",
              "## Rows per stage", "", "| stage | in | kept | dropped | quarantined |",
              "|---|---|---|---|---|"]
-    for st, c in stages.items():
-        d = ", ".join(f"{k}={v}" for k, v in c["dropped"].items()) or "0"
-        q = ", ".join(f"{k}={v}" for k, v in c["quarantined"].items()) or "0"
-        lines.append(f"| {st} | {c['in']} | {c['kept']} | {d} | {q} |")
+    lines += ["| " + " | ".join(r[:5]) + " |" for r in stage_count_rows(stages)]
     lines += ["", "Load it with `datasets.load_from_disk('<this folder>/data')` or "
               "`polars.read_parquet('<this folder>/data.parquet')`.", ""]
     return "\n".join(lines)
@@ -916,10 +913,7 @@ def report_task(summary: dict[str, Any]) -> str:
              f"{'published' if summary['created'] else 'already published (identical run)'}: "
              f"`{summary['path']}` with {summary['rows']} pairs", "",
              "| stage | in | kept | dropped | quarantined | reused |", "|---|---|---|---|---|---|"]
-    for st, c in summary["stages"].items():
-        d = ", ".join(f"{k}={v}" for k, v in c["dropped"].items()) or "0"
-        q = ", ".join(f"{k}={v}" for k, v in c["quarantined"].items()) or "0"
-        lines.append(f"| {st} | {c['in']} | {c['kept']} | {d} | {q} | {c['reused']} |")
+    lines += ["| " + " | ".join(r) + " |" for r in stage_count_rows(summary["stages"])]
     if summary.get("report_html"):
         lines += ["", f"HTML quality report: `{summary['report_html']}`"]
     md = "\n".join(lines)

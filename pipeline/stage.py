@@ -150,3 +150,23 @@ def as_matrix(x: Any, name: str, stage: str, rows: int | None = None) -> Any:
 
 def count_reasons(table: pa.Table) -> dict[str, int]:
     return dict(Counter(table.column("reason").to_pylist()))
+
+
+STAGE_COLUMNS = ("stage", "in", "kept", "dropped", "quarantined", "reused")
+
+
+def stage_count_rows(stages: dict[str, dict]) -> list[list[str]]:
+    """The per-stage counts as text rows (:data:`STAGE_COLUMNS`): what the terminal, the
+    Prefect artifact and the dataset card print. Drops and quarantines as
+    ``reason=count`` lists ("0" when none).
+
+    >>> stage_count_rows({"ingest": {"in": 3, "kept": 2, "dropped": {"limit": 1},
+    ...                              "quarantined": {}, "reused": True}})
+    [['ingest', '3', '2', 'limit=1', '0', 'yes']]
+    """
+    def reasons(d: dict) -> str:
+        return ", ".join(f"{k}={v}" for k, v in (d or {}).items()) or "0"
+
+    return [[st, str(c["in"]), str(c["kept"]), reasons(c.get("dropped")),
+             reasons(c.get("quarantined")), "yes" if c.get("reused") else ""]
+            for st, c in stages.items()]
