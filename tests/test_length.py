@@ -88,8 +88,10 @@ def test_length_control_on_needs_lengths_and_ignores_verifiers():
                                      enumerate(votes.column("annotator").to_pylist())]))
     on = aggregate_votes(ver, method="dawid_skene", length_control="on", lengths=_lengths(sim))
     by_side = on.info["length_control"]["reliability_by_side"]
-    assert set(by_side["verifier:answer"]) == {"similar"}
-    assert any(len(v) > 1 for a, v in by_side.items() if a != "verifier:answer")
+    assert "verifier:answer" not in by_side  # one confusion, under its own name
+    assert set(by_side) == set(on.info["annotator_reliability"]) - {"verifier:answer"}
+    assert all(set(v) <= set(length.SIDES) for v in by_side.values())
+    assert sum(len(v) > 1 for v in by_side.values()) > len(by_side) // 2
 
 
 def _votes(rows: list[tuple[str, str, str, str]]) -> pa.Table:

@@ -280,7 +280,8 @@ def _length_codes(acode: np.ndarray, names: list[str], vote_side: np.ndarray,
                   split: list[int] | None) -> tuple[np.ndarray, list[str]]:
     """Virtual annotators ``name@<side>`` (the sides of :mod:`pipeline.aggregate.length`):
     each annotator in ``split`` (None: every one but verifiers) gets one per side, the
-    others keep one (``@similar``)."""
+    others keep one under their own name (so reports of the fit, e.g. the label-correlated
+    annotators, name them as given)."""
     from pipeline.aggregate import length
 
     n_side = len(length.SIDES)
@@ -289,23 +290,28 @@ def _length_codes(acode: np.ndarray, names: list[str], vote_side: np.ndarray,
     on = np.zeros(len(names), dtype=bool)
     on[split] = True
     fit_acode = acode.astype(np.int32) * n_side + np.where(on[acode], vote_side, 0)
-    return fit_acode.astype(np.int32), [f"{a}@{s}" for a in names for s in length.SIDES]
+    fit_names = [f"{a}@{s}" if on[i] or j else a
+                 for i, a in enumerate(names) for j, s in enumerate(length.SIDES)]
+    return fit_acode.astype(np.int32), fit_names
 
 
 def _collapse_length(info: dict, fit_acode: np.ndarray, fit_names: list[str],
                      acode: np.ndarray, names: list[str], length_info: dict) -> dict:
     """The fit's info in the real annotators' names: reliability = the vote-weighted mean
-    of an annotator's per-side reliabilities (those in ``length_control``)."""
+    of an annotator's per-side reliabilities (those of the split annotators in
+    ``length_control.reliability_by_side``)."""
     rel = info["annotator_reliability"]
     n_fit = np.bincount(fit_acode, minlength=len(fit_names))
     n_side = len(fit_names) // max(len(names), 1)
     by_side: dict[str, dict] = {}
     collapsed: dict[str, float | None] = {}
+    from pipeline.aggregate.length import SIDES
+
     for i, a in enumerate(names):
-        parts = {fit_names[i * n_side + j].rsplit("@", 1)[1]:
-                 (rel.get(fit_names[i * n_side + j]), int(n_fit[i * n_side + j]))
-                 for j in range(n_side)}
-        by_side[a] = {s: r for s, (r, c) in parts.items() if c}
+        parts = {side: (rel.get(fit_names[i * n_side + j]), int(n_fit[i * n_side + j]))
+                 for j, side in enumerate(SIDES)}
+        if fit_names[i * n_side] != a:  # a split annotator
+            by_side[a] = {s: r for s, (r, c) in parts.items() if c}
         got = [(r, c) for r, c in parts.values() if r is not None and c]
         collapsed[a] = (sum(r * c for r, c in got) / sum(c for _, c in got)) if got else None
     return {**info, "annotator_reliability": collapsed,
