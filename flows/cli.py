@@ -290,9 +290,9 @@ def judges_qualify(config: Optional[Path] = typer.Option(None, "--config", "-c",
     if as_json:
         print(json.dumps(q, indent=2, default=str))
         return
-    from pipeline.report.build import _qualification_table
+    from pipeline.report.judges import qualification_table
 
-    t = _qualification_table("judges", q)
+    t = qualification_table("judges", q)
     if t is None:
         err.print(f"no judge verdict on a gold pair ({q['gold_pairs']} gold pairs): give "
                   f"prompts with answer / tests / constraints, or --gold FILE")

@@ -17,6 +17,7 @@ from rich.console import Console
 
 from flows.curate import curate
 from pipeline.report import build as rp
+from pipeline.report import html as rh
 from pipeline.store import datasets as store
 from schemas.config import load_config
 
@@ -196,12 +197,12 @@ def test_judge_stats_rendered_whatever_their_shape(versions):
                                 quar.slice(0, 0))
     html = rp.render_html(rep)  # empty version: every section still renders
     for _, heading in rp.SECTIONS:
-        assert rp._e(heading) in html
+        assert rh._e(heading) in html
 
 
 def _check_html(html: str) -> None:
     for _, heading in rp.SECTIONS:
-        assert f"<h2>{rp._e(heading)}</h2>" in html
+        assert f"<h2>{rh._e(heading)}</h2>" in html
     # self-contained: no external resource of any kind
     assert not re.search(r"""(?:src|href|srcset|action|poster)\s*=\s*["']?\s*(?:https?:)?//""",
                          html, re.I)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.hashing import stable_hash
-from pipeline.report.build import _finite, _num
+from pipeline.report.common import finite, num
 from pipeline.store import datasets as store
 
 MAX_IDS = 20  # pair ids listed per category
@@ -58,13 +58,13 @@ def pair_key(row: dict[str, Any]) -> tuple[str, str, str]:
 
 
 def _dist(values: list[Any]) -> dict[str, Any]:
-    arr = _finite(values)
+    arr = finite(values)
     out: dict[str, Any] = {"n": int(arr.size)}
     if arr.size == 0:
         out.update(mean=None, std=None, median=None, quantiles={str(q): None for q in QUANTILES})
         return out
-    out.update(mean=_num(arr.mean()), std=_num(arr.std()), median=_num(np.median(arr)),
-               quantiles={str(q): _num(v) for q, v in zip(QUANTILES, np.quantile(arr, QUANTILES))})
+    out.update(mean=num(arr.mean()), std=num(arr.std()), median=num(np.median(arr)),
+               quantiles={str(q): num(v) for q, v in zip(QUANTILES, np.quantile(arr, QUANTILES))})
     return out
 
 
@@ -72,20 +72,20 @@ def _shift(a: list[Any], b: list[Any]) -> dict[str, Any]:
     da, db = _dist(a), _dist(b)
 
     def sub(x: Any, y: Any) -> float | None:
-        return None if x is None or y is None else _num(y - x)
+        return None if x is None or y is None else num(y - x)
 
     out = {"a": da, "b": db, "delta_mean": sub(da["mean"], db["mean"]),
            "delta_median": sub(da["median"], db["median"]),
            "delta_quantiles": {q: sub(da["quantiles"][q], db["quantiles"][q])
                                for q in da["quantiles"]},
            "ks_statistic": None, "ks_pvalue": None}
-    xa, xb = _finite(a), _finite(b)
+    xa, xb = finite(a), finite(b)
     if xa.size and xb.size:
         from scipy.stats import ks_2samp
 
         res = ks_2samp(xa, xb)
-        out["ks_statistic"] = _num(res.statistic)
-        out["ks_pvalue"] = _num(res.pvalue)
+        out["ks_statistic"] = num(res.statistic)
+        out["ks_pvalue"] = num(res.pvalue)
     return out
 
 

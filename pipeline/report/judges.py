@@ -1,0 +1,157 @@
+"""The report's judge section: agreement matrix, judge statistics, qualification."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.annotate.judge_stats import cohen_kappa
+from pipeline.report.common import MAX_ANNOTATORS, Lineage, column_values, num, tabulate
+
+log = logging.getLogger(__name__)
+
+def _agreement(votes: list[pa.Table]) -> dict[str, Any] | None:
+    """Pairwise agreement and Cohen's κ between annotators on the comparisons both judged."""
+    per: dict[str, dict[tuple, str]] = defaultdict(dict)
+    for t in votes:
+        cols = [column_values(t, c) for c in ("annotator", "source_id", "candidate_a",
+                                              "candidate_b", "verdict")]
+        for ann, sid, a, b, v in zip(*cols):
+            if v is not None:
+                per[ann].setdefault((sid, a, b), v)
+    anns = sorted(per, key=lambda a: (-len(per[a]), a))[:MAX_ANNOTATORS]
+    if len(anns) < 2:
+        return None
+    k = len(anns)
+    agree = [[None] * k for _ in range(k)]
+    kappa = [[None] * k for _ in range(k)]
+    n = [[0] * k for _ in range(k)]
+    for i, x in enumerate(anns):
+        for j, y in enumerate(anns):
+            common = sorted(set(per[x]) & set(per[y]))
+            n[i][j] = len(common)
+            if common:
+                lx = [per[x][c] for c in common]
+                ly = [per[y][c] for c in common]
+                agree[i][j] = num(sum(a == b for a, b in zip(lx, ly)) / len(common))
+                kappa[i][j] = num(cohen_kappa(lx, ly))
+    return {"annotators": anns, "agreement": agree, "kappa": kappa, "n": n,
+            "votes": {a: len(per[a]) for a in anns}}
+
+
+# stage_info keys shown in the judge section (any stage), besides keys starting "judge"
+_JUDGE_KEYS = {"judge_stats", "position_consistency", "agreement", "kappa", "cohen_kappa",
+               "alpha", "krippendorff_alpha", "length_bias", "position_bias"}
+
+
+def _judge_stats_tables(stage: str, js: dict[str, Any]) -> list[dict[str, Any]]:
+    """The judge stage's statistics as two tables a person reads (the raw numbers stay
+    in the manifest): per judge, and per annotator (judge × order)."""
+    def r(v: Any) -> Any:
+        return round(float(v), 3) if isinstance(v, (int, float)) and not isinstance(v, bool) \
+            else v
+
+    out = []
+    judges = js.get("judges") or {}
+    if isinstance(judges, dict) and judges:
+        out.append({"title": f"{stage}: judges (Krippendorff's α over all annotators "
+                             f"{r(js.get('krippendorff_alpha'))}, {js.get('n_pairs')} pairs)",
+                    "columns": ["judge", "pairs in both orders", "position consistency",
+                                "first position wins", "κ ab vs ba", "mean κ vs others"],
+                    "rows": [[n, d.get("position_pairs"), r(d.get("position_consistency")),
+                              r(d.get("first_position_win_rate")), r(d.get("kappa_ab_ba")),
+                              r(d.get("mean_kappa_vs_other_judges"))]
+                             for n, d in judges.items() if isinstance(d, dict)]})
+    anns = js.get("annotators") or {}
+    if isinstance(anns, dict) and anns:
+        rows = []
+        for n, d in anns.items():
+            if not isinstance(d, dict):
+                continue
+            v = d.get("verdicts") or {}
+            rows.append([n, d.get("votes"), f"{v.get('a', 0)} / {v.get('b', 0)} / "
+                         f"{v.get('tie', 0)}", r(d.get("tie_rate")),
+                         r(d.get("parse_failure_rate")), r(d.get("longer_win_rate")),
+                         r(d.get("majority_agreement"))])
+        out.append({"title": f"{stage}: annotators (judge × order)",
+                    "columns": ["annotator", "votes", "a / b / tie", "tie rate",
+                                "parse failures", "longer wins", "agrees with majority"],
+                    "rows": rows})
+    return out
+
+
+def qualification_table(stage: str, q: dict[str, Any]) -> dict[str, Any] | None:
+    """The judge-qualification info (pipeline/annotate/qualify.py) as a readable table."""
+    judges = q.get("judges") or {}
+    if not isinstance(judges, dict) or not judges:
+        return None
+
+    def pct(v: Any) -> Any:
+        return None if not isinstance(v, (int, float)) else round(100 * float(v), 1)
+
+    rows = []
+    for name, r in judges.items():
+        if not isinstance(r, dict):
+            continue
+        ci = r.get("accuracy_ci")
+        ci_s = f"{pct(ci[0])}–{pct(ci[1])}" if isinstance(ci, list) and len(ci) == 2 else None
+        rows.append([name, r.get("pairs"), pct(r.get("accuracy")), ci_s,
+                     pct(r.get("soft_accuracy")), pct(r.get("position_flip_rate")),
+                     pct(r.get("tie_rate")), pct(r.get("panel_agreement"))])
+    src = ", ".join(str(x) for x in q.get("gold_sources") or []) or "gold"
+    return {"title": f"{stage}: judge qualification on {q.get('gold_pairs')} pairs decided "
+                     f"by {src} (%)",
+            "columns": ["judge", "gold pairs", "accuracy", "95% CI", "accuracy from logits",
+                        "position flips", "ties", "agrees with panel"], "rows": rows}
+
+
+def section_judges(manifest: dict[str, Any], lin: Lineage) -> dict[str, Any]:
+    info = manifest.get("stage_info") or {}
+    tables = []
+    pc = None
+    warnings: list[str] = []
+    for stage, d in info.items():
+        if not isinstance(d, dict):
+            continue
+        for key, val in d.items():
+            if key == "position_consistency" and isinstance(val, dict) and val:
+                pc = val
+            if key == "judge_stats" and isinstance(val, dict) and "judges" in val:
+                tables += _judge_stats_tables(stage, val)
+                continue
+            if key == "judge_qualification" and isinstance(val, dict):
+                t = qualification_table(stage, val)
+                if t:
+                    tables.insert(0, t)
+                warnings += [str(w) for w in val.get("warnings") or []]
+                continue
+            if key in _JUDGE_KEYS or key.startswith("judge"):
+                t = tabulate(f"{stage}: {key}", val)
+                if t:
+                    tables.append(t)
+        if stage == "aggregate" and isinstance(d.get("annotators"), dict):
+            t = tabulate("aggregate: votes per annotator", d["annotators"])
+            if t:
+                tables.append(t)
+    if isinstance(manifest.get("judge_stats"), dict):
+        t = tabulate("judge_stats", manifest["judge_stats"])
+        if t:
+            tables.append(t)
+    pcs = None
+    if pc:
+        pcs = {k: num(v.get("consistency")) if isinstance(v, dict) else num(v)
+               if isinstance(v, (int, float)) else None for k, v in pc.items()}
+    agreement = _agreement(lin.tables("votes", ["annotator", "source_id", "candidate_a",
+                                                "candidate_b", "verdict"]))
+    notes = [f"warning: {w}" for w in warnings]
+    if not pc:
+        notes.append("no position consistency in the manifest (no pairwise judge ran both "
+                     "orders)")
+    if agreement is None:
+        notes.append("no agreement matrix: fewer than two annotators with votes, or the run's "
+                     "stage outputs are no longer on disk")
+    return {"position_consistency": pcs, "tables": tables, "agreement": agreement,
+            "note": "; ".join(notes) or None}
