@@ -209,3 +209,19 @@ def test_flow_balances_lengths_and_reports_them(tmp_path):
               zip(data["chosen"].to_list(), data["rejected"].to_list())]
     assert sum(longer) / len(longer) <= 0.4
     assert json.loads(json.dumps(manifest["stage_info"]["aggregate"]["length_control"]))
+
+
+def test_length_effects_of_a_judge_that_always_answers_a_is_not_a_number():
+    """SmolLM2 answers "A" in every call: its |ab votes are all a, its |ba all b. A GLM
+    fitted to a constant has no finite coefficient; the table says so instead of
+    printing a huge standard error."""
+    rows = [(f"a{i}", f"b{i}", "always-a", "a") for i in range(30)]
+    comps = [{"source_id": f"s{i}", "prompt_id": f"p{i}", "candidate_a": f"a{i}",
+              "candidate_b": f"b{i}", "p_a": 0.5} for i in range(30)]
+    lengths = pl.DataFrame({"candidate_id": [f"a{i}" for i in range(30)] +
+                            [f"b{i}" for i in range(30)],
+                            "length": [float(10 + i) for i in range(30)] + [20.0] * 30})
+    row = length.length_effects(_votes(rows), pa.Table.from_pylist(comps),
+                                lengths)["annotators"]["always-a"]
+    assert row["length_coef"] is None and row["note"] == "always says a"
+    assert 0.0 < row["longer_win_rate"] < 1.0

@@ -67,7 +67,6 @@ STAGE_VERSION = 5  # 5: length control; 4: class prior tested, reliabilities of 
 KEY = ["source_id", "prompt_id", "candidate_a", "candidate_b"]
 METHODS = ("auto", "majority", "dawid_skene", "one_coin")
 EM_METHODS = ("auto", "dawid_skene", "one_coin")
-MAX_LENGTH_ROUNDS = 5  # length_control tested: rounds of flag → refit
 MIN_EM_JUDGES = 3  # Dawid–Skene needs 3 conditionally independent annotators to identify
 LABELS = ("a", "b", "tie")  # label codes 0, 1, 2; classes are a (0) and b (1)
 _NEEDED = KEY + ["annotator", "order", "verdict", "prob_a"]
@@ -169,7 +168,7 @@ def aggregate_votes(votes: pa.Table | pl.DataFrame, *,
     label_row = first_rows(code, k, is_label & (v.is_a | v.is_b))
     with np.errstate(invalid="ignore", divide="ignore"):
         p_a = np.where(n_votes > 0, (n_a + 0.5 * n_tie) / np.maximum(n_votes, 1), np.nan)
-    fit_acode, fit_names, length_info = acode, names, None
+    fit_acode, fit_names = acode, names
     if length_control not in ("off", "on", "tested"):
         raise ValueError(f"unknown length_control {length_control!r}; use off, on or tested")
     if length_control == "on" and lengths is None:
@@ -195,40 +194,9 @@ def aggregate_votes(votes: pa.Table | pl.DataFrame, *,
             lside = length.length_sides(length.lookup(ends["candidate_a"], lengths),
                                         length.lookup(ends["candidate_b"], lengths),
                                         length_min_diff)
-            split: list[int] | None = None  # None: every annotator but verifiers
-            flags: dict[str, float] = {}
-            if length_control == "tested":
-                # flag against the current posterior, refit with the flagged split, and
-                # again until the set is stable: a bias the annotators share hides in the
-                # first posterior (only the strongest show, and an unbiased annotator
-                # looks biased the other way), and shows once they are split
-                post, em_info = fit(acode, names)
-                split = []
-                for _ in range(MAX_LENGTH_ROUNDS):
-                    z = length.length_flags(post, code, acode, v.vcode, v.valid & ~v.soft,
-                                            lside, len(names))
-                    now = [int(i) for i in np.flatnonzero(np.abs(z) > length_z)
-                           if not names[i].startswith("verifier:")]
-                    if now == split:
-                        break
-                    split = now
-                    flags = {names[i]: float(z[i]) for i in split}
-                    fit_acode, fit_names = (_length_codes(acode, names, lside[code], split)
-                                            if split else (acode, names))
-                    post, em_info = fit(fit_acode, fit_names)
-            length_info = {"mode": length_control, "min_diff": length_min_diff,
-                           "comparisons": {s_: int(c) for s_, c in zip(
-                               length.SIDES, np.bincount(lside, minlength=len(length.SIDES)))},
-                           "z_threshold": length_z, "split": flags}
-            if split is None:  # on: every annotator
-                fit_acode, fit_names = _length_codes(acode, names, lside[code], None)
-                post, em_info = fit(fit_acode, fit_names)
-            if split is None or split:
-                em_info = _collapse_length(em_info, fit_acode, fit_names, acode, names,
-                                           length_info)
-            else:
-                em_info = {**em_info, "length_control": {**length_info,
-                                                         "reliability_by_side": {}}}
+            post, em_info, fit_acode, fit_names = length.controlled_fit(
+                fit, lside, code, acode, names, v.vcode, v.valid & ~v.soft,
+                mode=length_control, min_diff=length_min_diff, z_threshold=length_z)
         p_a = np.where(n_votes > 0, post, np.nan)
     p_judges = np.full(k, np.nan)
     if judges_method is not None and judges_method == method and not is_label.any():
@@ -274,48 +242,6 @@ def aggregate_votes(votes: pa.Table | pl.DataFrame, *,
         info["length_effects"] = length.length_effects(df, comparisons, lengths)
     return StageResult(STAGE, {"comparisons": comparisons, "scores": scores}, counts,
                        dropped_table(STAGE, drops), info=info)
-
-
-def _length_codes(acode: np.ndarray, names: list[str], vote_side: np.ndarray,
-                  split: list[int] | None) -> tuple[np.ndarray, list[str]]:
-    """Virtual annotators ``name@<side>`` (the sides of :mod:`pipeline.aggregate.length`):
-    each annotator in ``split`` (None: every one but verifiers) gets one per side, the
-    others keep one under their own name (so reports of the fit, e.g. the label-correlated
-    annotators, name them as given)."""
-    from pipeline.aggregate import length
-
-    n_side = len(length.SIDES)
-    if split is None:
-        split = [i for i, a in enumerate(names) if not a.startswith("verifier:")]
-    on = np.zeros(len(names), dtype=bool)
-    on[split] = True
-    fit_acode = acode.astype(np.int32) * n_side + np.where(on[acode], vote_side, 0)
-    fit_names = [f"{a}@{s}" if on[i] or j else a
-                 for i, a in enumerate(names) for j, s in enumerate(length.SIDES)]
-    return fit_acode.astype(np.int32), fit_names
-
-
-def _collapse_length(info: dict, fit_acode: np.ndarray, fit_names: list[str],
-                     acode: np.ndarray, names: list[str], length_info: dict) -> dict:
-    """The fit's info in the real annotators' names: reliability = the vote-weighted mean
-    of an annotator's per-side reliabilities (those of the split annotators in
-    ``length_control.reliability_by_side``)."""
-    rel = info["annotator_reliability"]
-    n_fit = np.bincount(fit_acode, minlength=len(fit_names))
-    n_side = len(fit_names) // max(len(names), 1)
-    by_side: dict[str, dict] = {}
-    collapsed: dict[str, float | None] = {}
-    from pipeline.aggregate.length import SIDES
-
-    for i, a in enumerate(names):
-        parts = {side: (rel.get(fit_names[i * n_side + j]), int(n_fit[i * n_side + j]))
-                 for j, side in enumerate(SIDES)}
-        if fit_names[i * n_side] != a:  # a split annotator
-            by_side[a] = {s: r for s, (r, c) in parts.items() if c}
-        got = [(r, c) for r, c in parts.values() if r is not None and c]
-        collapsed[a] = (sum(r * c for r, c in got) / sum(c for _, c in got)) if got else None
-    return {**info, "annotator_reliability": collapsed,
-            "length_control": {**length_info, "reliability_by_side": by_side}}
 
 
 def _judge_name(annotator: str) -> str:

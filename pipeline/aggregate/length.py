@@ -41,7 +41,7 @@ array([], dtype=float64)
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import polars as pl
@@ -50,6 +50,7 @@ import pyarrow as pa
 STAGE_VERSION = 1
 SIDES = ("similar", "a_longer", "b_longer")  # side codes 0, 1, 2
 MIN_GLM_VOTES = 20  # fewer decisive votes on unequal pairs: no length coefficient
+MAX_ROUNDS = 5  # tested: rounds of flag → refit
 MAX_ANNOTATORS = 100  # annotators in the table (most votes first; the rest counted)
 HIST_EDGES = tuple(round(-1.0 + 0.1 * i, 1) for i in range(21))
 
@@ -118,6 +119,88 @@ def length_flags(post_a: np.ndarray, code: np.ndarray, acode: np.ndarray,
     return z
 
 
+def controlled_fit(fit: Callable[[np.ndarray, list[str]], tuple[np.ndarray, dict]],
+                   side: np.ndarray, code: np.ndarray, acode: np.ndarray, names: list[str],
+                   vcode: np.ndarray, decisive: np.ndarray, *, mode: str, min_diff: float,
+                   z_threshold: float) -> tuple[np.ndarray, dict, np.ndarray, list[str]]:
+    """The length-controlled EM (``mode`` ``on`` | ``tested``; module docstring): the
+    posterior, the fit's info with a ``length_control`` entry, and the annotator codes and
+    names it was fitted with. ``fit(acode, names)`` is the aggregation's EM; ``side`` is
+    per comparison, ``code`` / ``acode`` / ``vcode`` / ``decisive`` per vote.
+
+    ``tested`` flags against the current posterior, refits with the flagged split, and
+    tests again until the set is stable (at most :data:`MAX_ROUNDS` rounds): a bias
+    annotators share hides in the first posterior (only the strongest show, and an unbiased
+    annotator looks biased the other way) and shows once they are split."""
+    split: list[int] | None = None  # None: every annotator but verifiers
+    flags: dict[str, float] = {}
+    fit_acode, fit_names = acode, names
+    if mode == "tested":
+        post, info = fit(acode, names)
+        split = []
+        for _ in range(MAX_ROUNDS):
+            z = length_flags(post, code, acode, vcode, decisive, side, len(names))
+            now = [int(i) for i in np.flatnonzero(np.abs(z) > z_threshold)
+                   if not names[i].startswith("verifier:")]
+            if now == split:
+                break
+            split = now
+            flags = {names[i]: float(z[i]) for i in split}
+            fit_acode, fit_names = (virtual_annotators(acode, names, side[code], split)
+                                    if split else (acode, names))
+            post, info = fit(fit_acode, fit_names)
+    else:
+        fit_acode, fit_names = virtual_annotators(acode, names, side[code], None)
+        post, info = fit(fit_acode, fit_names)
+    block = {"mode": mode, "min_diff": min_diff,
+             "comparisons": {s: int(c) for s, c in
+                             zip(SIDES, np.bincount(side, minlength=len(SIDES)))},
+             "z_threshold": z_threshold, "split": flags}
+    if split is None or split:
+        info = collapse_info(info, fit_acode, fit_names, acode, names, block)
+    else:
+        info = {**info, "length_control": {**block, "reliability_by_side": {}}}
+    return post, info, fit_acode, fit_names
+
+
+def virtual_annotators(acode: np.ndarray, names: list[str], vote_side: np.ndarray,
+                  split: list[int] | None) -> tuple[np.ndarray, list[str]]:
+    """Virtual annotators ``name@<side>`` (the sides of :mod:`pipeline.aggregate.length`):
+    each annotator in ``split`` (None: every one but verifiers) gets one per side, the
+    others keep one under their own name (so reports of the fit, e.g. the label-correlated
+    annotators, name them as given)."""
+    n_side = len(SIDES)
+    if split is None:
+        split = [i for i, a in enumerate(names) if not a.startswith("verifier:")]
+    on = np.zeros(len(names), dtype=bool)
+    on[split] = True
+    fit_acode = acode.astype(np.int32) * n_side + np.where(on[acode], vote_side, 0)
+    fit_names = [f"{a}@{s}" if on[i] or j else a
+                 for i, a in enumerate(names) for j, s in enumerate(SIDES)]
+    return fit_acode.astype(np.int32), fit_names
+
+
+def collapse_info(info: dict, fit_acode: np.ndarray, fit_names: list[str],
+                     acode: np.ndarray, names: list[str], length_info: dict) -> dict:
+    """The fit's info in the real annotators' names: reliability = the vote-weighted mean
+    of an annotator's per-side reliabilities (those of the split annotators in
+    ``length_control.reliability_by_side``)."""
+    rel = info["annotator_reliability"]
+    n_fit = np.bincount(fit_acode, minlength=len(fit_names))
+    n_side = len(fit_names) // max(len(names), 1)
+    by_side: dict[str, dict] = {}
+    collapsed: dict[str, float | None] = {}
+    for i, a in enumerate(names):
+        parts = {side: (rel.get(fit_names[i * n_side + j]), int(n_fit[i * n_side + j]))
+                 for j, side in enumerate(SIDES)}
+        if fit_names[i * n_side] != a:  # a split annotator
+            by_side[a] = {s: r for s, (r, c) in parts.items() if c}
+        got = [(r, c) for r, c in parts.values() if r is not None and c]
+        collapsed[a] = (sum(r * c for r, c in got) / sum(c for _, c in got)) if got else None
+    return {**info, "annotator_reliability": collapsed,
+            "length_control": {**length_info, "reliability_by_side": by_side}}
+
+
 def _logit(p: np.ndarray, eps: float = 0.02) -> np.ndarray:
     p = np.clip(p, eps, 1.0 - eps)
     return np.log(p / (1.0 - p))
@@ -151,7 +234,9 @@ def length_effects(votes: pa.Table | pl.DataFrame, comparisons: pa.Table,
                    lengths: pl.DataFrame) -> dict:
     """Per annotator: decisive votes on pairs of unequal length, longer-win rate, the
     GLM's length coefficient (± standard error) and the length-controlled longer-win rate
-    (module docstring); plus ``sd_chars``, the length-difference scale."""
+    (module docstring; none for fewer than :data:`MIN_GLM_VOTES` votes or verdicts that
+    never change, which have no finite fit); plus ``sd_chars``, the length-difference
+    scale."""
     v = votes if isinstance(votes, pl.DataFrame) else pl.from_arrow(
         votes.select(["source_id", "prompt_id", "candidate_a", "candidate_b", "annotator",
                       "verdict"]))
@@ -180,7 +265,9 @@ def length_effects(votes: pa.Table | pl.DataFrame, comparisons: pa.Table,
                      "longer_win_rate": float(picked_longer.mean()),
                      "length_coef": None, "length_coef_se": None,
                      "lc_longer_win_rate": None}
-        if m.sum() >= MIN_GLM_VOTES:
+        if y.min() == y.max():  # always "a" (or "b"): the GLM has no finite fit
+            row["note"] = f"always says {'a' if y[0] else 'b'}"
+        elif m.sum() >= MIN_GLM_VOTES:
             x = np.column_stack([np.ones(int(m.sum())), x_q[m], x_len[m]])
             beta, se = fit_logistic(x, y)
             p0 = _sigmoid(x[:, :2] @ beta[:2])  # β_len set to 0

@@ -177,9 +177,9 @@ def section_html(key: str, rep: dict[str, Any]) -> str:
                      "posterior and tanh(length difference / sd) (LC-AlpacaEval's GLM): the "
                      "length coefficient, and the longer-win rate with it set to 0.</p>")
             cols = ["annotator", "votes", "longer_win_rate", "lc_longer_win_rate",
-                    "length_coef", "length_coef_se"]
+                    "length_coef", "length_coef_se", "note"]
             p.append(_html_table(cols, [[r.get(c) for c in cols] for r in s["annotators"]],
-                                 text_cols=["annotator"]))
+                                 text_cols=["annotator", "note"]))
             if s.get("annotators_left_out"):
                 p.append(_note(f"{s['annotators_left_out']} annotators with fewer votes "
                                f"left out of the table"))
