@@ -101,17 +101,16 @@ from bench.noise_eval import calibrate  # noqa: E402
 from pipeline.aggregate.aggregation import aggregate_votes  # noqa: E402
 from pipeline.denoise.denoise import denoise_pairs  # noqa: E402
 from pipeline.denoise.weights import sigmoid  # noqa: E402
-from pipeline.gpm.model import (  # noqa: E402
-    BTConfig,
-    GPMConfig,
-    annotate_gpm,
-    select_uncertain_pairs,
-    train_bt,
-    train_gpm,
-)
+from pipeline.gpm.annotate import annotate_gpm, select_uncertain_pairs  # noqa: E402
+from pipeline.gpm.model import BTConfig  # noqa: E402
+from pipeline.gpm.train import train_bt, train_gpm  # noqa: E402
 from pipeline.margins import compute_margins  # noqa: E402
 from pipeline.selection import SelectConfig, select_pairs_budget  # noqa: E402
-from schemas.config import DenoiseConfig, MarginConfig  # noqa: E402
+from schemas.config import (  # noqa: E402
+    DenoiseConfig,
+    GPMConfig,  # noqa: E402
+    MarginConfig,
+)
 from schemas.tables import PAIRS, VOTES  # noqa: E402
 
 KINDS = ("rock", "paper", "scissors")

@@ -523,7 +523,7 @@ def judge_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput,
         candidates = cands_src.read("candidates")
         chosen = None
         if seed_agg is not None and emb is not None:
-            from pipeline.gpm.model import select_uncertain_pairs
+            from pipeline.gpm.annotate import select_uncertain_pairs
 
             chosen = select_uncertain_pairs(
                 seed_agg.read("comparisons"), candidates, emb.read("candidate_embeddings"),
@@ -653,7 +653,8 @@ def reward_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -
 @task(name="gpm", cache_policy=NO_CACHE)
 def gpm_task(run_id: str, agg: StageOutput, cands_src: StageOutput, emb: StageOutput
              ) -> StageOutput:
-    from pipeline.gpm.model import STAGE_VERSION, annotate_gpm
+    from pipeline.gpm.annotate import annotate_gpm
+    from pipeline.gpm.model import STAGE_VERSION
 
     ctx = _ctx(run_id)
     return _stage(ctx, "gpm", STAGE_VERSION, ctx.cfg.gpm.model_dump(mode="json"),
@@ -735,7 +736,7 @@ def margins_task(run_id: str, agg: StageOutput, emb: StageOutput | None,
         res.info["injection_suspects"] = {"candidates": len(suspects), "pairs": n_flagged,
                                           "examples": dict(list(suspects.items())[:20])}
         if gpm is not None:
-            from pipeline.gpm.model import flag_cyclic_pairs, flag_cyclic_prompts
+            from pipeline.gpm.cycles import flag_cyclic_pairs, flag_cyclic_prompts
 
             cyc = flag_cyclic_prompts(gpm.read("cycles"))
             res.outputs["pairs"] = flag_cyclic_pairs(res.outputs["pairs"], cyc)

@@ -13,27 +13,21 @@ from hypothesis.extra.numpy import arrays
 from pydantic import ValidationError
 
 from bench.gpm_eval import cyclic_accuracy, make_cyclic_set
+from pipeline.gpm.annotate import annotate_gpm, comparisons_p_hat, gpm_votes
+from pipeline.gpm.cycles import find_cycles, flag_cyclic_pairs, flag_cyclic_prompts
 from pipeline.gpm.model import (
-    CYCLES,
     FLAG_CYCLIC,
     NO_EMBEDDING,
-    GPMConfig,
     GPMModel,
     Standardizer,
-    annotate_gpm,
-    comparisons_p_hat,
-    find_cycles,
-    flag_cyclic_pairs,
-    flag_cyclic_prompts,
-    gpm_votes,
     sigmoid_pair,
     skew_scores,
-    train_gpm,
 )
+from pipeline.gpm.train import train_gpm
 from pipeline.margins import oriented_row
-from schemas.config import MarginConfig
+from schemas.config import GPMConfig, MarginConfig
 from schemas.errors import PrefcurateError
-from schemas.tables import COMPARISONS, DROPPED, PAIRS, VOTES, check_table, from_rows
+from schemas.tables import COMPARISONS, CYCLES, DROPPED, PAIRS, VOTES, check_table, from_rows
 
 PROPS = settings(max_examples=60, deadline=None)
 FAST = GPMConfig(epochs=15, seed=0)

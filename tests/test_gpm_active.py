@@ -1,4 +1,4 @@
-"""Tests for active judging: :func:`pipeline.gpm.model.select_uncertain_pairs` picks round 2's
+"""Tests for active judging: :func:`pipeline.gpm.annotate.select_uncertain_pairs` picks round 2's
 pairs where a GPM head trained on round 1 is least certain."""
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from pipeline.gpm.model import STAGE, GPMConfig, select_uncertain_pairs
+from pipeline.gpm.annotate import select_uncertain_pairs
+from pipeline.gpm.model import STAGE
 from pipeline.hashing import stable_hash
 from pipeline.stage import Reason, dropped_table
+from schemas.config import GPMConfig
 from schemas.errors import PrefcurateError
 from schemas.tables import COMPARISONS, DROPPED, check_table, embedding_schema, from_rows
 
