@@ -224,7 +224,7 @@ def run(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
     finally:
         prog.stop()
         set_progress_factory(None)
-        from flows.curate import EnginePool
+        from flows.runtime import EnginePool
         EnginePool.close_all()
     summary["seconds"] = round(time.time() - t0, 1)
     if summary.get("partial"):
@@ -280,7 +280,8 @@ def judges_qualify(config: Optional[Path] = typer.Option(None, "--config", "-c",
         check_data_root(cfg.data_root)
         if gold is not None and not gold.exists():
             raise ConfigError(f"--gold {gold}: file not found")
-        from flows.curate import EnginePool, qualify_run
+        from flows.curate import qualify_run
+        from flows.runtime import EnginePool
         try:
             q = qualify_run(cfg.model_dump(mode="json"), str(gold) if gold else None)
         finally:

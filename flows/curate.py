@@ -5,48 +5,61 @@ Each task is thin: it computes its stage key, reuses a finished stage if one is 
 else reads its inputs, calls the pure stage function in ``pipeline/``, writes the result
 durably and returns a reference (the stage directory), never a big table. Model calls
 go through the per-request cache, and engines are only started when a request is
-missing from it, so a rerun after a crash repeats no finished call.
+missing from it, so a rerun after a crash repeats no finished call. The machinery the
+tasks share (run context, engine pool, stage keying and reuse, the retry rule, the task
+runner) is :mod:`flows.runtime`; which pairs the judges see is
+:mod:`pipeline.annotate.planning`, the dataset card :mod:`pipeline.store.card`.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import threading
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 import pipeline
+from flows.runtime import (
+    SECRETS,
+    EnginePool,
+    RunContext,
+    call_models,
+    context,
+    is_transient,
+    new_context,
+    register,
+    request_cache_path,
+    retry_transient,
+    run_stage,
+    set_progress_factory,
+    task_runner_for,
+)
 from pipeline import generation, margins, pairs
 from pipeline.aggregate import aggregation
 from pipeline.annotate import judging, qualify
+from pipeline.annotate.planning import GPM_ROUND, first_signal, plan_judging
 from pipeline.annotate.qualify import qualify_judges
 from pipeline.chain import aggregate_kwargs, denoise_p_model
 from pipeline.denoise import denoise
 from pipeline.engines.base import (
     CallStats,
     ChatRequest,
-    Engine,
-    FakeEngine,
     RequestCache,
-    VLLMEngine,
     run_cached,
 )
-from pipeline.engines.embedded import default_cache_dir, resolve_model_path
 from pipeline.hashing import stable_hash, tree_hash
 from pipeline.ingest.stage import ingest_pairs, ingest_prompts
 from pipeline.stage import Reason, StageCounts, StageResult, stage_count_rows
 from pipeline.store import datasets as store
-from pipeline.store.stages import StageOutput, StageStore
+from pipeline.store.card import dataset_card
+from pipeline.store.stages import StageOutput
 from schemas.config import (
     ModelSpec,
     RunConfig,
@@ -55,8 +68,11 @@ from schemas.config import (
     resolved_dict,
     split_secrets,
 )
-from schemas.errors import ConfigError, EngineError
+from schemas.errors import EngineError
 from schemas.tables import SCHEMAS, VOTES, schema_fingerprint
+
+__all__ = ["EnginePool", "curate", "first_signal", "is_transient", "plan_judging",
+           "qualify_run", "run_curation", "set_progress_factory", "GPM_ROUND"]
 
 log = logging.getLogger("prefcurate")
 
@@ -64,242 +80,17 @@ INGEST_VERSION = 1
 PUBLISH_VERSION = 1
 
 
-class EnginePool:
-    """One engine per model spec, started on first need and shared by every flow run in
-    this process (tests and long-lived workers pay the engine start once)."""
-
-    _shared: dict[str, "EnginePool"] = {}
-    _shared_lock = threading.Lock()
-
-    @classmethod
-    def shared(cls, cache_dir: Path) -> "EnginePool":
-        with cls._shared_lock:
-            key = str(Path(cache_dir).resolve())
-            if key not in cls._shared:
-                cls._shared[key] = cls(cache_dir)
-            return cls._shared[key]
-
-    def __init__(self, cache_dir: Path):
-        self.cache_dir = cache_dir
-        self._engines: dict[str, Engine] = {}
-        self._lock = threading.Lock()
-        self.started: list[str] = []
-
-    def get(self, spec: ModelSpec) -> Engine:
-        key = spec.engine_key()
-        with self._lock:
-            if key not in self._engines:
-                self._engines[key] = self._build(spec)
-            return self._engines[key]
-
-    def close(self) -> None:
-        """Stop every engine of this pool."""
-        with self._lock:
-            for eng in self._engines.values():
-                close = getattr(eng, "close", None)
-                if close:
-                    close()
-            self._engines.clear()
-
-    @classmethod
-    def close_all(cls) -> None:
-        with cls._shared_lock:
-            for pool in cls._shared.values():
-                pool.close()
-            cls._shared.clear()
-
-    def _build(self, spec: ModelSpec) -> Engine:
-        if spec.engine == "fake":
-            return FakeEngine(model=spec.model, context=spec.max_model_len)
-        if spec.engine == "vllm":
-            log.info("starting vLLM engine for %s (first start on CPU takes 1-2 min)",
-                     spec.model)
-            path = resolve_model_path(spec.model, self.cache_dir)
-            return VLLMEngine(spec.model, path, dtype=spec.dtype,
-                              max_model_len=spec.max_model_len, engine_args=spec.engine_args,
-                              structured_backend=spec.structured_backend,
-                              cache_dir=self.cache_dir)
-        if spec.engine == "openai":
-            from pipeline.engines.openai import OpenAIEngine
-
-            if not spec.base_url:
-                raise ConfigError(f"model '{spec.model}': engine 'openai' needs base_url, e.g. "
-                                  f"--set ...model.base_url=http://127.0.0.1:8000/v1")
-            return OpenAIEngine(spec.model, spec.base_url, api_key_env=spec.api_key_env,
-                                max_concurrency=spec.max_concurrency, timeout_s=spec.timeout_s,
-                                max_retries=spec.max_retries, context=spec.max_model_len)
-        raise ConfigError(f"unknown engine '{spec.engine}'")
-
-
-@dataclass
-class RunContext:
-    cfg: RunConfig
-    stages: StageStore
-    cache: RequestCache
-    engines: EnginePool
-    progress: Callable[[str, int], Callable[[int], None]] | None = None
-    calls: dict[str, CallStats] = field(default_factory=dict)
-    models_used: list[str] = field(default_factory=list)  # engines this run asked for
-
-    def engine(self, spec: ModelSpec) -> Engine:
-        if spec.model not in self.models_used:
-            self.models_used.append(spec.model)
-        return self.engines.get(spec)
-
-
-_CONTEXTS: dict[str, RunContext] = {}
-
-
-def _ctx(run_id: str) -> RunContext:
-    return _CONTEXTS[run_id]
-
-
-def _register(run_id: str, ctx: RunContext | None) -> None:
-    """Keep (or forget) a run's context. The flow body only calls functions, never touches
-    module state directly: Prefect pickles the flow function for remote task runners, and
-    by-value pickling would drag the state (SQLite handles, engines) along."""
-    if ctx is None:
-        _CONTEXTS.pop(run_id, None)
-    else:
-        _CONTEXTS[run_id] = ctx
-
-
-def _request_cache_path(cfg: RunConfig) -> Path:
-    return Path(cfg.data_root) / "cache" / "requests.sqlite"
-
-
-def _new_context(cfg: RunConfig) -> RunContext:
-    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-    for folder in (Path(cfg.data_root) / "runs" / cfg.dataset_name / "stages",
-                   Path(cfg.data_root) / "datasets" / cfg.dataset_name):
-        store.sweep_stale_tmp(folder)  # what killed runs left half-written
-    return RunContext(cfg=cfg,
-                      stages=StageStore(Path(cfg.data_root) / "runs" / cfg.dataset_name),
-                      cache=RequestCache(_request_cache_path(cfg)),
-                      engines=EnginePool.shared(cache_dir), progress=_PROGRESS.get("factory"))
-
-
-def _stage(ctx: RunContext, mod_stage: str, version: int | list[int], cfg: Any, inputs: list[str],
-           compute: Callable[[], StageResult], *, complete: Callable[[StageResult], bool]
-           = lambda r: True) -> StageOutput:
-    key = StageStore.key(mod_stage, version, cfg, inputs)
-    done = ctx.stages.load(mod_stage, key)
-    if done is not None:
-        log.info("stage %s: reusing finished output %s", mod_stage, done.path.name)
-        _artifact(done)
-        return done
-    result = compute()
-    result.stage = mod_stage  # the stage's name in this flow (e.g. a second aggregation)
-    # ... and in its reject rows (the module's name differs: rewards → reward, judge →
-    # judge_gpm), so dropped.parquet and quarantine.parquet say what the manifest says
-    result.dropped = _restaged(result.dropped, mod_stage)
-    result.quarantine = _restaged(result.quarantine, mod_stage)
-    out = ctx.stages.save(result, key, complete=complete(result), inputs=inputs)
-    _artifact(out)
-    return out
-
-
-def _restaged(table: Any, stage: str) -> Any:
-    import pyarrow as pa
-
-    if table is None or not table.num_rows or "stage" not in table.column_names:
-        return table
-    i = table.schema.get_field_index("stage")
-    return table.set_column(i, table.schema.field(i),
-                            pa.array([stage] * table.num_rows, table.schema.field(i).type))
-
-
-def _call_models(ctx: RunContext, label: str, groups: list[tuple[str, ModelSpec, list[Any]]],
-                 batch_size: int) -> tuple[list[Any], list[Any], CallStats]:
-    """Answer each group's requests (objects with a ``.request``) with its model, through the
-    request cache; returns (requests in group order, their completions, call counts)."""
-    ordered: list[Any] = []
-    comps: list[Any] = []
-    total = CallStats()
-    for name, spec, mine in groups:
-        out, stats = run_cached(
-            [r.request for r in mine], engine_kind=spec.engine, model=spec.cache_identity(),
-            get_engine=lambda spec=spec: ctx.engine(spec), cache=ctx.cache,
-            batch_size=batch_size, progress=_progress(ctx, f"{label} [{name}]", len(mine)))
-        ordered += mine
-        comps += out
-        total.add(stats)
-    return ordered, comps, total
-
-
-_TRANSIENT_ERRNOS = {errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT, errno.ECONNRESET,
-                     errno.ECONNREFUSED, errno.ECONNABORTED, errno.EPIPE, errno.EINTR,
-                     errno.ENETUNREACH, errno.EHOSTUNREACH}
-
-
-def is_transient(exc: BaseException | None) -> bool:
-    """The allow-list of errors a retry can fix: connection failures and timeouts
-    (builtins and httpx), HTTP 5xx, and OS errors that say "try again" (a full disk, a
-    read-only or missing folder, a KeyError in stage code are not: retrying them only
-    delays the error by a minute).
-
-    >>> is_transient(ConnectionRefusedError()), is_transient(TimeoutError())
-    (True, True)
-    >>> is_transient(KeyError("x")), is_transient(OSError(errno.ENOSPC, "No space left"))
-    (False, False)
-    """
-    if exc is None:
-        return False
-    try:
-        import httpx
-
-        if isinstance(exc, (httpx.TransportError, httpx.TimeoutException)):
-            return True
-        if isinstance(exc, httpx.HTTPStatusError):
-            return exc.response.status_code >= 500
-    except ImportError:  # pragma: no cover - httpx is a dependency
-        pass
-    if isinstance(exc, (ConnectionError, TimeoutError)):
-        return True
-    if isinstance(exc, OSError):
-        return exc.errno in _TRANSIENT_ERRNOS
-    return False
-
-
-def _transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect's retry condition: retry only :func:`is_transient` errors. Model calls
-    already made are in the request cache, so a retry repeats none of them."""
-    try:
-        exc = state.result(raise_on_failure=False)
-    except Exception:  # pragma: no cover - cannot read the state: do not guess
-        return False
-    return is_transient(exc if isinstance(exc, BaseException) else None)
-
-
-def _artifact(out: StageOutput) -> None:
-    """Attach the stage's counts to the Prefect run as a table artifact."""
-    c = out.counts
-    rows = [{"stage": out.stage, "in": c["in"], "kept": c["kept"], "out": c.get("out"),
-             **{f"dropped:{k}": v for k, v in c["dropped"].items()},
-             **{f"quarantined:{k}": v for k, v in c["quarantined"].items()},
-             "reused": out.reused}]
-    try:
-        create_table_artifact(table=rows, key=f"prefcurate-{out.stage}",
-                              description=f"rows of stage {out.stage}")
-    except Exception as exc:  # artifacts are a convenience, never a failure
-        log.debug("no artifact for %s: %s", out.stage, exc)
-
-
-def _progress(ctx: RunContext, label: str, total: int) -> Callable[[int], None] | None:
-    return ctx.progress(label, total) if ctx.progress else None
-
-
 @task(name="ingest", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5,
-      retry_condition_fn=_transient)
+      retry_condition_fn=retry_transient)
 def ingest_task(run_id: str) -> StageOutput:
-    ctx = _ctx(run_id)
+    ctx = context(run_id)
     inp = ctx.cfg.input
     from pipeline.ingest import verifiable
 
     in_hash = tree_hash(inp.path) if Path(inp.path).exists() else \
         f"builtin:{inp.path}:v{verifiable.VERSION}"
     fn = ingest_prompts if inp.kind == "prompts" else ingest_pairs
-    return _stage(ctx, "ingest", INGEST_VERSION, inp.model_dump(mode="json"), [in_hash],
+    return run_stage(ctx, "ingest", INGEST_VERSION, inp.model_dump(mode="json"), [in_hash],
                   lambda: fn(inp.path, source=inp.source, limit=inp.limit))
 
 
@@ -315,7 +106,7 @@ def dedup_task(run_id: str, ing: StageOutput) -> StageOutput:
     the same output names as ingest, so the stages after it read it in ingest's place."""
     from pipeline.hygiene import dedup
 
-    ctx = _ctx(run_id)
+    ctx = context(run_id)
     dcfg = ctx.cfg.dedup
 
     def compute() -> StageResult:
@@ -324,7 +115,7 @@ def dedup_task(run_id: str, ing: StageOutput) -> StageOutput:
             ngram=dcfg.ngram, num_perm=dcfg.num_perm, min_words=dcfg.min_words,
             near=ctx.cfg.dedup_near_on())
 
-    return _stage(ctx, "dedup", dedup.STAGE_VERSION, dcfg.model_dump(mode="json"),
+    return run_stage(ctx, "dedup", dedup.STAGE_VERSION, dcfg.model_dump(mode="json"),
                   [ing.output_hash], compute)
 
 
@@ -334,7 +125,7 @@ def decontaminate_task(run_id: str, ing: StageOutput) -> StageOutput:
     benchmark item; the same output names as ingest."""
     from pipeline.hygiene import decontam
 
-    ctx = _ctx(run_id)
+    ctx = context(run_id)
     dcfg = ctx.cfg.decontaminate
     items, notes = decontam.resolve_benchmarks(dcfg.benchmarks, ctx.cfg.input.path)
     bench_hash = stable_hash([[i.benchmark, i.item_id, i.text] for i in items])
@@ -346,21 +137,21 @@ def decontaminate_task(run_id: str, ing: StageOutput) -> StageOutput:
         res.info["unavailable"] = notes["unavailable"]
         return res
 
-    return _stage(ctx, "decontaminate", decontam.STAGE_VERSION, dcfg.model_dump(mode="json"),
+    return run_stage(ctx, "decontaminate", decontam.STAGE_VERSION, dcfg.model_dump(mode="json"),
                   [ing.output_hash, bench_hash], compute)
 
 
 @task(name="generate", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60],
-      retry_condition_fn=_transient)
+      retry_condition_fn=retry_transient)
 def generate_task(run_id: str, ingest: StageOutput) -> StageOutput:
-    ctx = _ctx(run_id)
+    ctx = context(run_id)
     gcfg = ctx.cfg.generate
 
     def compute() -> StageResult:
         prompts = ingest.read("prompts")
         reqs = generation.build_generation_requests(prompts, list(gcfg.policies))
         # (served from the cache when scale-out shards already answered them)
-        ordered, comps, total = _call_models(
+        ordered, comps, total = call_models(
             ctx, "generate", [(p.name, p.model, [r for r in reqs if r.policy == p.name])
                               for p in gcfg.policies], gcfg.batch_size)
         res = generation.make_candidates(ordered, comps)
@@ -368,7 +159,7 @@ def generate_task(run_id: str, ingest: StageOutput) -> StageOutput:
         ctx.calls["generate"] = total
         return res
 
-    return _stage(ctx, "generate", generation.STAGE_VERSION, gcfg.model_dump(mode="json"),
+    return run_stage(ctx, "generate", generation.STAGE_VERSION, gcfg.model_dump(mode="json"),
                   [ingest.output_hash], compute, complete=_no_failed_calls)
 
 
@@ -397,59 +188,6 @@ def check_outage(out: StageOutput, cfg: RunConfig, partial: dict[str, int]) -> N
                           f"to publish without them")
 
 
-def first_signal(score_srcs: list[StageOutput]) -> dict[str, float] | None:
-    """Mean pointwise score per candidate (rubric judges, reward models), or None."""
-    if not score_srcs:
-        return None
-    import polars as pl
-
-    frames = [pl.from_arrow(s.read("scores")).select("candidate_id", "annotator", "aspect",
-                                                     "score") for s in score_srcs]
-    df = pl.concat(frames).drop_nulls("score")
-    if not df.height:
-        return None
-    # z-score each (annotator, aspect) so that scales (1-5 rubrics, RM logits) mix fairly
-    df = df.with_columns(z=((pl.col("score") - pl.col("score").mean().over("annotator", "aspect"))
-                            / pl.col("score").std().over("annotator", "aspect"))
-                         .fill_nan(0.0).fill_null(0.0))
-    agg = df.group_by("candidate_id").agg(pl.col("z").mean())
-    return dict(zip(agg["candidate_id"].to_list(), agg["z"].to_list()))
-
-
-GPM_ROUND = "gpm_round"  # judge round 1 of pair_selection gpm: left for round 2 to choose
-
-
-def plan_judging(jcfg: Any, prompts: Any, candidates: Any,
-                 signal: dict[str, float] | None = None,
-                 chosen: tuple[list, list, dict] | None = None) -> tuple[list, list, dict, list]:
-    """Pairs to judge (first signal, cap and call budget applied) and their judge requests.
-
-    ``chosen``: the (pairs, drops, info) of GPM-guided round 2, instead of selecting here.
-    With ``pair_selection: gpm`` (round 1) each prompt's first ``seed_pairs_per_prompt``
-    pairs are judged and the rest are left for round 2 (reason ``gpm_round``).
-    """
-    if chosen is not None:
-        pairs_, drops, info = chosen
-    elif jcfg.pair_selection == "gpm":
-        pairs_, drops, info = judging.select_pairs(candidates, jcfg.seed_pairs_per_prompt)
-        for d in drops:
-            d.update(reason=GPM_ROUND, detail="left for round 2: the GPM head trained on "
-                                              "round 1 chooses which pairs the judges see")
-    else:
-        pairs_, drops, info = judging.select_pairs(
-            candidates, jcfg.max_pairs_per_prompt,
-            signal if jcfg.pair_selection == "best_worst" else None)
-    calls_per_pair = 2 * len(jcfg.judges)
-    if jcfg.budget is not None and len(pairs_) * calls_per_pair > jcfg.budget:
-        keep = jcfg.budget // calls_per_pair
-        for pid, sid, a, b in pairs_[keep:]:
-            drops.append({"source_id": sid, "row_id": f"{a}|{b}", "reason": Reason.OVER_BUDGET,
-                          "detail": f"judge budget {jcfg.budget} calls"})
-        pairs_ = pairs_[:keep]
-    reqs = judging.build_judge_requests(pairs_, candidates, prompts, list(jcfg.judges))
-    return pairs_, drops, info, reqs
-
-
 def answer_shard(spec_json: dict[str, Any], requests: list[ChatRequest], cache_path: str,
                  cache_dir: str, batch_size: int) -> dict[str, int]:
     """Answer one shard of requests into the shared request cache (scale-out workers).
@@ -470,7 +208,7 @@ def answer_shard(spec_json: dict[str, Any], requests: list[ChatRequest], cache_p
 
 
 @task(name="warm-shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60],
-      retry_condition_fn=_transient)
+      retry_condition_fn=retry_transient)
 def warm_shard_task(spec_json: dict[str, Any], requests: list[ChatRequest], cache_path: str,
                     cache_dir: str, batch_size: int) -> dict[str, int]:
     """Prefect task around :func:`answer_shard` (kept tiny: workers unpickle it)."""
@@ -483,7 +221,7 @@ def _warm_in_shards(ctx: RunContext, label: str, groups: list[tuple[ModelSpec, l
                     batch_size: int) -> None:
     """Split uncached requests into shards run by the flow's task runner."""
     n = ctx.cfg.runner.shards or ctx.cfg.runner.workers
-    cache_path = str(_request_cache_path(ctx.cfg))
+    cache_path = str(request_cache_path(ctx.cfg))
     futures = []
     total = CallStats()
     for spec, reqs in groups:
@@ -507,14 +245,14 @@ def _warm_in_shards(ctx: RunContext, label: str, groups: list[tuple[ModelSpec, l
 
 
 @task(name="judge", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60],
-      retry_condition_fn=_transient)
+      retry_condition_fn=retry_transient)
 def judge_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput,
                signal_srcs: list[StageOutput] | None = None,
                seed_agg: StageOutput | None = None,
                emb: StageOutput | None = None) -> StageOutput:
     """Judge the selected pairs; with ``seed_agg`` (round 1's aggregation) and ``emb`` this
     is round 2 of ``pair_selection: gpm`` (stage ``judge_gpm``)."""
-    ctx = _ctx(run_id)
+    ctx = context(run_id)
     jcfg = ctx.cfg.judge
     signal_srcs = signal_srcs or []
 
@@ -530,10 +268,11 @@ def judge_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput,
                 emb.read("prompt_embeddings"), ctx.cfg.gpm,
                 jcfg.max_pairs_per_prompt - jcfg.seed_pairs_per_prompt)
         pairs_, drops, info, reqs = plan_judging(jcfg, prompts, candidates,
-                                                 first_signal(signal_srcs), chosen)
+                                                 first_signal([t.read("scores")
+                                                               for t in signal_srcs]), chosen)
         log.info("judge: %d pairs x %d judges x 2 orders = %d judge calls", len(pairs_),
                  len(jcfg.judges), len(reqs))
-        ordered, comps, total = _call_models(
+        ordered, comps, total = call_models(
             ctx, "judge", [(j.name, j.model, [r for r in reqs if
                                               r.annotator.startswith(j.name + "|")])
                            for j in jcfg.judges], jcfg.batch_size)
@@ -546,7 +285,7 @@ def judge_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput,
         return res
 
     second = seed_agg is not None and emb is not None
-    return _stage(ctx, "judge_gpm" if second else "judge", judging.STAGE_VERSION,
+    return run_stage(ctx, "judge_gpm" if second else "judge", judging.STAGE_VERSION,
                   [jcfg.model_dump(mode="json")] +
                   ([ctx.cfg.gpm.model_dump(mode="json")] if second else []),
                   [prompts_src.output_hash, cands_src.output_hash] +
@@ -561,12 +300,12 @@ def embeddings_enabled(cfg: RunConfig) -> bool:
 
 
 @task(name="embed", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10,
-      retry_condition_fn=_transient)
+      retry_condition_fn=retry_transient)
 def embed_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -> StageOutput:
     from pipeline.embeddings import STAGE_VERSION, compute_embeddings
 
-    ctx = _ctx(run_id)
-    return _stage(ctx, "embed", STAGE_VERSION,
+    ctx = context(run_id)
+    return run_stage(ctx, "embed", STAGE_VERSION,
                   ctx.cfg.embed.model_dump(mode="json", exclude={"enabled"}),
                   [prompts_src.output_hash, cands_src.output_hash],
                   lambda: compute_embeddings(prompts_src.read("prompts"),
@@ -575,12 +314,12 @@ def embed_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) ->
 
 
 @task(name="rubric", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60],
-      retry_condition_fn=_transient)
+      retry_condition_fn=retry_transient)
 def rubric_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -> StageOutput:
     from pipeline.annotate import rubrics
     from pipeline.annotate.judge_stats import compute_score_stats
 
-    ctx = _ctx(run_id)
+    ctx = context(run_id)
     rcfg = ctx.cfg.rubrics
     judges = ctx.cfg.rubric_judges()
 
@@ -593,7 +332,7 @@ def rubric_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -
                               "reason": Reason.OVER_BUDGET,
                               "detail": f"rubric budget {rcfg.budget} calls"})
             reqs = reqs[:rcfg.budget]
-        ordered, comps, total = _call_models(
+        ordered, comps, total = call_models(
             ctx, "rubric", [(j.name, j.model, [r for r in reqs if
                                                r.annotator == rubrics.rubric_annotator(j)])
                             for j in judges], rcfg.batch_size)
@@ -605,21 +344,21 @@ def rubric_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -
         ctx.calls["rubric"] = total
         return res
 
-    return _stage(ctx, "rubric", rubrics.STAGE_VERSION,
+    return run_stage(ctx, "rubric", rubrics.STAGE_VERSION,
                   [rcfg.model_dump(mode="json"), [j.model_dump(mode="json") for j in judges]],
                   [prompts_src.output_hash, cands_src.output_hash], compute,
                   complete=_no_failed_calls)
 
 
 @task(name="reward", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60],
-      retry_condition_fn=_transient)
+      retry_condition_fn=retry_transient)
 def reward_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -> StageOutput:
     import pyarrow as pa
 
     from pipeline.annotate import rewards
     from pipeline.annotate.judge_stats import compute_score_stats
 
-    ctx = _ctx(run_id)
+    ctx = context(run_id)
     wcfg = ctx.cfg.rewards
 
     def compute() -> StageResult:
@@ -645,7 +384,7 @@ def reward_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -
                                             zip(wcfg.models, results)},
                                  "score_stats": compute_score_stats(scores)})
 
-    return _stage(ctx, "reward", rewards.STAGE_VERSION, wcfg.model_dump(mode="json"),
+    return run_stage(ctx, "reward", rewards.STAGE_VERSION, wcfg.model_dump(mode="json"),
                   [prompts_src.output_hash, cands_src.output_hash], compute,
                   complete=_no_failed_calls)
 
@@ -656,8 +395,8 @@ def gpm_task(run_id: str, agg: StageOutput, cands_src: StageOutput, emb: StageOu
     from pipeline.gpm.annotate import annotate_gpm
     from pipeline.gpm.model import STAGE_VERSION
 
-    ctx = _ctx(run_id)
-    return _stage(ctx, "gpm", STAGE_VERSION, ctx.cfg.gpm.model_dump(mode="json"),
+    ctx = context(run_id)
+    return run_stage(ctx, "gpm", STAGE_VERSION, ctx.cfg.gpm.model_dump(mode="json"),
                   [agg.output_hash, cands_src.output_hash, emb.output_hash],
                   lambda: annotate_gpm(agg.read("comparisons"), cands_src.read("candidates"),
                                        emb.read("candidate_embeddings"),
@@ -668,8 +407,8 @@ def gpm_task(run_id: str, agg: StageOutput, cands_src: StageOutput, emb: StageOu
 def select_task(run_id: str, sel: StageOutput, emb: StageOutput) -> StageOutput:
     from pipeline.selection import STAGE_VERSION, select_pairs_budget
 
-    ctx = _ctx(run_id)
-    return _stage(ctx, "select", STAGE_VERSION, ctx.cfg.select.model_dump(mode="json"),
+    ctx = context(run_id)
+    return run_stage(ctx, "select", STAGE_VERSION, ctx.cfg.select.model_dump(mode="json"),
                   [sel.output_hash, emb.output_hash],
                   lambda: select_pairs_budget(sel.read("pairs"), emb.read("prompt_embeddings"),
                                               ctx.cfg.select))
@@ -678,7 +417,7 @@ def select_task(run_id: str, sel: StageOutput, emb: StageOutput) -> StageOutput:
 @task(name="aggregate", cache_policy=NO_CACHE)
 def aggregate_task(run_id: str, vote_srcs: list[StageOutput], label_annotators: list[str],
                    cands: StageOutput, stage: str = "aggregate") -> StageOutput:
-    ctx = _ctx(run_id)
+    ctx = context(run_id)
     import pyarrow as pa
 
     from pipeline.aggregate import length
@@ -702,7 +441,7 @@ def aggregate_task(run_id: str, vote_srcs: list[StageOutput], label_annotators: 
     if lengths_on:
         versions.append(length.STAGE_VERSION)
         inputs.append(cands.output_hash)
-    return _stage(ctx, stage, versions,
+    return run_stage(ctx, stage, versions,
                   [ctx.cfg.aggregate.model_dump(mode="json"), sorted(label_annotators)],
                   inputs, compute)
 
@@ -712,8 +451,8 @@ def verify_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -
     """Verifier annotators (answers, unit tests in a sandbox, format constraints)."""
     from pipeline.annotate import verify
 
-    ctx = _ctx(run_id)
-    return _stage(ctx, "verify", verify.STAGE_VERSION, ctx.cfg.verify.model_dump(mode="json"),
+    ctx = context(run_id)
+    return run_stage(ctx, "verify", verify.STAGE_VERSION, ctx.cfg.verify.model_dump(mode="json"),
                   [prompts_src.output_hash, cands_src.output_hash],
                   lambda: verify.verify_candidates(prompts_src.read("prompts"),
                                                    cands_src.read("candidates"),
@@ -725,7 +464,7 @@ def margins_task(run_id: str, agg: StageOutput, emb: StageOutput | None,
                  cands: StageOutput, gpm: StageOutput | None = None) -> StageOutput:
     from pipeline.annotate import injection
 
-    ctx = _ctx(run_id)
+    ctx = context(run_id)
 
     def compute() -> StageResult:
         res = margins.compute_margins(agg.read("comparisons"), agg.read("scores"),
@@ -758,7 +497,7 @@ def margins_task(run_id: str, agg: StageOutput, emb: StageOutput | None,
         from pipeline.gpm.model import STAGE_VERSION as GPM_VERSION
 
         versions.append(GPM_VERSION)
-    return _stage(ctx, "margins", versions, ctx.cfg.margins.model_dump(mode="json"),
+    return run_stage(ctx, "margins", versions, ctx.cfg.margins.model_dump(mode="json"),
                   [agg.output_hash, cands.output_hash] +
                   ([emb.output_hash] if emb is not None else []) +
                   ([gpm.output_hash] if gpm is not None else []), compute)
@@ -767,7 +506,7 @@ def margins_task(run_id: str, agg: StageOutput, emb: StageOutput | None,
 @task(name="denoise", cache_policy=NO_CACHE)
 def denoise_task(run_id: str, mar: StageOutput, emb: StageOutput | None,
                  label_source: str | None, agg: StageOutput | None = None) -> StageOutput:
-    ctx = _ctx(run_id)
+    ctx = context(run_id)
     posterior = ctx.cfg.denoise.method == "posterior"
     peer_review = ctx.cfg.denoise.peer_review is True or (
         ctx.cfg.denoise.peer_review is None and not posterior)
@@ -794,7 +533,7 @@ def denoise_task(run_id: str, mar: StageOutput, emb: StageOutput | None,
                                                   "prompt_id")
         return denoise.denoise_pairs(pairs_t, ctx.cfg.denoise, ctx.cfg.margins, **kw)
 
-    return _stage(ctx, "denoise", denoise.STAGE_VERSION,
+    return run_stage(ctx, "denoise", denoise.STAGE_VERSION,
                   [ctx.cfg.denoise.model_dump(mode="json"), ctx.cfg.margins.model_dump(mode="json"),
                    label_source],
                   [mar.output_hash] + ([emb.output_hash] if emb is not None and
@@ -804,11 +543,11 @@ def denoise_task(run_id: str, mar: StageOutput, emb: StageOutput | None,
 
 @task(name="pairs", cache_policy=NO_CACHE)
 def pairs_task(run_id: str, den: StageOutput, cands: StageOutput) -> StageOutput:
-    ctx = _ctx(run_id)
+    ctx = context(run_id)
     from pipeline.aggregate import length
 
     balance = ctx.cfg.pairs.length_balance is not None
-    return _stage(ctx, "pairs",
+    return run_stage(ctx, "pairs",
                   [pairs.STAGE_VERSION, length.STAGE_VERSION] if balance else pairs.STAGE_VERSION,
                   ctx.cfg.pairs.model_dump(mode="json"),
                   [den.output_hash] + ([cands.output_hash] if balance else []),
@@ -821,35 +560,14 @@ def _stage_rows(outs: list[StageOutput]) -> dict[str, Any]:
     return {o.stage: {**o.counts, "reused": o.reused, "key": o.key} for o in outs}
 
 
-def _card(name: str, version_hint: str, cfg: RunConfig, stages: dict[str, Any],
-          n_rows: int) -> str:
-    policies = ", ".join(f"{p.name} ({p.model.model})" for p in cfg.generate.policies) \
-        if cfg.input.kind == "prompts" else "given pairs"
-    judges = ", ".join(f"{j.name} ({j.model.model})" for j in cfg.judge.judges) or \
-        "none (given votes only)"
-    lines = [f"# {name}", "",
-             "Preference pairs curated by prefcurate "
-             f"{pipeline.__version__}: TRL conversational `prompt` / `chosen` / `rejected` "
-             "plus `margin`, `weight`, `p_hat`, `disagreement` and lineage ids.", "",
-             f"- input: `{cfg.input.kind}` from `{cfg.input.path}`",
-             f"- policies: {policies}", f"- judges: {judges}",
-             f"- pairs published: {n_rows}", "",
-             "## Rows per stage", "", "| stage | in | kept | dropped | quarantined |",
-             "|---|---|---|---|---|"]
-    lines += ["| " + " | ".join(r[:5]) + " |" for r in stage_count_rows(stages)]
-    lines += ["", "Load it with `datasets.load_from_disk('<this folder>/data')` or "
-              "`polars.read_parquet('<this folder>/data.parquet')`.", ""]
-    return "\n".join(lines)
-
-
 @task(name="publish", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5,
-      retry_condition_fn=_transient)
+      retry_condition_fn=retry_transient)
 def publish_task(run_id: str, ing: StageOutput, cands: StageOutput, sel: StageOutput,
                  all_stages: list[StageOutput],
                  partial: dict[str, int] | None = None) -> dict[str, Any]:
     import pyarrow as pa
 
-    ctx = _ctx(run_id)
+    ctx = context(run_id)
     cfg = ctx.cfg
     prompts_t = ing.read("prompts")
     cand_t = cands.read("candidates")
@@ -897,7 +615,8 @@ def publish_task(run_id: str, ing: StageOutput, cands: StageOutput, sel: StageOu
     ref = store.publish_version(cfg.data_root, cfg.dataset_name, data=data,
                                 dropped=dropped,
                                 quarantine=quarantine, manifest=manifest,
-                                card=_card(cfg.dataset_name, "", cfg, stages, data.num_rows),
+                                card=dataset_card(cfg.dataset_name, "", cfg, stages,
+                                                  data.num_rows),
                                 content_key=content_key,
                                 extra_files={"report.html": html})
     return {"name": ref.name, "version": ref.version, "path": str(Path(ref.path).resolve()),
@@ -939,13 +658,13 @@ def curate(config: dict[str, Any], secrets_ref: str | None = None) -> dict[str, 
     process, under ``secrets_ref`` (Prefect stores even a pydantic ``SecretDict``
     parameter in clear)."""
     if secrets_ref is not None:
-        config = merge_secrets(config, _SECRETS.pop(secrets_ref, {}))
+        config = merge_secrets(config, SECRETS.pop(secrets_ref, {}))
     cfg = RunConfig.model_validate(config)
     store.validate_name(cfg.dataset_name)
     run_id = stable_hash(datetime.now(timezone.utc).isoformat(), os.getpid(),
                          threading.get_ident())
-    ctx = _new_context(cfg)
-    _register(run_id, ctx)
+    ctx = new_context(cfg)
+    register(run_id, ctx)
     try:
         ing = ingest_task(run_id)
         outs = [ing]
@@ -986,8 +705,9 @@ def curate(config: dict[str, Any], secrets_ref: str | None = None) -> dict[str, 
         signal = score_srcs if cfg.judge.pair_selection == "best_worst" else []
         if cfg.judge.judges:
             if cfg.runner.kind != "thread":
-                _, _, _, jreqs = plan_judging(cfg.judge, ing.read("prompts"),
-                                              cands.read("candidates"), first_signal(signal))
+                _, _, _, jreqs = plan_judging(
+                    cfg.judge, ing.read("prompts"), cands.read("candidates"),
+                    first_signal([t.read("scores") for t in signal]))
                 _warm_in_shards(ctx, "judge", [
                     (j.model, [r.request for r in jreqs if r.annotator.startswith(j.name + "|")])
                     for j in cfg.judge.judges], cfg.judge.batch_size)
@@ -1029,7 +749,7 @@ def curate(config: dict[str, Any], secrets_ref: str | None = None) -> dict[str, 
         return summary
     finally:
         ctx.cache.close()
-        _register(run_id, None)
+        register(run_id, None)
 
 
 def _model_maps(cfg: RunConfig) -> dict[str, dict[str, str] | None]:
@@ -1054,8 +774,8 @@ def qualify_run(config: dict[str, Any], gold: str | None = None) -> dict[str, An
             update={"kind": "pairs", "path": gold})})
     cfg = cfg.model_copy(update={"name": f"{cfg.dataset_name}-qualify"[:100]})
     run_id = stable_hash("qualify", datetime.now(timezone.utc).isoformat(), os.getpid())
-    ctx = _new_context(cfg)
-    _register(run_id, ctx)
+    ctx = new_context(cfg)
+    register(run_id, ctx)
     try:
         ing = ingest_task(run_id)
         cands = generate_task(run_id, ing) if cfg.input.kind == "prompts" else ing
@@ -1076,29 +796,7 @@ def qualify_run(config: dict[str, Any], gold: str | None = None) -> dict[str, An
         return out
     finally:
         ctx.cache.close()
-        _register(run_id, None)
-
-
-def task_runner_for(kind: str, workers: int) -> Any:
-    """The Prefect task runner for ``runner.kind`` (prefect-dask / prefect-ray)."""
-    if kind == "thread":
-        from prefect.task_runners import ThreadPoolTaskRunner
-
-        return ThreadPoolTaskRunner(max_workers=workers)
-    if kind == "dask":
-        try:
-            from prefect_dask import DaskTaskRunner
-        except ImportError as exc:
-            raise ConfigError("runner 'dask' needs prefect-dask: pip install prefect-dask") from exc
-        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1,
-                                              "processes": True})
-    if kind == "ray":
-        try:
-            from prefect_ray import RayTaskRunner
-        except ImportError as exc:
-            raise ConfigError("runner 'ray' needs prefect-ray: pip install prefect-ray") from exc
-        return RayTaskRunner()
-    raise ConfigError(f"unknown runner '{kind}' (thread, dask, ray)")
+        register(run_id, None)
 
 
 def run_curation(config: dict[str, Any]) -> dict[str, Any]:
@@ -1110,24 +808,9 @@ def run_curation(config: dict[str, Any]) -> dict[str, Any]:
     ref = None
     if secrets:
         ref = uuid.uuid4().hex
-        _SECRETS[ref] = secrets
+        SECRETS[ref] = secrets
     try:
         return flow_(public, ref)
     finally:
         if ref is not None:
-            _SECRETS.pop(ref, None)
-
-
-# secrets of the runs started by run_curation in this process, never given to Prefect
-_SECRETS: dict[str, dict[str, Any]] = {}
-
-
-# The CLI installs a rich progress factory here; tests and library users may leave it out.
-_PROGRESS: dict[str, Callable[[str, int], Callable[[int], None]]] = {}
-
-
-def set_progress_factory(factory: Callable[[str, int], Callable[[int], None]] | None) -> None:
-    if factory is None:
-        _PROGRESS.pop("factory", None)
-    else:
-        _PROGRESS["factory"] = factory
+            SECRETS.pop(ref, None)

@@ -33,7 +33,7 @@ def examples() -> Path:
 def smollm2_engine():
     """The embedded SmolLM2 vLLM engine, started once for the whole test session (the flow
     runs in the tests reuse the same instance through EnginePool.shared)."""
-    from flows.curate import EnginePool
+    from flows.runtime import EnginePool
     from pipeline.engines.embedded import default_cache_dir
     from schemas.config import ModelSpec
 
@@ -44,6 +44,6 @@ def pytest_sessionfinish(session, exitstatus):
     """Stop engines started by the tests before the interpreter tears logging down."""
     import sys
 
-    mod = sys.modules.get("flows.curate")
+    mod = sys.modules.get("flows.runtime")
     if mod is not None:
         mod.EnginePool.close_all()

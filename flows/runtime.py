@@ -1,0 +1,299 @@
+"""The run's runtime: the engine pool, the run context (config, stage store, request
+cache, engines, progress) and the stage machinery every task goes through (key, reuse,
+compute, write), the retry rule, and the task runner. ``flows.curate`` holds the tasks and
+the flow."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect.artifacts import create_table_artifact
+
+from pipeline.engines.base import (
+    CallStats,
+    Engine,
+    FakeEngine,
+    RequestCache,
+    VLLMEngine,
+    run_cached,
+)
+from pipeline.engines.embedded import default_cache_dir, resolve_model_path
+from pipeline.stage import StageResult
+from pipeline.store import datasets as store
+from pipeline.store.stages import StageOutput, StageStore
+from schemas.config import (
+    ModelSpec,
+    RunConfig,
+)
+from schemas.errors import ConfigError
+
+log = logging.getLogger("prefcurate")
+
+class EnginePool:
+    """One engine per model spec, started on first need and shared by every flow run in
+    this process (tests and long-lived workers pay the engine start once)."""
+
+    _shared: dict[str, "EnginePool"] = {}
+    _shared_lock = threading.Lock()
+
+    @classmethod
+    def shared(cls, cache_dir: Path) -> "EnginePool":
+        with cls._shared_lock:
+            key = str(Path(cache_dir).resolve())
+            if key not in cls._shared:
+                cls._shared[key] = cls(cache_dir)
+            return cls._shared[key]
+
+    def __init__(self, cache_dir: Path):
+        self.cache_dir = cache_dir
+        self._engines: dict[str, Engine] = {}
+        self._lock = threading.Lock()
+        self.started: list[str] = []
+
+    def get(self, spec: ModelSpec) -> Engine:
+        key = spec.engine_key()
+        with self._lock:
+            if key not in self._engines:
+                self._engines[key] = self._build(spec)
+            return self._engines[key]
+
+    def close(self) -> None:
+        """Stop every engine of this pool."""
+        with self._lock:
+            for eng in self._engines.values():
+                close = getattr(eng, "close", None)
+                if close:
+                    close()
+            self._engines.clear()
+
+    @classmethod
+    def close_all(cls) -> None:
+        with cls._shared_lock:
+            for pool in cls._shared.values():
+                pool.close()
+            cls._shared.clear()
+
+    def _build(self, spec: ModelSpec) -> Engine:
+        if spec.engine == "fake":
+            return FakeEngine(model=spec.model, context=spec.max_model_len)
+        if spec.engine == "vllm":
+            log.info("starting vLLM engine for %s (first start on CPU takes 1-2 min)",
+                     spec.model)
+            path = resolve_model_path(spec.model, self.cache_dir)
+            return VLLMEngine(spec.model, path, dtype=spec.dtype,
+                              max_model_len=spec.max_model_len, engine_args=spec.engine_args,
+                              structured_backend=spec.structured_backend,
+                              cache_dir=self.cache_dir)
+        if spec.engine == "openai":
+            from pipeline.engines.openai import OpenAIEngine
+
+            if not spec.base_url:
+                raise ConfigError(f"model '{spec.model}': engine 'openai' needs base_url, e.g. "
+                                  f"--set ...model.base_url=http://127.0.0.1:8000/v1")
+            return OpenAIEngine(spec.model, spec.base_url, api_key_env=spec.api_key_env,
+                                max_concurrency=spec.max_concurrency, timeout_s=spec.timeout_s,
+                                max_retries=spec.max_retries, context=spec.max_model_len)
+        raise ConfigError(f"unknown engine '{spec.engine}'")
+
+
+@dataclass
+class RunContext:
+    cfg: RunConfig
+    stages: StageStore
+    cache: RequestCache
+    engines: EnginePool
+    progress: Callable[[str, int], Callable[[int], None]] | None = None
+    calls: dict[str, CallStats] = field(default_factory=dict)
+    models_used: list[str] = field(default_factory=list)  # engines this run asked for
+
+    def engine(self, spec: ModelSpec) -> Engine:
+        if spec.model not in self.models_used:
+            self.models_used.append(spec.model)
+        return self.engines.get(spec)
+
+
+_CONTEXTS: dict[str, RunContext] = {}
+
+
+def context(run_id: str) -> RunContext:
+    return _CONTEXTS[run_id]
+
+
+def register(run_id: str, ctx: RunContext | None) -> None:
+    """Keep (or forget) a run's context. The flow body only calls functions, never touches
+    module state directly: Prefect pickles the flow function for remote task runners, and
+    by-value pickling would drag the state (SQLite handles, engines) along."""
+    if ctx is None:
+        _CONTEXTS.pop(run_id, None)
+    else:
+        _CONTEXTS[run_id] = ctx
+
+
+def request_cache_path(cfg: RunConfig) -> Path:
+    return Path(cfg.data_root) / "cache" / "requests.sqlite"
+
+
+def new_context(cfg: RunConfig) -> RunContext:
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    for folder in (Path(cfg.data_root) / "runs" / cfg.dataset_name / "stages",
+                   Path(cfg.data_root) / "datasets" / cfg.dataset_name):
+        store.sweep_stale_tmp(folder)  # what killed runs left half-written
+    return RunContext(cfg=cfg,
+                      stages=StageStore(Path(cfg.data_root) / "runs" / cfg.dataset_name),
+                      cache=RequestCache(request_cache_path(cfg)),
+                      engines=EnginePool.shared(cache_dir), progress=PROGRESS.get("factory"))
+
+
+def run_stage(ctx: RunContext, mod_stage: str, version: int | list[int], cfg: Any,
+              inputs: list[str], compute: Callable[[], StageResult], *,
+              complete: Callable[[StageResult], bool] = lambda r: True) -> StageOutput:
+    """Reuse the finished output of ``mod_stage`` under its key (module version(s), config,
+    input hashes), or compute, restage the reject rows and write it durably."""
+    key = StageStore.key(mod_stage, version, cfg, inputs)
+    done = ctx.stages.load(mod_stage, key)
+    if done is not None:
+        log.info("stage %s: reusing finished output %s", mod_stage, done.path.name)
+        _artifact(done)
+        return done
+    result = compute()
+    result.stage = mod_stage  # the stage's name in this flow (e.g. a second aggregation)
+    # ... and in its reject rows (the module's name differs: rewards → reward, judge →
+    # judge_gpm), so dropped.parquet and quarantine.parquet say what the manifest says
+    result.dropped = _restaged(result.dropped, mod_stage)
+    result.quarantine = _restaged(result.quarantine, mod_stage)
+    out = ctx.stages.save(result, key, complete=complete(result), inputs=inputs)
+    _artifact(out)
+    return out
+
+
+def _restaged(table: Any, stage: str) -> Any:
+    import pyarrow as pa
+
+    if table is None or not table.num_rows or "stage" not in table.column_names:
+        return table
+    i = table.schema.get_field_index("stage")
+    return table.set_column(i, table.schema.field(i),
+                            pa.array([stage] * table.num_rows, table.schema.field(i).type))
+
+
+def call_models(ctx: RunContext, label: str, groups: list[tuple[str, ModelSpec, list[Any]]],
+                 batch_size: int) -> tuple[list[Any], list[Any], CallStats]:
+    """Answer each group's requests (objects with a ``.request``) with its model, through the
+    request cache; returns (requests in group order, their completions, call counts)."""
+    ordered: list[Any] = []
+    comps: list[Any] = []
+    total = CallStats()
+    for name, spec, mine in groups:
+        out, stats = run_cached(
+            [r.request for r in mine], engine_kind=spec.engine, model=spec.cache_identity(),
+            get_engine=lambda spec=spec: ctx.engine(spec), cache=ctx.cache,
+            batch_size=batch_size, progress=_progress(ctx, f"{label} [{name}]", len(mine)))
+        ordered += mine
+        comps += out
+        total.add(stats)
+    return ordered, comps, total
+
+
+_TRANSIENT_ERRNOS = {errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT, errno.ECONNRESET,
+                     errno.ECONNREFUSED, errno.ECONNABORTED, errno.EPIPE, errno.EINTR,
+                     errno.ENETUNREACH, errno.EHOSTUNREACH}
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """The allow-list of errors a retry can fix: connection failures and timeouts
+    (builtins and httpx), HTTP 5xx, and OS errors that say "try again" (a full disk, a
+    read-only or missing folder, a KeyError in stage code are not: retrying them only
+    delays the error by a minute).
+
+    >>> is_transient(ConnectionRefusedError()), is_transient(TimeoutError())
+    (True, True)
+    >>> is_transient(KeyError("x")), is_transient(OSError(errno.ENOSPC, "No space left"))
+    (False, False)
+    """
+    if exc is None:
+        return False
+    try:
+        import httpx
+
+        if isinstance(exc, (httpx.TransportError, httpx.TimeoutException)):
+            return True
+        if isinstance(exc, httpx.HTTPStatusError):
+            return exc.response.status_code >= 500
+    except ImportError:  # pragma: no cover - httpx is a dependency
+        pass
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, OSError):
+        return exc.errno in _TRANSIENT_ERRNOS
+    return False
+
+
+def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect's retry condition: retry only :func:`is_transient` errors. Model calls
+    already made are in the request cache, so a retry repeats none of them."""
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception:  # pragma: no cover - cannot read the state: do not guess
+        return False
+    return is_transient(exc if isinstance(exc, BaseException) else None)
+
+
+def _artifact(out: StageOutput) -> None:
+    """Attach the stage's counts to the Prefect run as a table artifact."""
+    c = out.counts
+    rows = [{"stage": out.stage, "in": c["in"], "kept": c["kept"], "out": c.get("out"),
+             **{f"dropped:{k}": v for k, v in c["dropped"].items()},
+             **{f"quarantined:{k}": v for k, v in c["quarantined"].items()},
+             "reused": out.reused}]
+    try:
+        create_table_artifact(table=rows, key=f"prefcurate-{out.stage}",
+                              description=f"rows of stage {out.stage}")
+    except Exception as exc:  # artifacts are a convenience, never a failure
+        log.debug("no artifact for %s: %s", out.stage, exc)
+
+
+def _progress(ctx: RunContext, label: str, total: int) -> Callable[[int], None] | None:
+    return ctx.progress(label, total) if ctx.progress else None
+
+
+def task_runner_for(kind: str, workers: int) -> Any:
+    """The Prefect task runner for ``runner.kind`` (prefect-dask / prefect-ray)."""
+    if kind == "thread":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=workers)
+    if kind == "dask":
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError as exc:
+            raise ConfigError("runner 'dask' needs prefect-dask: pip install prefect-dask") from exc
+        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1,
+                                              "processes": True})
+    if kind == "ray":
+        try:
+            from prefect_ray import RayTaskRunner
+        except ImportError as exc:
+            raise ConfigError("runner 'ray' needs prefect-ray: pip install prefect-ray") from exc
+        return RayTaskRunner()
+    raise ConfigError(f"unknown runner '{kind}' (thread, dask, ray)")
+
+
+# secrets of the runs started by run_curation in this process, never given to Prefect
+SECRETS: dict[str, dict[str, Any]] = {}
+
+
+# The CLI installs a rich progress factory here; tests and library users may leave it out.
+PROGRESS: dict[str, Callable[[str, int], Callable[[int], None]]] = {}
+
+
+def set_progress_factory(factory: Callable[[str, int], Callable[[int], None]] | None) -> None:
+    if factory is None:
+        PROGRESS.pop("factory", None)
+    else:
+        PROGRESS["factory"] = factory
