@@ -88,6 +88,10 @@ def _prefect_env(verbose: bool = False) -> None:
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    # every project logger is under "prefcurate": attached to Prefect's API handler, its
+    # records show in the Prefect UI with the run's own logs (outside a run: not sent)
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "prefcurate")
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
 
 def check_data_root(root: str) -> None:
@@ -196,6 +200,9 @@ def run(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("prefcurate").setLevel(logging.INFO)
+    # the stage modules' own loggers (prefcurate.pipeline.*) stay at warnings without -v
+    logging.getLogger("prefcurate.pipeline").setLevel(logging.INFO if verbose else
+                                                      logging.WARNING)
     from schemas.config import load_config
     try:
         cfg = load_config(config, set_)

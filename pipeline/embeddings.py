@@ -54,7 +54,7 @@ from schemas.config import EMBEDDED_MINILM, EmbeddingConfig
 from schemas.errors import ConfigError, EngineError, PrefcurateError
 from schemas.tables import embedding_schema
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"prefcurate.{__name__}")
 
 STAGE = "embed"
 STAGE_VERSION = 1

@@ -17,3 +17,39 @@ def test_ruff_check_is_clean() -> None:
     out = subprocess.run([ruff, "check", "--no-cache", "--output-format", "concise", "."],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_every_logger_is_in_the_prefcurate_tree() -> None:
+    """One ``prefcurate.*`` logger tree: the CLI sets its levels in one place and Prefect
+    attaches its API handler to it (PREFECT_LOGGING_EXTRA_LOGGERS), so the stage modules'
+    messages show in the Prefect UI beside the run's."""
+    import ast
+
+    bad = []
+    files = sorted(p for d in ("pipeline", "flows", "schemas") for p in (REPO / d).rglob("*.py"))
+    for f in files:
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "getLogger"):
+                arg = node.args[0] if node.args else None
+                text = (arg.value if isinstance(arg, ast.Constant) else
+                        arg.values[0].value if isinstance(arg, ast.JoinedStr)
+                        and arg.values and isinstance(arg.values[0], ast.Constant) else None)
+                if not (isinstance(text, str) and text.startswith("prefcurate")):
+                    bad.append(f"{f.relative_to(REPO)}:{node.lineno}")
+    assert len(files) > 50 and bad == []
+
+
+def test_cli_sends_the_tree_to_prefect(monkeypatch) -> None:
+    import os
+
+    from flows import cli
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PREFECT_LOGGING_EXTRA_LOGGERS",
+                        "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW")}
+    monkeypatch.setattr(os, "environ", env)  # what _prefect_env sets is undone after
+    monkeypatch.setattr(cli, "reap_orphan_servers", lambda: [])
+    cli._prefect_env()
+    assert os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] == "prefcurate"
+    assert os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] == "ignore"

@@ -59,7 +59,7 @@ from schemas.config import RewardModelSpec
 from schemas.errors import ConfigError, EngineError
 from schemas.tables import SCORES, from_rows
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"prefcurate.{__name__}")
 
 STAGE = "rewards"
 STAGE_VERSION = 2  # 2: failed calls are quarantined (request_failed), not kept

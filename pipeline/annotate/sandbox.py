@@ -74,7 +74,7 @@ from typing import Literal, Sequence
 
 from schemas.errors import PrefcurateError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"prefcurate.{__name__}")
 
 MAX_REASON_CHARS = 300
 

@@ -69,7 +69,7 @@ from schemas.config import VerifyConfig
 from schemas.errors import PrefcurateError
 from schemas.tables import SCORES, VOTES, from_rows
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"prefcurate.{__name__}")
 
 STAGE = "verify"
 STAGE_VERSION = 1

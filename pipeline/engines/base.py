@@ -32,7 +32,7 @@ from typing import Any, Protocol
 from pipeline.hashing import stable_hash
 from schemas.errors import EngineError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"prefcurate.{__name__}")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from schemas.errors import EngineError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"prefcurate.{__name__}")
 
 EMBEDDED_PREFIX = "embedded:"
 SMOLLM2 = "smollm2-135m-instruct"

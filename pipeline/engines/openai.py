@@ -69,7 +69,7 @@ import httpx
 from pipeline.engines.base import TOP_LOGPROB_STEPS, ChatRequest, Completion, too_long
 from schemas.errors import ConfigError, EngineError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"prefcurate.{__name__}")
 
 RETRY_STATUSES = frozenset({408, 409, 429})  # and every 5xx
 SCHEMA_NAME = "verdict"

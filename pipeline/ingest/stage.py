@@ -53,7 +53,7 @@ from schemas.tables import CANDIDATES, PROMPTS, VOTES, from_rows
 
 __all__ = ["ingest_prompts", "ingest_pairs", "MTBENCH"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"prefcurate.{__name__}")
 
 STAGE = "ingest"
 ROLES = ("system", "user", "assistant")

@@ -63,7 +63,7 @@ from pipeline.report.terminal import render_terminal
 __all__ = ["SECTIONS", "build_report", "default_report_path", "render_html",
            "render_terminal", "report_from_tables", "write_report"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"prefcurate.{__name__}")
 
 # ---------------------------------------------------------------------------- public API
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"prefcurate.{__name__}")
 
 REPORT_VERSION = 1
 REPORTS_DIR = "reports"  # <root>/datasets/<name>/reports/v<N>.html

@@ -10,7 +10,7 @@ from typing import Any
 from pipeline.report.common import SECTIONS, flip_count
 from pipeline.report.plots import PLOTS, to_png
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"prefcurate.{__name__}")
 
 # ---------------------------------------------------------------------------- HTML
 

@@ -11,7 +11,7 @@ import pyarrow as pa
 from pipeline.annotate.judge_stats import cohen_kappa
 from pipeline.report.common import MAX_ANNOTATORS, Lineage, column_values, num, tabulate
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"prefcurate.{__name__}")
 
 def _agreement(votes: list[pa.Table]) -> dict[str, Any] | None:
     """Pairwise agreement and Cohen's κ between annotators on the comparisons both judged."""

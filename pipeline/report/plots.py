@@ -12,7 +12,7 @@ import numpy as np
 
 from pipeline.report.common import truncate
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"prefcurate.{__name__}")
 
 # ---------------------------------------------------------------------------- plots
 

@@ -26,7 +26,7 @@ from pipeline.report.common import (
     truncate,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"prefcurate.{__name__}")
 
 # ---------------------------------------------------------------------------- sections
 

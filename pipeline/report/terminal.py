@@ -8,7 +8,7 @@ from typing import Any
 from pipeline.report.common import SECTIONS, flip_count, truncate
 from pipeline.report.html import fmt
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"prefcurate.{__name__}")
 
 # ---------------------------------------------------------------------------- terminal
 

@@ -46,7 +46,7 @@ from pipeline.hashing import file_hash
 from schemas.errors import StoreError
 from schemas.tables import DROPPED, PUBLISHED, QUARANTINE, check_table, schema_fingerprint
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"prefcurate.{__name__}")
 
 DATASETS_DIR = "datasets"
 LOCK_NAME = ".lock"
