@@ -44,8 +44,16 @@ def main() -> int:
     summary: list[tuple[str, str]] = []
     status: list[tuple[str, int, float]] = []
 
-    gen = ["-m", "bench.generation", "--hf-threads", "1", "--json", str(gen_json),
-           "--candidates", "20000" if a.quick else "100000"]
+    gen = [
+        "-m",
+        "bench.generation",
+        "--hf-threads",
+        "1",
+        "--json",
+        str(gen_json),
+        "--candidates",
+        "20000" if a.quick else "100000",
+    ]
     if a.quick:
         gen.append("--skip-hf")
     rc, dt = _run("generation", gen, 900)
@@ -56,38 +64,58 @@ def main() -> int:
             if any(k in m for k in ("tokens/s", "ratio", "cand/s", "overhead", "engine start")):
                 summary.append((m, row["value"]))
 
-    rc, dt = _run("core", ["bench/core.py", "--pairs", "100000" if a.quick else "1000000",
-                           "--repeat", "1"], 900)
+    rc, dt = _run(
+        "core",
+        ["bench/core.py", "--pairs", "100000" if a.quick else "1000000", "--repeat", "1"],
+        900,
+    )
     status.append(("core (see its table above for the crowd-kit ratios)", rc, dt))
 
-    noise = ["bench/noise_eval.py", "--noise", "0", "0.2", "0.3", "0.4", "--pairs",
-             "1000" if a.quick else "4000", "--methods", "majority", "dawid_skene",
-             "default", "--json"]
+    noise = [
+        "bench/noise_eval.py",
+        "--noise",
+        "0",
+        "0.2",
+        "0.3",
+        "0.4",
+        "--pairs",
+        "1000" if a.quick else "4000",
+        "--methods",
+        "majority",
+        "dawid_skene",
+        "default",
+        "--json",
+    ]
     print(f"\n=== noise_eval: {' '.join(noise)}", flush=True)
     t0 = time.time()
-    res = subprocess.run([sys.executable, *noise], cwd=REPO, capture_output=True, text=True,
-                         timeout=900)
+    res = subprocess.run(
+        [sys.executable, *noise], cwd=REPO, capture_output=True, text=True, timeout=900
+    )
     status.append(("noise_eval", res.returncode, time.time() - t0))
     if res.returncode == 0:
         noise_json.write_text(res.stdout)
         rows = json.loads(res.stdout)
         print(f"{'noise':>6} {'method':<12} {'acc':>6} {'kept':>6} {'F1':>6} {'spearman':>8}")
         for r in rows:
-            print(f"{r['noise']:>6.1f} {r['method']:<12} {r['acc']:>6.3f} {r['kept']:>6.3f} "
-                  f"{(r['f1'] or 0):>6.3f} {(r['spearman'] or 0):>8.3f}")
+            print(
+                f"{r['noise']:>6.1f} {r['method']:<12} {r['acc']:>6.3f} {r['kept']:>6.3f} "
+                f"{(r['f1'] or 0):>6.3f} {(r['spearman'] or 0):>8.3f}"
+            )
             if r["noise"] == 0.3:
-                summary.append((f"noise 30%: {r['method']} acc / F1",
-                                f"{r['acc']:.3f} / {(r['f1'] or 0):.3f}"))
+                summary.append(
+                    (f"noise 30%: {r['method']} acc / F1", f"{r['acc']:.3f} / {(r['f1'] or 0):.3f}")
+                )
     else:
         print(res.stderr[-2000:])
 
     if (HERE / "gpm_eval.py").exists():
-        rc, dt = _run("gpm_eval", ["bench/gpm_eval.py"] + (["--quick"] if a.quick else []),
-                      900)
+        rc, dt = _run("gpm_eval", ["bench/gpm_eval.py"] + (["--quick"] if a.quick else []), 900)
         status.append(("gpm_eval", rc, dt))
 
-    print("\n=== summary (load average now "
-          f"{os.getloadavg()[0]:.1f}; other work on the machine skews every figure)")
+    print(
+        "\n=== summary (load average now "
+        f"{os.getloadavg()[0]:.1f}; other work on the machine skews every figure)"
+    )
     width = max((len(k) for k, _ in summary), default=10)
     for k, v in summary:
         print(f"{k:<{width}}  {v}")

@@ -118,8 +118,9 @@ FLIP_BELOW, DROP_BELOW = 0.3, 0.7
 A_WRONG = 0.30
 A_VOTES = 5
 A_ACC = [0.30, 0.50, None, 0.65, 0.69, 0.73, 0.77, 0.81, 0.85, 0.90]  # None: label copier
-A_ROLES = ["adversarial 0.30", "random 0.50", "label copier"] + \
-    [f"honest {a:.2f}" for a in A_ACC[3:]]
+A_ROLES = ["adversarial 0.30", "random 0.50", "label copier"] + [
+    f"honest {a:.2f}" for a in A_ACC[3:]
+]
 A_TIE = 0.05
 
 B_VOTES = 3
@@ -131,8 +132,9 @@ B_LONG_BETTER = 0.6
 B_COPY, B_COPIER_ACC = 0.7, 0.80
 B_HONEST = np.linspace(0.60, 0.95, 12)
 B_N = 15  # w00, w01 copiers; w02 length picker; w03..w14 honest
-B_ROLES = ["label follower (0.7)", "label follower (0.7)", "longer-response picker"] + \
-    [f"honest {a:.2f}" for a in B_HONEST]
+B_ROLES = ["label follower (0.7)", "label follower (0.7)", "longer-response picker"] + [
+    f"honest {a:.2f}" for a in B_HONEST
+]
 B_GRID = 4000
 
 # ---------------------------------------------------------------- text generator
@@ -140,19 +142,25 @@ TOPICS = [
     ("photosynthesis", ["chlorophyll", "sunlight", "carbon dioxide", "glucose"]),
     ("compound interest", ["the principal", "the interest rate", "time", "monthly deposits"]),
     ("sourdough baking", ["the starter", "hydration", "proofing time", "oven temperature"]),
-    ("password managers", ["the master password", "encryption", "browser extensions",
-                           "two-factor codes"]),
+    (
+        "password managers",
+        ["the master password", "encryption", "browser extensions", "two-factor codes"],
+    ),
     ("plate tectonics", ["the mantle", "subduction zones", "fault lines", "earthquakes"]),
     ("container gardening", ["drainage", "potting mix", "watering", "root space"]),
-    ("binary search", ["a sorted array", "the midpoint", "the search interval",
-                       "off-by-one errors"]),
+    (
+        "binary search",
+        ["a sorted array", "the midpoint", "the search interval", "off-by-one errors"],
+    ),
     ("marathon training", ["long runs", "recovery days", "pacing", "hydration"]),
     ("vaccines", ["the immune system", "antibodies", "booster doses", "herd immunity"]),
     ("inflation", ["prices", "wages", "central banks", "interest rates"]),
     ("git branching", ["feature branches", "merge conflicts", "rebasing", "pull requests"]),
     ("sleep hygiene", ["screen time", "caffeine", "a regular schedule", "bedroom light"]),
-    ("the French Revolution", ["the Estates-General", "bread prices", "the monarchy",
-                               "the Terror"]),
+    (
+        "the French Revolution",
+        ["the Estates-General", "bread prices", "the monarchy", "the Terror"],
+    ),
     ("electric cars", ["battery capacity", "charging speed", "range", "running costs"]),
     ("public speaking", ["preparation", "eye contact", "pacing", "nerves"]),
     ("composting", ["green waste", "brown waste", "moisture", "turning the pile"]),
@@ -169,10 +177,11 @@ TOPICS = [
     ("neural networks", ["weights", "the loss function", "gradient descent", "overfitting"]),
     ("coffee brewing", ["grind size", "water temperature", "brew time", "the coffee ratio"]),
     ("climate change", ["greenhouse gases", "sea levels", "carbon emissions", "feedback loops"]),
-    ("job interviews", ["research on the company", "example answers", "questions to ask",
-                        "follow-up emails"]),
-    ("recursion", ["the base case", "the call stack", "the recursive step",
-                   "stack overflows"]),
+    (
+        "job interviews",
+        ["research on the company", "example answers", "questions to ask", "follow-up emails"],
+    ),
+    ("recursion", ["the base case", "the call stack", "the recursive step", "stack overflows"]),
     ("bird migration", ["day length", "magnetic fields", "stopover sites", "fat reserves"]),
     ("houseplant care", ["light levels", "overwatering", "humidity", "repotting"]),
     ("the Roman Empire", ["the legions", "roads", "the Senate", "taxation"]),
@@ -195,13 +204,34 @@ PROMPTS = [
     "How would you teach {t}{c}?",
     "Write a short explanation of {t}{c}, with one concrete example.",
 ]
-CONTEXTS = ["", " to a complete beginner", " for a ten-year-old", " in under 150 words",
-            " for a busy professional", " as if I were a first-year student",
-            " in plain English", " with a focus on everyday life"]
-OPENERS = ["", "", "", "Sure! ", "Good question. ", "Here is a short answer. ",
-           "Let me break it down. ", "In short: "]
-CLOSERS = ["", "", "", " Hope this helps.", " Let me know if you want more detail.",
-           " Happy to expand on any of these points."]
+CONTEXTS = [
+    "",
+    " to a complete beginner",
+    " for a ten-year-old",
+    " in under 150 words",
+    " for a busy professional",
+    " as if I were a first-year student",
+    " in plain English",
+    " with a focus on everyday life",
+]
+OPENERS = [
+    "",
+    "",
+    "",
+    "Sure! ",
+    "Good question. ",
+    "Here is a short answer. ",
+    "Let me break it down. ",
+    "In short: ",
+]
+CLOSERS = [
+    "",
+    "",
+    "",
+    " Hope this helps.",
+    " Let me know if you want more detail.",
+    " Happy to expand on any of these points.",
+]
 SENTENCES = [
     "{T} is best understood as a process in which {n1} interacts with {n2}.",
     "A common mistake is to assume that {n1} alone determines the outcome.",
@@ -218,8 +248,16 @@ SENTENCES = [
     "Books and courses on {t} usually begin with {n1} for a good reason.",
     "Once {n1} is under control, {n2} tends to follow.",
 ]
-FILLERS = ["your goals", "the context", "local conditions", "how much time you have",
-           "the season", "your budget", "the scale of the problem", "who you ask"]
+FILLERS = [
+    "your goals",
+    "the context",
+    "local conditions",
+    "how much time you have",
+    "the season",
+    "your budget",
+    "the scale of the problem",
+    "who you ask",
+]
 
 
 def _response(rng: np.random.Generator, topic: str, nouns: list[str]) -> str:
@@ -229,15 +267,22 @@ def _response(rng: np.random.Generator, topic: str, nouns: list[str]) -> str:
     body = []
     for i in idx:
         n1, n2 = rng.choice(len(nouns), size=2, replace=False)
-        s = SENTENCES[i].format(t=topic, T=topic[0].upper() + topic[1:], n1=nouns[n1],
-                                n2=nouns[n2], f=FILLERS[rng.integers(len(FILLERS))])
+        s = SENTENCES[i].format(
+            t=topic,
+            T=topic[0].upper() + topic[1:],
+            n1=nouns[n1],
+            n2=nouns[n2],
+            f=FILLERS[rng.integers(len(FILLERS))],
+        )
         body.append(s)
     parts.append(" ".join(body))
     if rng.random() < 0.25:
         m = int(rng.integers(2, 5))
         items = rng.choice(len(nouns), size=m, replace=False)
-        parts.append("\n\nKey points:\n" + "\n".join(
-            f"- {nouns[j][0].upper() + nouns[j][1:]}" for j in items))
+        parts.append(
+            "\n\nKey points:\n"
+            + "\n".join(f"- {nouns[j][0].upper() + nouns[j][1:]}" for j in items)
+        )
     parts.append(CLOSERS[rng.integers(len(CLOSERS))])
     return "".join(parts).strip()
 
@@ -268,9 +313,16 @@ def make_texts(rng: np.random.Generator, n: int) -> tuple[list[str], list[str], 
 
 # ---------------------------------------------------------------- generators
 def _rows(ids, prompts, chosen, rejected, votes) -> list[dict[str, Any]]:
-    return [{"id": i, "prompt": p, "chosen": c, "rejected": r,
-             "votes": [{"annotator": a, "preferred": v} for a, v in vs]}
-            for i, p, c, r, vs in zip(ids, prompts, chosen, rejected, votes)]
+    return [
+        {
+            "id": i,
+            "prompt": p,
+            "chosen": c,
+            "rejected": r,
+            "votes": [{"annotator": a, "preferred": v} for a, v in vs],
+        }
+        for i, p, c, r, vs in zip(ids, prompts, chosen, rejected, votes)
+    ]
 
 
 def gen_set_a(n: int, seed: int) -> dict[str, Any]:
@@ -295,10 +347,16 @@ def gen_set_a(n: int, seed: int) -> dict[str, Any]:
     chosen = [w if wr else b for b, w, wr in zip(better, worse, wrong)]
     rejected = [b if wr else w for b, w, wr in zip(better, worse, wrong)]
     ids = [f"A{seed}-{i:05d}" for i in range(n)]
-    return {"name": "A", "ids": ids, "wrong": wrong, "votes": votes, "n_annot": len(A_ACC),
-            "roles": {f"w{j:02d}": r for j, r in enumerate(A_ROLES)},
-            "rows": _rows(ids, prompts, chosen, rejected, votes),
-            "chosen_longer": np.array([len(c) > len(r) for c, r in zip(chosen, rejected)])}
+    return {
+        "name": "A",
+        "ids": ids,
+        "wrong": wrong,
+        "votes": votes,
+        "n_annot": len(A_ACC),
+        "roles": {f"w{j:02d}": r for j, r in enumerate(A_ROLES)},
+        "rows": _rows(ids, prompts, chosen, rejected, votes),
+        "chosen_longer": np.array([len(c) > len(r) for c, r in zip(chosen, rejected)]),
+    }
 
 
 def _b_acc(a: float | np.ndarray, g: np.ndarray) -> np.ndarray:
@@ -347,10 +405,17 @@ def gen_set_b(n: int, seed: int) -> dict[str, Any]:
             vs.append((f"w{j:02d}", v))
         votes.append(vs)
     ids = [f"B{seed}-{i:05d}" for i in range(n)]
-    return {"name": "B", "ids": ids, "wrong": wrong, "votes": votes, "n_annot": B_N,
-            "roles": {f"w{j:02d}": r for j, r in enumerate(B_ROLES)}, "gap": g,
-            "rows": _rows(ids, prompts, chosen, rejected, votes),
-            "chosen_longer": chosen_longer}
+    return {
+        "name": "B",
+        "ids": ids,
+        "wrong": wrong,
+        "votes": votes,
+        "n_annot": B_N,
+        "roles": {f"w{j:02d}": r for j, r in enumerate(B_ROLES)},
+        "gap": g,
+        "rows": _rows(ids, prompts, chosen, rejected, votes),
+        "chosen_longer": chosen_longer,
+    }
 
 
 def oracle_b(data: dict[str, Any]) -> np.ndarray:
@@ -423,8 +488,15 @@ def dawid_skene(data: dict[str, Any], seed: int, frame: str = "ab") -> np.ndarra
             item.append(i)
             annot.append(int(name[1:]))
             label.append(2 if v == "tie" else side[i] if v == "chosen" else 1 - side[i])
-    res = fit_dawid_skene(np.array(item), np.array(annot), np.array(label), n_items=n,
-                          n_annotators=w_label + 1, n_classes=2, n_labels=3)
+    res = fit_dawid_skene(
+        np.array(item),
+        np.array(annot),
+        np.array(label),
+        n_items=n,
+        n_annotators=w_label + 1,
+        n_classes=2,
+        n_labels=3,
+    )
     return res.posterior[np.arange(n), side]
 
 
@@ -438,10 +510,21 @@ def run_product(data: dict[str, Any], workdir: Path, timeout: int) -> dict[str, 
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     root = workdir / "data"
     exe = REPO / ".venv" / "bin" / "prefcurate"
-    cmd = [str(exe if exe.exists() else "prefcurate"), "run",
-           "--set", "input.kind=pairs", "--set", f"input.path={f}",
-           "--set", "judge.judges=[]", "--set", "input.limit=null",
-           "--set", f"data_root={root}", "--json"]
+    cmd = [
+        str(exe if exe.exists() else "prefcurate"),
+        "run",
+        "--set",
+        "input.kind=pairs",
+        "--set",
+        f"input.path={f}",
+        "--set",
+        "judge.judges=[]",
+        "--set",
+        "input.limit=null",
+        "--set",
+        f"data_root={root}",
+        "--json",
+    ]
     log.info("set %s: %s", data["name"], " ".join(cmd))
     t0 = time.time()
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
@@ -450,9 +533,10 @@ def run_product(data: dict[str, Any], workdir: Path, timeout: int) -> dict[str, 
         raise RuntimeError(f"prefcurate run exited {p.returncode}: {p.stderr[-2000:]}")
     summary = json.loads(p.stdout)
     vdir = Path(summary["path"])
-    pub = pq.read_table(vdir / "data.parquet",
-                        columns=["source_id", "chosen_policy", "flipped", "decision",
-                                 "label_status"]).to_pylist()
+    pub = pq.read_table(
+        vdir / "data.parquet",
+        columns=["source_id", "chosen_policy", "flipped", "decision", "label_status"],
+    ).to_pylist()
     manifest = json.loads((vdir / "manifest.json").read_text())
     dropped = pq.read_table(vdir / "dropped.parquet").to_pylist()
     quarantine = pq.read_table(vdir / "quarantine.parquet").to_pylist()
@@ -477,9 +561,15 @@ def run_product(data: dict[str, Any], workdir: Path, timeout: int) -> dict[str, 
         "published": len(pub),
         "unmapped_published_rows": unknown,
         "flipped_column_mismatch": inconsistent,
-        "stages": {k: {"in": v["in"], "kept": v["kept"], "dropped": v["dropped"],
-                       "quarantined": v["quarantined"]}
-                   for k, v in summary.get("stages", {}).items()},
+        "stages": {
+            k: {
+                "in": v["in"],
+                "kept": v["kept"],
+                "dropped": v["dropped"],
+                "quarantined": v["quarantined"],
+            }
+            for k, v in summary.get("stages", {}).items()
+        },
         "dropped_reasons": dict(Counter(f"{d['stage']}:{d['reason']}" for d in dropped)),
         "quarantined": dict(Counter(q.get("reason") for q in quarantine)),
         "aggregate_method": agg.get("method"),
@@ -510,13 +600,20 @@ def figures(dec: np.ndarray, wrong: np.ndarray) -> dict[str, float]:
     }
 
 
-def evaluate(name: str, n: int, seed: int, skip_product: bool, keep: Path | None,
-             timeout: int) -> dict[str, Any]:
+def evaluate(
+    name: str, n: int, seed: int, skip_product: bool, keep: Path | None, timeout: int
+) -> dict[str, Any]:
     t0 = time.time()
     data = (gen_set_a if name == "A" else gen_set_b)(n, seed)
     wrong = data["wrong"]
-    log.info("set %s seed %d: %d pairs, %.1f%% wrong labels, generated in %.1f s", name, seed,
-             n, 100 * wrong.mean(), time.time() - t0)
+    log.info(
+        "set %s seed %d: %d pairs, %.1f%% wrong labels, generated in %.1f s",
+        name,
+        seed,
+        n,
+        100 * wrong.mean(),
+        time.time() - t0,
+    )
     methods: dict[str, dict[str, float]] = {}
     methods["majority vote"] = figures(majority(data), wrong)
     methods["dawid-skene"] = figures(decide(dawid_skene(data, seed, "ab")), wrong)
@@ -536,15 +633,21 @@ def evaluate(name: str, n: int, seed: int, skip_product: bool, keep: Path | None
         product = res["info"]
         product["roles"] = data["roles"]
     log.info("set %s seed %d done in %.1f s", name, seed, time.time() - t0)
-    return {"seed": seed, "wrong_rate": float(wrong.mean()), "methods": methods,
-            "product": product, "seconds": round(time.time() - t0, 1)}
+    return {
+        "seed": seed,
+        "wrong_rate": float(wrong.mean()),
+        "methods": methods,
+        "product": product,
+        "seconds": round(time.time() - t0, 1),
+    }
 
 
 def mean_over(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for m in runs[0]["methods"]:
-        out[m] = {k: float(np.mean([r["methods"][m][k] for r in runs]))
-                  for k in runs[0]["methods"][m]}
+        out[m] = {
+            k: float(np.mean([r["methods"][m][k] for r in runs])) for k in runs[0]["methods"][m]
+        }
     return out
 
 
@@ -553,43 +656,65 @@ def print_table(name: str, n: int, runs: list[dict[str, Any]]) -> None:
     seeds = ", ".join(str(r["seed"]) for r in runs)
     wr = np.mean([r["wrong_rate"] for r in runs])
     print(f"\nSet {name}: {n} pairs, seeds {seeds}, {100 * wr:.1f}% wrong labels")
-    hdr = f"{'method':<26}{'accuracy':>10}{'F1':>8}{'clean kept':>12}{'kept':>8}" \
-          f"{'flip':>8}{'drop':>8}"
+    hdr = (
+        f"{'method':<26}{'accuracy':>10}{'F1':>8}{'clean kept':>12}{'kept':>8}"
+        f"{'flip':>8}{'drop':>8}"
+    )
     print(hdr)
     print("-" * len(hdr))
     for m, f in mean.items():
-        print(f"{m:<26}{f['accuracy']:>10.3f}{f['f1']:>8.3f}{f['clean_kept']:>12.3f}"
-              f"{f['kept']:>8.3f}{f['n_flipped']:>8.0f}{f['n_dropped']:>8.0f}")
+        print(
+            f"{m:<26}{f['accuracy']:>10.3f}{f['f1']:>8.3f}{f['clean_kept']:>12.3f}"
+            f"{f['kept']:>8.3f}{f['n_flipped']:>8.0f}{f['n_dropped']:>8.0f}"
+        )
     for r in runs:
         p = r["product"]
         if not p:
             continue
         lc = p.get("label_correlated") or {}
-        print(f"  product, seed {r['seed']}: run {p['seconds_run']} s; ingest "
-              f"quarantined {p['stages'].get('ingest', {}).get('quarantined')}, dropped "
-              f"reasons {p['dropped_reasons']}; aggregate method {p['aggregate_method']}; "
-              f"{p['published']} published, {p['unmapped_published_rows']} not mapped to an "
-              f"input id, {p['flipped_column_mismatch']} with `flipped` != chosen_policy")
-        print("    label_correlated: "
-              + (", ".join(f"{k} ({p['roles'].get(k, '?')}): {json.dumps(v)}"
-                           for k, v in lc.items()) or "none"))
-        print("    stage_info.aggregate.annotator_reliability: " + ", ".join(
-            f"{k}={v}" + (f" [{p['roles'][k]}]" if k in p["roles"] else " [file label]")
-            for k, v in p["annotator_reliability"].items()))
+        print(
+            f"  product, seed {r['seed']}: run {p['seconds_run']} s; ingest "
+            f"quarantined {p['stages'].get('ingest', {}).get('quarantined')}, dropped "
+            f"reasons {p['dropped_reasons']}; aggregate method {p['aggregate_method']}; "
+            f"{p['published']} published, {p['unmapped_published_rows']} not mapped to an "
+            f"input id, {p['flipped_column_mismatch']} with `flipped` != chosen_policy"
+        )
+        print(
+            "    label_correlated: "
+            + (
+                ", ".join(f"{k} ({p['roles'].get(k, '?')}): {json.dumps(v)}" for k, v in lc.items())
+                or "none"
+            )
+        )
+        print(
+            "    stage_info.aggregate.annotator_reliability: "
+            + ", ".join(
+                f"{k}={v}" + (f" [{p['roles'][k]}]" if k in p["roles"] else " [file label]")
+                for k, v in p["annotator_reliability"].items()
+            )
+        )
 
 
 def _code_version() -> dict[str, Any]:
     """The repository's HEAD and the tracked files modified in the work tree (the product
     measured is the work tree as it is)."""
+
     def git(*a: str) -> str:
         try:
-            return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True,
-                                  timeout=30).stdout.rstrip()
+            return subprocess.run(
+                ["git", *a], cwd=REPO, capture_output=True, text=True, timeout=30
+            ).stdout.rstrip()
         except (OSError, subprocess.SubprocessError):
             return ""
-    return {"head": git("rev-parse", "HEAD").strip(),
-            "modified": [ln[3:] for ln in git("status", "--porcelain").splitlines()
-                         if ln[:2].strip() and not ln.startswith("??")]}
+
+    return {
+        "head": git("rev-parse", "HEAD").strip(),
+        "modified": [
+            ln[3:]
+            for ln in git("status", "--porcelain").splitlines()
+            if ln[:2].strip() and not ln.startswith("??")
+        ],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -603,20 +728,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=int, default=600)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
+    )
     t0 = time.time()
     load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     sets = [s.strip().upper() for s in args.sets.split(",") if s.strip()]
-    result: dict[str, Any] = {"pairs": args.pairs, "seeds": list(range(args.seed,
-                                                                        args.seed + args.seeds)),
-                              "load_average_start": load0, "code": _code_version(),
-                              "sets": {}}
+    result: dict[str, Any] = {
+        "pairs": args.pairs,
+        "seeds": list(range(args.seed, args.seed + args.seeds)),
+        "load_average_start": load0,
+        "code": _code_version(),
+        "sets": {},
+    }
     for name in sets:
         if name not in ("A", "B"):
             ap.error(f"unknown set {name!r}")
-        runs = [evaluate(name, args.pairs, s, args.skip_product, args.keep, args.timeout)
-                for s in result["seeds"]]
+        runs = [
+            evaluate(name, args.pairs, s, args.skip_product, args.keep, args.timeout)
+            for s in result["seeds"]
+        ]
         result["sets"][name] = {"mean": mean_over(runs), "runs": runs}
         if not args.json:
             print_table(name, args.pairs, runs)
@@ -625,8 +756,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2, default=str))
     else:
         code = result["code"]
-        print(f"\ntotal {result['seconds']} s (load average at start {load0}); code "
-              f"{code['head'][:10]}, modified: {', '.join(code['modified']) or 'none'}")
+        print(
+            f"\ntotal {result['seconds']} s (load average at start {load0}); code "
+            f"{code['head'][:10]}, modified: {', '.join(code['modified']) or 'none'}"
+        )
     return 0
 
 

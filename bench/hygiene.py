@@ -35,8 +35,10 @@ def main() -> None:
     a = ap.parse_args()
     rng = random.Random(0)
     vocab = [f"w{i}" for i in range(20_000)]
-    items = [BenchmarkItem("synthetic", str(i), " ".join(rng.choices(vocab, k=rng.randint(15, 80))))
-             for i in range(a.items)]
+    items = [
+        BenchmarkItem("synthetic", str(i), " ".join(rng.choices(vocab, k=rng.randint(15, 80))))
+        for i in range(a.items)
+    ]
     texts = []
     for i in range(a.prompts):
         if i % 1000 == 999:
@@ -64,13 +66,17 @@ def main() -> None:
 
     n = a.prompts
     print(f"{'step':38s} {'seconds':>8s} {'rows/s':>10s} {'× baseline':>10s}")
-    for name, sec in (("baseline: hash of the normalised text", base),
-                      ("dedup (exact + MinHash LSH near)", t_dedup),
-                      (f"decontamination ({a.ngram}-grams, {a.items:,} items)", t_decon),
-                      ("dedup + decontamination", t_dedup + t_decon)):
+    for name, sec in (
+        ("baseline: hash of the normalised text", base),
+        ("dedup (exact + MinHash LSH near)", t_dedup),
+        (f"decontamination ({a.ngram}-grams, {a.items:,} items)", t_decon),
+        ("dedup + decontamination", t_dedup + t_decon),
+    ):
         print(f"{name:38s} {sec:8.1f} {n / sec:10,.0f} {sec / base:10.1f}")
-    print(f"flagged: {len(dups):,} duplicates (planted {n // 50:,} edits), {hits:,} "
-          f"contaminated (planted {n // 1000:,})")
+    print(
+        f"flagged: {len(dups):,} duplicates (planted {n // 50:,} edits), {hits:,} "
+        f"contaminated (planted {n // 1000:,})"
+    )
 
 
 if __name__ == "__main__":

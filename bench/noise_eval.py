@@ -92,9 +92,12 @@ class Annotator:
     spammer: bool = False
 
 
-DEFAULT_PANEL = (Annotator("judge-a", 0.85), Annotator("judge-b", 0.78),
-                 Annotator("judge-c", 0.70, position_bias=0.3),
-                 Annotator("spammer", 0.5, spammer=True))
+DEFAULT_PANEL = (
+    Annotator("judge-a", 0.85),
+    Annotator("judge-b", 0.78),
+    Annotator("judge-c", 0.70, position_bias=0.3),
+    Annotator("spammer", 0.5, spammer=True),
+)
 
 
 @dataclass
@@ -127,10 +130,19 @@ def calibrate(gap: np.ndarray, acc: float) -> float:
     return 0.5 * (lo + hi)
 
 
-def simulate(n_pairs: int, noise: float, seed: int, *, panel: tuple[Annotator, ...] =
-             DEFAULT_PANEL, candidates: int = 4, difficulty: float = 0.5,
-             pop_accuracy: float = 0.8, emb_dim: int = 32, emb_noise: float = 0.5,
-             null_rate: float = 0.01) -> Simulation:
+def simulate(
+    n_pairs: int,
+    noise: float,
+    seed: int,
+    *,
+    panel: tuple[Annotator, ...] = DEFAULT_PANEL,
+    candidates: int = 4,
+    difficulty: float = 0.5,
+    pop_accuracy: float = 0.8,
+    emb_dim: int = 32,
+    emb_noise: float = 0.5,
+    null_rate: float = 0.01,
+) -> Simulation:
     """Simulate one dataset (see the module docstring)."""
     rng = np.random.default_rng(seed)
     n, k = n_pairs, candidates
@@ -146,7 +158,7 @@ def simulate(n_pairs: int, noise: float, seed: int, *, panel: tuple[Annotator, .
     pids = np.array([f"p{i:06d}" for i in range(n)])
     sids = np.array([f"s{i:06d}" for i in range(n)])
     noisy = np.zeros(n, dtype=bool)
-    noisy[rng.permutation(n)[:int(round(noise * n))]] = True
+    noisy[rng.permutation(n)[: int(round(noise * n))]] = True
     label_is_good = ~noisy
     kappa_pop = calibrate(gap, pop_accuracy)
 
@@ -162,8 +174,9 @@ def simulate(n_pairs: int, noise: float, seed: int, *, panel: tuple[Annotator, .
         cols["verdict"].extend(verdict.tolist())
         cols["prob_a"].extend([None] * n)
         cols["raw_output"].extend([None] * n)
-        cols["parse_error"].extend([None if v is not None else "no verdict"
-                                    for v in verdict.tolist()])
+        cols["parse_error"].extend(
+            [None if v is not None else "no verdict" for v in verdict.tolist()]
+        )
 
     # the dataset's own label, in the ab orientation
     add(np.where(label_is_good == a_is_good, "a", "b").astype(object), SOURCE, None)
@@ -189,24 +202,42 @@ def simulate(n_pairs: int, noise: float, seed: int, *, panel: tuple[Annotator, .
     mix = rng.normal(size=(emb_dim, emb_dim)) / np.sqrt(emb_dim)
     u = u0 + 0.7 * x @ mix
     u /= np.linalg.norm(u, axis=1, keepdims=True)
-    e = 0.5 * x[:, None, :] + q[:, :, None] * u[:, None, :] \
+    e = (
+        0.5 * x[:, None, :]
+        + q[:, :, None] * u[:, None, :]
         + emb_noise * rng.normal(size=(n, k, emb_dim))
+    )
     flat = cid.reshape(-1)
     return Simulation(
-        votes=votes, source_ids=sids.tolist(), better=dict(zip(sids, good)),
+        votes=votes,
+        source_ids=sids.tolist(),
+        better=dict(zip(sids, good)),
         worse=dict(zip(sids, bad)),
         label=dict(zip(sids, np.where(label_is_good, good, bad))),
         noisy=dict(zip(sids, noisy.tolist())),
         quality=dict(zip(flat, q.reshape(-1).tolist())),
-        cand_row={c: i for i, c in enumerate(flat)}, emb=e.reshape(n * k, emb_dim),
-        prompt_row={p: i for i, p in enumerate(pids)}, prompt_emb=x, kappa_pop=kappa_pop,
-        params={"pairs": n, "noise": noise, "seed": seed, "candidates": k,
-                "difficulty": difficulty, "pop_accuracy": pop_accuracy, "emb_dim": emb_dim,
-                "emb_noise": emb_noise, "null_rate": null_rate,
-                "panel": [a.__dict__ for a in panel]})
+        cand_row={c: i for i, c in enumerate(flat)},
+        emb=e.reshape(n * k, emb_dim),
+        prompt_row={p: i for i, p in enumerate(pids)},
+        prompt_emb=x,
+        kappa_pop=kappa_pop,
+        params={
+            "pairs": n,
+            "noise": noise,
+            "seed": seed,
+            "candidates": k,
+            "difficulty": difficulty,
+            "pop_accuracy": pop_accuracy,
+            "emb_dim": emb_dim,
+            "emb_noise": emb_noise,
+            "null_rate": null_rate,
+            "panel": [a.__dict__ for a in panel],
+        },
+    )
 
 
 # ------------------------------------------------------------------------------ methods
+
 
 @dataclass(frozen=True)
 class Method:
@@ -223,23 +254,45 @@ W = dict(method="weights", drop_below=0.5)
 OFF = dict(confidence_weights=False, peer_review=False, **W)  # weights and CRM off
 LCPO = dict(on_contradicted="keep", confidence_weights=True, peer_review=False, **W)
 METHODS = (
-    Method("majority", "majority", MarginConfig(contested_band=0.0),
-           DenoiseConfig(on_contradicted="flip", **OFF)),
+    Method(
+        "majority",
+        "majority",
+        MarginConfig(contested_band=0.0),
+        DenoiseConfig(on_contradicted="flip", **OFF),
+    ),
     Method("dawid_skene", "dawid_skene", MarginConfig(contested_band=0.0), None),
     Method("lcpo", "majority", MarginConfig(), DenoiseConfig(**LCPO)),
-    Method("lcpo_ds", "majority", MarginConfig(), DenoiseConfig(**LCPO),
-           p_model="dawid_skene"),
-    Method("crm", "majority", MarginConfig(),
-           DenoiseConfig(on_contradicted="keep", confidence_weights=False, peer_review=True,
-                         **W), embeddings=True),
-    Method("scir", "majority", MarginConfig(),
-           DenoiseConfig(on_contradicted="keep", confidence_weights=False,
-                         agreement_filter=True, peer_review=True, **W),
-           embeddings=True),
+    Method("lcpo_ds", "majority", MarginConfig(), DenoiseConfig(**LCPO), p_model="dawid_skene"),
+    Method(
+        "crm",
+        "majority",
+        MarginConfig(),
+        DenoiseConfig(on_contradicted="keep", confidence_weights=False, peer_review=True, **W),
+        embeddings=True,
+    ),
+    Method(
+        "scir",
+        "majority",
+        MarginConfig(),
+        DenoiseConfig(
+            on_contradicted="keep",
+            confidence_weights=False,
+            agreement_filter=True,
+            peer_review=True,
+            **W,
+        ),
+        embeddings=True,
+    ),
     # the product's defaults, through the product's path: aggregate with the judges-only
     # EM (AggregateConfig), p_model = denoise.judges_posterior of its p_a_judges
-    Method("default", AggregateConfig().method, MarginConfig(), DenoiseConfig(),
-           p_model="product", embeddings=True),
+    Method(
+        "default",
+        AggregateConfig().method,
+        MarginConfig(),
+        DenoiseConfig(),
+        p_model="product",
+        embeddings=True,
+    ),
 )
 
 
@@ -247,11 +300,16 @@ def run_method(sim: Simulation, m: Method) -> dict[str, Any]:
     """Run the real stages for one method; return the final state of every pair."""
     t0 = time.perf_counter()
     if m.p_model == "product":  # the product's aggregation arguments, exactly
-        agg = aggregate_votes(sim.votes, label_annotators={SOURCE},
-                              **aggregate_kwargs(AggregateConfig()))
+        agg = aggregate_votes(
+            sim.votes, label_annotators={SOURCE}, **aggregate_kwargs(AggregateConfig())
+        )
     else:
-        agg = aggregate_votes(sim.votes, label_annotators={SOURCE}, method=m.aggregate,
-                              use_logprobs=AggregateConfig().use_logprobs)
+        agg = aggregate_votes(
+            sim.votes,
+            label_annotators={SOURCE},
+            method=m.aggregate,
+            use_logprobs=AggregateConfig().use_logprobs,
+        )
     comps = agg.outputs["comparisons"]
     pairs = compute_margins(comps, agg.outputs["scores"], m.margins).outputs["pairs"]
     final: dict[str, tuple[str, float]] = {}  # source_id -> (chosen, p_hat)
@@ -259,15 +317,18 @@ def run_method(sim: Simulation, m: Method) -> dict[str, Any]:
     info: dict[str, Any] = {}
     if m.denoise is None:  # the aggregation's own posterior orients the pair
         post = judges_posterior(pairs, comps, column="p_a")
-        for r, p in zip(pairs.select(["source_id", "chosen_id", "rejected_id"]).to_pylist(),
-                        post):
+        for r, p in zip(pairs.select(["source_id", "chosen_id", "rejected_id"]).to_pylist(), post):
             if not np.isfinite(p) or p == 0.5:
                 dropped.add(r["source_id"])
             else:
-                final[r["source_id"]] = (r["chosen_id"], p) if p > 0.5 else \
-                    (r["rejected_id"], 1.0 - p)
-        flagged = {s for s in sim.source_ids if s in dropped or
-                   (s in final and final[s][0] != sim.label[s])}
+                final[r["source_id"]] = (
+                    (r["chosen_id"], p) if p > 0.5 else (r["rejected_id"], 1.0 - p)
+                )
+        flagged = {
+            s
+            for s in sim.source_ids
+            if s in dropped or (s in final and final[s][0] != sim.label[s])
+        }
     else:
         kw: dict[str, Any] = {"label_source": SOURCE}
         if m.p_model == "product":
@@ -282,17 +343,26 @@ def run_method(sim: Simulation, m: Method) -> dict[str, Any]:
             ch = [sim.cand_row[c] for c in pairs.column("chosen_id").to_pylist()]
             rj = [sim.cand_row[c] for c in pairs.column("rejected_id").to_pylist()]
             pr = [sim.prompt_row[p] for p in pairs.column("prompt_id").to_pylist()]
-            kw.update(emb_chosen=sim.emb[ch], emb_rejected=sim.emb[rj],
-                      emb_prompt=sim.prompt_emb[pr])
+            kw.update(
+                emb_chosen=sim.emb[ch], emb_rejected=sim.emb[rj], emb_prompt=sim.prompt_emb[pr]
+            )
         res = denoise_pairs(pairs, m.denoise, m.margins, **kw)
         info = {k: v for k, v in res.info.items() if k != "flipped"}
         for r in res.outputs["pairs"].select(["source_id", "chosen_id", "p_hat"]).to_pylist():
             final[r["source_id"]] = (r["chosen_id"], r["p_hat"])
         dropped = set(res.dropped.column("source_id").to_pylist())
-        flagged = dropped | {r["source_id"] for r in res.outputs["pairs"].select(
-            ["source_id", "decision"]).to_pylist() if r["decision"] == "flip"}
-    return {"final": final, "dropped": dropped, "flagged": flagged, "info": info,
-            "seconds": time.perf_counter() - t0}
+        flagged = dropped | {
+            r["source_id"]
+            for r in res.outputs["pairs"].select(["source_id", "decision"]).to_pylist()
+            if r["decision"] == "flip"
+        }
+    return {
+        "final": final,
+        "dropped": dropped,
+        "flagged": flagged,
+        "info": info,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def score(sim: Simulation, out: dict[str, Any]) -> dict[str, float]:
@@ -314,12 +384,20 @@ def score(sim: Simulation, out: dict[str, Any]) -> dict[str, float]:
         p_hat.append(p)
         share.append(float(sigmoid(np.array(sim.kappa_pop * dq))))
     rho = float(spearmanr(p_hat, share).statistic) if len(final) > 2 else float("nan")
-    return {"acc": float(np.mean(right)) if right else float("nan"), "kept": len(final) / n,
-            "precision": prec, "recall": rec, "f1": f1, "spearman": rho,
-            "flagged": len(flagged) / n, "seconds": out["seconds"]}
+    return {
+        "acc": float(np.mean(right)) if right else float("nan"),
+        "kept": len(final) / n,
+        "precision": prec,
+        "recall": rec,
+        "f1": f1,
+        "spearman": rho,
+        "flagged": len(flagged) / n,
+        "seconds": out["seconds"],
+    }
 
 
 # ------------------------------------------------------------------------------ CLI
+
 
 def crm_timing(n: int, dim: int = 384, seed: int = 0) -> dict[str, Any]:
     """Time CRM peer review on n random pairs with prompt and response embeddings."""
@@ -340,69 +418,132 @@ def crm_timing(n: int, dim: int = 384, seed: int = 0) -> dict[str, Any]:
     secs = time.perf_counter() - t0
     flagged = res.flagged
     tp = int((flagged & noisy).sum())
-    return {"pairs": n, "dims": dim, "seconds": round(secs, 1),
-            "precision": round(tp / max(int(flagged.sum()), 1), 3),
-            "recall": round(tp / max(int(noisy.sum()), 1), 3)}
+    return {
+        "pairs": n,
+        "dims": dim,
+        "seconds": round(secs, 1),
+        "precision": round(tp / max(int(flagged.sum()), 1), 3),
+        "recall": round(tp / max(int(noisy.sum()), 1), 3),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.2, 0.3, 0.4],
-                    help="shares of flipped dataset labels (default: 0 0.2 0.3 0.4)")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--noise",
+        type=float,
+        nargs="+",
+        default=[0.0, 0.2, 0.3, 0.4],
+        help="shares of flipped dataset labels (default: 0 0.2 0.3 0.4)",
+    )
     ap.add_argument("--pairs", type=int, default=4000, help="pairs per dataset (4000)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--methods", nargs="+", default=[m.name for m in METHODS],
-                    choices=[m.name for m in METHODS])
+    ap.add_argument(
+        "--methods", nargs="+", default=[m.name for m in METHODS], choices=[m.name for m in METHODS]
+    )
     ap.add_argument("--candidates", type=int, default=4)
-    ap.add_argument("--difficulty", type=float, default=0.5,
-                    help="0: fixed judge accuracy; 1: judges err on close pairs (0.5)")
-    ap.add_argument("--emb-noise", type=float, default=0.5,
-                    help="noise of the synthetic embeddings (0.5)")
-    ap.add_argument("--pop-accuracy", type=float, default=0.8,
-                    help="share of pairs on which the user population prefers the truth")
-    ap.add_argument("--null-rate", type=float, default=0.01,
-                    help="share of judge calls that do not parse (0.01)")
-    ap.add_argument("--position-bias", type=float, default=0.3,
-                    help="judge-c's probability of answering by position (0.3)")
-    ap.add_argument("--flip-below", type=float, default=None,
-                    help="override flip_below of the weight-based methods")
-    ap.add_argument("--drop-below", type=float, default=None,
-                    help="override drop_below of the weight-based methods")
+    ap.add_argument(
+        "--difficulty",
+        type=float,
+        default=0.5,
+        help="0: fixed judge accuracy; 1: judges err on close pairs (0.5)",
+    )
+    ap.add_argument(
+        "--emb-noise", type=float, default=0.5, help="noise of the synthetic embeddings (0.5)"
+    )
+    ap.add_argument(
+        "--pop-accuracy",
+        type=float,
+        default=0.8,
+        help="share of pairs on which the user population prefers the truth",
+    )
+    ap.add_argument(
+        "--null-rate",
+        type=float,
+        default=0.01,
+        help="share of judge calls that do not parse (0.01)",
+    )
+    ap.add_argument(
+        "--position-bias",
+        type=float,
+        default=0.3,
+        help="judge-c's probability of answering by position (0.3)",
+    )
+    ap.add_argument(
+        "--flip-below",
+        type=float,
+        default=None,
+        help="override flip_below of the weight-based methods",
+    )
+    ap.add_argument(
+        "--drop-below",
+        type=float,
+        default=None,
+        help="override drop_below of the weight-based methods",
+    )
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
-    ap.add_argument("--crm-timing", type=int, metavar="N", default=0,
-                    help="only time CRM peer review on N pairs of 384-d embeddings")
+    ap.add_argument(
+        "--crm-timing",
+        type=int,
+        metavar="N",
+        default=0,
+        help="only time CRM peer review on N pairs of 384-d embeddings",
+    )
     args = ap.parse_args(argv)
     if args.crm_timing:
         print(json.dumps(crm_timing(args.crm_timing)))
         return 0
-    panel = tuple(Annotator(a.name, a.accuracy, args.position_bias if a.position_bias
-                            else 0.0, a.spammer) for a in DEFAULT_PANEL)
+    panel = tuple(
+        Annotator(a.name, a.accuracy, args.position_bias if a.position_bias else 0.0, a.spammer)
+        for a in DEFAULT_PANEL
+    )
     methods = [m for m in METHODS if m.name in args.methods]
-    over = {k: v for k, v in (("flip_below", args.flip_below),
-                              ("drop_below", args.drop_below)) if v is not None}
+    over = {
+        k: v
+        for k, v in (("flip_below", args.flip_below), ("drop_below", args.drop_below))
+        if v is not None
+    }
     if over:
-        methods = [replace(m, denoise=m.denoise.model_copy(update=over))
-                   if m.denoise is not None and m.denoise.confidence_weights else m
-                   for m in methods]
+        methods = [
+            replace(m, denoise=m.denoise.model_copy(update=over))
+            if m.denoise is not None and m.denoise.confidence_weights
+            else m
+            for m in methods
+        ]
     results = []
     for noise in args.noise:
-        sim = simulate(args.pairs, noise, args.seed, panel=panel, candidates=args.candidates,
-                       difficulty=args.difficulty, emb_noise=args.emb_noise,
-                       pop_accuracy=args.pop_accuracy, null_rate=args.null_rate)
+        sim = simulate(
+            args.pairs,
+            noise,
+            args.seed,
+            panel=panel,
+            candidates=args.candidates,
+            difficulty=args.difficulty,
+            emb_noise=args.emb_noise,
+            pop_accuracy=args.pop_accuracy,
+            null_rate=args.null_rate,
+        )
         if not args.json:
-            print(f"\nnoise {noise:.0%}: {args.pairs} pairs, seed {args.seed}, difficulty "
-                  f"{args.difficulty}, label accuracy before curation {1 - noise:.3f}")
-            print(f"  {'method':<12} {'acc':>6} {'kept':>6} {'flagged':>7} {'prec':>6} "
-                  f"{'recall':>6} {'F1':>6} {'spearman':>8} {'secs':>6}")
+            print(
+                f"\nnoise {noise:.0%}: {args.pairs} pairs, seed {args.seed}, difficulty "
+                f"{args.difficulty}, label accuracy before curation {1 - noise:.3f}"
+            )
+            print(
+                f"  {'method':<12} {'acc':>6} {'kept':>6} {'flagged':>7} {'prec':>6} "
+                f"{'recall':>6} {'F1':>6} {'spearman':>8} {'secs':>6}"
+            )
         for m in methods:
             s = score(sim, run_method(sim, m))
             results.append({"noise": noise, "method": m.name, **s})
             if not args.json:
-                print(f"  {m.name:<12} {s['acc']:6.3f} {s['kept']:6.3f} {s['flagged']:7.3f} "
-                      f"{s['precision']:6.3f} "
-                      f"{s['recall']:6.3f} {s['f1']:6.3f} {s['spearman']:8.3f} "
-                      f"{s['seconds']:6.1f}")
+                print(
+                    f"  {m.name:<12} {s['acc']:6.3f} {s['kept']:6.3f} {s['flagged']:7.3f} "
+                    f"{s['precision']:6.3f} "
+                    f"{s['recall']:6.3f} {s['f1']:6.3f} {s['spearman']:8.3f} "
+                    f"{s['seconds']:6.1f}"
+                )
     if args.json:
         print(json.dumps(results, indent=1))
     return 0

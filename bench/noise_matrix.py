@@ -81,8 +81,16 @@ FLIP_BELOW = 0.3  # q = P(label right) < FLIP_BELOW: flip
 DROP_BELOW = 0.7  # FLIP_BELOW <= q < DROP_BELOW: drop; else keep
 KEEP, FLIP, DROP = 0, 1, 2
 DECISIONS = {"keep": KEEP, "flip": FLIP, "drop": DROP}
-METHODS = ("majority", "plain_ds", "crowdkit_ds", "crowdkit_mace", "crowdkit_glad", "oracle",
-           "default", "default_rule")
+METHODS = (
+    "majority",
+    "plain_ds",
+    "crowdkit_ds",
+    "crowdkit_mace",
+    "crowdkit_glad",
+    "oracle",
+    "default",
+    "default_rule",
+)
 FULL = {"pairs": 1500, "seeds": 3, "noise": (0.1, 0.2, 0.3, 0.4), "glad_seeds": 1}
 QUICK = {"pairs": 800, "seeds": 1, "noise": (0.2, 0.4), "glad_seeds": 0}
 TEST_PAIRS = 3000  # held-out clean pairs for the training check
@@ -93,6 +101,7 @@ def log(msg: str) -> None:
 
 
 # ---------------------------------------------------------------------------- results
+
 
 @dataclass
 class Result:
@@ -142,6 +151,7 @@ def raw_share_a(sim: Sim) -> np.ndarray:
 
 # ---------------------------------------------------------------------------- methods
 
+
 def method_majority(sim: Sim) -> Result:
     n_a, n_b, _ = _counts_with_label(sim)
     share = raw_share_a(sim)
@@ -157,15 +167,15 @@ def method_majority(sim: Sim) -> Result:
     return Result(dec, final_a, p_hat)
 
 
-def _coded_votes(sim: Sim, with_label: bool = True
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+def _coded_votes(
+    sim: Sim, with_label: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """(item, annotator code, label code 0 a / 1 b / 2 tie, annotator names), the file's
     label as annotator ``source`` when there is one."""
     names = sim.vote_names()
     uniq, acode = np.unique(np.array(names, dtype=object), return_inverse=True)
     # in the product's canonical frame (what a method sees; = positions unless swapped)
-    item, lab, ann = sim.v_item, S.canonical_codes(sim, sim.v_item, sim.v_code), \
-        acode.reshape(-1)
+    item, lab, ann = sim.v_item, S.canonical_codes(sim, sim.v_item, sim.v_code), acode.reshape(-1)
     annot_names = [str(u) for u in uniq]
     if with_label and sim.has_label:
         item = np.concatenate([item, np.arange(sim.n)])
@@ -179,10 +189,14 @@ def method_plain_ds(sim: Sim) -> Result:
     from pipeline.aggregate.em import fit_dawid_skene
 
     item, ann, lab, names = _coded_votes(sim)
-    res = fit_dawid_skene(item, ann, lab, n_items=sim.n, n_annotators=len(names),
-                          n_classes=2, n_labels=3)
-    return from_posterior(sim, _to_positions(sim, res.posterior[:, 0]),
-                          {"n_iter": res.n_iter, "converged": bool(res.converged)})
+    res = fit_dawid_skene(
+        item, ann, lab, n_items=sim.n, n_annotators=len(names), n_classes=2, n_labels=3
+    )
+    return from_posterior(
+        sim,
+        _to_positions(sim, res.posterior[:, 0]),
+        {"n_iter": res.n_iter, "converged": bool(res.converged)},
+    )
 
 
 def _to_positions(sim: Sim, p_canonical_a: np.ndarray) -> np.ndarray:
@@ -196,11 +210,14 @@ def method_crowdkit(sim: Sim, which: str) -> Result:
 
     item, ann, lab, names = _coded_votes(sim)
     keep = lab != S.CODE_TIE  # crowd-kit would take a tie for a third class
-    df = pd.DataFrame({"task": item[keep], "worker": np.array(names, dtype=object)[ann[keep]],
-                       "label": lab[keep]})
-    model = {"crowdkit_ds": lambda: DawidSkene(n_iter=100),
-             "crowdkit_mace": lambda: MACE(n_restarts=1, n_iter=50, random_state=sim.seed),
-             "crowdkit_glad": lambda: GLAD()}[which]()
+    df = pd.DataFrame(
+        {"task": item[keep], "worker": np.array(names, dtype=object)[ann[keep]], "label": lab[keep]}
+    )
+    model = {
+        "crowdkit_ds": lambda: DawidSkene(n_iter=100),
+        "crowdkit_mace": lambda: MACE(n_restarts=1, n_iter=50, random_state=sim.seed),
+        "crowdkit_glad": lambda: GLAD(),
+    }[which]()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.fit(df)
@@ -216,8 +233,9 @@ def method_crowdkit(sim: Sim, which: str) -> Result:
         lbl = model.labels_
         p_a[lbl.index.to_numpy(dtype=np.int64)] = (lbl.to_numpy() == S.CODE_A).astype(float)
         src = "labels"
-    return from_posterior(sim, _to_positions(sim, p_a),
-                          {"q_from": src, "ties_left_out": int((~keep).sum())})
+    return from_posterior(
+        sim, _to_positions(sim, p_a), {"q_from": src, "ties_left_out": int((~keep).sum())}
+    )
 
 
 def method_oracle(sim: Sim, post: S.Posterior) -> Result:
@@ -228,6 +246,7 @@ def method_oracle(sim: Sim, post: S.Posterior) -> Result:
 
 
 # --------------------------------------------------------------- the product's real path
+
 
 class Outcomes(dict):
     """Per input id: ``decision`` (keep / flip / drop), ``reason``, ``final_a`` (published
@@ -272,8 +291,7 @@ def default_config(sim: Sim, sets: tuple[str, ...] | list[str] = ()) -> Any:
     from schemas.config import load_config
 
     kind = "pairs" if sim.has_label else "prompts"
-    return load_config(None, [f"input.kind={kind}", "input.limit=null", "judge.judges=[]",
-                              *sets])
+    return load_config(None, [f"input.kind={kind}", "input.limit=null", "judge.judges=[]", *sets])
 
 
 def run_default(sim: Sim, cfg: Any = None, embeddings: str = "flow") -> Outcomes:
@@ -301,8 +319,9 @@ def run_default(sim: Sim, cfg: Any = None, embeddings: str = "flow") -> Outcomes
 
     cfg = cfg if cfg is not None else default_config(sim)
     if cfg.gpm.enabled or cfg.select.budget is not None or cfg.judge.judges:
-        raise NotImplementedError("run_default covers the pairs / given-votes path: no "
-                                  "judges, gpm or select budget")
+        raise NotImplementedError(
+            "run_default covers the pairs / given-votes path: no judges, gpm or select budget"
+        )
     info: dict[str, Any] = {}
     t0 = time.perf_counter()
     # position of each candidate: (pair index, is position a)
@@ -326,8 +345,12 @@ def run_default(sim: Sim, cfg: Any = None, embeddings: str = "flow") -> Outcomes
         c_is_chosen = np.array([p == "given:chosen" for p in cands.column("policy").to_pylist()])
         c_pos_a = np.where(c_is_chosen, sim.label_a[c_sid], ~sim.label_a[c_sid])
         pos = dict(zip(cands.column("candidate_id").to_pylist(), zip(c_sid, c_pos_a.tolist())))
-        prompt_row = dict(zip(prompts.column("prompt_id").to_pylist(),
-                              [row[s] for s in prompts.column("source_id").to_pylist()]))
+        prompt_row = dict(
+            zip(
+                prompts.column("prompt_id").to_pylist(),
+                [row[s] for s in prompts.column("source_id").to_pylist()],
+            )
+        )
         # is the product's canonical a the simulation's position a? (position bias, imbalance)
         lab = votes.filter(np.array([a in labels for a in votes.column("annotator").to_pylist()]))
         la = np.array([v == "a" for v in lab.column("verdict").to_pylist()])
@@ -340,32 +363,37 @@ def run_default(sim: Sim, cfg: Any = None, embeddings: str = "flow") -> Outcomes
         labels = []
         ca, cb = S.candidate_ids(sim)
         sw = sim.swapped.tolist()
-        pos = {c: (i, not sw[i]) for i, c in enumerate(ca)} | \
-            {c: (i, sw[i]) for i, c in enumerate(cb)}
+        pos = {c: (i, not sw[i]) for i, c in enumerate(ca)} | {
+            c: (i, sw[i]) for i, c in enumerate(cb)
+        }
         prompt_row = {f"prompt-{s}": i for i, s in enumerate(sim.ids)}
         label_source = None
         info["frame_aligned"] = 1.0
         len_a = np.where(sim.swapped, sim.len_b, sim.len_a)  # canonical a / b
         len_b = np.where(sim.swapped, sim.len_a, sim.len_b)
-        lengths = pl.DataFrame({"candidate_id": ca + cb, "length": np.concatenate(
-            [len_a, len_b]).astype(np.float64)})
+        lengths = pl.DataFrame(
+            {"candidate_id": ca + cb, "length": np.concatenate([len_a, len_b]).astype(np.float64)}
+        )
     emb_on = {"flow": None, "always": True, "never": False}[embeddings]
     if emb_on is None:
         emb_on = _embeddings_enabled(cfg)
     cand_emb = prompt_emb = None
     if emb_on:
         cids = list(pos)
-        mat = np.stack([sim.emb_a[pos[c][0]] if pos[c][1] else sim.emb_b[pos[c][0]]
-                        for c in cids]).astype(np.float32)
+        mat = np.stack(
+            [sim.emb_a[pos[c][0]] if pos[c][1] else sim.emb_b[pos[c][0]] for c in cids]
+        ).astype(np.float32)
         cand_emb = embeddings_table(cids, mat, "candidate_id")
         pids = list(prompt_row)
-        prompt_emb = embeddings_table(pids, sim.emb_prompt[[prompt_row[p] for p in pids]]
-                                      .astype(np.float32), "prompt_id")
+        prompt_emb = embeddings_table(
+            pids, sim.emb_prompt[[prompt_row[p] for p in pids]].astype(np.float32), "prompt_id"
+        )
     info["embeddings"] = bool(emb_on)
 
     # aggregate_task: the arguments come from pipeline.chain, as in the flow
-    agg = aggregate_votes(votes, label_annotators=set(labels), lengths=lengths,
-                          **aggregate_kwargs(cfg.aggregate))
+    agg = aggregate_votes(
+        votes, label_annotators=set(labels), lengths=lengths, **aggregate_kwargs(cfg.aggregate)
+    )
     comps = agg.outputs["comparisons"]
     # margins_task
     mar = compute_margins(comps, agg.outputs["scores"], cfg.margins)
@@ -377,43 +405,72 @@ def run_default(sim: Sim, cfg: Any = None, embeddings: str = "flow") -> Outcomes
     dcfg = cfg.denoise
     posterior = dcfg.method == "posterior"
     peer_review = dcfg.peer_review is True or (dcfg.peer_review is None and not posterior)
-    kw: dict[str, Any] = {"label_source": label_source if cfg.input.kind == "pairs"
-                          else [None] * pairs_t.num_rows}
+    kw: dict[str, Any] = {
+        "label_source": label_source if cfg.input.kind == "pairs" else [None] * pairs_t.num_rows
+    }
     if posterior or dcfg.judge_posterior:  # (the flow's use_agg)
         p_model = denoise_p_model(pairs_t, comps, dcfg)
         if p_model is not None:
             kw["p_model"] = p_model
     if cand_emb is not None and peer_review and pairs_t.num_rows:
         kw["emb_chosen"] = aligned_embeddings(cand_emb, pairs_t.column("chosen_id").to_pylist())
-        kw["emb_rejected"] = aligned_embeddings(cand_emb,
-                                                pairs_t.column("rejected_id").to_pylist())
-        kw["emb_prompt"] = aligned_embeddings(prompt_emb, pairs_t.column("prompt_id").to_pylist(),
-                                              "prompt_id")
+        kw["emb_rejected"] = aligned_embeddings(cand_emb, pairs_t.column("rejected_id").to_pylist())
+        kw["emb_prompt"] = aligned_embeddings(
+            prompt_emb, pairs_t.column("prompt_id").to_pylist(), "prompt_id"
+        )
     den = denoise_pairs(pairs_t, cfg.denoise, cfg.margins, **kw)
     sel = build_pairs(den.outputs["pairs"], cfg.pairs)
 
     out = Outcomes()
     for stage, res in (("denoise", den), ("pairs", sel)):
-        for sid, why in zip(res.dropped.column("source_id").to_pylist(),
-                            res.dropped.column("reason").to_pylist()):
-            out[sid] = {"decision": "drop", "reason": f"{stage}:{why}", "final_a": None,
-                        "p_hat": None, "weight": None, "margin": None}
-    for r in sel.outputs["pairs"].select(["source_id", "chosen_id", "decision", "reason",
-                                          "p_hat", "weight", "margin"]).to_pylist():
-        out[r["source_id"]] = {"decision": r["decision"], "reason": r["reason"],
-                               "final_a": bool(pos[r["chosen_id"]][1]), "p_hat": r["p_hat"],
-                               "weight": r["weight"], "margin": r["margin"]}
+        for sid, why in zip(
+            res.dropped.column("source_id").to_pylist(), res.dropped.column("reason").to_pylist()
+        ):
+            out[sid] = {
+                "decision": "drop",
+                "reason": f"{stage}:{why}",
+                "final_a": None,
+                "p_hat": None,
+                "weight": None,
+                "margin": None,
+            }
+    for r in (
+        sel.outputs["pairs"]
+        .select(["source_id", "chosen_id", "decision", "reason", "p_hat", "weight", "margin"])
+        .to_pylist()
+    ):
+        out[r["source_id"]] = {
+            "decision": r["decision"],
+            "reason": r["reason"],
+            "final_a": bool(pos[r["chosen_id"]][1]),
+            "p_hat": r["p_hat"],
+            "weight": r["weight"],
+            "margin": r["margin"],
+        }
     for sid in sim.ids:  # a pair no stage accounted for (should not happen)
-        out.setdefault(sid, {"decision": "drop", "reason": "missing", "final_a": None,
-                             "p_hat": None, "weight": None, "margin": None})
-    info.update({
-        "aggregate_method": agg.info.get("method"),
-        "judges_method": agg.info.get("judges_method"),
-        "label_correlated": {k: v.get("z") for k, v in
-                             (agg.info.get("label_correlated") or {}).items()},
-        "denoise": _small(den.info),
-        "reasons": dict(Counter(o["reason"] or o["decision"] for o in out.values())),
-        "seconds": time.perf_counter() - t0})
+        out.setdefault(
+            sid,
+            {
+                "decision": "drop",
+                "reason": "missing",
+                "final_a": None,
+                "p_hat": None,
+                "weight": None,
+                "margin": None,
+            },
+        )
+    info.update(
+        {
+            "aggregate_method": agg.info.get("method"),
+            "judges_method": agg.info.get("judges_method"),
+            "label_correlated": {
+                k: v.get("z") for k, v in (agg.info.get("label_correlated") or {}).items()
+            },
+            "denoise": _small(den.info),
+            "reasons": dict(Counter(o["reason"] or o["decision"] for o in out.values())),
+            "seconds": time.perf_counter() - t0,
+        }
+    )
     out.info = info
     return out
 
@@ -421,8 +478,7 @@ def run_default(sim: Sim, cfg: Any = None, embeddings: str = "flow") -> Outcomes
 def _small(x: Any, depth: int = 0) -> Any:
     """Stage info without long lists or deep nesting (for the report)."""
     if isinstance(x, dict):
-        return {str(k): _small(v, depth + 1) for k, v in list(x.items())[:40]} \
-            if depth < 3 else "…"
+        return {str(k): _small(v, depth + 1) for k, v in list(x.items())[:40]} if depth < 3 else "…"
     if isinstance(x, (list, tuple)):
         return [_small(v, depth + 1) for v in x] if len(x) <= 8 else f"[{len(x)} values]"
     if isinstance(x, float):
@@ -430,20 +486,28 @@ def _small(x: Any, depth: int = 0) -> Any:
     return x
 
 
-def method_default(sim: Sim, embeddings: str = "flow", shared_rule: bool = False,
-                   sets: tuple[str, ...] = ()) -> Result:
+def method_default(
+    sim: Sim, embeddings: str = "flow", shared_rule: bool = False, sets: tuple[str, ...] = ()
+) -> Result:
     """``default`` (with ``sets``, the ``--set`` overrides, if any); with ``shared_rule``
     (method ``default_rule``) the same path with the bench's thresholds
     (denoise.flip_below / drop_below = FLIP_BELOW / DROP_BELOW): the product's estimator
     under the references' decision rule."""
-    cfg = default_config(sim, tuple(sets) + ((f"denoise.flip_below={FLIP_BELOW}",
-                                              f"denoise.drop_below={DROP_BELOW}")
-                                             if shared_rule else ()))
+    cfg = default_config(
+        sim,
+        tuple(sets)
+        + (
+            (f"denoise.flip_below={FLIP_BELOW}", f"denoise.drop_below={DROP_BELOW}")
+            if shared_rule
+            else ()
+        ),
+    )
     out = run_default(sim, cfg, embeddings=embeddings)
     rows = [out[s] for s in sim.ids]
     dec = np.array([DECISIONS[r["decision"]] for r in rows])
-    fin = np.array([r["final_a"] if r["final_a"] is not None else bool(la)
-                    for r, la in zip(rows, sim.label_a)])
+    fin = np.array(
+        [r["final_a"] if r["final_a"] is not None else bool(la) for r, la in zip(rows, sim.label_a)]
+    )
     if not sim.has_label:
         dec = np.where(dec == FLIP, KEEP, dec)  # a vote-oriented pair has no label to flip
     num = lambda k: np.array([np.nan if r[k] is None else float(r[k]) for r in rows])  # noqa: E731
@@ -451,6 +515,7 @@ def method_default(sim: Sim, embeddings: str = "flow", shared_rule: bool = False
 
 
 # ---------------------------------------------------------------------------- scoring
+
 
 def _spearman(x: np.ndarray, y: np.ndarray) -> float:
     from scipy.stats import spearmanr
@@ -482,8 +547,9 @@ def score(sim: Sim, r: Result) -> dict[str, float | None]:
         prec = tp / flagged.sum() if flagged.any() else (1.0 if not wrong.any() else 0.0)
         rec = tp / wrong.sum() if wrong.any() else (1.0 if not flagged.any() else 0.0)
         out["f1"] = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
-        out["clean_kept"] = float((r.decision[~wrong] == KEEP).mean()) if (~wrong).any() \
-            else float("nan")
+        out["clean_kept"] = (
+            float((r.decision[~wrong] == KEEP).mean()) if (~wrong).any() else float("nan")
+        )
     else:
         out["f1"] = out["clean_kept"] = None
     if "bayes_share" in r.info:
@@ -493,8 +559,14 @@ def score(sim: Sim, r: Result) -> dict[str, float | None]:
 
 # ---------------------------------------------------------------------- training check
 
-def fit_bt(d: np.ndarray, weight: np.ndarray | None = None, margin: np.ndarray | None = None,
-           l2: float = 1.0, steps: int = 25) -> np.ndarray:
+
+def fit_bt(
+    d: np.ndarray,
+    weight: np.ndarray | None = None,
+    margin: np.ndarray | None = None,
+    l2: float = 1.0,
+    steps: int = 25,
+) -> np.ndarray:
     """Bradley–Terry head r(e) = θ·e: minimise Σ w_i softplus(−(θ·d_i − m_i)) + ½ l2 |θ|²
     (d = e_chosen − e_rejected) with a fixed number of Newton steps."""
     n, k = d.shape
@@ -523,20 +595,26 @@ def training_check(sim: Sim, r: Result) -> dict[str, float]:
         coin = np.random.default_rng(sim.seed).random(sim.n) < 0.5
         raw_a = np.where(n_a == n_b, coin, n_a > n_b)
     pub = r.published
-    out = {"raw": acc(fit_bt(orient(raw_a))),
-           "curated_w": acc(fit_bt(orient(r.final_a)[pub], weight=None if r.weight is None
-                                   else r.weight[pub])),
-           "curated_margin": acc(fit_bt(orient(r.final_a)[pub], margin=None if r.margin is None
-                                        else r.margin[pub])),
-           "clean": acc(fit_bt(orient(sim.better_a)))}
+    out = {
+        "raw": acc(fit_bt(orient(raw_a))),
+        "curated_w": acc(
+            fit_bt(orient(r.final_a)[pub], weight=None if r.weight is None else r.weight[pub])
+        ),
+        "curated_margin": acc(
+            fit_bt(orient(r.final_a)[pub], margin=None if r.margin is None else r.margin[pub])
+        ),
+        "clean": acc(fit_bt(orient(sim.better_a))),
+    }
     gap = out["clean"] - out["raw"]
     out["closed_w"] = (out["curated_w"] - out["raw"]) / gap if gap > 0.002 else float("nan")
-    out["closed_margin"] = (out["curated_margin"] - out["raw"]) / gap if gap > 0.002 \
-        else float("nan")
+    out["closed_margin"] = (
+        (out["curated_margin"] - out["raw"]) / gap if gap > 0.002 else float("nan")
+    )
     return out
 
 
 # ------------------------------------------------------------------------------- cells
+
 
 def _jsonable(x: Any) -> Any:
     if isinstance(x, dict):
@@ -554,9 +632,17 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-def run_one(scenario: str, noise: float, seed: int, pairs: int, methods: tuple[str, ...],
-            train: bool = True, embeddings: str = "flow", glad_seeds: int | None = None,
-            sets: tuple[str, ...] = ()) -> dict[str, Any]:
+def run_one(
+    scenario: str,
+    noise: float,
+    seed: int,
+    pairs: int,
+    methods: tuple[str, ...],
+    train: bool = True,
+    embeddings: str = "flow",
+    glad_seeds: int | None = None,
+    sets: tuple[str, ...] = (),
+) -> dict[str, Any]:
     """One (scenario, noise, seed): every method's metrics, the training check, timings.
     ``glad_seeds``: run crowd-kit's GLAD only for seeds below this (it is ~20× slower than
     everything else together: a Python call per task and E-step)."""
@@ -590,21 +676,31 @@ def run_one(scenario: str, noise: float, seed: int, pairs: int, methods: tuple[s
     for m, r in res.items():
         k = int(r.published.sum())
         metrics[m]["acc_oracle_same_kept"] = float(hit[k - 1] / k) if k else float("nan")
-        metrics[m]["acc_vs_oracle_same_kept"] = metrics[m]["acc"] - \
-            metrics[m]["acc_oracle_same_kept"] if k else float("nan")
-    out: dict[str, Any] = {"scenario": scenario, "noise": noise, "seed": seed, "pairs": pairs,
-                           "params": sim.params, "metrics": metrics, "seconds": secs,
-                           "label_wrong": float(np.mean(~sim.label_right)) if sim.has_label
-                           else None}
+        metrics[m]["acc_vs_oracle_same_kept"] = (
+            metrics[m]["acc"] - metrics[m]["acc_oracle_same_kept"] if k else float("nan")
+        )
+    out: dict[str, Any] = {
+        "scenario": scenario,
+        "noise": noise,
+        "seed": seed,
+        "pairs": pairs,
+        "params": sim.params,
+        "metrics": metrics,
+        "seconds": secs,
+        "label_wrong": float(np.mean(~sim.label_right)) if sim.has_label else None,
+    }
     if "default" in res:
         d = res["default"]
         info = dict(d.info)
         if "oracle" in res:  # what the default does where the oracle decides otherwise
             o = res["oracle"]
             names = ("keep", "flip", "drop")
-            info["vs_oracle"] = {f"{names[a]}->{names[b]}": int(((o.decision == a) &
-                                                                  (d.decision == b)).sum())
-                                 for a in range(3) for b in range(3) if a != b}
+            info["vs_oracle"] = {
+                f"{names[a]}->{names[b]}": int(((o.decision == a) & (d.decision == b)).sum())
+                for a in range(3)
+                for b in range(3)
+                if a != b
+            }
         out["default_info"] = info
         if train:
             out["training"] = training_check(sim, d)
@@ -619,8 +715,18 @@ def _mean_std(vals: list[float | None]) -> tuple[float | None, float | None]:
     return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else None
 
 
-METRICS = ("acc", "f1", "clean_kept", "kept", "flipped", "rho", "rho_raw", "rho_bayes",
-           "acc_oracle_same_kept", "acc_vs_oracle_same_kept")
+METRICS = (
+    "acc",
+    "f1",
+    "clean_kept",
+    "kept",
+    "flipped",
+    "rho",
+    "rho_raw",
+    "rho_bayes",
+    "acc_oracle_same_kept",
+    "acc_vs_oracle_same_kept",
+)
 TRAIN = ("raw", "curated_w", "curated_margin", "clean", "closed_w", "closed_margin")
 
 
@@ -635,8 +741,13 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rs = sorted(rs, key=lambda r: r["seed"])
         seen = {m for r in rs for m in r["metrics"]}
         methods = [m for m in METHODS if m in seen]
-        cell: dict[str, Any] = {"scenario": scn, "noise": noise, "seeds": [r["seed"] for r in rs],
-                                "pairs": rs[0]["pairs"], "methods": {}}
+        cell: dict[str, Any] = {
+            "scenario": scn,
+            "noise": noise,
+            "seeds": [r["seed"] for r in rs],
+            "pairs": rs[0]["pairs"],
+            "methods": {},
+        }
         for m in methods:
             cell["methods"][m] = {}
             for k in METRICS:
@@ -651,24 +762,32 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 if ref not in methods:
                     continue
                 for k in ("acc", "f1", "clean_kept", "acc_vs_oracle_same_kept"):
-                    d = [(r["metrics"][prod][k] - r["metrics"][ref][k])
-                         for r in rs if r["metrics"][prod].get(k) is not None
-                         and r["metrics"].get(ref, {}).get(k) is not None]
+                    d = [
+                        (r["metrics"][prod][k] - r["metrics"][ref][k])
+                        for r in rs
+                        if r["metrics"][prod].get(k) is not None
+                        and r["metrics"].get(ref, {}).get(k) is not None
+                    ]
                     mu, sd = _mean_std(d)
                     if mu is not None:
                         diffs[f"{k}_vs_{ref}"] = {"mean": mu, "std": sd, "n": len(d)}
             cell[f"{prod}_minus"] = diffs
         if "default" in methods:
             diffs = cell["default_minus"]
-            d = [r["metrics"]["default"]["acc"] - r["metrics"]["default"]["acc_oracle_same_kept"]
-                 for r in rs if r["metrics"]["default"].get("acc_oracle_same_kept") is not None
-                 and r["metrics"]["default"].get("acc") is not None]
+            d = [
+                r["metrics"]["default"]["acc"] - r["metrics"]["default"]["acc_oracle_same_kept"]
+                for r in rs
+                if r["metrics"]["default"].get("acc_oracle_same_kept") is not None
+                and r["metrics"]["default"].get("acc") is not None
+            ]
             mu, sd = _mean_std(d)
             if mu is not None:
                 diffs["acc_vs_oracle_same_kept"] = {"mean": mu, "std": sd, "n": len(d)}
             if all("training" in r for r in rs):
-                cell["training"] = {k: dict(zip(("mean", "std"), _mean_std(
-                    [r["training"][k] for r in rs]))) for k in TRAIN}
+                cell["training"] = {
+                    k: dict(zip(("mean", "std"), _mean_std([r["training"][k] for r in rs])))
+                    for k in TRAIN
+                }
             cell["default_info"] = [r.get("default_info") for r in rs]
         cell["label_wrong"] = _mean_std([r["label_wrong"] for r in rs])[0]
         cell["seconds"] = sum(r["total_seconds"] for r in rs)
@@ -696,8 +815,11 @@ def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
                 per_method[m][k] = float(np.mean(v))
     summ: dict[str, Any] = {"per_method_mean_over_cells": per_method, "cells": len(cells)}
     for m in methods:
-        v = [c["methods"][m]["acc_vs_oracle_same_kept"]["mean"] for c in cells
-             if "acc_vs_oracle_same_kept" in c["methods"].get(m, {})]
+        v = [
+            c["methods"][m]["acc_vs_oracle_same_kept"]["mean"]
+            for c in cells
+            if "acc_vs_oracle_same_kept" in c["methods"].get(m, {})
+        ]
         if v:
             per_method[m]["acc_vs_oracle_same_kept"] = float(np.mean(v))
     if "default" not in methods:
@@ -707,16 +829,28 @@ def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
     def acc(c: dict, m: str) -> float | None:
         return c["methods"].get(m, {}).get("acc", {}).get("mean")
 
-    rel_floor = [(acc(c, "default") - max(x for x in (acc(c, "majority"), acc(c, "plain_ds"))
-                                          if x is not None), name(c)) for c in cells
-                 if acc(c, "majority") is not None or acc(c, "plain_ds") is not None]
-    gaps = [(acc(c, "oracle") - acc(c, "default"), name(c)) for c in cells
-            if acc(c, "oracle") is not None]
+    rel_floor = [
+        (
+            acc(c, "default")
+            - max(x for x in (acc(c, "majority"), acc(c, "plain_ds")) if x is not None),
+            name(c),
+        )
+        for c in cells
+        if acc(c, "majority") is not None or acc(c, "plain_ds") is not None
+    ]
+    gaps = [
+        (acc(c, "oracle") - acc(c, "default"), name(c))
+        for c in cells
+        if acc(c, "oracle") is not None
+    ]
     if rel_floor:
         worst = min(rel_floor)
         summ["worst_vs_floor"] = {"cell": worst[1], "acc_default_minus_best_floor": worst[0]}
-    same = [(-c["default_minus"]["acc_vs_oracle_same_kept"]["mean"], name(c)) for c in cells
-            if "acc_vs_oracle_same_kept" in c.get("default_minus", {})]
+    same = [
+        (-c["default_minus"]["acc_vs_oracle_same_kept"]["mean"], name(c))
+        for c in cells
+        if "acc_vs_oracle_same_kept" in c.get("default_minus", {})
+    ]
     if same:
         worst = max(same)
         summ["worst_vs_oracle_same_kept"] = {"cell": worst[1], "acc_gap": worst[0]}
@@ -725,8 +859,11 @@ def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
         worst = max(gaps)
         summ["worst_vs_oracle"] = {"cell": worst[1], "acc_gap": worst[0]}
         summ["mean_gap_to_oracle_acc"] = float(np.mean([g for g, _ in gaps]))
-        lab = [g for (g, n_), c in zip(gaps, cells)
-               if S.SCENARIOS[c["scenario"]] not in (S.judges_only, S.length_judges)]
+        lab = [
+            g
+            for (g, n_), c in zip(gaps, cells)
+            if S.SCENARIOS[c["scenario"]] not in (S.judges_only, S.length_judges)
+        ]
         if lab:
             summ["mean_gap_to_oracle_acc_label_scenarios"] = float(np.mean(lab))
     for prod in ("default", "default_rule"):
@@ -736,8 +873,15 @@ def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
                 metric, ref = key.rsplit("_vs_", 1)
                 metric = "acc@kept" if metric == "acc_vs_oracle_same_kept" else metric
                 if ref in ("majority", "plain_ds") and _loses(diff):
-                    losses.append({"cell": name(c), "metric": metric, "vs": ref,
-                                   "diff": diff["mean"], "std": diff["std"]})
+                    losses.append(
+                        {
+                            "cell": name(c),
+                            "metric": metric,
+                            "vs": ref,
+                            "diff": diff["mean"],
+                            "std": diff["std"],
+                        }
+                    )
         if any(f"{prod}_minus" in c for c in cells):
             summ[f"{prod}_loses"] = losses
     tr: dict[str, Any] = {}
@@ -749,8 +893,10 @@ def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
         cs = [c for c in cs if c["noise"] >= 0.2]
         if not cs:
             continue
-        d = {k: _mean_std([c["training"][k]["mean"] for c in cs])[0]
-             for k in ("raw", "curated_w", "curated_margin", "clean")}
+        d = {
+            k: _mean_std([c["training"][k]["mean"] for c in cs])[0]
+            for k in ("raw", "curated_w", "curated_margin", "clean")
+        }
         gap = (d["clean"] - d["raw"]) if None not in (d["clean"], d["raw"]) else None
         for k, src in (("closed_w", "curated_w"), ("closed_margin", "curated_margin")):
             d[k] = (d[src] - d["raw"]) / gap if gap and gap > 0.002 else None
@@ -761,21 +907,30 @@ def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------ output
 
+
 def _fmt(d: dict | None, k: str, w: int = 13) -> str:
     if not d or k not in d or d[k].get("mean") is None:
         return f"{'–':>{w}}"
-    s = f"{d[k]['mean']:.3f}±{d[k]['std']:.3f}" if d[k].get("std") is not None \
+    s = (
+        f"{d[k]['mean']:.3f}±{d[k]['std']:.3f}"
+        if d[k].get("std") is not None
         else f"{d[k]['mean']:.3f}"
+    )
     return f"{s:>{w}}"
 
 
 def print_cell(c: dict[str, Any]) -> None:
     lw = c.get("label_wrong")
-    print(f"\n== {c['scenario']}  noise {c['noise']:.2f}  ({len(c['seeds'])} seed(s) × "
-          f"{c['pairs']} pairs" + (f"; wrong labels {lw:.3f}" if lw is not None else
-                                   "; no file label") + f"; {c['seconds']:.0f} s)")
-    print(f"  {'method':<14}{'acc':>13}{'F1':>13}{'clean kept':>13}{'kept':>13}"
-          f"{'flipped':>13}{'rho':>13}{'rho raw':>13}{'acc−orc@kept':>14}")
+    print(
+        f"\n== {c['scenario']}  noise {c['noise']:.2f}  ({len(c['seeds'])} seed(s) × "
+        f"{c['pairs']} pairs"
+        + (f"; wrong labels {lw:.3f}" if lw is not None else "; no file label")
+        + f"; {c['seconds']:.0f} s)"
+    )
+    print(
+        f"  {'method':<14}{'acc':>13}{'F1':>13}{'clean kept':>13}{'kept':>13}"
+        f"{'flipped':>13}{'rho':>13}{'rho raw':>13}{'acc−orc@kept':>14}"
+    )
     for m, d in c["methods"].items():
         extra = ""
         if m == "oracle" and "rho_bayes" in d:
@@ -784,17 +939,26 @@ def print_cell(c: dict[str, Any]) -> None:
         if m == "default" and "acc_vs_oracle" in dm:
             extra = f"  acc − oracle {dm['acc_vs_oracle']['mean']:+.3f}"
             if "acc_vs_oracle_same_kept" in dm:
-                extra += (f", − oracle at the same kept share "
-                          f"{dm['acc_vs_oracle_same_kept']['mean']:+.3f}")
-        print(f"  {m:<14}" + "".join(_fmt(d, k) for k in ("acc", "f1", "clean_kept", "kept",
-                                                          "flipped", "rho", "rho_raw"))
-              + _fmt(d, "acc_vs_oracle_same_kept", 14) + extra)
+                extra += (
+                    f", − oracle at the same kept share "
+                    f"{dm['acc_vs_oracle_same_kept']['mean']:+.3f}"
+                )
+        print(
+            f"  {m:<14}"
+            + "".join(
+                _fmt(d, k) for k in ("acc", "f1", "clean_kept", "kept", "flipped", "rho", "rho_raw")
+            )
+            + _fmt(d, "acc_vs_oracle_same_kept", 14)
+            + extra
+        )
     if "training" in c:
         t = c["training"]
         g = lambda k: "–" if t[k]["mean"] is None else f"{t[k]['mean']:.3f}"  # noqa: E731
-        print(f"  BT head, held-out acc: raw {g('raw')}  default+weights {g('curated_w')}  "
-              f"default+margin {g('curated_margin')}  clean {g('clean')}  gap closed "
-              f"{g('closed_w')} / {g('closed_margin')}")
+        print(
+            f"  BT head, held-out acc: raw {g('raw')}  default+weights {g('curated_w')}  "
+            f"default+margin {g('curated_margin')}  clean {g('clean')}  gap closed "
+            f"{g('closed_w')} / {g('closed_margin')}"
+        )
     infos = [i for i in c.get("default_info", []) if i]
     if infos:
         i0 = infos[0]
@@ -811,10 +975,12 @@ def print_cell(c: dict[str, Any]) -> None:
         for i in infos:
             vo.update(i.get("vs_oracle", {}))
         vo = {k: round(v / len(infos)) for k, v in vo.most_common() if v}
-        print(f"  default (seed {c['seeds'][0]}): aggregate {i0.get('aggregate_method')}, "
-              f"judges-only {i0.get('judges_method')}, label-correlated "
-              f"{i0.get('label_correlated') or '{}'}, denoise {how}, embeddings "
-              f"{i0.get('embeddings')}, frame aligned {i0.get('frame_aligned')}")
+        print(
+            f"  default (seed {c['seeds'][0]}): aggregate {i0.get('aggregate_method')}, "
+            f"judges-only {i0.get('judges_method')}, label-correlated "
+            f"{i0.get('label_correlated') or '{}'}, denoise {how}, embeddings "
+            f"{i0.get('embeddings')}, frame aligned {i0.get('frame_aligned')}"
+        )
         print(f"  default outcomes (mean over seeds): {rs}")
         print(f"  oracle->default decisions that differ: {vo}")
 
@@ -822,22 +988,32 @@ def print_cell(c: dict[str, Any]) -> None:
 def print_summary(cells: list[dict[str, Any]], summ: dict[str, Any], elapsed: float) -> None:
     methods = list(summ["per_method_mean_over_cells"])
     print("\n" + "=" * 100)
-    for metric, title in (("acc", "kept-label accuracy"),
-                          ("acc_vs_oracle_same_kept", "kept-label accuracy minus the oracle's "
-                           "at the same kept share (coverage-matched; ≤ 0 up to seed noise)"),
-                          ("f1", "noisy-pair F1"),
-                          ("clean_kept", "share of clean pairs kept"), ("kept", "share kept"),
-                          ("rho", "Spearman(p_hat, true share)")):
+    for metric, title in (
+        ("acc", "kept-label accuracy"),
+        (
+            "acc_vs_oracle_same_kept",
+            "kept-label accuracy minus the oracle's "
+            "at the same kept share (coverage-matched; ≤ 0 up to seed noise)",
+        ),
+        ("f1", "noisy-pair F1"),
+        ("clean_kept", "share of clean pairs kept"),
+        ("kept", "share kept"),
+        ("rho", "Spearman(p_hat, true share)"),
+    ):
         print(f"\n{title} per cell (mean over seeds)")
-        print(f"  {'cell':<24}" + "".join(f"{m:>14}" for m in methods) +
-              ("  default−oracle  (same kept)" if metric == "acc" else "") +
-              ("      raw share" if metric == "rho" else ""))
+        print(
+            f"  {'cell':<24}"
+            + "".join(f"{m:>14}" for m in methods)
+            + ("  default−oracle  (same kept)" if metric == "acc" else "")
+            + ("      raw share" if metric == "rho" else "")
+        )
         for c in cells:
             vals = [c["methods"][m].get(metric, {}).get("mean") for m in methods]
             if all(v is None for v in vals):
                 continue
             line = f"  {c['scenario'] + '@' + format(c['noise'], 'g'):<24}" + "".join(
-                f"{'–':>14}" if v is None else f"{v:>14.3f}" for v in vals)
+                f"{'–':>14}" if v is None else f"{v:>14.3f}" for v in vals
+            )
             dm = c.get("default_minus", {})
             if metric == "acc" and "acc_vs_oracle" in dm:
                 line += f"  {dm['acc_vs_oracle']['mean']:+14.3f}"
@@ -852,43 +1028,55 @@ def print_summary(cells: list[dict[str, Any]], summ: dict[str, Any], elapsed: fl
     heads = ("acc", "acc−orc@kept", "f1", "clean_kept", "kept", "flipped", "rho")
     print(f"  {'method':<14}" + "".join(f"{k:>14}" for k in heads))
     for m, d in summ["per_method_mean_over_cells"].items():
-        print(f"  {m:<14}" + "".join(f"{d[k]:>14.3f}" if k in d else f"{'–':>14}"
-                                     for k in cols))
+        print(f"  {m:<14}" + "".join(f"{d[k]:>14.3f}" if k in d else f"{'–':>14}" for k in cols))
     if "worst_vs_floor" in summ:
         w = summ["worst_vs_floor"]
-        print(f"\nworst cell for default vs max(majority, plain_ds), kept-label accuracy: "
-              f"{w['cell']} ({w['acc_default_minus_best_floor']:+.3f})")
+        print(
+            f"\nworst cell for default vs max(majority, plain_ds), kept-label accuracy: "
+            f"{w['cell']} ({w['acc_default_minus_best_floor']:+.3f})"
+        )
     if "worst_vs_oracle" in summ:
         w = summ["worst_vs_oracle"]
-        print(f"worst cell for default vs oracle: {w['cell']} (gap {w['acc_gap']:+.3f}); mean "
-              f"gap to oracle {summ['mean_gap_to_oracle_acc']:+.3f} (label scenarios: "
-              f"{summ.get('mean_gap_to_oracle_acc_label_scenarios', float('nan')):+.3f})")
+        print(
+            f"worst cell for default vs oracle: {w['cell']} (gap {w['acc_gap']:+.3f}); mean "
+            f"gap to oracle {summ['mean_gap_to_oracle_acc']:+.3f} (label scenarios: "
+            f"{summ.get('mean_gap_to_oracle_acc_label_scenarios', float('nan')):+.3f})"
+        )
     if "worst_vs_oracle_same_kept" in summ:
         w = summ["worst_vs_oracle_same_kept"]
-        print(f"at the default's own kept share, the oracle's accuracy is higher by "
-              f"{summ['mean_gap_to_oracle_same_kept']:+.3f} on average; worst cell "
-              f"{w['cell']} ({w['acc_gap']:+.3f})")
+        print(
+            f"at the default's own kept share, the oracle's accuracy is higher by "
+            f"{summ['mean_gap_to_oracle_same_kept']:+.3f} on average; worst cell "
+            f"{w['cell']} ({w['acc_gap']:+.3f})"
+        )
     for prod in ("default", "default_rule"):
         if f"{prod}_loses" not in summ:
             continue
         ls = summ[f"{prod}_loses"]
-        print(f"\ncells where {prod} < majority / plain_ds beyond 2 seed-std (acc@kept: "
-              f"accuracy minus the oracle's at the same kept share): {len(ls)}")
+        print(
+            f"\ncells where {prod} < majority / plain_ds beyond 2 seed-std (acc@kept: "
+            f"accuracy minus the oracle's at the same kept share): {len(ls)}"
+        )
         for x in ls:
             sd = "one seed" if x["std"] is None else f"std {x['std']:.3f}"
             print(f"  {x['cell']:<24} {x['metric']:<11} vs {x['vs']:<9} {x['diff']:+.3f} ({sd})")
     if summ.get("training_by_scenario"):
-        print("\ntraining check by scenario (cells with noise ≥ 0.2, mean over them): held-out "
-              "BT accuracy; closed = share of the raw → clean gap closed")
+        print(
+            "\ntraining check by scenario (cells with noise ≥ 0.2, mean over them): held-out "
+            "BT accuracy; closed = share of the raw → clean gap closed"
+        )
         print(f"  {'scenario':<20}" + "".join(f"{k:>16}" for k in TRAIN))
         for s, d in summ["training_by_scenario"].items():
-            print(f"  {s:<20}" + "".join(f"{'–':>16}" if d[k] is None else f"{d[k]:>16.3f}"
-                                         for k in TRAIN))
+            print(
+                f"  {s:<20}"
+                + "".join(f"{'–':>16}" if d[k] is None else f"{d[k]:>16.3f}" for k in TRAIN)
+            )
     print(f"\ntotal wall time {elapsed:.0f} s")
 
 
-def check_flow(scenario: str = "label_copier", n: int = 300, noise: float = 0.3,
-               seed: int = 0) -> dict[str, Any]:
+def check_flow(
+    scenario: str = "label_copier", n: int = 300, noise: float = 0.3, seed: int = 0
+) -> dict[str, Any]:
     """Run the real Prefect flow (``flows.curate.run_curation``, ephemeral mode, a temporary
     data root) on one simulated pairs file and compare what it publishes with
     :func:`run_default`: the guard against the bench drifting from the flow."""
@@ -902,30 +1090,45 @@ def check_flow(scenario: str = "label_copier", n: int = 300, noise: float = 0.3,
         from flows.curate import run_curation
 
         t0 = time.perf_counter()
-        summary = run_curation({"name": "matrix-check", "data_root": str(Path(d) / "data"),
-                                "cache_dir": str(Path(d) / "cache"),
-                                "input": {"kind": "pairs", "path": str(path), "limit": None},
-                                "judge": {"judges": []}})
+        summary = run_curation(
+            {
+                "name": "matrix-check",
+                "data_root": str(Path(d) / "data"),
+                "cache_dir": str(Path(d) / "cache"),
+                "input": {"kind": "pairs", "path": str(path), "limit": None},
+                "judge": {"judges": []},
+            }
+        )
         secs = time.perf_counter() - t0
         pub = pl.read_parquet(Path(summary["path"]) / "data.parquet")
-    flow = {r["source_id"]: r for r in pub.select("source_id", "flipped", "p_hat", "weight",
-                                                  "margin").to_dicts()}
+    flow = {
+        r["source_id"]: r
+        for r in pub.select("source_id", "flipped", "p_hat", "weight", "margin").to_dicts()
+    }
     ours = run_default(sim)
     mism = []
     for sid in sim.ids:
         o, f = ours[sid], flow.get(sid)
         if (o["decision"] == "drop") != (f is None):
             mism.append((sid, o["decision"], "dropped" if f is None else "published"))
-        elif f is not None and ((o["decision"] == "flip") != bool(f["flipped"]) or any(
-                abs((o[k] or 0.0) - (f[k] or 0.0)) > 1e-9 for k in ("p_hat", "weight", "margin"))):
+        elif f is not None and (
+            (o["decision"] == "flip") != bool(f["flipped"])
+            or any(abs((o[k] or 0.0) - (f[k] or 0.0)) > 1e-9 for k in ("p_hat", "weight", "margin"))
+        ):
             mism.append((sid, o, f))
-    return {"scenario": scenario, "pairs": n, "flow_published": len(flow),
-            "bench_published": sum(o["decision"] != "drop" for o in ours.values()),
-            "mismatches": len(mism), "examples": [str(m) for m in mism[:5]],
-            "flow_seconds": secs}
+    return {
+        "scenario": scenario,
+        "pairs": n,
+        "flow_published": len(flow),
+        "bench_published": sum(o["decision"] != "drop" for o in ours.values()),
+        "mismatches": len(mism),
+        "examples": [str(m) for m in mism[:5]],
+        "flow_seconds": secs,
+    }
 
 
 # --------------------------------------------------------------------------------- CLI
+
 
 def code_version() -> dict[str, Any]:
     """The commit the product code came from, and whether pipeline/, schemas/ or flows/
@@ -934,11 +1137,20 @@ def code_version() -> dict[str, Any]:
 
     root = Path(__file__).resolve().parents[1]
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
-                              capture_output=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "pipeline", "schemas",
-                                "flows"], cwd=root, text=True, capture_output=True,
-                               timeout=10).stdout.split("\n")
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root,
+            text=True,
+            capture_output=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "pipeline", "schemas", "flows"],
+            cwd=root,
+            text=True,
+            capture_output=True,
+            timeout=10,
+        ).stdout.split("\n")
         return {"commit": head or None, "modified": [d[3:] for d in dirty if d.strip()]}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "modified": []}
@@ -949,11 +1161,14 @@ def _job(args: tuple) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true",
-                    help=f"{QUICK['pairs']} pairs, noise {QUICK['noise']}, {QUICK['seeds']} seed, "
-                         f"no GLAD")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK['pairs']} pairs, noise {QUICK['noise']}, {QUICK['seeds']} seed, no GLAD",
+    )
     ap.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     ap.add_argument("--save", metavar="PATH", help="also write the JSON document to PATH")
     ap.add_argument("--scenarios", nargs="+", default=list(S.SCENARIOS), choices=list(S.SCENARIOS))
@@ -962,23 +1177,42 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pairs", type=int, default=None, help="pairs per dataset (1500; quick 800)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--jobs", type=int, default=2, help="worker processes (2)")
-    ap.add_argument("--glad-seeds", type=int, default=None,
-                    help="run crowd-kit GLAD on the first N seeds of a cell only (default 1, "
-                         "--quick 0; it is the slowest method by far: ~5 s a run)")
+    ap.add_argument(
+        "--glad-seeds",
+        type=int,
+        default=None,
+        help="run crowd-kit GLAD on the first N seeds of a cell only (default 1, "
+        "--quick 0; it is the slowest method by far: ~5 s a run)",
+    )
     ap.add_argument("--no-train", action="store_true", help="skip the training check")
-    ap.add_argument("--embeddings", choices=("flow", "always", "never"), default="flow",
-                    help="pass the simulated embeddings to the default path: as the flow "
-                         "decides (embeddings_enabled), always or never")
-    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                    help="override the product's config for default / default_rule, as "
-                         "prefcurate run --set does (repeatable): e.g. "
-                         "--set denoise.drop_below=0.7")
-    ap.add_argument("--from-json", metavar="PATH",
-                    help="print the tables and summary of a document saved with --save / "
-                         "--json (no run)")
-    ap.add_argument("--check-flow", action="store_true",
-                    help="only run the real Prefect flow on one simulated file and compare "
-                         "it with run_default (exit 1 on any difference)")
+    ap.add_argument(
+        "--embeddings",
+        choices=("flow", "always", "never"),
+        default="flow",
+        help="pass the simulated embeddings to the default path: as the flow "
+        "decides (embeddings_enabled), always or never",
+    )
+    ap.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the product's config for default / default_rule, as "
+        "prefcurate run --set does (repeatable): e.g. "
+        "--set denoise.drop_below=0.7",
+    )
+    ap.add_argument(
+        "--from-json",
+        metavar="PATH",
+        help="print the tables and summary of a document saved with --save / --json (no run)",
+    )
+    ap.add_argument(
+        "--check-flow",
+        action="store_true",
+        help="only run the real Prefect flow on one simulated file and compare "
+        "it with run_default (exit 1 on any difference)",
+    )
     a = ap.parse_args(argv)
     for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(v, "1")  # one thread per (spawned) worker: 2-core machines
@@ -1008,20 +1242,28 @@ def main(argv: list[str] | None = None) -> int:
         from bench.scenarios import simulate as _sim
 
         default_config(_sim("sparse", 2, 0.1), sets)  # a bad --set fails here, not in a worker
-    jobs = [(s, nz, sd, pairs, methods, not a.no_train, a.embeddings, a.glad_seeds, sets)
-            for s in a.scenarios for nz in noise for sd in range(seeds)]
+    jobs = [
+        (s, nz, sd, pairs, methods, not a.no_train, a.embeddings, a.glad_seeds, sets)
+        for s in a.scenarios
+        for nz in noise
+        for sd in range(seeds)
+    ]
     if sets:
         log(f"default / default_rule run with --set {' '.join(sets)}")
-    log(f"noise matrix: {len(a.scenarios)} scenarios × {len(noise)} noise levels × {seeds} "
+    log(
+        f"noise matrix: {len(a.scenarios)} scenarios × {len(noise)} noise levels × {seeds} "
         f"seed(s) = {len(jobs)} runs of {pairs} pairs, {a.jobs} process(es); crowd-kit GLAD "
-        f"on the first {a.glad_seeds} seed(s) of each cell")
+        f"on the first {a.glad_seeds} seed(s) of each cell"
+    )
     t0 = time.perf_counter()
     runs: list[dict[str, Any]] = []
     if a.jobs <= 1:
         for i, j in enumerate(jobs, 1):
             runs.append(run_one(*j))
-            log(f"[{i}/{len(jobs)}] {j[0]} noise {j[1]} seed {j[2]}: "
-                f"{runs[-1]['total_seconds']:.1f} s")
+            log(
+                f"[{i}/{len(jobs)}] {j[0]} noise {j[1]} seed {j[2]}: "
+                f"{runs[-1]['total_seconds']:.1f} s"
+            )
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -1031,20 +1273,38 @@ def main(argv: list[str] | None = None) -> int:
             for i, f in enumerate(as_completed(futs), 1):
                 j = futs[f]
                 runs.append(f.result())
-                log(f"[{i}/{len(jobs)}] {j[0]} noise {j[1]} seed {j[2]}: "
-                    f"{runs[-1]['total_seconds']:.1f} s")
+                log(
+                    f"[{i}/{len(jobs)}] {j[0]} noise {j[1]} seed {j[2]}: "
+                    f"{runs[-1]['total_seconds']:.1f} s"
+                )
     order = {(s, nz, sd): k for k, (s, nz, sd, *_) in enumerate(jobs)}
     runs.sort(key=lambda r: order[(r["scenario"], r["noise"], r["seed"])])
     cells = aggregate(runs)
     summ = summarise(cells)
     elapsed = time.perf_counter() - t0
-    doc = _jsonable({
-        "config": {"code": code_version(), "scenarios": a.scenarios, "noise": list(noise),
-                   "seeds": seeds, "pairs": pairs, "methods": list(methods),
-                   "flip_below": FLIP_BELOW,
-                   "drop_below": DROP_BELOW, "embeddings": a.embeddings, "quick": a.quick,
-                   "jobs": a.jobs, "glad_seeds": a.glad_seeds, "sets": list(sets)},
-        "summary": summ, "cells": cells, "runs": runs, "wall_seconds": elapsed})
+    doc = _jsonable(
+        {
+            "config": {
+                "code": code_version(),
+                "scenarios": a.scenarios,
+                "noise": list(noise),
+                "seeds": seeds,
+                "pairs": pairs,
+                "methods": list(methods),
+                "flip_below": FLIP_BELOW,
+                "drop_below": DROP_BELOW,
+                "embeddings": a.embeddings,
+                "quick": a.quick,
+                "jobs": a.jobs,
+                "glad_seeds": a.glad_seeds,
+                "sets": list(sets),
+            },
+            "summary": summ,
+            "cells": cells,
+            "runs": runs,
+            "wall_seconds": elapsed,
+        }
+    )
     if a.save:
         Path(a.save).write_text(json.dumps(doc, indent=1))
     if a.json:

@@ -123,12 +123,13 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------- g and calibration
 
+
 def g_grid(k: int = GRID_K, g_max: float = G_MAX) -> tuple[np.ndarray, np.ndarray]:
     """Midpoint quadrature over g ∈ (0, g_max): points and weights (summing to 1) of the
     half-normal density with scale √2 (the law of |N(0,1) − N(0,1)|)."""
     edges = np.linspace(0.0, g_max, k + 1)
     mid = 0.5 * (edges[1:] + edges[:-1])
-    dens = np.exp(-mid ** 2 / 4.0)  # ∝ φ(g / √2)
+    dens = np.exp(-(mid**2) / 4.0)  # ∝ φ(g / √2)
     return mid, dens / dens.sum()
 
 
@@ -150,8 +151,9 @@ def calibrate(acc: float, grid: tuple[np.ndarray, np.ndarray] = _GRID) -> float:
     return 0.5 * (lo + hi)
 
 
-def honest_accuracy(alpha: np.ndarray, h: np.ndarray, kappa: np.ndarray,
-                    g: np.ndarray) -> np.ndarray:
+def honest_accuracy(
+    alpha: np.ndarray, h: np.ndarray, kappa: np.ndarray, g: np.ndarray
+) -> np.ndarray:
     """½ + s·[(1 − h)|α − ½| + h(σ(κ g) − ½)], s = sign(α − ½), broadcast."""
     alpha, h, kappa = (np.asarray(x, dtype=np.float64) for x in (alpha, h, kappa))
     s = np.sign(alpha - 0.5)
@@ -159,6 +161,7 @@ def honest_accuracy(alpha: np.ndarray, h: np.ndarray, kappa: np.ndarray,
 
 
 # ----------------------------------------------------------------------------- annotators
+
 
 @dataclass(frozen=True)
 class Annotator:
@@ -240,17 +243,19 @@ class Sim:
         """Per vote: the annotator name the product sees (``name|ab`` for ordered calls)."""
         base = [a.name for a in self.annotators]
         suffix = {ORDER_NONE: "", ORDER_AB: "|ab", ORDER_BA: "|ba"}
-        return [base[j] + suffix[o] for j, o in zip(self.v_annot.tolist(),
-                                                   self.v_order.tolist())]
+        return [base[j] + suffix[o] for j, o in zip(self.v_annot.tolist(), self.v_order.tolist())]
 
     def vote_counts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(n_a, n_b, n_tie) per pair, the file's label not included."""
-        out = [np.bincount(self.v_item[self.v_code == c], minlength=self.n).astype(float)
-               for c in (CODE_A, CODE_B, CODE_TIE)]
+        out = [
+            np.bincount(self.v_item[self.v_code == c], minlength=self.n).astype(float)
+            for c in (CODE_A, CODE_B, CODE_TIE)
+        ]
         return out[0], out[1], out[2]
 
 
 # ------------------------------------------------------------------------- the vote model
+
 
 def _annot_arrays(annotators: list[Annotator]) -> dict[str, np.ndarray]:
     keys = ("alpha", "h", "first", "prefer_a", "copy", "longer", "tie")
@@ -263,9 +268,15 @@ def _annot_arrays(annotators: list[Annotator]) -> dict[str, np.ndarray]:
     return out
 
 
-def vote_probabilities(P: dict[str, np.ndarray], annot: np.ndarray, order: np.ndarray,
-                       label_a: np.ndarray, longer_a: np.ndarray, g: np.ndarray,
-                       better_a: bool | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def vote_probabilities(
+    P: dict[str, np.ndarray],
+    annot: np.ndarray,
+    order: np.ndarray,
+    label_a: np.ndarray,
+    longer_a: np.ndarray,
+    g: np.ndarray,
+    better_a: bool | np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     """(P(vote a), P(vote tie)) per vote given the truth ``better_a`` and gap ``g``.
 
     ``annot``, ``order``, ``label_a``, ``longer_a`` are per vote (V,); ``g`` is (V,) or
@@ -279,16 +290,19 @@ def vote_probabilities(P: dict[str, np.ndarray], annot: np.ndarray, order: np.nd
     honest_a = np.where(ba, acc, 1.0 - acc)
     first_a = col((order == ORDER_AB).astype(np.float64))
     first_any = col((order != ORDER_NONE).astype(np.float64))
-    p_a = (a["copy"] * col(label_a.astype(np.float64))
-           + a["longer"] * col(longer_a.astype(np.float64))
-           + a["first"] * first_any * first_a
-           + a["prefer_a"]
-           + (a["honest"] + a["first"] * (1.0 - first_any)) * honest_a)
+    p_a = (
+        a["copy"] * col(label_a.astype(np.float64))
+        + a["longer"] * col(longer_a.astype(np.float64))
+        + a["first"] * first_any * first_a
+        + a["prefer_a"]
+        + (a["honest"] + a["first"] * (1.0 - first_any)) * honest_a
+    )
     p_tie = a["tie"] * np.exp(-g / TIE_SCALE)
     return (1.0 - p_tie) * p_a, p_tie * np.ones_like(p_a)
 
 
 # ------------------------------------------------------------------------------ scenarios
+
 
 @dataclass(frozen=True)
 class Design:
@@ -308,17 +322,19 @@ def _panel_assign(annotators: list[Annotator]):
     def assign(rng: np.random.Generator, n: int):
         items, annots, orders = [], [], []
         for j, a in enumerate(annotators):
-            for o in ((ORDER_AB, ORDER_BA) if a.orders else (ORDER_NONE,)):
+            for o in (ORDER_AB, ORDER_BA) if a.orders else (ORDER_NONE,):
                 items.append(np.arange(n))
                 annots.append(np.full(n, j))
                 orders.append(np.full(n, o))
         return (np.concatenate(items), np.concatenate(annots), np.concatenate(orders))
+
     return assign
 
 
 def _sparse_assign(annotators: list[Annotator], kmin: int, kmax: int, sd: float = 0.5):
     """kmin..kmax distinct annotators a pair, drawn with log-normal activity × ``activity``
     (Gumbel top-k: sampling without replacement proportional to the weights)."""
+
     def assign(rng: np.random.Generator, n: int):
         w = len(annotators)
         act = np.exp(sd * rng.normal(size=w)) * np.array([a.activity for a in annotators])
@@ -329,20 +345,23 @@ def _sparse_assign(annotators: list[Annotator], kmin: int, kmax: int, sd: float 
         item = np.repeat(np.arange(n), w).reshape(n, w)[take]
         ann = order[take]
         return item, ann, np.full(item.size, ORDER_NONE)
+
     return assign
 
 
-def _honest(rng: np.random.Generator, w: int, lo: float, hi: float, h: float,
-            prefix: str = "ann") -> list[Annotator]:
-    return [Annotator(f"{prefix}-{j:02d}", alpha=float(rng.uniform(lo, hi)), h=h)
-            for j in range(w)]
+def _honest(
+    rng: np.random.Generator, w: int, lo: float, hi: float, h: float, prefix: str = "ann"
+) -> list[Annotator]:
+    return [Annotator(f"{prefix}-{j:02d}", alpha=float(rng.uniform(lo, hi)), h=h) for j in range(w)]
 
 
 def _panel(accs: tuple[float, float, float], h: float = 0.5) -> list[Annotator]:
-    return [Annotator(f"judge-a|{TEMPLATE}", accs[0], h, orders=True),
-            Annotator(f"judge-b|{TEMPLATE}", accs[1], h, orders=True),
-            Annotator(f"judge-c|{TEMPLATE}", accs[2], h, first=0.3, orders=True),
-            Annotator(f"spammer|{TEMPLATE}", 0.5, 0.0, orders=True)]
+    return [
+        Annotator(f"judge-a|{TEMPLATE}", accs[0], h, orders=True),
+        Annotator(f"judge-b|{TEMPLATE}", accs[1], h, orders=True),
+        Annotator(f"judge-c|{TEMPLATE}", accs[2], h, first=0.3, orders=True),
+        Annotator(f"spammer|{TEMPLATE}", 0.5, 0.0, orders=True),
+    ]
 
 
 def dense(rng: np.random.Generator, noise: float) -> Design:
@@ -371,8 +390,9 @@ def label_copier(rng: np.random.Generator, noise: float) -> Design:
     """``sparse`` with 2–4 annotators copying the file's label with c ~ U(0.5, 0.8)."""
     ann = _honest(rng, int(rng.integers(10, 51)), 0.55, 0.9, 0.3)
     for j in range(int(rng.integers(2, 5))):
-        ann[j] = replace(ann[j], name=f"copier-{j}", copy=float(rng.uniform(0.5, 0.8)),
-                         activity=2.0)
+        ann[j] = replace(
+            ann[j], name=f"copier-{j}", copy=float(rng.uniform(0.5, 0.8)), activity=2.0
+        )
     return Design(ann, _sparse_assign(ann, 2, 5))
 
 
@@ -384,8 +404,10 @@ def instance_dependent(rng: np.random.Generator, noise: float) -> Design:
 
 def imbalance(rng: np.random.Generator, noise: float) -> Design:
     """85% of truths at position a; annotators say "a" more often."""
-    ann = [replace(a, prefer_a=float(rng.uniform(0.1, 0.3)))
-           for a in _honest(rng, int(rng.integers(15, 31)), 0.6, 0.9, 0.3)]
+    ann = [
+        replace(a, prefer_a=float(rng.uniform(0.1, 0.3)))
+        for a in _honest(rng, int(rng.integers(15, 31)), 0.6, 0.9, 0.3)
+    ]
     return Design(ann, _sparse_assign(ann, 3, 5), pi_a=0.85)
 
 
@@ -401,16 +423,19 @@ def length_biased(rng: np.random.Generator, noise: float) -> Design:
     """Two annotators answer the longer response with probability b ~ U(0.6, 0.8)."""
     ann = _honest(rng, int(rng.integers(15, 31)), 0.6, 0.9, 0.3)
     for j in range(2):
-        ann[j] = replace(ann[j], name=f"lengthy-{j}", longer=float(rng.uniform(0.6, 0.8)),
-                         activity=2.0)
+        ann[j] = replace(
+            ann[j], name=f"lengthy-{j}", longer=float(rng.uniform(0.6, 0.8)), activity=2.0
+        )
     return Design(ann, _sparse_assign(ann, 3, 5), rho=0.6)
 
 
 def length_confound(rng: np.random.Generator, noise: float) -> Design:
     """Every annotator answers the longer response with probability b ~ U(0.1, 0.4);
     length says nothing about quality (ρ = ½)."""
-    ann = [replace(a, longer=float(rng.uniform(0.1, 0.4)))
-           for a in _honest(rng, int(rng.integers(15, 31)), 0.65, 0.95, 0.3)]
+    ann = [
+        replace(a, longer=float(rng.uniform(0.1, 0.4)))
+        for a in _honest(rng, int(rng.integers(15, 31)), 0.65, 0.95, 0.3)
+    ]
     return Design(ann, _sparse_assign(ann, 3, 5))
 
 
@@ -418,8 +443,10 @@ def length_judges(rng: np.random.Generator, noise: float) -> Design:
     """No file label: the judges_only panel, every judge answering the longer response
     with probability b ~ U(0.2, 0.4) (ρ = ½)."""
     accs = tuple(float(np.clip(1.0 - noise * f, 0.5, 1.0)) for f in (0.75, 1.0, 1.25))
-    ann = [replace(a, longer=float(rng.uniform(0.2, 0.4))) if a.alpha != 0.5 else a
-           for a in _panel(accs)]  # type: ignore[arg-type]
+    ann = [
+        replace(a, longer=float(rng.uniform(0.2, 0.4))) if a.alpha != 0.5 else a
+        for a in _panel(accs)
+    ]  # type: ignore[arg-type]
     return Design(ann, _panel_assign(ann), has_label=False, noise_of_label=False)
 
 
@@ -438,18 +465,27 @@ def single_annotator(rng: np.random.Generator, noise: float) -> Design:
 
 def ties(rng: np.random.Generator, noise: float) -> Design:
     """Annotators vote tie, more often on close pairs."""
-    ann = [replace(a, tie=float(rng.uniform(0.3, 0.6)))
-           for a in _honest(rng, int(rng.integers(15, 31)), 0.6, 0.9, 0.3)]
+    ann = [
+        replace(a, tie=float(rng.uniform(0.3, 0.6)))
+        for a in _honest(rng, int(rng.integers(15, 31)), 0.6, 0.9, 0.3)
+    ]
     return Design(ann, _sparse_assign(ann, 3, 5))
 
 
 SCENARIOS: dict[str, Callable[[np.random.Generator, float], Design]] = {
-    "dense": dense, "sparse": sparse, "adversarial": adversarial,
-    "label_copier": label_copier, "instance_dependent": instance_dependent,
-    "imbalance": imbalance, "imbalance_hidden": imbalance_hidden,
-    "length_biased": length_biased, "length_confound": length_confound,
-    "length_judges": length_judges, "judges_only": judges_only,
-    "single_annotator": single_annotator, "ties": ties,
+    "dense": dense,
+    "sparse": sparse,
+    "adversarial": adversarial,
+    "label_copier": label_copier,
+    "instance_dependent": instance_dependent,
+    "imbalance": imbalance,
+    "imbalance_hidden": imbalance_hidden,
+    "length_biased": length_biased,
+    "length_confound": length_confound,
+    "length_judges": length_judges,
+    "judges_only": judges_only,
+    "single_annotator": single_annotator,
+    "ties": ties,
 }
 
 
@@ -459,8 +495,11 @@ def _seed_seq(name: str, noise: float, seed: int) -> np.random.SeedSequence:
 
 def _world(rng: np.random.Generator, d: int) -> dict[str, np.ndarray]:
     v = rng.normal(size=d)
-    return {"u0": rng.normal(size=d), "mix": rng.normal(size=(d, d)) / np.sqrt(d),
-            "v_len": v / np.linalg.norm(v)}
+    return {
+        "u0": rng.normal(size=d),
+        "mix": rng.normal(size=(d, d)) / np.sqrt(d),
+        "v_len": v / np.linalg.norm(v),
+    }
 
 
 def _lengths(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -470,17 +509,27 @@ def _lengths(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
     return long_.astype(np.int64), short.astype(np.int64)
 
 
-def embed_responses(world: dict[str, np.ndarray], rng: np.random.Generator, q_a: np.ndarray,
-                    q_b: np.ndarray, len_a: np.ndarray, len_b: np.ndarray
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def embed_responses(
+    world: dict[str, np.ndarray],
+    rng: np.random.Generator,
+    q_a: np.ndarray,
+    q_b: np.ndarray,
+    len_a: np.ndarray,
+    len_b: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Prompt x ~ N(0, I); response 0.5 x + q u(x) + LEN_WEIGHT z_len v + noise."""
     n, d = q_a.size, world["u0"].size
     x = rng.normal(size=(n, d))
     u = world["u0"] + 0.7 * x @ world["mix"]
     u /= np.linalg.norm(u, axis=1, keepdims=True)
     z = lambda L: (np.log(L) - LEN_LOG_MEAN) / LEN_LOG_SD  # noqa: E731
-    e = [0.5 * x + q[:, None] * u + LEN_WEIGHT * z(L)[:, None] * world["v_len"]
-         + EMB_NOISE * rng.normal(size=(n, d)) for q, L in ((q_a, len_a), (q_b, len_b))]
+    e = [
+        0.5 * x
+        + q[:, None] * u
+        + LEN_WEIGHT * z(L)[:, None] * world["v_len"]
+        + EMB_NOISE * rng.normal(size=(n, d))
+        for q, L in ((q_a, len_a), (q_b, len_b))
+    ]
     return e[0], e[1], x
 
 
@@ -512,8 +561,9 @@ def simulate(name: str, n: int, noise: float, seed: int = 0) -> Sim:
     item, annot, order = design.assign(rng, n)
     srt = np.lexsort((order, annot, item))
     item, annot, order = item[srt], annot[srt], order[srt]
-    p_a, p_tie = vote_probabilities(P, annot, order, label_a[item], longer_a[item], g[item],
-                                    better_a[item])
+    p_a, p_tie = vote_probabilities(
+        P, annot, order, label_a[item], longer_a[item], g[item], better_a[item]
+    )
     u = rng.random(item.size)
     code = np.where(u < p_tie, CODE_TIE, np.where(u < p_tie + p_a, CODE_A, CODE_B))
     # embeddings
@@ -522,17 +572,47 @@ def simulate(name: str, n: int, noise: float, seed: int = 0) -> Sim:
     e_a, e_b, x = embed_responses(world, rng, q_a, q_b, len_a, len_b)
     swap = rng.random(n) < 0.5 if design.hidden_frame else None
     ids = [f"{name[:4]}{seed}-{i:06d}" for i in range(n)]
-    return Sim(scenario=name, noise=noise, seed=seed, n=n, ids=ids, g=g, better_a=better_a,
-               has_label=design.has_label, label_a=label_a, len_a=len_a, len_b=len_b,
-               annotators=list(design.annotators), v_item=item.astype(np.int64),
-               v_annot=annot.astype(np.int64), v_order=order.astype(np.int64),
-               v_code=code.astype(np.int64), kappa_pop=calibrate(POP_ACCURACY),
-               pi_a=design.pi_a, rho=design.rho, label_alpha=label_alpha,
-               label_h=design.label_h, emb_a=e_a, emb_b=e_b, emb_prompt=x, world=world,
-               swap=swap, params={"scenario": name, "noise": noise, "seed": seed, "pairs": n,
-                       "annotators": len(design.annotators), "votes": int(item.size),
-                       "pi_a": design.pi_a, "rho": design.rho, "label_h": design.label_h,
-                       "has_label": design.has_label, "hidden_frame": design.hidden_frame})
+    return Sim(
+        scenario=name,
+        noise=noise,
+        seed=seed,
+        n=n,
+        ids=ids,
+        g=g,
+        better_a=better_a,
+        has_label=design.has_label,
+        label_a=label_a,
+        len_a=len_a,
+        len_b=len_b,
+        annotators=list(design.annotators),
+        v_item=item.astype(np.int64),
+        v_annot=annot.astype(np.int64),
+        v_order=order.astype(np.int64),
+        v_code=code.astype(np.int64),
+        kappa_pop=calibrate(POP_ACCURACY),
+        pi_a=design.pi_a,
+        rho=design.rho,
+        label_alpha=label_alpha,
+        label_h=design.label_h,
+        emb_a=e_a,
+        emb_b=e_b,
+        emb_prompt=x,
+        world=world,
+        swap=swap,
+        params={
+            "scenario": name,
+            "noise": noise,
+            "seed": seed,
+            "pairs": n,
+            "annotators": len(design.annotators),
+            "votes": int(item.size),
+            "pi_a": design.pi_a,
+            "rho": design.rho,
+            "label_h": design.label_h,
+            "has_label": design.has_label,
+            "hidden_frame": design.hidden_frame,
+        },
+    )
 
 
 def fresh_clean_pairs(sim: Sim, n: int, seed: int = 12345) -> np.ndarray:
@@ -543,12 +623,19 @@ def fresh_clean_pairs(sim: Sim, n: int, seed: int = 12345) -> np.ndarray:
     hi, lo = np.maximum(q1, q2), np.minimum(q1, q2)
     long_, short = _lengths(rng, n)
     better_longer = rng.random(n) < sim.rho
-    e_hi, e_lo, _ = embed_responses(sim.world, rng, hi, lo, np.where(better_longer, long_, short),
-                                    np.where(better_longer, short, long_))
+    e_hi, e_lo, _ = embed_responses(
+        sim.world,
+        rng,
+        hi,
+        lo,
+        np.where(better_longer, long_, short),
+        np.where(better_longer, short, long_),
+    )
     return e_hi - e_lo
 
 
 # --------------------------------------------------------------------------------- oracle
+
 
 @dataclass(frozen=True)
 class Posterior:
@@ -561,8 +648,16 @@ class Posterior:
 
 
 def _vote_kinds(sim: Sim) -> tuple[np.ndarray, np.ndarray]:
-    key = np.stack([sim.v_annot, sim.v_order, sim.label_a[sim.v_item].astype(np.int64),
-                    sim.longer_a[sim.v_item].astype(np.int64), sim.v_code], axis=1)
+    key = np.stack(
+        [
+            sim.v_annot,
+            sim.v_order,
+            sim.label_a[sim.v_item].astype(np.int64),
+            sim.longer_a[sim.v_item].astype(np.int64),
+            sim.v_code,
+        ],
+        axis=1,
+    )
     kinds, inv = np.unique(key, axis=0, return_inverse=True)
     return kinds, inv.reshape(-1)
 
@@ -581,8 +676,9 @@ def oracle(sim: Sim, grid: tuple[np.ndarray, np.ndarray] | None = None) -> Poste
         L += np.log(sim.pi_a if ba else 1.0 - sim.pi_a)
         L += np.where(sim.longer_a == ba, np.log(sim.rho), np.log(1.0 - sim.rho))[:, None]
         if sim.has_label:
-            acc = honest_accuracy(sim.label_alpha, sim.label_h, calibrate(sim.label_alpha),
-                                  g)[None, :]
+            acc = honest_accuracy(sim.label_alpha, sim.label_h, calibrate(sim.label_alpha), g)[
+                None, :
+            ]
             acc = np.clip(acc, 1e-12, 1 - 1e-12)
             L += np.where((sim.label_a == ba)[:, None], np.log(acc), np.log1p(-acc))
         if sim.v_item.size:
@@ -590,13 +686,13 @@ def oracle(sim: Sim, grid: tuple[np.ndarray, np.ndarray] | None = None) -> Poste
             # side, longer side, verdict): compute each distinct kind once
             kinds, inv = _vote_kinds(sim)
             an, od, la, lo, cd = kinds.T
-            p_a, p_t = vote_probabilities(P, an, od, la.astype(bool), lo.astype(bool),
-                                          np.broadcast_to(g, (an.size, K)), ba)
+            p_a, p_t = vote_probabilities(
+                P, an, od, la.astype(bool), lo.astype(bool), np.broadcast_to(g, (an.size, K)), ba
+            )
             c = cd[:, None]
             p = np.where(c == CODE_A, p_a, np.where(c == CODE_B, 1.0 - p_t - p_a, p_t))
             lv = np.log(np.clip(p, 1e-300, None))
-            S = sp.csr_matrix((np.ones(sim.v_item.size), (sim.v_item, inv)),
-                              shape=(n, an.size))
+            S = sp.csr_matrix((np.ones(sim.v_item.size), (sim.v_item, inv)), shape=(n, an.size))
             L += S @ lv
         lp[ba] = L
     top = np.maximum(lp[True].max(axis=1), lp[False].max(axis=1))[:, None]
@@ -609,8 +705,10 @@ def oracle(sim: Sim, grid: tuple[np.ndarray, np.ndarray] | None = None) -> Poste
 
 # ------------------------------------------------------------ what the product is given
 
-_FILLER = ("the answer explains each step clearly and gives an example so that the reader "
-           "can check the result on their own ")
+_FILLER = (
+    "the answer explains each step clearly and gives an example so that the reader "
+    "can check the result on their own "
+)
 
 
 def _text(tag: str, length: int) -> str:
@@ -627,8 +725,10 @@ def pairs_rows(sim: Sim) -> list[dict[str, Any]]:
     where ``sim.swapped``: a hidden frame); texts have the simulated lengths exactly.
     """
     if not sim.has_label:
-        raise ValueError(f"scenario {sim.scenario} has no file label: build the VOTES table "
-                         f"with votes_table() instead")
+        raise ValueError(
+            f"scenario {sim.scenario} has no file label: build the VOTES table "
+            f"with votes_table() instead"
+        )
     names = sim.vote_names()
     by_item: list[list[tuple[str, int]]] = [[] for _ in range(sim.n)]
     for i, nm, c in zip(sim.v_item.tolist(), names, sim.v_code.tolist()):
@@ -647,10 +747,20 @@ def pairs_rows(sim: Sim) -> list[dict[str, Any]]:
             r_id = hashing.candidate_id(pid, "given:rejected", 0, rejected)
             if (c_id < r_id) == want:
                 break
-        pref = {CODE_A: "chosen" if la else "rejected", CODE_B: "rejected" if la else "chosen",
-                CODE_TIE: "tie"}
-        rows.append({"id": sid, "prompt": prompt, "chosen": chosen, "rejected": rejected,
-                     "votes": [{"annotator": nm, "preferred": pref[c]} for nm, c in by_item[i]]})
+        pref = {
+            CODE_A: "chosen" if la else "rejected",
+            CODE_B: "rejected" if la else "chosen",
+            CODE_TIE: "tie",
+        }
+        rows.append(
+            {
+                "id": sid,
+                "prompt": prompt,
+                "chosen": chosen,
+                "rejected": rejected,
+                "votes": [{"annotator": nm, "preferred": pref[c]} for nm, c in by_item[i]],
+            }
+        )
     return rows
 
 
@@ -698,9 +808,16 @@ def votes_table(sim: Sim, include_label: bool = False):
         order += [None] * sim.n
         verd += ["a" if x else "b" for x in (sim.label_a != sw).tolist()]
     ids = sim.ids
-    cols = {"prompt_id": [f"prompt-{ids[i]}" for i in rows_i],
-            "source_id": [ids[i] for i in rows_i], "candidate_a": [ca[i] for i in rows_i],
-            "candidate_b": [cb[i] for i in rows_i], "annotator": ann, "order": order,
-            "verdict": verd, "prob_a": [None] * len(rows_i), "raw_output": [None] * len(rows_i),
-            "parse_error": [None] * len(rows_i)}
+    cols = {
+        "prompt_id": [f"prompt-{ids[i]}" for i in rows_i],
+        "source_id": [ids[i] for i in rows_i],
+        "candidate_a": [ca[i] for i in rows_i],
+        "candidate_b": [cb[i] for i in rows_i],
+        "annotator": ann,
+        "order": order,
+        "verdict": verd,
+        "prob_a": [None] * len(rows_i),
+        "raw_output": [None] * len(rows_i),
+        "parse_error": [None] * len(rows_i),
+    }
     return pa.Table.from_pydict(cols, schema=VOTES)

@@ -16,8 +16,11 @@ from rich.table import Table
 
 from schemas.errors import ConfigError, PrefcurateError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="prefcurate: curate preference data for DPO and reward models.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="prefcurate: curate preference data for DPO and reward models.",
+)
 datasets_app = typer.Typer(no_args_is_help=True, help="Inspect the versioned dataset store.")
 app.add_typer(datasets_app, name="datasets")
 judges_app = typer.Typer(no_args_is_help=True, help="Qualify the judges of a config.")
@@ -46,8 +49,9 @@ def reap_orphan_servers() -> list[int]:
             cmd = (d / "cmdline").read_bytes()
             if SERVER_MARKER.encode() not in cmd:
                 continue
-            env = dict(x.split(b"=", 1) for x in (d / "environ").read_bytes().split(b"\0")
-                       if b"=" in x)
+            env = dict(
+                x.split(b"=", 1) for x in (d / "environ").read_bytes().split(b"\0") if b"=" in x
+            )
         except OSError:
             continue
         owner = env.get(b"PREFCURATE_CLI_PID")
@@ -99,16 +103,19 @@ def check_data_root(root: str) -> None:
     cannot be created or written (read-only, no permission), named in one line."""
     p = Path(root)
     if p.exists() and not p.is_dir():
-        raise ConfigError(f"data_root {root}: is a file, not a folder; pass another "
-                          f"--set data_root=...")
+        raise ConfigError(
+            f"data_root {root}: is a file, not a folder; pass another --set data_root=..."
+        )
     try:
         p.mkdir(parents=True, exist_ok=True)
         probe = p / f".write-test-{os.getpid()}"
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as exc:
-        raise ConfigError(f"data_root {root}: cannot write there ({exc.strerror or exc}); "
-                          f"pass another --set data_root=...") from None
+        raise ConfigError(
+            f"data_root {root}: cannot write there ({exc.strerror or exc}); "
+            f"pass another --set data_root=..."
+        ) from None
 
 
 def _model_problem(name: str) -> str | None:
@@ -121,8 +128,10 @@ def _model_problem(name: str) -> str | None:
         from huggingface_hub import try_to_load_from_cache
 
         if not isinstance(try_to_load_from_cache(name, "config.json"), str):
-            return ("no such folder, and not in the local Hugging Face cache (the CLI runs "
-                    "offline: HF_HUB_OFFLINE=1)")
+            return (
+                "no such folder, and not in the local Hugging Face cache (the CLI runs "
+                "offline: HF_HUB_OFFLINE=1)"
+            )
     return None
 
 
@@ -131,12 +140,21 @@ def check_models(cfg: Any) -> None:
     that does not exist, or (offline) a hub id that is not in the cache."""
     specs: list[tuple[str, str]] = []
     if cfg.input.kind == "prompts":
-        specs += [(f"generate.policies.{i}", p.model.model) for i, p in
-                  enumerate(cfg.generate.policies) if p.model.engine == "vllm"]
-    specs += [(f"judge.judges.{i}", j.model.model) for i, j in enumerate(cfg.judge.judges)
-              if j.model.engine == "vllm"]
-    specs += [(f"rubrics ({r.name})", r.model.model) for r in cfg.rubric_judges()
-              if r.model.engine == "vllm"]
+        specs += [
+            (f"generate.policies.{i}", p.model.model)
+            for i, p in enumerate(cfg.generate.policies)
+            if p.model.engine == "vllm"
+        ]
+    specs += [
+        (f"judge.judges.{i}", j.model.model)
+        for i, j in enumerate(cfg.judge.judges)
+        if j.model.engine == "vllm"
+    ]
+    specs += [
+        (f"rubrics ({r.name})", r.model.model)
+        for r in cfg.rubric_judges()
+        if r.model.engine == "vllm"
+    ]
     specs += [(f"rewards.models.{i}", m.model) for i, m in enumerate(cfg.rewards.models)]
     if cfg.embeddings_on():
         specs.append(("embed", cfg.embed.model))
@@ -163,11 +181,17 @@ class _RichProgress:
             TimeElapsedColumn,
             TimeRemainingColumn,
         )
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                 MofNCompleteColumn(), TextColumn("{task.speed} req/s"
-                                                                  if False else ""),
-                                 TimeElapsedColumn(), TimeRemainingColumn(), console=err,
-                                 transient=False)
+
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.speed} req/s" if False else ""),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            transient=False,
+        )
 
     def factory(self, label: str, total: int):
         if not self.progress.live.is_started:
@@ -181,29 +205,40 @@ class _RichProgress:
 
 
 @app.command()
-def run(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config "
-                                              "(default: the embedded default)"),
-        set_: list[str] = typer.Option([], "--set", help="Override a config key: "
-                                       "--set input.limit=2 (repeatable)"),
-        as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout"),
-        runner: Optional[str] = typer.Option(None, "--runner", help="thread | dask | ray "
-                                             "(same as --set runner.kind=...)"),
-        workers: Optional[int] = typer.Option(None, "--workers", help="runner workers"),
-        allow_partial: bool = typer.Option(False, "--allow-partial", help="Publish even "
-                                           "when every call of a model stage failed"),
-        verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every stage")) -> None:
+def run(
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", help="YAML run config (default: the embedded default)"
+    ),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Override a config key: --set input.limit=2 (repeatable)"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout"),
+    runner: Optional[str] = typer.Option(
+        None, "--runner", help="thread | dask | ray (same as --set runner.kind=...)"
+    ),
+    workers: Optional[int] = typer.Option(None, "--workers", help="runner workers"),
+    allow_partial: bool = typer.Option(
+        False, "--allow-partial", help="Publish even when every call of a model stage failed"
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every stage"),
+) -> None:
     """Run a curation (ingest → … → publish) and print where the dataset version is."""
     _prefect_env(verbose)
-    set_ = list(set_) + ([f"runner.kind={runner}"] if runner else []) + \
-        ([f"runner.workers={workers}"] if workers else []) + \
-        (["allow_partial=true"] if allow_partial else [])
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    set_ = (
+        list(set_)
+        + ([f"runner.kind={runner}"] if runner else [])
+        + ([f"runner.workers={workers}"] if workers else [])
+        + (["allow_partial=true"] if allow_partial else [])
+    )
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     logging.getLogger("prefcurate").setLevel(logging.INFO)
     # the stage modules' own loggers (prefcurate.pipeline.*) stay at warnings without -v
-    logging.getLogger("prefcurate.pipeline").setLevel(logging.INFO if verbose else
-                                                      logging.WARNING)
+    logging.getLogger("prefcurate.pipeline").setLevel(logging.INFO if verbose else logging.WARNING)
     from schemas.config import load_config
+
     try:
         cfg = load_config(config, set_)
     except PrefcurateError as exc:
@@ -214,6 +249,7 @@ def run(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
     except PrefcurateError as exc:
         _fail(exc)
     from flows.curate import run_curation, set_progress_factory
+
     prog = _RichProgress()
     set_progress_factory(prog.factory)
     t0 = time.time()
@@ -226,19 +262,26 @@ def run(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
         prog.stop()
         if verbose:
             raise
-        _fail(ConfigError(f"{exc.filename or cfg.data_root}: {exc.strerror or exc} "
-                          f"(errno {exc.errno}); nothing was published (-v: the traceback)"))
+        _fail(
+            ConfigError(
+                f"{exc.filename or cfg.data_root}: {exc.strerror or exc} "
+                f"(errno {exc.errno}); nothing was published (-v: the traceback)"
+            )
+        )
     finally:
         prog.stop()
         set_progress_factory(None)
         from flows.runtime import EnginePool
+
         EnginePool.close_all()
     summary["seconds"] = round(time.time() - t0, 1)
     if summary.get("partial"):
-        err.print("[bold yellow]partial:[/] rows with failed model calls were quarantined "
-                  "and left out (" + ", ".join(f"{k}: {v}" for k, v in
-                                                summary["partial"].items()) +
-                  "); rerun to make exactly those calls again")
+        err.print(
+            "[bold yellow]partial:[/] rows with failed model calls were quarantined "
+            "and left out ("
+            + ", ".join(f"{k}: {v}" for k, v in summary["partial"].items())
+            + "); rerun to make exactly those calls again"
+        )
     if as_json:
         summary.pop("report", None)
         print(json.dumps(summary, indent=2, default=str))
@@ -248,10 +291,10 @@ def run(config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML
     calls = summary.get("calls", {})
     made = sum(c.get("made", 0) for c in calls.values())
     reused = sum(c.get("reused", 0) for c in calls.values())
-    out.print(f"model calls: {made} made, {reused} reused from cache; "
-              f"{summary['seconds']} s")
-    out.print(f"[bold green]{verb}[/] {summary['name']}@v{summary['version']} "
-              f"({summary['rows']} pairs)")
+    out.print(f"model calls: {made} made, {reused} reused from cache; {summary['seconds']} s")
+    out.print(
+        f"[bold green]{verb}[/] {summary['name']}@v{summary['version']} ({summary['rows']} pairs)"
+    )
     if summary.get("report_html"):
         out.print(f"quality report: {summary['report_html']}")
     out.print(summary["path"])
@@ -269,19 +312,24 @@ def _print_stages(stages: dict[str, Any]) -> None:
 
 
 @judges_app.command("qualify")
-def judges_qualify(config: Optional[Path] = typer.Option(None, "--config", "-c",
-                                                         help="YAML run config"),
-                   gold: Optional[Path] = typer.Option(None, "--gold", help="A pairs file "
-                                                       "whose chosen responses are right"),
-                   set_: list[str] = typer.Option([], "--set", help="Override a key"),
-                   as_json: bool = typer.Option(False, "--json"),
-                   verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+def judges_qualify(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config"),
+    gold: Optional[Path] = typer.Option(
+        None, "--gold", help="A pairs file whose chosen responses are right"
+    ),
+    set_: list[str] = typer.Option([], "--set", help="Override a key"),
+    as_json: bool = typer.Option(False, "--json"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
     """Measure each judge on pairs whose answer is known (verifier-decided pairs of the
     config's input, or a gold pairs file) and print the table; publishes nothing."""
     _prefect_env(verbose)
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     from schemas.config import load_config
+
     try:
         cfg = load_config(config, set_)
         check_data_root(cfg.data_root)
@@ -289,6 +337,7 @@ def judges_qualify(config: Optional[Path] = typer.Option(None, "--config", "-c",
             raise ConfigError(f"--gold {gold}: file not found")
         from flows.curate import qualify_run
         from flows.runtime import EnginePool
+
         try:
             q = qualify_run(cfg.model_dump(mode="json"), str(gold) if gold else None)
         finally:
@@ -302,8 +351,10 @@ def judges_qualify(config: Optional[Path] = typer.Option(None, "--config", "-c",
 
     t = qualification_table("judges", q)
     if t is None:
-        err.print(f"no judge verdict on a gold pair ({q['gold_pairs']} gold pairs): give "
-                  f"prompts with answer / tests / constraints, or --gold FILE")
+        err.print(
+            f"no judge verdict on a gold pair ({q['gold_pairs']} gold pairs): give "
+            f"prompts with answer / tests / constraints, or --gold FILE"
+        )
         raise typer.Exit(1)
     table = Table(title=t["title"])
     for c in t["columns"]:
@@ -316,15 +367,19 @@ def judges_qualify(config: Optional[Path] = typer.Option(None, "--config", "-c",
 
 
 @datasets_app.command("list")
-def datasets_list(root: Path = typer.Option(Path("data"), help="Store root (data_root)"),
-                  as_json: bool = typer.Option(False, "--json")) -> None:
+def datasets_list(
+    root: Path = typer.Option(Path("data"), help="Store root (data_root)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
     """List datasets and their versions."""
     from pipeline.store import datasets as store
+
     rows = []
     for name in store.list_datasets(root):
         versions = store.list_versions(root, name)
-        rows.append({"name": name, "versions": versions,
-                     "latest": versions[-1] if versions else None})
+        rows.append(
+            {"name": name, "versions": versions, "latest": versions[-1] if versions else None}
+        )
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -333,47 +388,66 @@ def datasets_list(root: Path = typer.Option(Path("data"), help="Store root (data
     t.add_column("versions")
     t.add_column("latest")
     for r in rows:
-        t.add_row(r["name"], ", ".join(f"v{v}" for v in r["versions"]),
-                  f"v{r['latest']}" if r["latest"] else "")
+        t.add_row(
+            r["name"],
+            ", ".join(f"v{v}" for v in r["versions"]),
+            f"v{r['latest']}" if r["latest"] else "",
+        )
     out.print(t)
 
 
 @datasets_app.command("show")
-def datasets_show(ref: str = typer.Argument(..., help="NAME or NAME@vN"),
-                  root: Path = typer.Option(Path("data"), help="Store root (data_root)"),
-                  as_json: bool = typer.Option(False, "--json")) -> None:
+def datasets_show(
+    ref: str = typer.Argument(..., help="NAME or NAME@vN"),
+    root: Path = typer.Option(Path("data"), help="Store root (data_root)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
     """Show one version: path, rows, per-stage counts, problems found re-hashing files."""
     from pipeline.store import datasets as store
+
     try:
         v = store.resolve(root, ref)
         manifest = store.read_manifest(v.path)
     except PrefcurateError as exc:
         _fail(exc)
     problems = store.verify_version(v.path)
-    info = {"name": v.name, "version": v.version, "path": str(v.path),
-            "created_at": manifest.get("created_at"), "rows": manifest.get("rows"),
-            "parent_version": manifest.get("parent_version"),
-            "config_hash": manifest.get("config_hash"), "models": manifest.get("models"),
-            "stages": manifest.get("stages"), "integrity_problems": problems}
+    info = {
+        "name": v.name,
+        "version": v.version,
+        "path": str(v.path),
+        "created_at": manifest.get("created_at"),
+        "rows": manifest.get("rows"),
+        "parent_version": manifest.get("parent_version"),
+        "config_hash": manifest.get("config_hash"),
+        "models": manifest.get("models"),
+        "stages": manifest.get("stages"),
+        "integrity_problems": problems,
+    }
     if as_json:
         print(json.dumps(info, indent=2, default=str))
         return
     out.print(f"[bold]{v.name}@v{v.version}[/]  {v.path}")
-    out.print(f"created {info['created_at']}  parent v{info['parent_version']}  "
-              f"rows {info['rows']}  models {info['models']}")
+    out.print(
+        f"created {info['created_at']}  parent v{info['parent_version']}  "
+        f"rows {info['rows']}  models {info['models']}"
+    )
     _print_stages({k: {**c, "reused": False} for k, c in (info["stages"] or {}).items()})
     out.print("integrity: " + ("ok" if not problems else "; ".join(problems)))
 
 
 @app.command()
-def report(ref: str = typer.Argument(..., help="NAME or NAME@vN"),
-           root: Path = typer.Option(Path("data"), help="Store root (data_root)"),
-           html: Optional[Path] = typer.Option(None, "--html", help="HTML path (default "
-                                               "<root>/datasets/<name>/reports/v<N>.html)"),
-           as_json: bool = typer.Option(False, "--json")) -> None:
+def report(
+    ref: str = typer.Argument(..., help="NAME or NAME@vN"),
+    root: Path = typer.Option(Path("data"), help="Store root (data_root)"),
+    html: Optional[Path] = typer.Option(
+        None, "--html", help="HTML path (default <root>/datasets/<name>/reports/v<N>.html)"
+    ),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
     """Per-stage data-quality report: terminal tables and one self-contained HTML file."""
     from pipeline.report.build import build_report, render_terminal, write_report
     from pipeline.store import datasets as store
+
     try:
         v = store.resolve(root, ref)
         rep = build_report(v.path)
@@ -387,12 +461,15 @@ def report(ref: str = typer.Argument(..., help="NAME or NAME@vN"),
 
 
 @datasets_app.command("diff")
-def datasets_diff(a: str = typer.Argument(..., help="NAME@vA"),
-                  b: str = typer.Argument(..., help="NAME@vB"),
-                  root: Path = typer.Option(Path("data"), help="Store root (data_root)"),
-                  as_json: bool = typer.Option(False, "--json")) -> None:
+def datasets_diff(
+    a: str = typer.Argument(..., help="NAME@vA"),
+    b: str = typer.Argument(..., help="NAME@vB"),
+    root: Path = typer.Option(Path("data"), help="Store root (data_root)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
     """Pairs added / removed / changed decision, drop reasons and margin shift."""
     from pipeline.store.diff import diff_versions, render_diff_terminal
+
     try:
         d = diff_versions(root, a, b)
     except PrefcurateError as exc:
@@ -404,10 +481,12 @@ def datasets_diff(a: str = typer.Argument(..., help="NAME@vA"),
 
 
 @app.command()
-def serve(config: Optional[Path] = typer.Option(None, "--config", "-c"),
-          set_: list[str] = typer.Option([], "--set", help="Override a config key"),
-          cron: str = typer.Option(..., "--cron", help='cron schedule, e.g. "0 3 * * *"'),
-          name: Optional[str] = typer.Option(None, "--name", help="deployment name")) -> None:
+def serve(
+    config: Optional[Path] = typer.Option(None, "--config", "-c"),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key"),
+    cron: str = typer.Option(..., "--cron", help='cron schedule, e.g. "0 3 * * *"'),
+    name: Optional[str] = typer.Option(None, "--name", help="deployment name"),
+) -> None:
     """Register the curation as a Prefect deployment on a cron schedule and serve it.
 
     Needs a Prefect server: `prefect server start --host 127.0.0.1` and
@@ -416,6 +495,7 @@ def serve(config: Optional[Path] = typer.Option(None, "--config", "-c"),
     _prefect_env(True)
     from flows.schedule import serve_curation
     from schemas.config import load_config
+
     try:
         cfg = load_config(config, set_)
         data = cfg.model_dump(mode="json")

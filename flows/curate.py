@@ -48,12 +48,7 @@ from pipeline.annotate.planning import GPM_ROUND, first_signal, plan_judging
 from pipeline.annotate.qualify import qualify_judges
 from pipeline.chain import aggregate_kwargs, denoise_p_model
 from pipeline.denoise import denoise
-from pipeline.engines.base import (
-    CallStats,
-    ChatRequest,
-    RequestCache,
-    run_cached,
-)
+from pipeline.engines.base import CallStats, ChatRequest, RequestCache, run_cached
 from pipeline.hashing import stable_hash, tree_hash
 from pipeline.ingest.stage import ingest_pairs, ingest_prompts
 from pipeline.stage import Reason, StageCounts, StageResult, stage_count_rows
@@ -71,8 +66,17 @@ from schemas.config import (
 from schemas.errors import EngineError
 from schemas.tables import SCHEMAS, VOTES, schema_fingerprint
 
-__all__ = ["EnginePool", "curate", "first_signal", "is_transient", "plan_judging",
-           "qualify_run", "run_curation", "set_progress_factory", "GPM_ROUND"]
+__all__ = [
+    "EnginePool",
+    "curate",
+    "first_signal",
+    "is_transient",
+    "plan_judging",
+    "qualify_run",
+    "run_curation",
+    "set_progress_factory",
+    "GPM_ROUND",
+]
 
 log = logging.getLogger("prefcurate")
 
@@ -80,24 +84,41 @@ INGEST_VERSION = 1
 PUBLISH_VERSION = 1
 
 
-@task(name="ingest", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5,
-      retry_condition_fn=retry_transient)
+@task(
+    name="ingest",
+    cache_policy=NO_CACHE,
+    retries=1,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_transient,
+)
 def ingest_task(run_id: str) -> StageOutput:
     ctx = context(run_id)
     inp = ctx.cfg.input
     from pipeline.ingest import verifiable
 
-    in_hash = tree_hash(inp.path) if Path(inp.path).exists() else \
-        f"builtin:{inp.path}:v{verifiable.VERSION}"
+    in_hash = (
+        tree_hash(inp.path)
+        if Path(inp.path).exists()
+        else f"builtin:{inp.path}:v{verifiable.VERSION}"
+    )
     fn = ingest_prompts if inp.kind == "prompts" else ingest_pairs
-    return run_stage(ctx, "ingest", INGEST_VERSION, inp.model_dump(mode="json"), [in_hash],
-                  lambda: fn(inp.path, source=inp.source, limit=inp.limit))
+    return run_stage(
+        ctx,
+        "ingest",
+        INGEST_VERSION,
+        inp.model_dump(mode="json"),
+        [in_hash],
+        lambda: fn(inp.path, source=inp.source, limit=inp.limit),
+    )
 
 
 def _hygiene_inputs(ing: StageOutput, pairs_input: bool) -> tuple[Any, Any, Any]:
     """PROMPTS, and a pairs file's CANDIDATES and VOTES (None for a prompts file)."""
-    return (ing.read("prompts"), ing.read("candidates") if pairs_input else None,
-            ing.read("votes") if pairs_input else None)
+    return (
+        ing.read("prompts"),
+        ing.read("candidates") if pairs_input else None,
+        ing.read("votes") if pairs_input else None,
+    )
 
 
 @task(name="dedup", cache_policy=NO_CACHE)
@@ -111,12 +132,17 @@ def dedup_task(run_id: str, ing: StageOutput) -> StageOutput:
 
     def compute() -> StageResult:
         return dedup.dedup_prompts(
-            *_hygiene_inputs(ing, ctx.cfg.input.kind == "pairs"), threshold=dcfg.threshold,
-            ngram=dcfg.ngram, num_perm=dcfg.num_perm, min_words=dcfg.min_words,
-            near=ctx.cfg.dedup_near_on())
+            *_hygiene_inputs(ing, ctx.cfg.input.kind == "pairs"),
+            threshold=dcfg.threshold,
+            ngram=dcfg.ngram,
+            num_perm=dcfg.num_perm,
+            min_words=dcfg.min_words,
+            near=ctx.cfg.dedup_near_on(),
+        )
 
-    return run_stage(ctx, "dedup", dedup.STAGE_VERSION, dcfg.model_dump(mode="json"),
-                  [ing.output_hash], compute)
+    return run_stage(
+        ctx, "dedup", dedup.STAGE_VERSION, dcfg.model_dump(mode="json"), [ing.output_hash], compute
+    )
 
 
 @task(name="decontaminate", cache_policy=NO_CACHE)
@@ -132,17 +158,31 @@ def decontaminate_task(run_id: str, ing: StageOutput) -> StageOutput:
 
     def compute() -> StageResult:
         res = decontam.decontaminate(
-            *_hygiene_inputs(ing, ctx.cfg.input.kind == "pairs"), benchmarks=items,
-            ngram=dcfg.ngram, skipped=notes["skipped"])
+            *_hygiene_inputs(ing, ctx.cfg.input.kind == "pairs"),
+            benchmarks=items,
+            ngram=dcfg.ngram,
+            skipped=notes["skipped"],
+        )
         res.info["unavailable"] = notes["unavailable"]
         return res
 
-    return run_stage(ctx, "decontaminate", decontam.STAGE_VERSION, dcfg.model_dump(mode="json"),
-                  [ing.output_hash, bench_hash], compute)
+    return run_stage(
+        ctx,
+        "decontaminate",
+        decontam.STAGE_VERSION,
+        dcfg.model_dump(mode="json"),
+        [ing.output_hash, bench_hash],
+        compute,
+    )
 
 
-@task(name="generate", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60],
-      retry_condition_fn=retry_transient)
+@task(
+    name="generate",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=[10, 60],
+    retry_condition_fn=retry_transient,
+)
 def generate_task(run_id: str, ingest: StageOutput) -> StageOutput:
     ctx = context(run_id)
     gcfg = ctx.cfg.generate
@@ -152,15 +192,25 @@ def generate_task(run_id: str, ingest: StageOutput) -> StageOutput:
         reqs = generation.build_generation_requests(prompts, list(gcfg.policies))
         # (served from the cache when scale-out shards already answered them)
         ordered, comps, total = call_models(
-            ctx, "generate", [(p.name, p.model, [r for r in reqs if r.policy == p.name])
-                              for p in gcfg.policies], gcfg.batch_size)
+            ctx,
+            "generate",
+            [(p.name, p.model, [r for r in reqs if r.policy == p.name]) for p in gcfg.policies],
+            gcfg.batch_size,
+        )
         res = generation.make_candidates(ordered, comps)
         res.info["calls"] = total.__dict__
         ctx.calls["generate"] = total
         return res
 
-    return run_stage(ctx, "generate", generation.STAGE_VERSION, gcfg.model_dump(mode="json"),
-                  [ingest.output_hash], compute, complete=_no_failed_calls)
+    return run_stage(
+        ctx,
+        "generate",
+        generation.STAGE_VERSION,
+        gcfg.model_dump(mode="json"),
+        [ingest.output_hash],
+        compute,
+        complete=_no_failed_calls,
+    )
 
 
 def _no_failed_calls(result: StageResult) -> bool:
@@ -176,20 +226,37 @@ def check_outage(out: StageOutput, cfg: RunConfig, partial: dict[str, int]) -> N
         return
     partial[out.stage] = failed
     q = out.read("quarantine")
-    first = next((d for d, r in zip(q.column("detail").to_pylist(),
-                                    q.column("reason").to_pylist())
-                  if r == str(Reason.REQUEST_FAILED)), "")
-    log.warning("%s: %d rows have failed model calls (quarantined; the next run makes "
-                "exactly those calls again): %s", out.stage, failed, first)
+    first = next(
+        (
+            d
+            for d, r in zip(q.column("detail").to_pylist(), q.column("reason").to_pylist())
+            if r == str(Reason.REQUEST_FAILED)
+        ),
+        "",
+    )
+    log.warning(
+        "%s: %d rows have failed model calls (quarantined; the next run makes "
+        "exactly those calls again): %s",
+        out.stage,
+        failed,
+        first,
+    )
     if out.counts.get("kept", 0) == 0 and not cfg.allow_partial:
-        raise EngineError(f"{out.stage}: every call failed ({failed} rows quarantined), e.g. "
-                          f"{first}; nothing published. Rerun when the model server is back "
-                          f"(only the failed calls are made again), or pass --allow-partial "
-                          f"to publish without them")
+        raise EngineError(
+            f"{out.stage}: every call failed ({failed} rows quarantined), e.g. "
+            f"{first}; nothing published. Rerun when the model server is back "
+            f"(only the failed calls are made again), or pass --allow-partial "
+            f"to publish without them"
+        )
 
 
-def answer_shard(spec_json: dict[str, Any], requests: list[ChatRequest], cache_path: str,
-                 cache_dir: str, batch_size: int) -> dict[str, int]:
+def answer_shard(
+    spec_json: dict[str, Any],
+    requests: list[ChatRequest],
+    cache_path: str,
+    cache_dir: str,
+    batch_size: int,
+) -> dict[str, int]:
     """Answer one shard of requests into the shared request cache (scale-out workers).
 
     Self-contained, so it runs in any worker process (Dask, Ray): it opens the cache file
@@ -199,26 +266,42 @@ def answer_shard(spec_json: dict[str, Any], requests: list[ChatRequest], cache_p
     cache = RequestCache(cache_path)
     pool = EnginePool.shared(Path(cache_dir))
     try:
-        _, stats = run_cached(requests, engine_kind=spec.engine, model=spec.cache_identity(),
-                              get_engine=lambda: pool.get(spec), cache=cache,
-                              batch_size=batch_size)
+        _, stats = run_cached(
+            requests,
+            engine_kind=spec.engine,
+            model=spec.cache_identity(),
+            get_engine=lambda: pool.get(spec),
+            cache=cache,
+            batch_size=batch_size,
+        )
     finally:
         cache.close()
     return stats.__dict__
 
 
-@task(name="warm-shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60],
-      retry_condition_fn=retry_transient)
-def warm_shard_task(spec_json: dict[str, Any], requests: list[ChatRequest], cache_path: str,
-                    cache_dir: str, batch_size: int) -> dict[str, int]:
+@task(
+    name="warm-shard",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=[10, 60],
+    retry_condition_fn=retry_transient,
+)
+def warm_shard_task(
+    spec_json: dict[str, Any],
+    requests: list[ChatRequest],
+    cache_path: str,
+    cache_dir: str,
+    batch_size: int,
+) -> dict[str, int]:
     """Prefect task around :func:`answer_shard` (kept tiny: workers unpickle it)."""
     import flows.curate as here
 
     return here.answer_shard(spec_json, requests, cache_path, cache_dir, batch_size)
 
 
-def _warm_in_shards(ctx: RunContext, label: str, groups: list[tuple[ModelSpec, list[ChatRequest]]],
-                    batch_size: int) -> None:
+def _warm_in_shards(
+    ctx: RunContext, label: str, groups: list[tuple[ModelSpec, list[ChatRequest]]], batch_size: int
+) -> None:
     """Split uncached requests into shards run by the flow's task runner."""
     n = ctx.cfg.runner.shards or ctx.cfg.runner.workers
     cache_path = str(request_cache_path(ctx.cfg))
@@ -233,9 +316,15 @@ def _warm_in_shards(ctx: RunContext, label: str, groups: list[tuple[ModelSpec, l
         for i in range(n):
             shard = todo[i::n]
             if shard:
-                futures.append(warm_shard_task.submit(
-                    spec.model_dump(mode="json"), shard, cache_path,
-                    str(ctx.engines.cache_dir), batch_size))
+                futures.append(
+                    warm_shard_task.submit(
+                        spec.model_dump(mode="json"),
+                        shard,
+                        cache_path,
+                        str(ctx.engines.cache_dir),
+                        batch_size,
+                    )
+                )
     for f in futures:
         st = f.result()
         total.made += st["made"]
@@ -244,12 +333,21 @@ def _warm_in_shards(ctx: RunContext, label: str, groups: list[tuple[ModelSpec, l
     ctx.calls[f"{label}_shards"] = total
 
 
-@task(name="judge", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60],
-      retry_condition_fn=retry_transient)
-def judge_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput,
-               signal_srcs: list[StageOutput] | None = None,
-               seed_agg: StageOutput | None = None,
-               emb: StageOutput | None = None) -> StageOutput:
+@task(
+    name="judge",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=[10, 60],
+    retry_condition_fn=retry_transient,
+)
+def judge_task(
+    run_id: str,
+    prompts_src: StageOutput,
+    cands_src: StageOutput,
+    signal_srcs: list[StageOutput] | None = None,
+    seed_agg: StageOutput | None = None,
+    emb: StageOutput | None = None,
+) -> StageOutput:
     """Judge the selected pairs; with ``seed_agg`` (round 1's aggregation) and ``emb`` this
     is round 2 of ``pair_selection: gpm`` (stage ``judge_gpm``)."""
     ctx = context(run_id)
@@ -264,18 +362,31 @@ def judge_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput,
             from pipeline.gpm.annotate import select_uncertain_pairs
 
             chosen = select_uncertain_pairs(
-                seed_agg.read("comparisons"), candidates, emb.read("candidate_embeddings"),
-                emb.read("prompt_embeddings"), ctx.cfg.gpm,
-                jcfg.max_pairs_per_prompt - jcfg.seed_pairs_per_prompt)
-        pairs_, drops, info, reqs = plan_judging(jcfg, prompts, candidates,
-                                                 first_signal([t.read("scores")
-                                                               for t in signal_srcs]), chosen)
-        log.info("judge: %d pairs x %d judges x 2 orders = %d judge calls", len(pairs_),
-                 len(jcfg.judges), len(reqs))
+                seed_agg.read("comparisons"),
+                candidates,
+                emb.read("candidate_embeddings"),
+                emb.read("prompt_embeddings"),
+                ctx.cfg.gpm,
+                jcfg.max_pairs_per_prompt - jcfg.seed_pairs_per_prompt,
+            )
+        pairs_, drops, info, reqs = plan_judging(
+            jcfg, prompts, candidates, first_signal([t.read("scores") for t in signal_srcs]), chosen
+        )
+        log.info(
+            "judge: %d pairs x %d judges x 2 orders = %d judge calls",
+            len(pairs_),
+            len(jcfg.judges),
+            len(reqs),
+        )
         ordered, comps, total = call_models(
-            ctx, "judge", [(j.name, j.model, [r for r in reqs if
-                                              r.annotator.startswith(j.name + "|")])
-                           for j in jcfg.judges], jcfg.batch_size)
+            ctx,
+            "judge",
+            [
+                (j.name, j.model, [r for r in reqs if r.annotator.startswith(j.name + "|")])
+                for j in jcfg.judges
+            ],
+            jcfg.batch_size,
+        )
         res = judging.make_votes(ordered, comps, len(pairs_), drops, info)
         from pipeline.annotate.judge_stats import compute_judge_stats
 
@@ -285,13 +396,17 @@ def judge_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput,
         return res
 
     second = seed_agg is not None and emb is not None
-    return run_stage(ctx, "judge_gpm" if second else "judge", judging.STAGE_VERSION,
-                  [jcfg.model_dump(mode="json")] +
-                  ([ctx.cfg.gpm.model_dump(mode="json")] if second else []),
-                  [prompts_src.output_hash, cands_src.output_hash] +
-                  [s.output_hash for s in signal_srcs] +
-                  ([seed_agg.output_hash, emb.output_hash] if second else []), compute,
-                  complete=_no_failed_calls)
+    return run_stage(
+        ctx,
+        "judge_gpm" if second else "judge",
+        judging.STAGE_VERSION,
+        [jcfg.model_dump(mode="json")] + ([ctx.cfg.gpm.model_dump(mode="json")] if second else []),
+        [prompts_src.output_hash, cands_src.output_hash]
+        + [s.output_hash for s in signal_srcs]
+        + ([seed_agg.output_hash, emb.output_hash] if second else []),
+        compute,
+        complete=_no_failed_calls,
+    )
 
 
 def embeddings_enabled(cfg: RunConfig) -> bool:
@@ -299,22 +414,39 @@ def embeddings_enabled(cfg: RunConfig) -> bool:
     return cfg.embeddings_on()
 
 
-@task(name="embed", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10,
-      retry_condition_fn=retry_transient)
+@task(
+    name="embed",
+    cache_policy=NO_CACHE,
+    retries=1,
+    retry_delay_seconds=10,
+    retry_condition_fn=retry_transient,
+)
 def embed_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -> StageOutput:
     from pipeline.embeddings import STAGE_VERSION, compute_embeddings
 
     ctx = context(run_id)
-    return run_stage(ctx, "embed", STAGE_VERSION,
-                  ctx.cfg.embed.model_dump(mode="json", exclude={"enabled"}),
-                  [prompts_src.output_hash, cands_src.output_hash],
-                  lambda: compute_embeddings(prompts_src.read("prompts"),
-                                             cands_src.read("candidates"), ctx.cfg.embed,
-                                             cache_dir=ctx.engines.cache_dir))
+    return run_stage(
+        ctx,
+        "embed",
+        STAGE_VERSION,
+        ctx.cfg.embed.model_dump(mode="json", exclude={"enabled"}),
+        [prompts_src.output_hash, cands_src.output_hash],
+        lambda: compute_embeddings(
+            prompts_src.read("prompts"),
+            cands_src.read("candidates"),
+            ctx.cfg.embed,
+            cache_dir=ctx.engines.cache_dir,
+        ),
+    )
 
 
-@task(name="rubric", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60],
-      retry_condition_fn=retry_transient)
+@task(
+    name="rubric",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=[10, 60],
+    retry_condition_fn=retry_transient,
+)
 def rubric_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -> StageOutput:
     from pipeline.annotate import rubrics
     from pipeline.annotate.judge_stats import compute_score_stats
@@ -327,15 +459,25 @@ def rubric_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -
         prompts, candidates = prompts_src.read("prompts"), cands_src.read("candidates")
         reqs, drops = rubrics.build_rubric_requests(candidates, prompts, judges)
         if rcfg.budget is not None and len(reqs) > rcfg.budget:
-            for r in reqs[rcfg.budget:]:
-                drops.append({"source_id": r.source_id, "row_id": r.candidate_id,
-                              "reason": Reason.OVER_BUDGET,
-                              "detail": f"rubric budget {rcfg.budget} calls"})
-            reqs = reqs[:rcfg.budget]
+            for r in reqs[rcfg.budget :]:
+                drops.append(
+                    {
+                        "source_id": r.source_id,
+                        "row_id": r.candidate_id,
+                        "reason": Reason.OVER_BUDGET,
+                        "detail": f"rubric budget {rcfg.budget} calls",
+                    }
+                )
+            reqs = reqs[: rcfg.budget]
         ordered, comps, total = call_models(
-            ctx, "rubric", [(j.name, j.model, [r for r in reqs if
-                                               r.annotator == rubrics.rubric_annotator(j)])
-                            for j in judges], rcfg.batch_size)
+            ctx,
+            "rubric",
+            [
+                (j.name, j.model, [r for r in reqs if r.annotator == rubrics.rubric_annotator(j)])
+                for j in judges
+            ],
+            rcfg.batch_size,
+        )
         res = rubrics.make_scores(ordered, comps, drops)
         # Yes/No judges also vote pairwise (empty for the other templates)
         res.outputs["votes"] = rubrics.yesno_votes(res.outputs["scores"], candidates)
@@ -344,14 +486,24 @@ def rubric_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -
         ctx.calls["rubric"] = total
         return res
 
-    return run_stage(ctx, "rubric", rubrics.STAGE_VERSION,
-                  [rcfg.model_dump(mode="json"), [j.model_dump(mode="json") for j in judges]],
-                  [prompts_src.output_hash, cands_src.output_hash], compute,
-                  complete=_no_failed_calls)
+    return run_stage(
+        ctx,
+        "rubric",
+        rubrics.STAGE_VERSION,
+        [rcfg.model_dump(mode="json"), [j.model_dump(mode="json") for j in judges]],
+        [prompts_src.output_hash, cands_src.output_hash],
+        compute,
+        complete=_no_failed_calls,
+    )
 
 
-@task(name="reward", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60],
-      retry_condition_fn=retry_transient)
+@task(
+    name="reward",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=[10, 60],
+    retry_condition_fn=retry_transient,
+)
 def reward_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -> StageOutput:
     import pyarrow as pa
 
@@ -363,13 +515,21 @@ def reward_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -
 
     def compute() -> StageResult:
         prompts, candidates = prompts_src.read("prompts"), cands_src.read("candidates")
-        results = [rewards.score_with_reward_model(candidates, prompts, spec, cache=ctx.cache,
-                                                   chunk_size=wcfg.chunk_size,
-                                                   cache_dir=ctx.engines.cache_dir)
-                   for spec in wcfg.models]
+        results = [
+            rewards.score_with_reward_model(
+                candidates,
+                prompts,
+                spec,
+                cache=ctx.cache,
+                chunk_size=wcfg.chunk_size,
+                cache_dir=ctx.engines.cache_dir,
+            )
+            for spec in wcfg.models
+        ]
         first = results[0]
-        counts = StageCounts(rows_in=sum(r.counts.rows_in for r in results),
-                             kept=sum(r.counts.kept for r in results))
+        counts = StageCounts(
+            rows_in=sum(r.counts.rows_in for r in results), kept=sum(r.counts.kept for r in results)
+        )
         for r in results:
             for k, v in r.counts.dropped.items():
                 counts.dropped[k] = counts.dropped.get(k, 0) + v
@@ -377,30 +537,51 @@ def reward_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -
                 counts.quarantined[k] = counts.quarantined.get(k, 0) + v
         scores = pa.concat_tables([r.outputs["scores"] for r in results])
         counts.rows_out = scores.num_rows
-        return StageResult(first.stage, {"scores": scores}, counts,
-                           pa.concat_tables([r.dropped for r in results]),
-                           pa.concat_tables([r.quarantine for r in results]),
-                           info={"models": {s.annotator: r.info for s, r in
-                                            zip(wcfg.models, results)},
-                                 "score_stats": compute_score_stats(scores)})
+        return StageResult(
+            first.stage,
+            {"scores": scores},
+            counts,
+            pa.concat_tables([r.dropped for r in results]),
+            pa.concat_tables([r.quarantine for r in results]),
+            info={
+                "models": {s.annotator: r.info for s, r in zip(wcfg.models, results)},
+                "score_stats": compute_score_stats(scores),
+            },
+        )
 
-    return run_stage(ctx, "reward", rewards.STAGE_VERSION, wcfg.model_dump(mode="json"),
-                  [prompts_src.output_hash, cands_src.output_hash], compute,
-                  complete=_no_failed_calls)
+    return run_stage(
+        ctx,
+        "reward",
+        rewards.STAGE_VERSION,
+        wcfg.model_dump(mode="json"),
+        [prompts_src.output_hash, cands_src.output_hash],
+        compute,
+        complete=_no_failed_calls,
+    )
 
 
 @task(name="gpm", cache_policy=NO_CACHE)
-def gpm_task(run_id: str, agg: StageOutput, cands_src: StageOutput, emb: StageOutput
-             ) -> StageOutput:
+def gpm_task(
+    run_id: str, agg: StageOutput, cands_src: StageOutput, emb: StageOutput
+) -> StageOutput:
     from pipeline.gpm.annotate import annotate_gpm
     from pipeline.gpm.model import STAGE_VERSION
 
     ctx = context(run_id)
-    return run_stage(ctx, "gpm", STAGE_VERSION, ctx.cfg.gpm.model_dump(mode="json"),
-                  [agg.output_hash, cands_src.output_hash, emb.output_hash],
-                  lambda: annotate_gpm(agg.read("comparisons"), cands_src.read("candidates"),
-                                       emb.read("candidate_embeddings"),
-                                       emb.read("prompt_embeddings"), ctx.cfg.gpm))
+    return run_stage(
+        ctx,
+        "gpm",
+        STAGE_VERSION,
+        ctx.cfg.gpm.model_dump(mode="json"),
+        [agg.output_hash, cands_src.output_hash, emb.output_hash],
+        lambda: annotate_gpm(
+            agg.read("comparisons"),
+            cands_src.read("candidates"),
+            emb.read("candidate_embeddings"),
+            emb.read("prompt_embeddings"),
+            ctx.cfg.gpm,
+        ),
+    )
 
 
 @task(name="select", cache_policy=NO_CACHE)
@@ -408,15 +589,26 @@ def select_task(run_id: str, sel: StageOutput, emb: StageOutput) -> StageOutput:
     from pipeline.selection import STAGE_VERSION, select_pairs_budget
 
     ctx = context(run_id)
-    return run_stage(ctx, "select", STAGE_VERSION, ctx.cfg.select.model_dump(mode="json"),
-                  [sel.output_hash, emb.output_hash],
-                  lambda: select_pairs_budget(sel.read("pairs"), emb.read("prompt_embeddings"),
-                                              ctx.cfg.select))
+    return run_stage(
+        ctx,
+        "select",
+        STAGE_VERSION,
+        ctx.cfg.select.model_dump(mode="json"),
+        [sel.output_hash, emb.output_hash],
+        lambda: select_pairs_budget(
+            sel.read("pairs"), emb.read("prompt_embeddings"), ctx.cfg.select
+        ),
+    )
 
 
 @task(name="aggregate", cache_policy=NO_CACHE)
-def aggregate_task(run_id: str, vote_srcs: list[StageOutput], label_annotators: list[str],
-                   cands: StageOutput, stage: str = "aggregate") -> StageOutput:
+def aggregate_task(
+    run_id: str,
+    vote_srcs: list[StageOutput],
+    label_annotators: list[str],
+    cands: StageOutput,
+    stage: str = "aggregate",
+) -> StageOutput:
     ctx = context(run_id)
     import pyarrow as pa
 
@@ -428,9 +620,12 @@ def aggregate_task(run_id: str, vote_srcs: list[StageOutput], label_annotators: 
         tables = [s.read("votes") for s in vote_srcs]
         votes = pa.concat_tables(tables) if tables else VOTES.empty_table()
         lengths = length.candidate_lengths(cands.read("candidates")) if lengths_on else None
-        res = aggregation.aggregate_votes(votes, label_annotators=set(label_annotators),
-                                          lengths=lengths,
-                                          **aggregate_kwargs(ctx.cfg.aggregate))
+        res = aggregation.aggregate_votes(
+            votes,
+            label_annotators=set(label_annotators),
+            lengths=lengths,
+            **aggregate_kwargs(ctx.cfg.aggregate),
+        )
         qual = qualify_judges(votes, exclude=label_annotators, **_model_maps(ctx.cfg))
         if qual["gold_pairs"]:
             res.info["judge_qualification"] = qual
@@ -441,9 +636,14 @@ def aggregate_task(run_id: str, vote_srcs: list[StageOutput], label_annotators: 
     if lengths_on:
         versions.append(length.STAGE_VERSION)
         inputs.append(cands.output_hash)
-    return run_stage(ctx, stage, versions,
-                  [ctx.cfg.aggregate.model_dump(mode="json"), sorted(label_annotators)],
-                  inputs, compute)
+    return run_stage(
+        ctx,
+        stage,
+        versions,
+        [ctx.cfg.aggregate.model_dump(mode="json"), sorted(label_annotators)],
+        inputs,
+        compute,
+    )
 
 
 @task(name="verify", cache_policy=NO_CACHE)
@@ -452,28 +652,40 @@ def verify_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -
     from pipeline.annotate import verify
 
     ctx = context(run_id)
-    return run_stage(ctx, "verify", verify.STAGE_VERSION, ctx.cfg.verify.model_dump(mode="json"),
-                  [prompts_src.output_hash, cands_src.output_hash],
-                  lambda: verify.verify_candidates(prompts_src.read("prompts"),
-                                                   cands_src.read("candidates"),
-                                                   ctx.cfg.verify))
+    return run_stage(
+        ctx,
+        "verify",
+        verify.STAGE_VERSION,
+        ctx.cfg.verify.model_dump(mode="json"),
+        [prompts_src.output_hash, cands_src.output_hash],
+        lambda: verify.verify_candidates(
+            prompts_src.read("prompts"), cands_src.read("candidates"), ctx.cfg.verify
+        ),
+    )
 
 
 @task(name="margins", cache_policy=NO_CACHE)
-def margins_task(run_id: str, agg: StageOutput, emb: StageOutput | None,
-                 cands: StageOutput, gpm: StageOutput | None = None) -> StageOutput:
+def margins_task(
+    run_id: str,
+    agg: StageOutput,
+    emb: StageOutput | None,
+    cands: StageOutput,
+    gpm: StageOutput | None = None,
+) -> StageOutput:
     from pipeline.annotate import injection
 
     ctx = context(run_id)
 
     def compute() -> StageResult:
-        res = margins.compute_margins(agg.read("comparisons"), agg.read("scores"),
-                                      ctx.cfg.margins)
+        res = margins.compute_margins(agg.read("comparisons"), agg.read("scores"), ctx.cfg.margins)
         # text aimed at the judge: its pairs are flagged (with or without judges)
         suspects = injection.suspect_candidates(cands.read("candidates"))
         res.outputs["pairs"], n_flagged = injection.flag_pairs(res.outputs["pairs"], suspects)
-        res.info["injection_suspects"] = {"candidates": len(suspects), "pairs": n_flagged,
-                                          "examples": dict(list(suspects.items())[:20])}
+        res.info["injection_suspects"] = {
+            "candidates": len(suspects),
+            "pairs": n_flagged,
+            "examples": dict(list(suspects.items())[:20]),
+        }
         if gpm is not None:
             from pipeline.gpm.cycles import flag_cyclic_pairs, flag_cyclic_prompts
 
@@ -485,10 +697,12 @@ def margins_task(run_id: str, agg: StageOutput, emb: StageOutput | None,
 
             pairs_t = res.outputs["pairs"]
             sims = cosine_similarity_pairs(emb.read("candidate_embeddings"), pairs_t)
-            res.outputs["pairs"] = margins.with_similarity(pairs_t, sims,
-                                                           ctx.cfg.margins.indistinguishable_tau)
+            res.outputs["pairs"] = margins.with_similarity(
+                pairs_t, sims, ctx.cfg.margins.indistinguishable_tau
+            )
             res.info["indistinguishable"] = sum(
-                "indistinguishable" in f for f in res.outputs["pairs"].column("flags").to_pylist())
+                "indistinguishable" in f for f in res.outputs["pairs"].column("flags").to_pylist()
+            )
         return res
 
     # every pipeline function the task calls is part of its key
@@ -497,26 +711,41 @@ def margins_task(run_id: str, agg: StageOutput, emb: StageOutput | None,
         from pipeline.gpm.model import STAGE_VERSION as GPM_VERSION
 
         versions.append(GPM_VERSION)
-    return run_stage(ctx, "margins", versions, ctx.cfg.margins.model_dump(mode="json"),
-                  [agg.output_hash, cands.output_hash] +
-                  ([emb.output_hash] if emb is not None else []) +
-                  ([gpm.output_hash] if gpm is not None else []), compute)
+    return run_stage(
+        ctx,
+        "margins",
+        versions,
+        ctx.cfg.margins.model_dump(mode="json"),
+        [agg.output_hash, cands.output_hash]
+        + ([emb.output_hash] if emb is not None else [])
+        + ([gpm.output_hash] if gpm is not None else []),
+        compute,
+    )
 
 
 @task(name="denoise", cache_policy=NO_CACHE)
-def denoise_task(run_id: str, mar: StageOutput, emb: StageOutput | None,
-                 label_source: str | None, agg: StageOutput | None = None) -> StageOutput:
+def denoise_task(
+    run_id: str,
+    mar: StageOutput,
+    emb: StageOutput | None,
+    label_source: str | None,
+    agg: StageOutput | None = None,
+) -> StageOutput:
     ctx = context(run_id)
     posterior = ctx.cfg.denoise.method == "posterior"
     peer_review = ctx.cfg.denoise.peer_review is True or (
-        ctx.cfg.denoise.peer_review is None and not posterior)
+        ctx.cfg.denoise.peer_review is None and not posterior
+    )
     use_agg = agg is not None and (posterior or ctx.cfg.denoise.judge_posterior)
 
     def compute() -> StageResult:
         pairs_t = mar.read("pairs")
         # prompt runs: every pair is oriented by its own votes (annotator "aggregate")
-        kw: dict[str, Any] = {"label_source": label_source if ctx.cfg.input.kind == "pairs"
-                              else [None] * pairs_t.num_rows}
+        kw: dict[str, Any] = {
+            "label_source": label_source
+            if ctx.cfg.input.kind == "pairs"
+            else [None] * pairs_t.num_rows
+        }
         if use_agg:  # posterior: P(label right) over all annotators; weights: judges only
             p_model = denoise_p_model(pairs_t, agg.read("comparisons"), ctx.cfg.denoise)
             if p_model is not None:
@@ -526,19 +755,26 @@ def denoise_task(run_id: str, mar: StageOutput, emb: StageOutput | None,
 
             cand = emb.read("candidate_embeddings")
             kw["emb_chosen"] = aligned_embeddings(cand, pairs_t.column("chosen_id").to_pylist())
-            kw["emb_rejected"] = aligned_embeddings(cand,
-                                                    pairs_t.column("rejected_id").to_pylist())
-            kw["emb_prompt"] = aligned_embeddings(emb.read("prompt_embeddings"),
-                                                  pairs_t.column("prompt_id").to_pylist(),
-                                                  "prompt_id")
+            kw["emb_rejected"] = aligned_embeddings(cand, pairs_t.column("rejected_id").to_pylist())
+            kw["emb_prompt"] = aligned_embeddings(
+                emb.read("prompt_embeddings"), pairs_t.column("prompt_id").to_pylist(), "prompt_id"
+            )
         return denoise.denoise_pairs(pairs_t, ctx.cfg.denoise, ctx.cfg.margins, **kw)
 
-    return run_stage(ctx, "denoise", denoise.STAGE_VERSION,
-                  [ctx.cfg.denoise.model_dump(mode="json"), ctx.cfg.margins.model_dump(mode="json"),
-                   label_source],
-                  [mar.output_hash] + ([emb.output_hash] if emb is not None and
-                                       peer_review else []) +
-                  ([agg.output_hash] if use_agg else []), compute)
+    return run_stage(
+        ctx,
+        "denoise",
+        denoise.STAGE_VERSION,
+        [
+            ctx.cfg.denoise.model_dump(mode="json"),
+            ctx.cfg.margins.model_dump(mode="json"),
+            label_source,
+        ],
+        [mar.output_hash]
+        + ([emb.output_hash] if emb is not None and peer_review else [])
+        + ([agg.output_hash] if use_agg else []),
+        compute,
+    )
 
 
 @task(name="pairs", cache_policy=NO_CACHE)
@@ -547,24 +783,39 @@ def pairs_task(run_id: str, den: StageOutput, cands: StageOutput) -> StageOutput
     from pipeline.aggregate import length
 
     balance = ctx.cfg.pairs.length_balance is not None
-    return run_stage(ctx, "pairs",
-                  [pairs.STAGE_VERSION, length.STAGE_VERSION] if balance else pairs.STAGE_VERSION,
-                  ctx.cfg.pairs.model_dump(mode="json"),
-                  [den.output_hash] + ([cands.output_hash] if balance else []),
-                  lambda: pairs.build_pairs(
-                      den.read("pairs"), ctx.cfg.pairs,
-                      length.candidate_lengths(cands.read("candidates")) if balance else None))
+    return run_stage(
+        ctx,
+        "pairs",
+        [pairs.STAGE_VERSION, length.STAGE_VERSION] if balance else pairs.STAGE_VERSION,
+        ctx.cfg.pairs.model_dump(mode="json"),
+        [den.output_hash] + ([cands.output_hash] if balance else []),
+        lambda: pairs.build_pairs(
+            den.read("pairs"),
+            ctx.cfg.pairs,
+            length.candidate_lengths(cands.read("candidates")) if balance else None,
+        ),
+    )
 
 
 def _stage_rows(outs: list[StageOutput]) -> dict[str, Any]:
     return {o.stage: {**o.counts, "reused": o.reused, "key": o.key} for o in outs}
 
 
-@task(name="publish", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5,
-      retry_condition_fn=retry_transient)
-def publish_task(run_id: str, ing: StageOutput, cands: StageOutput, sel: StageOutput,
-                 all_stages: list[StageOutput],
-                 partial: dict[str, int] | None = None) -> dict[str, Any]:
+@task(
+    name="publish",
+    cache_policy=NO_CACHE,
+    retries=1,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_transient,
+)
+def publish_task(
+    run_id: str,
+    ing: StageOutput,
+    cands: StageOutput,
+    sel: StageOutput,
+    all_stages: list[StageOutput],
+    partial: dict[str, int] | None = None,
+) -> dict[str, Any]:
     import pyarrow as pa
 
     ctx = context(run_id)
@@ -578,13 +829,17 @@ def publish_task(run_id: str, ing: StageOutput, cands: StageOutput, sel: StageOu
     stages = _stage_rows(all_stages)
     resolved = resolved_dict(cfg)
     chash = config_hash(resolved)
-    content_key = stable_hash(PUBLISH_VERSION, pipeline.__version__, chash,
-                              [o.output_hash for o in all_stages], length=32)
-    models = sorted(({p.model.model for p in cfg.generate.policies} if cfg.input.kind ==
-                     "prompts" else set()) | {j.model.model for j in cfg.judge.judges})
+    content_key = stable_hash(
+        PUBLISH_VERSION, pipeline.__version__, chash, [o.output_hash for o in all_stages], length=32
+    )
+    models = sorted(
+        ({p.model.model for p in cfg.generate.policies} if cfg.input.kind == "prompts" else set())
+        | {j.model.model for j in cfg.judge.judges}
+    )
     manifest = {
         "code_version": pipeline.__version__,
-        "config": resolved, "config_hash": chash,
+        "config": resolved,
+        "config_hash": chash,
         "input": {"kind": cfg.input.kind, "path": cfg.input.path, "hash": in_hash},
         "models": models,
         "stage_order": [o.stage for o in all_stages],
@@ -603,47 +858,76 @@ def publish_task(run_id: str, ing: StageOutput, cands: StageOutput, sel: StageOu
         try:
             from pipeline.report.build import render_html, report_from_tables
 
-            out = render_html(report_from_tables(
-                full, data, dropped, quarantine, version_path=path,
-                run_root=Path(cfg.data_root) / "runs" / cfg.dataset_name))
+            out = render_html(
+                report_from_tables(
+                    full,
+                    data,
+                    dropped,
+                    quarantine,
+                    version_path=path,
+                    run_root=Path(cfg.data_root) / "runs" / cfg.dataset_name,
+                )
+            )
             rendered.append(True)
             return out
         except Exception as exc:  # a report must never cost the user their dataset
             log.warning("quality report not rendered: %s: %s", type(exc).__name__, exc)
-            return (f"<!doctype html><p>quality report not rendered: "
-                    f"{type(exc).__name__}; run prefcurate report {cfg.dataset_name}</p>")
-    ref = store.publish_version(cfg.data_root, cfg.dataset_name, data=data,
-                                dropped=dropped,
-                                quarantine=quarantine, manifest=manifest,
-                                card=dataset_card(cfg.dataset_name, "", cfg, stages,
-                                                  data.num_rows),
-                                content_key=content_key,
-                                extra_files={"report.html": html})
-    return {"name": ref.name, "version": ref.version, "path": str(Path(ref.path).resolve()),
-            "created": ref.created, "rows": data.num_rows, "stages": stages,
-            "calls": manifest["calls"], "models_called": manifest["models_called"],
-            "partial": manifest.get("partial", {}),
-            "report_html": str(Path(ref.path).resolve() / "report.html")
-            if (Path(ref.path) / "report.html").exists() else None}
+            return (
+                f"<!doctype html><p>quality report not rendered: "
+                f"{type(exc).__name__}; run prefcurate report {cfg.dataset_name}</p>"
+            )
+
+    ref = store.publish_version(
+        cfg.data_root,
+        cfg.dataset_name,
+        data=data,
+        dropped=dropped,
+        quarantine=quarantine,
+        manifest=manifest,
+        card=dataset_card(cfg.dataset_name, "", cfg, stages, data.num_rows),
+        content_key=content_key,
+        extra_files={"report.html": html},
+    )
+    return {
+        "name": ref.name,
+        "version": ref.version,
+        "path": str(Path(ref.path).resolve()),
+        "created": ref.created,
+        "rows": data.num_rows,
+        "stages": stages,
+        "calls": manifest["calls"],
+        "models_called": manifest["models_called"],
+        "partial": manifest.get("partial", {}),
+        "report_html": str(Path(ref.path).resolve() / "report.html")
+        if (Path(ref.path) / "report.html").exists()
+        else None,
+    }
 
 
 @task(name="report", cache_policy=NO_CACHE)
 def report_task(summary: dict[str, Any]) -> str:
-    lines = [f"## prefcurate: {summary['name']}@v{summary['version']}",
-             f"{'published' if summary['created'] else 'already published (identical run)'}: "
-             f"`{summary['path']}` with {summary['rows']} pairs", "",
-             "| stage | in | kept | dropped | quarantined | reused |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"## prefcurate: {summary['name']}@v{summary['version']}",
+        f"{'published' if summary['created'] else 'already published (identical run)'}: "
+        f"`{summary['path']}` with {summary['rows']} pairs",
+        "",
+        "| stage | in | kept | dropped | quarantined | reused |",
+        "|---|---|---|---|---|---|",
+    ]
     lines += ["| " + " | ".join(r) + " |" for r in stage_count_rows(summary["stages"])]
     if summary.get("report_html"):
         lines += ["", f"HTML quality report: `{summary['report_html']}`"]
     md = "\n".join(lines)
     try:
-        create_markdown_artifact(markdown=md, key="prefcurate-summary",
-                                 description="rows per stage")
+        create_markdown_artifact(
+            markdown=md, key="prefcurate-summary", description="rows per stage"
+        )
         if summary.get("report_html"):
-            create_link_artifact(link=Path(summary["report_html"]).as_uri(),
-                                 link_text=f"{summary['name']}@v{summary['version']} report",
-                                 key="prefcurate-report")
+            create_link_artifact(
+                link=Path(summary["report_html"]).as_uri(),
+                link_text=f"{summary['name']}@v{summary['version']} report",
+                key="prefcurate-report",
+            )
     except Exception as exc:  # artifacts need an API; never fail a curation over it
         log.debug("no artifact: %s", exc)
     return md
@@ -661,8 +945,7 @@ def curate(config: dict[str, Any], secrets_ref: str | None = None) -> dict[str, 
         config = merge_secrets(config, SECRETS.pop(secrets_ref, {}))
     cfg = RunConfig.model_validate(config)
     store.validate_name(cfg.dataset_name)
-    run_id = stable_hash(datetime.now(timezone.utc).isoformat(), os.getpid(),
-                         threading.get_ident())
+    run_id = stable_hash(datetime.now(timezone.utc).isoformat(), os.getpid(), threading.get_ident())
     ctx = new_context(cfg)
     register(run_id, ctx)
     try:
@@ -677,11 +960,18 @@ def curate(config: dict[str, Any], secrets_ref: str | None = None) -> dict[str, 
         partial: dict[str, int] = {}  # model stages with failed calls: rows quarantined
         if cfg.input.kind == "prompts":
             if cfg.runner.kind != "thread":
-                reqs = generation.build_generation_requests(ing.read("prompts"),
-                                                            list(cfg.generate.policies))
-                _warm_in_shards(ctx, "generate", [
-                    (p.model, [r.request for r in reqs if r.policy == p.name])
-                    for p in cfg.generate.policies], cfg.generate.batch_size)
+                reqs = generation.build_generation_requests(
+                    ing.read("prompts"), list(cfg.generate.policies)
+                )
+                _warm_in_shards(
+                    ctx,
+                    "generate",
+                    [
+                        (p.model, [r.request for r in reqs if r.policy == p.name])
+                        for p in cfg.generate.policies
+                    ],
+                    cfg.generate.batch_size,
+                )
             cands = generate_task(run_id, ing)
             outs.append(cands)
             check_outage(cands, cfg, partial)
@@ -706,11 +996,23 @@ def curate(config: dict[str, Any], secrets_ref: str | None = None) -> dict[str, 
         if cfg.judge.judges:
             if cfg.runner.kind != "thread":
                 _, _, _, jreqs = plan_judging(
-                    cfg.judge, ing.read("prompts"), cands.read("candidates"),
-                    first_signal([t.read("scores") for t in signal]))
-                _warm_in_shards(ctx, "judge", [
-                    (j.model, [r.request for r in jreqs if r.annotator.startswith(j.name + "|")])
-                    for j in cfg.judge.judges], cfg.judge.batch_size)
+                    cfg.judge,
+                    ing.read("prompts"),
+                    cands.read("candidates"),
+                    first_signal([t.read("scores") for t in signal]),
+                )
+                _warm_in_shards(
+                    ctx,
+                    "judge",
+                    [
+                        (
+                            j.model,
+                            [r.request for r in jreqs if r.annotator.startswith(j.name + "|")],
+                        )
+                        for j in cfg.judge.judges
+                    ],
+                    cfg.judge.batch_size,
+                )
             jud = judge_task(run_id, ing, cands, signal)
             outs.append(jud)
             check_outage(jud, cfg, partial)
@@ -734,8 +1036,7 @@ def curate(config: dict[str, Any], secrets_ref: str | None = None) -> dict[str, 
         if cfg.gpm.enabled:
             gp = gpm_task(run_id, agg, cands, emb)
             # the GPM is one more annotator: aggregate again with its votes
-            agg = aggregate_task(run_id, vote_srcs + [gp], labels, cands,
-                                 stage="aggregate_gpm")
+            agg = aggregate_task(run_id, vote_srcs + [gp], labels, cands, stage="aggregate_gpm")
             outs += [gp, agg]
         mar = margins_task(run_id, agg, emb, cands, gp)
         den = denoise_task(run_id, mar, emb, labels[0] if len(labels) == 1 else None, agg)
@@ -755,8 +1056,11 @@ def curate(config: dict[str, Any], secrets_ref: str | None = None) -> dict[str, 
 def _model_maps(cfg: RunConfig) -> dict[str, dict[str, str] | None]:
     """``judge_models`` / ``policy_models`` of :func:`qualify_judges` (self-preference)."""
     judges = {j.name: j.model.model for j in [*cfg.judge.judges, *cfg.rubric_judges()]}
-    policies = {p.name: p.model.model for p in cfg.generate.policies} \
-        if cfg.input.kind == "prompts" else None
+    policies = (
+        {p.name: p.model.model for p in cfg.generate.policies}
+        if cfg.input.kind == "prompts"
+        else None
+    )
     return {"judge_models": judges, "policy_models": policies}
 
 
@@ -770,8 +1074,9 @@ def qualify_run(config: dict[str, Any], gold: str | None = None) -> dict[str, An
     (the stages live under ``runs/<name>-qualify``)."""
     cfg = RunConfig.model_validate(config)
     if gold is not None:
-        cfg = cfg.model_copy(update={"input": cfg.input.model_copy(
-            update={"kind": "pairs", "path": gold})})
+        cfg = cfg.model_copy(
+            update={"input": cfg.input.model_copy(update={"kind": "pairs", "path": gold})}
+        )
     cfg = cfg.model_copy(update={"name": f"{cfg.dataset_name}-qualify"[:100]})
     run_id = stable_hash("qualify", datetime.now(timezone.utc).isoformat(), os.getpid())
     ctx = new_context(cfg)
@@ -802,8 +1107,11 @@ def qualify_run(config: dict[str, Any], gold: str | None = None) -> dict[str, An
 def run_curation(config: dict[str, Any]) -> dict[str, Any]:
     """Run ``curate`` with the task runner its config asks for."""
     cfg = RunConfig.model_validate(config)
-    flow_ = curate if cfg.runner.kind == "thread" else curate.with_options(
-        task_runner=task_runner_for(cfg.runner.kind, cfg.runner.workers))
+    flow_ = (
+        curate
+        if cfg.runner.kind == "thread"
+        else curate.with_options(task_runner=task_runner_for(cfg.runner.kind, cfg.runner.workers))
+    )
     public, secrets = split_secrets(cfg.model_dump(mode="json"))
     ref = None
     if secrets:

@@ -27,13 +27,11 @@ from pipeline.engines.embedded import default_cache_dir, resolve_model_path
 from pipeline.stage import StageResult
 from pipeline.store import datasets as store
 from pipeline.store.stages import StageOutput, StageStore
-from schemas.config import (
-    ModelSpec,
-    RunConfig,
-)
+from schemas.config import ModelSpec, RunConfig
 from schemas.errors import ConfigError
 
 log = logging.getLogger("prefcurate")
+
 
 class EnginePool:
     """One engine per model spec, started on first need and shared by every flow run in
@@ -83,22 +81,34 @@ class EnginePool:
         if spec.engine == "fake":
             return FakeEngine(model=spec.model, context=spec.max_model_len)
         if spec.engine == "vllm":
-            log.info("starting vLLM engine for %s (first start on CPU takes 1-2 min)",
-                     spec.model)
+            log.info("starting vLLM engine for %s (first start on CPU takes 1-2 min)", spec.model)
             path = resolve_model_path(spec.model, self.cache_dir)
-            return VLLMEngine(spec.model, path, dtype=spec.dtype,
-                              max_model_len=spec.max_model_len, engine_args=spec.engine_args,
-                              structured_backend=spec.structured_backend,
-                              cache_dir=self.cache_dir)
+            return VLLMEngine(
+                spec.model,
+                path,
+                dtype=spec.dtype,
+                max_model_len=spec.max_model_len,
+                engine_args=spec.engine_args,
+                structured_backend=spec.structured_backend,
+                cache_dir=self.cache_dir,
+            )
         if spec.engine == "openai":
             from pipeline.engines.openai import OpenAIEngine
 
             if not spec.base_url:
-                raise ConfigError(f"model '{spec.model}': engine 'openai' needs base_url, e.g. "
-                                  f"--set ...model.base_url=http://127.0.0.1:8000/v1")
-            return OpenAIEngine(spec.model, spec.base_url, api_key_env=spec.api_key_env,
-                                max_concurrency=spec.max_concurrency, timeout_s=spec.timeout_s,
-                                max_retries=spec.max_retries, context=spec.max_model_len)
+                raise ConfigError(
+                    f"model '{spec.model}': engine 'openai' needs base_url, e.g. "
+                    f"--set ...model.base_url=http://127.0.0.1:8000/v1"
+                )
+            return OpenAIEngine(
+                spec.model,
+                spec.base_url,
+                api_key_env=spec.api_key_env,
+                max_concurrency=spec.max_concurrency,
+                timeout_s=spec.timeout_s,
+                max_retries=spec.max_retries,
+                context=spec.max_model_len,
+            )
         raise ConfigError(f"unknown engine '{spec.engine}'")
 
 
@@ -141,18 +151,30 @@ def request_cache_path(cfg: RunConfig) -> Path:
 
 def new_context(cfg: RunConfig) -> RunContext:
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-    for folder in (Path(cfg.data_root) / "runs" / cfg.dataset_name / "stages",
-                   Path(cfg.data_root) / "datasets" / cfg.dataset_name):
+    for folder in (
+        Path(cfg.data_root) / "runs" / cfg.dataset_name / "stages",
+        Path(cfg.data_root) / "datasets" / cfg.dataset_name,
+    ):
         store.sweep_stale_tmp(folder)  # what killed runs left half-written
-    return RunContext(cfg=cfg,
-                      stages=StageStore(Path(cfg.data_root) / "runs" / cfg.dataset_name),
-                      cache=RequestCache(request_cache_path(cfg)),
-                      engines=EnginePool.shared(cache_dir), progress=PROGRESS.get("factory"))
+    return RunContext(
+        cfg=cfg,
+        stages=StageStore(Path(cfg.data_root) / "runs" / cfg.dataset_name),
+        cache=RequestCache(request_cache_path(cfg)),
+        engines=EnginePool.shared(cache_dir),
+        progress=PROGRESS.get("factory"),
+    )
 
 
-def run_stage(ctx: RunContext, mod_stage: str, version: int | list[int], cfg: Any,
-              inputs: list[str], compute: Callable[[], StageResult], *,
-              complete: Callable[[StageResult], bool] = lambda r: True) -> StageOutput:
+def run_stage(
+    ctx: RunContext,
+    mod_stage: str,
+    version: int | list[int],
+    cfg: Any,
+    inputs: list[str],
+    compute: Callable[[], StageResult],
+    *,
+    complete: Callable[[StageResult], bool] = lambda r: True,
+) -> StageOutput:
     """Reuse the finished output of ``mod_stage`` under its key (module version(s), config,
     input hashes), or compute, restage the reject rows and write it durably."""
     key = StageStore.key(mod_stage, version, cfg, inputs)
@@ -178,12 +200,14 @@ def _restaged(table: Any, stage: str) -> Any:
     if table is None or not table.num_rows or "stage" not in table.column_names:
         return table
     i = table.schema.get_field_index("stage")
-    return table.set_column(i, table.schema.field(i),
-                            pa.array([stage] * table.num_rows, table.schema.field(i).type))
+    return table.set_column(
+        i, table.schema.field(i), pa.array([stage] * table.num_rows, table.schema.field(i).type)
+    )
 
 
-def call_models(ctx: RunContext, label: str, groups: list[tuple[str, ModelSpec, list[Any]]],
-                 batch_size: int) -> tuple[list[Any], list[Any], CallStats]:
+def call_models(
+    ctx: RunContext, label: str, groups: list[tuple[str, ModelSpec, list[Any]]], batch_size: int
+) -> tuple[list[Any], list[Any], CallStats]:
     """Answer each group's requests (objects with a ``.request``) with its model, through the
     request cache; returns (requests in group order, their completions, call counts)."""
     ordered: list[Any] = []
@@ -191,18 +215,32 @@ def call_models(ctx: RunContext, label: str, groups: list[tuple[str, ModelSpec, 
     total = CallStats()
     for name, spec, mine in groups:
         out, stats = run_cached(
-            [r.request for r in mine], engine_kind=spec.engine, model=spec.cache_identity(),
-            get_engine=lambda spec=spec: ctx.engine(spec), cache=ctx.cache,
-            batch_size=batch_size, progress=_progress(ctx, f"{label} [{name}]", len(mine)))
+            [r.request for r in mine],
+            engine_kind=spec.engine,
+            model=spec.cache_identity(),
+            get_engine=lambda spec=spec: ctx.engine(spec),
+            cache=ctx.cache,
+            batch_size=batch_size,
+            progress=_progress(ctx, f"{label} [{name}]", len(mine)),
+        )
         ordered += mine
         comps += out
         total.add(stats)
     return ordered, comps, total
 
 
-_TRANSIENT_ERRNOS = {errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT, errno.ECONNRESET,
-                     errno.ECONNREFUSED, errno.ECONNABORTED, errno.EPIPE, errno.EINTR,
-                     errno.ENETUNREACH, errno.EHOSTUNREACH}
+_TRANSIENT_ERRNOS = {
+    errno.EAGAIN,
+    errno.EBUSY,
+    errno.ETIMEDOUT,
+    errno.ECONNRESET,
+    errno.ECONNREFUSED,
+    errno.ECONNABORTED,
+    errno.EPIPE,
+    errno.EINTR,
+    errno.ENETUNREACH,
+    errno.EHOSTUNREACH,
+}
 
 
 def is_transient(exc: BaseException | None) -> bool:
@@ -247,13 +285,21 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
 def _artifact(out: StageOutput) -> None:
     """Attach the stage's counts to the Prefect run as a table artifact."""
     c = out.counts
-    rows = [{"stage": out.stage, "in": c["in"], "kept": c["kept"], "out": c.get("out"),
-             **{f"dropped:{k}": v for k, v in c["dropped"].items()},
-             **{f"quarantined:{k}": v for k, v in c["quarantined"].items()},
-             "reused": out.reused}]
+    rows = [
+        {
+            "stage": out.stage,
+            "in": c["in"],
+            "kept": c["kept"],
+            "out": c.get("out"),
+            **{f"dropped:{k}": v for k, v in c["dropped"].items()},
+            **{f"quarantined:{k}": v for k, v in c["quarantined"].items()},
+            "reused": out.reused,
+        }
+    ]
     try:
-        create_table_artifact(table=rows, key=f"prefcurate-{out.stage}",
-                              description=f"rows of stage {out.stage}")
+        create_table_artifact(
+            table=rows, key=f"prefcurate-{out.stage}", description=f"rows of stage {out.stage}"
+        )
     except Exception as exc:  # artifacts are a convenience, never a failure
         log.debug("no artifact for %s: %s", out.stage, exc)
 
@@ -273,8 +319,9 @@ def task_runner_for(kind: str, workers: int) -> Any:
             from prefect_dask import DaskTaskRunner
         except ImportError as exc:
             raise ConfigError("runner 'dask' needs prefect-dask: pip install prefect-dask") from exc
-        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1,
-                                              "processes": True})
+        return DaskTaskRunner(
+            cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True}
+        )
     if kind == "ray":
         try:
             from prefect_ray import RayTaskRunner

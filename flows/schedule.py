@@ -55,14 +55,17 @@ def _check_api() -> str:
         raise ScheduleError(
             "no Prefect server configured: serving a schedule needs one. Start it with "
             "`prefect server start --host 127.0.0.1` and set "
-            "PREFECT_API_URL=http://127.0.0.1:4200/api (env or `prefect config set`)")
+            "PREFECT_API_URL=http://127.0.0.1:4200/api (env or `prefect config set`)"
+        )
     try:
         r = httpx.get(url.rstrip("/") + "/health", timeout=10)
         r.raise_for_status()
     except httpx.HTTPError as exc:
-        raise ScheduleError(f"the Prefect server at {url} does not answer ({exc}); start it "
-                            f"with `prefect server start --host 127.0.0.1` or fix "
-                            f"PREFECT_API_URL") from exc
+        raise ScheduleError(
+            f"the Prefect server at {url} does not answer ({exc}); start it "
+            f"with `prefect server start --host 127.0.0.1` or fix "
+            f"PREFECT_API_URL"
+        ) from exc
     return url
 
 
@@ -73,9 +76,11 @@ def validate_cron(cron: str) -> str:
     try:
         CronSchedule(cron=cron)
     except Exception as exc:  # pydantic.ValidationError, ValueError
-        raise ScheduleError(f"invalid cron expression {cron!r}: use five fields "
-                            f"'minute hour day-of-month month day-of-week', e.g. "
-                            f"'0 3 * * *' for 03:00 every day") from exc
+        raise ScheduleError(
+            f"invalid cron expression {cron!r}: use five fields "
+            f"'minute hour day-of-month month day-of-week', e.g. "
+            f"'0 3 * * *' for 03:00 every day"
+        ) from exc
     return cron
 
 
@@ -95,15 +100,25 @@ async def _count_finished(deployment_id: Any, since: Any) -> int:
         runs = await client.read_flow_runs(
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
             flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[
-                    StateType.COMPLETED, StateType.FAILED, StateType.CRASHED,
-                    StateType.CANCELLED])),
-                expected_start_time=FlowRunFilterExpectedStartTime(after_=since)))
+                state=FlowRunFilterState(
+                    type=FlowRunFilterStateType(
+                        any_=[
+                            StateType.COMPLETED,
+                            StateType.FAILED,
+                            StateType.CRASHED,
+                            StateType.CANCELLED,
+                        ]
+                    )
+                ),
+                expected_start_time=FlowRunFilterExpectedStartTime(after_=since),
+            ),
+        )
     return len(runs)
 
 
-async def _serve(config: dict[str, Any], cron: str, name: str, limit_runs: int | None,
-                 poll_s: float) -> None:
+async def _serve(
+    config: dict[str, Any], cron: str, name: str, limit_runs: int | None, poll_s: float
+) -> None:
     from datetime import datetime, timedelta, timezone
 
     from prefect.deployments.runner import EntrypointType
@@ -113,9 +128,13 @@ async def _serve(config: dict[str, Any], cron: str, name: str, limit_runs: int |
 
     runner = Runner(name=f"prefcurate-{name}", pause_on_shutdown=True)
     deployment = await curate.ato_deployment(
-        name=name, cron=cron, parameters={"config": config},
+        name=name,
+        cron=cron,
+        parameters={"config": config},
         description=f"prefcurate curation of dataset {config.get('name')!r}",
-        tags=["prefcurate"], entrypoint_type=EntrypointType.MODULE_PATH)
+        tags=["prefcurate"],
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
     # Runs execute locally (no work pool). Registered as a deployment, not with add_flow: the
     # runner then starts each run as `python -m prefect.engine`, which imports
     # flows.curate normally. With add_flow it would cloudpickle the flow object by value
@@ -124,10 +143,12 @@ async def _serve(config: dict[str, Any], cron: str, name: str, limit_runs: int |
     deployment.work_pool_name = None
     deployment.work_queue_name = None
     deployment_id = await runner.aadd_deployment(deployment)
-    log.info("serving deployment %s/%s (id %s) with cron %r", FLOW_NAME, name,
-             deployment_id, cron)
-    print(f"serving deployment '{FLOW_NAME}/{name}' (cron {cron!r}); trigger a run with "
-          f"`prefect deployment run '{FLOW_NAME}/{name}'`", flush=True)
+    log.info("serving deployment %s/%s (id %s) with cron %r", FLOW_NAME, name, deployment_id, cron)
+    print(
+        f"serving deployment '{FLOW_NAME}/{name}' (cron {cron!r}); trigger a run with "
+        f"`prefect deployment run '{FLOW_NAME}/{name}'`",
+        flush=True,
+    )
     if limit_runs is None:
         await runner.start()
         return
@@ -148,8 +169,14 @@ async def _serve(config: dict[str, Any], cron: str, name: str, limit_runs: int |
             task.cancel()
 
 
-def serve_curation(config: dict[str, Any], cron: str, name: str, *,
-                   limit_runs: int | None = None, poll_s: float = 2.0) -> None:
+def serve_curation(
+    config: dict[str, Any],
+    cron: str,
+    name: str,
+    *,
+    limit_runs: int | None = None,
+    poll_s: float = 2.0,
+) -> None:
     """Register deployment ``curate/<name>`` (cron schedule, ``config`` as its default
     parameter) against ``PREFECT_API_URL`` and execute its runs until stopped.
 
@@ -166,9 +193,11 @@ def serve_curation(config: dict[str, Any], cron: str, name: str, *,
     _, secrets = split_secrets(config)
     if secrets:  # a deployment's parameters live in Prefect's database, in clear
         where = ", ".join(".".join(str(p) for p in json.loads(k)) for k in sorted(secrets))
-        raise ScheduleError(f"a scheduled config cannot hold inline secrets (found at "
-                            f"{where}); name an environment variable with api_key_env "
-                            f"instead of an api_key, and keep credentials out of URLs")
+        raise ScheduleError(
+            f"a scheduled config cannot hold inline secrets (found at "
+            f"{where}); name an environment variable with api_key_env "
+            f"instead of an api_key, and keep credentials out of URLs"
+        )
     validate_cron(cron)
     if not name or "/" in name:
         raise ScheduleError(f"invalid deployment name {name!r}: a non-empty name without '/'")
@@ -210,13 +239,15 @@ def free_port() -> int:
 def server_env(home: str | Path, api_url: str | None = None) -> dict[str, str]:
     """The environment for a local server (or a client of it): home, SQLite, no telemetry."""
     env = dict(os.environ)
-    env.update({
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-        "PREFECT_API_DATABASE_CONNECTION_URL":
-            f"sqlite+aiosqlite:///{Path(home) / 'prefect.db'}",
-    })
+    env.update(
+        {
+            "PREFECT_HOME": str(home),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+            "PREFECT_API_DATABASE_CONNECTION_URL": "sqlite+aiosqlite:///"
+            + str(Path(home) / "prefect.db"),
+        }
+    )
     if api_url:
         env["PREFECT_API_URL"] = api_url
     else:
@@ -224,8 +255,9 @@ def server_env(home: str | Path, api_url: str | None = None) -> dict[str, str]:
     return env
 
 
-def start_local_server(home: str | Path, *, port: int | None = None, ui: bool = False,
-                       timeout_s: float = 90.0) -> LocalServer:
+def start_local_server(
+    home: str | Path, *, port: int | None = None, ui: bool = False, timeout_s: float = 90.0
+) -> LocalServer:
     """Start ``prefect server start --host 127.0.0.1`` and wait (bounded) for /api/health.
 
     The server runs in a new process group with ``PREFECT_HOME`` and its SQLite database under
@@ -242,8 +274,14 @@ def start_local_server(home: str | Path, *, port: int | None = None, ui: bool = 
     cmd = [str(prefect_bin)] if prefect_bin.exists() else [sys.executable, "-m", "prefect"]
     cmd += ["server", "start", "--host", "127.0.0.1", "--port", str(port)]
     with open(log_path, "ab") as fh:
-        proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     server = LocalServer(proc, port, home, log_path)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -257,8 +295,10 @@ def start_local_server(home: str | Path, *, port: int | None = None, ui: bool = 
         time.sleep(0.5)
     tail = log_path.read_text(errors="replace")[-2000:]
     stop_local_server(server)
-    raise ScheduleError(f"the Prefect server on port {port} was not healthy after "
-                        f"{timeout_s:.0f} s (exit code {proc.returncode}); its log:\n{tail}")
+    raise ScheduleError(
+        f"the Prefect server on port {port} was not healthy after "
+        f"{timeout_s:.0f} s (exit code {proc.returncode}); its log:\n{tail}"
+    )
 
 
 def stop_process_group(proc: subprocess.Popen, timeout_s: float = 15.0) -> None:

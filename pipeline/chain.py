@@ -25,18 +25,25 @@ from schemas.config import AggregateConfig, DenoiseConfig, RunConfig
 
 def aggregate_kwargs(acfg: AggregateConfig) -> dict[str, Any]:
     """The keyword arguments of :func:`aggregate_votes` for an ``aggregate`` config."""
-    return {"method": acfg.method, "use_logprobs": acfg.use_logprobs,
-            "judges_method": acfg.judges_method, "prior": acfg.em_prior,
-            "verifier_prior": acfg.verifier_prior, "class_prior": acfg.class_prior,
-            "class_prior_lr": acfg.class_prior_lr,
-            "label_correlation": acfg.label_correlation,
-            "correlation_z": acfg.correlation_z,
-            "length_control": acfg.length_control,
-            "length_min_diff": acfg.length_min_diff, "length_z": acfg.length_z}
+    return {
+        "method": acfg.method,
+        "use_logprobs": acfg.use_logprobs,
+        "judges_method": acfg.judges_method,
+        "prior": acfg.em_prior,
+        "verifier_prior": acfg.verifier_prior,
+        "class_prior": acfg.class_prior,
+        "class_prior_lr": acfg.class_prior_lr,
+        "label_correlation": acfg.label_correlation,
+        "correlation_z": acfg.correlation_z,
+        "length_control": acfg.length_control,
+        "length_min_diff": acfg.length_min_diff,
+        "length_z": acfg.length_z,
+    }
 
 
-def denoise_p_model(pairs: pa.Table, comparisons: pa.Table,
-                    dcfg: DenoiseConfig) -> np.ndarray | None:
+def denoise_p_model(
+    pairs: pa.Table, comparisons: pa.Table, dcfg: DenoiseConfig
+) -> np.ndarray | None:
     """``p_model`` for :func:`denoise_pairs`: the posterior over every annotator
     (``p_a``) for method ``posterior``, the judges-only one (``p_a_judges``) for method
     ``weights`` with ``judge_posterior``, else None."""
@@ -54,17 +61,21 @@ class CoreChain:
     denoise: StageResult
 
 
-def run_core_chain(votes: pa.Table, cfg: RunConfig, *,
-                   label_annotators: set[str] | frozenset[str] = frozenset(),
-                   label_source: str | Sequence[str | None] | None = None,
-                   embeddings: Callable[[pa.Table], dict[str, np.ndarray]] | None = None,
-                   ) -> CoreChain:
+def run_core_chain(
+    votes: pa.Table,
+    cfg: RunConfig,
+    *,
+    label_annotators: set[str] | frozenset[str] = frozenset(),
+    label_source: str | Sequence[str | None] | None = None,
+    embeddings: Callable[[pa.Table], dict[str, np.ndarray]] | None = None,
+) -> CoreChain:
     """aggregate → margins → denoise on a VOTES table with ``cfg``'s settings, as the flow
     runs them (without the stage store). ``embeddings``: given the margins' pairs, the
     ``emb_chosen`` / ``emb_rejected`` / ``emb_prompt`` arrays aligned with them (only
     used when peer review would run)."""
-    agg = aggregate_votes(votes, label_annotators=set(label_annotators),
-                          **aggregate_kwargs(cfg.aggregate))
+    agg = aggregate_votes(
+        votes, label_annotators=set(label_annotators), **aggregate_kwargs(cfg.aggregate)
+    )
     comps = agg.outputs["comparisons"]
     mar = compute_margins(comps, agg.outputs["scores"], cfg.margins)
     pairs = mar.outputs["pairs"]

@@ -81,8 +81,9 @@ def resolve_embedding_model(model: str) -> str:
     if model == EMBEDDED_MINILM:
         return str(minilm_path())
     if model.startswith(EMBEDDED_PREFIX):
-        raise ConfigError(f"unknown embedded embedding model '{model}'; the embedded one is "
-                          f"'{EMBEDDED_MINILM}'")
+        raise ConfigError(
+            f"unknown embedded embedding model '{model}'; the embedded one is '{EMBEDDED_MINILM}'"
+        )
     return model
 
 
@@ -117,12 +118,16 @@ class SentenceTransformerEmbedder:
         try:
             self.st = SentenceTransformer(path, device=device)
         except Exception as exc:
-            raise EngineError(f"sentence-transformers could not load '{cfg.model}' ({path}): "
-                              f"{type(exc).__name__}: {exc}") from exc
+            raise EngineError(
+                f"sentence-transformers could not load '{cfg.model}' ({path}): "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
         if cfg.max_seq_length is not None:
             self.st.max_seq_length = cfg.max_seq_length
-        get_dim = getattr(self.st, "get_embedding_dimension", None) or \
-            self.st.get_sentence_embedding_dimension
+        get_dim = (
+            getattr(self.st, "get_embedding_dimension", None)
+            or self.st.get_sentence_embedding_dimension
+        )
         self.dim = int(get_dim())
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -134,9 +139,13 @@ class SentenceTransformerEmbedder:
         if self.cfg.num_threads:
             torch.set_num_threads(self.cfg.num_threads)
         try:
-            vecs = self.st.encode(list(texts), batch_size=self.cfg.batch_size,
-                                  normalize_embeddings=True, convert_to_numpy=True,
-                                  show_progress_bar=False)
+            vecs = self.st.encode(
+                list(texts),
+                batch_size=self.cfg.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
         finally:
             if self.cfg.num_threads:
                 torch.set_num_threads(before)
@@ -183,8 +192,12 @@ class EmbeddingCache:
         if not len(hashes):
             return
         dim = vectors.shape[1]
-        table = pa.table({"text_hash": pa.array(list(hashes), pa.string()),
-                          "embedding": _fixed_list(vectors, dim)})
+        table = pa.table(
+            {
+                "text_hash": pa.array(list(hashes), pa.string()),
+                "embedding": _fixed_list(vectors, dim),
+            }
+        )
         self._write_shard(table)
         if len(self._shards()) > self.MAX_SHARDS:
             self.compact()
@@ -230,17 +243,26 @@ def _matrix(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     dim = arr.type.list_size
     if len(arr) == 0:
         return np.zeros((0, dim), dtype=np.float32)
-    return arr.flatten().to_numpy(zero_copy_only=False).reshape(len(arr), dim) \
+    return (
+        arr.flatten()
+        .to_numpy(zero_copy_only=False)
+        .reshape(len(arr), dim)
         .astype(np.float32, copy=False)
+    )
 
 
 def text_hash(text: str) -> str:
     return stable_hash(text, length=32)
 
 
-def embed_texts(texts: Sequence[str], get_embedder: Callable[[], Embedder], *,
-                model_key: str, cache: EmbeddingCache | None = None,
-                chunk_size: int = 4096) -> tuple[np.ndarray, dict[str, Any]]:
+def embed_texts(
+    texts: Sequence[str],
+    get_embedder: Callable[[], Embedder],
+    *,
+    model_key: str,
+    cache: EmbeddingCache | None = None,
+    chunk_size: int = 4096,
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Vectors for ``texts`` in order ([n, dim] float32, L2-normalised), cache first.
 
     Each distinct text is embedded once; the embedder is only built when some text is
@@ -251,17 +273,22 @@ def embed_texts(texts: Sequence[str], get_embedder: Callable[[], Embedder], *,
     found = cache.get(unique) if cache is not None else {}
     missing = [h for h in unique if h not in found]
     text_of = dict(zip(hashes, texts))
-    stats: dict[str, Any] = {"texts": len(texts), "distinct": len(unique),
-                             "reused": len(unique) - len(missing), "embedded": 0,
-                             "seconds": 0.0}
+    stats: dict[str, Any] = {
+        "texts": len(texts),
+        "distinct": len(unique),
+        "reused": len(unique) - len(missing),
+        "embedded": 0,
+        "seconds": 0.0,
+    }
     if missing:
         emb = get_embedder()
         if emb.model_key != model_key:
-            raise EngineError(f"embedder key {emb.model_key} does not match the cache key "
-                              f"{model_key}")
+            raise EngineError(
+                f"embedder key {emb.model_key} does not match the cache key {model_key}"
+            )
         t0 = time.perf_counter()
         for start in range(0, len(missing), chunk_size):
-            chunk = missing[start:start + chunk_size]
+            chunk = missing[start : start + chunk_size]
             vecs = _normalize(emb.encode([text_of[h] for h in chunk]))
             if cache is not None:
                 cache.put(chunk, vecs)
@@ -281,29 +308,35 @@ def embeddings_table(ids: Sequence[str], vectors: np.ndarray, id_column: str) ->
     schema = embedding_schema(id_column, dim)
     if not len(ids):
         return schema.empty_table()
-    return pa.Table.from_arrays([pa.array(list(ids), pa.string()), _fixed_list(vectors, dim)],
-                                schema=schema)
+    return pa.Table.from_arrays(
+        [pa.array(list(ids), pa.string()), _fixed_list(vectors, dim)], schema=schema
+    )
 
 
-def embeddings_matrix(table: pa.Table, id_column: str = "candidate_id", stage: str = "embed",
-                      ) -> tuple[list[str], np.ndarray]:
+def embeddings_matrix(
+    table: pa.Table, id_column: str = "candidate_id", stage: str = "embed"
+) -> tuple[list[str], np.ndarray]:
     """(ids, [n, dim] float32 matrix) of an embedding table ``(id_column, embedding)``; the
     embedding column a fixed-size list (as the embed stage writes it) or a plain list."""
     for col in (id_column, "embedding"):
         if col not in table.schema.names:
-            raise PrefcurateError(f"{stage}: embedding table needs columns ({id_column}, "
-                                  f"embedding); '{col}' is missing (use the embed stage's "
-                                  f"outputs)")
+            raise PrefcurateError(
+                f"{stage}: embedding table needs columns ({id_column}, "
+                f"embedding); '{col}' is missing (use the embed stage's "
+                f"outputs)"
+            )
     ids = table.column(id_column).to_pylist()
     col = table.column("embedding").combine_chunks()
     if pa.types.is_fixed_size_list(col.type):
         return ids, _matrix(col)
-    return ids, np.asarray(col.to_pylist(), dtype=np.float32).reshape(len(ids), -1) if ids \
-        else np.zeros((0, 0), np.float32)
+    return ids, np.asarray(col.to_pylist(), dtype=np.float32).reshape(
+        len(ids), -1
+    ) if ids else np.zeros((0, 0), np.float32)
 
 
-def aligned_embeddings(table: pa.Table, ids: Sequence[str], id_column: str = "candidate_id",
-                       ) -> np.ndarray:
+def aligned_embeddings(
+    table: pa.Table, ids: Sequence[str], id_column: str = "candidate_id"
+) -> np.ndarray:
     """[len(ids), dim] float32: each id's row of an embedding table, zeros where it has none.
 
     >>> t = embeddings_table(["x", "y"], np.eye(2, dtype=np.float32), "candidate_id")
@@ -317,21 +350,30 @@ def aligned_embeddings(table: pa.Table, ids: Sequence[str], id_column: str = "ca
     return padded[idx]  # -1: the zero row
 
 
-def compute_embeddings(prompts: pa.Table, candidates: pa.Table, cfg: EmbeddingConfig, *,
-                       get_embedder: Callable[[], Embedder] | None = None,
-                       cache_dir: str | Path | None = None) -> StageResult:
+def compute_embeddings(
+    prompts: pa.Table,
+    candidates: pa.Table,
+    cfg: EmbeddingConfig,
+    *,
+    get_embedder: Callable[[], Embedder] | None = None,
+    cache_dir: str | Path | None = None,
+) -> StageResult:
     """Embed every prompt and every candidate with text; outputs ``prompt_embeddings`` and
     ``candidate_embeddings``. ``info`` has the model, its key, dim and the timing.
     """
     key = embedding_model_key(cfg)
-    cache = EmbeddingCache(Path(cache_dir) if cache_dir else default_cache_dir(), key) \
-        if cfg.cache else None
+    cache = (
+        EmbeddingCache(Path(cache_dir) if cache_dir else default_cache_dir(), key)
+        if cfg.cache
+        else None
+    )
     holder: list[Embedder] = []
 
     def factory() -> Embedder:
         if not holder:
-            holder.append(get_embedder() if get_embedder else
-                          SentenceTransformerEmbedder(cfg, model_key=key))
+            holder.append(
+                get_embedder() if get_embedder else SentenceTransformerEmbedder(cfg, model_key=key)
+            )
         return holder[0]
 
     p_ids = prompts.column("prompt_id").to_pylist()
@@ -339,26 +381,46 @@ def compute_embeddings(prompts: pa.Table, candidates: pa.Table, cfg: EmbeddingCo
     c_ids, c_texts, drops = [], [], []
     for r in candidates.select(["source_id", "candidate_id", "text"]).to_pylist():
         if r["text"] is None or not r["text"].strip():
-            drops.append({"source_id": r["source_id"], "row_id": r["candidate_id"],
-                          "reason": Reason.EMPTY_OUTPUT, "detail": "candidate has no text"})
+            drops.append(
+                {
+                    "source_id": r["source_id"],
+                    "row_id": r["candidate_id"],
+                    "reason": Reason.EMPTY_OUTPUT,
+                    "detail": "candidate has no text",
+                }
+            )
             continue
         c_ids.append(r["candidate_id"])
         c_texts.append(r["text"])
     vecs, stats = embed_texts(p_texts + c_texts, factory, model_key=key, cache=cache)
-    outputs = {"prompt_embeddings": embeddings_table(p_ids, vecs[:len(p_ids)], "prompt_id"),
-               "candidate_embeddings": embeddings_table(c_ids, vecs[len(p_ids):],
-                                                        "candidate_id")}
+    outputs = {
+        "prompt_embeddings": embeddings_table(p_ids, vecs[: len(p_ids)], "prompt_id"),
+        "candidate_embeddings": embeddings_table(c_ids, vecs[len(p_ids) :], "candidate_id"),
+    }
     n_in = len(p_ids) + candidates.num_rows
-    counts = StageCounts(rows_in=n_in, kept=len(p_ids) + len(c_ids),
-                         dropped={Reason.EMPTY_OUTPUT.value: len(drops)} if drops else {})
+    counts = StageCounts(
+        rows_in=n_in,
+        kept=len(p_ids) + len(c_ids),
+        dropped={Reason.EMPTY_OUTPUT.value: len(drops)} if drops else {},
+    )
     dim = int(vecs.shape[1]) if vecs.size else (holder[0].dim if holder else None)
-    return StageResult(STAGE, outputs, counts, dropped_table(STAGE, drops),
-                       info={"model": cfg.model, "model_key": key, "dim": dim, **stats})
+    return StageResult(
+        STAGE,
+        outputs,
+        counts,
+        dropped_table(STAGE, drops),
+        info={"model": cfg.model, "model_key": key, "dim": dim, **stats},
+    )
 
 
-def cosine_similarity_pairs(embeddings: pa.Table, pairs: pa.Table | Sequence[tuple[str, str]],
-                            *, id_column: str = "candidate_id", a_column: str = "chosen_id",
-                            b_column: str = "rejected_id") -> list[float | None]:
+def cosine_similarity_pairs(
+    embeddings: pa.Table,
+    pairs: pa.Table | Sequence[tuple[str, str]],
+    *,
+    id_column: str = "candidate_id",
+    a_column: str = "chosen_id",
+    b_column: str = "rejected_id",
+) -> list[float | None]:
     """Cosine similarity of each pair's two embeddings (None where one is missing).
 
     ``pairs`` is a sequence of ``(id_a, id_b)`` or a table with ``a_column`` and

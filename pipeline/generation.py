@@ -48,8 +48,9 @@ class GenerationRequest:
     request: ChatRequest
 
 
-def build_generation_requests(prompts: pa.Table, policies: list[PolicyConfig],
-                              ) -> list[GenerationRequest]:
+def build_generation_requests(
+    prompts: pa.Table, policies: list[PolicyConfig]
+) -> list[GenerationRequest]:
     """One request per (prompt, policy), asking for ``policy.n`` samples."""
     out = []
     rows = prompts.select(["prompt_id", "source_id", "prompt"]).to_pylist()
@@ -58,16 +59,31 @@ def build_generation_requests(prompts: pa.Table, policies: list[PolicyConfig],
             msgs = [(m["role"], m["content"]) for m in row["prompt"]]
             if pol.system_prompt and not (msgs and msgs[0][0] == "system"):
                 msgs = [("system", pol.system_prompt)] + msgs
-            req = ChatRequest(messages=tuple(msgs), n=pol.n, temperature=pol.temperature,
-                              top_p=pol.top_p, max_tokens=pol.max_tokens, seed=pol.seed,
-                              stop=tuple(pol.stop))
-            out.append(GenerationRequest(row["prompt_id"], row["source_id"], pol.name,
-                                         pol.model.engine, pol.model.model, req))
+            req = ChatRequest(
+                messages=tuple(msgs),
+                n=pol.n,
+                temperature=pol.temperature,
+                top_p=pol.top_p,
+                max_tokens=pol.max_tokens,
+                seed=pol.seed,
+                stop=tuple(pol.stop),
+            )
+            out.append(
+                GenerationRequest(
+                    row["prompt_id"],
+                    row["source_id"],
+                    pol.name,
+                    pol.model.engine,
+                    pol.model.model,
+                    req,
+                )
+            )
     return out
 
 
-def make_candidates(requests: list[GenerationRequest], completions: list[Completion],
-                    ) -> StageResult:
+def make_candidates(
+    requests: list[GenerationRequest], completions: list[Completion]
+) -> StageResult:
     """Turn completions into candidate rows with hygiene; account every requested sample."""
     rows, drops, quar = [], [], []
     seen_text: dict[str, set[str]] = {}
@@ -78,12 +94,18 @@ def make_candidates(requests: list[GenerationRequest], completions: list[Complet
         rows_in += n
         rhash = gr.request.key(gr.engine_kind, gr.model)
         if comp.error is not None:
-            reason = Reason.PROMPT_TOO_LONG if comp.error.startswith(TOO_LONG) \
-                else Reason.REQUEST_FAILED
+            reason = (
+                Reason.PROMPT_TOO_LONG if comp.error.startswith(TOO_LONG) else Reason.REQUEST_FAILED
+            )
             for i in range(n):
-                quar.append({"source_id": gr.source_id, "reason": reason,
-                             "detail": f"policy {gr.policy} sample {i}: {comp.error}",
-                             "raw": rhash})
+                quar.append(
+                    {
+                        "source_id": gr.source_id,
+                        "reason": reason,
+                        "detail": f"policy {gr.policy} sample {i}: {comp.error}",
+                        "raw": rhash,
+                    }
+                )
             continue
         texts = list(comp.texts) + [None] * (n - len(comp.texts))
         for i in range(n):
@@ -91,40 +113,70 @@ def make_candidates(requests: list[GenerationRequest], completions: list[Complet
             finish = comp.finish_reasons[i] if i < len(comp.finish_reasons) else None
             cid = candidate_id(gr.prompt_id, gr.policy, i, text)
             if text is None or not text.strip():
-                drops.append({"source_id": gr.source_id, "row_id": cid,
-                              "reason": Reason.EMPTY_OUTPUT,
-                              "detail": f"policy {gr.policy} sample {i}"})
+                drops.append(
+                    {
+                        "source_id": gr.source_id,
+                        "row_id": cid,
+                        "reason": Reason.EMPTY_OUTPUT,
+                        "detail": f"policy {gr.policy} sample {i}",
+                    }
+                )
                 continue
             norm = " ".join(text.split())
             bucket = seen_text.setdefault(gr.prompt_id, set())
             if norm in bucket:
-                drops.append({"source_id": gr.source_id, "row_id": cid,
-                              "reason": Reason.DUPLICATE_OUTPUT,
-                              "detail": f"policy {gr.policy} sample {i} repeats an earlier "
-                                        f"candidate of this prompt"})
+                drops.append(
+                    {
+                        "source_id": gr.source_id,
+                        "row_id": cid,
+                        "reason": Reason.DUPLICATE_OUTPUT,
+                        "detail": f"policy {gr.policy} sample {i} repeats an earlier "
+                        f"candidate of this prompt",
+                    }
+                )
                 continue
             bucket.add(norm)
             ntok = comp.n_output_tokens[i] if i < len(comp.n_output_tokens) else None
-            rows.append({"prompt_id": gr.prompt_id, "source_id": gr.source_id,
-                         "candidate_id": cid, "policy": gr.policy, "sample_index": i,
-                         "text": text, "finish_reason": finish,
-                         "n_prompt_tokens": comp.n_prompt_tokens, "n_output_tokens": ntok,
-                         "request_hash": rhash, "truncated": finish == "length",
-                         "error": None})
+            rows.append(
+                {
+                    "prompt_id": gr.prompt_id,
+                    "source_id": gr.source_id,
+                    "candidate_id": cid,
+                    "policy": gr.policy,
+                    "sample_index": i,
+                    "text": text,
+                    "finish_reason": finish,
+                    "n_prompt_tokens": comp.n_prompt_tokens,
+                    "n_output_tokens": ntok,
+                    "request_hash": rhash,
+                    "truncated": finish == "length",
+                    "error": None,
+                }
+            )
             kept += 1
     dropped = dropped_table(STAGE, drops)
     quarantine = quarantine_table(STAGE, quar)
-    counts = StageCounts(rows_in=rows_in, kept=kept,
-                         dropped=dict(sorted(Counter(str(d["reason"]) for d in drops).items())),
-                         quarantined=dict(Counter(str(q["reason"]) for q in quar)))
+    counts = StageCounts(
+        rows_in=rows_in,
+        kept=kept,
+        dropped=dict(sorted(Counter(str(d["reason"]) for d in drops).items())),
+        quarantined=dict(Counter(str(q["reason"]) for q in quar)),
+    )
     table = from_rows(rows, CANDIDATES, "candidates")
     tokens: dict[str, dict[str, int]] = {}
     for r in rows:
-        t = tokens.setdefault(r["policy"], {"prompt_tokens": 0, "output_tokens": 0,
-                                            "candidates": 0, "truncated": 0})
+        t = tokens.setdefault(
+            r["policy"], {"prompt_tokens": 0, "output_tokens": 0, "candidates": 0, "truncated": 0}
+        )
         t["prompt_tokens"] += r["n_prompt_tokens"] or 0
         t["output_tokens"] += r["n_output_tokens"] or 0
         t["candidates"] += 1
         t["truncated"] += int(r["truncated"])
-    return StageResult(STAGE, {"candidates": table}, counts, dropped, quarantine,
-                       info={"tokens_per_policy": tokens})
+    return StageResult(
+        STAGE,
+        {"candidates": table},
+        counts,
+        dropped,
+        quarantine,
+        info={"tokens_per_policy": tokens},
+    )

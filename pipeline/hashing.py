@@ -16,8 +16,7 @@ from typing import Any
 
 def stable_hash(*parts: Any, length: int = 16) -> str:
     """SHA-256 over the canonical JSON of ``parts`` (sorted keys), hex, truncated."""
-    text = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      default=str)
+    text = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:length]
 
 
@@ -33,14 +32,15 @@ def stable_hash_rows(*columns: Any, length: int = 16) -> list[str]:
     """
     import polars as pl
 
-    cols = [c if isinstance(c, pl.Series) else pl.Series(list(c), dtype=pl.Utf8)
-            for c in columns]
+    cols = [c if isinstance(c, pl.Series) else pl.Series(list(c), dtype=pl.Utf8) for c in columns]
     df = pl.DataFrame({f"c{i}": c.cast(pl.Utf8) for i, c in enumerate(cols)})
     names = df.columns
-    plain = pl.all_horizontal([pl.col(c).is_not_null()
-                               & ~pl.col(c).str.contains(r'["\\\x00-\x1f]') for c in names])
-    text = pl.concat_str([pl.lit('["'), pl.concat_str([pl.col(c) for c in names],
-                                                      separator='","'), pl.lit('"]')])
+    plain = pl.all_horizontal(
+        [pl.col(c).is_not_null() & ~pl.col(c).str.contains(r'["\\\x00-\x1f]') for c in names]
+    )
+    text = pl.concat_str(
+        [pl.lit('["'), pl.concat_str([pl.col(c) for c in names], separator='","'), pl.lit('"]')]
+    )
     import polars_hash as plh  # the same SHA-256 in Rust: 1M ids in 0.2 s instead of 1 s
 
     out = df.select(ok=plain, text=text)
@@ -48,8 +48,9 @@ def stable_hash_rows(*columns: Any, length: int = 16) -> list[str]:
     ids = pl.select(pl.when(out["ok"]).then(hexd)).to_series().to_list()
     if not all(ok for ok in out["ok"].to_list()):
         rows = df.rows()
-        ids = [i if i is not None else stable_hash(*rows[k], length=length)
-               for k, i in enumerate(ids)]
+        ids = [
+            i if i is not None else stable_hash(*rows[k], length=length) for k, i in enumerate(ids)
+        ]
     return ids
 
 

@@ -84,8 +84,7 @@ def label_status(p: float | None, band: float) -> str:
     return "contested"
 
 
-def oriented_row(c: dict, chosen_is_a: bool, cfg: MarginConfig,
-                 score: dict[str, float]) -> dict:
+def oriented_row(c: dict, chosen_is_a: bool, cfg: MarginConfig, score: dict[str, float]) -> dict:
     """One PAIRS row for comparison ``c`` with the given orientation."""
     a, b = c["candidate_a"], c["candidate_b"]
     chosen, rejected = (a, b) if chosen_is_a else (b, a)
@@ -96,15 +95,24 @@ def oriented_row(c: dict, chosen_is_a: bool, cfg: MarginConfig,
         flags.append("tie")
     return {
         "pair_id": stable_hash(c["source_id"], chosen, rejected),
-        "prompt_id": c["prompt_id"], "source_id": c["source_id"],
-        "chosen_id": chosen, "rejected_id": rejected,
-        "p_hat": p, "disagreement": None if p is None else disagreement(p),
+        "prompt_id": c["prompt_id"],
+        "source_id": c["source_id"],
+        "chosen_id": chosen,
+        "rejected_id": rejected,
+        "p_hat": p,
+        "disagreement": None if p is None else disagreement(p),
         "n_votes": int(c["n_votes"]),
         "margin": None if p is None else margin_from_p(p, cfg.lam, cfg.cap),
-        "weight": p, "label_status": label_status(p, cfg.contested_band),
-        "similarity": None, "flags": flags, "decision": "keep", "reason": None,
-        "score_chosen": score.get(chosen), "score_rejected": score.get(rejected),
-        "curriculum_stage": None, "split": None,
+        "weight": p,
+        "label_status": label_status(p, cfg.contested_band),
+        "similarity": None,
+        "flags": flags,
+        "decision": "keep",
+        "reason": None,
+        "score_chosen": score.get(chosen),
+        "score_rejected": score.get(rejected),
+        "curriculum_stage": None,
+        "split": None,
     }
 
 
@@ -156,62 +164,102 @@ def compute_margins(comparisons: pa.Table, scores: pa.Table, cfg: MarginConfig) 
     readable one-row reference and is tested against this).
     """
     if not comparisons.num_rows:
-        return StageResult(STAGE, {"pairs": PAIRS.empty_table()}, StageCounts(0, 0),
-                           info={"lam": cfg.lam, "cap": cfg.cap, "prior": cfg.prior})
+        return StageResult(
+            STAGE,
+            {"pairs": PAIRS.empty_table()},
+            StageCounts(0, 0),
+            info={"lam": cfg.lam, "cap": cfg.cap, "prior": cfg.prior},
+        )
     c = pl.from_arrow(comparisons, rechunk=False)
-    sc = pl.from_arrow(scores.select(["candidate_id", "score"])).filter(
-        pl.col("score").is_not_null()).unique("candidate_id", keep="first")
-    a_first = (pl.when(pl.col("label").is_in(["a", "b"])).then(pl.col("label") == "a")
-               .otherwise(pl.col("p_a").is_null() | (pl.col("p_a") >= 0.5)))
+    sc = (
+        pl.from_arrow(scores.select(["candidate_id", "score"]))
+        .filter(pl.col("score").is_not_null())
+        .unique("candidate_id", keep="first")
+    )
+    a_first = (
+        pl.when(pl.col("label").is_in(["a", "b"]))
+        .then(pl.col("label") == "a")
+        .otherwise(pl.col("p_a").is_null() | (pl.col("p_a") >= 0.5))
+    )
     band, prior = cfg.contested_band, cfg.prior
-    df = c.with_columns(_a=a_first).with_columns(
-        chosen_id=pl.when("_a").then("candidate_a").otherwise("candidate_b"),
-        rejected_id=pl.when("_a").then("candidate_b").otherwise("candidate_a"),
-        _nc=pl.when("_a").then("n_a").otherwise("n_b"),
-        _nr=pl.when("_a").then("n_b").otherwise("n_a"),
-        _q=pl.when("_a").then(pl.col("p_a")).otherwise(1.0 - pl.col("p_a")),
-    ).with_columns(_s=pl.col("_nc") + pl.col("_nr") + pl.col("n_tie"))
+    df = (
+        c.with_columns(_a=a_first)
+        .with_columns(
+            chosen_id=pl.when("_a").then("candidate_a").otherwise("candidate_b"),
+            rejected_id=pl.when("_a").then("candidate_b").otherwise("candidate_a"),
+            _nc=pl.when("_a").then("n_a").otherwise("n_b"),
+            _nr=pl.when("_a").then("n_b").otherwise("n_a"),
+            _q=pl.when("_a").then(pl.col("p_a")).otherwise(1.0 - pl.col("p_a")),
+        )
+        .with_columns(_s=pl.col("_nc") + pl.col("_nr") + pl.col("n_tie"))
+    )
     share = (pl.col("_nc") + 0.5 * pl.col("n_tie") + prior) / (pl.col("_s") + 2 * prior)
     if cfg.p_source == "posterior":
         share = pl.col("_q").fill_null(share)
     elif cfg.p_source == "shrink":
         st = cfg.shrink_strength
-        share = ((pl.col("_nc") + 0.5 * pl.col("n_tie") + 2 * st * pl.col("_q"))
-                 / (pl.col("_s") + 2 * st)).fill_null(share)
+        share = (
+            (pl.col("_nc") + 0.5 * pl.col("n_tie") + 2 * st * pl.col("_q"))
+            / (pl.col("_s") + 2 * st)
+        ).fill_null(share)
     df = df.with_columns(p_hat=pl.when(pl.col("_s") > 0).then(share))
     p = pl.col("p_hat")
     p_np = df["p_hat"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
-    df = df.with_columns(
-        disagreement=1.0 - (2.0 * p - 1.0).abs(),
-        margin=pl.Series(margin_array(p_np, cfg.lam, cfg.cap)).fill_nan(None),
-        weight=p,
-        label_status=pl.when(p.is_null()).then(pl.lit("unknown"))
-        .when((p >= 0.5 + band) & (p > 0.5)).then(pl.lit("agree"))
-        .when((p <= 0.5 - band) & (p < 0.5)).then(pl.lit("contradicted"))
-        .otherwise(pl.lit("contested")),
-        flags=pl.when((pl.col("n_votes") > 0) & (pl.col("_nc") == pl.col("_nr")))
-        .then(pl.lit(["tie"], dtype=pl.List(pl.Utf8)))
-        .otherwise(pl.lit([], dtype=pl.List(pl.Utf8))),
-        similarity=pl.lit(None, pl.Float64), decision=pl.lit("keep"),
-        reason=pl.lit(None, pl.Utf8), curriculum_stage=pl.lit(None, pl.Int32),
-        split=pl.lit(None, pl.Utf8),
-    ).join(sc.rename({"candidate_id": "chosen_id", "score": "score_chosen"}), on="chosen_id",
-           how="left", maintain_order="left"
-    ).join(sc.rename({"candidate_id": "rejected_id", "score": "score_rejected"}),
-           on="rejected_id", how="left", maintain_order="left")
+    df = (
+        df.with_columns(
+            disagreement=1.0 - (2.0 * p - 1.0).abs(),
+            margin=pl.Series(margin_array(p_np, cfg.lam, cfg.cap)).fill_nan(None),
+            weight=p,
+            label_status=pl.when(p.is_null())
+            .then(pl.lit("unknown"))
+            .when((p >= 0.5 + band) & (p > 0.5))
+            .then(pl.lit("agree"))
+            .when((p <= 0.5 - band) & (p < 0.5))
+            .then(pl.lit("contradicted"))
+            .otherwise(pl.lit("contested")),
+            flags=pl.when((pl.col("n_votes") > 0) & (pl.col("_nc") == pl.col("_nr")))
+            .then(pl.lit(["tie"], dtype=pl.List(pl.Utf8)))
+            .otherwise(pl.lit([], dtype=pl.List(pl.Utf8))),
+            similarity=pl.lit(None, pl.Float64),
+            decision=pl.lit("keep"),
+            reason=pl.lit(None, pl.Utf8),
+            curriculum_stage=pl.lit(None, pl.Int32),
+            split=pl.lit(None, pl.Utf8),
+        )
+        .join(
+            sc.rename({"candidate_id": "chosen_id", "score": "score_chosen"}),
+            on="chosen_id",
+            how="left",
+            maintain_order="left",
+        )
+        .join(
+            sc.rename({"candidate_id": "rejected_id", "score": "score_rejected"}),
+            on="rejected_id",
+            how="left",
+            maintain_order="left",
+        )
+    )
     # plurality (seed 001): both responses good, the users split — a legitimate difference
     # of taste, not label noise
     good = cfg.plurality_min_score
-    plural = ((pl.col("disagreement") >= cfg.plurality_disagreement)
-              & (pl.col("score_chosen") >= good) & (pl.col("score_rejected") >= good)
-              ).fill_null(False)
-    df = df.with_columns(flags=pl.when(plural).then(pl.col("flags").list.concat(
-        pl.lit([PLURALITY], dtype=pl.List(pl.Utf8)))).otherwise(pl.col("flags")))
+    plural = (
+        (pl.col("disagreement") >= cfg.plurality_disagreement)
+        & (pl.col("score_chosen") >= good)
+        & (pl.col("score_rejected") >= good)
+    ).fill_null(False)
+    df = df.with_columns(
+        flags=pl.when(plural)
+        .then(pl.col("flags").list.concat(pl.lit([PLURALITY], dtype=pl.List(pl.Utf8))))
+        .otherwise(pl.col("flags"))
+    )
     ids = stable_hash_rows(df["source_id"], df["chosen_id"], df["rejected_id"])
     df = df.with_columns(pair_id=pl.Series(ids, dtype=pl.Utf8))
     pairs = conform(df.select(PAIRS.names).to_arrow(), PAIRS, "pairs")
     counts = StageCounts(rows_in=comparisons.num_rows, kept=pairs.num_rows)
     n_plural = int(df["flags"].list.contains(PLURALITY).sum())
-    return StageResult(STAGE, {"pairs": pairs}, counts, info={"lam": cfg.lam, "cap": cfg.cap,
-                                                              "prior": cfg.prior,
-                                                              "plurality": n_plural})
+    return StageResult(
+        STAGE,
+        {"pairs": pairs},
+        counts,
+        info={"lam": cfg.lam, "cap": cfg.cap, "prior": cfg.prior, "plurality": n_plural},
+    )

@@ -66,16 +66,22 @@ def _twins(rows: list[dict]) -> list[dict]:
     out = []
     for r in rows:
         out.append({**r, "flags": list(r["flags"]) + [f"{RA_TARGET}{r['score_chosen']:.2f}"]})
-        twin = {**r, "chosen_id": r["rejected_id"], "rejected_id": r["chosen_id"],
-                "score_chosen": r["score_rejected"], "score_rejected": r["score_chosen"],
-                "pair_id": stable_hash(r["pair_id"], RA_TWIN),
-                "flags": list(r["flags"]) + [f"{RA_TARGET}{r['score_rejected']:.2f}", RA_TWIN]}
+        twin = {
+            **r,
+            "chosen_id": r["rejected_id"],
+            "rejected_id": r["chosen_id"],
+            "score_chosen": r["score_rejected"],
+            "score_rejected": r["score_chosen"],
+            "pair_id": stable_hash(r["pair_id"], RA_TWIN),
+            "flags": list(r["flags"]) + [f"{RA_TARGET}{r['score_rejected']:.2f}", RA_TWIN],
+        }
         out.append(twin)
     return out
 
 
-def build_pairs(pairs: pa.Table, cfg: PairsConfig | str = "best_worst",
-                lengths: pl.DataFrame | None = None) -> StageResult:
+def build_pairs(
+    pairs: pa.Table, cfg: PairsConfig | str = "best_worst", lengths: pl.DataFrame | None = None
+) -> StageResult:
     """Select pairs per source by ``cfg.strategy``, balance lengths, then split / augment
     (vectorised with polars: one pass per rule over all sources at once).
 
@@ -88,12 +94,22 @@ def build_pairs(pairs: pa.Table, cfg: PairsConfig | str = "best_worst",
         cfg = PairsConfig(strategy=cfg)
     info: dict = {"strategy": cfg.strategy}
     if not pairs.num_rows:
-        return StageResult(STAGE, {"pairs": PAIRS.empty_table()}, StageCounts(0, 0),
-                           dropped_table(STAGE, []), info=info)
-    df = pl.from_arrow(pairs).with_row_index("_i").with_columns(
-        _g=pl.col("_i").min().over("source_id"),  # sources in first-seen order
-        _scored=pl.col("score_chosen").is_not_null() & pl.col("score_rejected").is_not_null(),
-        _gap=pl.col("score_chosen") - pl.col("score_rejected"))
+        return StageResult(
+            STAGE,
+            {"pairs": PAIRS.empty_table()},
+            StageCounts(0, 0),
+            dropped_table(STAGE, []),
+            info=info,
+        )
+    df = (
+        pl.from_arrow(pairs)
+        .with_row_index("_i")
+        .with_columns(
+            _g=pl.col("_i").min().over("source_id"),  # sources in first-seen order
+            _scored=pl.col("score_chosen").is_not_null() & pl.col("score_rejected").is_not_null(),
+            _gap=pl.col("score_chosen") - pl.col("score_rejected"),
+        )
+    )
     if cfg.strategy != "all_pairs":
         df = df.join(_best_per_source(df, cfg), on="source_id", how="left")
     why, detail = _select(df, cfg)
@@ -105,11 +121,17 @@ def build_pairs(pairs: pa.Table, cfg: PairsConfig | str = "best_worst",
     kept = df.filter(pl.col("_why").is_null())
     if cfg.strategy == "curriculum":  # easiest (largest score gap) first, in stages
         k = cfg.curriculum_stages
-        kept = kept.sort(["_g", "_gap", "pair_id"], descending=[False, True, False]) \
-            .with_columns(_r=pl.int_range(pl.len()).over("source_id"),
-                          _n=pl.len().over("source_id")) \
-            .with_columns(curriculum_stage=pl.min_horizontal(
-                1 + (pl.col("_r") * k) // pl.col("_n"), pl.lit(k)).cast(pl.Int32))
+        kept = (
+            kept.sort(["_g", "_gap", "pair_id"], descending=[False, True, False])
+            .with_columns(
+                _r=pl.int_range(pl.len()).over("source_id"), _n=pl.len().over("source_id")
+            )
+            .with_columns(
+                curriculum_stage=pl.min_horizontal(
+                    1 + (pl.col("_r") * k) // pl.col("_n"), pl.lit(k)
+                ).cast(pl.Int32)
+            )
+        )
     else:
         kept = kept.sort("_g", "_i")
     gone = df.filter(pl.col("_why").is_not_null()).sort("_g", "_i")
@@ -117,25 +139,35 @@ def build_pairs(pairs: pa.Table, cfg: PairsConfig | str = "best_worst",
     if cfg.split == "easy_hard" and n_kept:
         m = kept["margin"].fill_null(0.0).fill_nan(0.0)
         thr = float(np.quantile(m.to_numpy(), cfg.hard_quantile))
-        kept = kept.with_columns(split=pl.when(m < thr).then(pl.lit("hard"))
-                                 .otherwise(pl.lit("easy")))
+        kept = kept.with_columns(
+            split=pl.when(m < thr).then(pl.lit("hard")).otherwise(pl.lit("easy"))
+        )
         info["hard_below_margin"] = thr
         info["split_counts"] = dict(Counter(kept["split"].to_list()))
-    out = conform(kept.select(PAIRS.names).to_arrow(), PAIRS, "pairs") if n_kept else \
-        PAIRS.empty_table()
+    out = (
+        conform(kept.select(PAIRS.names).to_arrow(), PAIRS, "pairs")
+        if n_kept
+        else PAIRS.empty_table()
+    )
     if cfg.reward_augmented:
         out = from_rows(_twins(out.to_pylist()), PAIRS, "pairs")
         info["reward_augmented_twins"] = n_kept
-    drops = [{"source_id": sid, "row_id": pid, "reason": r, "detail": d}
-             for sid, pid, r, d in gone.select("source_id", "pair_id", "_why", "_detail")
-             .iter_rows()]
-    counts = StageCounts(rows_in=pairs.num_rows, kept=n_kept,
-                         dropped=dict(Counter(gone["_why"].to_list())), rows_out=out.num_rows)
+    drops = [
+        {"source_id": sid, "row_id": pid, "reason": r, "detail": d}
+        for sid, pid, r, d in gone.select("source_id", "pair_id", "_why", "_detail").iter_rows()
+    ]
+    counts = StageCounts(
+        rows_in=pairs.num_rows,
+        kept=n_kept,
+        dropped=dict(Counter(gone["_why"].to_list())),
+        rows_out=out.num_rows,
+    )
     return StageResult(STAGE, {"pairs": out}, counts, dropped_table(STAGE, drops), info=info)
 
 
-def _balance(df: pl.DataFrame, lengths: pl.DataFrame,
-             band: tuple[float, float]) -> tuple[pl.DataFrame, dict]:
+def _balance(
+    df: pl.DataFrame, lengths: pl.DataFrame, band: tuple[float, float]
+) -> tuple[pl.DataFrame, dict]:
     """Mark the pairs :func:`pipeline.aggregate.length.balance_drops` picks among the
     selected ones as dropped (``length_balance``)."""
     from pipeline.aggregate import length
@@ -149,21 +181,26 @@ def _balance(df: pl.DataFrame, lengths: pl.DataFrame,
     before = float(longer.mean()) if longer.size else None
     keep = np.ones(longer.size, dtype=bool)
     keep[drop] = False
-    info = {"band": list(band), "chosen_longer_before": before,
-            "chosen_longer_after": float(longer[keep].mean()) if keep.any() else None,
-            "dropped": int(drop.size),
-            "reachable": bool(before is None or band[0] <= before <= band[1] or drop.size)}
+    info = {
+        "band": list(band),
+        "chosen_longer_before": before,
+        "chosen_longer_after": float(longer[keep].mean()) if keep.any() else None,
+        "dropped": int(drop.size),
+        "reachable": bool(before is None or band[0] <= before <= band[1] or drop.size),
+    }
     if not drop.size:
         return df, info
     ids = sel["_i"].gather(drop)
     side = "longer" if longer[drop[0]] else "not longer"
-    msg = (f"chosen-longer share {before:.3f} outside [{band[0]}, {band[1]}]: "
-           f"a lowest-weight pair whose chosen is {side}")
+    msg = (
+        f"chosen-longer share {before:.3f} outside [{band[0]}, {band[1]}]: "
+        f"a lowest-weight pair whose chosen is {side}"
+    )
     hit = pl.col("_i").is_in(ids.implode())
-    return df.with_columns(_why=pl.when(hit).then(pl.lit(str(Reason.LENGTH_BALANCE)))
-                           .otherwise(pl.col("_why")),
-                           _detail=pl.when(hit).then(pl.lit(msg))
-                           .otherwise(pl.col("_detail"))), info
+    return df.with_columns(
+        _why=pl.when(hit).then(pl.lit(str(Reason.LENGTH_BALANCE))).otherwise(pl.col("_why")),
+        _detail=pl.when(hit).then(pl.lit(msg)).otherwise(pl.col("_detail")),
+    ), info
 
 
 def _best_per_source(df: pl.DataFrame, cfg: PairsConfig) -> pl.DataFrame:
@@ -172,13 +209,15 @@ def _best_per_source(df: pl.DataFrame, cfg: PairsConfig) -> pl.DataFrame:
     the best candidate (highest chosen score, then id: ``_bid``)."""
     scored = df.filter(pl.col("_scored"))
     if cfg.strategy == "curriculum":
-        return scored.group_by("source_id").agg(_bid=pl.col("chosen_id").sort_by(
-            ["score_chosen", "chosen_id"], descending=True).first())
+        return scored.group_by("source_id").agg(
+            _bid=pl.col("chosen_id").sort_by(["score_chosen", "chosen_id"], descending=True).first()
+        )
     rank = [pl.col("_gap"), pl.col("margin").fill_null(0.0).fill_nan(0.0), pl.col("pair_id")]
     return scored.group_by("source_id").agg(
         _best=pl.col("_i").sort_by(rank, descending=True).first(),
         _bpid=pl.col("pair_id").sort_by(rank, descending=True).first(),
-        _bgap=pl.col("_gap").max())
+        _bgap=pl.col("_gap").max(),
+    )
 
 
 def _select(df: pl.DataFrame, cfg: PairsConfig) -> tuple[pl.Expr, pl.Expr]:
@@ -187,45 +226,74 @@ def _select(df: pl.DataFrame, cfg: PairsConfig) -> tuple[pl.Expr, pl.Expr]:
     null_score = pl.lit(str(Reason.NULL_SCORE))
     if cfg.strategy == "all_pairs":
         m = pl.col("margin")
-        why = (pl.when(m.is_null() | m.is_nan()).then(null_score)
-               .when(m < cfg.min_margin).then(pl.lit(BELOW_MIN_MARGIN)))
-        detail = (pl.when(m.is_null() | m.is_nan()).then(pl.lit("no margin"))
-                  .when(m < cfg.min_margin)
-                  .then(pl.format("margin {} < {}", m.round(3), pl.lit(cfg.min_margin))))
+        why = (
+            pl.when(m.is_null() | m.is_nan())
+            .then(null_score)
+            .when(m < cfg.min_margin)
+            .then(pl.lit(BELOW_MIN_MARGIN))
+        )
+        detail = (
+            pl.when(m.is_null() | m.is_nan())
+            .then(pl.lit("no margin"))
+            .when(m < cfg.min_margin)
+            .then(pl.format("margin {} < {}", m.round(3), pl.lit(cfg.min_margin)))
+        )
         return why, detail
     no_score = "a candidate of this pair has no aggregated score"
     if cfg.strategy == "best_worst":
         # the best pair of a source: largest score gap, then margin, then pair_id
         best_gap, best, best_pid = pl.col("_bgap"), pl.col("_best"), pl.col("_bpid")
-        why = (pl.when(~scored).then(null_score)
-               .when(best_gap <= 0).then(pl.lit(str(Reason.TIE)))
-               .when(pl.col("_i") != best).then(pl.lit(str(Reason.NOT_SELECTED))))
-        detail = (pl.when(~scored).then(pl.lit(no_score))
-                  .when(best_gap <= 0)
-                  .then(pl.format("scores do not separate chosen from rejected (best gap {})",
-                                  best_gap.round(3)))
-                  .when(pl.col("_i") != best)
-                  .then(pl.format("best_worst: pair {} was selected", best_pid)))
+        why = (
+            pl.when(~scored)
+            .then(null_score)
+            .when(best_gap <= 0)
+            .then(pl.lit(str(Reason.TIE)))
+            .when(pl.col("_i") != best)
+            .then(pl.lit(str(Reason.NOT_SELECTED)))
+        )
+        detail = (
+            pl.when(~scored)
+            .then(pl.lit(no_score))
+            .when(best_gap <= 0)
+            .then(
+                pl.format(
+                    "scores do not separate chosen from rejected (best gap {})", best_gap.round(3)
+                )
+            )
+            .when(pl.col("_i") != best)
+            .then(pl.format("best_worst: pair {} was selected", best_pid))
+        )
         return why, detail
     # curriculum (Curry-DPO): pairs whose chosen is the source's best candidate, easiest
     # (largest score gap) first, in curriculum_stages stages
     best_id = pl.col("_bid")
     mine = scored & (pl.col("chosen_id") == best_id) & (gap > 0)
-    why = (pl.when(~scored).then(null_score)
-           .when(mine).then(pl.lit(None, pl.Utf8))
-           .when(pl.col("chosen_id") == best_id).then(pl.lit(str(Reason.TIE)))
-           .otherwise(pl.lit(str(Reason.NOT_SELECTED))))
-    detail = (pl.when(~scored).then(pl.lit(no_score))
-              .when(mine).then(pl.lit(None, pl.Utf8))
-              .when(pl.col("chosen_id") == best_id)
-              .then(pl.lit("scores do not separate chosen from rejected"))
-              .otherwise(pl.lit("curriculum: chosen is not the best candidate")))
+    why = (
+        pl.when(~scored)
+        .then(null_score)
+        .when(mine)
+        .then(pl.lit(None, pl.Utf8))
+        .when(pl.col("chosen_id") == best_id)
+        .then(pl.lit(str(Reason.TIE)))
+        .otherwise(pl.lit(str(Reason.NOT_SELECTED)))
+    )
+    detail = (
+        pl.when(~scored)
+        .then(pl.lit(no_score))
+        .when(mine)
+        .then(pl.lit(None, pl.Utf8))
+        .when(pl.col("chosen_id") == best_id)
+        .then(pl.lit("scores do not separate chosen from rejected"))
+        .otherwise(pl.lit("curriculum: chosen is not the best candidate"))
+    )
     return why, detail
+
+
 def _conditioned(prompt: list[dict], flags: list[str]) -> list[dict]:
-    target = next((f[len(RA_TARGET):] for f in flags if f.startswith(RA_TARGET)), None)
+    target = next((f[len(RA_TARGET) :] for f in flags if f.startswith(RA_TARGET)), None)
     if target is None:
         return prompt
-    note = (f"Write a response whose quality score (0 to 1) is {target}.")
+    note = f"Write a response whose quality score (0 to 1) is {target}."
     if prompt and prompt[0]["role"] == "system":
         return [{"role": "system", "content": prompt[0]["content"] + "\n" + note}] + prompt[1:]
     return [{"role": "system", "content": note}] + prompt
@@ -233,27 +301,42 @@ def _conditioned(prompt: list[dict], flags: list[str]) -> list[dict]:
 
 def published_table(pairs: pa.Table, prompts: pa.Table, candidates: pa.Table) -> pa.Table:
     """Join the selected pairs with their prompt and texts into the PUBLISHED schema."""
-    prompt_of = dict(zip(prompts.column("prompt_id").to_pylist(),
-                         prompts.column("prompt").to_pylist()))
-    cand = {r["candidate_id"]: r for r in
-            candidates.select(["candidate_id", "text", "policy"]).to_pylist()}
+    prompt_of = dict(
+        zip(prompts.column("prompt_id").to_pylist(), prompts.column("prompt").to_pylist())
+    )
+    cand = {
+        r["candidate_id"]: r
+        for r in candidates.select(["candidate_id", "text", "policy"]).to_pylist()
+    }
     rows = []
     for p in pairs.to_pylist():
         ch, rj = cand[p["chosen_id"]], cand[p["rejected_id"]]
         margin = p["margin"]
-        rows.append({
-            "prompt": _conditioned(prompt_of[p["prompt_id"]], p["flags"]),
-            "chosen": [{"role": "assistant", "content": ch["text"]}],
-            "rejected": [{"role": "assistant", "content": rj["text"]}],
-            "margin": 0.0 if margin is None or math.isnan(margin) else margin,
-            "weight": p["weight"], "p_hat": p["p_hat"],
-            "disagreement": p["disagreement"], "n_votes": p["n_votes"],
-            "score_chosen": p["score_chosen"], "score_rejected": p["score_rejected"],
-            "source_id": p["source_id"], "prompt_id": p["prompt_id"], "pair_id": p["pair_id"],
-            "chosen_id": p["chosen_id"], "rejected_id": p["rejected_id"],
-            "chosen_policy": ch["policy"], "rejected_policy": rj["policy"],
-            "label_status": p["label_status"], "decision": p["decision"],
-            "flipped": p["decision"] == "flip", "flags": p["flags"],
-            "curriculum_stage": p["curriculum_stage"], "split": p["split"],
-        })
+        rows.append(
+            {
+                "prompt": _conditioned(prompt_of[p["prompt_id"]], p["flags"]),
+                "chosen": [{"role": "assistant", "content": ch["text"]}],
+                "rejected": [{"role": "assistant", "content": rj["text"]}],
+                "margin": 0.0 if margin is None or math.isnan(margin) else margin,
+                "weight": p["weight"],
+                "p_hat": p["p_hat"],
+                "disagreement": p["disagreement"],
+                "n_votes": p["n_votes"],
+                "score_chosen": p["score_chosen"],
+                "score_rejected": p["score_rejected"],
+                "source_id": p["source_id"],
+                "prompt_id": p["prompt_id"],
+                "pair_id": p["pair_id"],
+                "chosen_id": p["chosen_id"],
+                "rejected_id": p["rejected_id"],
+                "chosen_policy": ch["policy"],
+                "rejected_policy": rj["policy"],
+                "label_status": p["label_status"],
+                "decision": p["decision"],
+                "flipped": p["decision"] == "flip",
+                "flags": p["flags"],
+                "curriculum_stage": p["curriculum_stage"],
+                "split": p["split"],
+            }
+        )
     return from_rows(rows, PUBLISHED, "published")

@@ -75,22 +75,23 @@ def resolve_budget(budget: int | float | None, n: int) -> int:
     """Number of pairs to keep: all (None), min(budget, n) (int), round(budget·n) (float)."""
     if budget is None:
         return n
-    if isinstance(budget, bool) or not isinstance(budget, (int, float, np.integer,
-                                                            np.floating)):
-        raise PrefcurateError(f"select: budget must be an int (pairs) or a float (fraction), "
-                              f"got {budget!r}")
+    if isinstance(budget, bool) or not isinstance(budget, (int, float, np.integer, np.floating)):
+        raise PrefcurateError(
+            f"select: budget must be an int (pairs) or a float (fraction), got {budget!r}"
+        )
     if isinstance(budget, (float, np.floating)):
         if not (0.0 < budget <= 1.0):
-            raise PrefcurateError(f"select: a fractional budget must lie in (0, 1], got "
-                                  f"{budget}; give an int for a number of pairs")
+            raise PrefcurateError(
+                f"select: a fractional budget must lie in (0, 1], got "
+                f"{budget}; give an int for a number of pairs"
+            )
         return min(n, int(round(float(budget) * n)))
     if budget < 0:
         raise PrefcurateError(f"select: budget must be >= 0 pairs, got {budget}")
     return min(n, int(budget))
 
 
-def _prompt_space(prompt_embeddings: pa.Table | Mapping[str, Any]
-                  ) -> tuple[list[str], np.ndarray]:
+def _prompt_space(prompt_embeddings: pa.Table | Mapping[str, Any]) -> tuple[list[str], np.ndarray]:
     """(prompt ids, unit-norm float32 rows) of the prompt embeddings."""
     if isinstance(prompt_embeddings, pa.Table):
         from pipeline.embeddings import embeddings_matrix
@@ -99,15 +100,17 @@ def _prompt_space(prompt_embeddings: pa.Table | Mapping[str, Any]
     else:
         ids = list(prompt_embeddings)
         mat = np.asarray([np.asarray(prompt_embeddings[i], dtype=np.float32) for i in ids])
-    mat = np.asarray(mat, dtype=np.float32).reshape(len(ids), -1) if ids else \
-        np.zeros((0, 1), np.float32)
+    mat = (
+        np.asarray(mat, dtype=np.float32).reshape(len(ids), -1)
+        if ids
+        else np.zeros((0, 1), np.float32)
+    )
     mat = as_matrix(mat, "prompt_embeddings", STAGE)
     norm = np.linalg.norm(mat, axis=1, keepdims=True)
     return ids, mat / np.maximum(norm, 1e-12)
 
 
-def _kmeans(x: np.ndarray, k: int, iters: int, sample: int, rng: np.random.Generator
-            ) -> np.ndarray:
+def _kmeans(x: np.ndarray, k: int, iters: int, sample: int, rng: np.random.Generator) -> np.ndarray:
     """Spherical k-means centroids (k × d, unit norm), fitted on a sample of ``x``."""
     sample = max(sample, k)
     xs = x if len(x) <= sample else x[rng.choice(len(x), sample, replace=False)]
@@ -115,8 +118,9 @@ def _kmeans(x: np.ndarray, k: int, iters: int, sample: int, rng: np.random.Gener
     for _ in range(iters):
         assign = np.argmax(xs @ cent.T, axis=1)
         cnt = np.bincount(assign, minlength=k)
-        onehot = sparse.csr_matrix((np.ones(len(xs), np.float32), (assign, np.arange(len(xs)))),
-                                   shape=(k, len(xs)))
+        onehot = sparse.csr_matrix(
+            (np.ones(len(xs), np.float32), (assign, np.arange(len(xs)))), shape=(k, len(xs))
+        )
         sums = np.asarray(onehot @ xs, dtype=np.float32)
         empty = cnt == 0
         if empty.any():  # re-seed empty clusters on random points
@@ -125,27 +129,36 @@ def _kmeans(x: np.ndarray, k: int, iters: int, sample: int, rng: np.random.Gener
     return cent.astype(np.float32)
 
 
-def _sparse_sims(e: np.ndarray, clients: np.ndarray, t: int, chunk: int = 8192
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def _sparse_sims(
+    e: np.ndarray, clients: np.ndarray, t: int, chunk: int = 8192
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-``t`` non-negative similarities of each row of ``e`` to the clients."""
     n, m = len(e), len(clients)
     t = min(t, m)
     nbr = np.empty((n, t), dtype=np.int64)
     val = np.empty((n, t), dtype=np.float64)
     for s in range(0, n, chunk):
-        sims = np.maximum(e[s:s + chunk] @ clients.T, 0.0)
+        sims = np.maximum(e[s : s + chunk] @ clients.T, 0.0)
         if t < m:
             idx = np.argpartition(-sims, t - 1, axis=1)[:, :t]
         else:
             idx = np.broadcast_to(np.arange(m), sims.shape)
-        nbr[s:s + chunk] = idx
-        val[s:s + chunk] = np.take_along_axis(sims, idx, axis=1)
+        nbr[s : s + chunk] = idx
+        val[s : s + chunk] = np.take_along_axis(sims, idx, axis=1)
     return nbr, val
 
 
-def _greedy(q: np.ndarray, prompt_of: np.ndarray, n_prompts: int, nbr: np.ndarray,
-            val: np.ndarray, weight: np.ndarray, budget: int, alpha: float, coef: float
-            ) -> tuple[np.ndarray, dict[str, int]]:
+def _greedy(
+    q: np.ndarray,
+    prompt_of: np.ndarray,
+    n_prompts: int,
+    nbr: np.ndarray,
+    val: np.ndarray,
+    weight: np.ndarray,
+    budget: int,
+    alpha: float,
+    coef: float,
+) -> tuple[np.ndarray, dict[str, int]]:
     """Lazy greedy on (1 − α)·q̃ + coef·Δcoverage; returns the chosen pair indices.
 
     Pruning: while fewer than ``budget`` pairs are chosen, one of the top-``budget`` pairs
@@ -159,8 +172,7 @@ def _greedy(q: np.ndarray, prompt_of: np.ndarray, n_prompts: int, nbr: np.ndarra
     ptr, end = starts[:-1].copy(), starts[1:]
     cur = np.zeros(len(weight), dtype=np.float64)
     covered = np.zeros(n_prompts, dtype=bool)
-    floor = (1 - alpha) * float(np.partition(q, len(q) - budget)[len(q) - budget]) \
-        * (1 - 1e-9)
+    floor = (1 - alpha) * float(np.partition(q, len(q) - budget)[len(q) - budget]) * (1 - 1e-9)
     stats = {"evaluations": 0, "refreshes": 0, "pruned": 0}
 
     wn = weight[nbr]  # client weights of each prompt's neighbours
@@ -175,8 +187,7 @@ def _greedy(q: np.ndarray, prompt_of: np.ndarray, n_prompts: int, nbr: np.ndarra
         g = fresh(ps)
         keep = g >= floor
         stats["pruned"] += int((~keep).sum())
-        h = list(zip((-g[keep]).tolist(), (-q[order[ptr[ps[keep]]]]).tolist(),
-                     ps[keep].tolist()))
+        h = list(zip((-g[keep]).tolist(), (-q[order[ptr[ps[keep]]]]).tolist(), ps[keep].tolist()))
         heapq.heapify(h)
         return h
 
@@ -192,8 +203,7 @@ def _greedy(q: np.ndarray, prompt_of: np.ndarray, n_prompts: int, nbr: np.ndarra
         neg, negq, p = heapq.heappop(heap)
         if not covered[p]:
             nb = nbr[p]
-            g = (1 - alpha) * -negq + coef * float(
-                np.dot(wn[p], np.maximum(val[p] - cur[nb], 0.0)))
+            g = (1 - alpha) * -negq + coef * float(np.dot(wn[p], np.maximum(val[p] - cur[nb], 0.0)))
             stats["evaluations"] += 1
             if g < floor:
                 stats["pruned"] += 1
@@ -214,8 +224,13 @@ def _greedy(q: np.ndarray, prompt_of: np.ndarray, n_prompts: int, nbr: np.ndarra
     return np.asarray(chosen, dtype=np.int64), stats
 
 
-def mean_max_similarity(queries: np.ndarray, selected: np.ndarray, *,
-                        self_hit: np.ndarray | None = None, chunk: int = 4096) -> float:
+def mean_max_similarity(
+    queries: np.ndarray,
+    selected: np.ndarray,
+    *,
+    self_hit: np.ndarray | None = None,
+    chunk: int = 4096,
+) -> float:
     """Mean over unit-norm ``queries`` of the best cosine similarity to a ``selected`` row
     (0 for an empty selection). ``self_hit`` marks queries that are themselves selected
     (similarity 1, not recomputed)."""
@@ -229,7 +244,7 @@ def mean_max_similarity(queries: np.ndarray, selected: np.ndarray, *,
         sub = np.full(len(todo), -np.inf, dtype=np.float32)
         qs = queries[todo]
         for s in range(0, len(selected), chunk):
-            np.maximum(sub, (qs @ selected[s:s + chunk].T).max(axis=1), out=sub)
+            np.maximum(sub, (qs @ selected[s : s + chunk].T).max(axis=1), out=sub)
         best[todo] = np.minimum(sub, 1.0)
     return float(best.mean())
 
@@ -237,13 +252,16 @@ def mean_max_similarity(queries: np.ndarray, selected: np.ndarray, *,
 def _floats(col: pa.ChunkedArray) -> np.ndarray:
     """A float64 numpy copy of an Arrow column, nulls as NaN."""
     arr = col.combine_chunks().cast(pa.float64())
-    return np.asarray(arr.fill_null(float("nan")).to_numpy(zero_copy_only=False),
-                      dtype=np.float64)
+    return np.asarray(arr.fill_null(float("nan")).to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
-def select_pairs_budget(pairs: pa.Table, prompt_embeddings: pa.Table | Mapping[str, Any],
-                        cfg: SelectConfig | None = None, *,
-                        budget: int | float | None = None) -> StageResult:
+def select_pairs_budget(
+    pairs: pa.Table,
+    prompt_embeddings: pa.Table | Mapping[str, Any],
+    cfg: SelectConfig | None = None,
+    *,
+    budget: int | float | None = None,
+) -> StageResult:
     """Keep ``budget`` pairs maximising quality (weight × margin) plus prompt coverage.
 
     ``budget`` overrides ``cfg.budget`` (int: pairs, float in (0, 1]: fraction, None: all).
@@ -260,10 +278,12 @@ def select_pairs_budget(pairs: pa.Table, prompt_embeddings: pa.Table | Mapping[s
     u_ids, u_emb = _prompt_space(prompt_embeddings)
     enc = pc.dictionary_encode(pairs.column("prompt_id").combine_chunks()) if n else None
     uniq = enc.dictionary.to_pylist() if n else []
-    prompt_of = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64) if n else \
-        np.zeros(0, np.int64)
-    u_of = pc.index_in(pa.array(uniq, pa.string()),
-                       value_set=pa.array(u_ids, pa.string())).to_numpy(zero_copy_only=False)
+    prompt_of = (
+        enc.indices.to_numpy(zero_copy_only=False).astype(np.int64) if n else np.zeros(0, np.int64)
+    )
+    u_of = pc.index_in(
+        pa.array(uniq, pa.string()), value_set=pa.array(u_ids, pa.string())
+    ).to_numpy(zero_copy_only=False)
     u_of = np.nan_to_num(np.asarray(u_of, dtype=np.float64), nan=-1).astype(np.int64)
     have = u_of >= 0
     dim = u_emb.shape[1] if u_emb.size else 1
@@ -271,13 +291,20 @@ def select_pairs_budget(pairs: pa.Table, prompt_embeddings: pa.Table | Mapping[s
     e[have] = u_emb[u_of[have]]
     missing = int((~have).sum())
     if missing:
-        log.warning("select: %d prompt(s) of the pairs have no embedding; they count for "
-                    "quality only", missing)
+        log.warning(
+            "select: %d prompt(s) of the pairs have no embedding; they count for quality only",
+            missing,
+        )
     alpha = float(cfg.coverage_tradeoff)
-    info: dict[str, Any] = {"budget": b, "budget_config": cfg.budget if budget is None
-                            else budget, "coverage_tradeoff": alpha, "pairs_in": n,
-                            "prompts_in": len(uniq), "prompt_space": len(u_ids),
-                            "prompts_without_embedding": missing}
+    info: dict[str, Any] = {
+        "budget": b,
+        "budget_config": cfg.budget if budget is None else budget,
+        "coverage_tradeoff": alpha,
+        "pairs_in": n,
+        "prompts_in": len(uniq),
+        "prompt_space": len(u_ids),
+        "prompts_without_embedding": missing,
+    }
     rng = np.random.default_rng(cfg.seed)
     t_sel = time.perf_counter()
     if b >= n:
@@ -296,21 +323,27 @@ def select_pairs_budget(pairs: pa.Table, prompt_embeddings: pa.Table | Mapping[s
             info["clients"] = {"kind": "prompts", "n": len(u_ids)}
         else:
             clients = _kmeans(u_emb, cfg.clusters, cfg.kmeans_iters, cfg.kmeans_sample, rng)
-            assign = np.concatenate([np.argmax(u_emb[s:s + 8192] @ clients.T, axis=1)
-                                     for s in range(0, len(u_emb), 8192)])
+            assign = np.concatenate(
+                [
+                    np.argmax(u_emb[s : s + 8192] @ clients.T, axis=1)
+                    for s in range(0, len(u_emb), 8192)
+                ]
+            )
             w_c = np.bincount(assign, minlength=len(clients)).astype(np.float64)
             info["clients"] = {"kind": "kmeans", "n": len(clients)}
         nbr, val = _sparse_sims(e, clients, cfg.neighbours)
         coef = alpha * b / len(u_ids)
-        keep_idx, info["greedy"] = _greedy(qt, prompt_of, len(uniq), nbr, val, w_c, b,
-                                           alpha, coef)
+        keep_idx, info["greedy"] = _greedy(qt, prompt_of, len(uniq), nbr, val, w_c, b, alpha, coef)
         info["method"] = "greedy"
     info["select_seconds"] = round(time.perf_counter() - t_sel, 3)
     keep = np.zeros(n, dtype=bool)
     keep[keep_idx] = True
     # quality and coverage before / after
-    q_rows = np.arange(len(u_ids)) if len(u_ids) <= cfg.coverage_sample else \
-        np.sort(rng.choice(len(u_ids), cfg.coverage_sample, replace=False))
+    q_rows = (
+        np.arange(len(u_ids))
+        if len(u_ids) <= cfg.coverage_sample
+        else np.sort(rng.choice(len(u_ids), cfg.coverage_sample, replace=False))
+    )
     queries = u_emb[q_rows]
     sel_prompts = np.unique(prompt_of[keep])
     sel_u = np.zeros(len(u_ids), dtype=bool)
@@ -321,16 +354,21 @@ def select_pairs_budget(pairs: pa.Table, prompt_embeddings: pa.Table | Mapping[s
         quality_before=float(q.mean()) if n else None,
         quality_after=float(q[keep].mean()) if keep.any() else None,
         coverage_before=mean_max_similarity(queries, u_emb[all_u], self_hit=all_u[q_rows])
-        if len(u_ids) else None,
+        if len(u_ids)
+        else None,
         coverage_after=mean_max_similarity(queries, u_emb[sel_u], self_hit=sel_u[q_rows])
-        if len(u_ids) else None,
-        coverage_sample=len(queries), prompts_before=len(uniq),
-        prompts_after=int(len(sel_prompts)))
+        if len(u_ids)
+        else None,
+        coverage_sample=len(queries),
+        prompts_before=len(uniq),
+        prompts_after=int(len(sel_prompts)),
+    )
     kept = pairs.filter(pa.array(keep))
     drop_idx = np.flatnonzero(~keep)
     dropped = _dropped(pairs, drop_idx, q)
-    counts = StageCounts(rows_in=n, kept=int(keep.sum()),
-                         dropped={BUDGET: len(drop_idx)} if len(drop_idx) else {})
+    counts = StageCounts(
+        rows_in=n, kept=int(keep.sum()), dropped={BUDGET: len(drop_idx)} if len(drop_idx) else {}
+    )
     info["seconds"] = round(time.perf_counter() - t0, 3)
     return StageResult(STAGE, {"pairs": kept}, counts, dropped, info=info)
 
@@ -341,11 +379,15 @@ def _dropped(pairs: pa.Table, idx: np.ndarray, q: np.ndarray) -> pa.Table:
     take = pa.array(idx)
     m = len(idx)
     detail = pc.binary_join_element_wise(
-        "weight*margin=", pc.cast(pa.array(np.round(q[idx], 4)), pa.string()), "")
-    return pa.Table.from_arrays([
-        pa.array([STAGE] * m, pa.string()),
-        pairs.column("source_id").take(take).combine_chunks().cast(pa.string()),
-        pairs.column("pair_id").take(take).combine_chunks().cast(pa.string()),
-        pa.array([BUDGET] * m, pa.string()),
-        detail,
-    ], schema=DROPPED)
+        "weight*margin=", pc.cast(pa.array(np.round(q[idx], 4)), pa.string()), ""
+    )
+    return pa.Table.from_arrays(
+        [
+            pa.array([STAGE] * m, pa.string()),
+            pairs.column("source_id").take(take).combine_chunks().cast(pa.string()),
+            pairs.column("pair_id").take(take).combine_chunks().cast(pa.string()),
+            pa.array([BUDGET] * m, pa.string()),
+            detail,
+        ],
+        schema=DROPPED,
+    )

@@ -85,12 +85,17 @@ class StageCounts:
         if self.rows_in != self.kept + d + q:
             raise PrefcurateError(
                 f"stage '{stage}' lost rows: in={self.rows_in} but kept={self.kept} + "
-                f"dropped={d} + quarantined={q}")
+                f"dropped={d} + quarantined={q}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"in": self.rows_in, "kept": self.kept, "dropped": dict(self.dropped),
-                "quarantined": dict(self.quarantined),
-                "out": self.kept if self.rows_out is None else self.rows_out}
+        return {
+            "in": self.rows_in,
+            "kept": self.kept,
+            "dropped": dict(self.dropped),
+            "quarantined": dict(self.quarantined),
+            "out": self.kept if self.rows_out is None else self.rows_out,
+        }
 
 
 @dataclass
@@ -108,27 +113,52 @@ class StageResult:
         self.counts.check(self.stage)
         by_reason = Counter(self.dropped.column("reason").to_pylist())
         q_reason = Counter(self.quarantine.column("reason").to_pylist())
-        if dict(by_reason) != {k: v for k, v in self.counts.dropped.items() if v} or \
-                dict(q_reason) != {k: v for k, v in self.counts.quarantined.items() if v}:
+        if dict(by_reason) != {k: v for k, v in self.counts.dropped.items() if v} or dict(
+            q_reason
+        ) != {k: v for k, v in self.counts.quarantined.items() if v}:
             raise PrefcurateError(
                 f"stage '{self.stage}': reject tables disagree with counts "
                 f"(dropped {dict(by_reason)} vs {self.counts.dropped}, quarantined "
-                f"{dict(q_reason)} vs {self.counts.quarantined})")
+                f"{dict(q_reason)} vs {self.counts.quarantined})"
+            )
 
 
 def dropped_table(stage: str, rows: list[dict[str, Any]]) -> pa.Table:
     """Rows ``{source_id, row_id, reason, detail}`` → a DROPPED table for ``stage``."""
-    return from_rows([{"stage": stage, "source_id": r.get("source_id"),
-                       "row_id": r.get("row_id"), "reason": str(r["reason"]),
-                       "detail": r.get("detail")} for r in rows], DROPPED, "dropped")
+    return from_rows(
+        [
+            {
+                "stage": stage,
+                "source_id": r.get("source_id"),
+                "row_id": r.get("row_id"),
+                "reason": str(r["reason"]),
+                "detail": r.get("detail"),
+            }
+            for r in rows
+        ],
+        DROPPED,
+        "dropped",
+    )
 
 
 def quarantine_table(stage: str, rows: list[dict[str, Any]]) -> pa.Table:
     """Rows ``{source_id, file, row, reason, detail, raw}`` → a QUARANTINE table."""
-    return from_rows([{"stage": stage, "source_id": r.get("source_id"), "file": r.get("file"),
-                       "row": r.get("row"), "reason": str(r["reason"]),
-                       "detail": r.get("detail"), "raw": r.get("raw")} for r in rows],
-                     QUARANTINE, "quarantine")
+    return from_rows(
+        [
+            {
+                "stage": stage,
+                "source_id": r.get("source_id"),
+                "file": r.get("file"),
+                "row": r.get("row"),
+                "reason": str(r["reason"]),
+                "detail": r.get("detail"),
+                "raw": r.get("raw"),
+            }
+            for r in rows
+        ],
+        QUARANTINE,
+        "quarantine",
+    )
 
 
 def as_matrix(x: Any, name: str, stage: str, rows: int | None = None) -> Any:
@@ -137,14 +167,18 @@ def as_matrix(x: Any, name: str, stage: str, rows: int | None = None) -> Any:
 
     arr = np.asarray(x, dtype=np.float32)
     if arr.ndim != 2:
-        raise PrefcurateError(f"{stage}: {name} must be a 2-D array (rows × dims), got shape "
-                              f"{arr.shape}")
+        raise PrefcurateError(
+            f"{stage}: {name} must be a 2-D array (rows × dims), got shape {arr.shape}"
+        )
     if rows is not None and arr.shape[0] != rows:
-        raise PrefcurateError(f"{stage}: {name} has {arr.shape[0]} rows, expected {rows} "
-                              f"(one per pair)")
+        raise PrefcurateError(
+            f"{stage}: {name} has {arr.shape[0]} rows, expected {rows} (one per pair)"
+        )
     if not np.all(np.isfinite(arr)):
-        raise PrefcurateError(f"{stage}: {name} holds NaN or infinite values; embed every "
-                              f"prompt and response before this stage")
+        raise PrefcurateError(
+            f"{stage}: {name} holds NaN or infinite values; embed every "
+            f"prompt and response before this stage"
+        )
     return arr
 
 
@@ -164,9 +198,18 @@ def stage_count_rows(stages: dict[str, dict]) -> list[list[str]]:
     ...                              "quarantined": {}, "reused": True}})
     [['ingest', '3', '2', 'limit=1', '0', 'yes']]
     """
+
     def reasons(d: dict) -> str:
         return ", ".join(f"{k}={v}" for k, v in (d or {}).items()) or "0"
 
-    return [[st, str(c["in"]), str(c["kept"]), reasons(c.get("dropped")),
-             reasons(c.get("quarantined")), "yes" if c.get("reused") else ""]
-            for st, c in stages.items()]
+    return [
+        [
+            st,
+            str(c["in"]),
+            str(c["kept"]),
+            reasons(c.get("dropped")),
+            reasons(c.get("quarantined")),
+            "yes" if c.get("reused") else "",
+        ]
+        for st, c in stages.items()
+    ]

@@ -127,12 +127,13 @@ class JudgeConfig(_Frozen):
 
     @model_validator(mode="after")
     def _check_rounds(self) -> "JudgeConfig":
-        if self.pair_selection == "gpm" and \
-                self.seed_pairs_per_prompt >= self.max_pairs_per_prompt:
-            raise ValueError(f"judge: pair_selection 'gpm' judges seed_pairs_per_prompt "
-                             f"({self.seed_pairs_per_prompt}) pairs first and the rest of "
-                             f"max_pairs_per_prompt ({self.max_pairs_per_prompt}) by the GPM; "
-                             f"make max_pairs_per_prompt larger")
+        if self.pair_selection == "gpm" and self.seed_pairs_per_prompt >= self.max_pairs_per_prompt:
+            raise ValueError(
+                f"judge: pair_selection 'gpm' judges seed_pairs_per_prompt "
+                f"({self.seed_pairs_per_prompt}) pairs first and the rest of "
+                f"max_pairs_per_prompt ({self.max_pairs_per_prompt}) by the GPM; "
+                f"make max_pairs_per_prompt larger"
+            )
         return self
 
 
@@ -251,21 +252,29 @@ class DenoiseConfig(_Frozen):
     @model_validator(mode="after")
     def _check_thresholds(self) -> "DenoiseConfig":
         if self.flip_below > self.drop_below:
-            raise ValueError(f"denoise: flip_below ({self.flip_below}) must not exceed "
-                             f"drop_below ({self.drop_below}); weights below flip_below are "
-                             f"flipped, those up to drop_below dropped")
+            raise ValueError(
+                f"denoise: flip_below ({self.flip_below}) must not exceed "
+                f"drop_below ({self.drop_below}); weights below flip_below are "
+                f"flipped, those up to drop_below dropped"
+            )
         if self.peer_review_late_epochs > self.peer_review_epochs:
-            raise ValueError(f"denoise: peer_review_late_epochs "
-                             f"({self.peer_review_late_epochs}) must not exceed "
-                             f"peer_review_epochs ({self.peer_review_epochs})")
+            raise ValueError(
+                f"denoise: peer_review_late_epochs "
+                f"({self.peer_review_late_epochs}) must not exceed "
+                f"peer_review_epochs ({self.peer_review_epochs})"
+            )
         if self.peer_review_mode == "weights" and self.method == "posterior":
-            raise ValueError("denoise: peer_review_mode 'weights' feeds the reward heads' "
-                             "margins into the confidence weights of method 'weights'; "
-                             "use peer_review_mode 'drop' with method 'posterior'")
+            raise ValueError(
+                "denoise: peer_review_mode 'weights' feeds the reward heads' "
+                "margins into the confidence weights of method 'weights'; "
+                "use peer_review_mode 'drop' with method 'posterior'"
+            )
         if self.peer_review_mode == "weights" and not self.confidence_weights:
-            raise ValueError("denoise: peer_review_mode 'weights' feeds the reward heads' "
-                             "margins into the confidence weights; set "
-                             "confidence_weights: true, or use peer_review_mode 'drop'")
+            raise ValueError(
+                "denoise: peer_review_mode 'weights' feeds the reward heads' "
+                "margins into the confidence weights; set "
+                "confidence_weights: true, or use peer_review_mode 'drop'"
+            )
         return self
 
 
@@ -289,10 +298,11 @@ class PairsConfig(_Frozen):
         if self.length_balance is not None:
             low, high = self.length_balance
             if not 0.0 <= low <= high <= 1.0:
-                raise ValueError(f"pairs.length_balance must be [low, high] with 0 <= low "
-                                 f"<= high <= 1, got [{low}, {high}]")
+                raise ValueError(
+                    f"pairs.length_balance must be [low, high] with 0 <= low "
+                    f"<= high <= 1, got [{low}, {high}]"
+                )
         return self
-
 
 
 # --------------------------------------------------------------- annotation (issue 4)
@@ -333,8 +343,9 @@ class RubricConfig(BaseModel):
             raise ValueError("aspects: give at least one aspect, e.g. ['helpfulness']")
         bad = [a for a in v if not _ASPECT_NAME.match(a) or a == "rationale"]
         if bad:
-            raise ValueError(f"aspects: {bad} are not valid aspect names (lowercase "
-                             f"snake_case, not 'rationale')")
+            raise ValueError(
+                f"aspects: {bad} are not valid aspect names (lowercase snake_case, not 'rationale')"
+            )
         if len(set(v)) != len(v):
             raise ValueError(f"aspects: names must be unique, got {list(v)}")
         return v
@@ -342,8 +353,9 @@ class RubricConfig(BaseModel):
     @model_validator(mode="after")
     def _scale(self) -> "RubricConfig":
         if self.min_score >= self.max_score:
-            raise ValueError(f"min_score ({self.min_score}) must be below max_score "
-                             f"({self.max_score})")
+            raise ValueError(
+                f"min_score ({self.min_score}) must be below max_score ({self.max_score})"
+            )
         return self
 
 
@@ -408,6 +420,7 @@ class EmbeddingConfig(BaseModel):
 
 # ------------------------------------------------- GPM and budgeted selection (issue 8)
 
+
 class GPMConfig(BaseModel):
     """The GPM head, its training, and its use as the ``gpm`` annotator."""
 
@@ -452,11 +465,15 @@ class SelectConfig(BaseModel):
     @classmethod
     def _check_budget(cls, v: Any) -> Any:
         if isinstance(v, bool):
-            raise ValueError("select.budget must be a number of pairs (int) or a fraction "
-                             "(float in (0, 1]), not a boolean")
+            raise ValueError(
+                "select.budget must be a number of pairs (int) or a fraction "
+                "(float in (0, 1]), not a boolean"
+            )
         if isinstance(v, float) and not (0.0 < v <= 1.0):
-            raise ValueError(f"select.budget {v} as a float is a fraction of the pairs and "
-                             f"must lie in (0, 1]; give an int for a number of pairs")
+            raise ValueError(
+                f"select.budget {v} as a float is a fraction of the pairs and "
+                f"must lie in (0, 1]; give an int for a number of pairs"
+            )
         if isinstance(v, int) and v < 0:
             raise ValueError(f"select.budget must be >= 0 pairs, got {v}")
         return v
@@ -511,8 +528,10 @@ class DecontaminateConfig(_Frozen):
     def _known(cls, v: list[str | BenchmarkFile] | None) -> Any:
         for b in v or []:
             if isinstance(b, str) and b not in SHIPPED_BENCHMARKS:
-                raise ValueError(f"unknown shipped benchmark {b!r}; shipped: "
-                                 f"{', '.join(SHIPPED_BENCHMARKS)}, or {{name, path}}")
+                raise ValueError(
+                    f"unknown shipped benchmark {b!r}; shipped: "
+                    f"{', '.join(SHIPPED_BENCHMARKS)}, or {{name, path}}"
+                )
         return v
 
 
@@ -573,8 +592,9 @@ class RunConfig(_Frozen):
     def _name(cls, v: Any) -> Any:
         if isinstance(v, int) and not isinstance(v, bool):
             v = str(v)  # --set name=2024 is a name, not a number
-        if v is not None and (not isinstance(v, str) or not DATASET_NAME_RE.fullmatch(v)
-                              or ".." in v):
+        if v is not None and (
+            not isinstance(v, str) or not DATASET_NAME_RE.fullmatch(v) or ".." in v
+        ):
             raise ValueError(f"invalid dataset name {v!r}: {DATASET_NAME_RULE}")
         return v
 
@@ -585,8 +605,9 @@ class RunConfig(_Frozen):
         if self.name:
             return self.name
         stem = Path(self.input.path.rstrip("/")).stem if self.input.path else ""
-        builtin = all(p.partition(":")[0] in ("mtbench", "verifiable")
-                      for p in self.input.path.split("+"))
+        builtin = all(
+            p.partition(":")[0] in ("mtbench", "verifiable") for p in self.input.path.split("+")
+        )
         if builtin or not stem:
             return "mtbench-smollm2"
         clean = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-._")[:100].replace("..", ".")
@@ -597,8 +618,10 @@ class RunConfig(_Frozen):
         per pairwise judge, with its model."""
         if self.rubrics.judges is not None:
             return list(self.rubrics.judges)
-        return [RubricConfig(name=f"{j.name}-yesno", model=j.model, template="yesno_v1",
-                             seed=j.seed) for j in self.judge.judges]
+        return [
+            RubricConfig(name=f"{j.name}-yesno", model=j.model, template="yesno_v1", seed=j.seed)
+            for j in self.judge.judges
+        ]
 
     def embeddings_on(self) -> bool:
         """Embeddings are on for prompt curation and off for given pairs (a pairs run with
@@ -607,9 +630,13 @@ class RunConfig(_Frozen):
         them on."""
         if self.embed.enabled is not None:
             return self.embed.enabled
-        return self.input.kind == "prompts" or self.denoise.peer_review is True or \
-            self.judge.pair_selection == "gpm" or self.gpm.enabled or \
-            self.select.budget is not None
+        return (
+            self.input.kind == "prompts"
+            or self.denoise.peer_review is True
+            or self.judge.pair_selection == "gpm"
+            or self.gpm.enabled
+            or self.select.budget is not None
+        )
 
     def dedup_near_on(self) -> bool:
         """Near-duplicate dedup: as ``dedup.near`` says; unset, on for prompts and off for
@@ -619,18 +646,32 @@ class RunConfig(_Frozen):
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":
         # checks across sections: a config that cannot work fails here, before any call
-        needs = [name for name, on in (
-            ("judge.pair_selection: gpm", bool(self.judge.judges) and
-             self.judge.pair_selection == "gpm"),
-            ("gpm.enabled", self.gpm.enabled),
-            ("select.budget", self.select.budget is not None)) if on]
+        needs = [
+            name
+            for name, on in (
+                (
+                    "judge.pair_selection: gpm",
+                    bool(self.judge.judges) and self.judge.pair_selection == "gpm",
+                ),
+                ("gpm.enabled", self.gpm.enabled),
+                ("select.budget", self.select.budget is not None),
+            )
+            if on
+        ]
         if needs and self.embed.enabled is False:
-            raise ValueError(f"{needs[0]} needs embeddings: set embed.enabled: true (or "
-                             f"leave it unset)")
-        if self.judge.pair_selection == "best_worst" and self.judge.judges and \
-                not self.rubric_judges() and not self.rewards.models:
-            raise ValueError("judge.pair_selection: best_worst needs a first signal: "
-                             "configure rubrics.judges (or leave it null) or rewards.models")
+            raise ValueError(
+                f"{needs[0]} needs embeddings: set embed.enabled: true (or leave it unset)"
+            )
+        if (
+            self.judge.pair_selection == "best_worst"
+            and self.judge.judges
+            and not self.rubric_judges()
+            and not self.rewards.models
+        ):
+            raise ValueError(
+                "judge.pair_selection: best_worst needs a first signal: "
+                "configure rubrics.judges (or leave it null) or rewards.models"
+            )
         names = [p.name for p in self.generate.policies]
         if len(set(names)) != len(names):
             raise ValueError(f"generate.policies: policy names must be unique, got {names}")
@@ -640,8 +681,16 @@ class RunConfig(_Frozen):
         return self
 
 
-SECRET_WORDS = {"key", "apikey", "token", "secret", "password", "passwd", "authorization",
-                "credentials"}
+SECRET_WORDS = {
+    "key",
+    "apikey",
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "authorization",
+    "credentials",
+}
 
 
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)([^/@\s]+)@")
@@ -752,9 +801,11 @@ def _list_slot(cur: list, part: str, key: str) -> int:
     a gap is an error (it would fill the list with default entries)."""
     idx = int(part)
     if idx > len(cur):
-        raise ConfigError(f"--set {key}: index {idx} is past the end of a list of "
-                          f"{len(cur)} entr{'y' if len(cur) == 1 else 'ies'}; add entries in "
-                          f"order (the next one is index {len(cur)})")
+        raise ConfigError(
+            f"--set {key}: index {idx} is past the end of a list of "
+            f"{len(cur)} entr{'y' if len(cur) == 1 else 'ies'}; add entries in "
+            f"order (the next one is index {len(cur)})"
+        )
     return idx
 
 
@@ -794,8 +845,13 @@ def _errors_to_message(exc: ValidationError, origin: str) -> str:
             lines.append(str(err["msg"]).removeprefix("Value error, "))
         else:
             lines.append(f"'{loc}': {err['msg']} (got {err.get('input')!r})")
-    return f"invalid configuration ({origin}): " + "; ".join(lines) if len(lines) > 1 \
-        else lines[0] if origin == "--set" else f"{origin}: {lines[0]}"
+    return (
+        f"invalid configuration ({origin}): " + "; ".join(lines)
+        if len(lines) > 1
+        else lines[0]
+        if origin == "--set"
+        else f"{origin}: {lines[0]}"
+    )
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -816,8 +872,10 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 
 DATASET_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-DATASET_NAME_RULE = ("a dataset name is 1-100 characters from [A-Za-z0-9._-], starts with a "
-                     "letter or digit, and contains no '..' or '/'")
+DATASET_NAME_RULE = (
+    "a dataset name is 1-100 characters from [A-Za-z0-9._-], starts with a "
+    "letter or digit, and contains no '..' or '/'"
+)
 MAX_YAML_NODES = 100_000  # nodes after alias expansion; a real run config has < 1,000
 MAX_YAML_DEPTH = 64
 
@@ -841,8 +899,9 @@ def safe_yaml(text: str, where: str) -> Any:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{where} is not valid YAML (only plain YAML is accepted, no "
-                          f"python tags): {exc}") from exc
+        raise ConfigError(
+            f"{where} is not valid YAML (only plain YAML is accepted, no python tags): {exc}"
+        ) from exc
     if root is None:
         return None
     sizes: dict[int, int] = {}
@@ -863,13 +922,16 @@ def safe_yaml(text: str, where: str) -> Any:
         return sizes[key]
 
     if size(root, 0) > MAX_YAML_NODES:
-        raise ConfigError(f"{where}: the YAML expands to more than {MAX_YAML_NODES} nodes "
-                          f"(aliases); write the values out or shorten the config")
+        raise ConfigError(
+            f"{where}: the YAML expands to more than {MAX_YAML_NODES} nodes "
+            f"(aliases); write the values out or shorten the config"
+        )
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{where} is not valid YAML (only plain YAML is accepted, no "
-                          f"python tags): {exc}") from exc
+        raise ConfigError(
+            f"{where} is not valid YAML (only plain YAML is accepted, no python tags): {exc}"
+        ) from exc
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -884,8 +946,9 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {p}: top level must be a mapping, got "
-                              f"{type(loaded).__name__}")
+            raise ConfigError(
+                f"config file {p}: top level must be a mapping, got {type(loaded).__name__}"
+            )
         data = loaded
         origin = str(p)
     if overrides:
@@ -899,8 +962,9 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
             try:
                 _set_dotted(base, key, value)
             except (ValueError, TypeError):
-                raise ConfigError(f"--set {item}: cannot apply (is '{key}' a list index?)") \
-                    from None
+                raise ConfigError(
+                    f"--set {item}: cannot apply (is '{key}' a list index?)"
+                ) from None
             try:
                 RunConfig.model_validate(base)
             except ValidationError as exc:

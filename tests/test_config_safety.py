@@ -11,10 +11,14 @@ import pytest
 from schemas.config import load_config
 from schemas.errors import ConfigError
 
-BOMB = ("generate:\n  policies:\n    - name: p\n      model:\n        model: m\n"
-        "        engine_args:\n          a: &a [x, x, x, x, x, x, x, x, x]\n" +
-        "".join(f"          {chr(98 + i)}: &{chr(98 + i)} [" +
-                ", ".join([f"*{chr(97 + i)}"] * 9) + "]\n" for i in range(8)))
+BOMB = (
+    "generate:\n  policies:\n    - name: p\n      model:\n        model: m\n"
+    "        engine_args:\n          a: &a [x, x, x, x, x, x, x, x, x]\n"
+    + "".join(
+        f"          {chr(98 + i)}: &{chr(98 + i)} [" + ", ".join([f"*{chr(97 + i)}"] * 9) + "]\n"
+        for i in range(8)
+    )
+)
 
 
 def test_alias_bomb_in_engine_args_is_refused_fast(tmp_path: Path) -> None:
@@ -28,9 +32,14 @@ def test_alias_bomb_in_engine_args_is_refused_fast(tmp_path: Path) -> None:
 
 
 def test_alias_bomb_in_set_is_refused() -> None:
-    value = "{a: &a [x, x, x, x, x, x, x, x, x], " + ", ".join(
-        f"{chr(98 + i)}: &{chr(98 + i)} [" + ", ".join([f"*{chr(97 + i)}"] * 9) + "]"
-        for i in range(8)) + "}"
+    value = (
+        "{a: &a [x, x, x, x, x, x, x, x, x], "
+        + ", ".join(
+            f"{chr(98 + i)}: &{chr(98 + i)} [" + ", ".join([f"*{chr(97 + i)}"] * 9) + "]"
+            for i in range(8)
+        )
+        + "}"
+    )
     with pytest.raises(ConfigError, match="expands to more than"):
         load_config(None, [f"generate.policies.0.model.engine_args={value}"])
 

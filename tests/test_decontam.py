@@ -38,10 +38,12 @@ def test_lightly_edited_mtbench_questions_are_dropped_and_clean_ones_kept(tmp_pa
     edited = long_q.text.replace(".", "!", 1)
     words = edited.split()
     words[len(words) // 2] = "EDITED"  # one word changed in the middle
-    rows = [{"id": "copy", "prompt": "Please: " + q81},
-            {"id": "edit", "prompt": " ".join(words)},
-            {"id": "clean", "prompt": "Explain how tides work, for a ten-year-old."},
-            {"id": "clean2", "prompt": "Write a blog post about a trip."}]
+    rows = [
+        {"id": "copy", "prompt": "Please: " + q81},
+        {"id": "edit", "prompt": " ".join(words)},
+        {"id": "clean", "prompt": "Explain how tides work, for a ten-year-old."},
+        {"id": "clean2", "prompt": "Write a blog post about a trip."},
+    ]
     ing = ingest_prompts(str(write(tmp_path / "p.jsonl", rows)), limit=None).outputs
     res = decontaminate(ing["prompts"], benchmarks=mt, ngram=8)
     assert sorted(res.outputs["prompts"].column("source_id").to_pylist()) == ["clean", "clean2"]
@@ -56,25 +58,46 @@ def test_lightly_edited_mtbench_questions_are_dropped_and_clean_ones_kept(tmp_pa
 
 
 def test_a_file_without_benchmark_text_loses_nothing(tmp_path):
-    rows = [{"id": f"r{i}", "prompt": f"Give me {i} tips for growing tomatoes on a balcony "
-                                      f"in a windy city."} for i in range(30)]
+    rows = [
+        {
+            "id": f"r{i}",
+            "prompt": f"Give me {i} tips for growing tomatoes on a balcony in a windy city.",
+        }
+        for i in range(30)
+    ]
     ing = ingest_prompts(str(write(tmp_path / "p.jsonl", rows)), limit=None).outputs
-    res = decontaminate(ing["prompts"], benchmarks=load_shipped("mtbench") +
-                        load_shipped("humaneval"))
+    res = decontaminate(
+        ing["prompts"], benchmarks=load_shipped("mtbench") + load_shipped("humaneval")
+    )
     assert res.dropped.num_rows == 0 and res.outputs["prompts"].num_rows == 30
 
 
 def test_a_pairs_file_and_a_user_benchmark(tmp_path):
-    bench = write(tmp_path / "bench.jsonl", [
-        {"id": "b1", "question": "A train leaves the station at nine travelling at sixty "
-                                 "miles per hour towards a city two hundred miles away"}])
+    bench = write(
+        tmp_path / "bench.jsonl",
+        [
+            {
+                "id": "b1",
+                "question": "A train leaves the station at nine travelling at sixty "
+                "miles per hour towards a city two hundred miles away",
+            }
+        ],
+    )
     items = load_benchmark_file("trains", str(bench))
     assert items == [BenchmarkItem("trains", "b1", items[0].text)]
-    pairs = write(tmp_path / "pairs.jsonl", [
-        {"id": "p1", "prompt": "a train leaves the station at nine, travelling at sixty miles "
-                               "per hour towards a city two hundred miles away. When?",
-         "chosen": "At 12:20.", "rejected": "At noon."},
-        {"id": "p2", "prompt": "Name a colour.", "chosen": "Blue.", "rejected": "Seven."}])
+    pairs = write(
+        tmp_path / "pairs.jsonl",
+        [
+            {
+                "id": "p1",
+                "prompt": "a train leaves the station at nine, travelling at sixty miles "
+                "per hour towards a city two hundred miles away. When?",
+                "chosen": "At 12:20.",
+                "rejected": "At noon.",
+            },
+            {"id": "p2", "prompt": "Name a colour.", "chosen": "Blue.", "rejected": "Seven."},
+        ],
+    )
     ing = ingest_pairs(str(pairs), limit=None).outputs
     res = decontaminate(ing["prompts"], ing["candidates"], ing["votes"], benchmarks=items)
     assert [d["source_id"] for d in res.dropped.to_pylist()] == ["p1"]
@@ -96,26 +119,44 @@ def _fake_prompts_run(tmp_path, path, *extra):
     from schemas.config import load_config
 
     m = "generate.policies.0.model"
-    cfg = load_config(None, [f"data_root={tmp_path / 'd'}", f"input.path={path}",
-                             "input.limit=null", f"{m}.engine=fake", f"{m}.model=fake",
-                             "generate.policies.0.n=2", "judge.judges=[]", "rubrics.judges=[]",
-                             "verify.enabled=false", "embed.enabled=false", *extra])
+    cfg = load_config(
+        None,
+        [
+            f"data_root={tmp_path / 'd'}",
+            f"input.path={path}",
+            "input.limit=null",
+            f"{m}.engine=fake",
+            f"{m}.model=fake",
+            "generate.policies.0.n=2",
+            "judge.judges=[]",
+            "rubrics.judges=[]",
+            "verify.enabled=false",
+            "embed.enabled=false",
+            *extra,
+        ],
+    )
     summary = curate(cfg.model_dump(mode="json"))
     return summary, store.read_manifest(summary["path"])
 
 
 def test_flow_drops_a_copied_benchmark_question_before_generation(tmp_path):
     he = load_shipped("humaneval")[3].text
-    path = write(tmp_path / "p.jsonl", [
-        {"id": "copy", "prompt": "Complete this function:\n" + he},
-        {"id": "ok", "prompt": "Explain how a bicycle gear works."}])
+    path = write(
+        tmp_path / "p.jsonl",
+        [
+            {"id": "copy", "prompt": "Complete this function:\n" + he},
+            {"id": "ok", "prompt": "Explain how a bicycle gear works."},
+        ],
+    )
     summary, manifest = _fake_prompts_run(tmp_path, path)
     assert manifest["stage_order"][:4] == ["ingest", "dedup", "decontaminate", "generate"]
     st = manifest["stages"]["decontaminate"]
     assert st["in"] == 2 and st["kept"] == 1 and st["dropped"] == {"contaminated": 1}
     info = manifest["stage_info"]["decontaminate"]
-    assert info["contaminated"] == {"humaneval": 1} and set(info["benchmarks"]) == \
-        {"mtbench", "humaneval"}
+    assert info["contaminated"] == {"humaneval": 1} and set(info["benchmarks"]) == {
+        "mtbench",
+        "humaneval",
+    }
     assert summary["calls"]["generate"]["requests"] == 1  # no call for the copied question
     html = (Path(summary["path"]) / "report.html").read_text("utf-8")
     assert "Hygiene" in html and "humaneval" in html

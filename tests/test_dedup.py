@@ -10,24 +10,29 @@ import pytest
 from pipeline.hygiene.dedup import dedup_prompts, find_duplicates, normalise_text
 from pipeline.ingest.stage import ingest_pairs, ingest_prompts
 
-LONG = ("Write a short guide for a first-time visitor explaining how to use the metro "
-        "system in Lisbon, including tickets, lines and the busiest hours to avoid")
+LONG = (
+    "Write a short guide for a first-time visitor explaining how to use the metro "
+    "system in Lisbon, including tickets, lines and the busiest hours to avoid"
+)
 
 
 def test_normalisation_catches_case_punctuation_and_spacing():
     texts = ["What is 2+2?", "what is 2 + 2", "WHAT   IS 2+2 ?!", "What is 2+3?"]
     out = find_duplicates(texts, near=False)
     assert {i: (r, j) for i, (r, j, _) in out.items()} == {
-        1: ("duplicate_prompt", 0), 2: ("duplicate_prompt", 0)}
+        1: ("duplicate_prompt", 0),
+        2: ("duplicate_prompt", 0),
+    }
     assert normalise_text("Ünïcode  ﬁne") == "ünïcode fine"  # NFKC: the ligature
 
 
 def test_near_duplicates_by_jaccard_and_distinct_short_prompts_kept():
     edited = LONG.replace("busiest", "quietest")  # one word: 3 of 24 shingles change
-    other = ("Write a short guide for a first-time visitor explaining how to use the tram "
-             "network in Prague, including passes, routes and night services")
-    texts = [LONG, edited, other, "What is the capital of France?",
-             "What is the capital of Spain?"]
+    other = (
+        "Write a short guide for a first-time visitor explaining how to use the tram "
+        "network in Prague, including passes, routes and night services"
+    )
+    texts = [LONG, edited, other, "What is the capital of France?", "What is the capital of Spain?"]
     out = find_duplicates(texts, threshold=0.7, ngram=3)
     assert set(out) == {1}
     reason, twin, sim = out[1]
@@ -59,9 +64,12 @@ def test_near_duplicate_detection_matches_exact_jaccard_on_many_texts():
 
 def test_prompts_file_dedup_accounts_every_row(tmp_path):
     path = tmp_path / "p.jsonl"
-    rows = [{"id": "a", "prompt": LONG}, {"id": "b", "prompt": LONG.upper()},
-            {"id": "c", "prompt": LONG.replace("Lisbon", "Porto")},
-            {"id": "d", "prompt": "Name a prime number."}]
+    rows = [
+        {"id": "a", "prompt": LONG},
+        {"id": "b", "prompt": LONG.upper()},
+        {"id": "c", "prompt": LONG.replace("Lisbon", "Porto")},
+        {"id": "d", "prompt": "Name a prime number."},
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     ing = ingest_prompts(str(path), limit=None)
     res = dedup_prompts(ing.outputs["prompts"], threshold=0.7)
@@ -75,17 +83,18 @@ def test_prompts_file_dedup_accounts_every_row(tmp_path):
 
 def test_pairs_of_a_dropped_prompt_go_with_it(tmp_path):
     path = tmp_path / "pairs.jsonl"
-    rows = [{"id": "p1", "prompt": LONG, "chosen": "Buy a Viva Viagem card.", "rejected": "Walk."},
-            {"id": "p2", "prompt": LONG, "chosen": "Avoid 8-9am.", "rejected": "Any time."},
-            {"id": "p3", "prompt": LONG + ".", "chosen": "Use line blue.", "rejected": "Taxi."},
-            {"id": "p4", "prompt": "2+2?", "chosen": "4", "rejected": "5"}]
+    rows = [
+        {"id": "p1", "prompt": LONG, "chosen": "Buy a Viva Viagem card.", "rejected": "Walk."},
+        {"id": "p2", "prompt": LONG, "chosen": "Avoid 8-9am.", "rejected": "Any time."},
+        {"id": "p3", "prompt": LONG + ".", "chosen": "Use line blue.", "rejected": "Taxi."},
+        {"id": "p4", "prompt": "2+2?", "chosen": "4", "rejected": "5"},
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     ing = ingest_pairs(str(path), limit=None).outputs
     res = dedup_prompts(ing["prompts"], ing["candidates"], ing["votes"])
     # p1 and p2 share one prompt (kept); p3's prompt is the same after normalisation
     assert sorted(d["source_id"] for d in res.dropped.to_pylist()) == ["p3"]
-    assert sorted(set(res.outputs["votes"].column("source_id").to_pylist())) == \
-        ["p1", "p2", "p4"]
+    assert sorted(set(res.outputs["votes"].column("source_id").to_pylist())) == ["p1", "p2", "p4"]
     assert "p3" not in res.outputs["candidates"].column("source_id").to_pylist()
     c = res.counts.to_dict()
     assert c["in"] == 4 and c["kept"] == 3
@@ -98,11 +107,14 @@ def test_degenerate_inputs(texts):
 
 
 def test_short_templated_questions_are_not_near_duplicates():
-    """"…the basics of inflation?" and "…of volcanoes?" share 6 of 8 word 3-grams (0.75)
-    but are two questions: below min_words only exact duplicates count."""
-    texts = ["Can you walk me through the basics of inflation?",
-             "Can you walk me through the basics of volcanoes?",
-             "can you walk me through the basics of INFLATION"]
+    """Templated questions are not near duplicates: "…the basics of inflation?" and "…of
+    volcanoes?" share 6 of 8 word 3-grams (0.75) but are two questions; below min_words
+    only exact duplicates count."""
+    texts = [
+        "Can you walk me through the basics of inflation?",
+        "Can you walk me through the basics of volcanoes?",
+        "can you walk me through the basics of INFLATION",
+    ]
     out = find_duplicates(texts)
     assert {i: r for i, (r, _, _) in out.items()} == {2: "duplicate_prompt"}
     assert 1 in find_duplicates(texts, min_words=5)  # what the guard prevents
@@ -114,16 +126,30 @@ def test_flow_drops_duplicates_before_generation(tmp_path):
     from schemas.config import load_config
 
     path = tmp_path / "p.jsonl"
-    rows = [{"id": "a", "prompt": LONG}, {"id": "b", "prompt": LONG.upper() + "!!"},
-            {"id": "c", "prompt": LONG.replace("busiest", "quietest")},
-            {"id": "d", "prompt": "Name a prime number."},
-            {"id": "e", "prompt": "Name a prime number bigger than ten."}]
+    rows = [
+        {"id": "a", "prompt": LONG},
+        {"id": "b", "prompt": LONG.upper() + "!!"},
+        {"id": "c", "prompt": LONG.replace("busiest", "quietest")},
+        {"id": "d", "prompt": "Name a prime number."},
+        {"id": "e", "prompt": "Name a prime number bigger than ten."},
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     m = "generate.policies.0.model"
-    cfg = load_config(None, [f"data_root={tmp_path / 'd'}", f"input.path={path}",
-                             "input.limit=null", f"{m}.engine=fake", f"{m}.model=fake",
-                             "generate.policies.0.n=2", "judge.judges=[]", "rubrics.judges=[]",
-                             "verify.enabled=false", "embed.enabled=false"])
+    cfg = load_config(
+        None,
+        [
+            f"data_root={tmp_path / 'd'}",
+            f"input.path={path}",
+            "input.limit=null",
+            f"{m}.engine=fake",
+            f"{m}.model=fake",
+            "generate.policies.0.n=2",
+            "judge.judges=[]",
+            "rubrics.judges=[]",
+            "verify.enabled=false",
+            "embed.enabled=false",
+        ],
+    )
     summary = curate(cfg.model_dump(mode="json"))
     manifest = store.read_manifest(summary["path"])
     assert manifest["stage_order"][:4] == ["ingest", "dedup", "decontaminate", "generate"]

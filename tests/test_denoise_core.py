@@ -47,15 +47,32 @@ def accounted(res: StageResult) -> StageResult:
     return res
 
 
-def pair(n_chosen: float, n_rejected: float, *, label: bool = True, sid: str = "s",
-         a: str = "x", b: str = "y", n_tie: float = 0.0,
-         scores: dict[str, float] | None = None) -> dict[str, Any]:
+def pair(
+    n_chosen: float,
+    n_rejected: float,
+    *,
+    label: bool = True,
+    sid: str = "s",
+    a: str = "x",
+    b: str = "y",
+    n_tie: float = 0.0,
+    scores: dict[str, float] | None = None,
+) -> dict[str, Any]:
     """A PAIRS row as margins writes it: chosen = a (the label, when ``label``)."""
     n = n_chosen + n_rejected + n_tie
-    c = {"prompt_id": "p", "source_id": sid, "candidate_a": a, "candidate_b": b,
-         "n_votes": int(n), "n_a": float(n_chosen), "n_b": float(n_rejected),
-         "n_tie": float(n_tie), "n_null": 0, "p_a": (n_chosen + n_tie / 2) / n if n else None,
-         "label": "a" if label else None}
+    c = {
+        "prompt_id": "p",
+        "source_id": sid,
+        "candidate_a": a,
+        "candidate_b": b,
+        "n_votes": int(n),
+        "n_a": float(n_chosen),
+        "n_b": float(n_rejected),
+        "n_tie": float(n_tie),
+        "n_null": 0,
+        "p_a": (n_chosen + n_tie / 2) / n if n else None,
+        "label": "a" if label else None,
+    }
     return oriented_row(c, True, MCFG, scores or {})
 
 
@@ -64,14 +81,21 @@ def table(*rows: dict[str, Any]) -> pa.Table:
 
 
 def run(t: pa.Table, **kw: Any) -> StageResult:
-    call = {k: kw.pop(k) for k in ("label_source", "p_model", "emb_chosen", "emb_rejected",
-                                   "emb_prompt") if k in kw}
+    call = {
+        k: kw.pop(k)
+        for k in ("label_source", "p_model", "emb_chosen", "emb_rejected", "emb_prompt")
+        if k in kw
+    }
     return accounted(denoise_pairs(t, DenoiseConfig(**{**RULES, **kw}), MCFG, **call))
 
 
 # the vote rules alone (the product's defaults switch weights and peer review on)
-RULES = {"method": "weights", "on_contradicted": "drop", "confidence_weights": False,
-         "peer_review": False}
+RULES = {
+    "method": "weights",
+    "on_contradicted": "drop",
+    "confidence_weights": False,
+    "peer_review": False,
+}
 WEIGHTS = {"on_contradicted": "keep", "confidence_weights": True}
 
 
@@ -80,8 +104,11 @@ WEIGHTS = {"on_contradicted": "keep", "confidence_weights": True}
 
 def test_weights_one_iteration_by_hand() -> None:
     p = np.array([0.9, 0.6, 0.2])
-    w0 = [0.9 * 0.9 / (0.9 * 0.9 + 0.1 * 0.1), 0.6 * 0.9 / (0.6 * 0.9 + 0.4 * 0.1),
-          0.2 * 0.9 / (0.2 * 0.9 + 0.8 * 0.1)]
+    w0 = [
+        0.9 * 0.9 / (0.9 * 0.9 + 0.1 * 0.1),
+        0.6 * 0.9 / (0.6 * 0.9 + 0.4 * 0.1),
+        0.2 * 0.9 / (0.2 * 0.9 + 0.8 * 0.1),
+    ]
     assert w0 == pytest.approx([0.987805, 0.931034, 0.692308], abs=1e-6)
     eta1 = sum(w0) / 3
     assert eta1 == pytest.approx(0.870382, abs=1e-6)
@@ -101,8 +128,12 @@ def test_weights_converge_to_the_likelihood_maximum() -> None:
     eta = res.eta["label"]
     assert res.converged
     assert eta == pytest.approx(posterior_weight(p, np.full(3, eta)).mean(), abs=1e-8)
-    mle = minimize_scalar(lambda e: -np.log(p * e + (1 - p) * (1 - e)).sum(),
-                          bounds=(0.5, 1.0), method="bounded", options={"xatol": 1e-10}).x
+    mle = minimize_scalar(
+        lambda e: -np.log(p * e + (1 - p) * (1 - e)).sum(),
+        bounds=(0.5, 1.0),
+        method="bounded",
+        options={"xatol": 1e-10},
+    ).x
     assert eta == pytest.approx(mle, abs=1e-5) and eta == pytest.approx(0.700866, abs=1e-5)
 
 
@@ -119,12 +150,16 @@ def test_weights_per_annotator_and_aggregate() -> None:
 
 
 @PROPS
-@given(st.lists(st.floats(0, 1), min_size=1, max_size=30),
-       st.lists(st.sampled_from(["s", "t", None]), min_size=30, max_size=30),
-       st.floats(0.5, 1.0), st.booleans())
-def test_eta_stays_in_range_and_weights_are_probabilities(p: list[float], ann: list,
-                                                          eta0: float, cal: bool) -> None:
-    res = estimate_confidence_weights(p, ann[:len(p)], eta_init=eta0, calibrate=cal)
+@given(
+    st.lists(st.floats(0, 1), min_size=1, max_size=30),
+    st.lists(st.sampled_from(["s", "t", None]), min_size=30, max_size=30),
+    st.floats(0.5, 1.0),
+    st.booleans(),
+)
+def test_eta_stays_in_range_and_weights_are_probabilities(
+    p: list[float], ann: list, eta0: float, cal: bool
+) -> None:
+    res = estimate_confidence_weights(p, ann[: len(p)], eta_init=eta0, calibrate=cal)
     assert all(0.5 <= e <= 1.0 for e in res.eta.values())
     assert res.weight.shape == (len(p),)
     assert np.all((res.weight >= 0) & (res.weight <= 1)) and np.all(np.isfinite(res.weight))
@@ -182,22 +217,24 @@ def test_judge_probability_removes_the_label_vote() -> None:
 # =========================================================================== reasons
 
 
-@pytest.mark.parametrize("row, kw, reason", [
-    (pair(0, 0), {}, "null_score"),
-    (pair(2, 2), WEIGHTS, "tie"),
-    (pair(3, 1), {**WEIGHTS, "max_disagreement": 0.5}, "high_disagreement"),
-    (pair(1, 3), {}, "contradicted"),
-    (pair(3, 2), {"drop_contested": True}, "contested"),
-    # p' = 2.5/7 = 0.357 without the label vote: between flip_below and drop_below
-    (pair(3, 4), WEIGHTS, LOW_CONFIDENCE),
-    # p' = 0.125 < flip_below, on_low_confidence = drop
-    (pair(1, 3), {**WEIGHTS, "on_low_confidence": "drop"}, LOW_CONFIDENCE),
-    # p' = 0.125, flipped, then dropped by the agreement filter (the label disagrees)
-    (pair(1, 3), {**WEIGHTS, "agreement_filter": True}, DISAGREEMENT_FILTER),
-    # the reward scores prefer the rejected response
-    (pair(4, 0, scores={"x": 0.1, "y": 0.9}), {"agreement_filter": True},
-     DISAGREEMENT_FILTER),
-])
+@pytest.mark.parametrize(
+    "row, kw, reason",
+    [
+        (pair(0, 0), {}, "null_score"),
+        (pair(2, 2), WEIGHTS, "tie"),
+        (pair(3, 1), {**WEIGHTS, "max_disagreement": 0.5}, "high_disagreement"),
+        (pair(1, 3), {}, "contradicted"),
+        (pair(3, 2), {"drop_contested": True}, "contested"),
+        # p' = 2.5/7 = 0.357 without the label vote: between flip_below and drop_below
+        (pair(3, 4), WEIGHTS, LOW_CONFIDENCE),
+        # p' = 0.125 < flip_below, on_low_confidence = drop
+        (pair(1, 3), {**WEIGHTS, "on_low_confidence": "drop"}, LOW_CONFIDENCE),
+        # p' = 0.125, flipped, then dropped by the agreement filter (the label disagrees)
+        (pair(1, 3), {**WEIGHTS, "agreement_filter": True}, DISAGREEMENT_FILTER),
+        # the reward scores prefer the rejected response
+        (pair(4, 0, scores={"x": 0.1, "y": 0.9}), {"agreement_filter": True}, DISAGREEMENT_FILTER),
+    ],
+)
 def test_every_drop_reason(row: dict, kw: dict, reason: str) -> None:
     res = run(table(row), label_source="src", **kw)
     assert res.counts.dropped == {reason: 1} and res.counts.kept == 0
@@ -237,14 +274,17 @@ def test_weights_keep_confident_pairs_and_export_w() -> None:
     η = 0.875 is the fixed point: w = 0.7875/0.8 = 0.984375 (×4) and
     0.0875/0.2 = 0.4375, mean (3.9375 + 0.4375)/5 = 0.875.
     """
-    rows = [pair(5, 0, sid=f"s{i}", a=f"a{i}", b=f"b{i}") for i in range(4)] + \
-        [pair(1, 4, sid="t", a="u", b="v")]
+    rows = [pair(5, 0, sid=f"s{i}", a=f"a{i}", b=f"b{i}") for i in range(4)] + [
+        pair(1, 4, sid="t", a="u", b="v")
+    ]
     for calibrate in (True, False):
         res = run(table(*rows), label_source="src", weight_calibration=calibrate, **WEIGHTS)
         out = {r["source_id"]: r for r in res.outputs["pairs"].to_pylist()}
         assert sorted(out) == ["s0", "s1", "s2", "s3"]
-        assert all(r["decision"] == "keep" and r["weight"] == pytest.approx(0.984375, abs=1e-5)
-                   for r in out.values())
+        assert all(
+            r["decision"] == "keep" and r["weight"] == pytest.approx(0.984375, abs=1e-5)
+            for r in out.values()
+        )
         assert res.counts.dropped == {LOW_CONFIDENCE: 1}
         assert "weight=0.4375" in res.dropped.to_pylist()[0]["detail"]
         info = res.info["weights"]
@@ -263,8 +303,7 @@ def test_label_source_omitted_uses_p_hat_as_is() -> None:
 
 def test_p_model_overrides_the_votes() -> None:
     rows = [pair(5, 0, sid=f"s{i}", a=f"a{i}", b=f"b{i}") for i in range(3)]
-    res = run(table(*rows), label_source="src", p_model=np.array([0.99, np.nan, 0.01]),
-              **WEIGHTS)
+    res = run(table(*rows), label_source="src", p_model=np.array([0.99, np.nan, 0.01]), **WEIGHTS)
     by_sid = {r["source_id"]: r["decision"] for r in res.outputs["pairs"].to_pylist()}
     assert by_sid == {"s0": "keep", "s1": "keep", "s2": "flip"}
     assert res.info["weights"]["p_source"].startswith("p_model (2 pairs")
@@ -280,9 +319,12 @@ def test_peer_review_without_embeddings_is_skipped_with_a_reason() -> None:
 
 
 def test_agreement_filter_reports_retention() -> None:
-    rows = [pair(4, 1, sid="s1", a="a1", b="b1"), pair(4, 1, sid="s2", a="a2", b="b2"),
-            pair(1, 4, sid="s3", a="a3", b="b3"),
-            pair(4, 1, sid="s4", a="a4", b="b4", scores={"a4": 0.2, "b4": 0.8})]
+    rows = [
+        pair(4, 1, sid="s1", a="a1", b="b1"),
+        pair(4, 1, sid="s2", a="a2", b="b2"),
+        pair(1, 4, sid="s3", a="a3", b="b3"),
+        pair(4, 1, sid="s4", a="a4", b="b4", scores={"a4": 0.2, "b4": 0.8}),
+    ]
     res = run(table(*rows), label_source="src", on_contradicted="keep", agreement_filter=True)
     f = res.info["agreement_filter"]
     assert f["considered"] == 4 and f["dropped"] == 2 and f["retention"] == 0.5
@@ -304,8 +346,9 @@ def test_config_checks() -> None:
 # =========================================================================== CRM
 
 
-def synthetic_pairs(n: int, noise: float, seed: int, dim: int = 16
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def synthetic_pairs(
+    n: int, noise: float, seed: int, dim: int = 16
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, dim))
     u = rng.normal(size=dim)
@@ -314,7 +357,7 @@ def synthetic_pairs(n: int, noise: float, seed: int, dim: int = 16
     emb = 0.5 * x[:, None, :] + q[..., None] * u + 0.3 * rng.normal(size=(n, 2, dim))
     good = q.argmax(1)
     noisy = np.zeros(n, bool)
-    noisy[rng.permutation(n)[:int(noise * n)]] = True
+    noisy[rng.permutation(n)[: int(noise * n)]] = True
     ch = np.where(noisy, 1 - good, good)
     idx = np.arange(n)
     return emb[idx, ch], emb[idx, 1 - ch], x, noisy
@@ -339,8 +382,15 @@ def test_crm_in_denoise_drops_with_reason_peer_review() -> None:
     n = 400
     ec, er, x, noisy = synthetic_pairs(n, 0.2, seed=5)
     rows = [pair(3, 1, sid=f"s{i}", a=f"a{i}", b=f"b{i}") for i in range(n)]  # votes agree
-    res = run(table(*rows), label_source="src", peer_review=True, peer_review_noise_rate=0.2,
-              emb_chosen=ec, emb_rejected=er, emb_prompt=x)
+    res = run(
+        table(*rows),
+        label_source="src",
+        peer_review=True,
+        peer_review_noise_rate=0.2,
+        emb_chosen=ec,
+        emb_rejected=er,
+        emb_prompt=x,
+    )
     dropped = np.array([int(s[1:]) for s in res.dropped.column("source_id").to_pylist()])
     assert set(res.counts.dropped) == {PEER_REVIEW}
     # measured: 80% of the dropped pairs are noisy, 70% of the noisy pairs are dropped
@@ -365,19 +415,41 @@ COUNTS = st.integers(0, 4).map(float)
 
 
 @PROPS
-@given(st.lists(st.tuples(COUNTS, COUNTS, st.booleans(), st.sampled_from([None, "src", "s2"])),
-                max_size=8),
-       st.sampled_from(["drop", "flip", "keep"]), st.booleans(), st.booleans(),
-       st.sampled_from(["flip", "drop"]), st.floats(0, 0.5), st.floats(0, 0.5))
-def test_denoise_invariants_with_every_feature(rows: list[tuple], on: str, weights: bool,
-                                               agree: bool, low: str, t1: float,
-                                               t2: float) -> None:
-    prs = [pair(c, r, label=lab is not None, sid=f"s{i}", a=f"a{i}", b=f"b{i}",
-                scores={f"a{i}": c, f"b{i}": r} if i % 2 else None)
-           for i, (c, r, has, lab) in enumerate(rows)]
+@given(
+    st.lists(
+        st.tuples(COUNTS, COUNTS, st.booleans(), st.sampled_from([None, "src", "s2"])), max_size=8
+    ),
+    st.sampled_from(["drop", "flip", "keep"]),
+    st.booleans(),
+    st.booleans(),
+    st.sampled_from(["flip", "drop"]),
+    st.floats(0, 0.5),
+    st.floats(0, 0.5),
+)
+def test_denoise_invariants_with_every_feature(
+    rows: list[tuple], on: str, weights: bool, agree: bool, low: str, t1: float, t2: float
+) -> None:
+    prs = [
+        pair(
+            c,
+            r,
+            label=lab is not None,
+            sid=f"s{i}",
+            a=f"a{i}",
+            b=f"b{i}",
+            scores={f"a{i}": c, f"b{i}": r} if i % 2 else None,
+        )
+        for i, (c, r, has, lab) in enumerate(rows)
+    ]
     sources = [lab for (_, _, _, lab) in rows]
-    cfg = dict(on_contradicted=on, confidence_weights=weights, agreement_filter=agree,
-               on_low_confidence=low, flip_below=min(t1, t2), drop_below=max(t1, t2))
+    cfg = dict(
+        on_contradicted=on,
+        confidence_weights=weights,
+        agreement_filter=agree,
+        on_low_confidence=low,
+        flip_below=min(t1, t2),
+        drop_below=max(t1, t2),
+    )
     res = run(table(*prs) if prs else PAIRS.empty_table(), label_source=sources, **cfg)
     assert res.counts.rows_in == len(prs)
     out = res.outputs["pairs"].to_pylist()
@@ -407,8 +479,11 @@ def test_noise_eval_smoke() -> None:
     sys.modules[spec.name] = bench  # dataclasses look their module up there
     spec.loader.exec_module(bench)
     sim = bench.simulate(600, 0.3, seed=0)
-    got = {m.name: bench.score(sim, bench.run_method(sim, m)) for m in bench.METHODS
-           if m.name in ("majority", "dawid_skene", "default")}
+    got = {
+        m.name: bench.score(sim, bench.run_method(sim, m))
+        for m in bench.METHODS
+        if m.name in ("majority", "dawid_skene", "default")
+    }
     assert abs(sum(sim.noisy.values()) - 180) == 0
     for s in got.values():
         assert 0 <= s["acc"] <= 1 and 0 <= s["f1"] <= 1 and 0 < s["kept"] <= 1
@@ -435,7 +510,14 @@ def test_peer_review_on_a_handful_of_pairs_is_no_evidence_not_a_crash(n: int) ->
     (margin NaN), and the weights refused the evidence. Such a pair gets margin 0."""
     ec, er, x, _ = synthetic_pairs(n, 0.0, seed=1)
     rows = [pair(3, 1, sid=f"s{i}", a=f"a{i}", b=f"b{i}") for i in range(n)]
-    res = run(table(*rows), label_source="src", **WEIGHTS, peer_review=True,
-              emb_chosen=ec, emb_rejected=er, emb_prompt=x)
+    res = run(
+        table(*rows),
+        label_source="src",
+        **WEIGHTS,
+        peer_review=True,
+        emb_chosen=ec,
+        emb_rejected=er,
+        emb_prompt=x,
+    )
     assert res.info["peer_review"]["ran"] and res.counts.rows_in == n
     assert 0 <= res.info["peer_review"]["no_margin"] <= n

@@ -28,22 +28,38 @@ SRC = "file"
 
 def pair(n_chosen: float, n_rejected: float, sid: str = "s") -> dict[str, Any]:
     n = n_chosen + n_rejected
-    c = {"prompt_id": "p", "source_id": sid, "candidate_a": "x", "candidate_b": "y",
-         "n_votes": int(n), "n_a": float(n_chosen), "n_b": float(n_rejected), "n_tie": 0.0,
-         "n_null": 0, "p_a": n_chosen / n if n else None, "label": "a"}
+    c = {
+        "prompt_id": "p",
+        "source_id": sid,
+        "candidate_a": "x",
+        "candidate_b": "y",
+        "n_votes": int(n),
+        "n_a": float(n_chosen),
+        "n_b": float(n_rejected),
+        "n_tie": 0.0,
+        "n_null": 0,
+        "p_a": n_chosen / n if n else None,
+        "label": "a",
+    }
     return oriented_row(c, True, MCFG, {})
 
 
 def decide(rows: list[dict], p_model: list[float] | None = None, **kw: Any):
     t = from_rows(rows, PAIRS, "pairs")
-    res = denoise_pairs(t, DenoiseConfig(**kw), MCFG, label_source=SRC,
-                        p_model=None if p_model is None else np.array(p_model))
+    res = denoise_pairs(
+        t,
+        DenoiseConfig(**kw),
+        MCFG,
+        label_source=SRC,
+        p_model=None if p_model is None else np.array(p_model),
+    )
     assert res.counts.rows_in == len(rows)
     return res
 
 
-@pytest.mark.parametrize("q, decision, reason", [
-    (0.9, "keep", None), (0.1, "flip", FLIPPED_LOW_CONFIDENCE)])
+@pytest.mark.parametrize(
+    "q, decision, reason", [(0.9, "keep", None), (0.1, "flip", FLIPPED_LOW_CONFIDENCE)]
+)
 def test_a_raw_tie_is_decided_by_the_posterior(q: float, decision: str, reason) -> None:
     res = decide([pair(2, 2)], [q])
     out = res.outputs["pairs"].to_pylist()
@@ -73,8 +89,9 @@ def test_p_model_of_the_wrong_length_is_refused() -> None:
 # --------------------------------------------------------------------- through aggregation
 
 
-def simulate(n: int, noise: float, accs: list[float], seed: int = 0, *,
-             copier: float | None = None) -> tuple[pa.Table, np.ndarray]:
+def simulate(
+    n: int, noise: float, accs: list[float], seed: int = 0, *, copier: float | None = None
+) -> tuple[pa.Table, np.ndarray]:
     """Every pair voted on by the file's label and by annotators of accuracy ``accs``
     (and one that copies the label with probability ``copier``)."""
     rng = np.random.default_rng(seed)
@@ -84,10 +101,20 @@ def simulate(n: int, noise: float, accs: list[float], seed: int = 0, *,
     side = rng.random(n) < 0.5  # the label's side: a (True) or b, as canonical order has it
 
     def vote(i: int, name: str, says_label: bool) -> None:
-        rows.append(dict(prompt_id=f"p{i}", source_id=f"s{i}", candidate_a="x" + str(i),
-                         candidate_b="y" + str(i), annotator=name, order=None,
-                         verdict="a" if says_label == side[i] else "b", prob_a=None,
-                         raw_output=None, parse_error=None))
+        rows.append(
+            dict(
+                prompt_id=f"p{i}",
+                source_id=f"s{i}",
+                candidate_a="x" + str(i),
+                candidate_b="y" + str(i),
+                annotator=name,
+                order=None,
+                verdict="a" if says_label == side[i] else "b",
+                prob_a=None,
+                raw_output=None,
+                parse_error=None,
+            )
+        )
 
     for i in range(n):
         vote(i, SRC, True)  # the file's label
@@ -101,12 +128,19 @@ def simulate(n: int, noise: float, accs: list[float], seed: int = 0, *,
 
 
 def curate(votes: pa.Table, acfg: AggregateConfig, dcfg: DenoiseConfig | None = None):
-    agg = aggregate_votes(votes, label_annotators={SRC},
-                          **{**aggregate_kwargs(acfg), "method": "dawid_skene"})
-    pairs = compute_margins(agg.outputs["comparisons"], agg.outputs["scores"],
-                            MCFG).outputs["pairs"]
-    den = denoise_pairs(pairs, dcfg or DenoiseConfig(), MCFG, label_source=SRC,
-                        p_model=judges_posterior(pairs, agg.outputs["comparisons"], "p_a"))
+    agg = aggregate_votes(
+        votes, label_annotators={SRC}, **{**aggregate_kwargs(acfg), "method": "dawid_skene"}
+    )
+    pairs = compute_margins(agg.outputs["comparisons"], agg.outputs["scores"], MCFG).outputs[
+        "pairs"
+    ]
+    den = denoise_pairs(
+        pairs,
+        dcfg or DenoiseConfig(),
+        MCFG,
+        label_source=SRC,
+        p_model=judges_posterior(pairs, agg.outputs["comparisons"], "p_a"),
+    )
     return agg, den
 
 
@@ -143,8 +177,8 @@ def test_a_label_copier_is_detected_and_split() -> None:
 
     def kept_accuracy(den) -> float:
         out = den.outputs["pairs"].to_pylist()
-        return np.mean([(r["decision"] == "flip") == wrong[int(r["source_id"][1:])]
-                        for r in out])
+        return np.mean([(r["decision"] == "flip") == wrong[int(r["source_id"][1:])] for r in out])
+
     assert kept_accuracy(den) > kept_accuracy(den_off) + 0.02
 
 
@@ -163,10 +197,20 @@ def test_small_file_prior_keeps_the_label_off_perfect_reliability() -> None:
         against = i == 0
         for name in (SRC, "a1", "a2", "a3"):
             says_a = name == SRC or not against
-            rows.append(dict(prompt_id=f"p{i}", source_id=f"s{i}", candidate_a=f"x{i}",
-                             candidate_b=f"y{i}", annotator=name, order=None,
-                             verdict="a" if says_a else "b", prob_a=None, raw_output=None,
-                             parse_error=None))
+            rows.append(
+                dict(
+                    prompt_id=f"p{i}",
+                    source_id=f"s{i}",
+                    candidate_a=f"x{i}",
+                    candidate_b=f"y{i}",
+                    annotator=name,
+                    order=None,
+                    verdict="a" if says_a else "b",
+                    prob_a=None,
+                    raw_output=None,
+                    parse_error=None,
+                )
+            )
     votes = pa.Table.from_pylist(rows, schema=VOTES)
     agg_ml, _ = curate(votes, AggregateConfig(em_prior=None, label_correlation="off"))
     agg, den = curate(votes, AggregateConfig())

@@ -22,17 +22,26 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"
 
 
 def _fake_cfg(root: Path) -> dict:
-    return load_config(None, [f"data_root={root}", "name=fake-run",
-                              f"input.path={EXAMPLES / 'prompts.jsonl'}", "input.limit=4",
-                              "generate.policies.0.model.engine=fake",
-                              "generate.policies.0.model.model=fake-policy",
-                              "judge.judges.0.model.engine=fake",
-                              "judge.judges.0.model.model=fake-judge",
-                              # the vote rules and a wide panel: many pairs to diff (the
-                              # posterior default publishes few of a fake judge's pairs)
-                              "judge.max_pairs_per_prompt=6", "rubrics.judges=[]",
-                              "denoise.method=weights", "denoise.drop_below=0.5",
-                              "margins.p_source=votes"]).model_dump(mode="json")
+    return load_config(
+        None,
+        [
+            f"data_root={root}",
+            "name=fake-run",
+            f"input.path={EXAMPLES / 'prompts.jsonl'}",
+            "input.limit=4",
+            "generate.policies.0.model.engine=fake",
+            "generate.policies.0.model.model=fake-policy",
+            "judge.judges.0.model.engine=fake",
+            "judge.judges.0.model.model=fake-judge",
+            # the vote rules and a wide panel: many pairs to diff (the
+            # posterior default publishes few of a fake judge's pairs)
+            "judge.max_pairs_per_prompt=6",
+            "rubrics.judges=[]",
+            "denoise.method=weights",
+            "denoise.drop_below=0.5",
+            "margins.p_source=votes",
+        ],
+    ).model_dump(mode="json")
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +50,13 @@ def fake_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("diff-fake")
     cfg = _fake_cfg(root)
     assert curate(cfg)["version"] == 1
-    v2 = curate({**cfg, "margins": {**cfg["margins"], "lam": 2.0},
-                 "denoise": {**cfg["denoise"], "max_disagreement": 0.6}})
+    v2 = curate(
+        {
+            **cfg,
+            "margins": {**cfg["margins"], "lam": 2.0},
+            "denoise": {**cfg["denoise"], "max_disagreement": 0.6},
+        }
+    )
     assert v2["version"] == 2 and v2["stages"]["generate"]["reused"]
     return root
 
@@ -52,12 +66,17 @@ def example_root(tmp_path_factory) -> Path:
     """example-pairs@v1 flips contradicted pairs, @v2 keeps them as labelled (all_pairs, so
     that best_worst does not drop the kept ones as ties)."""
     root = tmp_path_factory.mktemp("diff-example")
-    base = [f"data_root={root}", f"input.path={EXAMPLES / 'pairs_votes.jsonl'}",
-            "pairs.strategy=all_pairs", "denoise.confidence_weights=false",
-            "denoise.method=weights"]  # the raw-vote rules decide (method posterior ignores them)
+    base = [
+        f"data_root={root}",
+        f"input.path={EXAMPLES / 'pairs_votes.jsonl'}",
+        "pairs.strategy=all_pairs",
+        "denoise.confidence_weights=false",
+        "denoise.method=weights",
+    ]  # the raw-vote rules decide (method posterior ignores them)
     for value in ("flip", "keep"):
-        cfg = load_config(EXAMPLES / "pairs_votes.yaml",
-                          [*base, f"denoise.on_contradicted={value}"])
+        cfg = load_config(
+            EXAMPLES / "pairs_votes.yaml", [*base, f"denoise.on_contradicted={value}"]
+        )
         curate(cfg.model_dump(mode="json"))
     assert store.list_versions(root, "example-pairs") == [1, 2]
     return root
@@ -84,8 +103,12 @@ def test_config_change_diff(fake_root):
     # counts by stage/reason: A, B and the delta, straight from the manifests
     rows = {r["reason"]: r for r in d["reasons"]["dropped"]}
     hd = mb["stages"]["denoise"]["dropped"]["high_disagreement"]
-    assert rows["denoise/high_disagreement"] == {"reason": "denoise/high_disagreement", "a": 0,
-                                                 "b": hd, "delta": hd}
+    assert rows["denoise/high_disagreement"] == {
+        "reason": "denoise/high_disagreement",
+        "a": 0,
+        "b": hd,
+        "delta": hd,
+    }
     for r in rows.values():
         assert r["delta"] == r["b"] - r["a"]
     # margin shift against an independent computation
@@ -128,8 +151,17 @@ def test_terminal_rendering_and_errors(fake_root):
     console = Console(record=True, width=160, file=io.StringIO())
     render_diff_terminal(diff_versions(fake_root, "fake-run@v1", "fake-run@v2"), console)
     text = console.export_text()
-    for part in ("fake-run@v1", "fake-run@v2", "added", "removed", "changed decision",
-                 "denoise/high_disagreement", "margin quantiles", "KS D", "margins.lam"):
+    for part in (
+        "fake-run@v1",
+        "fake-run@v2",
+        "added",
+        "removed",
+        "changed decision",
+        "denoise/high_disagreement",
+        "margin quantiles",
+        "KS D",
+        "margins.lam",
+    ):
         assert part in text
     with pytest.raises(StoreError, match="no version v9"):
         diff_versions(fake_root, "fake-run@v1", "fake-run@v9")

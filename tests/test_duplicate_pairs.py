@@ -19,12 +19,22 @@ def write(tmp: Path, rows: list[dict]) -> Path:
 
 
 def test_duplicates_and_swaps_become_one_pair_with_pooled_votes(tmp_path: Path) -> None:
-    f = write(tmp_path, [{"prompt": "P?", "chosen": "X", "rejected": "Y"},
-                         {"prompt": "P?", "chosen": "X", "rejected": "Y"},
-                         {"id": "b", "prompt": "P?", "chosen": "X", "rejected": "Y",
-                          "votes": [{"annotator": "ann", "preferred": "chosen"}]},
-                         {"prompt": "P?", "chosen": "Y", "rejected": "X"},
-                         {"prompt": "Q?", "chosen": "X", "rejected": "Y"}])
+    f = write(
+        tmp_path,
+        [
+            {"prompt": "P?", "chosen": "X", "rejected": "Y"},
+            {"prompt": "P?", "chosen": "X", "rejected": "Y"},
+            {
+                "id": "b",
+                "prompt": "P?",
+                "chosen": "X",
+                "rejected": "Y",
+                "votes": [{"annotator": "ann", "preferred": "chosen"}],
+            },
+            {"prompt": "P?", "chosen": "Y", "rejected": "X"},
+            {"prompt": "Q?", "chosen": "X", "rejected": "Y"},
+        ],
+    )
     res = ingest_pairs(f)
     assert res.counts.kept == 2 and res.counts.dropped == {"duplicate_pair": 3}
     details = res.dropped.column("detail").to_pylist()
@@ -40,12 +50,14 @@ def test_duplicates_and_swaps_become_one_pair_with_pooled_votes(tmp_path: Path) 
 
 
 def test_one_published_pair_per_distinct_pair(tmp_path: Path) -> None:
-    f = write(tmp_path, [{"prompt": "P?", "chosen": "X", "rejected": "Y"}] * 2 +
-              [{"prompt": "P?", "chosen": "Y", "rejected": "X"}])
+    f = write(
+        tmp_path,
+        [{"prompt": "P?", "chosen": "X", "rejected": "Y"}] * 2
+        + [{"prompt": "P?", "chosen": "Y", "rejected": "X"}],
+    )
     ing = ingest_pairs(f)
     cfg = load_config(None, ["input.kind=pairs", "judge.judges=[]"])
-    chain = run_core_chain(ing.outputs["votes"], cfg, label_annotators={"d"},
-                           label_source="d")
+    chain = run_core_chain(ing.outputs["votes"], cfg, label_annotators={"d"}, label_source="d")
     assert chain.margins.outputs["pairs"].num_rows == 1
     # 2 votes for X, 1 for Y from the same file: kept or dropped, never trained both ways
     assert chain.denoise.outputs["pairs"].num_rows <= 1

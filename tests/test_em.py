@@ -23,16 +23,21 @@ from schemas.tables import COMPARISONS, VOTES, check_table, from_rows
 PROPS = settings(max_examples=60, deadline=None)
 # crowd-kit 1.4.2 under pandas 3 warns about its own in-place calls; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:The (inplace|copy) keyword")
-FITS = {"dawid_skene": (fit_dawid_skene, DawidSkene),
-        "one_coin": (fit_one_coin, OneCoinDawidSkene)}
+FITS = {"dawid_skene": (fit_dawid_skene, DawidSkene), "one_coin": (fit_one_coin, OneCoinDawidSkene)}
 A, B, TIE = 0, 1, 2
 
 # --------------------------------------------------------------------------- helpers
 
 
-def synth(n_items: int, acc: np.ndarray, *, votes_per_item: tuple[int, int] = (1, 6),
-          prior_a: float = 0.4, seed: int = 0, repeats: bool = False
-          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def synth(
+    n_items: int,
+    acc: np.ndarray,
+    *,
+    votes_per_item: tuple[int, int] = (1, 6),
+    prior_a: float = 0.4,
+    seed: int = 0,
+    repeats: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Votes (item, annotator, label ∈ {a, b}) from annotators with per-class accuracy
     ``acc[w, c]`` = P(says c | truth c); each item gets a random subset of annotators
     (with ``repeats`` an annotator may vote twice on an item)."""
@@ -51,26 +56,48 @@ def synth(n_items: int, acc: np.ndarray, *, votes_per_item: tuple[int, int] = (1
     return item, annot, label, truth
 
 
-def crowdkit_posterior(cls: type, item: np.ndarray, annot: np.ndarray, label: np.ndarray,
-                       n_items: int, **kw: Any) -> tuple[np.ndarray, Any]:
+def crowdkit_posterior(
+    cls: type, item: np.ndarray, annot: np.ndarray, label: np.ndarray, n_items: int, **kw: Any
+) -> tuple[np.ndarray, Any]:
     df = pd.DataFrame({"task": item, "worker": annot, "label": label})
     model = cls(**kw).fit(df)
     return model.probas_.reindex(index=np.arange(n_items), columns=[A, B]).to_numpy(), model
 
 
-def vote(verdict: str | None, annotator: str, a: str = "x", b: str = "y",
-         prob_a: float | None = None, order: str | None = None) -> dict[str, Any]:
-    return {"prompt_id": "p", "source_id": "s", "candidate_a": a, "candidate_b": b,
-            "annotator": annotator, "order": order, "verdict": verdict, "prob_a": prob_a,
-            "raw_output": None, "parse_error": None if verdict else "no verdict"}
+def vote(
+    verdict: str | None,
+    annotator: str,
+    a: str = "x",
+    b: str = "y",
+    prob_a: float | None = None,
+    order: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "prompt_id": "p",
+        "source_id": "s",
+        "candidate_a": a,
+        "candidate_b": b,
+        "annotator": annotator,
+        "order": order,
+        "verdict": verdict,
+        "prob_a": prob_a,
+        "raw_output": None,
+        "parse_error": None if verdict else "no verdict",
+    }
 
 
-def votes_from_codes(item: np.ndarray, annot: np.ndarray, label: np.ndarray,
-                     names: list[str] | None = None) -> Any:
+def votes_from_codes(
+    item: np.ndarray, annot: np.ndarray, label: np.ndarray, names: list[str] | None = None
+) -> Any:
     names = names or [f"w{w}" for w in range(int(annot.max()) + 1)]
-    return from_rows([vote(("a", "b", "tie")[lab], names[w], a=f"c{i:04d}a", b=f"c{i:04d}b")
-                      for i, w, lab in zip(item.tolist(), annot.tolist(), label.tolist())],
-                     VOTES, "votes")
+    return from_rows(
+        [
+            vote(("a", "b", "tie")[lab], names[w], a=f"c{i:04d}a", b=f"c{i:04d}b")
+            for i, w, lab in zip(item.tolist(), annot.tolist(), label.tolist())
+        ],
+        VOTES,
+        "votes",
+    )
 
 
 def check_posterior(res: EMResult, n_items: int) -> None:
@@ -82,8 +109,18 @@ def check_posterior(res: EMResult, n_items: int) -> None:
 
 
 # Asymmetric confusion matrices: acc[w, c] = P(says c | truth c), plus a spammer.
-ACC = np.array([[0.9, 0.6], [0.7, 0.95], [0.8, 0.8], [0.6, 0.75], [0.95, 0.55],
-                [0.5, 0.5], [0.85, 0.7], [0.65, 0.9]])
+ACC = np.array(
+    [
+        [0.9, 0.6],
+        [0.7, 0.95],
+        [0.8, 0.8],
+        [0.6, 0.75],
+        [0.95, 0.55],
+        [0.5, 0.5],
+        [0.85, 0.7],
+        [0.65, 0.9],
+    ]
+)
 
 # =========================================================================== crowd-kit
 
@@ -95,16 +132,14 @@ def test_same_iterations_match_crowdkit(method: str, seed: int, repeats: bool) -
     ours, theirs = FITS[method]
     item, annot, label, _ = synth(1000, ACC, seed=seed, repeats=repeats)
     res = ours(item, annot, label, tol=-np.inf, max_iter=15)
-    ref, model = crowdkit_posterior(theirs, item, annot, label, 1000, n_iter=15,
-                                    tol=-np.inf)
+    ref, model = crowdkit_posterior(theirs, item, annot, label, 1000, n_iter=15, tol=-np.inf)
     assert res.n_iter == len(model.loss_history_) == 15 and not res.converged
     # crowd-kit floors its returned posteriors at 1e-10 (in place, in its loss), we do not
     assert np.abs(res.posterior - ref).max() < 1e-9
     assert np.array_equal(res.labels(), ref.argmax(axis=1))
     assert np.allclose(res.priors, model.priors_.reindex([A, B]).to_numpy(), atol=1e-9)
     if method == "one_coin":
-        assert np.allclose(res.skills, model.skills_.reindex(range(len(ACC))).to_numpy(),
-                           atol=1e-9)
+        assert np.allclose(res.skills, model.skills_.reindex(range(len(ACC))).to_numpy(), atol=1e-9)
     else:
         err = model.errors_  # index (worker, observed label), columns true label
         for (w, k), row in err.iterrows():
@@ -205,8 +240,11 @@ def test_position_bias_through_aggregate_votes() -> None:
     for i in range(300):
         t = "a" if rng.random() < 0.5 else "b"
         for j, acc in (("g1", 0.85), ("g2", 0.8), ("g3", 0.75)):
-            rows.append(vote(t if rng.random() < acc else ({"a": "b", "b": "a"}[t]), j,
-                             a=f"x{i}", b=f"y{i}"))
+            rows.append(
+                vote(
+                    t if rng.random() < acc else ({"a": "b", "b": "a"}[t]), j, a=f"x{i}", b=f"y{i}"
+                )
+            )
         rows.append(vote("a", "biased|t|p|ab", a=f"x{i}", b=f"y{i}", order="ab"))
         rows.append(vote("b", "biased|t|p|ba", a=f"x{i}", b=f"y{i}", order="ba"))
     res = aggregate_votes(from_rows(rows, VOTES, "votes"), method="dawid_skene")
@@ -246,8 +284,9 @@ def test_ties_are_observations_with_their_own_row() -> None:
 
 
 def test_tie_only_item_starts_at_half() -> None:
-    res = fit_dawid_skene(np.array([0, 1, 1]), np.array([0, 0, 1]), np.array([TIE, A, A]),
-                          max_iter=1)
+    res = fit_dawid_skene(
+        np.array([0, 1, 1]), np.array([0, 0, 1]), np.array([TIE, A, A]), max_iter=1
+    )
     assert res.n_iter == 1 and not res.converged
     check_posterior(res, 2)
 
@@ -305,8 +344,9 @@ def test_items_without_votes_take_the_prior() -> None:
     res = fit_dawid_skene(item, annot, label, n_items=103)
     check_posterior(res, 103)
     # their posterior is the prior of the last E-step (π moves a little in the last M-step)
-    assert np.allclose(res.posterior[100:], res.posterior[100]) and \
-        np.allclose(res.posterior[100], res.priors, atol=1e-3)
+    assert np.allclose(res.posterior[100:], res.posterior[100]) and np.allclose(
+        res.posterior[100], res.priors, atol=1e-3
+    )
     # the extra items change nothing for the others
     base = fit_dawid_skene(item, annot, label)
     assert np.allclose(res.posterior[:100], base.posterior) and res.n_iter == base.n_iter
@@ -324,24 +364,32 @@ def test_weights_split_votes() -> None:
     item, annot, label, _ = synth(200, ACC, seed=3)
     hard = fit_dawid_skene(item, annot, label)
     # a vote split in two halves of the same label is the same vote
-    two = fit_dawid_skene(np.tile(item, 2), np.tile(annot, 2), np.tile(label, 2),
-                          weight=np.full(2 * item.size, 0.5))
+    two = fit_dawid_skene(
+        np.tile(item, 2), np.tile(annot, 2), np.tile(label, 2), weight=np.full(2 * item.size, 0.5)
+    )
     assert np.allclose(hard.posterior, two.posterior, atol=1e-9)
     # zero-weight rows are no observation
-    zero = fit_dawid_skene(np.append(item, 0), np.append(annot, 0), np.append(label, B),
-                           weight=np.append(np.ones(item.size), 0.0))
+    zero = fit_dawid_skene(
+        np.append(item, 0),
+        np.append(annot, 0),
+        np.append(label, B),
+        weight=np.append(np.ones(item.size), 0.0),
+    )
     assert np.allclose(hard.posterior, zero.posterior)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"item": [0, -1], "annotator": [0, 0], "label": [0, 0]}, "item codes"),
-    ({"item": [0, 1], "annotator": [0, 0], "label": [0, 3], "n_labels": 3}, "label codes"),
-    ({"item": [0.5], "annotator": [0], "label": [0]}, "integer codes"),
-    ({"item": [0, 1], "annotator": [0], "label": [0, 0]}, "same length"),
-    ({"item": [0], "annotator": [0], "label": [0], "weight": [-1.0]}, "weight"),
-    ({"item": [0], "annotator": [0], "label": [0], "max_iter": 0}, "max_iter"),
-    ({"item": [0], "annotator": [0], "label": [0], "n_classes": 1}, "n_classes"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"item": [0, -1], "annotator": [0, 0], "label": [0, 0]}, "item codes"),
+        ({"item": [0, 1], "annotator": [0, 0], "label": [0, 3], "n_labels": 3}, "label codes"),
+        ({"item": [0.5], "annotator": [0], "label": [0]}, "integer codes"),
+        ({"item": [0, 1], "annotator": [0], "label": [0, 0]}, "same length"),
+        ({"item": [0], "annotator": [0], "label": [0], "weight": [-1.0]}, "weight"),
+        ({"item": [0], "annotator": [0], "label": [0], "max_iter": 0}, "max_iter"),
+        ({"item": [0], "annotator": [0], "label": [0], "n_classes": 1}, "n_classes"),
+    ],
+)
 def test_bad_inputs(kwargs: dict[str, Any], match: str) -> None:
     args = [np.asarray(kwargs.pop(k)) for k in ("item", "annotator", "label")]
     if "weight" in kwargs:
@@ -354,21 +402,33 @@ def test_bad_inputs(kwargs: dict[str, Any], match: str) -> None:
 
 # weights: 0 (no observation) or ≥ 1e-3 — the 1e-10 floors are in vote units, so votes all
 # weighing ~1e-100 would be swamped by them (soft votes from logprobs weigh 1 in all)
-VOTE_CODES = st.lists(st.tuples(st.integers(0, 5), st.integers(0, 3), st.integers(0, 2),
-                                st.one_of(st.just(0.0), st.floats(1e-3, 1.0))), max_size=25)
+VOTE_CODES = st.lists(
+    st.tuples(
+        st.integers(0, 5),
+        st.integers(0, 3),
+        st.integers(0, 2),
+        st.one_of(st.just(0.0), st.floats(1e-3, 1.0)),
+    ),
+    max_size=25,
+)
 
 
 @PROPS
 @given(VOTE_CODES, st.booleans(), st.booleans())
 @example([], False, False)
 @example([(0, 0, 2, 1.0)], True, False)
-def test_em_properties(rows: list[tuple[int, int, int, float]], one_coin: bool,
-                       weighted: bool) -> None:
-    item, annot, label, w = (np.array(x) for x in zip(*rows)) if rows else \
-        (np.zeros(0, int), np.zeros(0, int), np.zeros(0, int), np.zeros(0))
+def test_em_properties(
+    rows: list[tuple[int, int, int, float]], one_coin: bool, weighted: bool
+) -> None:
+    item, annot, label, w = (
+        (np.array(x) for x in zip(*rows))
+        if rows
+        else (np.zeros(0, int), np.zeros(0, int), np.zeros(0, int), np.zeros(0))
+    )
     fit = fit_one_coin if one_coin else fit_dawid_skene
-    res = fit(item, annot, label, weight=w if weighted else None, n_items=6, n_annotators=4,
-              n_labels=3)
+    res = fit(
+        item, annot, label, weight=w if weighted else None, n_items=6, n_annotators=4, n_labels=3
+    )
     check_posterior(res, 6)
     assert np.all(np.isfinite(res.priors)) and res.priors.sum() == pytest.approx(1.0)
     rel = res.reliability()
@@ -381,21 +441,29 @@ def test_em_properties(rows: list[tuple[int, int, int, float]], one_coin: bool,
 
 # =========================================================================== aggregate_votes
 
-AGG_ROWS = st.lists(st.tuples(st.sampled_from(["x|y", "x|z", "y|z"]),
-                              st.sampled_from(["j1|ab", "j1|ba", "j2", "src"]),
-                              st.sampled_from(["a", "b", "tie", None]),
-                              st.one_of(st.none(), st.floats(0.0, 1.0))), max_size=14)
+AGG_ROWS = st.lists(
+    st.tuples(
+        st.sampled_from(["x|y", "x|z", "y|z"]),
+        st.sampled_from(["j1|ab", "j1|ba", "j2", "src"]),
+        st.sampled_from(["a", "b", "tie", None]),
+        st.one_of(st.none(), st.floats(0.0, 1.0)),
+    ),
+    max_size=14,
+)
 
 
 @PROPS
 @given(AGG_ROWS, st.sampled_from(["dawid_skene", "one_coin"]), st.booleans())
 @example([], "dawid_skene", False)
-def test_aggregate_em_invariants(rows: list[tuple[str, str, str | None, float | None]],
-                                 method: str, use_logprobs: bool) -> None:
-    v = from_rows([vote(d, ann, *pair.split("|"), prob_a=p if d else None)
-                   for pair, ann, d, p in rows], VOTES, "votes")
-    res = aggregate_votes(v, label_annotators={"src"}, method=method,
-                          use_logprobs=use_logprobs)
+def test_aggregate_em_invariants(
+    rows: list[tuple[str, str, str | None, float | None]], method: str, use_logprobs: bool
+) -> None:
+    v = from_rows(
+        [vote(d, ann, *pair.split("|"), prob_a=p if d else None) for pair, ann, d, p in rows],
+        VOTES,
+        "votes",
+    )
+    res = aggregate_votes(v, label_annotators={"src"}, method=method, use_logprobs=use_logprobs)
     maj = aggregate_votes(v, label_annotators={"src"}, use_logprobs=use_logprobs)
     c = res.counts
     assert c.rows_in == len(rows) == c.kept + sum(c.dropped.values())
@@ -416,13 +484,21 @@ def test_aggregate_em_invariants(rows: list[tuple[str, str, str | None, float | 
         assert s is None or 0.0 <= s <= 1.0
 
 
-
 @pytest.mark.parametrize("method", ["dawid_skene", "one_coin"])
 def test_aggregate_em_counts_nulls_and_label_annotator(method: str) -> None:
-    v = from_rows([vote("a", "src"), vote("a", "j1"), vote("b", "j2"), vote("tie", "j3"),
-                   vote(None, "j4"), vote("b", "j1", a="u", b="w"), vote(None, "j2", a="u",
-                                                                        b="z")],
-                  VOTES, "votes")
+    v = from_rows(
+        [
+            vote("a", "src"),
+            vote("a", "j1"),
+            vote("b", "j2"),
+            vote("tie", "j3"),
+            vote(None, "j4"),
+            vote("b", "j1", a="u", b="w"),
+            vote(None, "j2", a="u", b="z"),
+        ],
+        VOTES,
+        "votes",
+    )
     res = aggregate_votes(v, label_annotators={"src"}, method=method)
     maj = aggregate_votes(v, label_annotators={"src"})
     comps = res.outputs["comparisons"]
@@ -456,8 +532,7 @@ def test_aggregate_em_matches_em_on_codes(method: str) -> None:
     names = [f"w{w}" for w in range(len(ACC))]
     order = list(dict.fromkeys(annot.tolist()))  # first-seen annotator order
     rel = res.info["annotator_reliability"]
-    assert np.allclose([rel[names[w]] for w in order],
-                       [direct.reliability()[w] for w in order])
+    assert np.allclose([rel[names[w]] for w in order], [direct.reliability()[w] for w in order])
 
 
 def test_aggregate_em_recovers_truth_better_than_majority() -> None:
@@ -466,8 +541,9 @@ def test_aggregate_em_recovers_truth_better_than_majority() -> None:
     v = votes_from_codes(item, annot, label)
 
     def accuracy(method: str) -> float:
-        p = np.array(aggregate_votes(v, method=method).outputs["comparisons"]
-                     .column("p_a").to_pylist())
+        p = np.array(
+            aggregate_votes(v, method=method).outputs["comparisons"].column("p_a").to_pylist()
+        )
         return float(((p < 0.5).astype(int) == truth).mean())
 
     assert accuracy("dawid_skene") >= 0.88
@@ -475,16 +551,18 @@ def test_aggregate_em_recovers_truth_better_than_majority() -> None:
 
 
 def test_aggregate_em_soft_votes() -> None:
-    hard = [vote("a", "j1"), vote("b", "j2"), vote("a", "j1", a="u", b="w"),
-            vote("a", "j2", a="u", b="w")]
+    hard = [
+        vote("a", "j1"),
+        vote("b", "j2"),
+        vote("a", "j1", a="u", b="w"),
+        vote("a", "j2", a="u", b="w"),
+    ]
     soft = [dict(r, prob_a=1.0 if r["verdict"] == "a" else 0.0) for r in hard]
     t_hard, t_soft = from_rows(hard, VOTES, "votes"), from_rows(soft, VOTES, "votes")
     p = lambda t, lp: aggregate_votes(t, method="dawid_skene", use_logprobs=lp)  # noqa: E731
     want = p(t_hard, True).outputs["comparisons"].column("p_a").to_pylist()
-    assert p(t_soft, True).outputs["comparisons"].column("p_a").to_pylist() == \
-        pytest.approx(want)
-    assert p(t_soft, False).outputs["comparisons"].column("p_a").to_pylist() == \
-        pytest.approx(want)
+    assert p(t_soft, True).outputs["comparisons"].column("p_a").to_pylist() == pytest.approx(want)
+    assert p(t_soft, False).outputs["comparisons"].column("p_a").to_pylist() == pytest.approx(want)
     mid = [dict(r, prob_a=0.6) for r in hard]  # a soft vote that barely prefers a
     c = p(from_rows(mid, VOTES, "votes"), True).outputs["comparisons"].to_pylist()
     assert all(0.0 < r["p_a"] < 1.0 for r in c)
@@ -496,8 +574,9 @@ def test_aggregate_em_empty_and_all_null() -> None:
         res = aggregate_votes(VOTES.empty_table(), method=method)
         assert res.outputs["comparisons"].num_rows == 0
         assert res.info["annotator_reliability"] == {} and res.info["n_iter"] == 0
-        res = aggregate_votes(from_rows([vote(None, "j1"), vote(None, "j2")], VOTES, "v"),
-                              method=method)
+        res = aggregate_votes(
+            from_rows([vote(None, "j1"), vote(None, "j2")], VOTES, "v"), method=method
+        )
         assert res.outputs["comparisons"].column("p_a").to_pylist() == [None]
         assert res.info["annotator_reliability"] == {"j1": None, "j2": None}
 
@@ -534,12 +613,14 @@ def test_auto_method_needs_three_judges_and_fits_judges_only_posterior() -> None
     comps = res.outputs["comparisons"]
     judges_only = aggregate_votes(three, method="dawid_skene").outputs["comparisons"]
     # same comparisons in the same order: the label's vote is not in p_a_judges
-    assert np.allclose(comps.column("p_a_judges").to_numpy(),
-                       judges_only.column("p_a").to_numpy(), atol=1e-9)
+    assert np.allclose(
+        comps.column("p_a_judges").to_numpy(), judges_only.column("p_a").to_numpy(), atol=1e-9
+    )
     assert not np.allclose(comps.column("p_a").to_numpy(), judges_only.column("p_a").to_numpy())
     # a label annotator does not count as a judge for judges_method
-    res = aggregate_votes(pa.concat_tables([v, src]), label_annotators={"src"},
-                          method="auto", judges_method="auto")
+    res = aggregate_votes(
+        pa.concat_tables([v, src]), label_annotators={"src"}, method="auto", judges_method="auto"
+    )
     assert res.info["method"] == "dawid_skene" and res.info["judges_method"] is None
 
 
@@ -549,19 +630,27 @@ def test_auto_method_needs_three_judges_and_fits_judges_only_posterior() -> None
 def test_tested_class_prior_keeps_half_unless_the_data_reject_it() -> None:
     acc = np.tile([0.8, 0.8], (6, 1))
     for prior_a, want in ((0.5, "symmetric"), (0.85, "estimated")):
-        item, annot, label, truth = synth(1500, acc, prior_a=prior_a, seed=7,
-                                          votes_per_item=(2, 4))
-        res = aggregate_votes(votes_from_codes(item, annot, label), method="dawid_skene",
-                              prior=(2.0, 1.0), class_prior="tested")
+        item, annot, label, truth = synth(1500, acc, prior_a=prior_a, seed=7, votes_per_item=(2, 4))
+        res = aggregate_votes(
+            votes_from_codes(item, annot, label),
+            method="dawid_skene",
+            prior=(2.0, 1.0),
+            class_prior="tested",
+        )
         test = res.info["class_prior_test"]
         assert test["chosen"] == want, test
         assert res.info["priors"]["a"] == pytest.approx(
-            0.5 if want == "symmetric" else test["estimated"]["a"])
+            0.5 if want == "symmetric" else test["estimated"]["a"]
+        )
         if want == "estimated":
             assert 0.8 < test["estimated"]["a"] < 0.9 and test["statistic"] > 30
             p_a = np.array(res.outputs["comparisons"].column("p_a").to_pylist())
-            sym = aggregate_votes(votes_from_codes(item, annot, label), method="dawid_skene",
-                                  prior=(2.0, 1.0), class_prior="symmetric")
+            sym = aggregate_votes(
+                votes_from_codes(item, annot, label),
+                method="dawid_skene",
+                prior=(2.0, 1.0),
+                class_prior="symmetric",
+            )
             p_sym = np.array(sym.outputs["comparisons"].column("p_a").to_pylist())
             # comparisons are in item order (c0000a|c0000b, ...): the fitted prior is right
             # more often than the symmetric one on the items it decides differently

@@ -31,27 +31,61 @@ CFG = EmbeddingConfig()
 
 
 def _prompts() -> pa.Table:
-    return from_rows([
-        {"prompt_id": "p0", "source_id": "s", "prompt": [
-            {"role": "user", "content": "How do I boil an egg?"}], "source": "t", "meta": None},
-        {"prompt_id": "p1", "source_id": "s", "prompt": [
-            {"role": "system", "content": "Be brief."},
-            {"role": "user", "content": "Name a prime number."}], "source": "t",
-         "meta": None}], PROMPTS, "prompts")
+    return from_rows(
+        [
+            {
+                "prompt_id": "p0",
+                "source_id": "s",
+                "prompt": [{"role": "user", "content": "How do I boil an egg?"}],
+                "source": "t",
+                "meta": None,
+            },
+            {
+                "prompt_id": "p1",
+                "source_id": "s",
+                "prompt": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "Name a prime number."},
+                ],
+                "source": "t",
+                "meta": None,
+            },
+        ],
+        PROMPTS,
+        "prompts",
+    )
 
 
-TEXTS = {"c0": "Put the egg in boiling water for about nine minutes.",
-         "c1": "Boil the egg in hot water for roughly nine minutes.",
-         "c2": "Seven is a prime number.",
-         "c3": None}
+TEXTS = {
+    "c0": "Put the egg in boiling water for about nine minutes.",
+    "c1": "Boil the egg in hot water for roughly nine minutes.",
+    "c2": "Seven is a prime number.",
+    "c3": None,
+}
 
 
 def _candidates(texts: dict[str, str | None] = TEXTS) -> pa.Table:
-    return from_rows([{"prompt_id": "p0" if i < 2 else "p1", "source_id": "s",
-                       "candidate_id": c, "policy": "pol", "sample_index": i, "text": t,
-                       "finish_reason": "stop", "n_prompt_tokens": 3, "n_output_tokens": 3,
-                       "request_hash": None, "truncated": False, "error": None}
-                      for i, (c, t) in enumerate(texts.items())], CANDIDATES, "candidates")
+    return from_rows(
+        [
+            {
+                "prompt_id": "p0" if i < 2 else "p1",
+                "source_id": "s",
+                "candidate_id": c,
+                "policy": "pol",
+                "sample_index": i,
+                "text": t,
+                "finish_reason": "stop",
+                "n_prompt_tokens": 3,
+                "n_output_tokens": 3,
+                "request_hash": None,
+                "truncated": False,
+                "error": None,
+            }
+            for i, (c, t) in enumerate(texts.items())
+        ],
+        CANDIDATES,
+        "candidates",
+    )
 
 
 class HashEmbedder:
@@ -62,8 +96,13 @@ class HashEmbedder:
 
     def encode(self, texts):
         self.seen.extend(texts)
-        out = [np.frombuffer(hashlib.sha256(t.encode()).digest()[:self.dim], np.uint8)
-               .astype(np.float32) - 127.5 for t in texts]
+        out = [
+            np.frombuffer(hashlib.sha256(t.encode()).digest()[: self.dim], np.uint8).astype(
+                np.float32
+            )
+            - 127.5
+            for t in texts
+        ]
         return np.stack(out) if out else np.zeros((0, self.dim), np.float32)
 
 
@@ -73,11 +112,13 @@ def minilm():
 
 
 def test_minilm_vectors_normalised_and_meaningful(minilm, tmp_path):
-    res = compute_embeddings(_prompts(), _candidates(), CFG, get_embedder=lambda: minilm,
-                             cache_dir=tmp_path)
+    res = compute_embeddings(
+        _prompts(), _candidates(), CFG, get_embedder=lambda: minilm, cache_dir=tmp_path
+    )
     p = check_table(res.outputs["prompt_embeddings"], PROMPT_EMBEDDINGS, "prompt_embeddings")
-    c = check_table(res.outputs["candidate_embeddings"], CANDIDATE_EMBEDDINGS,
-                    "candidate_embeddings")
+    c = check_table(
+        res.outputs["candidate_embeddings"], CANDIDATE_EMBEDDINGS, "candidate_embeddings"
+    )
     assert p.num_rows == 2 and c.column("candidate_id").to_pylist() == ["c0", "c1", "c2"]
     _, mat = embeddings_matrix(c)
     assert mat.dtype == np.float32 and mat.shape == (3, 384)
@@ -98,8 +139,9 @@ def test_num_threads_is_applied_and_restored(minilm, monkeypatch):
     before = torch.get_num_threads()
     seen = []
     real = minilm.st.encode
-    monkeypatch.setattr(minilm.st, "encode",
-                        lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k))
+    monkeypatch.setattr(
+        minilm.st, "encode", lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k)
+    )
     monkeypatch.setattr(minilm, "cfg", EmbeddingConfig(num_threads=1))
     vec = minilm.encode(["Seven is a prime number."])
     assert seen == [1] and torch.get_num_threads() == before
@@ -107,21 +149,24 @@ def test_num_threads_is_applied_and_restored(minilm, monkeypatch):
 
 
 def test_cache_reuses_vectors_without_loading_the_model(minilm, tmp_path):
-    first = compute_embeddings(_prompts(), _candidates(), CFG, get_embedder=lambda: minilm,
-                               cache_dir=tmp_path)
+    first = compute_embeddings(
+        _prompts(), _candidates(), CFG, get_embedder=lambda: minilm, cache_dir=tmp_path
+    )
 
     def no_model():
         raise AssertionError("a fully cached rerun must not load the model")
 
-    again = compute_embeddings(_prompts(), _candidates(), CFG, get_embedder=no_model,
-                               cache_dir=tmp_path)
+    again = compute_embeddings(
+        _prompts(), _candidates(), CFG, get_embedder=no_model, cache_dir=tmp_path
+    )
     assert again.info["reused"] == 5 and again.info["embedded"] == 0
     for name in ("prompt_embeddings", "candidate_embeddings"):
         assert again.outputs[name].equals(first.outputs[name])
     # one new text: only it is embedded
     more = dict(TEXTS, c4="Two is the only even prime.")
-    res = compute_embeddings(_prompts(), _candidates(more), CFG, get_embedder=lambda: minilm,
-                             cache_dir=tmp_path)
+    res = compute_embeddings(
+        _prompts(), _candidates(more), CFG, get_embedder=lambda: minilm, cache_dir=tmp_path
+    )
     assert res.info["embedded"] == 1 and res.info["reused"] == 5
 
 
@@ -157,19 +202,45 @@ def test_cache_compaction_keeps_everything(tmp_path, monkeypatch):
 
 
 def test_cosine_similarity_pairs_table_and_edge_cases():
-    emb = embeddings_table(["x", "y", "z"], np.array([[1, 0], [0.6, 0.8], [0, 0]],
-                                                     np.float32), "candidate_id")
-    pairs = from_rows([{"pair_id": "q", "prompt_id": "p", "source_id": "s", "chosen_id": "x",
-                        "rejected_id": "y", "p_hat": None, "disagreement": None, "n_votes": 0,
-                        "margin": None, "weight": None, "label_status": "unknown",
-                        "similarity": None, "flags": [], "decision": "keep", "reason": None,
-                        "score_chosen": None, "score_rejected": None,
-                        "curriculum_stage": None, "split": None}], PAIRS, "pairs")
+    emb = embeddings_table(
+        ["x", "y", "z"], np.array([[1, 0], [0.6, 0.8], [0, 0]], np.float32), "candidate_id"
+    )
+    pairs = from_rows(
+        [
+            {
+                "pair_id": "q",
+                "prompt_id": "p",
+                "source_id": "s",
+                "chosen_id": "x",
+                "rejected_id": "y",
+                "p_hat": None,
+                "disagreement": None,
+                "n_votes": 0,
+                "margin": None,
+                "weight": None,
+                "label_status": "unknown",
+                "similarity": None,
+                "flags": [],
+                "decision": "keep",
+                "reason": None,
+                "score_chosen": None,
+                "score_rejected": None,
+                "curriculum_stage": None,
+                "split": None,
+            }
+        ],
+        PAIRS,
+        "pairs",
+    )
     assert cosine_similarity_pairs(emb, pairs) == [0.6]
-    assert cosine_similarity_pairs(emb, [("x", "z"), ("x", "nope"), ("y", "y")]) == \
-        [None, None, 1.0]
-    assert cosine_similarity_pairs(embeddings_table([], np.zeros((0, 4)), "candidate_id"),
-                                   [("a", "b")]) == [None]
+    assert cosine_similarity_pairs(emb, [("x", "z"), ("x", "nope"), ("y", "y")]) == [
+        None,
+        None,
+        1.0,
+    ]
+    assert cosine_similarity_pairs(
+        embeddings_table([], np.zeros((0, 4)), "candidate_id"), [("a", "b")]
+    ) == [None]
 
 
 def test_config_and_model_resolution():

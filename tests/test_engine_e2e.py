@@ -26,10 +26,19 @@ def engine(smollm2_engine):
 
 
 def _cfg(root: Path):
-    return load_config(None, [f"data_root={root}", "name=e2e", "input.limit=2",
-                              "generate.policies.0.n=2", "generate.policies.0.max_tokens=32",
-                              # one weak judge alone: publish what its posterior leans to
-                              "rubrics.judges=[]", "denoise.drop_below=0.5"])
+    return load_config(
+        None,
+        [
+            f"data_root={root}",
+            "name=e2e",
+            "input.limit=2",
+            "generate.policies.0.n=2",
+            "generate.policies.0.max_tokens=32",
+            # one weak judge alone: publish what its posterior leans to
+            "rubrics.judges=[]",
+            "denoise.drop_below=0.5",
+        ],
+    )
 
 
 def test_end_to_end_two_prompts_real_engine(tmp_path, engine):
@@ -39,8 +48,9 @@ def test_end_to_end_two_prompts_real_engine(tmp_path, engine):
     assert summary["calls"]["judge"]["made"] == 2 * 1 * 2  # 2 prompts x 1 pair x 2 orders
     manifest = store.read_manifest(summary["path"])
     for stage, c in manifest["stages"].items():
-        assert c["in"] == c["kept"] + sum(c["dropped"].values()) + \
-            sum(c["quarantined"].values()), stage
+        assert c["in"] == c["kept"] + sum(c["dropped"].values()) + sum(c["quarantined"].values()), (
+            stage
+        )
     assert manifest["models"] == [SPEC.model]
     ds = datasets.load_from_disk(str(Path(summary["path"]) / "data"))
     assert ds.num_rows >= 1
@@ -54,8 +64,14 @@ def test_end_to_end_two_prompts_real_engine(tmp_path, engine):
 
 
 def test_samples_distinct_and_seeds_reproduce(engine):
-    req = ChatRequest(messages=(("user", "Name a colour and say why you like it."),), n=3,
-                      temperature=1.0, top_p=1.0, max_tokens=24, seed=7)
+    req = ChatRequest(
+        messages=(("user", "Name a colour and say why you like it."),),
+        n=3,
+        temperature=1.0,
+        top_p=1.0,
+        max_tokens=24,
+        seed=7,
+    )
     first = engine.complete([req])[0]
     second = engine.complete([req])[0]
     assert len(first.texts) == 3
@@ -69,8 +85,9 @@ def test_judge_structured_output_and_logprobs(engine):
     from pipeline.annotate.judging import format_pairwise, parse_verdict, prob_first_from_logprobs
     from schemas.config import JudgeSpec
 
-    req = format_pairwise(JudgeSpec(), [{"role": "user", "content": "What is 2 + 2?"}],
-                          "2 + 2 = 4.", "2 + 2 = 5.")
+    req = format_pairwise(
+        JudgeSpec(), [{"role": "user", "content": "What is 2 + 2?"}], "2 + 2 = 4.", "2 + 2 = 5."
+    )
     comp = engine.complete([req])[0]
     verdict, err = parse_verdict(comp.texts[0])
     assert err is None and verdict in ("A", "B", "tie")  # schema-valid JSON
@@ -81,9 +98,18 @@ def test_judge_structured_output_and_logprobs(engine):
 def test_prompt_longer_than_context_is_quarantined(tmp_path, engine):
     long = tmp_path / "long.jsonl"
     long.write_text('{"prompt": "hello"}\n{"prompt": "' + "word " * 3000 + '"}\n')
-    summary = curate(load_config(None, [
-        f"data_root={tmp_path}", "name=long", f"input.path={long}",
-        "generate.policies.0.n=2", "generate.policies.0.max_tokens=16"]).model_dump(mode="json"))
+    summary = curate(
+        load_config(
+            None,
+            [
+                f"data_root={tmp_path}",
+                "name=long",
+                f"input.path={long}",
+                "generate.policies.0.n=2",
+                "generate.policies.0.max_tokens=16",
+            ],
+        ).model_dump(mode="json")
+    )
     gen = summary["stages"]["generate"]
     assert gen["quarantined"] == {"prompt_too_long": 2}
     assert gen["kept"] + sum(gen["dropped"].values()) == 2

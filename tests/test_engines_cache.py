@@ -37,8 +37,14 @@ def no_engine() -> FakeEngine:
 
 
 def run(requests: Sequence[ChatRequest], cache: RequestCache, engine, batch_size: int = 64):
-    return run_cached(requests, engine_kind="fake", model="fake-model",
-                      get_engine=lambda: engine, cache=cache, batch_size=batch_size)
+    return run_cached(
+        requests,
+        engine_kind="fake",
+        model="fake-model",
+        get_engine=lambda: engine,
+        cache=cache,
+        batch_size=batch_size,
+    )
 
 
 @pytest.fixture
@@ -53,8 +59,12 @@ class FailingEngine(FakeEngine):
 
     def complete(self, requests: Sequence[ChatRequest]) -> list[Completion]:
         good = FakeEngine.complete(self, requests)
-        return [Completion(texts=[], finish_reasons=[], error="prompt_too_long: 9999")
-                if "bad" in r.messages[-1][1] else c for r, c in zip(requests, good)]
+        return [
+            Completion(texts=[], finish_reasons=[], error="prompt_too_long: 9999")
+            if "bad" in r.messages[-1][1]
+            else c
+            for r, c in zip(requests, good)
+        ]
 
 
 class RaisingEngine(FakeEngine):
@@ -96,9 +106,15 @@ def test_fake_engine_answers_follow_the_schema() -> None:
     rs = [req(f"compare {i}", json_schema=VERDICT_SCHEMA) for i in range(12)]
     winners = {json.loads(c.texts[0])["winner"] for c in FakeEngine().complete(rs)}
     assert winners <= {"A", "B", "tie"} and len(winners) > 1
-    schema = json.dumps({"type": "object", "properties": {
-        "helpfulness": {"type": "integer", "minimum": 1, "maximum": 5},
-        "rationale": {"type": "string", "maxLength": 3}}})
+    schema = json.dumps(
+        {
+            "type": "object",
+            "properties": {
+                "helpfulness": {"type": "integer", "minimum": 1, "maximum": 5},
+                "rationale": {"type": "string", "maxLength": 3},
+            },
+        }
+    )
     for c in FakeEngine().complete([req(f"rate {i}", json_schema=schema) for i in range(8)]):
         obj = json.loads(c.texts[0])
         assert 1 <= obj["helpfulness"] <= 5 and len(obj["rationale"]) <= 3
@@ -106,10 +122,17 @@ def test_fake_engine_answers_follow_the_schema() -> None:
 
 def test_request_key_covers_every_field() -> None:
     base = req("hi")
-    keys = {base.key("fake", "m"), base.key("vllm", "m"), base.key("fake", "m2"),
-            req("hi", n=2).key("fake", "m"), req("hi", seed=1).key("fake", "m"),
-            req("hi", temperature=0.5).key("fake", "m"), req("hi", stop=("x",)).key("fake", "m"),
-            req("hi", json_schema="{}").key("fake", "m"), req("hi", logprobs=5).key("fake", "m")}
+    keys = {
+        base.key("fake", "m"),
+        base.key("vllm", "m"),
+        base.key("fake", "m2"),
+        req("hi", n=2).key("fake", "m"),
+        req("hi", seed=1).key("fake", "m"),
+        req("hi", temperature=0.5).key("fake", "m"),
+        req("hi", stop=("x",)).key("fake", "m"),
+        req("hi", json_schema="{}").key("fake", "m"),
+        req("hi", logprobs=5).key("fake", "m"),
+    }
     assert len(keys) == 9
     assert base.key("fake", "m") == req("hi").key("fake", "m")
 
@@ -118,14 +141,24 @@ def test_request_key_covers_every_field() -> None:
 
 
 def test_completion_json_round_trip() -> None:
-    c = Completion(texts=["a", None], finish_reasons=["stop", "length"], n_prompt_tokens=3,
-                   n_output_tokens=[1, None], top_logprobs=[[{"A": -0.1, "é": -2.0}], None])
+    c = Completion(
+        texts=["a", None],
+        finish_reasons=["stop", "length"],
+        n_prompt_tokens=3,
+        n_output_tokens=[1, None],
+        top_logprobs=[[{"A": -0.1, "é": -2.0}], None],
+    )
     assert Completion.from_json(c.to_json()) == c
 
 
 def test_cache_put_get_round_trip(cache: RequestCache) -> None:
-    c1 = Completion(texts=["hello"], finish_reasons=["stop"], n_prompt_tokens=2,
-                    n_output_tokens=[1], top_logprobs=[[{"A": -0.5}]])
+    c1 = Completion(
+        texts=["hello"],
+        finish_reasons=["stop"],
+        n_prompt_tokens=2,
+        n_output_tokens=[1],
+        top_logprobs=[[{"A": -0.5}]],
+    )
     c2 = Completion(texts=["x", "y"], finish_reasons=["stop", "length"])
     cache.put_many([("k1", "fake", "m", c1), ("k2", "fake", "m", c2)])
     assert cache.get_many(["k1", "k2", "missing"]) == {"k1": c1, "k2": c2}
@@ -135,8 +168,10 @@ def test_cache_put_get_round_trip(cache: RequestCache) -> None:
 
 
 def test_cache_many_keys(cache: RequestCache) -> None:
-    items = [(f"k{i}", "fake", "m", Completion(texts=[str(i)], finish_reasons=["stop"]))
-             for i in range(1200)]
+    items = [
+        (f"k{i}", "fake", "m", Completion(texts=[str(i)], finish_reasons=["stop"]))
+        for i in range(1200)
+    ]
     cache.put_many(items)
     got = cache.get_many([k for k, *_ in items])
     assert len(got) == 1200 and got["k1199"].texts == ["1199"]
@@ -165,8 +200,9 @@ def test_second_run_makes_no_engine_call(cache: RequestCache) -> None:
     out1, st1 = run(rs, cache, eng, batch_size=2)
     assert eng.calls == 5 and (st1.requests, st1.made, st1.reused, st1.failed) == (5, 5, 0, 0)
     assert out1 == FakeEngine().complete(rs)
-    out2, st2 = run_cached(rs, engine_kind="fake", model="fake-model", get_engine=no_engine,
-                           cache=cache)
+    out2, st2 = run_cached(
+        rs, engine_kind="fake", model="fake-model", get_engine=no_engine, cache=cache
+    )
     assert out2 == out1 and eng.calls == 5
     assert (st2.made, st2.reused) == (0, 5)
 
@@ -246,17 +282,27 @@ def test_crash_mid_run_keeps_finished_batches(cache: RequestCache) -> None:
 def test_progress_is_reported(cache: RequestCache) -> None:
     run(reqs(2), cache, FakeEngine())
     seen: list[int] = []
-    run_cached(reqs(5), engine_kind="fake", model="fake-model", get_engine=FakeEngine,
-               cache=cache, batch_size=2, progress=seen.append)
+    run_cached(
+        reqs(5),
+        engine_kind="fake",
+        model="fake-model",
+        get_engine=FakeEngine,
+        cache=cache,
+        batch_size=2,
+        progress=seen.append,
+    )
     assert seen == [2, 2, 1] and sum(seen) == 5
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.integers(0, 5), max_size=10), st.lists(st.integers(0, 5), max_size=10),
-       st.integers(1, 4))
-def test_run_cached_matches_engine_and_calls_each_request_once(first: list[int],
-                                                                second: list[int],
-                                                                batch: int) -> None:
+@given(
+    st.lists(st.integers(0, 5), max_size=10),
+    st.lists(st.integers(0, 5), max_size=10),
+    st.integers(1, 4),
+)
+def test_run_cached_matches_engine_and_calls_each_request_once(
+    first: list[int], second: list[int], batch: int
+) -> None:
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:
@@ -277,12 +323,25 @@ def test_run_cached_matches_engine_and_calls_each_request_once(first: list[int],
 
 
 def gen_result() -> StageResult:
-    prompts = from_rows([{"prompt_id": f"p{i}", "source_id": f"s{i}",
-                          "prompt": [{"role": "user", "content": f"q{i}"}], "source": "t",
-                          "meta": None} for i in range(2)], PROMPTS, "prompts")
+    prompts = from_rows(
+        [
+            {
+                "prompt_id": f"p{i}",
+                "source_id": f"s{i}",
+                "prompt": [{"role": "user", "content": f"q{i}"}],
+                "source": "t",
+                "meta": None,
+            }
+            for i in range(2)
+        ],
+        PROMPTS,
+        "prompts",
+    )
     rs = build_generation_requests(prompts, [PolicyConfig(name="pol", n=2)])
-    comps = [Completion(texts=["a", ""], finish_reasons=["stop", "stop"]),
-             Completion(texts=[], finish_reasons=[], error="boom")]
+    comps = [
+        Completion(texts=["a", ""], finish_reasons=["stop", "stop"]),
+        Completion(texts=[], finish_reasons=[], error="boom"),
+    ]
     return make_candidates(rs, comps)
 
 
@@ -329,10 +388,12 @@ def test_incomplete_save_is_not_loaded(tmp_path: Path) -> None:
 def test_key_depends_on_every_part() -> None:
     base = StageStore.key("judge", 1, {"a": 1}, ["h1"])
     assert base == StageStore.key("judge", 1, {"a": 1}, ["h1"])
-    others = {StageStore.key("judge", 2, {"a": 1}, ["h1"]),
-              StageStore.key("judge", 1, {"a": 2}, ["h1"]),
-              StageStore.key("judge", 1, {"a": 1}, ["h2"]),
-              StageStore.key("margins", 1, {"a": 1}, ["h1"])}
+    others = {
+        StageStore.key("judge", 2, {"a": 1}, ["h1"]),
+        StageStore.key("judge", 1, {"a": 2}, ["h1"]),
+        StageStore.key("judge", 1, {"a": 1}, ["h2"]),
+        StageStore.key("margins", 1, {"a": 1}, ["h1"]),
+    }
     assert base not in others and len(others) == 4
 
 

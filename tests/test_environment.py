@@ -19,10 +19,14 @@ PAIRS = REPO / "data" / "examples" / "pairs_votes.jsonl"
 
 
 def cli(tmp: Path, *sets: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.cli", "run",
-                           *[a for s in sets for a in ("--set", s)]], cwd=tmp,
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PREFECT_HOME": str(tmp / ".prefect")})
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", *[a for s in sets for a in ("--set", s)]],
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PREFECT_HOME": str(tmp / ".prefect")},
+    )
 
 
 @pytest.mark.parametrize("case", ["file", "readonly"])
@@ -34,10 +38,11 @@ def test_an_unusable_data_root_is_one_line_before_any_work(tmp_path: Path, case:
         root.mkdir()
         root.chmod(0o500)
         if os.access(root, os.W_OK):  # root ignores permissions: use a read-only file
-            root.chmod(0o700)         # system instead when one is available
+            root.chmod(0o700)  # system instead when one is available
             pytest.skip("running as root: permissions do not make a folder read-only")
-    res = cli(tmp_path, f"data_root={root}", "input.kind=pairs", f"input.path={PAIRS}",
-              "judge.judges=[]")
+    res = cli(
+        tmp_path, f"data_root={root}", "input.kind=pairs", f"input.path={PAIRS}", "judge.judges=[]"
+    )
     assert res.returncode == 2
     lines = [x for x in res.stderr.splitlines() if x.strip()]
     assert len(lines) <= 2 and "data_root" in res.stderr and str(root) in res.stderr
@@ -45,9 +50,14 @@ def test_an_unusable_data_root_is_one_line_before_any_work(tmp_path: Path, case:
     assert not (tmp_path / ".prefect").exists()  # failed before Prefect started
 
 
-@pytest.mark.parametrize("sets, needle", [
-    (["input.limit=-5"], "input.limit"), (["name=../x"], "invalid dataset name"),
-    (["data_root="], "data_root")])
+@pytest.mark.parametrize(
+    "sets, needle",
+    [
+        (["input.limit=-5"], "input.limit"),
+        (["name=../x"], "invalid dataset name"),
+        (["data_root="], "data_root"),
+    ],
+)
 def test_config_errors_come_before_prefect(tmp_path: Path, sets: list[str], needle: str) -> None:
     res = cli(tmp_path, *sets)
     assert res.returncode == 2 and needle in res.stderr
@@ -57,16 +67,23 @@ def test_config_errors_come_before_prefect(tmp_path: Path, sets: list[str], need
 def test_retries_are_for_transient_errors_only() -> None:
     assert is_transient(ConnectionRefusedError()) and is_transient(TimeoutError())
     assert is_transient(OSError(errno.ECONNRESET, "reset"))
-    for exc in (KeyError("k"), ValueError("v"), OSError(errno.ENOSPC, "No space left"),
-                OSError(errno.EROFS, "Read-only file system"), NotADirectoryError(20, "x")):
+    for exc in (
+        KeyError("k"),
+        ValueError("v"),
+        OSError(errno.ENOSPC, "No space left"),
+        OSError(errno.EROFS, "Read-only file system"),
+        NotADirectoryError(20, "x"),
+    ):
         assert not is_transient(exc), exc
     import httpx
 
     req = httpx.Request("POST", "http://x")
-    assert is_transient(httpx.HTTPStatusError("", request=req,
-                                              response=httpx.Response(503, request=req)))
-    assert not is_transient(httpx.HTTPStatusError("", request=req,
-                                                  response=httpx.Response(400, request=req)))
+    assert is_transient(
+        httpx.HTTPStatusError("", request=req, response=httpx.Response(503, request=req))
+    )
+    assert not is_transient(
+        httpx.HTTPStatusError("", request=req, response=httpx.Response(400, request=req))
+    )
 
 
 def test_killed_writers_temp_folders_are_swept_at_start(tmp_path: Path) -> None:
@@ -77,8 +94,9 @@ def test_killed_writers_temp_folders_are_swept_at_start(tmp_path: Path) -> None:
     for d in (*dead, alive):
         d.mkdir(parents=True)
         (d / "data.parquet").write_bytes(b"x" * 1000)
-    cfg = load_config(REPO / "data/examples/pairs_votes.yaml",
-                      [f"data_root={tmp_path}", f"input.path={PAIRS}"])
+    cfg = load_config(
+        REPO / "data/examples/pairs_votes.yaml", [f"data_root={tmp_path}", f"input.path={PAIRS}"]
+    )
     out = curate(cfg.model_dump(mode="json"))
     assert out["version"] == 1
     assert not any(d.exists() for d in dead) and alive.exists()
@@ -93,10 +111,14 @@ def test_an_orphaned_prefect_server_of_a_killed_cli_is_stopped() -> None:
     from flows.cli import SERVER_MARKER, reap_orphan_servers
 
     code = "import time; time.sleep(120)"
-    orphan = subprocess.Popen([sys.executable, "-c", code, SERVER_MARKER],
-                              env={**os.environ, "PREFCURATE_CLI_PID": "999999999"})
-    kept = subprocess.Popen([sys.executable, "-c", code, SERVER_MARKER],
-                            env={**os.environ, "PREFCURATE_CLI_PID": str(os.getpid())})
+    orphan = subprocess.Popen(
+        [sys.executable, "-c", code, SERVER_MARKER],
+        env={**os.environ, "PREFCURATE_CLI_PID": "999999999"},
+    )
+    kept = subprocess.Popen(
+        [sys.executable, "-c", code, SERVER_MARKER],
+        env={**os.environ, "PREFCURATE_CLI_PID": str(os.getpid())},
+    )
     try:
         time.sleep(0.5)
         stopped = reap_orphan_servers()

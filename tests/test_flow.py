@@ -20,19 +20,29 @@ from schemas.errors import ConfigError
 
 
 def _fake_cfg(tmp_path: Path, examples: Path, *extra: str):
-    return load_config(None, [f"data_root={tmp_path}", "name=fake-run",
-                              f"input.path={examples / 'prompts.jsonl'}", "input.limit=4",
-                              "generate.policies.0.model.engine=fake",
-                              "generate.policies.0.model.model=fake-policy",
-                              "judge.judges.0.model.engine=fake",
-                              "judge.judges.0.model.model=fake-judge",
-                              "judge.max_pairs_per_prompt=6", "rubrics.judges=[]", *extra])
+    return load_config(
+        None,
+        [
+            f"data_root={tmp_path}",
+            "name=fake-run",
+            f"input.path={examples / 'prompts.jsonl'}",
+            "input.limit=4",
+            "generate.policies.0.model.engine=fake",
+            "generate.policies.0.model.model=fake-policy",
+            "judge.judges.0.model.engine=fake",
+            "judge.judges.0.model.model=fake-judge",
+            "judge.max_pairs_per_prompt=6",
+            "rubrics.judges=[]",
+            *extra,
+        ],
+    )
 
 
 def _check_accounting(manifest: dict) -> None:
     for stage, c in manifest["stages"].items():
-        assert c["in"] == c["kept"] + sum(c["dropped"].values()) + \
-            sum(c["quarantined"].values()), stage
+        assert c["in"] == c["kept"] + sum(c["dropped"].values()) + sum(c["quarantined"].values()), (
+            stage
+        )
 
 
 def test_fake_run_publishes_and_accounts(tmp_path, examples):
@@ -41,9 +51,19 @@ def test_fake_run_publishes_and_accounts(tmp_path, examples):
     vpath = Path(summary["path"])
     manifest = store.read_manifest(vpath)
     _check_accounting(manifest)
-    assert manifest["stage_order"] == ["ingest", "dedup", "decontaminate", "generate", "verify",
-                                       "judge", "embed",
-                                       "aggregate", "margins", "denoise", "pairs"]
+    assert manifest["stage_order"] == [
+        "ingest",
+        "dedup",
+        "decontaminate",
+        "generate",
+        "verify",
+        "judge",
+        "embed",
+        "aggregate",
+        "margins",
+        "denoise",
+        "pairs",
+    ]
     assert manifest["stages"]["generate"]["in"] == 4 * 4
     # judge: 4 prompts x C(4,2)=6 pairs, x2 orders
     assert manifest["stages"]["judge"]["out"] == 4 * 6 * 2
@@ -77,13 +97,16 @@ def test_rerun_reuses_everything_and_publishes_nothing(tmp_path, examples):
     assert not third["stages"]["margins"]["reused"]
 
 
-@pytest.mark.parametrize("module, stage", [
-    ("pipeline.aggregate.aggregation", "aggregate"),
-    ("pipeline.annotate.injection", "margins"),  # a function the margins task also calls
-])
-def test_bumping_a_stage_version_reruns_it_and_what_depends_on_it(tmp_path, examples,
-                                                                   monkeypatch, module,
-                                                                   stage):
+@pytest.mark.parametrize(
+    "module, stage",
+    [
+        ("pipeline.aggregate.aggregation", "aggregate"),
+        ("pipeline.annotate.injection", "margins"),  # a function the margins task also calls
+    ],
+)
+def test_bumping_a_stage_version_reruns_it_and_what_depends_on_it(
+    tmp_path, examples, monkeypatch, module, stage
+):
     import importlib
 
     cfg = _fake_cfg(tmp_path, examples).model_dump(mode="json")
@@ -98,7 +121,7 @@ def test_bumping_a_stage_version_reruns_it_and_what_depends_on_it(tmp_path, exam
     assert again["stages"][stage]["key"] != first["stages"][stage]["key"]
     # a stage after it runs again unless its inputs are byte-identical to last time
     # (a content hash): then the same key, and its finished output is the right one
-    for s in order[i + 1:]:
+    for s in order[i + 1 :]:
         same_key = again["stages"][s]["key"] == first["stages"][s]["key"]
         assert again["stages"][s]["reused"] == same_key, s
 
@@ -109,6 +132,7 @@ def test_model_calls_resume_after_lost_stage_outputs(tmp_path, examples):
     first = curate(cfg)
     assert first["calls"]["generate"]["made"] == 4
     import shutil
+
     shutil.rmtree(tmp_path / "runs")
     second = curate(cfg)
     assert second["calls"]["generate"] == {"requests": 4, "reused": 4, "made": 0, "failed": 0}
@@ -126,31 +150,63 @@ def test_pairs_with_votes_loads_no_model(tmp_path, examples):
     _check_accounting(manifest)
     assert "generate" not in manifest["stages"] and "judge" not in manifest["stages"]
     ds = datasets.load_from_disk(str(Path(summary["path"]) / "data"))
-    assert {"prompt", "chosen", "rejected", "margin", "weight", "p_hat",
-            "source_id"} <= set(ds.column_names)
+    assert {"prompt", "chosen", "rejected", "margin", "weight", "p_hat", "source_id"} <= set(
+        ds.column_names
+    )
 
 
 def test_cli_run_json_and_datasets(tmp_path, examples):
-    cmd = [sys.executable, "-m", "flows.cli", "run", "--config",
-           str(examples / "pairs_votes.yaml"), "--set", f"data_root={tmp_path}", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "run",
+        "--config",
+        str(examples / "pairs_votes.yaml"),
+        "--set",
+        f"data_root={tmp_path}",
+        "--json",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads(res.stdout)
     assert Path(summary["path"]).is_dir() and summary["version"] == 1
-    res = subprocess.run([sys.executable, "-m", "flows.cli", "datasets", "show",
-                          "example-pairs@v1", "--root", str(tmp_path), "--json"],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "datasets",
+            "show",
+            "example-pairs@v1",
+            "--root",
+            str(tmp_path),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     info = json.loads(res.stdout)
     assert info["integrity_problems"] == [] and info["version"] == 1
-    res = subprocess.run([sys.executable, "-m", "flows.cli", "datasets", "list", "--root",
-                          str(tmp_path), "--json"], capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "datasets", "list", "--root", str(tmp_path), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert json.loads(res.stdout) == [{"name": "example-pairs", "versions": [1], "latest": 1}]
 
 
 def test_cli_rejects_unknown_key_with_hint(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--set", "input.limt=2"],
-                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    res = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", "--set", "input.limt=2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert res.returncode == 2
     assert "did you mean 'input.limit'" in res.stderr
 
@@ -159,9 +215,22 @@ def test_bad_input_file_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{not json\n")
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_LOGGING_LEVEL"}
-    res = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--set",
-                          f"input.path={bad}", "--set", f"data_root={tmp_path}"],
-                         capture_output=True, text=True, timeout=120, env=env)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "run",
+            "--set",
+            f"input.path={bad}",
+            "--set",
+            f"data_root={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert res.returncode == 2
     assert "bad.jsonl" in res.stderr and "Traceback" not in res.stderr
 
@@ -178,15 +247,21 @@ def test_gpm_annotator_and_budgeted_selection(tmp_path, examples):
     assert manifest["stage_info"]["aggregate_gpm"]["annotators"]["gpm"]["votes"] == 4 * 6
     assert "cyclic" in manifest["stage_info"]["margins"]
     sel = manifest["stages"]["select"]
-    assert sel["kept"] == summary["rows"] and sel["dropped"].get("budget", 0) == sel["in"] - \
-        sel["kept"]
+    assert (
+        sel["kept"] == summary["rows"]
+        and sel["dropped"].get("budget", 0) == sel["in"] - sel["kept"]
+    )
     dropped = pl.read_parquet(Path(summary["path"]) / "dropped.parquet")
     assert (dropped["reason"] == "budget").sum() == sel["dropped"].get("budget", 0)
 
 
 def test_best_worst_pair_selection_by_rubric_first_signal(tmp_path, examples):
-    cfg = _fake_cfg(tmp_path, examples, "judge.pair_selection=best_worst",
-                    "rubrics.judges=[{name: r, model: {engine: fake, model: fake-r}}]")
+    cfg = _fake_cfg(
+        tmp_path,
+        examples,
+        "judge.pair_selection=best_worst",
+        "rubrics.judges=[{name: r, model: {engine: fake, model: fake-r}}]",
+    )
     summary = curate(cfg.model_dump(mode="json"))
     manifest = store.read_manifest(summary["path"])
     _check_accounting(manifest)
@@ -194,8 +269,13 @@ def test_best_worst_pair_selection_by_rubric_first_signal(tmp_path, examples):
     assert order.index("rubric") < order.index("judge")  # the signal comes first
     judge = manifest["stages"]["judge"]
     # 4 prompts x C(4,2)=6 pairs: at most one judged per prompt, the rest dropped with reason
-    assert judge["kept"] <= 4 and judge["kept"] + judge["dropped"].get("first_signal", 0) + \
-        judge["dropped"].get("over_budget", 0) == 24
+    assert (
+        judge["kept"] <= 4
+        and judge["kept"]
+        + judge["dropped"].get("first_signal", 0)
+        + judge["dropped"].get("over_budget", 0)
+        == 24
+    )
     assert judge["out"] == judge["kept"] * 2  # both orders
     assert summary["calls"]["judge"]["made"] == judge["kept"] * 2
 
@@ -209,8 +289,9 @@ def test_best_worst_without_signal_is_a_config_error(tmp_path, examples):
 
 
 def test_judge_samples_give_one_vote_each(tmp_path, examples):
-    cfg = _fake_cfg(tmp_path, examples, "judge.judges.0.samples=3",
-                    "judge.judges.0.temperature=0.7")
+    cfg = _fake_cfg(
+        tmp_path, examples, "judge.judges.0.samples=3", "judge.judges.0.temperature=0.7"
+    )
     summary = curate(cfg.model_dump(mode="json"))
     manifest = store.read_manifest(summary["path"])
     judge = manifest["stages"]["judge"]
@@ -225,8 +306,12 @@ def test_reward_model_stage_in_the_flow(tmp_path, examples):
     from tiny_models import build_tiny_reward_model
 
     rm = build_tiny_reward_model(tmp_path / "rm", num_labels=1)
-    cfg = _fake_cfg(tmp_path, examples, "judge.pair_selection=best_worst",
-                    f"rewards.models=[{{model: '{rm}', engine: transformers, name: tiny-rm}}]")
+    cfg = _fake_cfg(
+        tmp_path,
+        examples,
+        "judge.pair_selection=best_worst",
+        f"rewards.models=[{{model: '{rm}', engine: transformers, name: tiny-rm}}]",
+    )
     summary = curate(cfg.model_dump(mode="json"))
     manifest = store.read_manifest(summary["path"])
     _check_accounting(manifest)
@@ -242,15 +327,24 @@ def test_gpm_guided_judging_in_two_rounds(tmp_path, examples):
     """pair_selection gpm: round 1 judges 2 of each prompt's 6 pairs, a GPM head trained on
     them picks 2 more for round 2; the other 2 are dropped first_signal. Every pair is
     accounted for, the rerun makes no call."""
-    cfg = _fake_cfg(tmp_path, examples, "judge.pair_selection=gpm",
-                    "judge.max_pairs_per_prompt=4", "judge.seed_pairs_per_prompt=2",
-                    "gpm.epochs=3").model_dump(mode="json")
+    cfg = _fake_cfg(
+        tmp_path,
+        examples,
+        "judge.pair_selection=gpm",
+        "judge.max_pairs_per_prompt=4",
+        "judge.seed_pairs_per_prompt=2",
+        "gpm.epochs=3",
+    ).model_dump(mode="json")
     summary = curate(cfg)
     manifest = store.read_manifest(Path(summary["path"]))
     _check_accounting(manifest)
     order = manifest["stage_order"]
-    assert order.index("judge") < order.index("aggregate_seed") < order.index("judge_gpm") \
+    assert (
+        order.index("judge")
+        < order.index("aggregate_seed")
+        < order.index("judge_gpm")
         < order.index("aggregate")
+    )
     r1, r2 = manifest["stages"]["judge"], manifest["stages"]["judge_gpm"]
     assert (r1["in"], r1["kept"], r1["dropped"]) == (24, 8, {"gpm_round": 16})
     # round 2 sees the 16 unjudged pairs, judges 2 per prompt, skips the confident rest
@@ -260,8 +354,9 @@ def test_gpm_guided_judging_in_two_rounds(tmp_path, examples):
     dropped = pl.read_parquet(Path(summary["path"]) / "dropped.parquet")
     assert "judge_gpm" in set(dropped["stage"].to_list()) <= set(manifest["stage_order"])
     info = manifest["stage_info"]["judge_gpm"]
-    assert info["selected"] == 8 and info["mean_certainty_selected"] <= \
-        info["mean_certainty_skipped"]
+    assert (
+        info["selected"] == 8 and info["mean_certainty_selected"] <= info["mean_certainty_skipped"]
+    )
     assert summary["calls"]["judge"]["made"] == summary["calls"]["judge_gpm"]["made"] == 16
     again = curate(cfg)
     assert not again["created"] and all(c["reused"] for c in again["stages"].values())

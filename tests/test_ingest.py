@@ -35,10 +35,19 @@ def write_lines(path: Path, lines: list[Any]) -> str:
     return str(path)
 
 
-def pair(i: int | str | None = None, prompt: Any = None, chosen: Any = "yes",
-         rejected: Any = "no", **extra: Any) -> dict[str, Any]:
-    row: dict[str, Any] = {"prompt": prompt if prompt is not None else f"question {i}?",
-                           "chosen": chosen, "rejected": rejected, **extra}
+def pair(
+    i: int | str | None = None,
+    prompt: Any = None,
+    chosen: Any = "yes",
+    rejected: Any = "no",
+    **extra: Any,
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "prompt": prompt if prompt is not None else f"question {i}?",
+        "chosen": chosen,
+        "rejected": rejected,
+        **extra,
+    }
     if i is not None:
         row["id"] = i
     return row
@@ -65,11 +74,14 @@ def ids_of(res: StageResult, table: str = "votes") -> list[str]:
 
 def test_jsonl_prompts_string_and_messages(tmp_path: Path) -> None:
     sys_user = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
-    f = write_lines(tmp_path / "ask.jsonl", [
-        {"id": "a", "prompt": "Tell me a joke.", "topic": "fun", "empty": None},
-        {"id": 7, "messages": sys_user},
-        {"prompt": sys_user[1:], "chosen": "ignored"},
-    ])
+    f = write_lines(
+        tmp_path / "ask.jsonl",
+        [
+            {"id": "a", "prompt": "Tell me a joke.", "topic": "fun", "empty": None},
+            {"id": 7, "messages": sys_user},
+            {"prompt": sys_user[1:], "chosen": "ignored"},
+        ],
+    )
     res = ingest_prompts(f)
     check_accounting(res)
     rows = res.outputs["prompts"].to_pylist()
@@ -84,10 +96,13 @@ def test_jsonl_prompts_string_and_messages(tmp_path: Path) -> None:
 
 
 def test_prompts_duplicate_prompt_is_dropped(tmp_path: Path) -> None:
-    f = write_lines(tmp_path / "p.jsonl", [
-        {"id": "first", "prompt": "Same?"},
-        {"id": "second", "messages": [{"role": "user", "content": "Same?"}]},
-    ])
+    f = write_lines(
+        tmp_path / "p.jsonl",
+        [
+            {"id": "first", "prompt": "Same?"},
+            {"id": "second", "messages": [{"role": "user", "content": "Same?"}]},
+        ],
+    )
     res = ingest_prompts(f, source="mine")
     check_accounting(res)
     assert res.counts.dropped == {"duplicate_id": 1}
@@ -99,9 +114,11 @@ def test_prompts_duplicate_prompt_is_dropped(tmp_path: Path) -> None:
 
 
 def test_parquet_pairs(tmp_path: Path) -> None:
-    rows = [pair("p1", votes=[{"annotator": "x", "preferred": "tie"}]),
-            pair(None, chosen=None),  # null chosen → missing_field
-            pair("p3", votes=None)]
+    rows = [
+        pair("p1", votes=[{"annotator": "x", "preferred": "tie"}]),
+        pair(None, chosen=None),  # null chosen → missing_field
+        pair("p3", votes=None),
+    ]
     path = tmp_path / "prefs.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)
     res = ingest_pairs(str(path))
@@ -132,11 +149,13 @@ def test_csv_pairs_with_json_cells(tmp_path: Path) -> None:
     conv_c = json.dumps([{"role": "assistant", "content": "Paris."}])
     conv_r = json.dumps([{"role": "assistant", "content": "Lyon."}])
     votes = json.dumps([{"annotator": "ann", "preferred": "rejected"}])
-    text = ("id,prompt,chosen,rejected,votes,lang\n"
-            f'c1,Capital of France?,"{conv_c.replace(chr(34), 2 * chr(34))}",'
-            f'"{conv_r.replace(chr(34), 2 * chr(34))}","{votes.replace(chr(34), 2 * chr(34))}",en\n'
-            'c2,"Say hi, please",[hi],hello,,\n'
-            "c3,Broken row,,nope,,\n")
+    text = (
+        "id,prompt,chosen,rejected,votes,lang\n"
+        f'c1,Capital of France?,"{conv_c.replace(chr(34), 2 * chr(34))}",'
+        f'"{conv_r.replace(chr(34), 2 * chr(34))}","{votes.replace(chr(34), 2 * chr(34))}",en\n'
+        'c2,"Say hi, please",[hi],hello,,\n'
+        "c3,Broken row,,nope,,\n"
+    )
     path = tmp_path / "t.csv"
     path.write_bytes(text.encode() + b"c4,caf\xe9?,a,b,,\n")
     res = ingest_pairs(str(path))
@@ -144,8 +163,11 @@ def test_csv_pairs_with_json_cells(tmp_path: Path) -> None:
     assert res.counts.kept == 2
     assert res.counts.quarantined == {"missing_field": 1, "invalid_text": 1}
     assert [q["row"] for q in res.quarantine.to_pylist()] == [3, 4]
-    cands = {r["policy"]: r["text"] for r in res.outputs["candidates"].to_pylist()
-             if r["source_id"] == "c1"}
+    cands = {
+        r["policy"]: r["text"]
+        for r in res.outputs["candidates"].to_pylist()
+        if r["source_id"] == "c1"
+    }
     assert cands == {"given:chosen": "Paris.", "given:rejected": "Lyon."}
     # "[hi]" is not a JSON list of messages, so it stays response text
     assert "[hi]" in res.outputs["candidates"].column("text").to_pylist()
@@ -156,24 +178,33 @@ def test_csv_pairs_with_json_cells(tmp_path: Path) -> None:
 
 def test_csv_prompts(tmp_path: Path) -> None:
     path = tmp_path / "q.csv"
-    path.write_text("prompt,messages\nhello,\n,"
-                    '"[{""role"": ""user"", ""content"": ""hey""}]"\n')
+    path.write_text('prompt,messages\nhello,\n,"[{""role"": ""user"", ""content"": ""hey""}]"\n')
     res = ingest_prompts(str(path))
-    assert [p[0]["content"] for p in res.outputs["prompts"].column("prompt").to_pylist()] \
-        == ["hello", "hey"]
+    assert [p[0]["content"] for p in res.outputs["prompts"].column("prompt").to_pylist()] == [
+        "hello",
+        "hey",
+    ]
 
 
 def test_save_to_disk_dir(tmp_path: Path) -> None:
     datasets = pytest.importorskip("datasets")
     datasets.disable_progress_bars()
-    ds = datasets.Dataset.from_list([
-        pair(1, prompt=[{"role": "user", "content": "Q1"}],
-             chosen=[{"role": "assistant", "content": "A"}],
-             rejected=[{"role": "assistant", "content": "B"}]),
-        pair(2, prompt=[{"role": "user", "content": "Q2"}],
-             chosen=[{"role": "assistant", "content": "A"}],
-             rejected=[{"role": "user", "content": "B"}]),  # last not assistant
-    ])
+    ds = datasets.Dataset.from_list(
+        [
+            pair(
+                1,
+                prompt=[{"role": "user", "content": "Q1"}],
+                chosen=[{"role": "assistant", "content": "A"}],
+                rejected=[{"role": "assistant", "content": "B"}],
+            ),
+            pair(
+                2,
+                prompt=[{"role": "user", "content": "Q2"}],
+                chosen=[{"role": "assistant", "content": "A"}],
+                rejected=[{"role": "user", "content": "B"}],
+            ),  # last not assistant
+        ]
+    )
     ds.save_to_disk(str(tmp_path / "hf"))
     res = ingest_pairs(str(tmp_path / "hf"))
     check_accounting(res)
@@ -219,39 +250,64 @@ def test_shipped_examples() -> None:
 
 
 def test_conversational_and_string_pairs_agree(tmp_path: Path) -> None:
-    f = write_lines(tmp_path / "mix.jsonl", [
-        pair("s", prompt="Hi?", chosen="Hello!", rejected="Go away."),
-        pair("c", prompt=[{"role": "user", "content": "Hi?"}],
-             chosen=[{"role": "assistant", "content": "Hello!"}],
-             rejected=[{"role": "assistant", "content": "Go away."}]),
-        # implicit prompt: shared prior messages in chosen / rejected
-        {"id": "i", "chosen": [{"role": "user", "content": "Hi?"},
-                               {"role": "assistant", "content": "Hello!"}],
-         "rejected": [{"role": "user", "content": "Hi?"},
-                      {"role": "assistant", "content": "Go away."}]},
-        # prompt + prior messages are appended into one conversation
-        pair("t", prompt="Hi?", chosen=[{"role": "assistant", "content": "Hey"},
-                                        {"role": "user", "content": "And?"},
-                                        {"role": "assistant", "content": "Bye"}],
-             rejected=[{"role": "assistant", "content": "Hey"},
-                       {"role": "user", "content": "And?"},
-                       {"role": "assistant", "content": "Nope"}]),
-    ])
+    f = write_lines(
+        tmp_path / "mix.jsonl",
+        [
+            pair("s", prompt="Hi?", chosen="Hello!", rejected="Go away."),
+            pair(
+                "c",
+                prompt=[{"role": "user", "content": "Hi?"}],
+                chosen=[{"role": "assistant", "content": "Hello!"}],
+                rejected=[{"role": "assistant", "content": "Go away."}],
+            ),
+            # implicit prompt: shared prior messages in chosen / rejected
+            {
+                "id": "i",
+                "chosen": [
+                    {"role": "user", "content": "Hi?"},
+                    {"role": "assistant", "content": "Hello!"},
+                ],
+                "rejected": [
+                    {"role": "user", "content": "Hi?"},
+                    {"role": "assistant", "content": "Go away."},
+                ],
+            },
+            # prompt + prior messages are appended into one conversation
+            pair(
+                "t",
+                prompt="Hi?",
+                chosen=[
+                    {"role": "assistant", "content": "Hey"},
+                    {"role": "user", "content": "And?"},
+                    {"role": "assistant", "content": "Bye"},
+                ],
+                rejected=[
+                    {"role": "assistant", "content": "Hey"},
+                    {"role": "user", "content": "And?"},
+                    {"role": "assistant", "content": "Nope"},
+                ],
+            ),
+        ],
+    )
     res = ingest_pairs(f)
     check_accounting(res)
     prompts = res.outputs["prompts"].to_pylist()
     assert [p["source_id"] for p in prompts] == ["s", "t"]  # first source_id wins
-    assert prompts[1]["prompt"] == [{"role": "user", "content": "Hi?"},
-                                    {"role": "assistant", "content": "Hey"},
-                                    {"role": "user", "content": "And?"}]
+    assert prompts[1]["prompt"] == [
+        {"role": "user", "content": "Hi?"},
+        {"role": "assistant", "content": "Hey"},
+        {"role": "user", "content": "And?"},
+    ]
     cands = res.outputs["candidates"].to_pylist()
     assert len(cands) == 4  # s/c/i share both candidates
     pid = hashing.prompt_id([{"role": "user", "content": "Hi?"}])
     assert {c["candidate_id"] for c in cands[:2]} == {
         hashing.candidate_id(pid, "given:chosen", 0, "Hello!"),
-        hashing.candidate_id(pid, "given:rejected", 0, "Go away.")}
-    assert all(c["sample_index"] == 0 and c["truncated"] is False and c["error"] is None
-               for c in cands)
+        hashing.candidate_id(pid, "given:rejected", 0, "Go away."),
+    }
+    assert all(
+        c["sample_index"] == 0 and c["truncated"] is False and c["error"] is None for c in cands
+    )
     # one label vote per input row; c and i are s's pair again: dropped duplicate_pair,
     # their label votes pooled on s
     assert ids_of(res) == ["s", "s", "s", "t"]
@@ -260,11 +316,15 @@ def test_conversational_and_string_pairs_agree(tmp_path: Path) -> None:
 
 
 def test_votes_canonical_orientation(tmp_path: Path) -> None:
-    votes = [{"annotator": "u1", "preferred": "chosen"},
-             {"annotator": "u2", "preferred": "rejected"},
-             {"annotator": "u3", "preferred": "tie"}]
-    rows = [pair(i, prompt=f"Q{i}", chosen=f"good {i}", rejected=f"bad {i}", votes=votes)
-            for i in range(6)]
+    votes = [
+        {"annotator": "u1", "preferred": "chosen"},
+        {"annotator": "u2", "preferred": "rejected"},
+        {"annotator": "u3", "preferred": "tie"},
+    ]
+    rows = [
+        pair(i, prompt=f"Q{i}", chosen=f"good {i}", rejected=f"bad {i}", votes=votes)
+        for i in range(6)
+    ]
     f = write_lines(tmp_path / "v.jsonl", rows)
     res = ingest_pairs(f)
     out = res.outputs["votes"].to_pylist()
@@ -281,9 +341,19 @@ def test_votes_canonical_orientation(tmp_path: Path) -> None:
         other = "b" if chosen_side == "a" else "a"
         orientations.add(chosen_side)
         assert [(v["annotator"], v["verdict"]) for v in mine] == [
-            ("v", chosen_side), ("u1", chosen_side), ("u2", other), ("u3", "tie")]
-        assert all(v["order"] is None and v["prob_a"] is None and v["raw_output"] is None
-                   and v["parse_error"] is None and v["prompt_id"] == pid for v in mine)
+            ("v", chosen_side),
+            ("u1", chosen_side),
+            ("u2", other),
+            ("u3", "tie"),
+        ]
+        assert all(
+            v["order"] is None
+            and v["prob_a"] is None
+            and v["raw_output"] is None
+            and v["parse_error"] is None
+            and v["prompt_id"] == pid
+            for v in mine
+        )
     assert orientations == {"a", "b"}  # both orientations exercised by these 6 rows
 
 
@@ -304,58 +374,133 @@ MALFORMED: list[tuple[str, Any, Reason, str]] = [
     ("truncated json", b'{"prompt": "x", "chosen": ', Reason.BAD_JSON, "not valid JSON"),
     ("array line", [1, 2], Reason.BAD_JSON, "JSON list, expected an object"),
     ("string line", '"just text"', Reason.BAD_JSON, "expected an object"),
-    ("missing rejected", {"prompt": "p", "chosen": "c"}, Reason.MISSING_FIELD,
-     "field 'rejected' is missing"),
-    ("missing prompt", {"chosen": "c", "rejected": "r"}, Reason.MISSING_FIELD,
-     "field 'prompt' is missing"),
-    ("message without content", pair(prompt=[{"role": "user"}]), Reason.MISSING_FIELD,
-     "prompt[0].content"),
-    ("chosen int", pair(chosen=5), Reason.WRONG_TYPE,
-     "field 'chosen': expected string or list of messages, got int"),
+    (
+        "missing rejected",
+        {"prompt": "p", "chosen": "c"},
+        Reason.MISSING_FIELD,
+        "field 'rejected' is missing",
+    ),
+    (
+        "missing prompt",
+        {"chosen": "c", "rejected": "r"},
+        Reason.MISSING_FIELD,
+        "field 'prompt' is missing",
+    ),
+    (
+        "message without content",
+        pair(prompt=[{"role": "user"}]),
+        Reason.MISSING_FIELD,
+        "prompt[0].content",
+    ),
+    (
+        "chosen int",
+        pair(chosen=5),
+        Reason.WRONG_TYPE,
+        "field 'chosen': expected string or list of messages, got int",
+    ),
     ("prompt dict", pair(prompt={"q": 1}), Reason.WRONG_TYPE, "field 'prompt'"),
     ("id float", pair(1.5), Reason.WRONG_TYPE, "field 'id'"),
-    ("content list", pair(prompt=[{"role": "user", "content": ["x"]}]), Reason.WRONG_TYPE,
-     "prompt[0].content"),
+    (
+        "content list",
+        pair(prompt=[{"role": "user", "content": ["x"]}]),
+        Reason.WRONG_TYPE,
+        "prompt[0].content",
+    ),
     ("last role user", pair(chosen=MSG, rejected="r"), Reason.WRONG_TYPE, "expected 'assistant'"),
-    ("prior disagree", pair(chosen=MSG + [{"role": "assistant", "content": "a"}],
-                            rejected=[{"role": "user", "content": "Other"},
-                                      {"role": "assistant", "content": "b"}]),
-     Reason.WRONG_TYPE, "disagree"),
+    (
+        "prior disagree",
+        pair(
+            chosen=MSG + [{"role": "assistant", "content": "a"}],
+            rejected=[{"role": "user", "content": "Other"}, {"role": "assistant", "content": "b"}],
+        ),
+        Reason.WRONG_TYPE,
+        "disagree",
+    ),
     ("empty text", pair(chosen=""), Reason.EMPTY_TEXT, "field 'chosen': empty text"),
     ("whitespace prompt", pair(prompt=" \n\t "), Reason.EMPTY_TEXT, "whitespace-only"),
-    ("whitespace content", pair(prompt=[{"role": "user", "content": "  "}]), Reason.EMPTY_TEXT,
-     "prompt[0].content"),
+    (
+        "whitespace content",
+        pair(prompt=[{"role": "user", "content": "  "}]),
+        Reason.EMPTY_TEXT,
+        "prompt[0].content",
+    ),
     ("NUL escaped", pair(chosen="a\x00b"), Reason.INVALID_TEXT, "field 'chosen'"),
-    ("NUL raw byte", b'{"prompt": "p", "chosen": "a\x00", "rejected": "b"}',
-     Reason.INVALID_TEXT, "NUL"),
-    ("invalid utf-8", b'{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}',
-     Reason.INVALID_TEXT, "not valid UTF-8"),
-    ("lone surrogate", '{"prompt": "\\ud800", "chosen": "a", "rejected": "b"}',
-     Reason.INVALID_TEXT, "field 'prompt'"),
-    ("unknown role", pair(prompt=[{"role": "robot", "content": "beep"}]), Reason.UNKNOWN_ROLE,
-     "'robot' is not one of"),
-    ("identical pair", pair(chosen=" same answer ", rejected="same answer"),
-     Reason.IDENTICAL_PAIR, "same response text"),
+    (
+        "NUL raw byte",
+        b'{"prompt": "p", "chosen": "a\x00", "rejected": "b"}',
+        Reason.INVALID_TEXT,
+        "NUL",
+    ),
+    (
+        "invalid utf-8",
+        b'{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}',
+        Reason.INVALID_TEXT,
+        "not valid UTF-8",
+    ),
+    (
+        "lone surrogate",
+        '{"prompt": "\\ud800", "chosen": "a", "rejected": "b"}',
+        Reason.INVALID_TEXT,
+        "field 'prompt'",
+    ),
+    (
+        "unknown role",
+        pair(prompt=[{"role": "robot", "content": "beep"}]),
+        Reason.UNKNOWN_ROLE,
+        "'robot' is not one of",
+    ),
+    (
+        "identical pair",
+        pair(chosen=" same answer ", rejected="same answer"),
+        Reason.IDENTICAL_PAIR,
+        "same response text",
+    ),
     ("duplicate id", pair("g1", prompt="Another?"), Reason.DUPLICATE_ID, "'g1' already seen"),
-    ("votes bad preferred", pair(votes=[{"annotator": "a", "preferred": "chosen"},
-                                        {"annotator": "b", "preferred": "maybe"}]),
-     Reason.INVALID_VALUE, "votes[1].preferred"),
-    ("votes missing annotator", pair(votes=[{"preferred": "tie"}]), Reason.MISSING_FIELD,
-     "votes[0].annotator"),
+    (
+        "votes bad preferred",
+        pair(
+            votes=[
+                {"annotator": "a", "preferred": "chosen"},
+                {"annotator": "b", "preferred": "maybe"},
+            ]
+        ),
+        Reason.INVALID_VALUE,
+        "votes[1].preferred",
+    ),
+    (
+        "votes missing annotator",
+        pair(votes=[{"preferred": "tie"}]),
+        Reason.MISSING_FIELD,
+        "votes[0].annotator",
+    ),
     ("votes not list", pair(votes="chosen"), Reason.WRONG_TYPE, "field 'votes'"),
     ("votes entry not object", pair(votes=["a"]), Reason.WRONG_TYPE, "votes[0]"),
-    ("votes twice", pair(votes=[{"annotator": "a", "preferred": "tie"},
-                                {"annotator": "a", "preferred": "chosen"}]),
-     Reason.INVALID_VALUE, "votes twice"),
-    ("votes text not JSON", pair(votes="[not json"), Reason.WRONG_TYPE,
-     "a string that is not a JSON list"),
+    (
+        "votes twice",
+        pair(
+            votes=[
+                {"annotator": "a", "preferred": "tie"},
+                {"annotator": "a", "preferred": "chosen"},
+            ]
+        ),
+        Reason.INVALID_VALUE,
+        "votes twice",
+    ),
+    (
+        "votes text not JSON",
+        pair(votes="[not json"),
+        Reason.WRONG_TYPE,
+        "a string that is not a JSON list",
+    ),
 ]
 
 
-@pytest.mark.parametrize("bad,reason,detail", [m[1:] for m in MALFORMED],
-                         ids=[m[0] for m in MALFORMED])
-def test_malformed_row_is_quarantined(tmp_path: Path, bad: Any, reason: Reason,
-                                      detail: str) -> None:
+@pytest.mark.parametrize(
+    "bad,reason,detail", [m[1:] for m in MALFORMED], ids=[m[0] for m in MALFORMED]
+)
+def test_malformed_row_is_quarantined(
+    tmp_path: Path, bad: Any, reason: Reason, detail: str
+) -> None:
     f = write_lines(tmp_path / "m.jsonl", [GOOD_FIRST, bad, GOOD_LAST])
     res = ingest_pairs(f)
     check_accounting(res)
@@ -369,15 +514,27 @@ def test_malformed_row_is_quarantined(tmp_path: Path, bad: Any, reason: Reason,
 
 
 def test_prompts_kind_malformed(tmp_path: Path) -> None:
-    f = write_lines(tmp_path / "p.jsonl", [
-        {"prompt": "ok"}, {"title": "no prompt"}, {"messages": "hi"},
-        {"messages": []}, {"messages": [{"role": "tool", "content": "x"}]}, b"{oops",
-    ])
+    f = write_lines(
+        tmp_path / "p.jsonl",
+        [
+            {"prompt": "ok"},
+            {"title": "no prompt"},
+            {"messages": "hi"},
+            {"messages": []},
+            {"messages": [{"role": "tool", "content": "x"}]},
+            b"{oops",
+        ],
+    )
     res = ingest_prompts(f)
     check_accounting(res)
     got = [(q["row"], q["reason"]) for q in res.quarantine.to_pylist()]
-    assert got == [(2, "missing_field"), (3, "wrong_type"), (4, "empty_text"),
-                   (5, "unknown_role"), (6, "bad_json")]
+    assert got == [
+        (2, "missing_field"),
+        (3, "wrong_type"),
+        (4, "empty_text"),
+        (5, "unknown_role"),
+        (6, "bad_json"),
+    ]
 
 
 def test_nul_in_other_field_goes_to_meta(tmp_path: Path) -> None:
@@ -429,8 +586,9 @@ def test_all_bad_file_raises_naming_file(tmp_path: Path) -> None:
     assert "first problem at row 1" in msg
 
 
-@pytest.mark.parametrize("name,content", [("missing.jsonl", None), ("data.txt", "x"),
-                                          ("empty.jsonl", "")])
+@pytest.mark.parametrize(
+    "name,content", [("missing.jsonl", None), ("data.txt", "x"), ("empty.jsonl", "")]
+)
 def test_unusable_inputs_raise(tmp_path: Path, name: str, content: str | None) -> None:
     path = tmp_path / name
     if content is not None:
@@ -447,16 +605,27 @@ def test_not_a_dataset_dir_raises(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- property
 
-_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
-                min_size=1, max_size=12).filter(lambda s: bool(s.strip()))
-_MSG = st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant"]),
-                              "content": _TEXT})
+_TEXT = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+    min_size=1,
+    max_size=12,
+).filter(lambda s: bool(s.strip()))
+_MSG = st.fixed_dictionaries(
+    {"role": st.sampled_from(["system", "user", "assistant"]), "content": _TEXT}
+)
 _JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
-        st.sampled_from(["prompt", "chosen", "rejected", "votes", "messages", "x"])
-        | st.text(max_size=4), inner, max_size=4),
-    max_leaves=10)
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["prompt", "chosen", "rejected", "votes", "messages", "x"])
+            | st.text(max_size=4),
+            inner,
+            max_size=4,
+        )
+    ),
+    max_leaves=10,
+)
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -476,8 +645,13 @@ def _valid_pair(draw: st.DrawFn, i: int) -> dict[str, Any]:
         row["id"] = f"valid-{i}" if ident == "str" else 10_000_000 + i
     n_votes = draw(st.integers(0, 3))
     if n_votes:
-        row["votes"] = [{"annotator": f"ann{k}", "preferred": draw(
-            st.sampled_from(["chosen", "rejected", "tie"]))} for k in range(n_votes)]
+        row["votes"] = [
+            {
+                "annotator": f"ann{k}",
+                "preferred": draw(st.sampled_from(["chosen", "rejected", "tie"])),
+            }
+            for k in range(n_votes)
+        ]
     if draw(st.booleans()):
         row["extra"] = draw(_JSON)
     return row
@@ -496,8 +670,13 @@ def _mixed_lines(draw: st.DrawFn) -> tuple[list[bytes], dict[int, dict[str, Any]
         elif kind == "json":
             lines.append(json.dumps(draw(_JSON)).encode())
         elif kind == "bytes":
-            lines.append(draw(st.binary(min_size=1, max_size=30).filter(
-                lambda b: b"\n" not in b and bool(b.strip()) and not b.startswith(_BOM))))
+            lines.append(
+                draw(
+                    st.binary(min_size=1, max_size=30).filter(
+                        lambda b: b"\n" not in b and bool(b.strip()) and not b.startswith(_BOM)
+                    )
+                )
+            )
         else:
             row = draw(_valid_pair(i))
             row.pop("id", None)
@@ -513,8 +692,8 @@ def _mixed_lines(draw: st.DrawFn) -> tuple[list[bytes], dict[int, dict[str, Any]
 @settings(max_examples=200, deadline=None)
 @given(_mixed_lines())
 def test_property_ingest_pairs_accounts_for_every_line(
-        tmp_path_factory: pytest.TempPathFactory,
-        case: tuple[list[bytes], dict[int, dict[str, Any]]]) -> None:
+    tmp_path_factory: pytest.TempPathFactory, case: tuple[list[bytes], dict[int, dict[str, Any]]]
+) -> None:
     lines, valid = case
     path = tmp_path_factory.mktemp("prop") / "prop.jsonl"
     path.write_bytes(b"".join(line + b"\n" for line in lines))
@@ -528,10 +707,15 @@ def test_property_ingest_pairs_accounts_for_every_line(
     c = res.counts
     assert c.rows_in == len(lines)
     assert c.kept + sum(c.dropped.values()) + sum(c.quarantined.values()) == len(lines)
-    want = {str(row["id"]) if "id" in row else hashing.stable_hash("prop.jsonl", n)
-            for n, row in valid.items()}
-    dup = set(res.dropped.filter(pa.compute.equal(res.dropped["reason"], "duplicate_pair"))
-              .column("source_id").to_pylist())
+    want = {
+        str(row["id"]) if "id" in row else hashing.stable_hash("prop.jsonl", n)
+        for n, row in valid.items()
+    }
+    dup = set(
+        res.dropped.filter(pa.compute.equal(res.dropped["reason"], "duplicate_pair"))
+        .column("source_id")
+        .to_pylist()
+    )
     assert want <= set(ids_of(res)) | dup  # a valid row is kept, or pooled into its twin
     assert c.kept + c.dropped.get("duplicate_pair", 0) >= len(valid)
 
@@ -541,10 +725,15 @@ def test_misleading_messages_fixed(tmp_path: Path) -> None:
     row per line; an unterminated CSV quote names the quote; json's 'starting at' is not
     followed by a second 'at'."""
     arr = tmp_path / "a.json"
-    arr.write_text('[\n  {"prompt": "a", "chosen": "x", "rejected": "y"},\n'
-                   '  {"prompt": "b" "chosen": "x", "rejected": "y"}\n]\n')
-    with pytest.raises(InputError, match=r"invalid JSON array: Expecting ',' delimiter at "
-                                         r"column \d+ of line 3"):
+    arr.write_text(
+        '[\n  {"prompt": "a", "chosen": "x", "rejected": "y"},\n'
+        '  {"prompt": "b" "chosen": "x", "rejected": "y"}\n]\n'
+    )
+    with pytest.raises(
+        InputError,
+        match=r"invalid JSON array: Expecting ',' delimiter at "
+        r"column \d+ of line 3",
+    ):
         ingest_pairs(arr)
     csv_f = tmp_path / "q.csv"
     csv_f.write_text('prompt,chosen,rejected\nok,x,y\n"a,x,y\nb,x,y\n')

@@ -36,19 +36,45 @@ def _votes(panel: dict[str, dict[str, str | None]], extra: list[dict] | None = N
         order = ann.rsplit("|", 1)[1] if ann.endswith(("|ab", "|ba")) else None
         for p, v in vs.items():
             a, b = PAIRS[p]
-            rows.append({"prompt_id": "p", "source_id": "s", "candidate_a": a,
-                         "candidate_b": b, "annotator": ann, "order": order, "verdict": v,
-                         "prob_a": None, "raw_output": json.dumps({"winner": v}),
-                         "parse_error": None if v else "could not find a verdict"})
+            rows.append(
+                {
+                    "prompt_id": "p",
+                    "source_id": "s",
+                    "candidate_a": a,
+                    "candidate_b": b,
+                    "annotator": ann,
+                    "order": order,
+                    "verdict": v,
+                    "prob_a": None,
+                    "raw_output": json.dumps({"winner": v}),
+                    "parse_error": None if v else "could not find a verdict",
+                }
+            )
     return from_rows(rows + (extra or []), VOTES, "votes")
 
 
 def _candidates():
-    return from_rows([{"prompt_id": "p", "source_id": "s", "candidate_id": c, "policy": "x",
-                       "sample_index": i, "text": "z" * n, "finish_reason": "stop",
-                       "n_prompt_tokens": 1, "n_output_tokens": n, "request_hash": None,
-                       "truncated": False, "error": None}
-                      for i, (c, n) in enumerate(LENGTHS.items())], CANDIDATES, "candidates")
+    return from_rows(
+        [
+            {
+                "prompt_id": "p",
+                "source_id": "s",
+                "candidate_id": c,
+                "policy": "x",
+                "sample_index": i,
+                "text": "z" * n,
+                "finish_reason": "stop",
+                "n_prompt_tokens": 1,
+                "n_output_tokens": n,
+                "request_hash": None,
+                "truncated": False,
+                "error": None,
+            }
+            for i, (c, n) in enumerate(LENGTHS.items())
+        ],
+        CANDIDATES,
+        "candidates",
+    )
 
 
 def test_cohen_kappa_textbook_2x2():
@@ -69,10 +95,12 @@ def test_krippendorff_alpha_textbook_nominal():
     # Krippendorff (2011), "Computing Krippendorff's Alpha-Reliability", 4 observers x
     # 12 units with missing values; nominal alpha = 0.743
     n = None
-    obs = [[1, 2, 3, 3, 2, 1, 4, 1, 2, n, n, n],
-           [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, n, 3],
-           [n, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, n],
-           [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, n]]
+    obs = [
+        [1, 2, 3, 3, 2, 1, 4, 1, 2, n, n, n],
+        [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, n, 3],
+        [n, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, n],
+        [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, n],
+    ]
     units = [[v for v in col if v is not None] for col in zip(*obs)]
     assert krippendorff_alpha_nominal(units) == pytest.approx(0.743, abs=5e-4)
 
@@ -132,16 +160,52 @@ def test_ingested_annotator_and_samples():
     # an ingested label (order null) and a judge sampled twice per pair at temperature > 0
     for p, v in (("P1", "a"), ("P2", "b")):
         a, b = PAIRS[p]
-        extra.append({"prompt_id": "p", "source_id": "s", "candidate_a": a, "candidate_b": b,
-                      "annotator": "source", "order": None, "verdict": v, "prob_a": None,
-                      "raw_output": None, "parse_error": None})
-    s = compute_judge_stats(_votes({f"{J1}|ab": {"P1": "a", "P2": "b"}}, extra + [
-        {"prompt_id": "p", "source_id": "s", "candidate_a": "c1", "candidate_b": "c2",
-         "annotator": f"{J1}|ab", "order": "ab", "verdict": "a", "prob_a": None,
-         "raw_output": None, "parse_error": None},
-        {"prompt_id": "p", "source_id": "s", "candidate_a": "c1", "candidate_b": "c3",
-         "annotator": f"{J1}|ab", "order": "ab", "verdict": "a", "prob_a": None,
-         "raw_output": None, "parse_error": None}]))
+        extra.append(
+            {
+                "prompt_id": "p",
+                "source_id": "s",
+                "candidate_a": a,
+                "candidate_b": b,
+                "annotator": "source",
+                "order": None,
+                "verdict": v,
+                "prob_a": None,
+                "raw_output": None,
+                "parse_error": None,
+            }
+        )
+    s = compute_judge_stats(
+        _votes(
+            {f"{J1}|ab": {"P1": "a", "P2": "b"}},
+            extra
+            + [
+                {
+                    "prompt_id": "p",
+                    "source_id": "s",
+                    "candidate_a": "c1",
+                    "candidate_b": "c2",
+                    "annotator": f"{J1}|ab",
+                    "order": "ab",
+                    "verdict": "a",
+                    "prob_a": None,
+                    "raw_output": None,
+                    "parse_error": None,
+                },
+                {
+                    "prompt_id": "p",
+                    "source_id": "s",
+                    "candidate_a": "c1",
+                    "candidate_b": "c3",
+                    "annotator": f"{J1}|ab",
+                    "order": "ab",
+                    "verdict": "a",
+                    "prob_a": None,
+                    "raw_output": None,
+                    "parse_error": None,
+                },
+            ],
+        )
+    )
     ann = s["annotators"]
     assert ann["source"]["judge"] == "source" and ann["source"]["order"] is None
     # P1: samples a, a -> a; P2: samples b, a -> no modal verdict
@@ -164,19 +228,54 @@ def test_judge_of():
 
 
 def test_score_stats():
-    t = from_rows([
-        {"candidate_id": "c1", "annotator": "r", "aspect": "helpfulness", "score": 4.0,
-         "raw_output": "{}", "parse_error": None},
-        {"candidate_id": "c2", "annotator": "r", "aspect": "helpfulness", "score": None,
-         "raw_output": "junk", "parse_error": "no score"},
-        {"candidate_id": "c1", "annotator": "rm", "aspect": "reward", "score": -1.0,
-         "raw_output": "[-1.0]", "parse_error": None},
-        {"candidate_id": "c2", "annotator": "rm", "aspect": "reward", "score": 1.0,
-         "raw_output": "[1.0]", "parse_error": None}], SCORES, "scores")
+    t = from_rows(
+        [
+            {
+                "candidate_id": "c1",
+                "annotator": "r",
+                "aspect": "helpfulness",
+                "score": 4.0,
+                "raw_output": "{}",
+                "parse_error": None,
+            },
+            {
+                "candidate_id": "c2",
+                "annotator": "r",
+                "aspect": "helpfulness",
+                "score": None,
+                "raw_output": "junk",
+                "parse_error": "no score",
+            },
+            {
+                "candidate_id": "c1",
+                "annotator": "rm",
+                "aspect": "reward",
+                "score": -1.0,
+                "raw_output": "[-1.0]",
+                "parse_error": None,
+            },
+            {
+                "candidate_id": "c2",
+                "annotator": "rm",
+                "aspect": "reward",
+                "score": 1.0,
+                "raw_output": "[1.0]",
+                "parse_error": None,
+            },
+        ],
+        SCORES,
+        "scores",
+    )
     s = compute_score_stats(t)
     assert s["rows"] == 4 and s["parse_failure_rate"] == 0.25
-    assert s["aspects"]["r/helpfulness"] == {"rows": 2, "null": 1, "null_rate": 0.5,
-                                             "parse_errors": 1, "mean": 4.0, "std": 0.0}
+    assert s["aspects"]["r/helpfulness"] == {
+        "rows": 2,
+        "null": 1,
+        "null_rate": 0.5,
+        "parse_errors": 1,
+        "mean": 4.0,
+        "std": 0.0,
+    }
     assert s["aspects"]["rm/reward"]["mean"] == 0.0 and s["aspects"]["rm/reward"]["std"] == 1.0
 
 

@@ -57,12 +57,16 @@ def _kill_leftovers():
 def _write_inputs(root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     prompts = root / "prompts.jsonl"
-    prompts.write_text("".join(
-        json.dumps({"id": f"p{i}", "prompt": f"Question {i}: explain topic {i * 7} briefly."})
-        + "\n" for i in range(N_PROMPTS)))
+    prompts.write_text(
+        "".join(
+            json.dumps({"id": f"p{i}", "prompt": f"Question {i}: explain topic {i * 7} briefly."})
+            + "\n"
+            for i in range(N_PROMPTS)
+        )
+    )
     cfg = root / "run.yaml"
     cfg.write_text(f"""name: killed
-data_root: {root / 'data'}
+data_root: {root / "data"}
 input: {{kind: prompts, path: {prompts}, limit: null}}
 generate:
   batch_size: {BATCH}
@@ -79,16 +83,27 @@ judge:
 
 
 def _start(cfg: Path, call_log: Path, prefect_home: Path) -> subprocess.Popen:
-    env = {**os.environ, "PREFCURATE_FAKE_CALL_LOG": str(call_log),
-           "PREFCURATE_FAKE_DELAY": "0.05", "PREFECT_HOME": str(prefect_home),
-           "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "PREFCURATE_FAKE_CALL_LOG": str(call_log),
+        "PREFCURATE_FAKE_DELAY": "0.05",
+        "PREFECT_HOME": str(prefect_home),
+        "PYTHONPATH": str(REPO),
+    }
     # output to files (a full pipe would stall the run); its own session, so that SIGKILL
     # reaches the CLI and the Prefect server it spawns
-    with open(call_log.with_suffix(".out"), "w") as out, \
-            open(call_log.with_suffix(".err"), "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--config",
-                                 str(cfg), "--json"], cwd=REPO, env=env, stdout=out,
-                                stderr=err, start_new_session=True)
+    with (
+        open(call_log.with_suffix(".out"), "w") as out,
+        open(call_log.with_suffix(".err"), "w") as err,
+    ):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "run", "--config", str(cfg), "--json"],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
     proc.call_log = call_log  # type: ignore[attr-defined]
     _STARTED.append(proc)
     return proc
@@ -116,8 +131,10 @@ def _kill_at(proc: subprocess.Popen, log: Path, n_lines: int, deadline_s: float 
     end = time.monotonic() + deadline_s
     while _lines(log) < n_lines:
         if proc.poll() is not None:
-            pytest.fail(f"the run ended before the kill point ({_lines(log)} < {n_lines} "
-                        f"calls): {_stderr(proc)}")
+            pytest.fail(
+                f"the run ended before the kill point ({_lines(log)} < {n_lines} "
+                f"calls): {_stderr(proc)}"
+            )
         if time.monotonic() > end:
             os.killpg(proc.pid, signal.SIGKILL)
             pytest.fail(f"kill point of {n_lines} calls not reached in {deadline_s} s")
@@ -230,7 +247,11 @@ def test_sigkill_mid_generation_and_mid_judging_then_resume(tmp_path):
     assert summary["calls"].get("generate", {}).get("made", 0) == 0  # finished in run 2
     assert summary["stages"]["generate"]["reused"] and not summary["stages"]["judge"]["reused"]
     assert summary["calls"]["judge"] == {
-        "requests": N_JUDGE, "made": len(calls3), "reused": N_JUDGE - len(calls3), "failed": 0}
+        "requests": N_JUDGE,
+        "made": len(calls3),
+        "reused": N_JUDGE - len(calls3),
+        "failed": 0,
+    }
 
     # --- the published version: complete, alone, identical to the reference
     vdir = Path(summary["path"])
@@ -241,15 +262,18 @@ def test_sigkill_mid_generation_and_mid_judging_then_resume(tmp_path):
     assert summary["rows"] == reference["rows"] > 0
     manifest, ref_manifest = store.read_manifest(vdir), store.read_manifest(reference["path"])
     for stage, c in manifest["stages"].items():
-        assert c["in"] == c["kept"] + sum(c["dropped"].values()) + \
-            sum(c["quarantined"].values()), stage
-        assert {k: c[k] for k in ("in", "kept", "dropped", "quarantined")} == \
-            {k: ref_manifest["stages"][stage][k] for k in ("in", "kept", "dropped",
-                                                           "quarantined")}, stage
-    print(f"\nkill/resume: {len(repeated)} in-flight re-calls "
-          f"({len(inflight1)} + {len(inflight2)} in flight at the kills), "
-          f"0 re-calls of committed requests; runs took {t1 - t0:.1f} / {t2 - t1:.1f} / "
-          f"{t3 - t2:.1f} s, in all {time.monotonic() - t0:.1f} s")
+        assert c["in"] == c["kept"] + sum(c["dropped"].values()) + sum(c["quarantined"].values()), (
+            stage
+        )
+        assert {k: c[k] for k in ("in", "kept", "dropped", "quarantined")} == {
+            k: ref_manifest["stages"][stage][k] for k in ("in", "kept", "dropped", "quarantined")
+        }, stage
+    print(
+        f"\nkill/resume: {len(repeated)} in-flight re-calls "
+        f"({len(inflight1)} + {len(inflight2)} in flight at the kills), "
+        f"0 re-calls of committed requests; runs took {t1 - t0:.1f} / {t2 - t1:.1f} / "
+        f"{t3 - t2:.1f} s, in all {time.monotonic() - t0:.1f} s"
+    )
 
 
 @pytest.mark.parametrize("seed", [7])

@@ -21,8 +21,9 @@ def _lengths(sim: S.Sim) -> pl.DataFrame:
     ca, cb = S.candidate_ids(sim)
     la = np.where(sim.swapped, sim.len_b, sim.len_a)
     lb = np.where(sim.swapped, sim.len_a, sim.len_b)
-    return pl.DataFrame({"candidate_id": ca + cb,
-                         "length": np.concatenate([la, lb]).astype(np.float64)})
+    return pl.DataFrame(
+        {"candidate_id": ca + cb, "length": np.concatenate([la, lb]).astype(np.float64)}
+    )
 
 
 def _accuracy(sim: S.Sim, res) -> float:
@@ -34,10 +35,16 @@ def _accuracy(sim: S.Sim, res) -> float:
 
 
 def _fit(sim: S.Sim, mode: str):
-    return aggregate_votes(S.votes_table(sim, include_label=sim.has_label),
-                           label_annotators={S.LABEL_ANNOTATOR}, method="dawid_skene",
-                           prior=(2.0, 1.0), class_prior="tested", label_correlation="split",
-                           length_control=mode, lengths=_lengths(sim))
+    return aggregate_votes(
+        S.votes_table(sim, include_label=sim.has_label),
+        label_annotators={S.LABEL_ANNOTATOR},
+        method="dawid_skene",
+        prior=(2.0, 1.0),
+        class_prior="tested",
+        label_correlation="split",
+        length_control=mode,
+        lengths=_lengths(sim),
+    )
 
 
 @pytest.mark.parametrize("scenario", ["length_confound", "length_judges"])
@@ -64,8 +71,10 @@ def test_length_control_changes_nothing_without_a_length_bias(scenario):
     sim = S.simulate(scenario, 1500, 0.2, seed=3)
     off, tested = _fit(sim, "off"), _fit(sim, "tested")
     assert tested.info["length_control"]["split"] == {}
-    assert np.array_equal(off.outputs["comparisons"].column("p_a").to_numpy(),
-                          tested.outputs["comparisons"].column("p_a").to_numpy())
+    assert np.array_equal(
+        off.outputs["comparisons"].column("p_a").to_numpy(),
+        tested.outputs["comparisons"].column("p_a").to_numpy(),
+    )
 
 
 def test_length_flags_find_the_biased_annotators_only():
@@ -83,9 +92,16 @@ def test_length_control_on_needs_lengths_and_ignores_verifiers():
     res = aggregate_votes(votes, method="dawid_skene", length_control="tested")
     assert "length_control" not in res.info
     # "on": every annotator but a verifier gets a confusion per side
-    ver = votes.set_column(votes.schema.get_field_index("annotator"), "annotator",
-                           pa.array(["verifier:answer" if i % 7 == 0 else a for i, a in
-                                     enumerate(votes.column("annotator").to_pylist())]))
+    ver = votes.set_column(
+        votes.schema.get_field_index("annotator"),
+        "annotator",
+        pa.array(
+            [
+                "verifier:answer" if i % 7 == 0 else a
+                for i, a in enumerate(votes.column("annotator").to_pylist())
+            ]
+        ),
+    )
     on = aggregate_votes(ver, method="dawid_skene", length_control="on", lengths=_lengths(sim))
     by_side = on.info["length_control"]["reliability_by_side"]
     assert "verifier:answer" not in by_side  # one confusion, under its own name
@@ -95,10 +111,24 @@ def test_length_control_on_needs_lengths_and_ignores_verifiers():
 
 
 def _votes(rows: list[tuple[str, str, str, str]]) -> pa.Table:
-    return pa.Table.from_pylist([
-        dict(prompt_id=f"p{s}", source_id=f"s{s}", candidate_a=a, candidate_b=b,
-             annotator=w, order=None, verdict=d, prob_a=None, raw_output=None,
-             parse_error=None) for s, (a, b, w, d) in enumerate(rows)], schema=VOTES)
+    return pa.Table.from_pylist(
+        [
+            dict(
+                prompt_id=f"p{s}",
+                source_id=f"s{s}",
+                candidate_a=a,
+                candidate_b=b,
+                annotator=w,
+                order=None,
+                verdict=d,
+                prob_a=None,
+                raw_output=None,
+                parse_error=None,
+            )
+            for s, (a, b, w, d) in enumerate(rows)
+        ],
+        schema=VOTES,
+    )
 
 
 def test_length_effects_glm_separates_a_length_judge_from_an_honest_one():
@@ -113,15 +143,39 @@ def test_length_effects_glm_separates_a_length_judge_from_an_honest_one():
         honest = "a" if (truth_a[i] if rng.random() < 0.85 else not truth_a[i]) else "b"
         lengthy = "a" if la[i] > lb[i] else "b"
         rows += [(a, b, "honest", honest), (a, b, "lengthy", lengthy)]
-        comps.append({"source_id": f"s{i}", "prompt_id": f"p{i}", "candidate_a": a,
-                      "candidate_b": b, "p_a": 0.9 if truth_a[i] else 0.1})
-    votes = pa.Table.from_pylist([
-        dict(prompt_id=f"p{j // 2}", source_id=f"s{j // 2}", candidate_a=a, candidate_b=b,
-             annotator=w, order=None, verdict=d, prob_a=None, raw_output=None,
-             parse_error=None) for j, (a, b, w, d) in enumerate(rows)], schema=VOTES)
-    lengths = pl.DataFrame({"candidate_id": [f"a{i}" for i in range(n)] +
-                            [f"b{i}" for i in range(n)],
-                            "length": np.concatenate([la, lb])})
+        comps.append(
+            {
+                "source_id": f"s{i}",
+                "prompt_id": f"p{i}",
+                "candidate_a": a,
+                "candidate_b": b,
+                "p_a": 0.9 if truth_a[i] else 0.1,
+            }
+        )
+    votes = pa.Table.from_pylist(
+        [
+            dict(
+                prompt_id=f"p{j // 2}",
+                source_id=f"s{j // 2}",
+                candidate_a=a,
+                candidate_b=b,
+                annotator=w,
+                order=None,
+                verdict=d,
+                prob_a=None,
+                raw_output=None,
+                parse_error=None,
+            )
+            for j, (a, b, w, d) in enumerate(rows)
+        ],
+        schema=VOTES,
+    )
+    lengths = pl.DataFrame(
+        {
+            "candidate_id": [f"a{i}" for i in range(n)] + [f"b{i}" for i in range(n)],
+            "length": np.concatenate([la, lb]),
+        }
+    )
     eff = length.length_effects(votes, pa.Table.from_pylist(comps), lengths)["annotators"]
     h, ln = eff["honest"], eff["lengthy"]
     assert ln["longer_win_rate"] == 1.0 and abs(h["longer_win_rate"] - 0.5) < 0.1
@@ -132,22 +186,45 @@ def test_length_effects_glm_separates_a_length_judge_from_an_honest_one():
 
 
 def _pairs(n: int, weights: list[float]) -> pa.Table:
-    return pa.Table.from_pylist([dict(
-        pair_id=f"p{i}", prompt_id=f"q{i}", source_id=f"s{i}", chosen_id=f"c{i}",
-        rejected_id=f"r{i}", p_hat=0.8, disagreement=0.1, n_votes=3, margin=1.0,
-        weight=weights[i], label_status="agree", similarity=None, flags=[],
-        decision="keep", reason=None, score_chosen=None, score_rejected=None,
-        curriculum_stage=None, split=None) for i in range(n)], schema=PAIRS)
+    return pa.Table.from_pylist(
+        [
+            dict(
+                pair_id=f"p{i}",
+                prompt_id=f"q{i}",
+                source_id=f"s{i}",
+                chosen_id=f"c{i}",
+                rejected_id=f"r{i}",
+                p_hat=0.8,
+                disagreement=0.1,
+                n_votes=3,
+                margin=1.0,
+                weight=weights[i],
+                label_status="agree",
+                similarity=None,
+                flags=[],
+                decision="keep",
+                reason=None,
+                score_chosen=None,
+                score_rejected=None,
+                curriculum_stage=None,
+                split=None,
+            )
+            for i in range(n)
+        ],
+        schema=PAIRS,
+    )
 
 
 def test_length_balance_drops_the_lowest_weight_pairs_on_the_side_in_excess():
     n = 10
     w = [0.9, 0.1, 0.5, 0.3, 0.8, 0.2, 0.7, 0.6, 1.0, 0.4]
     chosen_longer = [True] * 8 + [False] * 2
-    lengths = pl.DataFrame({"candidate_id": [f"c{i}" for i in range(n)] +
-                            [f"r{i}" for i in range(n)],
-                            "length": [300.0 if x else 50.0 for x in chosen_longer]
-                            + [100.0] * n})
+    lengths = pl.DataFrame(
+        {
+            "candidate_id": [f"c{i}" for i in range(n)] + [f"r{i}" for i in range(n)],
+            "length": [300.0 if x else 50.0 for x in chosen_longer] + [100.0] * n,
+        }
+    )
     res = build_pairs(_pairs(n, w), PairsConfig(length_balance=(0.4, 0.6)), lengths)
     # (8 − k) / (10 − k) <= 0.6 needs k = 5: the five lightest chosen-longer pairs
     gone = set(res.dropped.column("row_id").to_pylist())
@@ -157,10 +234,15 @@ def test_length_balance_drops_the_lowest_weight_pairs_on_the_side_in_excess():
     info = res.info["length_balance"]
     assert info["chosen_longer_before"] == 0.8 and info["chosen_longer_after"] == 0.6
     # inside the band: nothing dropped; a band only an empty set meets: nothing dropped
-    assert build_pairs(_pairs(n, w), PairsConfig(length_balance=(0.0, 0.9)),
-                       lengths).counts.dropped == {}
-    all_long = lengths.with_columns(length=pl.when(pl.col("candidate_id").str.starts_with("c"))
-                                    .then(500.0).otherwise(pl.col("length")))
+    assert (
+        build_pairs(_pairs(n, w), PairsConfig(length_balance=(0.0, 0.9)), lengths).counts.dropped
+        == {}
+    )
+    all_long = lengths.with_columns(
+        length=pl.when(pl.col("candidate_id").str.starts_with("c"))
+        .then(500.0)
+        .otherwise(pl.col("length"))
+    )
     none = build_pairs(_pairs(n, w), PairsConfig(length_balance=(0.0, 0.5)), all_long)
     assert none.counts.dropped == {} and none.info["length_balance"]["reachable"] is False
     with pytest.raises(ValueError, match="needs the candidates' lengths"):
@@ -189,9 +271,14 @@ def test_flow_balances_lengths_and_reports_them(tmp_path):
     from pipeline.store import datasets as store
 
     examples = Path(__file__).resolve().parents[1] / "data" / "examples"
-    cfg = load_config(examples / "pairs_votes.yaml",
-                      [f"data_root={tmp_path}", f"input.path={examples / 'pairs_votes.jsonl'}",
-                       "pairs.length_balance=[0.0,0.4]"])
+    cfg = load_config(
+        examples / "pairs_votes.yaml",
+        [
+            f"data_root={tmp_path}",
+            f"input.path={examples / 'pairs_votes.jsonl'}",
+            "pairs.length_balance=[0.0,0.4]",
+        ],
+    )
     vpath = Path(curate(cfg.model_dump(mode="json"))["path"])
     manifest = store.read_manifest(vpath)
     info = manifest["stage_info"]["pairs"]["length_balance"]
@@ -201,12 +288,13 @@ def test_flow_balances_lengths_and_reports_them(tmp_path):
     assert bal.height == info["dropped"] > 0
     assert set(bal["stage"].to_list()) == {"pairs"}
     st = manifest["stages"]["pairs"]
-    assert st["in"] == st["kept"] + sum(st["dropped"].values()) + sum(
-        st["quarantined"].values())
+    assert st["in"] == st["kept"] + sum(st["dropped"].values()) + sum(st["quarantined"].values())
     data = pl.read_parquet(vpath / "data.parquet")
     text = lambda m: "".join(x["content"] for x in m if x["role"] == "assistant")  # noqa: E731
-    longer = [len(text(c)) > len(text(r)) for c, r in
-              zip(data["chosen"].to_list(), data["rejected"].to_list())]
+    longer = [
+        len(text(c)) > len(text(r))
+        for c, r in zip(data["chosen"].to_list(), data["rejected"].to_list())
+    ]
     assert sum(longer) / len(longer) <= 0.4
     assert json.loads(json.dumps(manifest["stage_info"]["aggregate"]["length_control"]))
 
@@ -216,12 +304,24 @@ def test_length_effects_of_a_judge_that_always_answers_a_is_not_a_number():
     fitted to a constant has no finite coefficient; the table says so instead of
     printing a huge standard error."""
     rows = [(f"a{i}", f"b{i}", "always-a", "a") for i in range(30)]
-    comps = [{"source_id": f"s{i}", "prompt_id": f"p{i}", "candidate_a": f"a{i}",
-              "candidate_b": f"b{i}", "p_a": 0.5} for i in range(30)]
-    lengths = pl.DataFrame({"candidate_id": [f"a{i}" for i in range(30)] +
-                            [f"b{i}" for i in range(30)],
-                            "length": [float(10 + i) for i in range(30)] + [20.0] * 30})
-    row = length.length_effects(_votes(rows), pa.Table.from_pylist(comps),
-                                lengths)["annotators"]["always-a"]
+    comps = [
+        {
+            "source_id": f"s{i}",
+            "prompt_id": f"p{i}",
+            "candidate_a": f"a{i}",
+            "candidate_b": f"b{i}",
+            "p_a": 0.5,
+        }
+        for i in range(30)
+    ]
+    lengths = pl.DataFrame(
+        {
+            "candidate_id": [f"a{i}" for i in range(30)] + [f"b{i}" for i in range(30)],
+            "length": [float(10 + i) for i in range(30)] + [20.0] * 30,
+        }
+    )
+    row = length.length_effects(_votes(rows), pa.Table.from_pylist(comps), lengths)["annotators"][
+        "always-a"
+    ]
     assert row["length_coef"] is None and row["note"] == "always says a"
     assert 0.0 < row["longer_win_rate"] < 1.0

@@ -1,5 +1,6 @@
-"""The code passes ``ruff check`` with the project's configuration (pyproject.toml), so the
-README's test command (and so .ci/run) fails on a lint error."""
+"""The code passes ``ruff check`` and ``ruff format --check`` with the project's
+configuration (pyproject.toml), so the README's test command (and so .ci/run) fails on a
+lint or formatting error."""
 
 from __future__ import annotations
 
@@ -14,9 +15,27 @@ REPO = Path(__file__).resolve().parents[1]
 def test_ruff_check_is_clean() -> None:
     ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
     assert ruff, "ruff is not installed: it is in the test extra (pip install -e '.[test]')"
-    out = subprocess.run([ruff, "check", "--no-cache", "--output-format", "concise", "."],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [ruff, "check", "--no-cache", "--output-format", "concise", "."],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_ruff_format_is_clean() -> None:
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    assert ruff, "ruff is not installed: it is in the test extra (pip install -e '.[test]')"
+    out = subprocess.run(
+        [ruff, "format", "--check", "--no-cache", "."],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, "run `ruff format .`:\n" + out.stdout + out.stderr
 
 
 def test_every_logger_is_in_the_prefcurate_tree() -> None:
@@ -29,12 +48,21 @@ def test_every_logger_is_in_the_prefcurate_tree() -> None:
     files = sorted(p for d in ("pipeline", "flows", "schemas") for p in (REPO / d).rglob("*.py"))
     for f in files:
         for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                    and node.func.attr == "getLogger"):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "getLogger"
+            ):
                 arg = node.args[0] if node.args else None
-                text = (arg.value if isinstance(arg, ast.Constant) else
-                        arg.values[0].value if isinstance(arg, ast.JoinedStr)
-                        and arg.values and isinstance(arg.values[0], ast.Constant) else None)
+                text = (
+                    arg.value
+                    if isinstance(arg, ast.Constant)
+                    else arg.values[0].value
+                    if isinstance(arg, ast.JoinedStr)
+                    and arg.values
+                    and isinstance(arg.values[0], ast.Constant)
+                    else None
+                )
                 if not (isinstance(text, str) and text.startswith("prefcurate")):
                     bad.append(f"{f.relative_to(REPO)}:{node.lineno}")
     assert len(files) > 50 and bad == []
@@ -45,9 +73,11 @@ def test_cli_sends_the_tree_to_prefect(monkeypatch) -> None:
 
     from flows import cli
 
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PREFECT_LOGGING_EXTRA_LOGGERS",
-                        "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PREFECT_LOGGING_EXTRA_LOGGERS", "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW")
+    }
     monkeypatch.setattr(os, "environ", env)  # what _prefect_env sets is undone after
     monkeypatch.setattr(cli, "reap_orphan_servers", lambda: [])
     cli._prefect_env()

@@ -88,8 +88,9 @@ class FaultServer:
                 marker = body["messages"][-1]["content"]
                 auth = self.headers.get("Authorization")
                 with outer.lock:
-                    outer.seen.append({"marker": marker, "auth": auth, "body": body,
-                                       "t": time.monotonic()})
+                    outer.seen.append(
+                        {"marker": marker, "auth": auth, "body": body, "t": time.monotonic()}
+                    )
                     actions = outer.scripts.get(marker)
                     action = actions.pop(0) if actions else "ok"
                 if isinstance(action, tuple) and action[0] == "hang":  # not counted in flight
@@ -124,25 +125,44 @@ class FaultServer:
                 n = body.get("n", 1)
                 choices = []
                 for i in reversed(range(n)):  # out of order on purpose
-                    c = {"index": i, "message": {"role": "assistant",
-                                                 "content": f"{marker} #{i}"},
-                         "finish_reason": "stop" if i % 2 == 0 else "length"}
+                    c = {
+                        "index": i,
+                        "message": {"role": "assistant", "content": f"{marker} #{i}"},
+                        "finish_reason": "stop" if i % 2 == 0 else "length",
+                    }
                     if body.get("logprobs"):
                         k = body.get("top_logprobs", 1)
-                        c["logprobs"] = {"content": [
-                            {"token": f"t{s}", "logprob": -0.1 * s, "top_logprobs": [
-                                {"token": f"alt{s}.{j}", "logprob": -1.0 - j} for j in range(k)]}
-                            for s in range(10 + i)]}
+                        c["logprobs"] = {
+                            "content": [
+                                {
+                                    "token": f"t{s}",
+                                    "logprob": -0.1 * s,
+                                    "top_logprobs": [
+                                        {"token": f"alt{s}.{j}", "logprob": -1.0 - j}
+                                        for j in range(k)
+                                    ],
+                                }
+                                for s in range(10 + i)
+                            ]
+                        }
                     choices.append(c)
-                out = {"id": "x", "object": "chat.completion", "model": body["model"],
-                       "choices": choices,
-                       "usage": {"prompt_tokens": 7, "completion_tokens": 5 * n + 1,
-                                 "total_tokens": 8 + 5 * n}}
+                out = {
+                    "id": "x",
+                    "object": "chat.completion",
+                    "model": body["model"],
+                    "choices": choices,
+                    "usage": {
+                        "prompt_tokens": 7,
+                        "completion_tokens": 5 * n + 1,
+                        "total_tokens": 8 + 5 * n,
+                    },
+                }
                 return 200, json.dumps(out).encode(), {}
 
         # a listen backlog above the client's concurrency (the default 5 resets the rest)
-        server = type("Server", (ThreadingHTTPServer,), {"request_queue_size": 128,
-                                                          "daemon_threads": True})
+        server = type(
+            "Server", (ThreadingHTTPServer,), {"request_queue_size": 128, "daemon_threads": True}
+        )
         self.httpd = server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -190,8 +210,7 @@ def engine(srv: FaultServer, **kw) -> OpenAIEngine:
 
 
 def test_retries_through_every_fault_then_succeeds(fault):
-    fault.script("q", (429, {"Retry-After": "1"}, "slow down"), 500, 503, "garbage",
-                 ("hang", 3.0))
+    fault.script("q", (429, {"Retry-After": "1"}, "slow down"), 500, 503, "garbage", ("hang", 3.0))
     eng = engine(fault, timeout_s=0.5)
     t0 = time.monotonic()
     [c] = eng.complete([req("q", n=2)])
@@ -214,8 +233,9 @@ def test_gives_up_after_max_retries_with_a_retryable_error(fault):
 
 
 def test_connection_refused_is_retried_then_an_error():
-    eng = OpenAIEngine("m", f"http://127.0.0.1:{free_port()}/v1", max_retries=1,
-                       backoff_s=0.01, timeout_s=2)
+    eng = OpenAIEngine(
+        "m", f"http://127.0.0.1:{free_port()}/v1", max_retries=1, backoff_s=0.01, timeout_s=2
+    )
     [c] = eng.complete([req("x")])
     assert c.error.startswith("connection error") and c.retryable
     assert eng.stats.attempts == 2
@@ -228,17 +248,26 @@ def test_garbage_only_gives_an_error_after_retries(fault):
     assert len(fault.attempts("junk")) == 2
 
 
-@pytest.mark.parametrize("message,expect", [
-    ("temperature must be non-negative", "http 400: temperature must be non-negative"),
-    ("This model's maximum context length is 2048 tokens. However, your prompt contains "
-     "3001 input tokens, which exceeds this limit even without any output tokens.",
-     "prompt_too_long: 3001 prompt tokens >= context 2048"),
-    ("This model's maximum context length is 8192 tokens. However, your messages resulted "
-     "in 9000 tokens. Please reduce the length of the messages.",
-     "prompt_too_long: 9000 prompt tokens >= context 8192"),
-    ("Input length (5000) exceeds model's maximum context length (4096).",
-     "prompt_too_long: 5000 prompt tokens >= context 4096"),
-])
+@pytest.mark.parametrize(
+    "message,expect",
+    [
+        ("temperature must be non-negative", "http 400: temperature must be non-negative"),
+        (
+            "This model's maximum context length is 2048 tokens. However, your prompt contains "
+            "3001 input tokens, which exceeds this limit even without any output tokens.",
+            "prompt_too_long: 3001 prompt tokens >= context 2048",
+        ),
+        (
+            "This model's maximum context length is 8192 tokens. However, your messages resulted "
+            "in 9000 tokens. Please reduce the length of the messages.",
+            "prompt_too_long: 9000 prompt tokens >= context 8192",
+        ),
+        (
+            "Input length (5000) exceeds model's maximum context length (4096).",
+            "prompt_too_long: 5000 prompt tokens >= context 4096",
+        ),
+    ],
+)
 def test_400_is_not_retried(fault, message, expect):
     fault.script("bad", (400, {}, message))
     [c] = engine(fault).complete([req("bad")])
@@ -249,9 +278,16 @@ def test_400_is_not_retried(fault, message, expect):
 
 
 def test_prompt_fits_but_max_tokens_does_not_clamps_once(fault):
-    fault.script("long", (400, {}, "This model's maximum context length is 2048 tokens. "
-                          "However, you requested 2100 tokens (2000 in the messages, 100 in "
-                          "the completion). Please reduce the length."))
+    fault.script(
+        "long",
+        (
+            400,
+            {},
+            "This model's maximum context length is 2048 tokens. "
+            "However, you requested 2100 tokens (2000 in the messages, 100 in "
+            "the completion). Please reduce the length.",
+        ),
+    )
     [c] = engine(fault).complete([req("long", max_tokens=100)])
     assert c.error is None
     assert [a["body"]["max_tokens"] for a in fault.attempts("long")] == [100, 48]
@@ -269,25 +305,47 @@ def test_order_and_bounded_concurrency(fault):
 
 def test_request_fields_and_answer_mapping(fault):
     schema = json.dumps({"type": "object", "properties": {"winner": {"type": "string"}}})
-    r = ChatRequest(messages=(("system", "s"), ("user", "judge")), n=2, temperature=0.3,
-                    top_p=0.9, max_tokens=11, seed=5, stop=("\n\n",), json_schema=schema,
-                    logprobs=3)
+    r = ChatRequest(
+        messages=(("system", "s"), ("user", "judge")),
+        n=2,
+        temperature=0.3,
+        top_p=0.9,
+        max_tokens=11,
+        seed=5,
+        stop=("\n\n",),
+        json_schema=schema,
+        logprobs=3,
+    )
     [c] = engine(fault, extra_body={"top_k": 20}).complete([r])
     body = fault.attempts("judge")[0]["body"]
-    assert body == {"top_k": 20, "model": "m",
-                    "messages": [{"role": "system", "content": "s"},
-                                 {"role": "user", "content": "judge"}],
-                    "n": 2, "temperature": 0.3, "top_p": 0.9, "max_tokens": 11, "seed": 5,
-                    "stop": ["\n\n"], "logprobs": True, "top_logprobs": 3,
-                    "response_format": {"type": "json_schema", "json_schema": {
-                        "name": "verdict", "schema": json.loads(schema)}}}
+    assert body == {
+        "top_k": 20,
+        "model": "m",
+        "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "judge"}],
+        "n": 2,
+        "temperature": 0.3,
+        "top_p": 0.9,
+        "max_tokens": 11,
+        "seed": 5,
+        "stop": ["\n\n"],
+        "logprobs": True,
+        "top_logprobs": 3,
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "verdict", "schema": json.loads(schema)},
+        },
+    }
     assert c.texts == ["judge #0", "judge #1"]  # sorted by index
     assert c.finish_reasons == ["stop", "length"]
     assert c.n_prompt_tokens == 7
     assert c.n_output_tokens == [10, 11]  # from the logprobs' length, per choice
     assert len(c.top_logprobs[0]) == 8  # the first 8 steps
-    assert c.top_logprobs[1][2] == {"alt2.0": -1.0, "alt2.1": -2.0, "alt2.2": -3.0,
-                                    "t2": pytest.approx(-0.2)}
+    assert c.top_logprobs[1][2] == {
+        "alt2.0": -1.0,
+        "alt2.1": -2.0,
+        "alt2.2": -3.0,
+        "t2": pytest.approx(-0.2),
+    }
 
 
 def test_output_tokens_split_when_no_per_choice_counts(fault):
@@ -303,8 +361,9 @@ def test_backoff_is_exponential_with_jitter_and_capped():
         vals = [eng._backoff(retry, None) for _ in range(50)]
         assert all(base / 2 <= v <= base for v in vals) and len(set(vals)) > 1
     assert eng._backoff(1, 3.0) == 3.0 and eng._backoff(1, 99.0) == 5.0
-    assert parse_retry_after({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"},
-                             now=1445412480 - 10) == pytest.approx(10)
+    assert parse_retry_after(
+        {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, now=1445412480 - 10
+    ) == pytest.approx(10)
 
 
 def test_complete_from_inside_a_running_event_loop(fault):
@@ -327,13 +386,15 @@ def test_run_cached_makes_no_call_the_second_time(fault, tmp_path):
     eng = engine(fault, max_retries=1)
     cache = RequestCache(tmp_path / "c.sqlite")
     rs = [req("a", n=2), req("b"), req("flaky")]
-    out, stats = run_cached(rs, engine_kind="openai", model="m", get_engine=lambda: eng,
-                            cache=cache)
+    out, stats = run_cached(
+        rs, engine_kind="openai", model="m", get_engine=lambda: eng, cache=cache
+    )
     assert (stats.made, stats.failed) == (3, 1) and out[2].error
     before = len(fault.seen)
     fault.scripts.clear()
-    again, stats2 = run_cached(rs, engine_kind="openai", model="m", get_engine=lambda: eng,
-                               cache=cache)
+    again, stats2 = run_cached(
+        rs, engine_kind="openai", model="m", get_engine=lambda: eng, cache=cache
+    )
     assert (stats2.reused, stats2.made) == (2, 1)  # only the failed request is asked again
     assert [s["marker"] for s in fault.seen[before:]] == ["flaky"]
     assert again[:2] == out[:2] and again[2].error is None
@@ -361,8 +422,12 @@ def test_api_key_is_sent_and_never_leaks(fault, monkeypatch, caplog):
     with pytest.raises(EngineError) as info:
         eng.complete([req("ok")])
     assert KEY_ENV in str(info.value)
-    texts = [c.to_json() for c in out + [bad]] + [str(info.value), repr(eng), str(vars(eng)),
-                                                  caplog.text]
+    texts = [c.to_json() for c in out + [bad]] + [
+        str(info.value),
+        repr(eng),
+        str(vars(eng)),
+        caplog.text,
+    ]
     texts += [r.getMessage() for r in caplog.records]
     assert caplog.records  # retries and the give-up were logged
     assert not [t for t in texts if secret in t]
@@ -387,35 +452,64 @@ def vllm_server(tmp_path_factory):
     port = free_port()
     logf = tmp_path_factory.mktemp("vllm-serve") / "server.log"
     key = f"sk-serve-{uuid.uuid4().hex}"
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_API_KEY": key,
-           "VLLM_CACHE_ROOT": str(cache / "vllm"),
-           "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"), "HF_HUB_OFFLINE": "1",
-           "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-           "--model", str(model_dir), "--served-model-name", SERVED,
-           "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-           "--max-model-len", "2048", "--enforce-eager", "--seed", "0",
-           "--structured-outputs-config",
-           json.dumps({"backend": "guidance", "disable_any_whitespace": True}),
-           "--disable-uvicorn-access-log", "--uvicorn-log-level", "warning"]
+    env = {
+        **os.environ,
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "VLLM_API_KEY": key,
+        "VLLM_CACHE_ROOT": str(cache / "vllm"),
+        "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model_dir),
+        "--served-model-name",
+        SERVED,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "2048",
+        "--enforce-eager",
+        "--seed",
+        "0",
+        "--structured-outputs-config",
+        json.dumps({"backend": "guidance", "disable_any_whitespace": True}),
+        "--disable-uvicorn-access-log",
+        "--uvicorn-log-level",
+        "warning",
+    ]
     t0 = time.monotonic()
     with open(logf, "wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
     try:
         deadline = t0 + 240
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"vllm serve exited with {proc.returncode}:\n"
-                            f"{logf.read_text(errors='replace')[-3000:]}")
+                pytest.fail(
+                    f"vllm serve exited with {proc.returncode}:\n"
+                    f"{logf.read_text(errors='replace')[-3000:]}"
+                )
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail("vllm serve not healthy after 240 s:\n"
-                            f"{logf.read_text(errors='replace')[-3000:]}")
+                pytest.fail(
+                    "vllm serve not healthy after 240 s:\n"
+                    f"{logf.read_text(errors='replace')[-3000:]}"
+                )
             time.sleep(1)
         print(f"\nvllm serve healthy after {time.monotonic() - t0:.1f} s", file=sys.stderr)
         yield {"url": f"http://127.0.0.1:{port}/v1", "key": key}
@@ -433,14 +527,26 @@ def vllm_server(tmp_path_factory):
 @pytest.fixture
 def served(vllm_server, monkeypatch):
     monkeypatch.setenv(KEY_ENV, vllm_server["key"])
-    return OpenAIEngine(SERVED, vllm_server["url"], api_key_env=KEY_ENV, max_concurrency=4,
-                        timeout_s=120, max_retries=2)
+    return OpenAIEngine(
+        SERVED,
+        vllm_server["url"],
+        api_key_env=KEY_ENV,
+        max_concurrency=4,
+        timeout_s=120,
+        max_retries=2,
+    )
 
 
 @pytest.mark.engine
 def test_serve_samples_distinct_and_seeds_reproduce(served):
-    r = ChatRequest(messages=(("user", "Name a colour and say why you like it."),), n=2,
-                    temperature=1.0, top_p=1.0, max_tokens=24, seed=7)
+    r = ChatRequest(
+        messages=(("user", "Name a colour and say why you like it."),),
+        n=2,
+        temperature=1.0,
+        top_p=1.0,
+        max_tokens=24,
+        seed=7,
+    )
     first, second, other = served.complete([r, r, ChatRequest(**{**r.__dict__, "seed": 8})])
     assert first.error is None and len(first.texts) == 2
     assert first.texts[0] != first.texts[1]  # n=2 gives distinct samples
@@ -455,8 +561,9 @@ def test_serve_structured_verdict_and_logprobs(served):
     from pipeline.annotate.judging import format_pairwise, parse_verdict, prob_first_from_logprobs
     from schemas.config import JudgeSpec
 
-    r = format_pairwise(JudgeSpec(), [{"role": "user", "content": "What is 2 + 2?"}],
-                        "2 + 2 = 4.", "2 + 2 = 5.")
+    r = format_pairwise(
+        JudgeSpec(), [{"role": "user", "content": "What is 2 + 2?"}], "2 + 2 = 4.", "2 + 2 = 5."
+    )
     [c] = served.complete([r])
     assert c.error is None
     verdict, err = parse_verdict(c.texts[0])
@@ -470,18 +577,22 @@ def test_serve_structured_verdict_and_logprobs(served):
 @pytest.mark.engine
 def test_serve_run_cached_twice_makes_no_call_the_second_time(served, tmp_path):
     cache = RequestCache(tmp_path / "requests.sqlite")
-    rs = [req("Say hello in French.", n=2, temperature=0.8, max_tokens=16),
-          req("Say hello in Spanish.", n=2, temperature=0.8, max_tokens=16)]
-    out, stats = run_cached(rs, engine_kind="openai", model=SERVED, get_engine=lambda: served,
-                            cache=cache)
+    rs = [
+        req("Say hello in French.", n=2, temperature=0.8, max_tokens=16),
+        req("Say hello in Spanish.", n=2, temperature=0.8, max_tokens=16),
+    ]
+    out, stats = run_cached(
+        rs, engine_kind="openai", model=SERVED, get_engine=lambda: served, cache=cache
+    )
     assert (stats.made, stats.failed) == (2, 0)
     attempts = served.stats.attempts
 
     def no_engine():
         raise AssertionError("the engine must not be asked when everything is cached")
 
-    again, stats2 = run_cached(rs, engine_kind="openai", model=SERVED, get_engine=no_engine,
-                               cache=cache)
+    again, stats2 = run_cached(
+        rs, engine_kind="openai", model=SERVED, get_engine=no_engine, cache=cache
+    )
     assert (stats2.made, stats2.reused) == (0, 2)
     assert served.stats.attempts == attempts
     assert [c.texts for c in again] == [c.texts for c in out]

@@ -63,11 +63,22 @@ class Judge:
                 outer.posts.append(text)
                 if outer.fail_marker and outer.fail_marker in text:
                     return self._send(503, {"error": {"message": "overloaded"}})
-                self._send(200, {"id": "x", "object": "chat.completion", "model": "m",
-                                 "choices": [{"index": 0, "finish_reason": "stop",
-                                              "message": {"role": "assistant",
-                                                          "content": '{"winner": "A"}'}}],
-                                 "usage": {"prompt_tokens": 9, "completion_tokens": 5}})
+                self._send(
+                    200,
+                    {
+                        "id": "x",
+                        "object": "chat.completion",
+                        "model": "m",
+                        "choices": [
+                            {
+                                "index": 0,
+                                "finish_reason": "stop",
+                                "message": {"role": "assistant", "content": '{"winner": "A"}'},
+                            }
+                        ],
+                        "usage": {"prompt_tokens": 9, "completion_tokens": 5},
+                    },
+                )
 
         self.httpd = _Server(("127.0.0.1", 0), H)
         self.httpd.daemon_threads = True
@@ -89,13 +100,34 @@ def closed_port() -> int:
 
 def run(tmp: Path, url: str, *extra: str) -> subprocess.CompletedProcess:
     m = "judge.judges.0.model"
-    sets = [f"data_root={tmp / 'data'}", "name=outage", "input.kind=pairs",
-            f"input.path={PAIRS}", f"{m}.engine=openai", f"{m}.model=m", f"{m}.base_url={url}",
-            f"{m}.max_retries=0", f"{m}.timeout_s=60", "rubrics.judges=[]"]
-    return subprocess.run([sys.executable, "-m", "flows.cli", "run", "--json", *extra,
-                           *[a for s in sets for a in ("--set", s)]], cwd=tmp,
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PREFECT_HOME": str(tmp / ".prefect")})
+    sets = [
+        f"data_root={tmp / 'data'}",
+        "name=outage",
+        "input.kind=pairs",
+        f"input.path={PAIRS}",
+        f"{m}.engine=openai",
+        f"{m}.model=m",
+        f"{m}.base_url={url}",
+        f"{m}.max_retries=0",
+        f"{m}.timeout_s=60",
+        "rubrics.judges=[]",
+    ]
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "run",
+            "--json",
+            *extra,
+            *[a for s in sets for a in ("--set", s)],
+        ],
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PREFECT_HOME": str(tmp / ".prefect")},
+    )
 
 
 def judge_dirs(tmp: Path) -> list[Path]:

@@ -12,10 +12,27 @@ from schemas.tables import CANDIDATES, PAIRS, PROMPTS
 
 
 def row(pid, ch, rj, sc, sr, margin=1.0, source="s"):
-    return dict(pair_id=pid, prompt_id="p", source_id=source, chosen_id=ch, rejected_id=rj,
-                p_hat=0.8, disagreement=0.4, n_votes=2, margin=margin, weight=0.8,
-                label_status="agree", similarity=None, flags=[], decision="keep", reason=None,
-                score_chosen=sc, score_rejected=sr, curriculum_stage=None, split=None)
+    return dict(
+        pair_id=pid,
+        prompt_id="p",
+        source_id=source,
+        chosen_id=ch,
+        rejected_id=rj,
+        p_hat=0.8,
+        disagreement=0.4,
+        n_votes=2,
+        margin=margin,
+        weight=0.8,
+        label_status="agree",
+        similarity=None,
+        flags=[],
+        decision="keep",
+        reason=None,
+        score_chosen=sc,
+        score_rejected=sr,
+        curriculum_stage=None,
+        split=None,
+    )
 
 
 def table(*rows):
@@ -29,30 +46,47 @@ def accounted(res):
 
 
 def test_all_pairs_min_margin():
-    t = table(row("1", "x", "y", 0.9, 0.5, margin=0.2), row("2", "x", "z", 0.9, 0.1, 1.5),
-              row("3", "y", "z", 0.5, 0.1, margin=None))
+    t = table(
+        row("1", "x", "y", 0.9, 0.5, margin=0.2),
+        row("2", "x", "z", 0.9, 0.1, 1.5),
+        row("3", "y", "z", 0.5, 0.1, margin=None),
+    )
     res = accounted(build_pairs(t, PairsConfig(strategy="all_pairs", min_margin=0.5)))
     assert res.outputs["pairs"].column("pair_id").to_pylist() == ["2"]
     assert res.counts.dropped == {"below_min_margin": 1, "null_score": 1}
 
 
 def test_curriculum_orders_by_gap_and_shares_best():
-    t = table(row("a", "best", "w1", 0.9, 0.6), row("b", "best", "w2", 0.9, 0.1),
-              row("c", "best", "w3", 0.9, 0.4), row("d", "w1", "w2", 0.6, 0.1))
+    t = table(
+        row("a", "best", "w1", 0.9, 0.6),
+        row("b", "best", "w2", 0.9, 0.1),
+        row("c", "best", "w3", 0.9, 0.4),
+        row("d", "w1", "w2", 0.6, 0.1),
+    )
     res = accounted(build_pairs(t, PairsConfig(strategy="curriculum", curriculum_stages=3)))
     out = res.outputs["pairs"].select(["pair_id", "curriculum_stage"]).to_pylist()
-    assert out == [{"pair_id": "b", "curriculum_stage": 1}, {"pair_id": "c", "curriculum_stage": 2},
-                   {"pair_id": "a", "curriculum_stage": 3}]
+    assert out == [
+        {"pair_id": "b", "curriculum_stage": 1},
+        {"pair_id": "c", "curriculum_stage": 2},
+        {"pair_id": "a", "curriculum_stage": 3},
+    ]
     assert res.counts.dropped == {"not_selected": 1}
 
 
 def test_easy_hard_split_by_margin_quantile():
-    t = table(*[row(str(i), f"c{i}", f"r{i}", 0.9, 0.1, margin=float(i), source=f"s{i}")
-                for i in range(4)])
-    res = build_pairs(t, PairsConfig(strategy="all_pairs", split="easy_hard",
-                                     hard_quantile=0.5))
-    split = dict(zip(res.outputs["pairs"].column("pair_id").to_pylist(),
-                     res.outputs["pairs"].column("split").to_pylist()))
+    t = table(
+        *[
+            row(str(i), f"c{i}", f"r{i}", 0.9, 0.1, margin=float(i), source=f"s{i}")
+            for i in range(4)
+        ]
+    )
+    res = build_pairs(t, PairsConfig(strategy="all_pairs", split="easy_hard", hard_quantile=0.5))
+    split = dict(
+        zip(
+            res.outputs["pairs"].column("pair_id").to_pylist(),
+            res.outputs["pairs"].column("split").to_pylist(),
+        )
+    )
     assert split == {"0": "hard", "1": "hard", "2": "easy", "3": "easy"}
 
 
@@ -63,29 +97,65 @@ def test_reward_augmented_twins_are_reversed_and_conditioned():
     assert res.counts.kept == 1 and res.counts.rows_out == 2
     orig, twin = out
     assert (twin["chosen_id"], twin["rejected_id"]) == ("y", "x") and RA_TWIN in twin["flags"]
-    prompts = pa.Table.from_pylist([{"prompt_id": "p", "source_id": "s", "source": "t",
-                                     "meta": None,
-                                     "prompt": [{"role": "user", "content": "q"}]}],
-                                   schema=PROMPTS)
-    cands = pa.Table.from_pylist([
-        {"prompt_id": "p", "source_id": "s", "candidate_id": c, "policy": "pol",
-         "sample_index": 0, "text": f"text {c}", "finish_reason": "stop", "n_prompt_tokens": 1,
-         "n_output_tokens": 1, "request_hash": None, "truncated": False, "error": None}
-        for c in ("x", "y")], schema=CANDIDATES)
+    prompts = pa.Table.from_pylist(
+        [
+            {
+                "prompt_id": "p",
+                "source_id": "s",
+                "source": "t",
+                "meta": None,
+                "prompt": [{"role": "user", "content": "q"}],
+            }
+        ],
+        schema=PROMPTS,
+    )
+    cands = pa.Table.from_pylist(
+        [
+            {
+                "prompt_id": "p",
+                "source_id": "s",
+                "candidate_id": c,
+                "policy": "pol",
+                "sample_index": 0,
+                "text": f"text {c}",
+                "finish_reason": "stop",
+                "n_prompt_tokens": 1,
+                "n_output_tokens": 1,
+                "request_hash": None,
+                "truncated": False,
+                "error": None,
+            }
+            for c in ("x", "y")
+        ],
+        schema=CANDIDATES,
+    )
     pub = published_table(res.outputs["pairs"], prompts, cands).to_pylist()
     assert "0.90" in pub[0]["prompt"][0]["content"] and "0.20" in pub[1]["prompt"][0]["content"]
     assert pub[1]["chosen"][0]["content"] == "text y"
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 4), st.integers(0, 4),
-                          st.one_of(st.none(), st.floats(0, 1)),
-                          st.one_of(st.none(), st.floats(0, 1)), st.floats(0, 4)),
-                max_size=12),
-       st.sampled_from(["best_worst", "all_pairs", "curriculum"]))
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 3),
+            st.integers(0, 4),
+            st.integers(0, 4),
+            st.one_of(st.none(), st.floats(0, 1)),
+            st.one_of(st.none(), st.floats(0, 1)),
+            st.floats(0, 4),
+        ),
+        max_size=12,
+    ),
+    st.sampled_from(["best_worst", "all_pairs", "curriculum"]),
+)
 def test_invariants(rows, strategy):
-    t = table(*[row(f"p{i}", f"c{a}", f"c{b}" if b != a else f"d{b}", sc, sr, m, f"s{s}")
-                for i, (s, a, b, sc, sr, m) in enumerate(rows)])
+    t = table(
+        *[
+            row(f"p{i}", f"c{a}", f"c{b}" if b != a else f"d{b}", sc, sr, m, f"s{s}")
+            for i, (s, a, b, sc, sr, m) in enumerate(rows)
+        ]
+    )
     res = accounted(build_pairs(t, PairsConfig(strategy=strategy, split="easy_hard")))
     out = res.outputs["pairs"].to_pylist()
     assert all(r["chosen_id"] != r["rejected_id"] for r in out)

@@ -26,21 +26,40 @@ def test_model_problems(tmp_path, monkeypatch):
 
 
 def test_check_models_names_the_field(tmp_path):
-    cfg = load_config(None, [f"judge.judges.0.model.model={tmp_path / 'missing'}",
-                             "rubrics.judges=[]"])
+    cfg = load_config(
+        None, [f"judge.judges.0.model.model={tmp_path / 'missing'}", "rubrics.judges=[]"]
+    )
     with pytest.raises(ConfigError, match=r"judge\.judges\.0: model .*missing.*no such folder"):
         check_models(cfg)
-    ok = load_config(None, ["judge.judges.0.model.engine=openai",
-                            "judge.judges.0.model.base_url=http://127.0.0.1:9/v1",
-                            "judge.judges.0.model.model=served-name", "rubrics.judges=[]"])
+    ok = load_config(
+        None,
+        [
+            "judge.judges.0.model.engine=openai",
+            "judge.judges.0.model.base_url=http://127.0.0.1:9/v1",
+            "judge.judges.0.model.model=served-name",
+            "rubrics.judges=[]",
+        ],
+    )
     check_models(ok)  # a served model is the server's business
 
 
 def test_cli_refuses_a_missing_model_before_prefect_starts(tmp_path):
     res = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "run", "--set", f"data_root={tmp_path / 'd'}",
-         "--set", f"judge.judges.0.model.model={tmp_path / 'no' / 'model'}"],
-        cwd=REPO, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "run",
+            "--set",
+            f"data_root={tmp_path / 'd'}",
+            "--set",
+            f"judge.judges.0.model.model={tmp_path / 'no' / 'model'}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 2, res.stderr[-1000:]
     assert "no such folder" in res.stderr and res.stderr.count("\n") <= 3, res.stderr
     assert not (tmp_path / "d" / "runs").exists()  # before the flow: nothing written

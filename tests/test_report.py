@@ -25,13 +25,20 @@ PLANTED = "<script>alert(1)</script>"
 
 
 def _fake_cfg(root: Path, examples: Path, *extra: str) -> dict:
-    return load_config(None, [f"data_root={root}", "name=fake-run",
-                              f"input.path={examples / 'prompts.jsonl'}", "input.limit=4",
-                              "generate.policies.0.model.engine=fake",
-                              "generate.policies.0.model.model=fake-policy",
-                              "judge.judges.0.model.engine=fake",
-                              "judge.judges.0.model.model=fake-judge",
-                              *extra]).model_dump(mode="json")
+    return load_config(
+        None,
+        [
+            f"data_root={root}",
+            "name=fake-run",
+            f"input.path={examples / 'prompts.jsonl'}",
+            "input.limit=4",
+            "generate.policies.0.model.engine=fake",
+            "generate.policies.0.model.model=fake-policy",
+            "judge.judges.0.model.engine=fake",
+            "judge.judges.0.model.model=fake-judge",
+            *extra,
+        ],
+    ).model_dump(mode="json")
 
 
 @pytest.fixture(scope="module")
@@ -45,22 +52,27 @@ def versions(tmp_path_factory) -> dict[str, Path]:
     # a high drop band so that the example also drops pairs: the posterior is below 0.96
     # for pv-03, pv-09 and pv-11 (dropped low_confidence) and flips pv-04/06/07/10
     strict = "denoise.drop_below=0.96"
-    cfg = load_config(examples / "pairs_votes.yaml",
-                      [f"data_root={root}", f"input.path={examples / 'pairs_votes.jsonl'}",
-                       strict])
+    cfg = load_config(
+        examples / "pairs_votes.yaml",
+        [f"data_root={root}", f"input.path={examples / 'pairs_votes.jsonl'}", strict],
+    )
     out["example"] = Path(curate(cfg.model_dump(mode="json"))["path"])
     # the same example with markup planted in texts that the report shows: pv-04 is flipped
     # (its texts appear as a flipped example), pv-03 is dropped (a dropped example)
     root = tmp_path_factory.mktemp("planted")
-    rows = [json.loads(line) for line in
-            (examples / "pairs_votes.jsonl").read_text().splitlines() if line.strip()]
+    rows = [
+        json.loads(line)
+        for line in (examples / "pairs_votes.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     for r in rows:
         if r["id"] in ("pv-04", "pv-03"):
-            r["chosen"] = f"{PLANTED} & \"quoted\" <b>bold</b> [red]markup[/red]"
+            r["chosen"] = f'{PLANTED} & "quoted" <b>bold</b> [red]markup[/red]'
     src = root / "planted.jsonl"
     src.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    cfg = load_config(examples / "pairs_votes.yaml",
-                      [f"data_root={root}", f"input.path={src}", strict])
+    cfg = load_config(
+        examples / "pairs_votes.yaml", [f"data_root={root}", f"input.path={src}", strict]
+    )
     out["planted"] = Path(curate(cfg.model_dump(mode="json"))["path"])
     return out
 
@@ -85,8 +97,12 @@ def test_numbers_match_manifest_and_data(versions, which):
     assert st["order"] == manifest["stage_order"]
     for row in st["rows"]:
         m = manifest["stages"][row["stage"]]
-        assert (row["in"], row["kept"], row["dropped"], row["quarantined"]) == \
-            (m["in"], m["kept"], m["dropped"], m["quarantined"])
+        assert (row["in"], row["kept"], row["dropped"], row["quarantined"]) == (
+            m["in"],
+            m["kept"],
+            m["dropped"],
+            m["quarantined"],
+        )
     assert sum(st["drop_reasons"].values()) == manifest["rows"]["dropped"]
 
     data = _data(vpath)
@@ -108,7 +124,8 @@ def test_numbers_match_manifest_and_data(versions, which):
     # chosen − rejected lengths after (the data) and before curation (the margins pairs)
     assert lb["after"]["pairs"] == n and sum(lb["after"]["counts"]) == n
     assert lb["after"]["chosen_longer_share"] == pytest.approx(
-        sum(c > r for c, r in zip(ch, rj)) / n)
+        sum(c > r for c, r in zip(ch, rj)) / n
+    )
     before = lb["before"]
     assert before is not None and sum(before["counts"]) == before["pairs"] >= n
     # the per-annotator length GLM of the aggregate stage, for every annotator with a vote
@@ -122,7 +139,8 @@ def test_numbers_match_manifest_and_data(versions, which):
     den = manifest["stages"]["denoise"]
     flipped = int((data["decision"] == "flip").sum())
     assert rep["noise"]["noise_rate"] == pytest.approx(
-        (sum(den["dropped"].values()) + flipped) / den["in"])
+        (sum(den["dropped"].values()) + flipped) / den["in"]
+    )
     ex = rep["examples"]
     assert ex["flipped_total"] == flipped and ex["dropped_total"] == manifest["rows"]["dropped"]
     # the run's stage outputs are still there: dropped pairs come with their texts
@@ -150,7 +168,7 @@ def test_fake_judge_agreement_is_position_consistency(versions):
     vpath = versions["fake"]
     manifest = store.read_manifest(vpath)
     pc = manifest["stage_info"]["aggregate"]["position_consistency"]
-    (judge, stats), = pc.items()
+    ((judge, stats),) = pc.items()
     rep = rp.build_report(vpath)
     agr = rep["judges"]["agreement"]
     assert agr["annotators"] == [f"{judge}|ab", f"{judge}|ba"]
@@ -164,20 +182,30 @@ def test_fake_judge_agreement_is_position_consistency(versions):
     (per_judge,) = [t for t in rep["judges"]["tables"] if t["title"].startswith("judge: judges")]
     assert [r[0] for r in per_judge["rows"]] == [judge]
     assert per_judge["rows"][0][2] == pytest.approx(stats["consistency"], abs=1e-3)
-    assert not any("." in c for t in rep["judges"]["tables"] for c in t["columns"]
-                   if t["title"].startswith("judge:"))
+    assert not any(
+        "." in c
+        for t in rep["judges"]["tables"]
+        for c in t["columns"]
+        if t["title"].startswith("judge:")
+    )
 
 
 def test_judge_stats_rendered_whatever_their_shape(versions):
     """Another stage may add judge_stats with any keys: shown as tables; absent: a note."""
     vpath = versions["example"]
     manifest = store.read_manifest(vpath)
-    data, dropped, quar = (pl.read_parquet(vpath / f).to_arrow() for f in
-                           ("data.parquet", "dropped.parquet", "quarantine.parquet"))
-    manifest["stage_info"]["judge"] = {"judge_stats": {
-        "cohen_kappa": {"j1|ab~j1|ba": 0.41}, "krippendorff_alpha": 0.33,
-        "length_bias": {"longer_wins": 0.61, "pairs": 12},
-        "position_consistency": {"j1": {"consistency": 0.8, "pairs": 12}}}}
+    data, dropped, quar = (
+        pl.read_parquet(vpath / f).to_arrow()
+        for f in ("data.parquet", "dropped.parquet", "quarantine.parquet")
+    )
+    manifest["stage_info"]["judge"] = {
+        "judge_stats": {
+            "cohen_kappa": {"j1|ab~j1|ba": 0.41},
+            "krippendorff_alpha": 0.33,
+            "length_bias": {"longer_wins": 0.61, "pairs": 12},
+            "position_consistency": {"j1": {"consistency": 0.8, "pairs": 12}},
+        }
+    }
     # a similarity column (no version has one yet): stats, histogram and its plot
     sims = [0.1 * i for i in range(data.num_rows)]
     with_sim = data.append_column("similarity", pa.array(sims, pa.float64()))
@@ -193,8 +221,7 @@ def test_judge_stats_rendered_whatever_their_shape(versions):
     assert rep["lineage"]["stages_found"] == []  # no run_root given: no lineage, no error
     manifest["stage_info"] = {}
     manifest["stages"] = {}
-    rep = rp.report_from_tables(manifest, data.slice(0, 0), dropped.slice(0, 0),
-                                quar.slice(0, 0))
+    rep = rp.report_from_tables(manifest, data.slice(0, 0), dropped.slice(0, 0), quar.slice(0, 0))
     html = rp.render_html(rep)  # empty version: every section still renders
     for _, heading in rp.SECTIONS:
         assert rh._e(heading) in html
@@ -204,14 +231,18 @@ def _check_html(html: str) -> None:
     for _, heading in rp.SECTIONS:
         assert f"<h2>{rh._e(heading)}</h2>" in html
     # self-contained: no external resource of any kind
-    assert not re.search(r"""(?:src|href|srcset|action|poster)\s*=\s*["']?\s*(?:https?:)?//""",
-                         html, re.I)
+    assert not re.search(
+        r"""(?:src|href|srcset|action|poster)\s*=\s*["']?\s*(?:https?:)?//""", html, re.I
+    )
     assert not re.search(r"url\(\s*['\"]?\s*(?:https?:)?//", html, re.I)
     assert "@import" not in html and "<link" not in html.lower()
     assert "<script" not in html.lower() and "<iframe" not in html.lower()
     # every plot: an id and a caption
-    figs = re.findall(r'<figure id="fig-([^"]+)"><img class="plot" id="([^"]+)"[^>]*>'
-                      r"<figcaption>([^<]+)</figcaption></figure>", html)
+    figs = re.findall(
+        r'<figure id="fig-([^"]+)"><img class="plot" id="([^"]+)"[^>]*>'
+        r"<figcaption>([^<]+)</figcaption></figure>",
+        html,
+    )
     assert figs and all(a == b and c.strip() for a, b, c in figs)
     assert len(figs) == html.count("<img")
 
@@ -301,19 +332,38 @@ def _chromium() -> str | None:
 
 
 def _chrome_cmd(exe: str, profile: Path) -> list[str]:
-    return [exe, "--headless", "--no-sandbox", "--disable-gpu",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--no-first-run", "--disable-extensions", f"--user-data-dir={profile}",
-            "--hide-scrollbars"]
+    return [
+        exe,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-extensions",
+        f"--user-data-dir={profile}",
+        "--hide-scrollbars",
+    ]
 
 
 def _render_check(exe: str, html: str, tmp: Path, tag: str) -> tuple[dict[str, str], str]:
     page = tmp / f"check-{tag}.html"
     page.write_text(html.replace("<head>", "<head>" + _CHECKER, 1), encoding="utf-8")
-    res = subprocess.run(_chrome_cmd(exe, tmp / f"profile-{tag}") + [
-        "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000",
-        "--window-size=1280,4000", "--dump-dom", page.as_uri()],
-        capture_output=True, text=True, timeout=90)
+    res = subprocess.run(
+        _chrome_cmd(exe, tmp / f"profile-{tag}")
+        + [
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=10000",
+            "--window-size=1280,4000",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     m = re.search(r"<html[^>]*>", res.stdout)
     assert m, res.stdout[:500]
@@ -325,16 +375,42 @@ def _render_check(exe: str, html: str, tmp: Path, tag: str) -> tuple[dict[str, s
 def test_html_renders_in_headless_chromium(versions, tmp_path):
     exe = _chromium()
     if exe is None:
-        pytest.skip("no Chromium found (shutil.which('chromium') is None): install it with "
-                    "`apt-get install -y chromium` to run the rendering check")
-    for which, want in (("fake", {"plot-stage-rows", "plot-scores", "plot-agreement",
-                                  "plot-position-consistency", "plot-length-bias",
-                                  "plot-length-shift", "plot-p-hat",
-                                  "plot-disagreement", "plot-margin", "plot-noise",
-                                  "plot-similarity"}),
-                        ("planted", {"plot-stage-rows", "plot-scores", "plot-agreement",
-                                     "plot-length-bias", "plot-length-shift", "plot-p-hat",
-                                     "plot-disagreement", "plot-margin", "plot-noise"})):
+        pytest.skip(
+            "no Chromium found (shutil.which('chromium') is None): install it with "
+            "`apt-get install -y chromium` to run the rendering check"
+        )
+    for which, want in (
+        (
+            "fake",
+            {
+                "plot-stage-rows",
+                "plot-scores",
+                "plot-agreement",
+                "plot-position-consistency",
+                "plot-length-bias",
+                "plot-length-shift",
+                "plot-p-hat",
+                "plot-disagreement",
+                "plot-margin",
+                "plot-noise",
+                "plot-similarity",
+            },
+        ),
+        (
+            "planted",
+            {
+                "plot-stage-rows",
+                "plot-scores",
+                "plot-agreement",
+                "plot-length-bias",
+                "plot-length-shift",
+                "plot-p-hat",
+                "plot-disagreement",
+                "plot-margin",
+                "plot-noise",
+            },
+        ),
+    ):
         out = rp.write_report(versions[which], tmp_path / f"{which}.html")
         html = out.read_text(encoding="utf-8")
         assert set(re.findall(r'<img class="plot" id="([^"]+)"', html)) == want
@@ -345,16 +421,22 @@ def test_html_renders_in_headless_chromium(versions, tmp_path):
         assert attrs["data-plots-ok"] == str(len(want)), attrs["data-plots-bad"]
         # every section is drawn, the Hygiene and Length ones included
         assert attrs["data-sections"].split(",") == [k for k, _ in rp.SECTIONS], attrs
-        console_errors = [ln for ln in stderr.splitlines()
-                          if "CONSOLE" in ln and re.search(r"Uncaught|Error", ln)]
+        console_errors = [
+            ln for ln in stderr.splitlines() if "CONSOLE" in ln and re.search(r"Uncaught|Error", ln)
+        ]
         assert console_errors == []
         shot = tmp_path / f"report-{which}.png"  # the whole page, at least 1280 x 4000
         height = min(max(int(attrs["data-height"]) + 20, 4000), 16000)
-        res = subprocess.run(_chrome_cmd(exe, tmp_path / f"profile-shot-{which}") + [
-            f"--window-size=1280,{height}", f"--screenshot={shot}", out.as_uri()],
-            capture_output=True, text=True, timeout=90)
-        assert res.returncode == 0 and shot.is_file() and shot.stat().st_size > 10_000, \
-            res.stderr[-2000:]
+        res = subprocess.run(
+            _chrome_cmd(exe, tmp_path / f"profile-shot-{which}")
+            + [f"--window-size=1280,{height}", f"--screenshot={shot}", out.as_uri()],
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        assert res.returncode == 0 and shot.is_file() and shot.stat().st_size > 10_000, res.stderr[
+            -2000:
+        ]
         print(f"screenshot of the {which} report: {shot}")
     # the checker itself can fail: a plot that does not decode is reported
     broken = html.replace('src="data:image/png;base64,', 'src="data:image/png;base64,AAAA', 1)

@@ -15,10 +15,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _cfg(root: Path, *extra: str) -> dict:
-    return load_config(None, [f"data_root={root}", "name=shard", "input.limit=5",
-                              f"input.path={REPO / 'data/examples/prompts.jsonl'}",
-                              "generate.policies.0.model.engine=fake",
-                              "judge.judges.0.model.engine=fake", *extra]).model_dump(mode="json")
+    return load_config(
+        None,
+        [
+            f"data_root={root}",
+            "name=shard",
+            "input.limit=5",
+            f"input.path={REPO / 'data/examples/prompts.jsonl'}",
+            "generate.policies.0.model.engine=fake",
+            "judge.judges.0.model.engine=fake",
+            *extra,
+        ],
+    ).model_dump(mode="json")
 
 
 def _rows(summary: dict) -> pl.DataFrame:

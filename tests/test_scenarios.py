@@ -35,7 +35,7 @@ def test_instance_dependent_noise_hits_close_pairs():
     wrong = ~sim.label_right
     assert wrong[close].mean() > 0.35 > 0.1 > wrong[far].mean()
     # annotators are near chance on close pairs, good on far ones
-    right = (sim.v_code == np.where(sim.better_a, S.CODE_A, S.CODE_B)[sim.v_item])
+    right = sim.v_code == np.where(sim.better_a, S.CODE_A, S.CODE_B)[sim.v_item]
     assert right[close[sim.v_item]].mean() < 0.62 < 0.85 < right[far[sim.v_item]].mean()
 
 
@@ -62,7 +62,7 @@ def test_annotators_vote_as_specified():
     lc = S.simulate("length_confound", 20_000, 0.2, seed=0)
     longer_a = lc.len_a > lc.len_b
     assert abs(float(np.mean(longer_a == lc.better_a)) - 0.5) < 0.02
-    said_longer = (lc.v_code == np.where(longer_a, S.CODE_A, S.CODE_B)[lc.v_item])
+    said_longer = lc.v_code == np.where(longer_a, S.CODE_A, S.CODE_B)[lc.v_item]
     right = lc.v_code == truth_code_of(lc)
     wrong = ~right & (lc.v_code != S.CODE_TIE)
     assert said_longer[wrong].mean() > 0.65  # errors go to the longer response (0.5 if not)
@@ -73,9 +73,22 @@ def test_annotators_vote_as_specified():
     assert 0.05 < tie.mean() < 0.25 and tie[close].mean() > 2 * tie[~close].mean()
 
 
-@pytest.mark.parametrize("name", ["dense", "label_copier", "instance_dependent", "imbalance",
-                                  "imbalance_hidden", "length_biased", "ties", "adversarial",
-                                  "judges_only", "length_confound", "length_judges"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "dense",
+        "label_copier",
+        "instance_dependent",
+        "imbalance",
+        "imbalance_hidden",
+        "length_biased",
+        "ties",
+        "adversarial",
+        "judges_only",
+        "length_confound",
+        "length_judges",
+    ],
+)
 def test_oracle_is_calibrated(name):
     sim = S.simulate(name, 8000, 0.3, seed=7)
     post = S.oracle(sim)
@@ -97,8 +110,7 @@ def test_oracle_is_calibrated(name):
     assert ll < ll0
 
 
-@pytest.mark.parametrize("name", ["adversarial", "label_copier", "imbalance",
-                                  "imbalance_hidden"])
+@pytest.mark.parametrize("name", ["adversarial", "label_copier", "imbalance", "imbalance_hidden"])
 def test_oracle_beats_majority_and_plain_ds(name):
     sim = S.simulate(name, 5000, 0.3, seed=2)
     post = S.oracle(sim)
@@ -134,10 +146,12 @@ def test_pairs_file_is_read_in_the_simulated_frame(tmp_path):
     rows = S.pairs_rows(sim)
     for i, r in enumerate(rows):
         la = bool(sim.label_a[i])
-        assert (len(r["chosen"]), len(r["rejected"])) == \
-            ((sim.len_a[i], sim.len_b[i]) if la else (sim.len_b[i], sim.len_a[i]))
-    lab = votes.filter(np.array([a == S.LABEL_ANNOTATOR for a in
-                                 votes.column("annotator").to_pylist()]))
+        assert (len(r["chosen"]), len(r["rejected"])) == (
+            (sim.len_a[i], sim.len_b[i]) if la else (sim.len_b[i], sim.len_a[i])
+        )
+    lab = votes.filter(
+        np.array([a == S.LABEL_ANNOTATOR for a in votes.column("annotator").to_pylist()])
+    )
     # the product's canonical candidate_a is the simulation's position a
     assert [v == "a" for v in lab.column("verdict").to_pylist()] == sim.label_a.tolist()
     tbl = S.votes_table(S.simulate("judges_only", 30, 0.2, seed=0))
@@ -148,8 +162,9 @@ def test_pairs_file_is_read_in_the_simulated_frame(tmp_path):
     res = ingest_pairs(str(S.write_pairs_jsonl(hid, tmp_path / "source.jsonl")), limit=None)
     v = res.outputs["votes"]
     lab = v.filter(np.array([a == S.LABEL_ANNOTATOR for a in v.column("annotator").to_pylist()]))
-    assert [x == "a" for x in lab.column("verdict").to_pylist()] == \
-        (hid.label_a != hid.swapped).tolist()
+    assert [x == "a" for x in lab.column("verdict").to_pylist()] == (
+        hid.label_a != hid.swapped
+    ).tolist()
 
 
 def test_run_default_accounts_for_every_pair():

@@ -51,19 +51,21 @@ def _closed_port() -> int:
     return free_port()
 
 
-def _wait_deployment(api_url: str, serve: subprocess.Popen, log: Path,
-                     timeout_s: float) -> dict:
+def _wait_deployment(api_url: str, serve: subprocess.Popen, log: Path, timeout_s: float) -> dict:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if serve.poll() is not None:
-            pytest.fail(f"serve_curation exited with {serve.returncode}:\n"
-                        f"{log.read_text(errors='replace')[-3000:]}")
+            pytest.fail(
+                f"serve_curation exited with {serve.returncode}:\n"
+                f"{log.read_text(errors='replace')[-3000:]}"
+            )
         r = httpx.get(f"{api_url}/deployments/name/curate/{NAME}", timeout=5)
         if r.status_code == 200:
             return r.json()
         time.sleep(1)
-    pytest.fail(f"deployment not registered after {timeout_s} s:\n"
-                f"{log.read_text(errors='replace')[-3000:]}")
+    pytest.fail(
+        f"deployment not registered after {timeout_s} s:\n{log.read_text(errors='replace')[-3000:]}"
+    )
 
 
 @pytest.mark.timeout(180)
@@ -73,9 +75,10 @@ def test_cron_deployment_runs_on_a_local_server(tmp_path, examples):
 
     t0 = time.monotonic()
     data_root = tmp_path / "data"
-    cfg = load_config(examples / "pairs_votes.yaml",
-                      [f"data_root={data_root}",
-                       f"input.path={examples / 'pairs_votes.jsonl'}"]).model_dump(mode="json")
+    cfg = load_config(
+        examples / "pairs_votes.yaml",
+        [f"data_root={data_root}", f"input.path={examples / 'pairs_votes.jsonl'}"],
+    ).model_dump(mode="json")
     cfg_file = tmp_path / "config.json"
     cfg_file.write_text(json.dumps(cfg))
     home = tmp_path / "prefect-home"
@@ -84,15 +87,23 @@ def test_cron_deployment_runs_on_a_local_server(tmp_path, examples):
     serve_log = tmp_path / "serve.log"
     try:
         print(f"server healthy at {server.api_url} after {time.monotonic() - t0:.1f} s")
-        code = ("import json, sys; from flows.schedule import serve_curation; "
-                "serve_curation(json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3], "
-                "limit_runs=1)")
+        code = (
+            "import json, sys; from flows.schedule import serve_curation; "
+            "serve_curation(json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3], "
+            "limit_runs=1)"
+        )
         env = server_env(home, server.api_url)
         env["PREFECT_LOGGING_LEVEL"] = "INFO"
         with open(serve_log, "wb") as fh:
-            serve = subprocess.Popen([sys.executable, "-c", code, str(cfg_file), CRON, NAME],
-                                     cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+            serve = subprocess.Popen(
+                [sys.executable, "-c", code, str(cfg_file), CRON, NAME],
+                cwd=REPO,
+                env=env,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         dep = _wait_deployment(server.api_url, serve, serve_log, timeout_s=60)
         crons = [s["schedule"].get("cron") for s in dep.get("schedules", [])]
         assert crons == [CRON]
@@ -100,10 +111,11 @@ def test_cron_deployment_runs_on_a_local_server(tmp_path, examples):
         print(f"deployment registered after {time.monotonic() - t0:.1f} s")
 
         with temporary_settings({PREFECT_API_URL: server.api_url}):
-            run = run_deployment(f"curate/{NAME}", timeout=120, poll_interval=2,
-                                 as_subflow=False)
-        assert run.state is not None and run.state.is_completed(), \
-            (run.state, serve_log.read_text(errors="replace")[-3000:])
+            run = run_deployment(f"curate/{NAME}", timeout=120, poll_interval=2, as_subflow=False)
+        assert run.state is not None and run.state.is_completed(), (
+            run.state,
+            serve_log.read_text(errors="replace")[-3000:],
+        )
         print(f"triggered run {run.name} completed after {time.monotonic() - t0:.1f} s")
         assert store.list_versions(data_root, "example-pairs") == [1]
         v = store.resolve(data_root, "example-pairs")

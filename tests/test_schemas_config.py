@@ -36,9 +36,16 @@ from schemas.tables import (
 
 
 def prompt_rows(content: Any = "hi", n: int = 2) -> list[dict[str, Any]]:
-    return [{"prompt_id": f"p{i}", "source_id": f"s{i}",
-             "prompt": [{"role": "user", "content": content}], "source": "t", "meta": None}
-            for i in range(n)]
+    return [
+        {
+            "prompt_id": f"p{i}",
+            "source_id": f"s{i}",
+            "prompt": [{"role": "user", "content": content}],
+            "source": "t",
+            "meta": None,
+        }
+        for i in range(n)
+    ]
 
 
 def prompts_table(content: Any = "hi", n: int = 2) -> pa.Table:
@@ -47,9 +54,20 @@ def prompts_table(content: Any = "hi", n: int = 2) -> pa.Table:
 
 
 def candidate_row(i: int = 0, **over: Any) -> dict[str, Any]:
-    row = {"prompt_id": "p", "source_id": "s", "candidate_id": f"c{i}", "policy": "pol",
-           "sample_index": i, "text": f"t{i}", "finish_reason": "stop", "n_prompt_tokens": 3,
-           "n_output_tokens": 1, "request_hash": "h", "truncated": False, "error": None}
+    row = {
+        "prompt_id": "p",
+        "source_id": "s",
+        "candidate_id": f"c{i}",
+        "policy": "pol",
+        "sample_index": i,
+        "text": f"t{i}",
+        "finish_reason": "stop",
+        "n_prompt_tokens": 3,
+        "n_output_tokens": 1,
+        "request_hash": "h",
+        "truncated": False,
+        "error": None,
+    }
     row.update(over)
     return row
 
@@ -96,11 +114,14 @@ def test_columns_out_of_order() -> None:
         check_table(t, PROMPTS, "prompts")
 
 
-@pytest.mark.parametrize("column, array", [
-    ("sample_index", pa.array([0, 1], pa.int64())),
-    ("text", pa.array(["a", "b"], pa.large_string())),
-    ("truncated", pa.array([0, 1], pa.int8())),
-])
+@pytest.mark.parametrize(
+    "column, array",
+    [
+        ("sample_index", pa.array([0, 1], pa.int64())),
+        ("text", pa.array(["a", "b"], pa.large_string())),
+        ("truncated", pa.array([0, 1], pa.int8())),
+    ],
+)
 def test_wrong_type_names_column(column: str, array: pa.Array) -> None:
     t = pa.Table.from_pylist([candidate_row(0), candidate_row(1)], schema=CANDIDATES)
     t = t.set_column(t.schema.get_field_index(column), column, array)
@@ -110,8 +131,7 @@ def test_wrong_type_names_column(column: str, array: pa.Array) -> None:
 
 
 def test_null_in_non_nullable_column() -> None:
-    t = pa.Table.from_pylist([candidate_row(0), candidate_row(1, policy=None)],
-                             schema=CANDIDATES)
+    t = pa.Table.from_pylist([candidate_row(0), candidate_row(1, policy=None)], schema=CANDIDATES)
     with pytest.raises(SchemaError, match=r"column 'policy' is not nullable but has 1 null") as e:
         check_table(t, CANDIDATES, "candidates")
     assert e.value.column == "policy"
@@ -122,14 +142,15 @@ def test_null_allowed_in_nullable_column() -> None:
     assert check_table(t, CANDIDATES, "candidates").num_rows == 1
 
 
-@pytest.mark.parametrize("field, value, path", [
-    ("content", None, "prompt[].content"),
-    ("role", None, "prompt[].role"),
-])
+@pytest.mark.parametrize(
+    "field, value, path", [("content", None, "prompt[].content"), ("role", None, "prompt[].role")]
+)
 def test_null_nested_field_names_the_path(field: str, value: Any, path: str) -> None:
     rows = prompt_rows()
-    rows[1]["prompt"] = [{"role": "user", "content": "ok"},
-                         {"role": "assistant", "content": "fine", field: value}]
+    rows[1]["prompt"] = [
+        {"role": "user", "content": "ok"},
+        {"role": "assistant", "content": "fine", field: value},
+    ]
     t = pa.Table.from_pylist(rows, schema=PROMPTS)
     with pytest.raises(SchemaError, match=r"nested field") as e:
         check_table(t, PROMPTS, "prompts")
@@ -150,21 +171,23 @@ def test_nested_check_respects_slices() -> None:
 
 
 def test_conform_casts_loose_types_and_reorders() -> None:
-    loose = pa.table({
-        "error": pa.array([None], pa.large_string()),
-        "prompt_id": pa.array(["p"], pa.large_string()),
-        "source_id": pa.array(["s"], pa.large_string()),
-        "candidate_id": pa.array(["c"], pa.large_string()),
-        "policy": pa.array(["pol"], pa.large_string()),
-        "sample_index": pa.array([2], pa.int64()),
-        "text": pa.array(["hello"], pa.large_string()),
-        "finish_reason": pa.array(["stop"], pa.large_string()),
-        "n_prompt_tokens": pa.array([5], pa.int64()),
-        "n_output_tokens": pa.array([None], pa.int64()),
-        "request_hash": pa.array(["h"], pa.large_string()),
-        "truncated": pa.array([False]),
-        "ignored_extra": pa.array([1]),
-    })
+    loose = pa.table(
+        {
+            "error": pa.array([None], pa.large_string()),
+            "prompt_id": pa.array(["p"], pa.large_string()),
+            "source_id": pa.array(["s"], pa.large_string()),
+            "candidate_id": pa.array(["c"], pa.large_string()),
+            "policy": pa.array(["pol"], pa.large_string()),
+            "sample_index": pa.array([2], pa.int64()),
+            "text": pa.array(["hello"], pa.large_string()),
+            "finish_reason": pa.array(["stop"], pa.large_string()),
+            "n_prompt_tokens": pa.array([5], pa.int64()),
+            "n_output_tokens": pa.array([None], pa.int64()),
+            "request_hash": pa.array(["h"], pa.large_string()),
+            "truncated": pa.array([False]),
+            "ignored_extra": pa.array([1]),
+        }
+    )
     out = conform(loose, CANDIDATES, "candidates")
     assert out.schema.equals(CANDIDATES)
     assert out.to_pylist()[0]["sample_index"] == 2
@@ -172,11 +195,19 @@ def test_conform_casts_loose_types_and_reorders() -> None:
 
 
 def test_conform_casts_nested_large_types() -> None:
-    msgs = pa.array([[{"role": "user", "content": "hi"}]],
-                    pa.large_list(pa.struct([("role", pa.large_string()),
-                                             ("content", pa.large_string())])))
-    t = pa.table({"prompt_id": ["p"], "source_id": ["s"], "prompt": msgs, "source": ["x"],
-                  "meta": pa.array([None], pa.null())})
+    msgs = pa.array(
+        [[{"role": "user", "content": "hi"}]],
+        pa.large_list(pa.struct([("role", pa.large_string()), ("content", pa.large_string())])),
+    )
+    t = pa.table(
+        {
+            "prompt_id": ["p"],
+            "source_id": ["s"],
+            "prompt": msgs,
+            "source": ["x"],
+            "meta": pa.array([None], pa.null()),
+        }
+    )
     out = conform(t, PROMPTS, "prompts")
     assert out.schema.field("prompt").type.equals(MESSAGES)
     assert out.column("prompt").to_pylist() == [[{"role": "user", "content": "hi"}]]
@@ -211,12 +242,15 @@ def test_from_rows_round_trip_and_empty() -> None:
     assert from_rows([], CANDIDATES, "candidates").schema.equals(CANDIDATES)
 
 
-@pytest.mark.parametrize("row, column", [
-    (candidate_row(0, sample_index="zero"), None),  # wrong type: Arrow refuses it
-    (candidate_row(0, truncated="yes"), None),
-    ({k: v for k, v in candidate_row(0).items() if k != "policy"}, "policy"),  # missing key
-    (candidate_row(0, candidate_id=None), "candidate_id"),
-])
+@pytest.mark.parametrize(
+    "row, column",
+    [
+        (candidate_row(0, sample_index="zero"), None),  # wrong type: Arrow refuses it
+        (candidate_row(0, truncated="yes"), None),
+        ({k: v for k, v in candidate_row(0).items() if k != "policy"}, "policy"),  # missing key
+        (candidate_row(0, candidate_id=None), "candidate_id"),
+    ],
+)
 def test_from_rows_bad_rows_raise_schema_error(row: dict[str, Any], column: str | None) -> None:
     with pytest.raises(SchemaError, match="table 'candidates'") as e:
         from_rows([candidate_row(1), row], CANDIDATES, "candidates")
@@ -264,11 +298,16 @@ def test_empty_yaml_file_is_defaults(tmp_path: Path) -> None:
 
 
 def test_yaml_file_then_set_overrides(tmp_path: Path) -> None:
-    p = write_yaml(tmp_path, "name: mine\ninput:\n  limit: 5\n  path: a.jsonl\n"
-                             "margins:\n  cap: 2.0\n")
+    p = write_yaml(
+        tmp_path, "name: mine\ninput:\n  limit: 5\n  path: a.jsonl\nmargins:\n  cap: 2.0\n"
+    )
     cfg = load_config(p)
-    assert (cfg.name, cfg.input.limit, cfg.input.path, cfg.margins.cap) == \
-        ("mine", 5, "a.jsonl", 2.0)
+    assert (cfg.name, cfg.input.limit, cfg.input.path, cfg.margins.cap) == (
+        "mine",
+        5,
+        "a.jsonl",
+        2.0,
+    )
     cfg = load_config(p, ["input.limit=2", "margins.lam=0.5"])
     assert cfg.input.limit == 2  # --set beats the file
     assert cfg.input.path == "a.jsonl" and cfg.name == "mine" and cfg.margins.cap == 2.0
@@ -279,23 +318,33 @@ def test_later_set_beats_earlier_set() -> None:
     assert load_config(None, ["input.limit=2", "input.limit=7"]).input.limit == 7
 
 
-@pytest.mark.parametrize("item, check", [
-    ("generate.policies.0.n=3", lambda c: c.generate.policies[0].n == 3),
-    ("generate.policies.0.stop=[a, b]", lambda c: c.generate.policies[0].stop == ["a", "b"]),
-    ("input.limit=null", lambda c: c.input.limit is None),
-    ("judge.judges.0.persona=a terse expert", lambda c: c.judge.judges[0].persona ==
-     "a terse expert"),
-    ("denoise.drop_contested=true", lambda c: c.denoise.drop_contested is True),
-    ("generate.policies.1.name=second", lambda c: [p.name for p in c.generate.policies] ==
-     ["smollm2", "second"]),
-])
+@pytest.mark.parametrize(
+    "item, check",
+    [
+        ("generate.policies.0.n=3", lambda c: c.generate.policies[0].n == 3),
+        ("generate.policies.0.stop=[a, b]", lambda c: c.generate.policies[0].stop == ["a", "b"]),
+        ("input.limit=null", lambda c: c.input.limit is None),
+        (
+            "judge.judges.0.persona=a terse expert",
+            lambda c: c.judge.judges[0].persona == "a terse expert",
+        ),
+        ("denoise.drop_contested=true", lambda c: c.denoise.drop_contested is True),
+        (
+            "generate.policies.1.name=second",
+            lambda c: [p.name for p in c.generate.policies] == ["smollm2", "second"],
+        ),
+    ],
+)
 def test_set_overrides(item: str, check: Any) -> None:
     assert check(load_config(None, [item]))
 
 
 def test_list_index_override_patches_the_file_entry(tmp_path: Path) -> None:
-    p = write_yaml(tmp_path, "generate:\n  policies:\n    - name: a\n      n: 2\n"
-                             "    - name: b\n      temperature: 0.1\n")
+    p = write_yaml(
+        tmp_path,
+        "generate:\n  policies:\n    - name: a\n      n: 2\n"
+        "    - name: b\n      temperature: 0.1\n",
+    )
     cfg = load_config(p, ["generate.policies.1.n=3"])
     a, b = cfg.generate.policies
     assert (a.name, a.n, b.name, b.n, b.temperature) == ("a", 2, "b", 3, 0.1)
@@ -303,24 +352,31 @@ def test_list_index_override_patches_the_file_entry(tmp_path: Path) -> None:
 
 def test_unknown_key_in_yaml_has_hint(tmp_path: Path) -> None:
     p = write_yaml(tmp_path, "input:\n  limt: 2\n")
-    with pytest.raises(ConfigError, match=r"unknown key 'input\.limt' \(did you mean "
-                                          r"'input\.limit'\?\)") as e:
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown key 'input\.limt' \(did you mean "
+        r"'input\.limit'\?\)",
+    ) as e:
         load_config(p)
     assert str(p) in str(e.value)
 
 
 def test_unknown_key_in_list_entry_keeps_user_index(tmp_path: Path) -> None:
-    p = write_yaml(tmp_path, "generate:\n  policies:\n    - name: a\n    - name: b\n"
-                             "      temprature: 0.3\n")
+    p = write_yaml(
+        tmp_path, "generate:\n  policies:\n    - name: a\n    - name: b\n      temprature: 0.3\n"
+    )
     with pytest.raises(ConfigError, match=r"did you mean 'generate\.policies\.1\.temperature'"):
         load_config(p)
 
 
-@pytest.mark.parametrize("item, hint", [
-    ("input.limt=2", "input.limit"),
-    ("margins.lamda=2", "margins.lam"),
-    ("generate.policies.0.temprature=0.2", "generate.policies.0.temperature"),
-])
+@pytest.mark.parametrize(
+    "item, hint",
+    [
+        ("input.limt=2", "input.limit"),
+        ("margins.lamda=2", "margins.lam"),
+        ("generate.policies.0.temprature=0.2", "generate.policies.0.temperature"),
+    ],
+)
 def test_unknown_key_in_set_has_hint(item: str, hint: str) -> None:
     with pytest.raises(ConfigError, match="did you mean") as e:
         load_config(None, [item])
@@ -328,13 +384,16 @@ def test_unknown_key_in_set_has_hint(item: str, hint: str) -> None:
     assert f"'{hint}'" in str(e.value)
 
 
-@pytest.mark.parametrize("item, key", [
-    ("generate.policies.0.n=0", "generate.policies.0.n"),
-    ("generate.policies.0.top_p=1.5", "generate.policies.0.top_p"),
-    ("margins.contested_band=0.5", "margins.contested_band"),
-    ("denoise.on_contradicted=ignore", "denoise.on_contradicted"),
-    ("input.limit=many", "input.limit"),
-])
+@pytest.mark.parametrize(
+    "item, key",
+    [
+        ("generate.policies.0.n=0", "generate.policies.0.n"),
+        ("generate.policies.0.top_p=1.5", "generate.policies.0.top_p"),
+        ("margins.contested_band=0.5", "margins.contested_band"),
+        ("denoise.on_contradicted=ignore", "denoise.on_contradicted"),
+        ("input.limit=many", "input.limit"),
+    ],
+)
 def test_invalid_value_names_the_key(item: str, key: str) -> None:
     with pytest.raises(ConfigError) as e:
         load_config(None, [item])
@@ -362,8 +421,9 @@ def test_python_tag_in_set_value_stays_a_string(tmp_path: Path) -> None:
     assert not marker.exists() and cfg.input.source.startswith("!!python")
 
 
-@pytest.mark.parametrize("text, kind", [("- a\n- b\n", "list"), ("42\n", "int"),
-                                        ("just text\n", "str")])
+@pytest.mark.parametrize(
+    "text, kind", [("- a\n- b\n", "list"), ("42\n", "int"), ("just text\n", "str")]
+)
 def test_non_mapping_yaml_is_rejected(tmp_path: Path, text: str, kind: str) -> None:
     with pytest.raises(ConfigError, match=f"top level must be a mapping, got {kind}"):
         load_config(write_yaml(tmp_path, text))
@@ -404,12 +464,17 @@ def test_duplicate_policy_names_via_set() -> None:
 
 
 def test_redact_hides_api_key_but_keeps_api_key_env() -> None:
-    data = {"model": {"api_key": "sk-123", "api_key_env": "OPENAI_API_KEY",
-                      "base_url": "http://x"},
-            "list": [{"Authorization": "Bearer t", "secret": None}], "password": 3}
+    data = {
+        "model": {"api_key": "sk-123", "api_key_env": "OPENAI_API_KEY", "base_url": "http://x"},
+        "list": [{"Authorization": "Bearer t", "secret": None}],
+        "password": 3,
+    }
     out = redact(data)
-    assert out["model"] == {"api_key": "***", "api_key_env": "OPENAI_API_KEY",
-                            "base_url": "http://x"}
+    assert out["model"] == {
+        "api_key": "***",
+        "api_key_env": "OPENAI_API_KEY",
+        "base_url": "http://x",
+    }
     assert out["list"] == [{"Authorization": "***", "secret": None}]
     assert out["password"] == "***"
     assert data["model"]["api_key"] == "sk-123"  # the input is not modified
@@ -420,8 +485,9 @@ def test_resolved_dict_keeps_api_key_env_and_is_json_data() -> None:
     d = resolved_dict(cfg)
     assert d["generate"]["policies"][0]["model"]["api_key_env"] == "MY_KEY"
     assert d["input"]["limit"] is None
-    assert config_hash(d) == config_hash(resolved_dict(load_config(None, [
-        "generate.policies.0.model.api_key_env=MY_KEY"])))
+    assert config_hash(d) == config_hash(
+        resolved_dict(load_config(None, ["generate.policies.0.model.api_key_env=MY_KEY"]))
+    )
 
 
 def test_resolved_dict_keeps_max_tokens() -> None:
@@ -448,8 +514,10 @@ def test_cross_section_checks_fail_at_load_and_wait_for_the_last_set() -> None:
 
     with pytest.raises(ConfigError, match="best_worst needs a first signal"):
         load_config(None, ["judge.pair_selection=best_worst", "rubrics.judges=[]"])
-    ok = load_config(None, ["judge.pair_selection=best_worst", "rubrics.judges=[]",
-                            "rewards.models=[{model: /m}]"])
+    ok = load_config(
+        None,
+        ["judge.pair_selection=best_worst", "rubrics.judges=[]", "rewards.models=[{model: /m}]"],
+    )
     assert ok.judge.pair_selection == "best_worst"
     with pytest.raises(ConfigError, match="select.budget needs embeddings") as exc:
         load_config(None, ["select.budget=0.5", "embed.enabled=false"])

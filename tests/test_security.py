@@ -33,40 +33,68 @@ def test_dataset_names_cannot_escape_the_root(tmp_path, name):
     with pytest.raises(StoreError):
         store.validate_name(name)
     with pytest.raises((StoreError, ConfigError)):
-        curate(load_config(None, [f"data_root={tmp_path}", f"name={name}",
-                                  "input.kind=pairs",
-                                  f"input.path={REPO / 'data/examples/pairs_votes.jsonl'}",
-                                  "judge.judges=[]"]).model_dump(mode="json"))
+        curate(
+            load_config(
+                None,
+                [
+                    f"data_root={tmp_path}",
+                    f"name={name}",
+                    "input.kind=pairs",
+                    f"input.path={REPO / 'data/examples/pairs_votes.jsonl'}",
+                    "judge.judges=[]",
+                ],
+            ).model_dump(mode="json")
+        )
     assert not (tmp_path.parent / "escape").exists()
 
 
 def test_planted_api_key_never_written(tmp_path):
     """A key given through the environment reaches no file, log line or summary."""
     secret = "sk-planted-0123456789abcdef"
-    sets = [f"data_root={tmp_path}", "name=secrets", "input.limit=2",
-            f"input.path={REPO / 'data/examples/prompts.jsonl'}",
-            "generate.policies.0.model.engine=fake",
-            "generate.policies.0.model.api_key_env=PREFCURATE_TEST_API_KEY",
-            "judge.judges.0.model.engine=fake",
-            "judge.judges.0.model.api_key_env=PREFCURATE_TEST_API_KEY"]
-    res = subprocess.run([sys.executable, "-m", "flows.cli", "run", "-v", "--json",
-                          *[a for s in sets for a in ("--set", s)]],
-                         capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "PREFCURATE_TEST_API_KEY": secret})
+    sets = [
+        f"data_root={tmp_path}",
+        "name=secrets",
+        "input.limit=2",
+        f"input.path={REPO / 'data/examples/prompts.jsonl'}",
+        "generate.policies.0.model.engine=fake",
+        "generate.policies.0.model.api_key_env=PREFCURATE_TEST_API_KEY",
+        "judge.judges.0.model.engine=fake",
+        "judge.judges.0.model.api_key_env=PREFCURATE_TEST_API_KEY",
+    ]
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "run",
+            "-v",
+            "--json",
+            *[a for s in sets for a in ("--set", s)],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PREFCURATE_TEST_API_KEY": secret},
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert secret not in res.stdout and secret not in res.stderr
-    hits = [str(f) for f in tmp_path.rglob("*") if f.is_file() and secret.encode() in
-            f.read_bytes()]
+    hits = [
+        str(f) for f in tmp_path.rglob("*") if f.is_file() and secret.encode() in f.read_bytes()
+    ]
     assert hits == []
     manifest = store.read_manifest(store.resolve(tmp_path, "secrets").path)
     # the manifest names the variable, never its value
-    assert manifest["config"]["generate"]["policies"][0]["model"]["api_key_env"] == \
-        "PREFCURATE_TEST_API_KEY"
+    assert (
+        manifest["config"]["generate"]["policies"][0]["model"]["api_key_env"]
+        == "PREFCURATE_TEST_API_KEY"
+    )
 
 
 def test_no_unsafe_deserialisation_or_eval_in_the_code():
-    bad = re.compile(r"\b(pickle\.loads?|cloudpickle\.loads?|yaml\.load\(|yaml\.unsafe_load|"
-                     r"(?<![\w.])eval\(|(?<![\w.])exec\(|torch\.load\()")
+    bad = re.compile(
+        r"\b(pickle\.loads?|cloudpickle\.loads?|yaml\.load\(|yaml\.unsafe_load|"
+        r"(?<![\w.])eval\(|(?<![\w.])exec\(|torch\.load\()"
+    )
     offenders = []
     for d in ("pipeline", "flows", "schemas"):
         for f in (REPO / d).rglob("*.py"):
@@ -97,14 +125,32 @@ def test_secrets_in_urls_and_engine_args_reach_no_file_nor_prefect(tmp_path):
     (the reliability probe's D3: both were there in clear)."""
     planted = ["sk-url-secret-456", "sk-engine-arg-789", "sk-nested-token-012"]
     m = "generate.policies.0.model"
-    sets = [f"data_root={tmp_path / 'data'}", "name=secrets2", "input.kind=pairs",
-            f"input.path={REPO / 'data/examples/pairs_votes.jsonl'}", "judge.judges=[]",
-            f"{m}.engine=openai", f"{m}.base_url=http://alice:{planted[0]}@127.0.0.1:9/v1",
-            f"{m}.engine_args={{api_key: {planted[1]}, extra: {{token: {planted[2]}}}}}"]
+    sets = [
+        f"data_root={tmp_path / 'data'}",
+        "name=secrets2",
+        "input.kind=pairs",
+        f"input.path={REPO / 'data/examples/pairs_votes.jsonl'}",
+        "judge.judges=[]",
+        f"{m}.engine=openai",
+        f"{m}.base_url=http://alice:{planted[0]}@127.0.0.1:9/v1",
+        f"{m}.engine_args={{api_key: {planted[1]}, extra: {{token: {planted[2]}}}}}",
+    ]
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / ".prefect")}
-    res = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--json",
-                          *[a for s in sets for a in ("--set", s)]], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=300, env=env)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "run",
+            "--json",
+            *[a for s in sets for a in ("--set", s)],
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     files = [f for f in tmp_path.rglob("*") if f.is_file()]
     assert any(f.suffix == ".db" or ".db-" in f.name for f in files)  # Prefect's database

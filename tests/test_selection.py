@@ -22,22 +22,48 @@ from schemas.tables import DROPPED, PAIRS, check_table
 PROPS = settings(max_examples=40, deadline=None)
 
 
-def pairs_table(prompts: list[str], weight: list[float | None],
-                margin: list[float | None]) -> pa.Table:
+def pairs_table(
+    prompts: list[str], weight: list[float | None], margin: list[float | None]
+) -> pa.Table:
     n = len(prompts)
-    rows = [dict(pair_id=f"q{i:03d}", prompt_id=p, source_id="s", chosen_id=f"c{i}",
-                 rejected_id=f"r{i}", p_hat=0.8, disagreement=0.4, n_votes=3, margin=m,
-                 weight=w, label_status="agree", similarity=None, flags=[], decision="keep",
-                 reason=None, score_chosen=None, score_rejected=None, curriculum_stage=None,
-                 split=None) for i, (p, w, m) in enumerate(zip(prompts, weight, margin))]
+    rows = [
+        dict(
+            pair_id=f"q{i:03d}",
+            prompt_id=p,
+            source_id="s",
+            chosen_id=f"c{i}",
+            rejected_id=f"r{i}",
+            p_hat=0.8,
+            disagreement=0.4,
+            n_votes=3,
+            margin=m,
+            weight=w,
+            label_status="agree",
+            similarity=None,
+            flags=[],
+            decision="keep",
+            reason=None,
+            score_chosen=None,
+            score_rejected=None,
+            curriculum_stage=None,
+            split=None,
+        )
+        for i, (p, w, m) in enumerate(zip(prompts, weight, margin))
+    ]
     return pa.Table.from_pylist(rows, schema=PAIRS) if n else PAIRS.empty_table()
 
 
 def emb_table(emb: dict[str, np.ndarray]) -> pa.Table:
     ids = list(emb)
     mat = np.stack([emb[i] for i in ids]).astype(np.float32)
-    return pa.table({"prompt_id": ids, "embedding": pa.FixedSizeListArray.from_arrays(
-        pa.array(mat.reshape(-1), pa.float32()), mat.shape[1])})
+    return pa.table(
+        {
+            "prompt_id": ids,
+            "embedding": pa.FixedSizeListArray.from_arrays(
+                pa.array(mat.reshape(-1), pa.float32()), mat.shape[1]
+            ),
+        }
+    )
 
 
 def accounted(res, pairs: pa.Table):
@@ -73,8 +99,11 @@ def clustered(seed: int = 0, per_cluster: int = 6, dim: int = 8):
 
 # ------------------------------------------------------------------------------ budget
 
-@pytest.mark.parametrize("budget, expected", [(None, 10), (0, 0), (3, 3), (10, 10), (25, 10),
-                                              (0.3, 3), (1.0, 10), (0.04, 0), (0.06, 1)])
+
+@pytest.mark.parametrize(
+    "budget, expected",
+    [(None, 10), (0, 0), (3, 3), (10, 10), (25, 10), (0.3, 3), (1.0, 10), (0.04, 0), (0.06, 1)],
+)
 def test_resolve_budget(budget, expected):
     assert resolve_budget(budget, 10) == expected
 
@@ -177,6 +206,7 @@ def test_accepts_an_embedding_table():
 
 # ------------------------------------------------------------------------------ exactness
 
+
 def naive_greedy(q, prompt_of, u, budget, alpha):
     """Plain greedy on (1 − α)·q̃ + α·B/|U|·Σ_u Δ max sim⁺ (clients = all prompts)."""
     qt = q / q.max() if q.max() > 0 else q
@@ -198,8 +228,13 @@ def naive_greedy(q, prompt_of, u, budget, alpha):
 
 
 @PROPS
-@given(seed=st.integers(0, 10_000), n_prompts=st.integers(1, 8), n_pairs=st.integers(1, 25),
-       budget=st.integers(0, 25), alpha=st.sampled_from([0.0, 0.3, 0.5, 0.9, 1.0]))
+@given(
+    seed=st.integers(0, 10_000),
+    n_prompts=st.integers(1, 8),
+    n_pairs=st.integers(1, 25),
+    budget=st.integers(0, 25),
+    alpha=st.sampled_from([0.0, 0.3, 0.5, 0.9, 1.0]),
+)
 @example(seed=0, n_prompts=1, n_pairs=1, budget=1, alpha=0.5)
 def test_lazy_greedy_matches_plain_greedy(seed, n_prompts, n_pairs, budget, alpha):
     rng = np.random.default_rng(seed)
@@ -209,8 +244,11 @@ def test_lazy_greedy_matches_plain_greedy(seed, n_prompts, n_pairs, budget, alph
     w, m = rng.uniform(0.2, 1, n_pairs), rng.uniform(0, 4, n_pairs)
     pids = [f"p{i}" for i in range(n_prompts)]
     pairs = pairs_table([pids[i] for i in prompt_of], w.tolist(), m.tolist())
-    res = select_pairs_budget(pairs, {p: u[i] for i, p in enumerate(pids)},
-                              SelectConfig(budget=budget, coverage_tradeoff=alpha))
+    res = select_pairs_budget(
+        pairs,
+        {p: u[i] for i, p in enumerate(pids)},
+        SelectConfig(budget=budget, coverage_tradeoff=alpha),
+    )
     kept = accounted(res, pairs)
     b = min(budget, n_pairs)
     assert len(kept) == b
@@ -222,6 +260,7 @@ def test_lazy_greedy_matches_plain_greedy(seed, n_prompts, n_pairs, budget, alph
 
 # ------------------------------------------------------------------------------ scale
 
+
 def test_large_input_uses_centroids_and_reports():
     rng = np.random.default_rng(0)
     n_p, dim = 3000, 16
@@ -229,10 +268,14 @@ def test_large_input_uses_centroids_and_reports():
     e = centres[rng.integers(0, 20, n_p)] + rng.normal(size=(n_p, dim))
     pids = [f"p{i}" for i in range(n_p)]
     prompts = [pids[i] for i in rng.integers(0, n_p, 6000)]
-    pairs = pairs_table(prompts, rng.uniform(0.3, 1, 6000).tolist(),
-                        rng.uniform(0, 4, 6000).tolist())
-    res = select_pairs_budget(pairs, dict(zip(pids, e)), SelectConfig(
-        budget=0.3, clusters=32, neighbours=8, coverage_sample=500))
+    pairs = pairs_table(
+        prompts, rng.uniform(0.3, 1, 6000).tolist(), rng.uniform(0, 4, 6000).tolist()
+    )
+    res = select_pairs_budget(
+        pairs,
+        dict(zip(pids, e)),
+        SelectConfig(budget=0.3, clusters=32, neighbours=8, coverage_sample=500),
+    )
     accounted(res, pairs)
     i = res.info
     assert res.counts.kept == 1800 and i["clients"] == {"kind": "kmeans", "n": 32}

@@ -30,12 +30,23 @@ def _pair(i: int) -> dict:
         "prompt": _msgs("user", f"question {i}?"),
         "chosen": _msgs("assistant", f"good answer {i}"),
         "rejected": _msgs("assistant", f"bad answer {i}"),
-        "margin": 1.5, "weight": 0.9, "p_hat": 0.8, "disagreement": 0.2, "n_votes": 4,
-        "score_chosen": 7.0, "score_rejected": None,
-        "source_id": f"src-{i}", "prompt_id": f"p{i}", "pair_id": f"pair{i}",
-        "chosen_id": f"c{i}", "rejected_id": f"r{i}",
-        "chosen_policy": "model-a", "rejected_policy": "model-b",
-        "label_status": "agree", "decision": "keep", "flipped": False,
+        "margin": 1.5,
+        "weight": 0.9,
+        "p_hat": 0.8,
+        "disagreement": 0.2,
+        "n_votes": 4,
+        "score_chosen": 7.0,
+        "score_rejected": None,
+        "source_id": f"src-{i}",
+        "prompt_id": f"p{i}",
+        "pair_id": f"pair{i}",
+        "chosen_id": f"c{i}",
+        "rejected_id": f"r{i}",
+        "chosen_policy": "model-a",
+        "rejected_policy": "model-b",
+        "label_status": "agree",
+        "decision": "keep",
+        "flipped": False,
         "flags": ["plurality"] if i % 2 else [],
     }
 
@@ -43,18 +54,46 @@ def _pair(i: int) -> dict:
 def _tables(n: int = 3) -> dict[str, pa.Table]:
     return {
         "data": from_rows([_pair(i) for i in range(n)], PUBLISHED, "published"),
-        "dropped": from_rows([{"stage": "pairs", "source_id": "src-9", "row_id": "pair9",
-                               "reason": "tie", "detail": None}], DROPPED, "dropped"),
-        "quarantine": from_rows([{"source_id": "src-8", "file": "in.jsonl", "row": 8,
-                                  "stage": "ingest", "reason": "bad_json", "detail": "eof",
-                                  "raw": "{"}], QUARANTINE, "quarantine"),
+        "dropped": from_rows(
+            [
+                {
+                    "stage": "pairs",
+                    "source_id": "src-9",
+                    "row_id": "pair9",
+                    "reason": "tie",
+                    "detail": None,
+                }
+            ],
+            DROPPED,
+            "dropped",
+        ),
+        "quarantine": from_rows(
+            [
+                {
+                    "source_id": "src-8",
+                    "file": "in.jsonl",
+                    "row": 8,
+                    "stage": "ingest",
+                    "reason": "bad_json",
+                    "detail": "eof",
+                    "raw": "{",
+                }
+            ],
+            QUARANTINE,
+            "quarantine",
+        ),
     }
 
 
 def _publish(root: Path, key: str, name: str = "dpo", n: int = 3) -> store.VersionRef:
-    return store.publish_version(root, name, **_tables(n), card=f"# {name}\n\nkey {key}\n",
-                                 manifest={"config_hash": "cfg", "stages": {"pairs": {"in": n}}},
-                                 content_key=key)
+    return store.publish_version(
+        root,
+        name,
+        **_tables(n),
+        card=f"# {name}\n\nkey {key}\n",
+        manifest={"config_hash": "cfg", "stages": {"pairs": {"in": n}}},
+        content_key=key,
+    )
 
 
 def _tmp_dirs(root: Path, name: str = "dpo") -> list[Path]:
@@ -64,15 +103,15 @@ def _tmp_dirs(root: Path, name: str = "dpo") -> list[Path]:
 # ---------------------------------------------------------------------------- names / refs
 
 
-@pytest.mark.parametrize("bad", ["../x", "/abs", "a/b", "..", "", ".hidden", "-x", "a..b",
-                                 "a b", "x" * 101, "a@v1", "é"])
+@pytest.mark.parametrize(
+    "bad", ["../x", "/abs", "a/b", "..", "", ".hidden", "-x", "a..b", "a b", "x" * 101, "a@v1", "é"]
+)
 def test_validate_name_rejects(bad):
     with pytest.raises(StoreError, match=r"\[A-Za-z0-9._-\]"):
         store.validate_name(bad)
 
 
-@pytest.mark.parametrize("good", ["dpo", "hh-rlhf", "ultra_feedback.v2", "A1", "x" * 100,
-                                  "7"])
+@pytest.mark.parametrize("good", ["dpo", "hh-rlhf", "ultra_feedback.v2", "A1", "x" * 100, "7"])
 def test_validate_name_accepts(good):
     assert store.validate_name(good) == good
 
@@ -97,13 +136,21 @@ def test_publish_versions_dedup_and_manifest(tmp_path):
     assert m1["content_key"] == "key-1"
     assert m1["config_hash"] == "cfg" and m1["stages"] == {"pairs": {"in": 3}}
     assert datetime.fromisoformat(m1["created_at"]).utcoffset().total_seconds() == 0
-    assert m1["schema_fingerprints"] == {"data": schema_fingerprint(PUBLISHED),
-                                         "dropped": schema_fingerprint(DROPPED),
-                                         "quarantine": schema_fingerprint(QUARANTINE)}
+    assert m1["schema_fingerprints"] == {
+        "data": schema_fingerprint(PUBLISHED),
+        "dropped": schema_fingerprint(DROPPED),
+        "quarantine": schema_fingerprint(QUARANTINE),
+    }
     assert m1["rows"] == {"data": 3, "dropped": 1, "quarantine": 1}
     listed = set(m1["files"])
-    assert {"data.parquet", "dropped.parquet", "quarantine.parquet", "README.md",
-            "data/dataset_info.json", "data/state.json"} <= listed
+    assert {
+        "data.parquet",
+        "dropped.parquet",
+        "quarantine.parquet",
+        "README.md",
+        "data/dataset_info.json",
+        "data/state.json",
+    } <= listed
     assert any(f.startswith("data/") and f.endswith(".arrow") for f in listed)
     assert "manifest.json" not in listed
     assert (v1.path / "README.md").read_text() == "# dpo\n\nkey key-1\n"
@@ -117,15 +164,19 @@ def test_publish_versions_dedup_and_manifest(tmp_path):
     assert (again1.version, again1.created, again1.path) == (1, False, v1.path)
     assert (again2.version, again2.created) == (2, False)
     assert store.list_versions(tmp_path, "dpo") == [1, 2]
-    assert sorted(p.name for p in (tmp_path / "datasets" / "dpo").iterdir()) == \
-        [".lock", "v1", "v2"]
+    assert sorted(p.name for p in (tmp_path / "datasets" / "dpo").iterdir()) == [
+        ".lock",
+        "v1",
+        "v2",
+    ]
 
 
 def test_published_files_are_read_only(tmp_path):
     v = _publish(tmp_path, "k")
     files = [p for p in v.path.rglob("*") if p.is_file()]
-    assert files and all(not p.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
-                         for p in files)
+    assert files and all(
+        not p.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH) for p in files
+    )
 
 
 def test_published_data_loads_with_datasets_and_polars(tmp_path):
@@ -145,18 +196,28 @@ def test_published_data_loads_with_datasets_and_polars(tmp_path):
     assert pl.scan_parquet(v.path / "dropped.parquet").collect()["reason"].to_list() == ["tie"]
     assert pl.read_parquet(v.path / "quarantine.parquet")["row"].to_list() == [8]
 
-    hub = datasets.load_dataset("parquet", data_files=str(v.path / "data.parquet"),
-                                split="train", cache_dir=str(tmp_path / "hf-cache"))
+    hub = datasets.load_dataset(
+        "parquet",
+        data_files=str(v.path / "data.parquet"),
+        split="train",
+        cache_dir=str(tmp_path / "hf-cache"),
+    )
     assert hub.num_rows == 3 and hub[2]["rejected"] == _msgs("assistant", "bad answer 2")
 
 
 def test_publish_empty_tables(tmp_path):
     import datasets
 
-    v = store.publish_version(tmp_path, "empty", data=PUBLISHED.empty_table(),
-                              dropped=DROPPED.empty_table(),
-                              quarantine=QUARANTINE.empty_table(), manifest={}, card="",
-                              content_key="k0")
+    v = store.publish_version(
+        tmp_path,
+        "empty",
+        data=PUBLISHED.empty_table(),
+        dropped=DROPPED.empty_table(),
+        quarantine=QUARANTINE.empty_table(),
+        manifest={},
+        card="",
+        content_key="k0",
+    )
     assert datasets.load_from_disk(str(v.path / "data")).num_rows == 0
     assert store.verify_version(v.path) == []
 
@@ -165,23 +226,37 @@ def test_publish_checks_schemas_before_writing(tmp_path):
     t = _tables()
     bad = t["data"].drop_columns(["margin"])
     with pytest.raises(SchemaError, match="margin"):
-        store.publish_version(tmp_path, "dpo", data=bad, dropped=t["dropped"],
-                              quarantine=t["quarantine"], manifest={}, card="",
-                              content_key="k")
+        store.publish_version(
+            tmp_path,
+            "dpo",
+            data=bad,
+            dropped=t["dropped"],
+            quarantine=t["quarantine"],
+            manifest={},
+            card="",
+            content_key="k",
+        )
     assert not (tmp_path / "datasets").exists()
 
 
 @pytest.mark.parametrize("manifest", [{"x": float("nan")}, {"p": Path("/x")}])
 def test_publish_rejects_non_json_manifest(tmp_path, manifest):
     with pytest.raises(StoreError, match="manifest is not valid JSON"):
-        store.publish_version(tmp_path, "dpo", **_tables(), manifest=manifest, card="",
-                              content_key="k")
+        store.publish_version(
+            tmp_path, "dpo", **_tables(), manifest=manifest, card="", content_key="k"
+        )
     assert store.list_versions(tmp_path, "dpo") == []
 
 
 def test_store_keys_override_caller_keys(tmp_path):
-    v = store.publish_version(tmp_path, "dpo", **_tables(), card="", content_key="k",
-                              manifest={"version": 99, "name": "other", "keep": True})
+    v = store.publish_version(
+        tmp_path,
+        "dpo",
+        **_tables(),
+        card="",
+        content_key="k",
+        manifest={"version": 99, "name": "other", "keep": True},
+    )
     m = store.read_manifest(v.path)
     assert (m["version"], m["name"], m["keep"]) == (1, "dpo", True)
 
@@ -277,6 +352,7 @@ def test_resolve(tmp_path):
 
 # ---------------------------------------------------------------------------- concurrency
 
+
 @pytest.mark.parametrize("workers,each", [(4, 3), (8, 5)])
 def test_concurrent_publishers_get_distinct_versions(tmp_path, workers, each):
     root = tmp_path / "store"
@@ -297,9 +373,16 @@ def test_concurrent_publishers_get_distinct_versions(tmp_path, workers, each):
             assert ref.created
             print(ref.version, flush=True)
     """)
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(w)], cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for w in range(workers)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(w)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for w in range(workers)
+    ]
     n = workers * each
     try:
         deadline = time.monotonic() + 120

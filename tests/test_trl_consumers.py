@@ -14,14 +14,16 @@ from schemas.config import load_config
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} </s>{% endfor %}"
-    "{% if add_generation_prompt %}<assistant>{% endif %}")
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
 
 
 @pytest.fixture(scope="module")
 def version(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("trl")
-    cfg = load_config(Path(__file__).parents[1] / "data/examples/pairs_votes.yaml",
-                      [f"data_root={root}"])
+    cfg = load_config(
+        Path(__file__).parents[1] / "data/examples/pairs_votes.yaml", [f"data_root={root}"]
+    )
     summary = curate(cfg.model_dump(mode="json"))
     assert summary["rows"] >= 4
     return Path(summary["path"])
@@ -33,14 +35,23 @@ def tokenizer(version):
     from transformers import PreTrainedTokenizerFast
 
     df = pl.read_parquet(version / "data.parquet")
-    texts = [m["content"] for col in ("prompt", "chosen", "rejected")
-             for msgs in df[col].to_list() for m in msgs]
+    texts = [
+        m["content"]
+        for col in ("prompt", "chosen", "rejected")
+        for msgs in df[col].to_list()
+        for m in msgs
+    ]
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     special = ["<unk>", "<pad>", "<s>", "</s>", "<user>", "<assistant>", "<system>"]
     tok.train_from_iterator(texts * 2, trainers.WordLevelTrainer(special_tokens=special))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
-                                   bos_token="<s>", eos_token="</s>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+    )
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
@@ -48,17 +59,29 @@ def tokenizer(version):
 def _llama_config(tokenizer, **kw):
     from transformers import LlamaConfig
 
-    return LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                       num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                       max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
-                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                       **kw)
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **kw,
+    )
 
 
 def test_loads_with_datasets_parquet_and_polars(version):
     ds = datasets.load_from_disk(str(version / "data"))
-    pq = datasets.load_dataset("parquet", data_files=str(version / "data.parquet"),
-                               split="train", cache_dir=str(version.parent.parent / ".hf"))
+    pq = datasets.load_dataset(
+        "parquet",
+        data_files=str(version / "data.parquet"),
+        split="train",
+        cache_dir=str(version.parent.parent / ".hf"),
+    )
     lazy = pl.scan_parquet(version / "data.parquet").select("margin", "p_hat").collect()
     assert ds.num_rows == pq.num_rows == lazy.height >= 1
     assert {"prompt", "chosen", "rejected", "margin"} <= set(ds.column_names)
@@ -76,11 +99,18 @@ def test_dpo_trainer_trains_on_published_version(version, tokenizer, tmp_path):
     tokenizer.save_pretrained(path)
     model = LlamaForCausalLM.from_pretrained(path)  # the reference model loads from path
     ds = datasets.load_from_disk(str(version / "data"))
-    args = DPOConfig(output_dir=str(tmp_path / "dpo"), max_steps=2,
-                     per_device_train_batch_size=2, report_to=[], logging_steps=1,
-                     save_strategy="no", use_cpu=True, max_length=128, bf16=False)
-    trainer = DPOTrainer(model=model, args=args, train_dataset=ds,
-                         processing_class=tokenizer)
+    args = DPOConfig(
+        output_dir=str(tmp_path / "dpo"),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        use_cpu=True,
+        max_length=128,
+        bf16=False,
+    )
+    trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer)
     out = trainer.train()
     assert out.global_step == 2
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
@@ -96,11 +126,18 @@ def test_reward_trainer_uses_margin(version, tokenizer, tmp_path):
     model = LlamaForSequenceClassification(_llama_config(tokenizer, num_labels=1))
     ds = datasets.load_from_disk(str(version / "data"))
     assert "margin" in ds.column_names and any(m > 0 for m in ds["margin"])
-    args = RewardConfig(output_dir=str(tmp_path / "rm"), max_steps=2,
-                        per_device_train_batch_size=2, report_to=[], logging_steps=1,
-                        save_strategy="no", use_cpu=True, max_length=128, bf16=False)
-    trainer = RewardTrainer(model=model, args=args, train_dataset=ds,
-                            processing_class=tokenizer)
+    args = RewardConfig(
+        output_dir=str(tmp_path / "rm"),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        use_cpu=True,
+        max_length=128,
+        bf16=False,
+    )
+    trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer)
     # the margin column survives preprocessing and reaches the loss
     assert "margin" in trainer.train_dataset.column_names
     out = trainer.train()

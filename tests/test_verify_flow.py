@@ -16,13 +16,21 @@ EX = REPO / "data" / "examples"
 
 
 def test_verifiers_overrule_a_wrong_label(tmp_path: Path) -> None:
-    cfg = load_config(EX / "verifiable_pairs.yaml",
-                      [f"data_root={tmp_path}", f"input.path={EX / 'verifiable_pairs.jsonl'}"])
+    cfg = load_config(
+        EX / "verifiable_pairs.yaml",
+        [f"data_root={tmp_path}", f"input.path={EX / 'verifiable_pairs.jsonl'}"],
+    )
     out = curate(cfg.model_dump(mode="json"))
     df = pl.read_parquet(Path(out["path"]) / "data.parquet")
     decision = dict(zip(df["source_id"], df["decision"]))
-    assert decision == {"vp-01": "keep", "vp-02": "flip", "vp-03": "keep", "vp-04": "flip",
-                        "vp-05": "keep", "vp-06": "flip"}
+    assert decision == {
+        "vp-01": "keep",
+        "vp-02": "flip",
+        "vp-03": "keep",
+        "vp-04": "flip",
+        "vp-05": "keep",
+        "vp-06": "flip",
+    }
     manifest = store.read_manifest(Path(out["path"]))
     info = manifest["stage_info"]
     assert info["verify"]["votes"] == {"exact_answer": 3, "python_tests": 1, "constraints": 2}

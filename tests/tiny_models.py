@@ -20,10 +20,10 @@ from pathlib import Path
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>"
-    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
 
-SPECIAL = ["<|pad|>", "<|bos|>", "<|eos|>", "<|system|>", "<|user|>", "<|assistant|>",
-           "<|end|>"]
+SPECIAL = ["<|pad|>", "<|bos|>", "<|eos|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -47,13 +47,20 @@ def build_tokenizer(path: str | Path, vocab_size: int = 400):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(CORPUS * 4, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>",
-                                   eos_token="<|eos|>", pad_token="<|pad|>",
-                                   additional_special_tokens=SPECIAL[3:])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|bos|>",
+        eos_token="<|eos|>",
+        pad_token="<|pad|>",
+        additional_special_tokens=SPECIAL[3:],
+    )
     fast.chat_template = CHAT_TEMPLATE
     fast.model_max_length = 512
     fast.save_pretrained(str(path))
@@ -63,20 +70,32 @@ def build_tokenizer(path: str | Path, vocab_size: int = 400):
 def _llama_config(tok, **kw):
     from transformers import LlamaConfig
 
-    args = dict(vocab_size=len(tok), hidden_size=128, intermediate_size=256,
-                num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                head_dim=64, max_position_embeddings=512, rms_norm_eps=1e-6,
-                tie_word_embeddings=False, bos_token_id=tok.bos_token_id,
-                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                # larger than the default 0.02 so that scores are O(1) and differ by input:
-                # a wrong pooled position would show up far above a 1e-4 tolerance
-                initializer_range=0.2, torch_dtype="float32")
+    args = dict(
+        vocab_size=len(tok),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=64,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        # larger than the default 0.02 so that scores are O(1) and differ by input:
+        # a wrong pooled position would show up far above a 1e-4 tolerance
+        initializer_range=0.2,
+        torch_dtype="float32",
+    )
     args.update(kw)
     return LlamaConfig(**args)
 
 
-def build_tiny_reward_model(path: str | Path, num_labels: int = 1, seed: int = 0,
-                            id2label: dict[int, str] | None = None) -> Path:
+def build_tiny_reward_model(
+    path: str | Path, num_labels: int = 1, seed: int = 0, id2label: dict[int, str] | None = None
+) -> Path:
     """A tiny ``LlamaForSequenceClassification`` (random weights, fixed seed) in ``path``.
 
     ``num_labels=1`` is a regression reward head (``problem_type="regression"`` is left

@@ -77,8 +77,11 @@ def _votes_frame(votes: pa.Table | pl.DataFrame) -> pl.DataFrame:
     if isinstance(votes, pl.DataFrame):
         missing = [c for c in _NEEDED if c not in votes.columns]
         if missing:
-            raise SchemaError(f"table 'votes': missing column '{missing[0]}' (expected "
-                              f"columns {VOTES.names})", table="votes", column=missing[0])
+            raise SchemaError(
+                f"table 'votes': missing column '{missing[0]}' (expected columns {VOTES.names})",
+                table="votes",
+                column=missing[0],
+            )
         return votes.select(_NEEDED)
     check_table(votes, votes.schema, "votes")
     if not votes.num_rows:
@@ -87,19 +90,24 @@ def _votes_frame(votes: pa.Table | pl.DataFrame) -> pl.DataFrame:
     return pl.from_arrow(votes.select(_NEEDED), rechunk=False)
 
 
-def aggregate_votes(votes: pa.Table | pl.DataFrame, *,
-                    label_annotators: set[str] | frozenset[str] = frozenset(),
-                    method: str = "majority", use_logprobs: bool = False,
-                    judges_method: str | None = None,
-                    prior: tuple[float, float] | None = None,
-                    verifier_prior: tuple[float, float] | None = None,
-                    class_prior: str = "estimated",
-                    class_prior_lr: float = 10.83,
-                    label_correlation: str = "off",
-                    correlation_z: float = 4.0,
-                    length_control: str = "off", length_min_diff: float = 0.1,
-                    length_z: float = 4.0,
-                    lengths: pl.DataFrame | None = None) -> StageResult:
+def aggregate_votes(
+    votes: pa.Table | pl.DataFrame,
+    *,
+    label_annotators: set[str] | frozenset[str] = frozenset(),
+    method: str = "majority",
+    use_logprobs: bool = False,
+    judges_method: str | None = None,
+    prior: tuple[float, float] | None = None,
+    verifier_prior: tuple[float, float] | None = None,
+    class_prior: str = "estimated",
+    class_prior_lr: float = 10.83,
+    label_correlation: str = "off",
+    correlation_z: float = 4.0,
+    length_control: str = "off",
+    length_min_diff: float = 0.1,
+    length_z: float = 4.0,
+    lengths: pl.DataFrame | None = None,
+) -> StageResult:
     """Aggregate votes per pair (integer-coded once, numpy sums, EM with numpy/scipy).
 
     ``judges_method`` (``dawid_skene`` | ``one_coin``): also fit that EM on the votes
@@ -130,11 +138,14 @@ def aggregate_votes(votes: pa.Table | pl.DataFrame, *,
     ``length_z``), so an annotator that ignores length keeps one confusion.
     """
     if method not in METHODS:
-        raise ValueError(f"unknown aggregation method {method!r}; use one of "
-                         f"{', '.join(METHODS)} (aggregate.method in the run config)")
+        raise ValueError(
+            f"unknown aggregation method {method!r}; use one of "
+            f"{', '.join(METHODS)} (aggregate.method in the run config)"
+        )
     if judges_method is not None and judges_method not in EM_METHODS:
-        raise ValueError(f"unknown judges_method {judges_method!r}; use one of "
-                         f"{', '.join(EM_METHODS)} or none")
+        raise ValueError(
+            f"unknown judges_method {judges_method!r}; use one of {', '.join(EM_METHODS)} or none"
+        )
     df = _votes_frame(votes)
     n = df.height
     acode, names = _annotator_codes(df)
@@ -144,20 +155,38 @@ def aggregate_votes(votes: pa.Table | pl.DataFrame, *,
         n_label = len(set(label_annotators) & set(names))
         if method == "auto":  # with a verifier, its strong prior makes the fit meaningful
             verifier = any(a.startswith("verifier:") for a in names)
-            method = "dawid_skene" if len(judges) + n_label >= MIN_EM_JUDGES or verifier \
-                else "majority"
+            method = (
+                "dawid_skene" if len(judges) + n_label >= MIN_EM_JUDGES or verifier else "majority"
+            )
         if judges_method == "auto":
             judges_method = "dawid_skene" if len(judges) >= MIN_EM_JUDGES else None
     use_em = method != "majority"
-    em_info: dict = {"annotator_reliability": {}, "n_iter": 0, "converged": True,
-                     "priors": None, "elbo_per_vote": None} if use_em else {}
+    em_info: dict = (
+        {
+            "annotator_reliability": {},
+            "n_iter": 0,
+            "converged": True,
+            "priors": None,
+            "elbo_per_vote": None,
+        }
+        if use_em
+        else {}
+    )
     if not n:
-        return StageResult(STAGE, {"comparisons": COMPARISONS.empty_table(),
-                                   "scores": SCORES.empty_table()}, StageCounts(0, 0),
-                           dropped_table(STAGE, []),
-                           info={"method": method, "method_asked": asked[0],
-                                 "use_logprobs": use_logprobs, "annotators": {},
-                                 "position_consistency": {}, **em_info})
+        return StageResult(
+            STAGE,
+            {"comparisons": COMPARISONS.empty_table(), "scores": SCORES.empty_table()},
+            StageCounts(0, 0),
+            dropped_table(STAGE, []),
+            info={
+                "method": method,
+                "method_asked": asked[0],
+                "use_logprobs": use_logprobs,
+                "annotators": {},
+                "position_consistency": {},
+                **em_info,
+            },
+        )
     v = _VoteArrays(df, use_logprobs)
     code, first = factorize(df, KEY)
     k = first.size
@@ -178,12 +207,22 @@ def aggregate_votes(votes: pa.Table | pl.DataFrame, *,
         side = np.where(label_row >= 0, v.vcode[np.maximum(label_row, 0)], -1)
 
         def fit(ac: np.ndarray, nm: list[str]) -> tuple[np.ndarray, dict]:
-            return _fit_em(v, code, k, ac, nm, v.valid, method,
-                           prior=_priors(nm, prior, verifier_prior),
-                           class_prior=class_prior, class_prior_lr=class_prior_lr,
-                           label_side=side if is_label.any() else None,
-                           is_label=is_label, correlation=label_correlation,
-                           correlation_z=correlation_z)
+            return _fit_em(
+                v,
+                code,
+                k,
+                ac,
+                nm,
+                v.valid,
+                method,
+                prior=_priors(nm, prior, verifier_prior),
+                class_prior=class_prior,
+                class_prior_lr=class_prior_lr,
+                label_side=side if is_label.any() else None,
+                is_label=is_label,
+                correlation=label_correlation,
+                correlation_z=correlation_z,
+            )
 
         if not length_on:
             post, em_info = fit(acode, names)
@@ -191,12 +230,23 @@ def aggregate_votes(votes: pa.Table | pl.DataFrame, *,
             from pipeline.aggregate import length
 
             ends = df.select("candidate_a", "candidate_b").gather(first)
-            lside = length.length_sides(length.lookup(ends["candidate_a"], lengths),
-                                        length.lookup(ends["candidate_b"], lengths),
-                                        length_min_diff)
+            lside = length.length_sides(
+                length.lookup(ends["candidate_a"], lengths),
+                length.lookup(ends["candidate_b"], lengths),
+                length_min_diff,
+            )
             post, em_info, fit_acode, fit_names = length.controlled_fit(
-                fit, lside, code, acode, names, v.vcode, v.valid & ~v.soft,
-                mode=length_control, min_diff=length_min_diff, z_threshold=length_z)
+                fit,
+                lside,
+                code,
+                acode,
+                names,
+                v.vcode,
+                v.valid & ~v.soft,
+                mode=length_control,
+                min_diff=length_min_diff,
+                z_threshold=length_z,
+            )
         p_a = np.where(n_votes > 0, post, np.nan)
     p_judges = np.full(k, np.nan)
     if judges_method is not None and judges_method == method and not is_label.any():
@@ -204,44 +254,79 @@ def aggregate_votes(votes: pa.Table | pl.DataFrame, *,
     elif judges_method is not None:
         judged = v.valid & ~is_label
         if judged.any():
-            post, _ = _fit_em(v, code, k, fit_acode, fit_names, judged, judges_method,
-                              prior=_priors(fit_names, prior, verifier_prior),
-                              class_prior=class_prior,
-                              class_prior_lr=class_prior_lr)
+            post, _ = _fit_em(
+                v,
+                code,
+                k,
+                fit_acode,
+                fit_names,
+                judged,
+                judges_method,
+                prior=_priors(fit_names, prior, verifier_prior),
+                class_prior=class_prior,
+                class_prior_lr=class_prior_lr,
+            )
             p_judges = np.where(np.bincount(code[judged], minlength=k) > 0, post, np.nan)
     verdicts = df["verdict"]
-    comp = df.select(KEY).gather(first).with_columns(
-        n_votes=pl.Series(n_votes.astype(np.int32)), n_a=pl.Series(n_a),
-        n_b=pl.Series(n_b), n_tie=pl.Series(n_tie),
-        n_null=pl.Series(n_null.astype(np.int32)),
-        p_a=pl.Series(p_a).fill_nan(None),
-        label=verdicts.gather(_null_negative(label_row)),
-        p_a_judges=pl.Series(p_judges).fill_nan(None))
+    comp = (
+        df.select(KEY)
+        .gather(first)
+        .with_columns(
+            n_votes=pl.Series(n_votes.astype(np.int32)),
+            n_a=pl.Series(n_a),
+            n_b=pl.Series(n_b),
+            n_tie=pl.Series(n_tie),
+            n_null=pl.Series(n_null.astype(np.int32)),
+            p_a=pl.Series(p_a).fill_nan(None),
+            label=verdicts.gather(_null_negative(label_row)),
+            p_a_judges=pl.Series(p_judges).fill_nan(None),
+        )
+    )
     comparisons = conform(comp.to_arrow(), COMPARISONS, "comparisons")
     scores = _winrate_scores(comp, p_a)
 
     null_idx = np.flatnonzero(~v.valid)
     null = df.select("source_id", "candidate_a", "candidate_b", "annotator").gather(null_idx)
-    drops = [{"source_id": s, "row_id": f"{a}|{b}|{w}", "reason": Reason.NULL_VERDICT,
-              "detail": "judge output did not parse"} for s, a, b, w in null.iter_rows()]
-    counts = StageCounts(rows_in=n, kept=n - len(drops),
-                         dropped={str(Reason.NULL_VERDICT): len(drops)} if drops else {},
-                         rows_out=comparisons.num_rows)
+    drops = [
+        {
+            "source_id": s,
+            "row_id": f"{a}|{b}|{w}",
+            "reason": Reason.NULL_VERDICT,
+            "detail": "judge output did not parse",
+        }
+        for s, a, b, w in null.iter_rows()
+    ]
+    counts = StageCounts(
+        rows_in=n,
+        kept=n - len(drops),
+        dropped={str(Reason.NULL_VERDICT): len(drops)} if drops else {},
+        rows_out=comparisons.num_rows,
+    )
     n_by = np.bincount(acode, minlength=len(names))
     null_by = np.bincount(acode[~v.valid], minlength=len(names))
     annot = {a: {"votes": int(n_by[i]), "null": int(null_by[i])} for i, a in enumerate(names)}
-    info = {"method": method, "method_asked": asked[0], "judges_method": judges_method,
-            "use_logprobs": use_logprobs, "annotators": annot,
-            "position_consistency": _position_consistency(df, v, code, k, acode, names),
-            **em_info}
+    info = {
+        "method": method,
+        "method_asked": asked[0],
+        "judges_method": judges_method,
+        "use_logprobs": use_logprobs,
+        "annotators": annot,
+        "position_consistency": _position_consistency(df, v, code, k, acode, names),
+        **em_info,
+    }
     if judges_method is not None:
         info["judges_posterior_pairs"] = int(np.isfinite(p_judges).sum())
     if lengths is not None:  # the report's per-annotator length table
         from pipeline.aggregate import length
 
         info["length_effects"] = length.length_effects(df, comparisons, lengths)
-    return StageResult(STAGE, {"comparisons": comparisons, "scores": scores}, counts,
-                       dropped_table(STAGE, drops), info=info)
+    return StageResult(
+        STAGE,
+        {"comparisons": comparisons, "scores": scores},
+        counts,
+        dropped_table(STAGE, drops),
+        info=info,
+    )
 
 
 def _judge_name(annotator: str) -> str:
@@ -255,8 +340,9 @@ class _VoteArrays:
 
     def __init__(self, df: pl.DataFrame, use_logprobs: bool) -> None:
         verdict = df["verdict"]
-        vc = verdict.replace_strict({"a": 0, "b": 1, "tie": 2}, default=3,
-                                    return_dtype=pl.Int8).to_numpy(writable=True)
+        vc = verdict.replace_strict(
+            {"a": 0, "b": 1, "tie": 2}, default=3, return_dtype=pl.Int8
+        ).to_numpy(writable=True)
         vc[verdict.is_null().to_numpy()] = -1
         self.vcode = vc  # 0 a, 1 b, 2 tie, 3 another string, -1 null
         self.valid = vc >= 0
@@ -275,8 +361,11 @@ class _VoteArrays:
         a and 1 − prob_a on b; one array at a time (10M votes: 80 MB each)."""
         hard = ~self.soft
         out = []
-        for mask, soft_w in ((self.is_a, self.prob), (self.is_b, 1.0 - self.prob),
-                             (self.is_t, None)):
+        for mask, soft_w in (
+            (self.is_a, self.prob),
+            (self.is_b, 1.0 - self.prob),
+            (self.is_t, None),
+        ):
             n = np.bincount(code[mask & hard], minlength=k).astype(np.float64)
             if soft_w is not None and soft_w.size:
                 n += np.bincount(code[self.soft], weights=soft_w, minlength=k)
@@ -302,14 +391,19 @@ def _winrate_scores(comp: pl.DataFrame, p_a: np.ndarray) -> pa.Table:
     with np.errstate(invalid="ignore", divide="ignore"):
         score = np.where(n > 0, total / np.maximum(n, 1), np.nan)
     sc = cand.gather(first).select(
-        candidate_id="c", score=pl.Series(score).fill_nan(None), annotator=pl.lit("aggregate"),
-        aspect=pl.lit("winrate"), raw_output=pl.lit(None, pl.Utf8),
-        parse_error=pl.lit(None, pl.Utf8))
+        candidate_id="c",
+        score=pl.Series(score).fill_nan(None),
+        annotator=pl.lit("aggregate"),
+        aspect=pl.lit("winrate"),
+        raw_output=pl.lit(None, pl.Utf8),
+        parse_error=pl.lit(None, pl.Utf8),
+    )
     return conform(sc.to_arrow(), SCORES, "scores")
 
 
-def _priors(names: list[str], prior: tuple[float, float] | None,
-            verifier_prior: tuple[float, float] | None) -> np.ndarray | None:
+def _priors(
+    names: list[str], prior: tuple[float, float] | None, verifier_prior: tuple[float, float] | None
+) -> np.ndarray | None:
     """Per annotator (in ``names`` order) its (right, wrong) pseudo-counts, or None."""
     if prior is None and verifier_prior is None:
         return None
@@ -321,11 +415,23 @@ def _priors(names: list[str], prior: tuple[float, float] | None,
     return out
 
 
-def _fit_em(v: _VoteArrays, code: np.ndarray, k: int, acode: np.ndarray, names: list[str],
-            use: np.ndarray, method: str, *, prior: np.ndarray | None = None,
-            class_prior: str = "estimated", class_prior_lr: float = 10.83,
-            label_side: np.ndarray | None = None, is_label: np.ndarray | None = None,
-            correlation: str = "off", correlation_z: float = 4.0) -> tuple[np.ndarray, dict]:
+def _fit_em(
+    v: _VoteArrays,
+    code: np.ndarray,
+    k: int,
+    acode: np.ndarray,
+    names: list[str],
+    use: np.ndarray,
+    method: str,
+    *,
+    prior: np.ndarray | None = None,
+    class_prior: str = "estimated",
+    class_prior_lr: float = 10.83,
+    label_side: np.ndarray | None = None,
+    is_label: np.ndarray | None = None,
+    correlation: str = "off",
+    correlation_z: float = 4.0,
+) -> tuple[np.ndarray, dict]:
     """Dawid–Skene / one-coin EM over the votes ``use`` (valid ones), items = ``code``.
 
     Returns P(a) per comparison (the prior where it has no vote in ``use``; the caller
@@ -334,10 +440,13 @@ def _fit_em(v: _VoteArrays, code: np.ndarray, k: int, acode: np.ndarray, names: 
     """
     if (v.bad & use).any():
         bad = v.verdict.filter(pl.Series(v.bad & use)).unique().sort().to_list()
-        raise SchemaError(f"votes.verdict must be one of {', '.join(LABELS)} or null for "
-                          f"method {method!r}, found {bad[:5]}; fix the judge's "
-                          f"verdict mapping or use method 'majority'",
-                          table="votes", column="verdict")
+        raise SchemaError(
+            f"votes.verdict must be one of {', '.join(LABELS)} or null for "
+            f"method {method!r}, found {bad[:5]}; fix the judge's "
+            f"verdict mapping or use method 'majority'",
+            table="votes",
+            column="verdict",
+        )
     rows = np.flatnonzero(use)
     first = first_rows(acode, len(names), use)  # annotators with a vote here,
     used = np.flatnonzero(first >= 0)
@@ -357,8 +466,7 @@ def _fit_em(v: _VoteArrays, code: np.ndarray, k: int, acode: np.ndarray, names: 
         weight = np.concatenate([np.ones(int((~soft).sum())), p, 1.0 - p])
         item = np.concatenate([item[~soft], item[soft], item[soft]])
         annot = np.concatenate([annot[~soft], annot[soft], annot[soft]])
-        label = np.concatenate([label[~soft], np.zeros(ns, label.dtype),
-                                np.ones(ns, label.dtype)])
+        label = np.concatenate([label[~soft], np.zeros(ns, label.dtype), np.ones(ns, label.dtype)])
         hard = np.concatenate([np.ones(int((~soft).sum()), bool), np.zeros(2 * ns, bool)])
         label_vote = np.concatenate([label_vote[~soft], label_vote[soft], label_vote[soft]])
     n_labels = 3 if (label == 2).any() else 2
@@ -368,41 +476,89 @@ def _fit_em(v: _VoteArrays, code: np.ndarray, k: int, acode: np.ndarray, names: 
         kw["prior"] = None if prior is None else prior[used]
         if class_prior in ("symmetric", "tested"):
             kw["class_prior"] = np.array([0.5, 0.5])
-    res = fit(item, annot, label, weight=weight, n_items=k, n_annotators=used.size,
-              n_classes=2, n_labels=n_labels, **kw)
+    res = fit(
+        item,
+        annot,
+        label,
+        weight=weight,
+        n_items=k,
+        n_annotators=used.size,
+        n_classes=2,
+        n_labels=n_labels,
+        **kw,
+    )
     test_info = None
     if class_prior == "tested" and method != "one_coin":
         # the likelihood-ratio test of π = ½ against a fitted π (one degree of freedom)
         free_kw = {key: val for key, val in kw.items() if key != "class_prior"}
-        free = fit(item, annot, label, weight=weight, n_items=k, n_annotators=used.size,
-                   n_classes=2, n_labels=n_labels, **free_kw)
+        free = fit(
+            item,
+            annot,
+            label,
+            weight=weight,
+            n_items=k,
+            n_annotators=used.size,
+            n_classes=2,
+            n_labels=n_labels,
+            **free_kw,
+        )
         total = float(item.size if weight is None else weight.sum())
-        stat = 2.0 * total * ((free.elbo[-1] if free.elbo else 0.0) -
-                              (res.elbo[-1] if res.elbo else 0.0))
+        stat = (
+            2.0
+            * total
+            * ((free.elbo[-1] if free.elbo else 0.0) - (res.elbo[-1] if res.elbo else 0.0))
+        )
         chosen = "estimated" if stat > class_prior_lr else "symmetric"
-        test_info = {"statistic": stat, "threshold": class_prior_lr, "chosen": chosen,
-                     "estimated": {"a": float(free.priors[0]), "b": float(free.priors[1])}}
+        test_info = {
+            "statistic": stat,
+            "threshold": class_prior_lr,
+            "chosen": chosen,
+            "estimated": {"a": float(free.priors[0]), "b": float(free.priors[1])},
+        }
         if chosen == "estimated":
             res, kw = free, free_kw
+
     def summary(res: em.EMResult, reliability: np.ndarray) -> dict:
         """The fit's part of the stage info (``reliability`` of the ``used`` annotators)."""
-        rel = dict(zip((names[i] for i in used), reliability[:used.size].tolist()))
-        return {"annotator_reliability": {
-                    n: None if n not in rel or np.isnan(rel[n]) else rel[n] for n in names},
-                "priors": {"a": float(res.priors[0]), "b": float(res.priors[1])},
-                "elbo_per_vote": res.elbo[-1] if res.elbo else None}
+        rel = dict(zip((names[i] for i in used), reliability[: used.size].tolist()))
+        return {
+            "annotator_reliability": {
+                n: None if n not in rel or np.isnan(rel[n]) else rel[n] for n in names
+            },
+            "priors": {"a": float(res.priors[0]), "b": float(res.priors[1])},
+            "elbo_per_vote": res.elbo[-1] if res.elbo else None,
+        }
 
-    info = {**summary(res, res.reliability()), "n_iter": res.n_iter,
-            "converged": bool(res.converged)}
+    info = {
+        **summary(res, res.reliability()),
+        "n_iter": res.n_iter,
+        "converged": bool(res.converged),
+    }
     if test_info is not None:
         info["class_prior_test"] = test_info
     if correlation != "off" and label_side is not None and method != "one_coin":
         jv = ~label_vote  # the judges-only fit: who agrees with the label beyond the truth
-        jres = fit(item[jv], annot[jv], label[jv],
-                   weight=None if weight is None else weight[jv], n_items=k,
-                   n_annotators=used.size, n_classes=2, n_labels=n_labels, **kw)
-        found = label_correlated(jres.posterior[:, 0], jres.confusion, item, annot, label,
-                                 hard & jv, label_side, correlation_z)
+        jres = fit(
+            item[jv],
+            annot[jv],
+            label[jv],
+            weight=None if weight is None else weight[jv],
+            n_items=k,
+            n_annotators=used.size,
+            n_classes=2,
+            n_labels=n_labels,
+            **kw,
+        )
+        found = label_correlated(
+            jres.posterior[:, 0],
+            jres.confusion,
+            item,
+            annot,
+            label,
+            hard & jv,
+            label_side,
+            correlation_z,
+        )
         info["label_correlation"] = correlation
         info["label_correlated"] = {names[used[w]]: st for w, st in found.items()}
         if correlation == "split" and found:
@@ -414,28 +570,48 @@ def _fit_em(v: _VoteArrays, code: np.ndarray, k: int, acode: np.ndarray, names: 
                 annot2[m] = used.size + 2 * i + side[m]
             kw2 = dict(kw)
             if kw.get("prior") is not None:  # each virtual annotator keeps its prior
-                kw2["prior"] = np.concatenate([kw["prior"], np.repeat(
-                    kw["prior"][flagged], 2, axis=0)])
-            res = fit(item, annot2, label, weight=weight, n_items=k,
-                      n_annotators=used.size + 2 * len(flagged), n_classes=2,
-                      n_labels=n_labels, **kw2)
+                kw2["prior"] = np.concatenate(
+                    [kw["prior"], np.repeat(kw["prior"][flagged], 2, axis=0)]
+                )
+            res = fit(
+                item,
+                annot2,
+                label,
+                weight=weight,
+                n_items=k,
+                n_annotators=used.size + 2 * len(flagged),
+                n_classes=2,
+                n_labels=n_labels,
+                **kw2,
+            )
             # the reliabilities that decided: the refit's (the first fit's are inflated
             # for the label and its copiers, which looked like two independent voters)
             r2 = res.reliability()
             for i, w in enumerate(flagged):
-                given = r2[used.size + 2 * i: used.size + 2 * i + 2]
+                given = r2[used.size + 2 * i : used.size + 2 * i + 2]
                 r2[w] = float(np.nanmean(given)) if np.isfinite(given).any() else np.nan
                 info["label_correlated"][names[used[w]]]["reliability_given_label"] = {
-                    s_: None if np.isnan(g) else float(g) for s_, g in zip("ab", given)}
-            info.update(summary(res, r2), n_iter=info["n_iter"] + res.n_iter,
-                        converged=bool(res.converged))
+                    s_: None if np.isnan(g) else float(g) for s_, g in zip("ab", given)
+                }
+            info.update(
+                summary(res, r2), n_iter=info["n_iter"] + res.n_iter, converged=bool(res.converged)
+            )
     return res.posterior[:, 0], info
 
 
-def label_correlated(post_a: np.ndarray, confusion: np.ndarray, item: np.ndarray,
-                     annot: np.ndarray, label: np.ndarray, test: np.ndarray,
-                     side: np.ndarray, z_min: float, *, min_votes: int = 20,
-                     min_excess: float = 0.05) -> dict[int, dict]:
+def label_correlated(
+    post_a: np.ndarray,
+    confusion: np.ndarray,
+    item: np.ndarray,
+    annot: np.ndarray,
+    label: np.ndarray,
+    test: np.ndarray,
+    side: np.ndarray,
+    z_min: float,
+    *,
+    min_votes: int = 20,
+    min_excess: float = 0.05,
+) -> dict[int, dict]:
     """Annotators that agree with the dataset's label more often than independence allows.
 
     Dawid–Skene assumes annotators independent given the truth; one that copies the
@@ -496,8 +672,12 @@ def label_correlated(post_a: np.ndarray, confusion: np.ndarray, item: np.ndarray
     for a in np.flatnonzero(cnt >= min_votes):
         z = (agree[a] - exp_[a]) / np.sqrt(max(var[a], 1e-12))
         if z > z_min and (agree[a] - exp_[a]) / cnt[a] >= min_excess:
-            out[int(a)] = {"z": round(float(z), 2), "agreement": float(agree[a] / cnt[a]),
-                           "expected": float(exp_[a] / cnt[a]), "votes": int(cnt[a])}
+            out[int(a)] = {
+                "z": round(float(z), 2),
+                "agreement": float(agree[a] / cnt[a]),
+                "expected": float(exp_[a] / cnt[a]),
+                "votes": int(cnt[a]),
+            }
     return out
 
 
@@ -526,8 +706,9 @@ def _annotator_codes(df: pl.DataFrame) -> tuple[np.ndarray, list[str]]:
 _DENSE_CELLS = 1 << 25  # judge × pair cells per chunk of the dense first-verdict arrays
 
 
-def _position_consistency(df: pl.DataFrame, v: _VoteArrays, code: np.ndarray, k: int,
-                          acode: np.ndarray, names: list[str]) -> dict[str, dict]:
+def _position_consistency(
+    df: pl.DataFrame, v: _VoteArrays, code: np.ndarray, k: int, acode: np.ndarray, names: list[str]
+) -> dict[str, dict]:
     """Per judge: pairs with a verdict in both orders, the share that agree, and the share
     answered "the first response" both times. The first vote of a judge × order × pair
     counts; everything runs on the integer codes (string-keyed grouping of 10M votes took
@@ -562,7 +743,9 @@ def _position_consistency(df: pl.DataFrame, v: _VoteArrays, code: np.ndarray, k:
         first_pos = (both & (ab == 0) & (ba == 1)).sum(axis=1)
         for i in range(js):
             if n_pairs[i]:
-                out[judges[j0 + i]] = {"pairs": int(n_pairs[i]),
-                                       "consistency": int(agree[i]) / int(n_pairs[i]),
-                                       "always_first_share": int(first_pos[i]) / int(n_pairs[i])}
+                out[judges[j0 + i]] = {
+                    "pairs": int(n_pairs[i]),
+                    "consistency": int(agree[i]) / int(n_pairs[i]),
+                    "always_first_share": int(first_pos[i]) / int(n_pairs[i]),
+                }
     return out

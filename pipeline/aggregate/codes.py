@@ -70,9 +70,14 @@ def factorize(df: pl.DataFrame, cols: list[str]) -> tuple[np.ndarray, np.ndarray
 
 def _factorize_exact(df: pl.DataFrame, cols: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """The same result by a polars group-by on the columns themselves (slow, exact)."""
-    g = (df.select(cols).with_row_index("_r").group_by(cols, maintain_order=True)
-         .agg(pl.col("_r")).select(pl.int_range(pl.len(), dtype=pl.Int64).alias("_c"), "_r")
-         .explode("_r"))
+    g = (
+        df.select(cols)
+        .with_row_index("_r")
+        .group_by(cols, maintain_order=True)
+        .agg(pl.col("_r"))
+        .select(pl.int_range(pl.len(), dtype=pl.Int64).alias("_c"), "_r")
+        .explode("_r")
+    )
     codes = np.empty(df.height, dtype=np.int64)
     codes[g["_r"].to_numpy()] = g["_c"].to_numpy()
     return codes, first_rows(codes, int(codes.max()) + 1)

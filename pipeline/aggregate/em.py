@@ -101,8 +101,11 @@ class EMResult:
 
     def labels(self) -> np.ndarray:
         """Most probable class per item (ties → the lower class index)."""
-        return np.argmax(self.posterior, axis=1) if self.posterior.size else \
-            np.zeros(0, dtype=np.int64)
+        return (
+            np.argmax(self.posterior, axis=1)
+            if self.posterior.size
+            else np.zeros(0, dtype=np.int64)
+        )
 
     def reliability(self) -> np.ndarray:
         """Per annotator: the one-coin skill, or for full Dawid–Skene the mean over classes of
@@ -114,13 +117,21 @@ class EMResult:
         return np.einsum("wcc->w", self.confusion[:, :c, :]) / c
 
 
-def fit_dawid_skene(item: np.ndarray, annotator: np.ndarray, label: np.ndarray, *,
-                    weight: np.ndarray | None = None, n_items: int | None = None,
-                    n_annotators: int | None = None, n_classes: int = 2,
-                    n_labels: int | None = None, tol: float = TOL,
-                    max_iter: int = MAX_ITER,
-                    prior: tuple[float, float] | np.ndarray | None = None,
-                    class_prior: np.ndarray | None = None) -> EMResult:
+def fit_dawid_skene(
+    item: np.ndarray,
+    annotator: np.ndarray,
+    label: np.ndarray,
+    *,
+    weight: np.ndarray | None = None,
+    n_items: int | None = None,
+    n_annotators: int | None = None,
+    n_classes: int = 2,
+    n_labels: int | None = None,
+    tol: float = TOL,
+    max_iter: int = MAX_ITER,
+    prior: tuple[float, float] | np.ndarray | None = None,
+    class_prior: np.ndarray | None = None,
+) -> EMResult:
     """Full-confusion Dawid–Skene EM (module docstring: model, prior, floors, stopping rule).
 
     >>> item, annot = np.repeat(np.arange(4), 2), np.tile([0, 1], 4)
@@ -130,18 +141,50 @@ def fit_dawid_skene(item: np.ndarray, annotator: np.ndarray, label: np.ndarray, 
     >>> bool(ml > map_), bool(0.5 < map_ < 1.0)
     (True, True)
     """
-    return _fit(item, annotator, label, weight, n_items, n_annotators, n_classes, n_labels,
-                tol, max_iter, one_coin=False, prior=prior, class_prior=class_prior)
+    return _fit(
+        item,
+        annotator,
+        label,
+        weight,
+        n_items,
+        n_annotators,
+        n_classes,
+        n_labels,
+        tol,
+        max_iter,
+        one_coin=False,
+        prior=prior,
+        class_prior=class_prior,
+    )
 
 
-def fit_one_coin(item: np.ndarray, annotator: np.ndarray, label: np.ndarray, *,
-                 weight: np.ndarray | None = None, n_items: int | None = None,
-                 n_annotators: int | None = None, n_classes: int = 2,
-                 n_labels: int | None = None, tol: float = TOL,
-                 max_iter: int = MAX_ITER) -> EMResult:
+def fit_one_coin(
+    item: np.ndarray,
+    annotator: np.ndarray,
+    label: np.ndarray,
+    *,
+    weight: np.ndarray | None = None,
+    n_items: int | None = None,
+    n_annotators: int | None = None,
+    n_classes: int = 2,
+    n_labels: int | None = None,
+    tol: float = TOL,
+    max_iter: int = MAX_ITER,
+) -> EMResult:
     """One-coin Dawid–Skene EM: one skill per annotator (crowd-kit ``OneCoinDawidSkene``)."""
-    return _fit(item, annotator, label, weight, n_items, n_annotators, n_classes, n_labels,
-                tol, max_iter, one_coin=True)
+    return _fit(
+        item,
+        annotator,
+        label,
+        weight,
+        n_items,
+        n_annotators,
+        n_classes,
+        n_labels,
+        tol,
+        max_iter,
+        one_coin=True,
+    )
 
 
 def _codes(name: str, x: np.ndarray, n: int | None) -> tuple[np.ndarray, int]:
@@ -149,9 +192,11 @@ def _codes(name: str, x: np.ndarray, n: int | None) -> tuple[np.ndarray, int]:
     if x.dtype == np.uint64:  # np.bincount and index arithmetic want signed integers
         x = x.astype(np.int64)
     if x.ndim != 1 or (x.size and not np.issubdtype(x.dtype, np.integer)):
-        raise ValueError(f"{name} must be a 1-d array of integer codes, got dtype {x.dtype} "
-                         f"and shape {x.shape}; encode names first (e.g. np.unique(..., "
-                         f"return_inverse=True))")
+        raise ValueError(
+            f"{name} must be a 1-d array of integer codes, got dtype {x.dtype} "
+            f"and shape {x.shape}; encode names first (e.g. np.unique(..., "
+            f"return_inverse=True))"
+        )
     lo, hi = (int(x.min()), int(x.max())) if x.size else (0, -1)
     if n is None:
         n = hi + 1
@@ -160,11 +205,22 @@ def _codes(name: str, x: np.ndarray, n: int | None) -> tuple[np.ndarray, int]:
     return x, n
 
 
-def _fit(item: np.ndarray, annotator: np.ndarray, label: np.ndarray,
-         weight: np.ndarray | None, n_items: int | None, n_annotators: int | None,
-         n_classes: int, n_labels: int | None, tol: float, max_iter: int, *,
-         one_coin: bool, prior: tuple[float, float] | np.ndarray | None = None,
-         class_prior: np.ndarray | None = None) -> EMResult:
+def _fit(
+    item: np.ndarray,
+    annotator: np.ndarray,
+    label: np.ndarray,
+    weight: np.ndarray | None,
+    n_items: int | None,
+    n_annotators: int | None,
+    n_classes: int,
+    n_labels: int | None,
+    tol: float,
+    max_iter: int,
+    *,
+    one_coin: bool,
+    prior: tuple[float, float] | np.ndarray | None = None,
+    class_prior: np.ndarray | None = None,
+) -> EMResult:
     item, n_items = _codes("item", item, n_items)
     annotator, n_annot = _codes("annotator", annotator, n_annotators)
     if n_classes < 2:
@@ -173,25 +229,33 @@ def _fit(item: np.ndarray, annotator: np.ndarray, label: np.ndarray,
     n_labels = max(n_seen, n_classes)
     n_votes = item.size
     if not (annotator.size == label.size == n_votes):
-        raise ValueError(f"item, annotator and label must have the same length, got "
-                         f"{n_votes}, {annotator.size}, {label.size}")
+        raise ValueError(
+            f"item, annotator and label must have the same length, got "
+            f"{n_votes}, {annotator.size}, {label.size}"
+        )
     if max_iter < 1:
         raise ValueError(f"max_iter must be at least 1, got {max_iter}")
     C, K, W = n_classes, n_labels, n_annot
     if weight is not None:
         weight = np.asarray(weight, dtype=np.float64)
-        if weight.shape != (n_votes,) or not np.all(np.isfinite(weight)) \
-                or np.any(weight < 0):
+        if weight.shape != (n_votes,) or not np.all(np.isfinite(weight)) or np.any(weight < 0):
             raise ValueError("weight must be finite, non-negative, one per vote")
         keep = weight > 0  # a zero-weight row is no observation at all
         if not keep.all():
-            item, annotator, label, weight = item[keep], annotator[keep], label[keep], \
-                weight[keep]
+            item, annotator, label, weight = item[keep], annotator[keep], label[keep], weight[keep]
 
     if item.size == 0:  # no votes: nothing to learn; every item keeps a uniform posterior
         conf = np.full((W, K, C), np.nan)
-        return EMResult(np.full((n_items, C), 1.0 / C), np.full(C, 1.0 / C), conf,
-                        np.full(W, np.nan) if one_coin else None, 0, True, [], [])
+        return EMResult(
+            np.full((n_items, C), 1.0 / C),
+            np.full(C, 1.0 / C),
+            conf,
+            np.full(W, np.nan) if one_coin else None,
+            0,
+            True,
+            [],
+            [],
+        )
 
     M = _vote_matrix(item, annotator, label, weight, n_items, K, W)
     n_g = np.asarray(M.sum(axis=0)).ravel()  # vote weight per (annotator, label) cell
@@ -216,8 +280,7 @@ def _fit(item: np.ndarray, annotator: np.ndarray, label: np.ndarray,
     fixed_pri = None
     if class_prior is not None:
         fixed_pri = np.asarray(class_prior, dtype=np.float64)
-        if fixed_pri.shape != (C,) or np.any(fixed_pri <= 0) or \
-                abs(fixed_pri.sum() - 1.0) > 1e-9:
+        if fixed_pri.shape != (C,) or np.any(fixed_pri <= 0) or abs(fixed_pri.sum() - 1.0) > 1e-9:
             raise ValueError(f"class_prior must be {C} positive probabilities summing to 1")
     pseudo = None
     if prior is not None and not one_coin:
@@ -225,8 +288,10 @@ def _fit(item: np.ndarray, annotator: np.ndarray, label: np.ndarray,
         if pr.shape == (2,):
             pr = np.broadcast_to(pr, (W, 2))
         if pr.shape != (W, 2) or np.any(pr < 0) or not np.all(np.isfinite(pr)):
-            raise ValueError(f"prior must be non-negative pseudo-counts (right, wrong), one "
-                             f"pair or one per annotator, got shape {pr.shape}")
+            raise ValueError(
+                f"prior must be non-negative pseudo-counts (right, wrong), one "
+                f"pair or one per annotator, got shape {pr.shape}"
+            )
         diag, off = pr[w_of_g, 0][:, None], pr[w_of_g, 1][:, None]
         pseudo = np.where(k_of_g[:, None] == np.arange(C)[None, :], diag, off)
         pseudo[(k_of_g >= C) & ~observed] = 0.0  # a non-class label never given stays 0
@@ -234,8 +299,9 @@ def _fit(item: np.ndarray, annotator: np.ndarray, label: np.ndarray,
         pseudo[~has_any[w_of_g]] = 0.0
         observed = observed | (pseudo.sum(axis=1) > 0)
 
-    def m_step(T: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None,
-                                       np.ndarray]:
+    def m_step(
+        T: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
         if fixed_pri is not None:
             pri = fixed_pri
         else:
@@ -247,10 +313,9 @@ def _fit(item: np.ndarray, annotator: np.ndarray, label: np.ndarray,
         counts = np.empty((W * K, C))
         for c in range(C - 1):
             counts[:, c] = M.T @ T[c]
-        counts[:, C - 1] = n_g - counts[:, :C - 1].sum(axis=1)
+        counts[:, C - 1] = n_g - counts[:, : C - 1].sum(axis=1)
         if one_coin:
-            correct = np.where(k_of_g < C, counts[np.arange(W * K), np.minimum(k_of_g, C - 1)],
-                               0.0)
+            correct = np.where(k_of_g < C, counts[np.arange(W * K), np.minimum(k_of_g, C - 1)], 0.0)
             with np.errstate(invalid="ignore", divide="ignore"):
                 skills = np.bincount(w_of_g, correct, W) / np.bincount(w_of_g, n_g, W)
             s = skills[w_of_g][:, None]
@@ -310,13 +375,18 @@ def _fit(item: np.ndarray, annotator: np.ndarray, label: np.ndarray,
             converged = True
             break
         prev, prev_elbo = loss, elbo[-1]
-    return EMResult(np.ascontiguousarray(T.T), pri, conf, skills, n_iter, converged, history,
-                    elbo)
+    return EMResult(np.ascontiguousarray(T.T), pri, conf, skills, n_iter, converged, history, elbo)
 
 
-def _vote_matrix(item: np.ndarray, annotator: np.ndarray, label: np.ndarray,
-                 weight: np.ndarray | None, n_items: int, n_labels: int,
-                 n_annotators: int) -> sp.csr_matrix:
+def _vote_matrix(
+    item: np.ndarray,
+    annotator: np.ndarray,
+    label: np.ndarray,
+    weight: np.ndarray | None,
+    n_items: int,
+    n_labels: int,
+    n_annotators: int,
+) -> sp.csr_matrix:
     """CSR (n_items × n_annotators·K) matrix of vote weight per item and (annotator, label).
 
     Built directly from rows sorted by item (no COO round trip); repeated votes stay as

@@ -58,8 +58,9 @@ HIST_EDGES = tuple(round(-1.0 + 0.1 * i, 1) for i in range(21))
 def candidate_lengths(candidates: pa.Table) -> pl.DataFrame:
     """``candidate_id`` → ``length`` (characters of the response text; null text is 0)."""
     df = pl.from_arrow(candidates.select(["candidate_id", "text"]))
-    return df.select("candidate_id",
-                     length=pl.col("text").fill_null("").str.len_chars().cast(pl.Float64))
+    return df.select(
+        "candidate_id", length=pl.col("text").fill_null("").str.len_chars().cast(pl.Float64)
+    )
 
 
 def lookup(ids: pl.Series, lengths: pl.DataFrame | None) -> np.ndarray:
@@ -67,8 +68,11 @@ def lookup(ids: pl.Series, lengths: pl.DataFrame | None) -> np.ndarray:
     if lengths is None:
         return np.full(ids.len(), np.nan)
     out = pl.DataFrame({"candidate_id": ids.cast(pl.Utf8)}).join(
-        lengths.with_columns(pl.col("candidate_id").cast(pl.Utf8)), on="candidate_id",
-        how="left", maintain_order="left")
+        lengths.with_columns(pl.col("candidate_id").cast(pl.Utf8)),
+        on="candidate_id",
+        how="left",
+        maintain_order="left",
+    )
     return out["length"].fill_null(np.nan).to_numpy()
 
 
@@ -84,9 +88,15 @@ def length_sides(len_a: np.ndarray, len_b: np.ndarray, min_diff: float) -> np.nd
     return side
 
 
-def length_flags(post_a: np.ndarray, code: np.ndarray, acode: np.ndarray,
-                 vcode: np.ndarray, use: np.ndarray, side: np.ndarray,
-                 n_annotators: int) -> np.ndarray:
+def length_flags(
+    post_a: np.ndarray,
+    code: np.ndarray,
+    acode: np.ndarray,
+    vcode: np.ndarray,
+    use: np.ndarray,
+    side: np.ndarray,
+    n_annotators: int,
+) -> np.ndarray:
     """Per annotator, the z-score of its verdicts' dependence on the length side, given a
     fit without length: with its confusion c re-estimated from the posterior (an M-step),
     each decisive vote's expected P(says a) is p = q·c[a→a] + (1 − q)·c[b→a]; the residuals
@@ -119,10 +129,19 @@ def length_flags(post_a: np.ndarray, code: np.ndarray, acode: np.ndarray,
     return z
 
 
-def controlled_fit(fit: Callable[[np.ndarray, list[str]], tuple[np.ndarray, dict]],
-                   side: np.ndarray, code: np.ndarray, acode: np.ndarray, names: list[str],
-                   vcode: np.ndarray, decisive: np.ndarray, *, mode: str, min_diff: float,
-                   z_threshold: float) -> tuple[np.ndarray, dict, np.ndarray, list[str]]:
+def controlled_fit(
+    fit: Callable[[np.ndarray, list[str]], tuple[np.ndarray, dict]],
+    side: np.ndarray,
+    code: np.ndarray,
+    acode: np.ndarray,
+    names: list[str],
+    vcode: np.ndarray,
+    decisive: np.ndarray,
+    *,
+    mode: str,
+    min_diff: float,
+    z_threshold: float,
+) -> tuple[np.ndarray, dict, np.ndarray, list[str]]:
     """The length-controlled EM (``mode`` ``on`` | ``tested``; module docstring): the
     posterior, the fit's info with a ``length_control`` entry, and the annotator codes and
     names it was fitted with. ``fit(acode, names)`` is the aggregation's EM; ``side`` is
@@ -140,22 +159,29 @@ def controlled_fit(fit: Callable[[np.ndarray, list[str]], tuple[np.ndarray, dict
         split = []
         for _ in range(MAX_ROUNDS):
             z = length_flags(post, code, acode, vcode, decisive, side, len(names))
-            now = [int(i) for i in np.flatnonzero(np.abs(z) > z_threshold)
-                   if not names[i].startswith("verifier:")]
+            now = [
+                int(i)
+                for i in np.flatnonzero(np.abs(z) > z_threshold)
+                if not names[i].startswith("verifier:")
+            ]
             if now == split:
                 break
             split = now
             flags = {names[i]: float(z[i]) for i in split}
-            fit_acode, fit_names = (virtual_annotators(acode, names, side[code], split)
-                                    if split else (acode, names))
+            fit_acode, fit_names = (
+                virtual_annotators(acode, names, side[code], split) if split else (acode, names)
+            )
             post, info = fit(fit_acode, fit_names)
     else:
         fit_acode, fit_names = virtual_annotators(acode, names, side[code], None)
         post, info = fit(fit_acode, fit_names)
-    block = {"mode": mode, "min_diff": min_diff,
-             "comparisons": {s: int(c) for s, c in
-                             zip(SIDES, np.bincount(side, minlength=len(SIDES)))},
-             "z_threshold": z_threshold, "split": flags}
+    block = {
+        "mode": mode,
+        "min_diff": min_diff,
+        "comparisons": {s: int(c) for s, c in zip(SIDES, np.bincount(side, minlength=len(SIDES)))},
+        "z_threshold": z_threshold,
+        "split": flags,
+    }
     if split is None or split:
         info = collapse_info(info, fit_acode, fit_names, acode, names, block)
     else:
@@ -163,8 +189,9 @@ def controlled_fit(fit: Callable[[np.ndarray, list[str]], tuple[np.ndarray, dict
     return post, info, fit_acode, fit_names
 
 
-def virtual_annotators(acode: np.ndarray, names: list[str], vote_side: np.ndarray,
-                  split: list[int] | None) -> tuple[np.ndarray, list[str]]:
+def virtual_annotators(
+    acode: np.ndarray, names: list[str], vote_side: np.ndarray, split: list[int] | None
+) -> tuple[np.ndarray, list[str]]:
     """Virtual annotators ``name@<side>`` (the sides of :mod:`pipeline.aggregate.length`):
     each annotator in ``split`` (None: every one but verifiers) gets one per side, the
     others keep one under their own name (so reports of the fit, e.g. the label-correlated
@@ -175,13 +202,20 @@ def virtual_annotators(acode: np.ndarray, names: list[str], vote_side: np.ndarra
     on = np.zeros(len(names), dtype=bool)
     on[split] = True
     fit_acode = acode.astype(np.int32) * n_side + np.where(on[acode], vote_side, 0)
-    fit_names = [f"{a}@{s}" if on[i] or j else a
-                 for i, a in enumerate(names) for j, s in enumerate(SIDES)]
+    fit_names = [
+        f"{a}@{s}" if on[i] or j else a for i, a in enumerate(names) for j, s in enumerate(SIDES)
+    ]
     return fit_acode.astype(np.int32), fit_names
 
 
-def collapse_info(info: dict, fit_acode: np.ndarray, fit_names: list[str],
-                     acode: np.ndarray, names: list[str], length_info: dict) -> dict:
+def collapse_info(
+    info: dict,
+    fit_acode: np.ndarray,
+    fit_names: list[str],
+    acode: np.ndarray,
+    names: list[str],
+    length_info: dict,
+) -> dict:
     """The fit's info in the real annotators' names: reliability = the vote-weighted mean
     of an annotator's per-side reliabilities (those of the split annotators in
     ``length_control.reliability_by_side``)."""
@@ -191,14 +225,19 @@ def collapse_info(info: dict, fit_acode: np.ndarray, fit_names: list[str],
     by_side: dict[str, dict] = {}
     collapsed: dict[str, float | None] = {}
     for i, a in enumerate(names):
-        parts = {side: (rel.get(fit_names[i * n_side + j]), int(n_fit[i * n_side + j]))
-                 for j, side in enumerate(SIDES)}
+        parts = {
+            side: (rel.get(fit_names[i * n_side + j]), int(n_fit[i * n_side + j]))
+            for j, side in enumerate(SIDES)
+        }
         if fit_names[i * n_side] != a:  # a split annotator
             by_side[a] = {s: r for s, (r, c) in parts.items() if c}
         got = [(r, c) for r, c in parts.values() if r is not None and c]
         collapsed[a] = (sum(r * c for r, c in got) / sum(c for _, c in got)) if got else None
-    return {**info, "annotator_reliability": collapsed,
-            "length_control": {**length_info, "reliability_by_side": by_side}}
+    return {
+        **info,
+        "annotator_reliability": collapsed,
+        "length_control": {**length_info, "reliability_by_side": by_side},
+    }
 
 
 def _logit(p: np.ndarray, eps: float = 0.02) -> np.ndarray:
@@ -210,8 +249,9 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, ridge: float = 1e-4,
-                 n_iter: int = 50) -> tuple[np.ndarray, np.ndarray]:
+def fit_logistic(
+    x: np.ndarray, y: np.ndarray, ridge: float = 1e-4, n_iter: int = 50
+) -> tuple[np.ndarray, np.ndarray]:
     """Logistic regression by Newton's method (IRLS): coefficients and their standard
     errors (from the inverse Fisher information); a tiny ridge keeps separable data
     finite."""
@@ -230,16 +270,23 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, ridge: float = 1e-4,
     return beta, se
 
 
-def length_effects(votes: pa.Table | pl.DataFrame, comparisons: pa.Table,
-                   lengths: pl.DataFrame) -> dict:
+def length_effects(
+    votes: pa.Table | pl.DataFrame, comparisons: pa.Table, lengths: pl.DataFrame
+) -> dict:
     """Per annotator: decisive votes on pairs of unequal length, longer-win rate, the
     GLM's length coefficient (± standard error) and the length-controlled longer-win rate
     (module docstring; none for fewer than :data:`MIN_GLM_VOTES` votes or verdicts that
     never change, which have no finite fit); plus ``sd_chars``, the length-difference
     scale."""
-    v = votes if isinstance(votes, pl.DataFrame) else pl.from_arrow(
-        votes.select(["source_id", "prompt_id", "candidate_a", "candidate_b", "annotator",
-                      "verdict"]))
+    v = (
+        votes
+        if isinstance(votes, pl.DataFrame)
+        else pl.from_arrow(
+            votes.select(
+                ["source_id", "prompt_id", "candidate_a", "candidate_b", "annotator", "verdict"]
+            )
+        )
+    )
     key = ["source_id", "prompt_id", "candidate_a", "candidate_b"]
     comp = pl.from_arrow(comparisons.select(key + ["p_a"]))
     v = v.filter(pl.col("verdict").is_in(["a", "b"])).join(comp, on=key, how="inner")
@@ -261,21 +308,30 @@ def length_effects(votes: pa.Table | pl.DataFrame, comparisons: pa.Table,
         m = names == name
         y = says_a[m]
         picked_longer = np.where(a_longer[m], y, 1.0 - y)
-        row: dict = {"votes": int(m.sum()),
-                     "longer_win_rate": float(picked_longer.mean()),
-                     "length_coef": None, "length_coef_se": None,
-                     "lc_longer_win_rate": None}
+        row: dict = {
+            "votes": int(m.sum()),
+            "longer_win_rate": float(picked_longer.mean()),
+            "length_coef": None,
+            "length_coef_se": None,
+            "lc_longer_win_rate": None,
+        }
         if y.min() == y.max():  # always "a" (or "b"): the GLM has no finite fit
             row["note"] = f"always says {'a' if y[0] else 'b'}"
         elif m.sum() >= MIN_GLM_VOTES:
             x = np.column_stack([np.ones(int(m.sum())), x_q[m], x_len[m]])
             beta, se = fit_logistic(x, y)
             p0 = _sigmoid(x[:, :2] @ beta[:2])  # β_len set to 0
-            row.update(length_coef=float(beta[2]), length_coef_se=float(se[2]),
-                       lc_longer_win_rate=float(np.where(a_longer[m], p0, 1.0 - p0).mean()))
+            row.update(
+                length_coef=float(beta[2]),
+                length_coef_se=float(se[2]),
+                lc_longer_win_rate=float(np.where(a_longer[m], p0, 1.0 - p0).mean()),
+            )
         out[name] = row
-    return {"sd_chars": sd, "annotators": out,
-            "annotators_left_out": max(0, len(top) - MAX_ANNOTATORS)}
+    return {
+        "sd_chars": sd,
+        "annotators": out,
+        "annotators_left_out": max(0, len(top) - MAX_ANNOTATORS),
+    }
 
 
 def length_shift(len_chosen: np.ndarray, len_rejected: np.ndarray) -> dict:
@@ -286,17 +342,27 @@ def length_shift(len_chosen: np.ndarray, len_rejected: np.ndarray) -> dict:
     ok = np.isfinite(lc) & np.isfinite(lr)
     lc, lr = lc[ok], lr[ok]
     if not lc.size:
-        return {"pairs": 0, "chosen_longer_share": None, "median_diff_chars": None,
-                "edges": list(HIST_EDGES), "counts": [0] * (len(HIST_EDGES) - 1)}
+        return {
+            "pairs": 0,
+            "chosen_longer_share": None,
+            "median_diff_chars": None,
+            "edges": list(HIST_EDGES),
+            "counts": [0] * (len(HIST_EDGES) - 1),
+        }
     norm = (lc - lr) / np.maximum(lc + lr, 1.0)
     counts, _ = np.histogram(norm, bins=np.array(HIST_EDGES))
-    return {"pairs": int(lc.size), "chosen_longer_share": float(np.mean(lc > lr)),
-            "median_diff_chars": float(np.median(lc - lr)),
-            "edges": list(HIST_EDGES), "counts": counts.astype(int).tolist()}
+    return {
+        "pairs": int(lc.size),
+        "chosen_longer_share": float(np.mean(lc > lr)),
+        "median_diff_chars": float(np.median(lc - lr)),
+        "edges": list(HIST_EDGES),
+        "counts": counts.astype(int).tolist(),
+    }
 
 
-def balance_drops(chosen_longer: np.ndarray, weight: np.ndarray,
-                  band: Sequence[float]) -> np.ndarray:
+def balance_drops(
+    chosen_longer: np.ndarray, weight: np.ndarray, band: Sequence[float]
+) -> np.ndarray:
     """Indices of the pairs to drop (lowest weight first, ties by index) so that the
     share of ``chosen_longer`` pairs lies in ``band`` = (low, high): the fewest drops that
     reach it, all from the side in excess; none when only dropping every pair would."""
@@ -316,4 +382,4 @@ def balance_drops(chosen_longer: np.ndarray, weight: np.ndarray,
         return np.zeros(0, dtype=np.int64)
     idx = np.flatnonzero(longer == side)
     order = idx[np.lexsort((idx, w[idx]))]
-    return np.sort(order[:max(0, min(k, idx.size))])
+    return np.sort(order[: max(0, min(k, idx.size))])

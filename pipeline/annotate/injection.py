@@ -51,29 +51,75 @@ STAGE_VERSION = 1  # part of the margins stage's key (it flags the pairs)
 
 _ZERO_WIDTH = re.compile("[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
 # Cyrillic / Greek letters that look like Latin ones (after NFKC and case folding)
-_CONFUSABLE = str.maketrans({
-    "а": "a", "е": "e", "о": "o", "р": "p", "с": "c", "у": "y", "х": "x", "і": "i",
-    "ј": "j", "ѕ": "s", "ԁ": "d", "ɡ": "g", "һ": "h", "ӏ": "l", "к": "k", "м": "m",
-    "т": "t", "в": "b", "н": "h", "ν": "v", "ο": "o", "ρ": "p", "α": "a", "ε": "e",
-    "ι": "i", "κ": "k", "τ": "t", "υ": "u", "χ": "x", "ѡ": "w", "ԝ": "w"})
-_LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t",
-                       "@": "a", "$": "s", "!": "i", "|": "l"})
+_CONFUSABLE = str.maketrans(
+    {
+        "а": "a",
+        "е": "e",
+        "о": "o",
+        "р": "p",
+        "с": "c",
+        "у": "y",
+        "х": "x",
+        "і": "i",
+        "ј": "j",
+        "ѕ": "s",
+        "ԁ": "d",
+        "ɡ": "g",
+        "һ": "h",
+        "ӏ": "l",
+        "к": "k",
+        "м": "m",
+        "т": "t",
+        "в": "b",
+        "н": "h",
+        "ν": "v",
+        "ο": "o",
+        "ρ": "p",
+        "α": "a",
+        "ε": "e",
+        "ι": "i",
+        "κ": "k",
+        "τ": "t",
+        "υ": "u",
+        "χ": "x",
+        "ѡ": "w",
+        "ԝ": "w",
+    }
+)
+_LEET = str.maketrans(
+    {
+        "0": "o",
+        "1": "i",
+        "3": "e",
+        "4": "a",
+        "5": "s",
+        "7": "t",
+        "@": "a",
+        "$": "s",
+        "!": "i",
+        "|": "l",
+    }
+)
 # a word spelled with separators between single letters: "i g n o r e", "i.g.n.o.r.e"
 _SPACED = re.compile(r"\b(?:[a-z][ .\-_*]){3,}[a-z]\b")
 
 # ------------------------------------------------------------------ vocabulary
 # who decides: the evaluator of this comparison
-_EVALUATOR = (r"(?:judges?|judging|grader|graders|evaluators?|assessors?|reviewers?|raters?|"
-              r"scorers?|annotators?|annotation team|adjudicators?|arbiters?|referees?|"
-              r"(?:reward|scoring|grading|judge|judging|preference|evaluation|comparison|"
-              r"ranking) (?:model|system|llm|ai|bot)|llm|language model|(?:the |an? )?ai "
-              r"(?:that|which|who) (?:is )?(?:grad|judg|evaluat|scor|compar|review|rank)\w*|"
-              r"juge|évaluateur|evaluateur|correcteur|juez|evaluador|calificador|bewerter|"
-              r"gutachter|prüfer|richter|valutatore|giudice|avaliador|juiz|beoordelaar|"
-              r"評価者|審査員)")
-_RESP = (r"(?:responses?|answers?|reply|replies|completions?|candidates?|submissions?|"
-         r"outputs?|assistant|réponse|reponse|respuesta|risposta|resposta|antwort|"
-         r"antwoord)")
+_EVALUATOR = (
+    r"(?:judges?|judging|grader|graders|evaluators?|assessors?|reviewers?|raters?|"
+    r"scorers?|annotators?|annotation team|adjudicators?|arbiters?|referees?|"
+    r"(?:reward|scoring|grading|judge|judging|preference|evaluation|comparison|"
+    r"ranking) (?:model|system|llm|ai|bot)|llm|language model|(?:the |an? )?ai "
+    r"(?:that|which|who) (?:is )?(?:grad|judg|evaluat|scor|compar|review|rank)\w*|"
+    r"juge|évaluateur|evaluateur|correcteur|juez|evaluador|calificador|bewerter|"
+    r"gutachter|prüfer|richter|valutatore|giudice|avaliador|juiz|beoordelaar|"
+    r"評価者|審査員)"
+)
+_RESP = (
+    r"(?:responses?|answers?|reply|replies|completions?|candidates?|submissions?|"
+    r"outputs?|assistant|réponse|reponse|respuesta|risposta|resposta|antwort|"
+    r"antwoord)"
+)
 _SIDE = r"(?:a|b|1|2|one|two|#1|#2)"
 # a reference to the texts under comparison (not "option A", "variant B": those are
 # everyday comparisons)
@@ -82,27 +128,41 @@ _REF = re.compile(
     r"alternative|opposing|rival|two|better|more complete|winning|preferred)|as the best|"
     r"that|my|"
     r"both|these|either|each|any (?:other|competing)|cette|esta|diese)\s+(?:\w+ )?"
-    + _RESP + r"\b|\b" + _RESP + r"[ _]?" + _SIDE + r"\b|\b" + _RESP + r" above\b|"
+    + _RESP
+    + r"\b|\b"
+    + _RESP
+    + r"[ _]?"
+    + _SIDE
+    + r"\b|\b"
+    + _RESP
+    + r" above\b|"
     r"\bthis (?:one|pair|comparison|evaluation|item)\b|\b(?:preference|correct) label\b|"
     r"\bthe (?:one|text) (?:above|below|containing this)\b|\bthe alternative\b|"
     r"\b(?:the )?(?:response|answer|reply) containing this\b|\b(?:questa|esta|deze|"
     r"diese|cette) (?:risposta|resposta|respuesta|antwoord|antwort|réponse)\b|"
-    r"\bthe (?:one|response|answer) (?:to|you) (?:pick|choose|prefer)\b")
+    r"\bthe (?:one|response|answer) (?:to|you) (?:pick|choose|prefer)\b"
+)
 # the evaluator addressed, or the evaluation itself named
 _ADDR = re.compile(
     r"\b(?:dear|hey|hi|hello|attention|attn|note|notice|memo|message|reminder|hint|p\.?s"
     r"\.?|to|for|an|warning|cher|chère|attention du|nota para el|nota per il|estimado|"
     r"querido|caro|liebe[rs]?|an den|al|au|aan de)\b[^.\n]{0,25}\b"
-    + _EVALUATOR + r"\b|(?:[\n(\[{#>*/]\s*|\b(?:any|every) (?:careful |fair |good |"
-    r"reasonable |sensible |helpful )?|\byou(?:'re| are) an? (?:\w+ )?)" + _EVALUATOR +
-    r"\b|\b" + _EVALUATOR + r"\s*[:,]|\b(?:is|are) reading this\b|"
+    + _EVALUATOR
+    + r"\b|(?:[\n(\[{#>*/]\s*|\b(?:any|every) (?:careful |fair |good |"
+    r"reasonable |sensible |helpful )?|\byou(?:'re| are) an? (?:\w+ )?)"
+    + _EVALUATOR
+    + r"\b|\b"
+    + _EVALUATOR
+    + r"\s*[:,]|\b(?:is|are) reading this\b|"
     r"\bwho(?:ever|mever)? (?:is |are )?(?:compar|evaluat|judg|grad|review|rat|scor|rank|"
     r"assess)\w*|\bif you are (?:an? |the )?(?:ai |llm |model |automated )?(?:"
-    + _EVALUATOR + r"|compar|evaluat|judg|grad|review|rat|scor|assess|tasked)|"
+    + _EVALUATOR
+    + r"|compar|evaluat|judg|grad|review|rat|scor|assess|tasked)|"
     r"\b(?:evaluat|grad|judg|scor|assess|annotat)\w* (?:guidance|instructions?|policy|"
     r"protocol|result|override|team|notice|mode|output|malfunction)\b|"
     r"\b(?:pre-?verified|pre-?approved|quality assurance check|"
-    r"self-evaluation|internal test run|red-team|calibration item|test mode|gold label)\b")
+    r"self-evaluation|internal test run|red-team|calibration item|test mode|gold label)\b"
+)
 # words of the verdict
 _VERDICT = re.compile(
     r"\b(?:verdicts?|winner|wins?|winning|preferred|preference|prefer|chosen|rejected|"
@@ -113,7 +173,8 @@ _VERDICT = re.compile(
     r"\d+(?:\.\d+)? ?/ ?\d+|stars?|"
     r"points?|favou?r(?:ed)?|stronger|weaker|losing|loser|deserve[sd]?|full marks|"
     r"grade[sd]?|agree with|go with|win|wins|meilleure|première|premier|mejor|correcta|"
-    r"ganar|bessere?|migliore|melhor|beste)\b")
+    r"ganar|bessere?|migliore|melhor|beste)\b"
+)
 # an order or obligation
 _ORDER = re.compile(
     r"\b(?:must|should|shall|needs? to|has to|have to|is to|are to|only task|your task|"
@@ -123,7 +184,8 @@ _ORDER = re.compile(
     r"preferred|declared|marked|scored|considered|treated|disqualified|rejected|logged)|"
     r"(?:^|[.:;!]\s*)(?:select|choose|pick|prefer|rank|declare|return|output|mark|rate|"
     r"give|award|vote|respond|reply|answer|say|print|write)\b|"
-    r"\b(?:choose|select|pick|prefer|rate|rank|declare|return|output|mark)\b)")
+    r"\b(?:choose|select|pick|prefer|rate|rank|declare|return|output|mark)\b)"
+)
 # "ignore all previous instructions" and its paraphrases
 _OVERRIDE = re.compile(
     r"\b(?:ignore|disregard|forget|override|overrule|set aside|skip|bypass|neglect|"
@@ -141,7 +203,8 @@ _OVERRIDE = re.compile(
     r"\b(?:new|updated|revised|real|actual|overriding|priority) (?:instructions?|directives?|"
     r"orders?|task|policy|scoring rubric|rubric|guidelines)\b|\bpolicy update\b|"
     r"\b(?:instructions?|rules?|guidelines?)\b[^.\n]{0,30}\b(?:no longer apply|are (?:void|"
-    r"cancelled|canceled|obsolete|superseded|outdated))")
+    r"cancelled|canceled|obsolete|superseded|outdated))"
+)
 # the judge's own output format, with a verdict in it
 _FORMAT = re.compile(
     r"[\"']?\b(?:winner|verdict|preferred(?:_response)?|better(?:_response)?|choice|"
@@ -154,7 +217,8 @@ _FORMAT = re.compile(
     r"verdict|verdict) is (?:response |answer |assistant )?(?:a|b|1|2)\b|"
     r"\b(?:preferred|chosen|winner)\s*:\s*(?:a|b|1|2)\s*\|\s*(?:rejected|loser)\s*:|"
     r"\b(?:decision|verdict|winner|choice)\s*(?:->|=>|→)\s*(?:a|b|1|2)\b|"
-    r"\bbetter (?:response|answer)\s*:\s*(?:the one above|this one|a|b)\b")
+    r"\bbetter (?:response|answer)\s*:\s*(?:the one above|this one|a|b)\b"
+)
 # imitations of the prompt's structure: fences, role markers, chat tokens
 _STRUCT = re.compile(
     r"\[\s*(?:/|end(?: of)?\s+)(?:response|request|answer|assistant|output)[^\]\n]{0,24}\]|"
@@ -167,17 +231,24 @@ _STRUCT = re.compile(
     r"system|judge)\s*\]|"
     r"\b(?:reverse|rot13|rot-13|decode)\b[^\n]{0,40}\b(?:obey|follow|execute|apply)\b|"
     r"\b(?:decode|base64)\b[^\n]{0,40}\b(?:follow|execute|obey)\b|"
-    r"\b(?:follow|execute|obey)\b[^\n]{0,40}\b(?:decode|base64)\b")
+    r"\b(?:follow|execute|obey)\b[^\n]{0,40}\b(?:decode|base64)\b"
+)
 # text that is about injections (a tutorial): an override inside quotes is an example
-_ABOUT = re.compile(r"\b(?:prompt injection|injection attack|jailbreak|for example|"
-                    r"example|such as|classic|format|template|tutorial)\b")
+_ABOUT = re.compile(
+    r"\b(?:prompt injection|injection attack|jailbreak|for example|"
+    r"example|such as|classic|format|template|tutorial)\b"
+)
 # "Response A" (not "Reply A": a person comparing two drafts says that)
-_REF_SIDE = re.compile(r"\b(?:response|answer|assistant|candidate|completion|submission|"
-                       r"output)[ _]?" + _SIDE + r"\b")
+_REF_SIDE = re.compile(
+    r"\b(?:response|answer|assistant|candidate|completion|submission|"
+    r"output)[ _]?" + _SIDE + r"\b"
+)
 # the override and the order with every non-letter removed ("i g n o r e", "ig-nore")
-_COMPACT = re.compile(r"(?:ignore|disregard|forget|override)(?:all|the|any|your)?(?:previous|"
-                      r"prior|above|earlier|former)(?:instructions?|rules|guidelines|prompts?)|"
-                      r"(?:select|choose|pick|prefer)this(?:response|answer)")
+_COMPACT = re.compile(
+    r"(?:ignore|disregard|forget|override)(?:all|the|any|your)?(?:previous|"
+    r"prior|above|earlier|former)(?:instructions?|rules|guidelines|prompts?)|"
+    r"(?:select|choose|pick|prefer)this(?:response|answer)"
+)
 _BASE64 = re.compile(r"[A-Za-z0-9+/]{24,}={0,2}")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 _QUOTED = re.compile(r"[\"“”«»][^\"“”«»\n]{3,200}[\"“”«»]")
@@ -185,16 +256,24 @@ _QUOTED = re.compile(r"[\"“”«»][^\"“”«»\n]{3,200}[\"“”«»]")
 
 def _sentence_hits(sent: str) -> list[str]:
     hits = []
-    if _OVERRIDE.search(sent) and not (_ABOUT.search(sent) and
-                                       _OVERRIDE.search(" ".join(_QUOTED.findall(sent)))):
+    if _OVERRIDE.search(sent) and not (
+        _ABOUT.search(sent) and _OVERRIDE.search(" ".join(_QUOTED.findall(sent)))
+    ):
         hits.append("override")
     if _FORMAT.search(sent):
         hits.append("verdict_format")
     about_us = bool(_REF.search(sent)) or bool(_ADDR.search(sent))
     n_verdict = len(set(_VERDICT.findall(sent)))
-    if about_us and n_verdict and (n_verdict >= 2 or _ORDER.search(sent) or
-                                   _REF_SIDE.search(sent) or
-                                   (_REF.search(sent) and _ADDR.search(sent))):
+    if (
+        about_us
+        and n_verdict
+        and (
+            n_verdict >= 2
+            or _ORDER.search(sent)
+            or _REF_SIDE.search(sent)
+            or (_REF.search(sent) and _ADDR.search(sent))
+        )
+    ):
         hits.append("steering")
     return hits
 
@@ -259,13 +338,14 @@ def detect(text: str) -> tuple[bool, list[str]]:
             if sent.strip():
                 hits.update(_sentence_hits(sent))
         for m in _STRUCT.finditer(view):  # a marker followed by words of the verdict
-            after = view[m.end():m.end() + 300]
+            after = view[m.end() : m.end() + 300]
             if _VERDICT.search(after) and (_REF.search(after) or _ADDR.search(after)):
                 hits.add("structure")
                 break
     # the override spelled out letter by letter; not when it is a quoted example
     example = bool(_ABOUT.search(plain)) and bool(
-        _COMPACT.search(re.sub(r"[^a-z]", "", " ".join(_QUOTED.findall(plain)))))
+        _COMPACT.search(re.sub(r"[^a-z]", "", " ".join(_QUOTED.findall(plain))))
+    )
     if not example and _COMPACT.search(re.sub(r"[^a-z]", "", leet)):
         hits.add("override")
     found = [h for h in ("override", "verdict_format", "steering", "structure") if h in hits]
@@ -275,8 +355,9 @@ def detect(text: str) -> tuple[bool, list[str]]:
 def suspect_candidates(candidates: pa.Table) -> dict[str, list[str]]:
     """{candidate_id: matched groups} for every candidate whose text is flagged."""
     out: dict[str, list[str]] = {}
-    for cid, text in zip(candidates.column("candidate_id").to_pylist(),
-                         candidates.column("text").to_pylist()):
+    for cid, text in zip(
+        candidates.column("candidate_id").to_pylist(), candidates.column("text").to_pylist()
+    ):
         flagged, hits = detect(text or "")
         if flagged:
             out[cid] = hits
@@ -291,6 +372,10 @@ def flag_pairs(pairs: pa.Table, suspects: Iterable[str]) -> tuple[pa.Table, int]
     bad = set(suspects)
     if not bad or not pairs.num_rows:
         return pairs, 0
-    mask = [c in bad or r in bad for c, r in zip(pairs.column("chosen_id").to_pylist(),
-                                                 pairs.column("rejected_id").to_pylist())]
+    mask = [
+        c in bad or r in bad
+        for c, r in zip(
+            pairs.column("chosen_id").to_pylist(), pairs.column("rejected_id").to_pylist()
+        )
+    ]
     return add_flag(pairs, mask, FLAG)

@@ -105,12 +105,11 @@ def _modal(values: Sequence[str]) -> str | None:
 def judge_of(annotator: str, order: str | None) -> str:
     """The judge an annotator belongs to: the annotator without its ``|ab``/``|ba``."""
     if order in ORDERS and annotator.endswith(f"|{order}"):
-        return annotator[:-len(order) - 1]
+        return annotator[: -len(order) - 1]
     return annotator
 
 
-def compute_judge_stats(votes: pa.Table, candidates: pa.Table | None = None,
-                        ) -> dict[str, Any]:
+def compute_judge_stats(votes: pa.Table, candidates: pa.Table | None = None) -> dict[str, Any]:
     """Judge statistics of a VOTES table as a JSON-able dict (see the module docstring).
 
     Keys: ``n_votes``, ``n_pairs``, ``n_annotators``, ``parse_failure_rate``,
@@ -118,13 +117,25 @@ def compute_judge_stats(votes: pa.Table, candidates: pa.Table | None = None,
     ``longer_win_rate``, ``length_decisive_votes``, ``annotators`` (per annotator),
     ``judges`` (per judge), ``kappa`` (a list over annotator pairs).
     """
-    cols = ["source_id", "prompt_id", "candidate_a", "candidate_b", "annotator", "order",
-            "verdict", "parse_error"]
+    cols = [
+        "source_id",
+        "prompt_id",
+        "candidate_a",
+        "candidate_b",
+        "annotator",
+        "order",
+        "verdict",
+        "parse_error",
+    ]
     rows = votes.select(cols).to_pylist()
     length: dict[str, int] | None = None
     if candidates is not None:
-        length = {c: len(t or "") for c, t in zip(candidates.column("candidate_id").to_pylist(),
-                                                  candidates.column("text").to_pylist())}
+        length = {
+            c: len(t or "")
+            for c, t in zip(
+                candidates.column("candidate_id").to_pylist(), candidates.column("text").to_pylist()
+            )
+        }
 
     ann_order: dict[str, str | None] = {}
     raw: dict[str, dict[tuple, list[str]]] = defaultdict(lambda: defaultdict(list))
@@ -176,13 +187,17 @@ def compute_judge_stats(votes: pa.Table, candidates: pa.Table | None = None,
         all_long += long_wins
         all_dec += decisive
         per_ann[a] = {
-            "judge": judge[a], "order": ann_order[a], "votes": n_rows[a],
-            "valid": n_rows[a] - n_null[a], "parse_errors": n_parse[a],
+            "judge": judge[a],
+            "order": ann_order[a],
+            "votes": n_rows[a],
+            "valid": n_rows[a] - n_null[a],
+            "parse_errors": n_parse[a],
             "parse_failure_rate": _rate(n_parse[a], n_rows[a]),
             "null_verdict_rate": _rate(n_null[a], n_rows[a]),
             "verdicts": {k: counts.get(k, 0) for k in VERDICTS},
             "tie_rate": _rate(counts.get("tie", 0), sum(counts.values())),
-            "majority_agreement": _rate(agree, compared), "majority_compared": compared,
+            "majority_agreement": _rate(agree, compared),
+            "majority_compared": compared,
             "longer_win_rate": _rate(long_wins, decisive),
             "length_decisive": decisive,
         }
@@ -192,26 +207,35 @@ def compute_judge_stats(votes: pa.Table, candidates: pa.Table | None = None,
         common = sorted(set(verdict[a]) & set(verdict[b]))
         xa = [verdict[a][p] for p in common]
         xb = [verdict[b][p] for p in common]
-        kappas.append({"annotator_1": a, "annotator_2": b, "n": len(common),
-                       "kappa": cohen_kappa(xa, xb),
-                       "observed_agreement": _rate(sum(u == v for u, v in zip(xa, xb)),
-                                                   len(common))})
+        kappas.append(
+            {
+                "annotator_1": a,
+                "annotator_2": b,
+                "n": len(common),
+                "kappa": cohen_kappa(xa, xb),
+                "observed_agreement": _rate(sum(u == v for u, v in zip(xa, xb)), len(common)),
+            }
+        )
 
     per_judge: dict[str, dict[str, Any]] = {}
     for j in sorted(set(judge.values())):
         mine = [a for a in annotators if judge[a] == j]
         by_order = {ann_order[a]: a for a in mine if ann_order[a] in ORDERS}
-        entry: dict[str, Any] = {"annotators": mine, "position_consistency": None,
-                                 "position_pairs": 0, "kappa_ab_ba": None,
-                                 "first_position_win_rate": None}
+        entry: dict[str, Any] = {
+            "annotators": mine,
+            "position_consistency": None,
+            "position_pairs": 0,
+            "kappa_ab_ba": None,
+            "first_position_win_rate": None,
+        }
         if "ab" in by_order and "ba" in by_order:
             vab, vba = verdict[by_order["ab"]], verdict[by_order["ba"]]
             common = sorted(set(vab) & set(vba))
             entry["position_pairs"] = len(common)
-            entry["position_consistency"] = _rate(sum(vab[p] == vba[p] for p in common),
-                                                  len(common))
-            entry["kappa_ab_ba"] = cohen_kappa([vab[p] for p in common],
-                                               [vba[p] for p in common])
+            entry["position_consistency"] = _rate(
+                sum(vab[p] == vba[p] for p in common), len(common)
+            )
+            entry["kappa_ab_ba"] = cohen_kappa([vab[p] for p in common], [vba[p] for p in common])
         first = dec = 0
         for o, a in by_order.items():
             for v in verdict[a].values():
@@ -219,18 +243,25 @@ def compute_judge_stats(votes: pa.Table, candidates: pa.Table | None = None,
                     dec += 1
                     first += (v == "a") == (o == "ab")
         entry["first_position_win_rate"] = _rate(first, dec)
-        cross = [k["kappa"] for k in kappas if k["kappa"] is not None and
-                 (judge[k["annotator_1"]] == j) != (judge[k["annotator_2"]] == j)]
+        cross = [
+            k["kappa"]
+            for k in kappas
+            if k["kappa"] is not None
+            and (judge[k["annotator_1"]] == j) != (judge[k["annotator_2"]] == j)
+        ]
         entry["mean_kappa_vs_other_judges"] = _r(sum(cross) / len(cross)) if cross else None
         per_judge[j] = entry
 
     total = sum(n_rows.values())
     return {
-        "n_votes": total, "n_pairs": len(pairs), "n_annotators": len(annotators),
+        "n_votes": total,
+        "n_pairs": len(pairs),
+        "n_annotators": len(annotators),
         "parse_failure_rate": _rate(sum(n_parse.values()), total),
         "null_verdict_rate": _rate(sum(n_null.values()), total),
         "krippendorff_alpha": krippendorff_alpha_nominal(
-            list(v.values()) for v in by_pair.values()),
+            list(v.values()) for v in by_pair.values()
+        ),
         "alpha_units": sum(len(v) >= 2 for v in by_pair.values()),
         "longer_win_rate": _rate(all_long, all_dec),
         "length_decisive_votes": all_dec,
@@ -259,9 +290,14 @@ def compute_score_stats(scores: pa.Table) -> dict[str, Any]:
         n = len(groups[k])
         mean = sum(vals) / len(vals) if vals else None
         std = (sum((v - mean) ** 2 for v in vals) / len(vals)) ** 0.5 if vals else None
-        out[k] = {"rows": n, "null": n - len(vals), "null_rate": _rate(n - len(vals), n),
-                  "parse_errors": sum(e is not None for _, e in groups[k]),
-                  "mean": _r(mean), "std": _r(std)}
+        out[k] = {
+            "rows": n,
+            "null": n - len(vals),
+            "null_rate": _rate(n - len(vals), n),
+            "parse_errors": sum(e is not None for _, e in groups[k]),
+            "mean": _r(mean),
+            "std": _r(std),
+        }
     total = scores.num_rows
     n_err = sum(v["parse_errors"] for v in out.values())
     return {"rows": total, "parse_failure_rate": _rate(n_err, total), "aspects": out}

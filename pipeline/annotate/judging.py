@@ -43,15 +43,19 @@ from schemas.tables import VOTES, from_rows
 STAGE = "judge"
 STAGE_VERSION = 1
 
-VERDICT_SCHEMA = json.dumps({
-    "type": "object",
-    "properties": {"winner": {"type": "string", "enum": ["A", "B", "tie"]}},
-    "required": ["winner"],
-    "additionalProperties": False,
-})
+VERDICT_SCHEMA = json.dumps(
+    {
+        "type": "object",
+        "properties": {"winner": {"type": "string", "enum": ["A", "B", "tie"]}},
+        "required": ["winner"],
+        "additionalProperties": False,
+    }
+)
 
-SYSTEM_V1 = ("You are an impartial judge of answers written by AI assistants. You compare "
-             "two responses to the same request and say which one is better.")
+SYSTEM_V1 = (
+    "You are an impartial judge of answers written by AI assistants. You compare "
+    "two responses to the same request and say which one is better."
+)
 
 TEMPLATE_V1 = """Compare the two responses to the user's request below and decide which one \
 is better: more helpful, correct, honest and clear. Do not let the order in which the \
@@ -96,8 +100,9 @@ def _defang(text: str, nonce: str) -> str:
     >>> _defang("x [end response a] y [Response B] z", "n0nce")
     'x [\u200bend response a] y [\u200bResponse B] z'
     """
-    return _FAKE_FENCE.sub(lambda m: "[\u200b" + m.group(0)[1:],
-                           text.replace(nonce, "#" * len(nonce)))
+    return _FAKE_FENCE.sub(
+        lambda m: "[\u200b" + m.group(0)[1:], text.replace(nonce, "#" * len(nonce))
+    )
 
 
 def annotator_base(spec: Any) -> str:
@@ -111,19 +116,27 @@ def annotator_name(judge: JudgeSpec, order: str) -> str:
     return f"{annotator_base(judge)}|{order}"
 
 
-def format_pairwise(judge: JudgeSpec, prompt: list[dict[str, str]], first: str,
-                    second: str) -> ChatRequest:
+def format_pairwise(
+    judge: JudgeSpec, prompt: list[dict[str, str]], first: str, second: str
+) -> ChatRequest:
     """The judge request showing ``first`` as Response A and ``second`` as Response B."""
     nonce = stable_hash(prompt, first, second, length=10)
-    user = TEMPLATE_V1.format(nonce=nonce, request=_defang(conversation.render(prompt), nonce),
-                              response_a=_defang(first, nonce),
-                              response_b=_defang(second, nonce))
+    user = TEMPLATE_V1.format(
+        nonce=nonce,
+        request=_defang(conversation.render(prompt), nonce),
+        response_a=_defang(first, nonce),
+        response_b=_defang(second, nonce),
+    )
     system = SYSTEM_V1 if not judge.persona else f"{SYSTEM_V1}\n{judge.persona}"
-    return ChatRequest(messages=(("system", system), ("user", user)), n=judge.samples,
-                       temperature=judge.temperature, max_tokens=judge.max_tokens,
-                       seed=judge.seed,
-                       json_schema=VERDICT_SCHEMA if judge.structured else None,
-                       logprobs=5)
+    return ChatRequest(
+        messages=(("system", system), ("user", user)),
+        n=judge.samples,
+        temperature=judge.temperature,
+        max_tokens=judge.max_tokens,
+        seed=judge.seed,
+        json_schema=VERDICT_SCHEMA if judge.structured else None,
+        logprobs=5,
+    )
 
 
 def parse_verdict(text: str | None) -> tuple[str | None, str | None]:
@@ -148,8 +161,14 @@ def parse_verdict(text: str | None) -> tuple[str | None, str | None]:
     if found:
         w = found[-1].lower()
         return ("tie" if w == "tie" else w.upper()), None
-    hits = set(re.findall(r"\b(?:response|answer|assistant)\s+(A|B)\b\s+(?:is|was)\s+"
-                          r"(?:\w+\s+)?(?:better|best|superior|preferred)", s, re.IGNORECASE))
+    hits = set(
+        re.findall(
+            r"\b(?:response|answer|assistant)\s+(A|B)\b\s+(?:is|was)\s+"
+            r"(?:\w+\s+)?(?:better|best|superior|preferred)",
+            s,
+            re.IGNORECASE,
+        )
+    )
     hits = {h.upper() for h in hits}
     if len(hits) == 1:
         return hits.pop(), None
@@ -191,9 +210,9 @@ def prob_first_from_logprobs(steps: list[dict[str, float]] | None) -> float | No
     return None
 
 
-def select_pairs(candidates: pa.Table, max_pairs_per_prompt: int,
-                 first_signal: dict[str, float] | None = None,
-                 ) -> tuple[list[tuple[str, str, str, str]], list[dict], dict[str, int]]:
+def select_pairs(
+    candidates: pa.Table, max_pairs_per_prompt: int, first_signal: dict[str, float] | None = None
+) -> tuple[list[tuple[str, str, str, str]], list[dict], dict[str, int]]:
     """All canonical pairs (a < b) of each prompt's candidates, up to the cap.
 
     Returns (pairs as (prompt_id, source_id, a, b), dropped rows, info).
@@ -230,41 +249,72 @@ def select_pairs(candidates: pa.Table, max_pairs_per_prompt: int,
                     if (a, b) == keep:
                         pairs.append((pid, sid, a, b))
                     else:
-                        drops.append({"source_id": sid, "row_id": f"{a}|{b}",
-                                      "reason": Reason.FIRST_SIGNAL,
-                                      "detail": f"best/worst by first signal: {best} vs "
-                                                f"{worst}"})
+                        drops.append(
+                            {
+                                "source_id": sid,
+                                "row_id": f"{a}|{b}",
+                                "reason": Reason.FIRST_SIGNAL,
+                                "detail": f"best/worst by first signal: {best} vs {worst}",
+                            }
+                        )
                 continue
         for k, (a, b) in enumerate(allp):
             if k < max_pairs_per_prompt:
                 pairs.append((pid, sid, a, b))
             else:
-                drops.append({"source_id": sid, "row_id": f"{a}|{b}",
-                              "reason": Reason.OVER_BUDGET,
-                              "detail": f"beyond max_pairs_per_prompt={max_pairs_per_prompt}"})
+                drops.append(
+                    {
+                        "source_id": sid,
+                        "row_id": f"{a}|{b}",
+                        "reason": Reason.OVER_BUDGET,
+                        "detail": f"beyond max_pairs_per_prompt={max_pairs_per_prompt}",
+                    }
+                )
     return pairs, drops, {"prompts_with_single_candidate": single}
 
 
-def build_judge_requests(pairs: list[tuple[str, str, str, str]], candidates: pa.Table,
-                         prompts: pa.Table, judges: list[JudgeSpec]) -> list[JudgeRequest]:
+def build_judge_requests(
+    pairs: list[tuple[str, str, str, str]],
+    candidates: pa.Table,
+    prompts: pa.Table,
+    judges: list[JudgeSpec],
+) -> list[JudgeRequest]:
     """Two requests (orders ab and ba) per pair and judge."""
-    text = dict(zip(candidates.column("candidate_id").to_pylist(),
-                    candidates.column("text").to_pylist()))
-    prompt_of = dict(zip(prompts.column("prompt_id").to_pylist(),
-                         prompts.column("prompt").to_pylist()))
+    text = dict(
+        zip(candidates.column("candidate_id").to_pylist(), candidates.column("text").to_pylist())
+    )
+    prompt_of = dict(
+        zip(prompts.column("prompt_id").to_pylist(), prompts.column("prompt").to_pylist())
+    )
     out = []
     for judge in judges:
         for pid, sid, a, b in pairs:
             conv = prompt_of[pid]
             for order, (first, second) in (("ab", (a, b)), ("ba", (b, a))):
                 req = format_pairwise(judge, conv, text[first], text[second])
-                out.append(JudgeRequest(pid, sid, a, b, annotator_name(judge, order), order,
-                                        judge.model.engine, judge.model.model, req))
+                out.append(
+                    JudgeRequest(
+                        pid,
+                        sid,
+                        a,
+                        b,
+                        annotator_name(judge, order),
+                        order,
+                        judge.model.engine,
+                        judge.model.model,
+                        req,
+                    )
+                )
     return out
 
 
-def make_votes(requests: list[JudgeRequest], completions: list[Completion],
-               n_pairs: int, drops: list[dict], info: dict) -> StageResult:
+def make_votes(
+    requests: list[JudgeRequest],
+    completions: list[Completion],
+    n_pairs: int,
+    drops: list[dict],
+    info: dict,
+) -> StageResult:
     """Parse completions into VOTES rows; unparseable output is a null verdict, kept.
 
     A pair with a failed call (``Completion.error``: the engine or server refused, timed
@@ -274,8 +324,9 @@ def make_votes(requests: list[JudgeRequest], completions: list[Completion],
     failed: dict[tuple[str, str, str], str] = {}
     for jr, comp in zip(requests, completions, strict=True):
         if comp.error is not None:
-            failed.setdefault((jr.source_id, jr.candidate_a, jr.candidate_b),
-                              f"{jr.annotator}: {comp.error}")
+            failed.setdefault(
+                (jr.source_id, jr.candidate_a, jr.candidate_b), f"{jr.annotator}: {comp.error}"
+            )
     rows = []
     for jr, comp in zip(requests, completions, strict=True):
         if (jr.source_id, jr.candidate_a, jr.candidate_b) in failed:
@@ -291,23 +342,50 @@ def make_votes(requests: list[JudgeRequest], completions: list[Completion],
             tops = comp.top_logprobs[i] if i < len(comp.top_logprobs) else None
             p_first = prob_first_from_logprobs(tops)
             prob_a = None if p_first is None else (p_first if jr.order == "ab" else 1 - p_first)
-            rows.append({"prompt_id": jr.prompt_id, "source_id": jr.source_id,
-                         "candidate_a": jr.candidate_a, "candidate_b": jr.candidate_b,
-                         "annotator": jr.annotator, "order": jr.order,
-                         "verdict": map_verdict(shown, jr.order), "prob_a": prob_a,
-                         "raw_output": raw, "parse_error": err})
+            rows.append(
+                {
+                    "prompt_id": jr.prompt_id,
+                    "source_id": jr.source_id,
+                    "candidate_a": jr.candidate_a,
+                    "candidate_b": jr.candidate_b,
+                    "annotator": jr.annotator,
+                    "order": jr.order,
+                    "verdict": map_verdict(shown, jr.order),
+                    "prob_a": prob_a,
+                    "raw_output": raw,
+                    "parse_error": err,
+                }
+            )
     votes = from_rows(rows, VOTES, "votes")
     n_drop = len(drops)
-    quarantine = [{"source_id": sid, "row": None, "reason": Reason.REQUEST_FAILED,
-                   "detail": f"pair {a} vs {b}: {err}"[:1000]}
-                  for (sid, a, b), err in failed.items()]
-    counts = StageCounts(rows_in=n_pairs + n_drop, kept=n_pairs - len(failed),
-                         dropped=dict(Counter(str(d["reason"]) for d in drops)),
-                         quarantined={str(Reason.REQUEST_FAILED): len(failed)}
-                         if failed else {}, rows_out=len(rows))
+    quarantine = [
+        {
+            "source_id": sid,
+            "row": None,
+            "reason": Reason.REQUEST_FAILED,
+            "detail": f"pair {a} vs {b}: {err}"[:1000],
+        }
+        for (sid, a, b), err in failed.items()
+    ]
+    counts = StageCounts(
+        rows_in=n_pairs + n_drop,
+        kept=n_pairs - len(failed),
+        dropped=dict(Counter(str(d["reason"]) for d in drops)),
+        quarantined={str(Reason.REQUEST_FAILED): len(failed)} if failed else {},
+        rows_out=len(rows),
+    )
     parse_errors = sum(r["parse_error"] is not None for r in rows)
     n_failed = sum(c.error is not None for c in completions)
-    return StageResult(STAGE, {"votes": votes}, counts, dropped_table(STAGE, drops),
-                       quarantine_table(STAGE, quarantine),
-                       info={**info, "judge_calls": len(requests), "parse_errors": parse_errors,
-                             "failed_calls": n_failed})
+    return StageResult(
+        STAGE,
+        {"votes": votes},
+        counts,
+        dropped_table(STAGE, drops),
+        quarantine_table(STAGE, quarantine),
+        info={
+            **info,
+            "judge_calls": len(requests),
+            "parse_errors": parse_errors,
+            "failed_calls": n_failed,
+        },
+    )

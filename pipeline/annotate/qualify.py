@@ -73,25 +73,38 @@ def gold_pairs(votes: pl.DataFrame, gold_annotators: Iterable[str] = ()) -> pl.D
     """Per gold pair: the gold side (``a``/``b``) and where it came from; verifiers'
     pairs must be unanimous, a gold annotator's verdict wins over a verifier's."""
     gold_annotators = set(gold_annotators)
-    ver = votes.filter(pl.col("annotator").str.starts_with(VERIFIER_PREFIX)
-                       & pl.col("verdict").is_in(["a", "b"]))
-    ver = ver.group_by(KEY).agg(gold=pl.col("verdict").first(),
-                                n_sides=pl.col("verdict").n_unique(),
-                                gold_from=pl.col("annotator").sort().str.join("+"))
+    ver = votes.filter(
+        pl.col("annotator").str.starts_with(VERIFIER_PREFIX) & pl.col("verdict").is_in(["a", "b"])
+    )
+    ver = ver.group_by(KEY).agg(
+        gold=pl.col("verdict").first(),
+        n_sides=pl.col("verdict").n_unique(),
+        gold_from=pl.col("annotator").sort().str.join("+"),
+    )
     ver = ver.filter(pl.col("n_sides") == 1).drop("n_sides")
     if gold_annotators:
-        usr = votes.filter(pl.col("annotator").is_in(list(gold_annotators))
-                           & pl.col("verdict").is_in(["a", "b"])).group_by(KEY).agg(
-            gold=pl.col("verdict").first(), gold_from=pl.lit("gold"))
-        ver = pl.concat([usr, ver.join(usr.select(KEY), on=KEY, how="anti")],
-                        how="vertical_relaxed")
+        usr = (
+            votes.filter(
+                pl.col("annotator").is_in(list(gold_annotators))
+                & pl.col("verdict").is_in(["a", "b"])
+            )
+            .group_by(KEY)
+            .agg(gold=pl.col("verdict").first(), gold_from=pl.lit("gold"))
+        )
+        ver = pl.concat(
+            [usr, ver.join(usr.select(KEY), on=KEY, how="anti")], how="vertical_relaxed"
+        )
     return ver
 
 
-def qualify_judges(votes: pa.Table | pl.DataFrame, *, gold_annotators: Iterable[str] = (),
-                   exclude: Iterable[str] = (),
-                   policy_models: Mapping[str, str] | None = None,
-                   judge_models: Mapping[str, str] | None = None) -> dict[str, Any]:
+def qualify_judges(
+    votes: pa.Table | pl.DataFrame,
+    *,
+    gold_annotators: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    policy_models: Mapping[str, str] | None = None,
+    judge_models: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
     """The qualification table (module docstring). ``judge_models`` maps a judge name (the
     first part of its annotator) to its model, ``policy_models`` a policy to its model:
     together they name the self-preference risks. Annotators in ``exclude`` (the file's
@@ -99,67 +112,101 @@ def qualify_judges(votes: pa.Table | pl.DataFrame, *, gold_annotators: Iterable[
     judges through their pairwise votes, order null)."""
     df = votes if isinstance(votes, pl.DataFrame) else pl.from_arrow(votes)
     gold = gold_pairs(df, gold_annotators)
-    out: dict[str, Any] = {"gold_pairs": gold.height,
-                           "gold_sources": sorted(set(gold["gold_from"].to_list()))
-                           if gold.height else [], "judges": {}, "warnings": []}
+    out: dict[str, Any] = {
+        "gold_pairs": gold.height,
+        "gold_sources": sorted(set(gold["gold_from"].to_list())) if gold.height else [],
+        "judges": {},
+        "warnings": [],
+    }
     special = df["annotator"].str.starts_with(VERIFIER_PREFIX) | df["annotator"].is_in(
-        list(set(gold_annotators) | set(exclude)))
+        list(set(gold_annotators) | set(exclude))
+    )
     jv = df.filter(~special).with_columns(
-        judge=pl.col("annotator").map_elements(_judge_name, return_dtype=pl.Utf8))
+        judge=pl.col("annotator").map_elements(_judge_name, return_dtype=pl.Utf8)
+    )
     if not gold.height or not jv.height:
         return out
     # every verdict in the ab orientation already (the judge stage maps ba back)
     j = jv.join(gold, on=KEY, how="inner")
     # the panel's majority per pair, for agreement (hard a/b verdicts of each judge)
-    per_judge = jv.filter(pl.col("verdict").is_in(["a", "b"])).group_by(KEY + ["judge"]).agg(
-        n_a=(pl.col("verdict") == "a").sum(), n=pl.len())
+    per_judge = (
+        jv.filter(pl.col("verdict").is_in(["a", "b"]))
+        .group_by(KEY + ["judge"])
+        .agg(n_a=(pl.col("verdict") == "a").sum(), n=pl.len())
+    )
     for name in sorted(j["judge"].unique().to_list()):
         mine = j.filter(pl.col("judge") == name)
         parsed = mine.filter(pl.col("verdict").is_not_null())
         n = parsed.height
         correct = float((parsed["verdict"] == parsed["gold"]).sum()) + 0.5 * float(
-            (parsed["verdict"] == "tie").sum())
-        row: dict[str, Any] = {"votes": mine.height, "parsed": n,
-                               "pairs": mine.select(KEY).unique().height}
+            (parsed["verdict"] == "tie").sum()
+        )
+        row: dict[str, Any] = {
+            "votes": mine.height,
+            "parsed": n,
+            "pairs": mine.select(KEY).unique().height,
+        }
         row["accuracy"] = correct / n if n else None
         row["accuracy_ci"] = list(wilson(correct, n)) if n else None
         row["tie_rate"] = float((parsed["verdict"] == "tie").sum()) / n if n else None
-        soft = mine.filter(pl.col("prob_a").is_not_null()).with_columns(
-            p_gold=pl.when(pl.col("gold") == "a").then(pl.col("prob_a"))
-            .otherwise(1.0 - pl.col("prob_a"))).group_by(KEY).agg(pl.col("p_gold").mean())
+        soft = (
+            mine.filter(pl.col("prob_a").is_not_null())
+            .with_columns(
+                p_gold=pl.when(pl.col("gold") == "a")
+                .then(pl.col("prob_a"))
+                .otherwise(1.0 - pl.col("prob_a"))
+            )
+            .group_by(KEY)
+            .agg(pl.col("p_gold").mean())
+        )
         row["soft_accuracy"] = float((soft["p_gold"] > 0.5).mean()) if soft.height else None
-        both = parsed.group_by(KEY).agg(
-            ab=pl.col("verdict").filter(pl.col("order") == "ab").first(),
-            ba=pl.col("verdict").filter(pl.col("order") == "ba").first()).drop_nulls(
-            ["ab", "ba"])
-        row["position_flip_rate"] = float((both["ab"] != both["ba"]).mean()) \
-            if both.height else None
+        both = (
+            parsed.group_by(KEY)
+            .agg(
+                ab=pl.col("verdict").filter(pl.col("order") == "ab").first(),
+                ba=pl.col("verdict").filter(pl.col("order") == "ba").first(),
+            )
+            .drop_nulls(["ab", "ba"])
+        )
+        row["position_flip_rate"] = (
+            float((both["ab"] != both["ba"]).mean()) if both.height else None
+        )
         row["verifier_agreement"] = {
-            src: float(((g := parsed.filter(pl.col("gold_from") == src))["verdict"]
-                        == g["gold"]).mean()) for src in sorted(parsed["gold_from"].unique())
-            if parsed.filter(pl.col("gold_from") == src).height}
-        others = per_judge.filter(pl.col("judge") != name).group_by(KEY).agg(
-            n_a=pl.col("n_a").sum(), n=pl.col("n").sum())
+            src: float(
+                ((g := parsed.filter(pl.col("gold_from") == src))["verdict"] == g["gold"]).mean()
+            )
+            for src in sorted(parsed["gold_from"].unique())
+            if parsed.filter(pl.col("gold_from") == src).height
+        }
+        others = (
+            per_judge.filter(pl.col("judge") != name)
+            .group_by(KEY)
+            .agg(n_a=pl.col("n_a").sum(), n=pl.col("n").sum())
+        )
         if others.height:
             mj = parsed.filter(pl.col("verdict").is_in(["a", "b"])).join(others, on=KEY)
             mj = mj.filter(2 * pl.col("n_a") != pl.col("n"))
-            maj = pl.when(2 * pl.col("n_a") > pl.col("n")).then(pl.lit("a")).otherwise(
-                pl.lit("b"))
-            row["panel_agreement"] = float(mj.select((pl.col("verdict") == maj).mean())
-                                           .item()) if mj.height else None
+            maj = pl.when(2 * pl.col("n_a") > pl.col("n")).then(pl.lit("a")).otherwise(pl.lit("b"))
+            row["panel_agreement"] = (
+                float(mj.select((pl.col("verdict") == maj).mean()).item()) if mj.height else None
+            )
         else:
             row["panel_agreement"] = None
         out["judges"][name] = row
         if n:
             lo, hi = row["accuracy_ci"]
             if hi < 0.5:
-                out["warnings"].append(f"{name}: worse than chance on {n} gold verdicts "
-                                       f"(accuracy {row['accuracy']:.2f}, 95% CI "
-                                       f"{lo:.2f}–{hi:.2f})")
+                out["warnings"].append(
+                    f"{name}: worse than chance on {n} gold verdicts "
+                    f"(accuracy {row['accuracy']:.2f}, 95% CI "
+                    f"{lo:.2f}–{hi:.2f})"
+                )
             elif lo <= 0.5:
-                out["warnings"].append(f"{name}: not distinguishable from chance on {n} gold "
-                                       f"verdicts (accuracy {row['accuracy']:.2f}, 95% CI "
-                                       f"{lo:.2f}–{hi:.2f})")
+                out["warnings"].append(
+                    f"{name}: not distinguishable from chance on {n} gold "
+                    f"verdicts (accuracy {row['accuracy']:.2f}, 95% CI "
+                    f"{lo:.2f}–{hi:.2f})"
+                )
     if judge_models and policy_models:
         by_model: dict[str, list[str]] = {}
         for pol, model in policy_models.items():
@@ -168,5 +215,6 @@ def qualify_judges(votes: pa.Table | pl.DataFrame, *, gold_annotators: Iterable[
             if model in by_model:
                 out["warnings"].append(
                     f"{judge}: shares its model {model} with policy "
-                    f"{', '.join(sorted(by_model[model]))} (self-preference risk)")
+                    f"{', '.join(sorted(by_model[model]))} (self-preference risk)"
+                )
     return out

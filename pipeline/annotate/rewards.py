@@ -90,36 +90,44 @@ class RewardScorer(Protocol):
 # --------------------------------------------------------------------------- format
 
 
-def aspect_names(num_labels: int, id2label: dict[Any, str] | None,
-                 override: Sequence[str] | None = None) -> list[str]:
+def aspect_names(
+    num_labels: int, id2label: dict[Any, str] | None, override: Sequence[str] | None = None
+) -> list[str]:
     """Aspect names of a model's heads: ``reward``, id2label names, or ``head_<i>``."""
     if override is not None:
         if len(override) != num_labels:
-            raise ConfigError(f"reward model has {num_labels} head(s) but {len(override)} "
-                              f"aspect name(s) were given ({list(override)}); give one name "
-                              f"per head or leave 'aspects' unset")
+            raise ConfigError(
+                f"reward model has {num_labels} head(s) but {len(override)} "
+                f"aspect name(s) were given ({list(override)}); give one name "
+                f"per head or leave 'aspects' unset"
+            )
         return list(override)
     if num_labels == 1:
         return ["reward"]
     labels = {int(k): v for k, v in (id2label or {}).items()}
-    names = [re.sub(r"[^a-z0-9]+", "_", str(labels.get(i, "")).lower()).strip("_")
-             for i in range(num_labels)]
-    if all(names) and len(set(names)) == num_labels and \
-            not any(re.fullmatch(r"label_\d+", n) for n in names):
+    names = [
+        re.sub(r"[^a-z0-9]+", "_", str(labels.get(i, "")).lower()).strip("_")
+        for i in range(num_labels)
+    ]
+    if (
+        all(names)
+        and len(set(names)) == num_labels
+        and not any(re.fullmatch(r"label_\d+", n) for n in names)
+    ):
         return names
     return [f"head_{i}" for i in range(num_labels)]
 
 
-def encode_conversation(tokenizer: Any, prompt: list[dict[str, str]], response: str,
-                        ) -> list[int]:
+def encode_conversation(tokenizer: Any, prompt: list[dict[str, str]], response: str) -> list[int]:
     """Token ids of the conversation ``prompt + [assistant: response]``.
 
     Uses the tokenizer's chat template (no generation prompt: the response is the last
     turn), or ``role: content`` lines with the tokenizer's special tokens when the model
     has no chat template. Both scorers get these exact ids.
     """
-    conv = [{"role": m["role"], "content": m["content"]} for m in prompt] + \
-        [{"role": "assistant", "content": response}]
+    conv = [{"role": m["role"], "content": m["content"]} for m in prompt] + [
+        {"role": "assistant", "content": response}
+    ]
     if getattr(tokenizer, "chat_template", None):
         ids = tokenizer.apply_chat_template(conv, tokenize=True, add_generation_prompt=False)
         if hasattr(ids, "keys"):
@@ -128,20 +136,31 @@ def encode_conversation(tokenizer: Any, prompt: list[dict[str, str]], response: 
     return [int(i) for i in tokenizer(conversation.render(conv))["input_ids"]]
 
 
-def build_reward_inputs(candidates: pa.Table, prompts: pa.Table, tokenizer: Any,
-                        max_len: int) -> tuple[list[RewardInput], list[dict]]:
+def build_reward_inputs(
+    candidates: pa.Table, prompts: pa.Table, tokenizer: Any, max_len: int
+) -> tuple[list[RewardInput], list[dict]]:
     """One input per candidate with text; (inputs, dropped rows ``empty_output``)."""
-    prompt_of = dict(zip(prompts.column("prompt_id").to_pylist(),
-                         prompts.column("prompt").to_pylist()))
+    prompt_of = dict(
+        zip(prompts.column("prompt_id").to_pylist(), prompts.column("prompt").to_pylist())
+    )
     out, drops = [], []
     for r in candidates.select(["prompt_id", "source_id", "candidate_id", "text"]).to_pylist():
         if r["text"] is None or not r["text"].strip():
-            drops.append({"source_id": r["source_id"], "row_id": r["candidate_id"],
-                          "reason": Reason.EMPTY_OUTPUT, "detail": "candidate has no text"})
+            drops.append(
+                {
+                    "source_id": r["source_id"],
+                    "row_id": r["candidate_id"],
+                    "reason": Reason.EMPTY_OUTPUT,
+                    "detail": "candidate has no text",
+                }
+            )
             continue
         ids = encode_conversation(tokenizer, prompt_of[r["prompt_id"]], r["text"])
-        err = None if len(ids) < max_len else \
-            f"{TOO_LONG}: {len(ids)} tokens >= max_model_len {max_len}"
+        err = (
+            None
+            if len(ids) < max_len
+            else f"{TOO_LONG}: {len(ids)} tokens >= max_model_len {max_len}"
+        )
         out.append(RewardInput(r["candidate_id"], r["source_id"], tuple(ids), err))
     return out, drops
 
@@ -154,23 +173,39 @@ class VLLMRewardScorer:
 
     kind = "vllm"
 
-    def __init__(self, model: str, model_path: str, *, dtype: str = "auto",
-                 max_model_len: int = 2048, engine_args: dict[str, Any] | None = None,
-                 cache_dir: Path | None = None):
+    def __init__(
+        self,
+        model: str,
+        model_path: str,
+        *,
+        dtype: str = "auto",
+        max_model_len: int = 2048,
+        engine_args: dict[str, Any] | None = None,
+        cache_dir: Path | None = None,
+    ):
         self.model = model
         self.llm, self.start_seconds = start_vllm(
-            model, model_path, dtype, max_model_len, engine_args, cache_dir,
-            what="reward model (runner='pooling')", hint=", or use engine 'transformers'",
-            runner="pooling")
+            model,
+            model_path,
+            dtype,
+            max_model_len,
+            engine_args,
+            cache_dir,
+            what="reward model (runner='pooling')",
+            hint=", or use engine 'transformers'",
+            runner="pooling",
+        )
 
     def score(self, token_ids: Sequence[Sequence[int]]) -> list[list[float]]:
         from vllm.pooling_params import PoolingParams
 
         if not token_ids:
             return []
-        outs = self.llm.classify([{"prompt_token_ids": list(ids)} for ids in token_ids],
-                                 pooling_params=PoolingParams(use_activation=False),
-                                 use_tqdm=False)
+        outs = self.llm.classify(
+            [{"prompt_token_ids": list(ids)} for ids in token_ids],
+            pooling_params=PoolingParams(use_activation=False),
+            use_tqdm=False,
+        )
         return [[float(x) for x in o.outputs.probs] for o in outs]
 
     def close(self) -> None:
@@ -182,8 +217,15 @@ class HFRewardScorer:
 
     kind = "transformers"
 
-    def __init__(self, model: str, model_path: str, *, dtype: str = "auto",
-                 batch_size: int = 8, device: str | None = None):
+    def __init__(
+        self,
+        model: str,
+        model_path: str,
+        *,
+        dtype: str = "auto",
+        batch_size: int = 8,
+        device: str | None = None,
+    ):
         import torch
         from transformers import AutoModelForSequenceClassification
 
@@ -196,16 +238,23 @@ class HFRewardScorer:
         elif dtype != "auto":
             torch_dtype = getattr(torch, dtype)
         try:
-            self.net = AutoModelForSequenceClassification.from_pretrained(
-                model_path, dtype=torch_dtype).to(self.device).eval()
+            self.net = (
+                AutoModelForSequenceClassification.from_pretrained(model_path, dtype=torch_dtype)
+                .to(self.device)
+                .eval()
+            )
         except Exception as exc:
-            raise EngineError(f"transformers could not load reward model '{model}' "
-                              f"({model_path}): {type(exc).__name__}: {exc}") from exc
+            raise EngineError(
+                f"transformers could not load reward model '{model}' "
+                f"({model_path}): {type(exc).__name__}: {exc}"
+            ) from exc
         head = getattr(self.net, "score", None)
         self._head = head if isinstance(head, torch.nn.Module) else None
-        cfg = self.net.config.get_text_config() if hasattr(self.net.config,
-                                                           "get_text_config") else \
-            self.net.config
+        cfg = (
+            self.net.config.get_text_config()
+            if hasattr(self.net.config, "get_text_config")
+            else self.net.config
+        )
         if cfg.pad_token_id is None:  # only transformers' own pooling reads it; we don't
             cfg.pad_token_id = 0
             self.net.config.pad_token_id = 0
@@ -219,7 +268,7 @@ class HFRewardScorer:
         bs = self.batch_size if self._head is not None else 1
         with torch.inference_mode():
             for start in range(0, len(order), bs):
-                idx = order[start:start + bs]
+                idx = order[start : start + bs]
                 width = max(len(token_ids[i]) for i in idx)
                 ids = torch.full((len(idx), width), self._pad, dtype=torch.long)
                 mask = torch.zeros((len(idx), width), dtype=torch.long)
@@ -233,7 +282,8 @@ class HFRewardScorer:
                 else:
                     captured: dict[str, torch.Tensor] = {}
                     hook = self._head.register_forward_hook(
-                        lambda _m, _i, o: captured.__setitem__("x", o))
+                        lambda _m, _i, o: captured.__setitem__("x", o)
+                    )
                     try:
                         self.net(input_ids=ids, attention_mask=mask)
                     finally:
@@ -246,14 +296,20 @@ class HFRewardScorer:
         return out  # type: ignore[return-value]
 
 
-def load_reward_model(spec: RewardModelSpec, model_path: str | None = None,
-                      cache_dir: Path | None = None) -> RewardScorer:
+def load_reward_model(
+    spec: RewardModelSpec, model_path: str | None = None, cache_dir: Path | None = None
+) -> RewardScorer:
     """Start the scorer ``spec`` asks for (vLLM pooling runner or transformers)."""
     path = model_path or spec.model
     if spec.engine == "vllm":
-        return VLLMRewardScorer(spec.model, path, dtype=spec.dtype,
-                                max_model_len=spec.max_model_len,
-                                engine_args=spec.engine_args, cache_dir=cache_dir)
+        return VLLMRewardScorer(
+            spec.model,
+            path,
+            dtype=spec.dtype,
+            max_model_len=spec.max_model_len,
+            engine_args=spec.engine_args,
+            cache_dir=cache_dir,
+        )
     return HFRewardScorer(spec.model, path, dtype=spec.dtype, batch_size=spec.batch_size)
 
 
@@ -265,10 +321,15 @@ def model_heads(model_path: str) -> tuple[int, dict[Any, str]]:
     return int(cfg.num_labels), dict(getattr(cfg, "id2label", None) or {})
 
 
-def run_rewards(inputs: Sequence[RewardInput], *, engine_kind: str, model: str,
-                get_scorer: Callable[[], RewardScorer], cache: RequestCache | None = None,
-                chunk_size: int = 256) -> tuple[list[list[float] | None], list[str | None],
-                                                dict[str, int]]:
+def run_rewards(
+    inputs: Sequence[RewardInput],
+    *,
+    engine_kind: str,
+    model: str,
+    get_scorer: Callable[[], RewardScorer],
+    cache: RequestCache | None = None,
+    chunk_size: int = 256,
+) -> tuple[list[list[float] | None], list[str | None], dict[str, int]]:
     """Logits per input, from the cache where possible; (logits, errors, call stats).
 
     The scorer is only built when an input is missing from the cache. Inputs with an
@@ -294,15 +355,20 @@ def run_rewards(inputs: Sequence[RewardInput], *, engine_kind: str, model: str,
         return logits, errors, stats
     scorer = get_scorer()
     for start in range(0, len(todo), chunk_size):
-        chunk = todo[start:start + chunk_size]
+        chunk = todo[start : start + chunk_size]
         try:
             outs: list[list[float] | None] = list(
-                scorer.score([inputs[i].token_ids for i in chunk]))
+                scorer.score([inputs[i].token_ids for i in chunk])
+            )
         except EngineError:
             raise
         except Exception as exc:  # retry one by one, so one bad input fails alone
-            log.warning("reward batch failed (%s: %s); scoring its %d inputs one by one",
-                        type(exc).__name__, exc, len(chunk))
+            log.warning(
+                "reward batch failed (%s: %s); scoring its %d inputs one by one",
+                type(exc).__name__,
+                exc,
+                len(chunk),
+            )
             outs = []
             for i in chunk:
                 try:
@@ -321,18 +387,32 @@ def run_rewards(inputs: Sequence[RewardInput], *, engine_kind: str, model: str,
             stats["made"] += 1
             done.append(i)
         if cache is not None and done:
-            cache.put_many([(keys[i], engine_kind, model,
-                             Completion(texts=[json.dumps(logits[i])],
-                                        finish_reasons=["stop"])) for i in done])
+            cache.put_many(
+                [
+                    (
+                        keys[i],
+                        engine_kind,
+                        model,
+                        Completion(texts=[json.dumps(logits[i])], finish_reasons=["stop"]),
+                    )
+                    for i in done
+                ]
+            )
     return logits, errors, stats
 
 
 # --------------------------------------------------------------------------- parse
 
 
-def make_reward_scores(inputs: Sequence[RewardInput], logits: Sequence[list[float] | None],
-                       errors: Sequence[str | None], *, annotator: str, aspects: list[str],
-                       drops: list[dict] | None = None) -> StageResult:
+def make_reward_scores(
+    inputs: Sequence[RewardInput],
+    logits: Sequence[list[float] | None],
+    errors: Sequence[str | None],
+    *,
+    annotator: str,
+    aspects: list[str],
+    drops: list[dict] | None = None,
+) -> StageResult:
     """SCORES rows (one per candidate and head); failures are null scores with the error.
 
     A candidate whose scoring call failed (``request failed: …``, not cached: the next run
@@ -353,37 +433,68 @@ def make_reward_scores(inputs: Sequence[RewardInput], logits: Sequence[list[floa
     n_null = 0
     for x, lg, err in zip(inputs, logits, errors, strict=True):
         if lg is not None and len(lg) != len(aspects):
-            lg, err = None, (f"model returned {len(lg)} logit(s) for {len(aspects)} "
-                             f"aspect(s) {aspects}")
+            lg, err = (
+                None,
+                (f"model returned {len(lg)} logit(s) for {len(aspects)} aspect(s) {aspects}"),
+            )
         n_null += lg is None
         raw = json.dumps(lg) if lg is not None else None
         for h, a in enumerate(aspects):
-            rows.append({"candidate_id": x.candidate_id, "annotator": annotator, "aspect": a,
-                         "score": None if lg is None else float(lg[h]), "raw_output": raw,
-                         "parse_error": None if lg is not None else (err or "no score")})
+            rows.append(
+                {
+                    "candidate_id": x.candidate_id,
+                    "annotator": annotator,
+                    "aspect": a,
+                    "score": None if lg is None else float(lg[h]),
+                    "raw_output": raw,
+                    "parse_error": None if lg is not None else (err or "no score"),
+                }
+            )
     scores = from_rows(rows, SCORES, "scores")
-    failed = [{"source_id": x.source_id, "row": None, "reason": Reason.REQUEST_FAILED,
-               "detail": f"candidate {x.candidate_id} ({annotator}): {err}"[:1000]}
-              for x, lg, err in zip(inputs, logits, errors)
-              if lg is None and err is not None and err.startswith(FAILED)]
-    counts = StageCounts(rows_in=len(inputs) + len(drops), kept=len(inputs) - len(failed),
-                         dropped=dict(Counter(str(d["reason"]) for d in drops)),
-                         quarantined={str(Reason.REQUEST_FAILED): len(failed)}
-                         if failed else {}, rows_out=len(rows))
-    return StageResult(STAGE, {"scores": scores}, counts, dropped_table(STAGE, drops),
-                       quarantine_table(STAGE, failed),
-                       info={"annotator": annotator, "aspects": aspects,
-                             "candidates_scored": len(inputs) - n_null,
-                             "null_scores": n_null,
-                             "too_long": sum(bool(e and e.startswith(TOO_LONG))
-                                             for e in errors)})
+    failed = [
+        {
+            "source_id": x.source_id,
+            "row": None,
+            "reason": Reason.REQUEST_FAILED,
+            "detail": f"candidate {x.candidate_id} ({annotator}): {err}"[:1000],
+        }
+        for x, lg, err in zip(inputs, logits, errors)
+        if lg is None and err is not None and err.startswith(FAILED)
+    ]
+    counts = StageCounts(
+        rows_in=len(inputs) + len(drops),
+        kept=len(inputs) - len(failed),
+        dropped=dict(Counter(str(d["reason"]) for d in drops)),
+        quarantined={str(Reason.REQUEST_FAILED): len(failed)} if failed else {},
+        rows_out=len(rows),
+    )
+    return StageResult(
+        STAGE,
+        {"scores": scores},
+        counts,
+        dropped_table(STAGE, drops),
+        quarantine_table(STAGE, failed),
+        info={
+            "annotator": annotator,
+            "aspects": aspects,
+            "candidates_scored": len(inputs) - n_null,
+            "null_scores": n_null,
+            "too_long": sum(bool(e and e.startswith(TOO_LONG)) for e in errors),
+        },
+    )
 
 
-def score_with_reward_model(candidates: pa.Table, prompts: pa.Table, spec: RewardModelSpec,
-                            *, model_path: str | None = None,
-                            get_scorer: Callable[[], RewardScorer] | None = None,
-                            cache: RequestCache | None = None, chunk_size: int = 256,
-                            cache_dir: Path | None = None) -> StageResult:
+def score_with_reward_model(
+    candidates: pa.Table,
+    prompts: pa.Table,
+    spec: RewardModelSpec,
+    *,
+    model_path: str | None = None,
+    get_scorer: Callable[[], RewardScorer] | None = None,
+    cache: RequestCache | None = None,
+    chunk_size: int = 256,
+    cache_dir: Path | None = None,
+) -> StageResult:
     """The whole reward stage for one model: tokenize, score (cached), build SCORES.
 
     ``model_path`` is the local folder (default ``spec.model``); ``get_scorer`` builds
@@ -405,15 +516,21 @@ def score_with_reward_model(candidates: pa.Table, prompts: pa.Table, spec: Rewar
         return scorer
 
     try:
-        logits, errors, stats = run_rewards(inputs, engine_kind=spec.engine, model=spec.model,
-                                            get_scorer=get_scorer or factory, cache=cache,
-                                            chunk_size=chunk_size)
+        logits, errors, stats = run_rewards(
+            inputs,
+            engine_kind=spec.engine,
+            model=spec.model,
+            get_scorer=get_scorer or factory,
+            cache=cache,
+            chunk_size=chunk_size,
+        )
     finally:
         for scorer in owned:  # a scorer we started is stopped here; a given one is not
             close = getattr(scorer, "close", None)
             if close:
                 close()
-    res = make_reward_scores(inputs, logits, errors, annotator=spec.annotator,
-                             aspects=aspects, drops=drops)
+    res = make_reward_scores(
+        inputs, logits, errors, annotator=spec.annotator, aspects=aspects, drops=drops
+    )
     res.info["calls"] = stats
     return res

@@ -84,7 +84,7 @@ MAX_REASON_CHARS = 300
 # builtins and functions it needs after the untrusted code has run are bound first, so
 # code that monkeypatches ``builtins.exec``, ``json`` or ``os`` cannot turn a fail into
 # a pass.
-_RUNNER = r'''
+_RUNNER = r"""
 import json, os, resource, sys
 
 
@@ -282,7 +282,7 @@ def _install_hook(tmp, blocked):
 
 
 _main()
-'''
+"""
 
 
 @dataclass(frozen=True)
@@ -306,11 +306,14 @@ class SandboxLimits:
 
     def __post_init__(self) -> None:
         if not (self.time_s > 0 and math.isfinite(self.time_s)):
-            raise PrefcurateError(f"sandbox: time_s must be a positive number of seconds, "
-                                  f"got {self.time_s!r}")
+            raise PrefcurateError(
+                f"sandbox: time_s must be a positive number of seconds, got {self.time_s!r}"
+            )
         if self.memory_mb < 64:
-            raise PrefcurateError(f"sandbox: memory_mb={self.memory_mb} is too small for a "
-                                  f"Python interpreter; give at least 64 (default 512)")
+            raise PrefcurateError(
+                f"sandbox: memory_mb={self.memory_mb} is too small for a "
+                f"Python interpreter; give at least 64 (default 512)"
+            )
         if self.file_size_mb < 0 or self.open_files < 16:
             raise PrefcurateError("sandbox: file_size_mb must be >= 0 and open_files >= 16")
 
@@ -331,7 +334,7 @@ class SandboxResult:
 
 def _short(text: str) -> str:
     text = " ".join(text.split())
-    return text if len(text) <= MAX_REASON_CHARS else text[:MAX_REASON_CHARS - 1] + "…"
+    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 1] + "…"
 
 
 def _python(limits: SandboxLimits) -> str:
@@ -347,9 +350,14 @@ def _netns_prefix() -> tuple[str, ...] | None:
         return None
     for flags in ("-n", "-rn"):
         try:
-            r = subprocess.run([exe, flags, "--", "true"], stdin=subprocess.DEVNULL,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               timeout=10, env={"PATH": "/usr/bin:/bin"})
+            r = subprocess.run(
+                [exe, flags, "--", "true"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=10,
+                env={"PATH": "/usr/bin:/bin"},
+            )
         except (OSError, subprocess.SubprocessError):
             continue
         if r.returncode == 0:
@@ -371,20 +379,32 @@ def _can_drop_to(python: str, uid: int, gid: int) -> bool:
     ``uid``/``gid`` (e.g. not when it lives under a root-only ``/root``)."""
     if os.geteuid() != 0:
         return False
-    probe = ("import os\nos.setgroups([]); os.setgid(%d); os.setuid(%d)\n"
-             "import json, re, collections, fractions, decimal, itertools, typing\n"
-             "print('ok')" % (gid, uid))
+    probe = (
+        "import os\nos.setgroups([]); os.setgid(%d); os.setuid(%d)\n"
+        "import json, re, collections, fractions, decimal, itertools, typing\n"
+        "print('ok')" % (gid, uid)
+    )
     try:
-        r = subprocess.run([python, "-I", "-B", "-c", probe], capture_output=True,
-                           timeout=20, cwd="/", env=_child_env("/"))
+        r = subprocess.run(
+            [python, "-I", "-B", "-c", probe],
+            capture_output=True,
+            timeout=20,
+            cwd="/",
+            env=_child_env("/"),
+        )
     except (OSError, subprocess.SubprocessError):
         return False
     return r.returncode == 0 and r.stdout.strip() == b"ok"
 
 
 def _child_env(tmp: str) -> dict[str, str]:
-    return {"PATH": "/usr/bin:/bin", "HOME": tmp, "TMPDIR": tmp, "LANG": "C.UTF-8",
-            "LC_ALL": "C.UTF-8"}
+    return {
+        "PATH": "/usr/bin:/bin",
+        "HOME": tmp,
+        "TMPDIR": tmp,
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+    }
 
 
 def sandbox_layers(limits: SandboxLimits | None = None) -> dict[str, object]:
@@ -401,18 +421,25 @@ def sandbox_layers(limits: SandboxLimits | None = None) -> dict[str, object]:
     netns = _netns_prefix() if limits.network else None
     uid, gid = _nobody()
     drop = limits.drop_privileges and _can_drop_to(_python(limits), uid, gid)
-    return {"subprocess": f"{_python(limits)} -I -B", "wall_timeout_kills_group": True,
-            "rlimits": rl, "network_namespace": " ".join(netns[:2]) if netns else None,
-            "audit_hook": limits.audit_hook, "drop_privileges": "nobody" if drop else None}
+    return {
+        "subprocess": f"{_python(limits)} -I -B",
+        "wall_timeout_kills_group": True,
+        "rlimits": rl,
+        "network_namespace": " ".join(netns[:2]) if netns else None,
+        "audit_hook": limits.audit_hook,
+        "drop_privileges": "nobody" if drop else None,
+    }
 
 
 def _rlimits(limits: SandboxLimits) -> list[tuple[str, int, int]]:
     cpu = int(math.ceil(limits.time_s)) + 1
-    out = [("RLIMIT_AS", limits.memory_mb << 20, limits.memory_mb << 20),
-           ("RLIMIT_CPU", cpu, cpu + 1),
-           ("RLIMIT_FSIZE", limits.file_size_mb << 20, limits.file_size_mb << 20),
-           ("RLIMIT_NOFILE", limits.open_files, limits.open_files),
-           ("RLIMIT_CORE", 0, 0)]
+    out = [
+        ("RLIMIT_AS", limits.memory_mb << 20, limits.memory_mb << 20),
+        ("RLIMIT_CPU", cpu, cpu + 1),
+        ("RLIMIT_FSIZE", limits.file_size_mb << 20, limits.file_size_mb << 20),
+        ("RLIMIT_NOFILE", limits.open_files, limits.open_files),
+        ("RLIMIT_CORE", 0, 0),
+    ]
     if os.geteuid() != 0:  # root ignores RLIMIT_NPROC; for others: no fork, no thread
         out.append(("RLIMIT_NPROC", 0, 0))
     return out
@@ -436,8 +463,7 @@ def _tail(f, n: int = 4000) -> str:
     return f.read().decode("utf-8", "replace")
 
 
-def run_python(code: str, tests: str = "", limits: SandboxLimits | None = None,
-               ) -> SandboxResult:
+def run_python(code: str, tests: str = "", limits: SandboxLimits | None = None) -> SandboxResult:
     """Run ``code`` then ``tests`` (top-level asserts and/or ``test*`` functions, which
     are called in order) in one sandboxed interpreter; never raises for anything the
     code does. The namespace is a module named ``solution`` (so an
@@ -458,19 +484,35 @@ def run_python(code: str, tests: str = "", limits: SandboxLimits | None = None,
         if drop:
             os.chown(tmp, uid, gid)
         os.chmod(tmp, 0o700)
-        job = {"token": token, "report_fd": wfd, "code": code, "tests": tests,
-               "tmp": tmp, "limits": _rlimits(limits), "memory_mb": limits.memory_mb,
-               "uid": uid if drop else None, "gid": gid if drop else None,
-               "audit": limits.audit_hook}
+        job = {
+            "token": token,
+            "report_fd": wfd,
+            "code": code,
+            "tests": tests,
+            "tmp": tmp,
+            "limits": _rlimits(limits),
+            "memory_mb": limits.memory_mb,
+            "uid": uid if drop else None,
+            "gid": gid if drop else None,
+            "audit": limits.audit_hook,
+        }
         argv = [*(netns or ()), python, "-I", "-B", "-c", _RUNNER]
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=out,
-                                    stderr=subprocess.STDOUT, cwd=tmp, env=_child_env(tmp),
-                                    pass_fds=(wfd,), start_new_session=True,
-                                    close_fds=True)
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=tmp,
+                env=_child_env(tmp),
+                pass_fds=(wfd,),
+                start_new_session=True,
+                close_fds=True,
+            )
         except OSError as exc:
-            return SandboxResult("error", _short(f"could not start the sandbox: {exc}"),
-                                 time.monotonic() - t0)
+            return SandboxResult(
+                "error", _short(f"could not start the sandbox: {exc}"), time.monotonic() - t0
+            )
         os.close(wfd)
         wfd = -1
         try:
@@ -542,18 +584,21 @@ def _explain_exit(rc: int, tail: str, limits: SandboxLimits) -> tuple[str, str]:
             return "failed", f"cpu time limit ({int(math.ceil(limits.time_s)) + 1} s)"
         if sig == signal.SIGXFSZ:
             return "failed", f"file size limit ({limits.file_size_mb} MB)"
-        return "failed", _short(f"crashed: killed by {signal.Signals(sig).name}"
-                                + (f" ({last})" if last else ""))
+        return "failed", _short(
+            f"crashed: killed by {signal.Signals(sig).name}" + (f" ({last})" if last else "")
+        )
     if "MemoryError" in tail:
         return "failed", f"memory limit ({limits.memory_mb} MB): MemoryError"
     if rc == 0:
         return "failed", "exited before the tests finished (exit status 0, no verdict)"
-    return "failed", _short(f"exited before the tests finished (exit status {rc})"
-                            + (f": {last}" if last else ""))
+    return "failed", _short(
+        f"exited before the tests finished (exit status {rc})" + (f": {last}" if last else "")
+    )
 
 
-def run_many(jobs: Sequence[tuple[str, str]], limits: SandboxLimits | None = None,
-             workers: int = 2) -> list[SandboxResult]:
+def run_many(
+    jobs: Sequence[tuple[str, str]], limits: SandboxLimits | None = None, workers: int = 2
+) -> list[SandboxResult]:
     """Run each ``(code, tests)`` job in its own sandbox, ``workers`` at a time; the
     results come back in the order of ``jobs``.
 
@@ -567,6 +612,7 @@ def run_many(jobs: Sequence[tuple[str, str]], limits: SandboxLimits | None = Non
         return []
     if workers == 1 or len(jobs) == 1:
         return [run_python(c, t, limits) for c, t in jobs]
-    with ThreadPoolExecutor(max_workers=min(workers, len(jobs)),
-                            thread_name_prefix="sandbox") as pool:
+    with ThreadPoolExecutor(
+        max_workers=min(workers, len(jobs)), thread_name_prefix="sandbox"
+    ) as pool:
         return list(pool.map(lambda job: run_python(job[0], job[1], limits), jobs))

@@ -74,8 +74,7 @@ log = logging.getLogger(f"prefcurate.{__name__}")
 STAGE = "verify"
 STAGE_VERSION = 1
 ASPECT = "correct"
-TARGET_FIELD = {"exact_answer": "answer", "python_tests": "tests",
-                "constraints": "constraints"}
+TARGET_FIELD = {"exact_answer": "answer", "python_tests": "tests", "constraints": "constraints"}
 MAX_TEXT_CHARS = 200_000  # longer texts are checked on their first MAX_TEXT_CHARS chars
 REGEX_TIMEOUT_S = 1.0
 
@@ -140,26 +139,35 @@ except ImportError:  # pragma: no cover
 
 def _compile_regex(pattern: str, case_sensitive: bool) -> Any:
     if _regex is not None:
-        return _regex.compile(pattern, (0 if case_sensitive else _regex.IGNORECASE)
-                              | _regex.V0)
+        return _regex.compile(pattern, (0 if case_sensitive else _regex.IGNORECASE) | _regex.V0)
     return re.compile(pattern, 0 if case_sensitive else re.IGNORECASE)
 
 
 def _validate_constraint(i: int, c: Any) -> list[str]:
     where = f"constraints[{i}]"
     if not isinstance(c, dict):
-        return [f"{where}: expected an object like {{\"type\": \"max_words\", \"value\": 50}},"
-                f" got {type(c).__name__}"]
+        return [
+            f'{where}: expected an object like {{"type": "max_words", "value": 50}},'
+            f" got {type(c).__name__}"
+        ]
     typ = c.get("type")
     if not isinstance(typ, str):
         return [f"{where}.type: missing or not a string (known: {', '.join(CONSTRAINTS)})"]
     if typ not in CONSTRAINTS:
         return [f"{where}.type: unknown constraint {typ!r} (known: {', '.join(CONSTRAINTS)})"]
     spec = CONSTRAINTS[typ]
-    allowed = {"type"} if spec.value == "none" else \
-        {"type", "value"} if spec.value == "count" else _TEXT_KEYS
-    problems = [f"{where}: unknown key {k!r} for {typ} (allowed: {', '.join(sorted(allowed))})"
-                for k in c if k not in allowed]
+    allowed = (
+        {"type"}
+        if spec.value == "none"
+        else {"type", "value"}
+        if spec.value == "count"
+        else _TEXT_KEYS
+    )
+    problems = [
+        f"{where}: unknown key {k!r} for {typ} (allowed: {', '.join(sorted(allowed))})"
+        for k in c
+        if k not in allowed
+    ]
     v = c.get("value")
     cs = c.get("case_sensitive", False)
     if "case_sensitive" in c and "case_sensitive" in allowed and not isinstance(cs, bool):
@@ -173,8 +181,9 @@ def _validate_constraint(i: int, c: Any) -> list[str]:
     elif spec.value == "texts":
         vals = v if isinstance(v, list) else [v]
         if not vals or not all(isinstance(x, str) and x.strip() for x in vals):
-            problems.append(f"{where}.value: {typ} needs a non-empty string or a list of "
-                            f"them, got {v!r}")
+            problems.append(
+                f"{where}.value: {typ} needs a non-empty string or a list of them, got {v!r}"
+            )
     elif spec.value == "regex":
         if not isinstance(v, str) or not v:
             problems.append(f"{where}.value: regex needs a pattern string, got {v!r}")
@@ -223,11 +232,11 @@ def _check_one(text: str, c: dict[str, Any]) -> str | None:
         present = [x for x in vals if _fold(x, cs) in hay]
         return None if not present else f"contains {present[0]!r}"
     if typ == "starts_with":
-        return None if _fold(s, cs).startswith(_fold(v.strip(), cs)) else \
-            f"does not start with {v!r}"
+        return (
+            None if _fold(s, cs).startswith(_fold(v.strip(), cs)) else f"does not start with {v!r}"
+        )
     if typ == "ends_with":
-        return None if _fold(s, cs).endswith(_fold(v.strip(), cs)) else \
-            f"does not end with {v!r}"
+        return None if _fold(s, cs).endswith(_fold(v.strip(), cs)) else f"does not end with {v!r}"
     if typ == "json":
         try:
             json.loads(_unfence_json(s))
@@ -251,8 +260,7 @@ def _check_one(text: str, c: dict[str, Any]) -> str | None:
     if typ == "regex":
         pat = _compile_regex(v, cs)
         try:
-            found = pat.search(s, timeout=REGEX_TIMEOUT_S) if _regex is not None \
-                else pat.search(s)
+            found = pat.search(s, timeout=REGEX_TIMEOUT_S) if _regex is not None else pat.search(s)
         except TimeoutError as exc:
             raise _Unchecked(f"regex {v!r} timed out after {REGEX_TIMEOUT_S} s") from exc
         return None if found else f"no match for {v!r}"
@@ -292,14 +300,18 @@ _NUM = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?
 _SNUM = rf"[-+]?(?:{_NUM})"
 _NUMBER_RE = re.compile(rf"(?<![\w.]){_SNUM}(?:\s*/\s*{_SNUM})?")
 # the last number keeps a word right after it as its unit ("5 miles", "50 %")
-_LAST_NUMBER_RE = re.compile(rf"(?<![\w.]){_SNUM}(?:\s*/\s*{_SNUM})?"
-                             rf"(?:\s?(?:%|[A-Za-zµ°][A-Za-z°/^²³]{{0,11}}\b))?")
+_LAST_NUMBER_RE = re.compile(
+    rf"(?<![\w.]){_SNUM}(?:\s*/\s*{_SNUM})?"
+    rf"(?:\s?(?:%|[A-Za-zµ°][A-Za-z°/^²³]{{0,11}}\b))?"
+)
 _FULL_NUM = re.compile(
-    rf"(?P<cur>[$€£¥])?\s*(?P<num>{_SNUM})(?:\s*/\s*(?P<den>{_SNUM}))?\s*(?P<unit>.*)",
-    re.S)
+    rf"(?P<cur>[$€£¥])?\s*(?P<num>{_SNUM})(?:\s*/\s*(?P<den>{_SNUM}))?\s*(?P<unit>.*)", re.S
+)
 _UNIT = re.compile(r"[%°‰]|[A-Za-zµ°][\w°/^²³.\- ]{0,19}")
-_MARKER = re.compile(r"(?i)\b(?:final\s+answer|answer)\b\s*(?:[:=]|\bis\b)"
-                     r"(?:\s*(?:[:=]|\bis\b))?")
+_MARKER = re.compile(
+    r"(?i)\b(?:final\s+answer|answer)\b\s*(?:[:=]|\bis\b)"
+    r"(?:\s*(?:[:=]|\bis\b))?"
+)
 _ARTICLES = re.compile(r"\b(?:a|an|the)\b")
 
 
@@ -326,12 +338,13 @@ def _balanced(text: str, start: int) -> str | None:
         elif text[i] == "}":
             depth -= 1
             if depth == 0:
-                return text[start + 1:i]
+                return text[start + 1 : i]
     return None
 
 
-def extract_final_answer(text: str, numeric: bool = True,
-                         avoid: Sequence[float] = ()) -> tuple[str, str] | None:
+def extract_final_answer(
+    text: str, numeric: bool = True, avoid: Sequence[float] = ()
+) -> tuple[str, str] | None:
     """The final answer in a free-text response, and how it was found.
 
     In this order: the last ``\\boxed{...}`` / ``\\fbox{...}`` (``boxed``); the rest of
@@ -363,7 +376,7 @@ def extract_final_answer(text: str, numeric: bool = True,
     marks = list(_MARKER.finditer(t))
     if marks:
         m = marks[-1]
-        rest = t[m.end():]
+        rest = t[m.end() :]
         line, _, after = rest.partition("\n")
         if not line.strip():
             line = next((ln for ln in after.splitlines() if ln.strip()), "")
@@ -379,8 +392,9 @@ def extract_final_answer(text: str, numeric: bool = True,
         nums = [m.group(0).strip() for m in _LAST_NUMBER_RE.finditer(_clean_latex(t))]
         for n in reversed(nums):
             got = _answer_number(n)
-            if got is None or not any(math.isclose(got[0], a, rel_tol=1e-9, abs_tol=1e-12)
-                                      for a in avoid):
+            if got is None or not any(
+                math.isclose(got[0], a, rel_tol=1e-9, abs_tol=1e-12) for a in avoid
+            ):
                 return n, "last_number"
         return (nums[-1], "last_number") if nums else None
     return (lines[-1].rstrip(".!;,").strip() or lines[-1], "last_line") if lines else None
@@ -448,9 +462,14 @@ def _expected_number(expected: str | int | float) -> tuple[float, str | None] | 
     return parse_number(expected)
 
 
-def check_exact_answer(text: str, expected: str | int | float, *, rel_tol: float = 1e-6,
-                       abs_tol: float = 1e-9, prompt_numbers: Sequence[float] = (),
-                       ) -> Verdict:
+def check_exact_answer(
+    text: str,
+    expected: str | int | float,
+    *,
+    rel_tol: float = 1e-6,
+    abs_tol: float = 1e-9,
+    prompt_numbers: Sequence[float] = (),
+) -> Verdict:
     """Pass iff the response's final answer equals ``expected`` (module docstring);
     ``prompt_numbers`` are the numbers of the request (see :func:`extract_final_answer`).
 
@@ -461,8 +480,9 @@ def check_exact_answer(text: str, expected: str | int | float, *, rel_tol: float
     """
     want = _expected_number(expected)
     found = extract_final_answer(text, numeric=want is not None, avoid=prompt_numbers)
-    shown_exp = _fmt(want[0]) + (f" {want[1]}" if want and want[1] else "") if want \
-        else str(expected)
+    shown_exp = (
+        _fmt(want[0]) + (f" {want[1]}" if want and want[1] else "") if want else str(expected)
+    )
     if found is None:
         return Verdict(False, f"no final answer found (expected {shown_exp})")
     seg, how = found
@@ -477,8 +497,9 @@ def check_exact_answer(text: str, expected: str | int | float, *, rel_tol: float
         return Verdict(False, f"expected {shown_exp}, no number in the final answer ({src})")
     value, unit = got
     if want[1] is not None and unit is not None and _norm_unit(unit) != _norm_unit(want[1]):
-        return Verdict(False, f"expected {shown_exp}, got {_fmt(value)} {unit} (unit differs;"
-                              f" {src})")
+        return Verdict(
+            False, f"expected {shown_exp}, got {_fmt(value)} {unit} (unit differs; {src})"
+        )
     if math.isclose(value, want[0], rel_tol=rel_tol, abs_tol=abs_tol):
         return Verdict(True, f"{_fmt(value)} == {_fmt(want[0])} ({src})")
     return Verdict(False, f"expected {shown_exp}, got {_fmt(value)} ({src})")
@@ -519,8 +540,9 @@ def extract_code(text: str) -> str:
     >>> extract_code("def f(): return 1")
     'def f(): return 1'
     """
-    blocks = re.findall(r"(?m)^[ \t]*```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:^[ \t]*```|\Z)",
-                        text, re.S)
+    blocks = re.findall(
+        r"(?m)^[ \t]*```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:^[ \t]*```|\Z)", text, re.S
+    )
     if not blocks:
         return text
     tagged = [b for lang, b in blocks if lang.lower() in ("python", "py", "python3", "py3")]
@@ -556,8 +578,10 @@ def validate_targets(meta: dict[str, Any]) -> list[str]:
         elif isinstance(a, str) and not a.strip():
             problems.append("answer: empty string (give the expected final answer)")
         elif isinstance(a, str) and _expected_number(a) is None and not normalize_text(a):
-            problems.append(f"answer: {a!r} has nothing left to compare after normalisation "
-                            f"(punctuation and articles are ignored)")
+            problems.append(
+                f"answer: {a!r} has nothing left to compare after normalisation "
+                f"(punctuation and articles are ignored)"
+            )
     if "tests" in meta and meta["tests"] is not None:
         t = meta["tests"]
         if not isinstance(t, str) or not t.strip():
@@ -568,14 +592,17 @@ def validate_targets(meta: dict[str, Any]) -> list[str]:
             except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
                 line = getattr(exc, "lineno", None)
                 msg = getattr(exc, "msg", str(exc))
-                problems.append(f"tests: does not compile: {msg}"
-                                + (f" (line {line})" if line else ""))
+                problems.append(
+                    f"tests: does not compile: {msg}" + (f" (line {line})" if line else "")
+                )
     if "constraints" in meta and meta["constraints"] is not None:
         cs = meta["constraints"]
         if not isinstance(cs, list) or not cs:
-            problems.append("constraints: expected a non-empty list of objects like "
-                            "{\"type\": \"max_words\", \"value\": 50}, got "
-                            f"{type(cs).__name__}")
+            problems.append(
+                "constraints: expected a non-empty list of objects like "
+                '{"type": "max_words", "value": 50}, got '
+                f"{type(cs).__name__}"
+            )
         else:
             for i, c in enumerate(cs):
                 problems.extend(_validate_constraint(i, c))
@@ -583,8 +610,9 @@ def validate_targets(meta: dict[str, Any]) -> list[str]:
                 vals = {c["type"]: c.get("value") for c in cs}
                 for lo, hi in _MIN_MAX:
                     if lo in vals and hi in vals and vals[lo] > vals[hi]:
-                        problems.append(f"constraints: {lo}={vals[lo]} > {hi}={vals[hi]} "
-                                        f"cannot both hold")
+                        problems.append(
+                            f"constraints: {lo}={vals[lo]} > {hi}={vals[hi]} cannot both hold"
+                        )
     return problems
 
 
@@ -602,8 +630,11 @@ def prompt_targets(meta: str | dict[str, Any] | None) -> tuple[dict[str, Any], l
         return {}, [f"meta: expected an object, got {type(meta).__name__}"]
     problems = validate_targets(meta)
     bad = {p.split(":")[0].split("[")[0].split(".")[0] for p in problems}
-    out = {kind: meta[field] for kind, field in TARGET_FIELD.items()
-           if meta.get(field) is not None and field not in bad}
+    out = {
+        kind: meta[field]
+        for kind, field in TARGET_FIELD.items()
+        if meta.get(field) is not None and field not in bad
+    }
     return out, problems
 
 
@@ -638,8 +669,9 @@ def prompt_numbers(messages: Sequence[dict[str, str]] | None) -> tuple[float, ..
     return tuple(out)
 
 
-def build_verify_jobs(prompts: pa.Table, candidates: pa.Table, cfg: VerifyConfig,
-                      ) -> tuple[list[VerifyJob], list[dict], dict[str, Any]]:
+def build_verify_jobs(
+    prompts: pa.Table, candidates: pa.Table, cfg: VerifyConfig
+) -> tuple[list[VerifyJob], list[dict], dict[str, Any]]:
     """One job per (candidate, enabled kind with a valid target on its prompt).
 
     Returns (jobs sorted by prompt, candidate, kind; dropped rows; info). Candidates with
@@ -649,8 +681,11 @@ def build_verify_jobs(prompts: pa.Table, candidates: pa.Table, cfg: VerifyConfig
     invalid: dict[str, list[str]] = {}
     numbers: dict[str, tuple[float, ...]] = {}
     pids = prompts.column("prompt_id").to_pylist()
-    convs = prompts.column("prompt").to_pylist() if "prompt" in prompts.column_names \
+    convs = (
+        prompts.column("prompt").to_pylist()
+        if "prompt" in prompts.column_names
         else [None] * len(pids)
+    )
     for pid, meta, conv in zip(pids, prompts.column("meta").to_pylist(), convs):
         t, problems = prompt_targets(meta)
         targets[pid] = t
@@ -659,58 +694,88 @@ def build_verify_jobs(prompts: pa.Table, candidates: pa.Table, cfg: VerifyConfig
         if problems:
             invalid[pid] = problems
     if invalid:
-        log.warning("verify: %d prompt(s) have invalid targets (ingest should have "
-                    "quarantined them); those targets are skipped: %s", len(invalid),
-                    dict(itertools.islice(invalid.items(), 3)))
+        log.warning(
+            "verify: %d prompt(s) have invalid targets (ingest should have "
+            "quarantined them); those targets are skipped: %s",
+            len(invalid),
+            dict(itertools.islice(invalid.items(), 3)),
+        )
     jobs, drops = [], []
     no_target = 0
     kind_order = {k: i for i, k in enumerate(cfg.kinds)}
-    rows = candidates.select(["prompt_id", "source_id", "candidate_id", "text", "error"]
-                             ).to_pylist()
+    rows = candidates.select(
+        ["prompt_id", "source_id", "candidate_id", "text", "error"]
+    ).to_pylist()
     for r in rows:
         if r["prompt_id"] not in targets:
             raise PrefcurateError(
                 f"verify: candidate {r['candidate_id']} belongs to prompt {r['prompt_id']}, "
                 f"which is not in the prompts table; pass the prompts the candidates were "
-                f"generated from")
+                f"generated from"
+            )
         if r["error"] is not None:
-            drops.append({"source_id": r["source_id"], "row_id": r["candidate_id"],
-                          "reason": Reason.REQUEST_FAILED,
-                          "detail": f"verify: candidate has an error: {r['error'][:200]}"})
+            drops.append(
+                {
+                    "source_id": r["source_id"],
+                    "row_id": r["candidate_id"],
+                    "reason": Reason.REQUEST_FAILED,
+                    "detail": f"verify: candidate has an error: {r['error'][:200]}",
+                }
+            )
             continue
         if r["text"] is None or not r["text"].strip():
-            drops.append({"source_id": r["source_id"], "row_id": r["candidate_id"],
-                          "reason": Reason.EMPTY_OUTPUT,
-                          "detail": "verify: candidate has no text"})
+            drops.append(
+                {
+                    "source_id": r["source_id"],
+                    "row_id": r["candidate_id"],
+                    "reason": Reason.EMPTY_OUTPUT,
+                    "detail": "verify: candidate has no text",
+                }
+            )
             continue
         kinds = [k for k in cfg.kinds if k in targets[r["prompt_id"]]]
         if not kinds:
             no_target += 1
         for k in kinds:
-            jobs.append(VerifyJob(r["prompt_id"], r["source_id"], r["candidate_id"], k,
-                                  r["text"], targets[r["prompt_id"]][k],
-                                  numbers.get(r["prompt_id"], ()) if k == "exact_answer"
-                                  else ()))
+            jobs.append(
+                VerifyJob(
+                    r["prompt_id"],
+                    r["source_id"],
+                    r["candidate_id"],
+                    k,
+                    r["text"],
+                    targets[r["prompt_id"]][k],
+                    numbers.get(r["prompt_id"], ()) if k == "exact_answer" else (),
+                )
+            )
     jobs.sort(key=lambda j: (j.prompt_id, j.candidate_id, kind_order[j.kind]))
-    info = {"candidates_without_target": no_target,
-            "prompts_with_targets": sum(1 for t in targets.values()
-                                        if any(k in t for k in cfg.kinds)),
-            "invalid_targets": invalid}
+    info = {
+        "candidates_without_target": no_target,
+        "prompts_with_targets": sum(1 for t in targets.values() if any(k in t for k in cfg.kinds)),
+        "invalid_targets": invalid,
+    }
     return jobs, drops, info
 
 
-def run_verify_jobs(jobs: Sequence[VerifyJob], cfg: VerifyConfig, *,
-                    sandbox: Callable[[list[tuple[str, str]]], list[Any]] | None = None,
-                    ) -> list[Verdict]:
+def run_verify_jobs(
+    jobs: Sequence[VerifyJob],
+    cfg: VerifyConfig,
+    *,
+    sandbox: Callable[[list[tuple[str, str]]], list[Any]] | None = None,
+) -> list[Verdict]:
     """A verdict per job, in order. ``python_tests`` jobs run in the sandbox, identical
     (code, tests) once; ``sandbox`` replaces :func:`sandbox.run_many` (tests)."""
     out: list[Verdict | None] = [None] * len(jobs)
     code_jobs: dict[tuple[str, str], list[int]] = {}
     for i, j in enumerate(jobs):
         if j.kind == "exact_answer":
-            out[i] = check_exact_answer(j.text, j.target, rel_tol=cfg.answer_rel_tol,
-                                        abs_tol=cfg.answer_abs_tol,
-                                        prompt_numbers=j.prompt_numbers)
+            out[i] = check_exact_answer(
+                j.text,
+                j.target,
+                rel_tol=cfg.answer_rel_tol,
+                abs_tol=cfg.answer_abs_tol,
+                prompt_numbers=j.prompt_numbers,
+            )
         elif j.kind == "constraints":
             out[i] = check_constraints(j.text, j.target)
         elif j.kind == "python_tests":
@@ -720,8 +785,9 @@ def run_verify_jobs(jobs: Sequence[VerifyJob], cfg: VerifyConfig, *,
             else:
                 code_jobs.setdefault((code, j.target), []).append(i)
         else:
-            raise PrefcurateError(f"verify: unknown verifier kind {j.kind!r} "
-                                  f"(known: {', '.join(KINDS)})")
+            raise PrefcurateError(
+                f"verify: unknown verifier kind {j.kind!r} (known: {', '.join(KINDS)})"
+            )
     if code_jobs:
         keys = list(code_jobs)
         if sandbox is None:
@@ -729,8 +795,7 @@ def run_verify_jobs(jobs: Sequence[VerifyJob], cfg: VerifyConfig, *,
         else:
             results = sandbox(keys)
         for key, res in zip(keys, results, strict=True):
-            v = Verdict(None if res.status == "error" else res.status == "passed",
-                        res.reason)
+            v = Verdict(None if res.status == "error" else res.status == "passed", res.reason)
             for i in code_jobs[key]:
                 out[i] = v
     return [v for v in out if v is not None]
@@ -750,7 +815,8 @@ def build_votes(scored: Sequence[tuple[VerifyJob, Verdict]]) -> list[dict[str, A
     groups: dict[tuple[str, str, str], list[tuple[str, Verdict]]] = {}
     for job, v in scored:
         groups.setdefault((job.prompt_id, job.source_id, job.kind), []).append(
-            (job.candidate_id, v))
+            (job.candidate_id, v)
+        )
     rows = []
     for (pid, sid, kind), members in groups.items():
         best: dict[str, Verdict] = {}
@@ -761,22 +827,42 @@ def build_votes(scored: Sequence[tuple[VerifyJob, Verdict]]) -> list[dict[str, A
             if va.passed is None or vb.passed is None or va.passed == vb.passed:
                 continue
             loser, lv = (b, vb) if va.passed else (a, va)
-            rows.append({"prompt_id": pid, "source_id": sid, "candidate_a": a,
-                         "candidate_b": b, "annotator": verifier_annotator(kind),
-                         "order": None, "verdict": "a" if va.passed else "b",
-                         "prob_a": 1.0 if va.passed else 0.0,
-                         "raw_output": f"{'a' if va.passed else 'b'} passes, {loser} "
-                                       f"fails: {lv.reason}"[:500],
-                         "parse_error": None})
+            rows.append(
+                {
+                    "prompt_id": pid,
+                    "source_id": sid,
+                    "candidate_a": a,
+                    "candidate_b": b,
+                    "annotator": verifier_annotator(kind),
+                    "order": None,
+                    "verdict": "a" if va.passed else "b",
+                    "prob_a": 1.0 if va.passed else 0.0,
+                    "raw_output": f"{'a' if va.passed else 'b'} passes, {loser} fails: {lv.reason}"[
+                        :500
+                    ],
+                    "parse_error": None,
+                }
+            )
     kind_rank = {verifier_annotator(k): i for i, k in enumerate(KINDS)}
-    rows.sort(key=lambda r: (r["prompt_id"], kind_rank.get(r["annotator"], 99),
-                             r["annotator"], r["candidate_a"], r["candidate_b"]))
+    rows.sort(
+        key=lambda r: (
+            r["prompt_id"],
+            kind_rank.get(r["annotator"], 99),
+            r["annotator"],
+            r["candidate_a"],
+            r["candidate_b"],
+        )
+    )
     return rows
 
 
-def make_verifier_outputs(jobs: Sequence[VerifyJob], verdicts: Sequence[Verdict],
-                          drops: list[dict], info: dict[str, Any], n_candidates: int,
-                          ) -> StageResult:
+def make_verifier_outputs(
+    jobs: Sequence[VerifyJob],
+    verdicts: Sequence[Verdict],
+    drops: list[dict],
+    info: dict[str, Any],
+    n_candidates: int,
+) -> StageResult:
     """SCORES and VOTES rows from the verdicts; counts and ``info``.
 
     ``info``: ``checks`` per kind (``pass``/``fail``/``unchecked``), ``votes`` per kind,
@@ -784,30 +870,48 @@ def make_verifier_outputs(jobs: Sequence[VerifyJob], verdicts: Sequence[Verdict]
     ``invalid_targets``).
     """
     scored = list(zip(jobs, verdicts, strict=True))
-    score_rows = [{"candidate_id": j.candidate_id, "annotator": verifier_annotator(j.kind),
-                   "aspect": ASPECT,
-                   "score": None if v.passed is None else float(v.passed),
-                   "raw_output": v.reason,
-                   "parse_error": v.reason if v.passed is None else None}
-                  for j, v in scored]
+    score_rows = [
+        {
+            "candidate_id": j.candidate_id,
+            "annotator": verifier_annotator(j.kind),
+            "aspect": ASPECT,
+            "score": None if v.passed is None else float(v.passed),
+            "raw_output": v.reason,
+            "parse_error": v.reason if v.passed is None else None,
+        }
+        for j, v in scored
+    ]
     vote_rows = build_votes(scored)
     checks: dict[str, dict[str, int]] = {}
     for j, v in scored:
         c = checks.setdefault(j.kind, {"pass": 0, "fail": 0, "unchecked": 0})
         c["pass" if v.passed else "unchecked" if v.passed is None else "fail"] += 1
     n_votes = Counter(r["annotator"].split(":", 1)[1] for r in vote_rows)
-    counts = StageCounts(rows_in=n_candidates, kept=n_candidates - len(drops),
-                         dropped=dict(Counter(str(d["reason"]) for d in drops)),
-                         rows_out=len(score_rows))
-    return StageResult(STAGE, {"scores": from_rows(score_rows, SCORES, "scores"),
-                               "votes": from_rows(vote_rows, VOTES, "votes")},
-                       counts, dropped_table(STAGE, drops),
-                       info={**info, "checks": checks, "votes": dict(sorted(n_votes.items()))})
+    counts = StageCounts(
+        rows_in=n_candidates,
+        kept=n_candidates - len(drops),
+        dropped=dict(Counter(str(d["reason"]) for d in drops)),
+        rows_out=len(score_rows),
+    )
+    return StageResult(
+        STAGE,
+        {
+            "scores": from_rows(score_rows, SCORES, "scores"),
+            "votes": from_rows(vote_rows, VOTES, "votes"),
+        },
+        counts,
+        dropped_table(STAGE, drops),
+        info={**info, "checks": checks, "votes": dict(sorted(n_votes.items()))},
+    )
 
 
-def verify_candidates(prompts: pa.Table, candidates: pa.Table, cfg: VerifyConfig | None = None,
-                      *, sandbox: Callable[[list[tuple[str, str]]], list[Any]] | None = None,
-                      ) -> StageResult:
+def verify_candidates(
+    prompts: pa.Table,
+    candidates: pa.Table,
+    cfg: VerifyConfig | None = None,
+    *,
+    sandbox: Callable[[list[tuple[str, str]]], list[Any]] | None = None,
+) -> StageResult:
     """The verify stage: build jobs, check them, build SCORES and VOTES (module docstring).
 
     >>> p = pa.table({"prompt_id": ["p"], "meta": ['{"answer": 4}']})

@@ -137,22 +137,24 @@ def decide(row: dict, cfg: DenoiseConfig) -> tuple[str, Reason | None]:
     return "keep", None
 
 
-def _label_sources(label_source: str | Sequence[str | None] | None,
-                   n: int) -> pl.Series | None:
+def _label_sources(label_source: str | Sequence[str | None] | None, n: int) -> pl.Series | None:
     if label_source is None:
         return None
     if isinstance(label_source, str):
         return pl.repeat(label_source, n, dtype=pl.Utf8, eager=True)
     out = pl.Series(list(label_source), dtype=pl.Utf8)
     if len(out) != n:
-        raise PrefcurateError(f"denoise: label_source has {len(out)} entries for {n} pairs; "
-                              f"pass one name per pair (None where the votes oriented it) "
-                              f"or one name for all")
+        raise PrefcurateError(
+            f"denoise: label_source has {len(out)} entries for {n} pairs; "
+            f"pass one name per pair (None where the votes oriented it) "
+            f"or one name for all"
+        )
     return out
 
 
-def judge_probability(p_hat: np.ndarray, n_votes: np.ndarray, has_label: np.ndarray,
-                      prior: float) -> tuple[np.ndarray, np.ndarray]:
+def judge_probability(
+    p_hat: np.ndarray, n_votes: np.ndarray, has_label: np.ndarray, prior: float
+) -> tuple[np.ndarray, np.ndarray]:
     """p̂ without the label's own vote where ``has_label``; and the remaining vote count.
 
     p̂ = (n_c + ½ n_t + a)/(S + 2a) counts the label as one vote for chosen; without it
@@ -171,9 +173,14 @@ def judge_probability(p_hat: np.ndarray, n_votes: np.ndarray, has_label: np.ndar
     return np.clip(out, 0.0, 1.0), np.maximum(s_wo, 0.0).astype(np.int64)
 
 
-def _model_probability(p_judge: np.ndarray, s_c: np.ndarray, s_r: np.ndarray,
-                       p_model: np.ndarray | None, cfg: DenoiseConfig,
-                       n: int) -> tuple[np.ndarray, str]:
+def _model_probability(
+    p_judge: np.ndarray,
+    s_c: np.ndarray,
+    s_r: np.ndarray,
+    p_model: np.ndarray | None,
+    cfg: DenoiseConfig,
+    n: int,
+) -> tuple[np.ndarray, str]:
     """p_i: the judges' p̂, σ(s_c − s_r) (``weight_source = scores``), or ``p_model``."""
     p_i, source = p_judge.copy(), "p_hat"
     if cfg.weight_source == "scores":
@@ -183,16 +190,19 @@ def _model_probability(p_judge: np.ndarray, s_c: np.ndarray, s_r: np.ndarray,
     if p_model is not None:
         pm = np.asarray(p_model, dtype=np.float64).reshape(-1)
         if pm.size != n:
-            raise PrefcurateError(f"denoise: p_model has {pm.size} values for {n} pairs; "
-                                  f"pass one probability per input pair (NaN: use the votes)")
+            raise PrefcurateError(
+                f"denoise: p_model has {pm.size} values for {n} pairs; "
+                f"pass one probability per input pair (NaN: use the votes)"
+            )
         ok = np.isfinite(pm)
         p_i = np.where(ok, np.clip(pm, 0.0, 1.0), p_i)
         source = f"p_model ({int(ok.sum())} pairs; {source} for the rest)"
     return p_i, source
 
 
-def judges_posterior(pairs: pa.Table, comparisons: pa.Table,
-                     column: str = "p_a_judges") -> np.ndarray:
+def judges_posterior(
+    pairs: pa.Table, comparisons: pa.Table, column: str = "p_a_judges"
+) -> np.ndarray:
     """P(chosen ≻ rejected) per pair from the comparisons' ``column`` (P(a ≻ b)), oriented
     by the pair (NaN where the comparison or its value is missing): the ``p_model`` that
     aggregation's judges-only EM gives denoise.
@@ -207,16 +217,26 @@ def judges_posterior(pairs: pa.Table, comparisons: pa.Table,
     n = pairs.num_rows
     if not n or not comparisons.num_rows or column not in comparisons.schema.names:
         return np.full(n, np.nan)
-    c = pl.from_arrow(comparisons.select(["source_id", "candidate_a", "candidate_b", column])
-                      ).rename({column: "_p"}).unique(["source_id", "candidate_a",
-                                                       "candidate_b"], keep="first")
+    c = (
+        pl.from_arrow(comparisons.select(["source_id", "candidate_a", "candidate_b", column]))
+        .rename({column: "_p"})
+        .unique(["source_id", "candidate_a", "candidate_b"], keep="first")
+    )
     df = pl.from_arrow(pairs.select(["source_id", "chosen_id", "rejected_id"]))
-    fwd = df.join(c, left_on=["source_id", "chosen_id", "rejected_id"],
-                  right_on=["source_id", "candidate_a", "candidate_b"], how="left",
-                  maintain_order="left")["_p"]
-    rev = df.join(c, left_on=["source_id", "rejected_id", "chosen_id"],
-                  right_on=["source_id", "candidate_a", "candidate_b"], how="left",
-                  maintain_order="left")["_p"]
+    fwd = df.join(
+        c,
+        left_on=["source_id", "chosen_id", "rejected_id"],
+        right_on=["source_id", "candidate_a", "candidate_b"],
+        how="left",
+        maintain_order="left",
+    )["_p"]
+    rev = df.join(
+        c,
+        left_on=["source_id", "rejected_id", "chosen_id"],
+        right_on=["source_id", "candidate_a", "candidate_b"],
+        how="left",
+        maintain_order="left",
+    )["_p"]
     out = fwd.cast(pl.Float64).fill_null(float("nan")).to_numpy().copy()
     r = rev.cast(pl.Float64).fill_null(float("nan")).to_numpy()
     use_rev = np.isnan(out) & np.isfinite(r)
@@ -224,19 +244,31 @@ def judges_posterior(pairs: pa.Table, comparisons: pa.Table,
     return out
 
 
-def _peer_review(emb_chosen: np.ndarray, emb_rejected: np.ndarray,
-                 emb_prompt: np.ndarray | None, n: int, cfg: DenoiseConfig,
-                 res: ConfidenceWeights, idx: np.ndarray, p_i: np.ndarray,
-                 valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def _peer_review(
+    emb_chosen: np.ndarray,
+    emb_rejected: np.ndarray,
+    emb_prompt: np.ndarray | None,
+    n: int,
+    cfg: DenoiseConfig,
+    res: ConfidenceWeights,
+    idx: np.ndarray,
+    p_i: np.ndarray,
+    valid: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Run CRM peer review on every input pair; the noise rate ε̂ = 1 − mean weight and
     the curriculum's easy → hard order come from the confidence weights ``res``."""
     from pipeline.denoise.peer_review import review_pairs
 
-    for name, emb in (("emb_chosen", emb_chosen), ("emb_rejected", emb_rejected),
-                      ("emb_prompt", emb_prompt)):
+    for name, emb in (
+        ("emb_chosen", emb_chosen),
+        ("emb_rejected", emb_rejected),
+        ("emb_prompt", emb_prompt),
+    ):
         if emb is not None and np.shape(emb)[0] != n:
-            raise PrefcurateError(f"denoise: {name} has {np.shape(emb)[0]} rows for {n} "
-                                  f"pairs; align the embeddings with the input pairs")
+            raise PrefcurateError(
+                f"denoise: {name} has {np.shape(emb)[0]} rows for {n} "
+                f"pairs; align the embeddings with the input pairs"
+            )
     confidence = np.where(valid, p_i, 0.5)
     confidence[idx] = res.weight
     if cfg.peer_review_noise_rate is not None:
@@ -244,24 +276,40 @@ def _peer_review(emb_chosen: np.ndarray, emb_rejected: np.ndarray,
     else:
         eps, eps_from = res.noise_rate(), "1 - mean weight"
     c = np.clip(confidence, 1e-6, 1 - 1e-6)
-    pr = review_pairs(emb_chosen, emb_rejected, emb_prompt, noise_rate=eps,
-                      prior=np.log(c) - np.log1p(-c), epochs=cfg.peer_review_epochs,
-                      warmup_epochs=cfg.peer_review_warmup_epochs,
-                      late_epochs=cfg.peer_review_late_epochs,
-                      hidden=cfg.peer_review_hidden, seed=cfg.peer_review_seed)
+    pr = review_pairs(
+        emb_chosen,
+        emb_rejected,
+        emb_prompt,
+        noise_rate=eps,
+        prior=np.log(c) - np.log1p(-c),
+        epochs=cfg.peer_review_epochs,
+        warmup_epochs=cfg.peer_review_warmup_epochs,
+        late_epochs=cfg.peer_review_late_epochs,
+        hidden=cfg.peer_review_hidden,
+        seed=cfg.peer_review_seed,
+    )
     margin = 0.5 * (pr.margin_a + pr.margin_b)
     # a pair no head could score out of fold (too few pairs, e.g. a single one) gets
     # margin 0: no evidence either way
     missing = ~np.isfinite(margin)
-    return np.where(missing, 0.0, margin), pr.flagged, \
-        {"ran": True, "noise_rate_from": eps_from, "no_margin": int(missing.sum()), **pr.info}
+    return (
+        np.where(missing, 0.0, margin),
+        pr.flagged,
+        {"ran": True, "noise_rate_from": eps_from, "no_margin": int(missing.sum()), **pr.info},
+    )
 
 
-def denoise_pairs(pairs: pa.Table, cfg: DenoiseConfig, mcfg: MarginConfig, *,
-                  label_source: str | Sequence[str | None] | None = None,
-                  p_model: np.ndarray | None = None,
-                  emb_chosen: np.ndarray | None = None, emb_rejected: np.ndarray | None = None,
-                  emb_prompt: np.ndarray | None = None) -> StageResult:
+def denoise_pairs(
+    pairs: pa.Table,
+    cfg: DenoiseConfig,
+    mcfg: MarginConfig,
+    *,
+    label_source: str | Sequence[str | None] | None = None,
+    p_model: np.ndarray | None = None,
+    emb_chosen: np.ndarray | None = None,
+    emb_rejected: np.ndarray | None = None,
+    emb_prompt: np.ndarray | None = None,
+) -> StageResult:
     """Decide keep / flip / drop for every pair (rules 1–8 above), vectorised.
 
     ``emb_chosen`` / ``emb_rejected`` (n × d) and ``emb_prompt`` (n × d_p) are aligned with
@@ -272,8 +320,9 @@ def denoise_pairs(pairs: pa.Table, cfg: DenoiseConfig, mcfg: MarginConfig, *,
     df = pl.from_arrow(pairs) if n else pl.DataFrame(schema={c: pl.Utf8 for c in PAIRS.names})
     info: dict[str, Any] = {}
     if n == 0:
-        return StageResult(STAGE, {"pairs": PAIRS.empty_table()}, StageCounts(0, 0), info=
-                           {"flipped": 0})
+        return StageResult(
+            STAGE, {"pairs": PAIRS.empty_table()}, StageCounts(0, 0), info={"flipped": 0}
+        )
     p_hat = df["p_hat"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
     n_votes = df["n_votes"].cast(pl.Int64).to_numpy()
     d = df["disagreement"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
@@ -299,9 +348,11 @@ def denoise_pairs(pairs: pa.Table, cfg: DenoiseConfig, mcfg: MarginConfig, *,
         if p_model is not None:
             pm = np.asarray(p_model, dtype=np.float64).reshape(-1)
             if pm.size != n:
-                raise PrefcurateError(f"denoise: p_model has {pm.size} values for {n} "
-                                      f"pairs; pass one probability per input pair (NaN: "
-                                      f"use the votes)")
+                raise PrefcurateError(
+                    f"denoise: p_model has {pm.size} values for {n} "
+                    f"pairs; pass one probability per input pair (NaN: "
+                    f"use the votes)"
+                )
             q = np.where(np.isfinite(pm), np.clip(pm, 0.0, 1.0), q)
     apply(~np.isfinite(p_hat) | (n_votes == 0), _DROP, str(Reason.NULL_SCORE))
     # a tie in the raw counts is dropped only where no posterior decides it
@@ -309,60 +360,99 @@ def denoise_pairs(pairs: pa.Table, cfg: DenoiseConfig, mcfg: MarginConfig, *,
     apply(is_tie & undecided, _DROP, str(Reason.TIE))
     apply(np.isfinite(d) & (d > cfg.max_disagreement), _DROP, str(Reason.HIGH_DISAGREEMENT))
     if cfg.on_contradicted != "keep":
-        apply(status == "contradicted", _DROP if cfg.on_contradicted == "drop" else _FLIP,
-              str(Reason.CONTRADICTED))
+        apply(
+            status == "contradicted",
+            _DROP if cfg.on_contradicted == "drop" else _FLIP,
+            str(Reason.CONTRADICTED),
+        )
     if cfg.drop_contested:
         apply(status == "contested", _DROP, str(Reason.CONTESTED))
 
     sources = _label_sources(label_source, n)  # None, or a polars Series (nulls: votes)
-    has_label = sources.is_not_null().to_numpy() if sources is not None \
-        and cfg.exclude_label_vote else np.zeros(n, dtype=bool)
+    has_label = (
+        sources.is_not_null().to_numpy()
+        if sources is not None and cfg.exclude_label_vote
+        else np.zeros(n, dtype=bool)
+    )
     p_judge, s_judge = judge_probability(p_hat, n_votes, has_label, mcfg.prior)
 
     valid = np.isfinite(p_hat) & (n_votes > 0)
     p_i, source_of_p = _model_probability(p_judge, s_c, s_r, p_model, cfg, n)
-    ann = pl.repeat(DEFAULT_ANNOTATOR, n, dtype=pl.Utf8, eager=True) if sources is None \
+    ann = (
+        pl.repeat(DEFAULT_ANNOTATOR, n, dtype=pl.Utf8, eager=True)
+        if sources is None
         else sources.fill_null(AGGREGATE)
+    )
     idx = np.flatnonzero(valid)
     ann_valid = ann.gather(idx)
 
     def weigh(evidence: np.ndarray | None) -> ConfidenceWeights:
         return estimate_confidence_weights(
-            p_i[idx], ann_valid, eta_init=cfg.eta_init,
+            p_i[idx],
+            ann_valid,
+            eta_init=cfg.eta_init,
             calibrate=cfg.weight_calibration,
-            evidence=None if evidence is None else evidence[idx])
+            evidence=None if evidence is None else evidence[idx],
+        )
 
     res = weigh(None) if cfg.confidence_weights and not posterior else None
-    mode = cfg.peer_review_mode if cfg.peer_review_mode != "auto" else \
-        ("weights" if cfg.confidence_weights and not posterior else "drop")
+    mode = (
+        cfg.peer_review_mode
+        if cfg.peer_review_mode != "auto"
+        else ("weights" if cfg.confidence_weights and not posterior else "drop")
+    )
     head_margin, flagged = None, None
     weight = None
     if posterior:
         ok = valid & np.isfinite(q)
         weight = np.where(ok, q, np.nan)
-        apply(ok & (q < cfg.flip_below), _FLIP if cfg.on_low_confidence == "flip" else _DROP,
-              FLIPPED_LOW_CONFIDENCE if cfg.on_low_confidence == "flip" else LOW_CONFIDENCE)
+        apply(
+            ok & (q < cfg.flip_below),
+            _FLIP if cfg.on_low_confidence == "flip" else _DROP,
+            FLIPPED_LOW_CONFIDENCE if cfg.on_low_confidence == "flip" else LOW_CONFIDENCE,
+        )
         apply(ok & (q < cfg.drop_below), _DROP, LOW_CONFIDENCE)
-        info["posterior"] = {"p_source": "p_model" if p_model is not None else "p_hat",
-                             "pairs": int(ok.sum()), "flip_below": cfg.flip_below,
-                             "drop_below": cfg.drop_below,
-                             "mean_q": float(q[ok].mean()) if ok.any() else None}
+        info["posterior"] = {
+            "p_source": "p_model" if p_model is not None else "p_hat",
+            "pairs": int(ok.sum()),
+            "flip_below": cfg.flip_below,
+            "drop_below": cfg.drop_below,
+            "mean_q": float(q[ok].mean()) if ok.any() else None,
+        }
         if cfg.peer_review is None and emb_chosen is not None:
-            info["peer_review"] = {"ran": False, "skipped": "denoise.method is posterior; "
-                                   "set denoise.peer_review: true to drop the pairs both "
-                                   "reward heads reject"}
-    if cfg.peer_review or (cfg.peer_review is None and not posterior and emb_chosen is not None
-                           and emb_rejected is not None):
+            info["peer_review"] = {
+                "ran": False,
+                "skipped": "denoise.method is posterior; "
+                "set denoise.peer_review: true to drop the pairs both "
+                "reward heads reject",
+            }
+    if cfg.peer_review or (
+        cfg.peer_review is None
+        and not posterior
+        and emb_chosen is not None
+        and emb_rejected is not None
+    ):
         if emb_chosen is None or emb_rejected is None:
-            info["peer_review"] = {"ran": False, "skipped": "no response embeddings were "
-                                   "given (emb_chosen / emb_rejected); embed the candidates "
-                                   "to run CRM peer review"}
+            info["peer_review"] = {
+                "ran": False,
+                "skipped": "no response embeddings were "
+                "given (emb_chosen / emb_rejected); embed the candidates "
+                "to run CRM peer review",
+            }
         else:
             # ε̂ and the curriculum come from the confidence weights, computed for them
             # even when the weights do not decide
             head_margin, flagged, info["peer_review"] = _peer_review(
-                emb_chosen, emb_rejected, emb_prompt, n, cfg,
-                res if res is not None else weigh(None), idx, p_i, valid)
+                emb_chosen,
+                emb_rejected,
+                emb_prompt,
+                n,
+                cfg,
+                res if res is not None else weigh(None),
+                idx,
+                p_i,
+                valid,
+            )
             info["peer_review"]["mode"] = mode
             if mode == "weights":
                 res = weigh(head_margin)
@@ -370,18 +460,24 @@ def denoise_pairs(pairs: pa.Table, cfg: DenoiseConfig, mcfg: MarginConfig, *,
     if res is not None:
         weight = np.full(n, np.nan)
         weight[idx] = res.weight
-        apply(valid & (weight < cfg.flip_below),
-              _FLIP if cfg.on_low_confidence == "flip" else _DROP,
-              FLIPPED_LOW_CONFIDENCE if cfg.on_low_confidence == "flip" else LOW_CONFIDENCE)
+        apply(
+            valid & (weight < cfg.flip_below),
+            _FLIP if cfg.on_low_confidence == "flip" else _DROP,
+            FLIPPED_LOW_CONFIDENCE if cfg.on_low_confidence == "flip" else LOW_CONFIDENCE,
+        )
         apply(valid & (weight < cfg.drop_below), _DROP, LOW_CONFIDENCE)
-        info["weights"] = {"eta": res.eta, "pairs": res.n_per_annotator,
-                           "iterations": res.iterations, "converged": res.converged,
-                           "p_source": source_of_p, "calibrated": cfg.weight_calibration,
-                           "scales": list(res.scales),
-                           "evidence": ["p_i"] + (["peer_review_margin"] if len(res.scales)
-                                                  > 1 else []),
-                           "mean_weight": float(res.weight.mean()) if idx.size else None,
-                           "noise_rate": res.noise_rate()}
+        info["weights"] = {
+            "eta": res.eta,
+            "pairs": res.n_per_annotator,
+            "iterations": res.iterations,
+            "converged": res.converged,
+            "p_source": source_of_p,
+            "calibrated": cfg.weight_calibration,
+            "scales": list(res.scales),
+            "evidence": ["p_i"] + (["peer_review_margin"] if len(res.scales) > 1 else []),
+            "mean_weight": float(res.weight.mean()) if idx.size else None,
+            "noise_rate": res.noise_rate(),
+        }
     if flagged is not None and mode == "drop":
         apply(flagged, _DROP, PEER_REVIEW)
 
@@ -404,22 +500,30 @@ def denoise_pairs(pairs: pa.Table, cfg: DenoiseConfig, mcfg: MarginConfig, *,
         reason[bad] = DISAGREEMENT_FILTER
         open_[bad] = False
         considered = int(reach.sum())
-        info["agreement_filter"] = {"signals": signals, "considered": considered,
-                                    "dropped": int(bad.sum()),
-                                    "retention": (considered - int(bad.sum())) / considered
-                                    if considered else None}
+        info["agreement_filter"] = {
+            "signals": signals,
+            "considered": considered,
+            "dropped": int(bad.sum()),
+            "retention": (considered - int(bad.sum())) / considered if considered else None,
+        }
 
     return _assemble(pairs, df, decision, reason, weight, cfg, mcfg, info)
 
 
-def _assemble(pairs: pa.Table, df: pl.DataFrame, decision: np.ndarray, reason: np.ndarray,
-              weight: np.ndarray | None, cfg: DenoiseConfig, mcfg: MarginConfig,
-              info: dict[str, Any]) -> StageResult:
+def _assemble(
+    pairs: pa.Table,
+    df: pl.DataFrame,
+    decision: np.ndarray,
+    reason: np.ndarray,
+    weight: np.ndarray | None,
+    cfg: DenoiseConfig,
+    mcfg: MarginConfig,
+    info: dict[str, Any],
+) -> StageResult:
     n = pairs.num_rows
     keep_m, flip_m, drop_m = decision == _KEEP, decision == _FLIP, decision == _DROP
     drop_idx = np.flatnonzero(drop_m)
-    gone = df.select("source_id", "pair_id", "p_hat", "n_votes", "label_status") \
-        .gather(drop_idx)
+    gone = df.select("source_id", "pair_id", "p_hat", "n_votes", "label_status").gather(drop_idx)
     w_drop = weight[drop_idx] if weight is not None else np.full(drop_idx.size, np.nan)
     why = reason[drop_idx]
     drops = []
@@ -430,41 +534,56 @@ def _assemble(pairs: pa.Table, df: pl.DataFrame, decision: np.ndarray, reason: n
         drops.append({"source_id": sid, "row_id": pid, "reason": r, "detail": detail})
     flip_idx = np.flatnonzero(flip_m)
     flipped = df.select("source_id", "rejected_id", "chosen_id").gather(flip_idx)
-    new_ids = pl.Series("_new", [None] * n, dtype=pl.Utf8).scatter(
-        flip_idx, pl.Series(stable_hash_rows(*flipped.get_columns()), dtype=pl.Utf8)) \
-        if flip_idx.size else pl.repeat(None, n, dtype=pl.Utf8, eager=True).alias("_new")
+    new_ids = (
+        pl.Series("_new", [None] * n, dtype=pl.Utf8).scatter(
+            flip_idx, pl.Series(stable_hash_rows(*flipped.get_columns()), dtype=pl.Utf8)
+        )
+        if flip_idx.size
+        else pl.repeat(None, n, dtype=pl.Utf8, eager=True).alias("_new")
+    )
     out = df.with_columns(
         _dec=pl.Series(decision.astype(np.int8)),
-        _why=pl.Series(reason.tolist(), dtype=pl.Utf8), _new=new_ids)
+        _why=pl.Series(reason.tolist(), dtype=pl.Utf8),
+        _new=new_ids,
+    )
     if weight is not None:
         out = out.with_columns(_w=pl.Series(weight))
     out = out.filter(pl.col("_dec") != _DROP)
     flip = pl.col("_dec") == _FLIP
     p_new = 1.0 - pl.col("p_hat")
     cols = [
-        pl.when(flip).then(pl.col("rejected_id")).otherwise(pl.col("chosen_id"))
-        .alias("chosen_id"),
-        pl.when(flip).then(pl.col("chosen_id")).otherwise(pl.col("rejected_id"))
+        pl.when(flip).then(pl.col("rejected_id")).otherwise(pl.col("chosen_id")).alias("chosen_id"),
+        pl.when(flip)
+        .then(pl.col("chosen_id"))
+        .otherwise(pl.col("rejected_id"))
         .alias("rejected_id"),
-        pl.when(flip).then(pl.col("score_rejected")).otherwise(pl.col("score_chosen"))
+        pl.when(flip)
+        .then(pl.col("score_rejected"))
+        .otherwise(pl.col("score_chosen"))
         .alias("score_chosen"),
-        pl.when(flip).then(pl.col("score_chosen")).otherwise(pl.col("score_rejected"))
+        pl.when(flip)
+        .then(pl.col("score_chosen"))
+        .otherwise(pl.col("score_rejected"))
         .alias("score_rejected"),
         pl.when(flip).then(p_new).otherwise(pl.col("p_hat")).alias("p_hat"),
-        pl.when(flip).then(1.0 - (2.0 * p_new - 1.0).abs()).otherwise(pl.col("disagreement"))
+        pl.when(flip)
+        .then(1.0 - (2.0 * p_new - 1.0).abs())
+        .otherwise(pl.col("disagreement"))
         .alias("disagreement"),
-        pl.when(flip).then(pl.lit("contradicted")).otherwise(pl.col("label_status"))
+        pl.when(flip)
+        .then(pl.lit("contradicted"))
+        .otherwise(pl.col("label_status"))
         .alias("label_status"),
         pl.when(flip).then(pl.lit("flip")).otherwise(pl.lit("keep")).alias("decision"),
         pl.col("_why").alias("reason"),
         pl.when(flip & ~pl.col("flags").list.contains(FLIPPED))
         .then(pl.col("flags").list.concat(pl.lit([FLIPPED])))
-        .otherwise(pl.col("flags")).alias("flags"),
+        .otherwise(pl.col("flags"))
+        .alias("flags"),
         pl.when(flip).then(pl.col("_new")).otherwise(pl.col("pair_id")).alias("pair_id"),
     ]
     if weight is not None:
-        cols.append(pl.when(flip).then(1.0 - pl.col("_w")).otherwise(pl.col("_w"))
-                    .alias("weight"))
+        cols.append(pl.when(flip).then(1.0 - pl.col("_w")).otherwise(pl.col("_w")).alias("weight"))
     else:
         cols.append(pl.when(flip).then(p_new).otherwise(pl.col("weight")).alias("weight"))
     out = out.with_columns(cols)
@@ -473,10 +592,22 @@ def _assemble(pairs: pa.Table, df: pl.DataFrame, decision: np.ndarray, reason: n
         m = out["margin"].cast(pl.Float64).to_numpy().astype(np.float64, copy=True)
         m[fl] = margin_array(out["p_hat"].to_numpy()[fl], mcfg.lam, mcfg.cap)
         out = out.with_columns(margin=pl.Series(m))
-    kept_table = conform(out.drop(["_dec", "_why", "_new"] + (["_w"] if weight is not None
-                                                             else [])).to_arrow(),
-                         PAIRS, "pairs") if out.height else PAIRS.empty_table()
-    counts = StageCounts(rows_in=n, kept=int(keep_m.sum() + flip_m.sum()),
-                         dropped=dict(Counter(str(r) for r in why)))
-    return StageResult(STAGE, {"pairs": kept_table}, counts, dropped_table(STAGE, drops),
-                       info={"flipped": int(flip_m.sum()), **info})
+    kept_table = (
+        conform(
+            out.drop(["_dec", "_why", "_new"] + (["_w"] if weight is not None else [])).to_arrow(),
+            PAIRS,
+            "pairs",
+        )
+        if out.height
+        else PAIRS.empty_table()
+    )
+    counts = StageCounts(
+        rows_in=n, kept=int(keep_m.sum() + flip_m.sum()), dropped=dict(Counter(str(r) for r in why))
+    )
+    return StageResult(
+        STAGE,
+        {"pairs": kept_table},
+        counts,
+        dropped_table(STAGE, drops),
+        info={"flipped": int(flip_m.sum()), **info},
+    )

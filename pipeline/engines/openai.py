@@ -73,17 +73,25 @@ log = logging.getLogger(f"prefcurate.{__name__}")
 
 RETRY_STATUSES = frozenset({408, 409, 429})  # and every 5xx
 SCHEMA_NAME = "verdict"
-_CONTEXT_RE = re.compile(r"context[ _]length|context window|prompt is too long|"
-                         r"maximum context|too many tokens|exceeds .{0,40}context",
-                         re.IGNORECASE)
-_CONTEXT_N_RE = re.compile(r"maximum context length (?:is|of) (\d+)|"
-                           r"maximum context length \((\d+)\)", re.IGNORECASE)
+_CONTEXT_RE = re.compile(
+    r"context[ _]length|context window|prompt is too long|"
+    r"maximum context|too many tokens|exceeds .{0,40}context",
+    re.IGNORECASE,
+)
+_CONTEXT_N_RE = re.compile(
+    r"maximum context length (?:is|of) (\d+)|"
+    r"maximum context length \((\d+)\)",
+    re.IGNORECASE,
+)
 # the prompt's own size, as vLLM and OpenAI word it
-_PROMPT_N_RE = re.compile(r"contains (?:at least )?(\d+) input tokens|"
-                          r"\((\d+) in the messages|"
-                          r"messages resulted in (\d+) tokens|"
-                          r"Input length \((\d+)\)|"
-                          r"request has (\d+) input tokens", re.IGNORECASE)
+_PROMPT_N_RE = re.compile(
+    r"contains (?:at least )?(\d+) input tokens|"
+    r"\((\d+) in the messages|"
+    r"messages resulted in (\d+) tokens|"
+    r"Input length \((\d+)\)|"
+    r"request has (\d+) input tokens",
+    re.IGNORECASE,
+)
 
 
 @dataclass
@@ -181,8 +189,11 @@ def context_error(message: str) -> tuple[bool, int | None, int | None]:
     """
     if not _CONTEXT_RE.search(message):
         return False, None, None
-    return True, _first_group(_PROMPT_N_RE.search(message)), \
-        _first_group(_CONTEXT_N_RE.search(message))
+    return (
+        True,
+        _first_group(_PROMPT_N_RE.search(message)),
+        _first_group(_CONTEXT_N_RE.search(message)),
+    )
 
 
 def _run_sync(factory):
@@ -209,16 +220,30 @@ class OpenAIEngine:
 
     kind = "openai"
 
-    def __init__(self, model: str, base_url: str, *, api_key_env: str | None = None,
-                 max_concurrency: int = 16, timeout_s: float = 120.0, max_retries: int = 5,
-                 backoff_s: float = 0.5, max_backoff_s: float = 60.0,
-                 context: int | None = None, extra_body: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        model: str,
+        base_url: str,
+        *,
+        api_key_env: str | None = None,
+        max_concurrency: int = 16,
+        timeout_s: float = 120.0,
+        max_retries: int = 5,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 60.0,
+        context: int | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+    ):
         if not base_url or not base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"openai engine for '{model}': base_url must be an http(s) URL "
-                              f"such as http://127.0.0.1:8000/v1, got {base_url!r}")
+            raise ConfigError(
+                f"openai engine for '{model}': base_url must be an http(s) URL "
+                f"such as http://127.0.0.1:8000/v1, got {base_url!r}"
+            )
         if max_concurrency < 1 or max_retries < 0 or timeout_s <= 0 or backoff_s < 0:
-            raise ConfigError(f"openai engine for '{model}': need max_concurrency >= 1, "
-                              f"max_retries >= 0, timeout_s > 0, backoff_s >= 0")
+            raise ConfigError(
+                f"openai engine for '{model}': need max_concurrency >= 1, "
+                f"max_retries >= 0, timeout_s > 0, backoff_s >= 0"
+            )
         self.model = model
         self.base_url = base_url.rstrip("/")
         self.api_key_env = api_key_env
@@ -235,8 +260,10 @@ class OpenAIEngine:
         self._rng = random.Random()
 
     def __repr__(self) -> str:
-        return (f"OpenAIEngine(model={self.model!r}, base_url={self.base_url!r}, "
-                f"api_key_env={self.api_key_env!r})")
+        return (
+            f"OpenAIEngine(model={self.model!r}, base_url={self.base_url!r}, "
+            f"api_key_env={self.api_key_env!r})"
+        )
 
     # ------------------------------------------------------------------ Protocol
 
@@ -254,15 +281,21 @@ class OpenAIEngine:
         self._context_asked = True
         key = self._api_key()
         try:
-            resp = httpx.get(f"{self.base_url}/models", headers=self._headers(key),
-                             timeout=min(self.timeout_s, 10.0))
+            resp = httpx.get(
+                f"{self.base_url}/models",
+                headers=self._headers(key),
+                timeout=min(self.timeout_s, 10.0),
+            )
             resp.raise_for_status()
             for m in resp.json().get("data", []):
                 if m.get("id") == self.model and isinstance(m.get("max_model_len"), int):
                     self._context = m["max_model_len"]
         except (httpx.HTTPError, ValueError, AttributeError) as exc:
-            log.info("openai engine: no context size from %s/models: %s", self.base_url,
-                     _scrub(f"{type(exc).__name__}: {exc}", key))
+            log.info(
+                "openai engine: no context size from %s/models: %s",
+                self.base_url,
+                _scrub(f"{type(exc).__name__}: {exc}", key),
+            )
         return self._context
 
     def count_prompt_tokens(self, request: ChatRequest) -> int | None:
@@ -272,11 +305,15 @@ class OpenAIEngine:
 
     def request_body(self, req: ChatRequest, max_tokens: int | None = None) -> dict[str, Any]:
         """The JSON body of one chat-completions request."""
-        body: dict[str, Any] = {**self.extra_body, "model": self.model,
-                                "messages": req.as_messages(), "n": req.n,
-                                "temperature": req.temperature, "top_p": req.top_p,
-                                "max_tokens": req.max_tokens if max_tokens is None
-                                else max_tokens}
+        body: dict[str, Any] = {
+            **self.extra_body,
+            "model": self.model,
+            "messages": req.as_messages(),
+            "n": req.n,
+            "temperature": req.temperature,
+            "top_p": req.top_p,
+            "max_tokens": req.max_tokens if max_tokens is None else max_tokens,
+        }
         if req.seed is not None:
             body["seed"] = req.seed
         if req.stop:
@@ -285,8 +322,10 @@ class OpenAIEngine:
             body["logprobs"] = True
             body["top_logprobs"] = req.logprobs
         if req.json_schema is not None:
-            body["response_format"] = {"type": "json_schema", "json_schema": {
-                "name": SCHEMA_NAME, "schema": json.loads(req.json_schema)}}
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": SCHEMA_NAME, "schema": json.loads(req.json_schema)},
+            }
         return body
 
     def _api_key(self) -> str | None:
@@ -294,22 +333,25 @@ class OpenAIEngine:
             return None
         key = os.environ.get(self.api_key_env)
         if not key or not key.strip():
-            raise EngineError(f"openai engine for '{self.model}': the environment variable "
-                              f"{self.api_key_env} (model.api_key_env) is not set; export it "
-                              f"with the API key of {self.base_url}")
+            raise EngineError(
+                f"openai engine for '{self.model}': the environment variable "
+                f"{self.api_key_env} (model.api_key_env) is not set; export it "
+                f"with the API key of {self.base_url}"
+            )
         return key.strip()
 
     @staticmethod
     def _headers(key: str | None) -> dict[str, str]:
         return {"Authorization": f"Bearer {key}"} if key else {}
 
-    async def _complete_all(self, requests: list[ChatRequest], key: str | None,
-                            ) -> list[Completion]:
+    async def _complete_all(self, requests: list[ChatRequest], key: str | None) -> list[Completion]:
         sem = asyncio.Semaphore(self.max_concurrency)
-        limits = httpx.Limits(max_connections=self.max_concurrency,
-                              max_keepalive_connections=self.max_concurrency)
-        async with httpx.AsyncClient(headers=self._headers(key), limits=limits,
-                                     timeout=httpx.Timeout(self.timeout_s)) as client:
+        limits = httpx.Limits(
+            max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency
+        )
+        async with httpx.AsyncClient(
+            headers=self._headers(key), limits=limits, timeout=httpx.Timeout(self.timeout_s)
+        ) as client:
 
             async def one(req: ChatRequest) -> Completion:
                 async with sem:
@@ -318,8 +360,13 @@ class OpenAIEngine:
             out = list(await asyncio.gather(*(one(r) for r in requests)))
         failed = [c.error for c in out if c.error and c.retryable]
         if failed:  # one line per batch, not one per request
-            log.warning("openai engine %s: %d of %d requests failed (retried next run); "
-                        "first: %s", self.model, len(failed), len(out), failed[0])
+            log.warning(
+                "openai engine %s: %d of %d requests failed (retried next run); first: %s",
+                self.model,
+                len(failed),
+                len(out),
+                failed[0],
+            )
         return out
 
     def _backoff(self, retry: int, retry_after: float | None) -> float:
@@ -328,8 +375,9 @@ class OpenAIEngine:
         base = min(self.backoff_s * (2 ** (retry - 1)), self.max_backoff_s)
         return base / 2 + self._rng.uniform(0, base / 2)  # "equal jitter"
 
-    async def _complete_one(self, client: httpx.AsyncClient, req: ChatRequest,
-                            key: str | None) -> Completion:
+    async def _complete_one(
+        self, client: httpx.AsyncClient, req: ChatRequest, key: str | None
+    ) -> Completion:
         url = f"{self.base_url}/chat/completions"
         max_tokens: int | None = None  # set when the server asks for a smaller budget
         last = "no attempt made"
@@ -352,24 +400,28 @@ class OpenAIEngine:
                 continue
             except _ClampMaxTokens as exc:
                 if max_tokens is not None:  # the server refused the clamped request too
-                    return self._done(Completion(texts=[], finish_reasons=[],
-                                                 error=_scrub(exc.message, key)))
+                    return self._done(
+                        Completion(texts=[], finish_reasons=[], error=_scrub(exc.message, key))
+                    )
                 max_tokens = exc.max_tokens  # the same request, resized: send it again now
                 with self._lock:
                     self.stats.attempts += 1
                 try:
                     comp = await self._attempt(client, url, req, max_tokens)
                 except (_Retry, _ClampMaxTokens) as exc2:
-                    last, retry_after = _scrub(str(exc2), key), getattr(exc2, "retry_after",
-                                                                        None)
+                    last, retry_after = _scrub(str(exc2), key), getattr(exc2, "retry_after", None)
                     continue
             if comp.error:
                 comp.error = _scrub(comp.error, key)
             return self._done(comp)
-        log.debug("openai engine %s: giving up after %d attempts: %s", self.model, attempt,
-                  last)
-        return self._done(Completion(texts=[], finish_reasons=[],
-                                     error=f"{last} (gave up after {attempt} attempts)"[:600]))
+        log.debug("openai engine %s: giving up after %d attempts: %s", self.model, attempt, last)
+        return self._done(
+            Completion(
+                texts=[],
+                finish_reasons=[],
+                error=f"{last} (gave up after {attempt} attempts)"[:600],
+            )
+        )
 
     def _done(self, comp: Completion) -> Completion:
         with self._lock:
@@ -377,8 +429,9 @@ class OpenAIEngine:
             self.stats.failed += comp.error is not None
         return comp
 
-    async def _attempt(self, client: httpx.AsyncClient, url: str, req: ChatRequest,
-                       max_tokens: int | None) -> Completion:
+    async def _attempt(
+        self, client: httpx.AsyncClient, url: str, req: ChatRequest, max_tokens: int | None
+    ) -> Completion:
         body = self.request_body(req, max_tokens)
         try:
             # httpx's timeout bounds each read; wait_for bounds the whole request
@@ -392,8 +445,9 @@ class OpenAIEngine:
             try:
                 return self._parse(req, resp.json())
             except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
-                raise _Retry(f"unreadable response body ({type(exc).__name__}): "
-                             f"{resp.text[:200]!r}") from None
+                raise _Retry(
+                    f"unreadable response body ({type(exc).__name__}): {resp.text[:200]!r}"
+                ) from None
         message = _error_text(resp)
         if status in RETRY_STATUSES or status >= 500:
             raise _Retry(f"http {status}: {message}", parse_retry_after(resp.headers))
@@ -407,9 +461,13 @@ class OpenAIEngine:
                     raise _ClampMaxTokens(ctx - n_prompt, f"http {status}: {message}")
                 if n_prompt is not None and ctx is not None:
                     return too_long(n_prompt, ctx)
-                return Completion(texts=[], finish_reasons=[], n_prompt_tokens=n_prompt,
-                                  error=f"prompt_too_long: server said: {message}",
-                                  retryable=False)
+                return Completion(
+                    texts=[],
+                    finish_reasons=[],
+                    n_prompt_tokens=n_prompt,
+                    error=f"prompt_too_long: server said: {message}",
+                    retryable=False,
+                )
         return Completion(texts=[], finish_reasons=[], error=f"http {status}: {message}")
 
     @staticmethod
@@ -422,8 +480,12 @@ class OpenAIEngine:
         if not choices:
             raise IndexError("no choices")
         if len(choices) != req.n:
-            log.warning("openai engine: asked for n=%d samples, the server returned %d "
-                        "(does it support n?)", req.n, len(choices))
+            log.warning(
+                "openai engine: asked for n=%d samples, the server returned %d "
+                "(does it support n?)",
+                req.n,
+                len(choices),
+            )
         texts: list[str | None] = []
         finish: list[str | None] = []
         tops: list[list[dict[str, float]] | None] = []
@@ -433,16 +495,18 @@ class OpenAIEngine:
             content = msg.get("content")
             texts.append(content if isinstance(content, str) else None)
             finish.append(c.get("finish_reason"))
-            steps = ((c.get("logprobs") or {}).get("content") or None) if req.logprobs \
-                else None
+            steps = ((c.get("logprobs") or {}).get("content") or None) if req.logprobs else None
             lengths.append(len(steps) if steps is not None else None)
             if steps is None:
                 tops.append(None)
                 continue
             mapped = []
             for step in steps[:TOP_LOGPROB_STEPS]:
-                d = {t["token"]: float(t["logprob"]) for t in step.get("top_logprobs") or []
-                     if t.get("token") is not None and t.get("logprob") is not None}
+                d = {
+                    t["token"]: float(t["logprob"])
+                    for t in step.get("top_logprobs") or []
+                    if t.get("token") is not None and t.get("logprob") is not None
+                }
                 if step.get("token") is not None and step.get("logprob") is not None:
                     d.setdefault(step["token"], float(step["logprob"]))
                 mapped.append(d)
@@ -456,9 +520,13 @@ class OpenAIEngine:
                 lengths = [q + (i < r) for i in range(len(choices))]
             else:
                 lengths = [None] * len(choices)
-        return Completion(texts=texts, finish_reasons=finish,
-                          n_prompt_tokens=n_prompt if isinstance(n_prompt, int) else None,
-                          n_output_tokens=lengths, top_logprobs=tops)
+        return Completion(
+            texts=texts,
+            finish_reasons=finish,
+            n_prompt_tokens=n_prompt if isinstance(n_prompt, int) else None,
+            n_output_tokens=lengths,
+            top_logprobs=tops,
+        )
 
 
 class _ClampMaxTokens(Exception):

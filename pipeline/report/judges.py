@@ -13,12 +13,15 @@ from pipeline.report.common import MAX_ANNOTATORS, Lineage, column_values, num, 
 
 log = logging.getLogger(f"prefcurate.{__name__}")
 
+
 def _agreement(votes: list[pa.Table]) -> dict[str, Any] | None:
     """Pairwise agreement and Cohen's κ between annotators on the comparisons both judged."""
     per: dict[str, dict[tuple, str]] = defaultdict(dict)
     for t in votes:
-        cols = [column_values(t, c) for c in ("annotator", "source_id", "candidate_a",
-                                              "candidate_b", "verdict")]
+        cols = [
+            column_values(t, c)
+            for c in ("annotator", "source_id", "candidate_a", "candidate_b", "verdict")
+        ]
         for ann, sid, a, b, v in zip(*cols):
             if v is not None:
                 per[ann].setdefault((sid, a, b), v)
@@ -38,33 +41,65 @@ def _agreement(votes: list[pa.Table]) -> dict[str, Any] | None:
                 ly = [per[y][c] for c in common]
                 agree[i][j] = num(sum(a == b for a, b in zip(lx, ly)) / len(common))
                 kappa[i][j] = num(cohen_kappa(lx, ly))
-    return {"annotators": anns, "agreement": agree, "kappa": kappa, "n": n,
-            "votes": {a: len(per[a]) for a in anns}}
+    return {
+        "annotators": anns,
+        "agreement": agree,
+        "kappa": kappa,
+        "n": n,
+        "votes": {a: len(per[a]) for a in anns},
+    }
 
 
 # stage_info keys shown in the judge section (any stage), besides keys starting "judge"
-_JUDGE_KEYS = {"judge_stats", "position_consistency", "agreement", "kappa", "cohen_kappa",
-               "alpha", "krippendorff_alpha", "length_bias", "position_bias"}
+_JUDGE_KEYS = {
+    "judge_stats",
+    "position_consistency",
+    "agreement",
+    "kappa",
+    "cohen_kappa",
+    "alpha",
+    "krippendorff_alpha",
+    "length_bias",
+    "position_bias",
+}
 
 
 def _judge_stats_tables(stage: str, js: dict[str, Any]) -> list[dict[str, Any]]:
     """The judge stage's statistics as two tables a person reads (the raw numbers stay
     in the manifest): per judge, and per annotator (judge × order)."""
+
     def r(v: Any) -> Any:
-        return round(float(v), 3) if isinstance(v, (int, float)) and not isinstance(v, bool) \
-            else v
+        return round(float(v), 3) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
 
     out = []
     judges = js.get("judges") or {}
     if isinstance(judges, dict) and judges:
-        out.append({"title": f"{stage}: judges (Krippendorff's α over all annotators "
-                             f"{r(js.get('krippendorff_alpha'))}, {js.get('n_pairs')} pairs)",
-                    "columns": ["judge", "pairs in both orders", "position consistency",
-                                "first position wins", "κ ab vs ba", "mean κ vs others"],
-                    "rows": [[n, d.get("position_pairs"), r(d.get("position_consistency")),
-                              r(d.get("first_position_win_rate")), r(d.get("kappa_ab_ba")),
-                              r(d.get("mean_kappa_vs_other_judges"))]
-                             for n, d in judges.items() if isinstance(d, dict)]})
+        out.append(
+            {
+                "title": f"{stage}: judges (Krippendorff's α over all annotators "
+                f"{r(js.get('krippendorff_alpha'))}, {js.get('n_pairs')} pairs)",
+                "columns": [
+                    "judge",
+                    "pairs in both orders",
+                    "position consistency",
+                    "first position wins",
+                    "κ ab vs ba",
+                    "mean κ vs others",
+                ],
+                "rows": [
+                    [
+                        n,
+                        d.get("position_pairs"),
+                        r(d.get("position_consistency")),
+                        r(d.get("first_position_win_rate")),
+                        r(d.get("kappa_ab_ba")),
+                        r(d.get("mean_kappa_vs_other_judges")),
+                    ]
+                    for n, d in judges.items()
+                    if isinstance(d, dict)
+                ],
+            }
+        )
     anns = js.get("annotators") or {}
     if isinstance(anns, dict) and anns:
         rows = []
@@ -72,14 +107,32 @@ def _judge_stats_tables(stage: str, js: dict[str, Any]) -> list[dict[str, Any]]:
             if not isinstance(d, dict):
                 continue
             v = d.get("verdicts") or {}
-            rows.append([n, d.get("votes"), f"{v.get('a', 0)} / {v.get('b', 0)} / "
-                         f"{v.get('tie', 0)}", r(d.get("tie_rate")),
-                         r(d.get("parse_failure_rate")), r(d.get("longer_win_rate")),
-                         r(d.get("majority_agreement"))])
-        out.append({"title": f"{stage}: annotators (judge × order)",
-                    "columns": ["annotator", "votes", "a / b / tie", "tie rate",
-                                "parse failures", "longer wins", "agrees with majority"],
-                    "rows": rows})
+            rows.append(
+                [
+                    n,
+                    d.get("votes"),
+                    f"{v.get('a', 0)} / {v.get('b', 0)} / {v.get('tie', 0)}",
+                    r(d.get("tie_rate")),
+                    r(d.get("parse_failure_rate")),
+                    r(d.get("longer_win_rate")),
+                    r(d.get("majority_agreement")),
+                ]
+            )
+        out.append(
+            {
+                "title": f"{stage}: annotators (judge × order)",
+                "columns": [
+                    "annotator",
+                    "votes",
+                    "a / b / tie",
+                    "tie rate",
+                    "parse failures",
+                    "longer wins",
+                    "agrees with majority",
+                ],
+                "rows": rows,
+            }
+        )
     return out
 
 
@@ -98,14 +151,34 @@ def qualification_table(stage: str, q: dict[str, Any]) -> dict[str, Any] | None:
             continue
         ci = r.get("accuracy_ci")
         ci_s = f"{pct(ci[0])}–{pct(ci[1])}" if isinstance(ci, list) and len(ci) == 2 else None
-        rows.append([name, r.get("pairs"), pct(r.get("accuracy")), ci_s,
-                     pct(r.get("soft_accuracy")), pct(r.get("position_flip_rate")),
-                     pct(r.get("tie_rate")), pct(r.get("panel_agreement"))])
+        rows.append(
+            [
+                name,
+                r.get("pairs"),
+                pct(r.get("accuracy")),
+                ci_s,
+                pct(r.get("soft_accuracy")),
+                pct(r.get("position_flip_rate")),
+                pct(r.get("tie_rate")),
+                pct(r.get("panel_agreement")),
+            ]
+        )
     src = ", ".join(str(x) for x in q.get("gold_sources") or []) or "gold"
-    return {"title": f"{stage}: judge qualification on {q.get('gold_pairs')} pairs decided "
-                     f"by {src} (%)",
-            "columns": ["judge", "gold pairs", "accuracy", "95% CI", "accuracy from logits",
-                        "position flips", "ties", "agrees with panel"], "rows": rows}
+    return {
+        "title": f"{stage}: judge qualification on {q.get('gold_pairs')} pairs decided "
+        f"by {src} (%)",
+        "columns": [
+            "judge",
+            "gold pairs",
+            "accuracy",
+            "95% CI",
+            "accuracy from logits",
+            "position flips",
+            "ties",
+            "agrees with panel",
+        ],
+        "rows": rows,
+    }
 
 
 def section_judges(manifest: dict[str, Any], lin: Lineage) -> dict[str, Any]:
@@ -142,16 +215,28 @@ def section_judges(manifest: dict[str, Any], lin: Lineage) -> dict[str, Any]:
             tables.append(t)
     pcs = None
     if pc:
-        pcs = {k: num(v.get("consistency")) if isinstance(v, dict) else num(v)
-               if isinstance(v, (int, float)) else None for k, v in pc.items()}
-    agreement = _agreement(lin.tables("votes", ["annotator", "source_id", "candidate_a",
-                                                "candidate_b", "verdict"]))
+        pcs = {
+            k: num(v.get("consistency"))
+            if isinstance(v, dict)
+            else num(v)
+            if isinstance(v, (int, float))
+            else None
+            for k, v in pc.items()
+        }
+    agreement = _agreement(
+        lin.tables("votes", ["annotator", "source_id", "candidate_a", "candidate_b", "verdict"])
+    )
     notes = [f"warning: {w}" for w in warnings]
     if not pc:
-        notes.append("no position consistency in the manifest (no pairwise judge ran both "
-                     "orders)")
+        notes.append("no position consistency in the manifest (no pairwise judge ran both orders)")
     if agreement is None:
-        notes.append("no agreement matrix: fewer than two annotators with votes, or the run's "
-                     "stage outputs are no longer on disk")
-    return {"position_consistency": pcs, "tables": tables, "agreement": agreement,
-            "note": "; ".join(notes) or None}
+        notes.append(
+            "no agreement matrix: fewer than two annotators with votes, or the run's "
+            "stage outputs are no longer on disk"
+        )
+    return {
+        "position_consistency": pcs,
+        "tables": tables,
+        "agreement": agreement,
+        "note": "; ".join(notes) or None,
+    }

@@ -34,12 +34,22 @@ def to_png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _bars(ax, hist: dict[str, Any], label: str | None = None, color: str | None = None,
-          alpha: float = 0.8) -> None:
+def _bars(
+    ax, hist: dict[str, Any], label: str | None = None, color: str | None = None, alpha: float = 0.8
+) -> None:
     e = hist["edges"]
     widths = [b - a for a, b in zip(e[:-1], e[1:])]
-    ax.bar(e[:-1], hist["counts"], width=widths, align="edge", alpha=alpha, label=label,
-           color=color, edgecolor="white", linewidth=0.5)
+    ax.bar(
+        e[:-1],
+        hist["counts"],
+        width=widths,
+        align="edge",
+        alpha=alpha,
+        label=label,
+        color=color,
+        edgecolor="white",
+        linewidth=0.5,
+    )
 
 
 def _plot_stages(rep: dict[str, Any]):
@@ -85,8 +95,15 @@ def _plot_agreement(rep: dict[str, Any]):
     for i in range(k):
         for j in range(k):
             if not np.isnan(m[i, j]):
-                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if m[i, j] < 0.6 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{m[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if m[i, j] < 0.6 else "black",
+                )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     return fig
 
@@ -123,9 +140,14 @@ def _plot_length(rep: dict[str, Any]):
 
 def _plot_length_shift(rep: dict[str, Any]):
     lb = rep["length_bias"]
-    shown = [(n, d, c) for n, d, c in (("before curation", lb.get("before"), "#b0b7c3"),
-                                       ("published", lb.get("after"), "#2e6fba"))
-             if d and d["pairs"]]
+    shown = [
+        (n, d, c)
+        for n, d, c in (
+            ("before curation", lb.get("before"), "#b0b7c3"),
+            ("published", lb.get("after"), "#2e6fba"),
+        )
+        if d and d["pairs"]
+    ]
     if not shown:
         return None
     fig, ax = _fig()
@@ -140,9 +162,11 @@ def _plot_length_shift(rep: dict[str, Any]):
     return fig
 
 
-def _plot_hist(get: Callable[[dict[str, Any]], Any], xlabel: str,
-               color: str) -> Callable[[dict[str, Any]], Any]:
+def _plot_hist(
+    get: Callable[[dict[str, Any]], Any], xlabel: str, color: str
+) -> Callable[[dict[str, Any]], Any]:
     """A histogram plot of the report's histogram ``get(rep)`` (None: no plot)."""
+
     def draw(rep: dict[str, Any]):
         h = get(rep)
         if not h:
@@ -152,6 +176,7 @@ def _plot_hist(get: Callable[[dict[str, Any]], Any], xlabel: str,
         ax.set_xlabel(xlabel)
         ax.set_ylabel("pairs")
         return fig
+
     return draw
 
 
@@ -177,26 +202,70 @@ def _plot_noise(rep: dict[str, Any]):
 
 # (section, plot id, caption, drawer). A drawer returns None when its data is absent.
 PLOTS: list[tuple[str, str, str, Callable[[dict[str, Any]], Any]]] = [
-    ("stages", "plot-stage-rows", "Rows in and kept at every stage, in pipeline order.",
-     _plot_stages),
-    ("scores", "plot-scores", "Distribution of score_chosen and score_rejected over the "
-     "published pairs.", _plot_scores),
-    ("judges", "plot-agreement", "Pairwise agreement between annotators on the comparisons "
-     "both judged (numbers index the annotator table).", _plot_agreement),
-    ("judges", "plot-position-consistency", "Position consistency per judge: share of pairs "
-     "whose verdict is the same in both presentation orders.", _plot_position),
-    ("length_bias", "plot-length-bias", "Chosen vs rejected response length; points above "
-     "the diagonal are pairs where the longer response was chosen.", _plot_length),
-    ("length_bias", "plot-length-shift", "Normalised chosen − rejected length before "
-     "curation and in the published pairs.", _plot_length_shift),
-    ("distributions", "plot-p-hat", "Histogram of p_hat, the estimated probability that "
-     "chosen is preferred.", _dist_hist("p_hat", "#2e6fba")),
-    ("distributions", "plot-disagreement", "Histogram of disagreement d = 1 − |2p̂ − 1|.",
-     _dist_hist("disagreement", "#8e6cc0")),
-    ("distributions", "plot-margin", "Histogram of the margin used by reward-model training.",
-     _dist_hist("margin", "#2e8b57")),
-    ("similarity", "plot-similarity", "Cosine similarity of chosen and rejected responses.",
-     _plot_hist(lambda rep: rep["similarity"]["hist"], "cosine similarity (chosen, rejected)",
-                "#d68910")),
+    (
+        "stages",
+        "plot-stage-rows",
+        "Rows in and kept at every stage, in pipeline order.",
+        _plot_stages,
+    ),
+    (
+        "scores",
+        "plot-scores",
+        "Distribution of score_chosen and score_rejected over the published pairs.",
+        _plot_scores,
+    ),
+    (
+        "judges",
+        "plot-agreement",
+        "Pairwise agreement between annotators on the comparisons "
+        "both judged (numbers index the annotator table).",
+        _plot_agreement,
+    ),
+    (
+        "judges",
+        "plot-position-consistency",
+        "Position consistency per judge: share of pairs "
+        "whose verdict is the same in both presentation orders.",
+        _plot_position,
+    ),
+    (
+        "length_bias",
+        "plot-length-bias",
+        "Chosen vs rejected response length; points above "
+        "the diagonal are pairs where the longer response was chosen.",
+        _plot_length,
+    ),
+    (
+        "length_bias",
+        "plot-length-shift",
+        "Normalised chosen − rejected length before curation and in the published pairs.",
+        _plot_length_shift,
+    ),
+    (
+        "distributions",
+        "plot-p-hat",
+        "Histogram of p_hat, the estimated probability that chosen is preferred.",
+        _dist_hist("p_hat", "#2e6fba"),
+    ),
+    (
+        "distributions",
+        "plot-disagreement",
+        "Histogram of disagreement d = 1 − |2p̂ − 1|.",
+        _dist_hist("disagreement", "#8e6cc0"),
+    ),
+    (
+        "distributions",
+        "plot-margin",
+        "Histogram of the margin used by reward-model training.",
+        _dist_hist("margin", "#2e8b57"),
+    ),
+    (
+        "similarity",
+        "plot-similarity",
+        "Cosine similarity of chosen and rejected responses.",
+        _plot_hist(
+            lambda rep: rep["similarity"]["hist"], "cosine similarity (chosen, rejected)", "#d68910"
+        ),
+    ),
     ("noise", "plot-noise", "What denoise did with its input pairs.", _plot_noise),
 ]

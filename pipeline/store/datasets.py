@@ -61,12 +61,22 @@ QUARANTINE_PARQUET = "quarantine.parquet"
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _VERSION_DIR_RE = re.compile(r"v([1-9][0-9]*)")
 _REF_RE = re.compile(r"(?P<name>[^@]*)(?:@v?(?P<version>[0-9]+))?")
-_NAME_RULE = ("a dataset name is 1-100 characters from [A-Za-z0-9._-], starts with a letter "
-              "or digit, and contains no '..' or '/'")
+_NAME_RULE = (
+    "a dataset name is 1-100 characters from [A-Za-z0-9._-], starts with a letter "
+    "or digit, and contains no '..' or '/'"
+)
 
 # Keys the store sets in every manifest; they override any the caller passes.
-STORE_KEYS = ("name", "version", "created_at", "content_key", "parent_version",
-              "schema_fingerprints", "rows", "files")
+STORE_KEYS = (
+    "name",
+    "version",
+    "created_at",
+    "content_key",
+    "parent_version",
+    "schema_fingerprints",
+    "rows",
+    "files",
+)
 
 
 @dataclass(frozen=True)
@@ -124,7 +134,7 @@ def sweep_stale_tmp(folder: Path, prefix: str = TMP_PREFIX) -> list[str]:
     for p in folder.iterdir():
         if not p.name.startswith(prefix) or not p.is_dir():
             continue
-        head = p.name[len(prefix):].split("-", 1)[0]
+        head = p.name[len(prefix) :].split("-", 1)[0]
         if head.isdigit():
             stale = not pid_alive(int(head))
         else:
@@ -144,8 +154,11 @@ def _process_start() -> float:
     """This process's start time (epoch seconds), from /proc where there is one."""
     try:
         ticks = int(Path(f"/proc/{os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()[19])
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text()
-                    .splitlines() if line.startswith("btime"))
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime")
+        )
         return boot + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, StopIteration):
         return __import__("time").time()
@@ -168,8 +181,10 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
     """Split ``name``, ``name@vN`` or ``name@N`` into ``(name, N or None)``; name validated."""
     m = _REF_RE.fullmatch(ref) if isinstance(ref, str) else None
     if m is None:
-        raise StoreError(f"invalid dataset reference {ref!r}: use NAME (latest version), "
-                         f"NAME@vN or NAME@N, e.g. 'my-dpo@v2'")
+        raise StoreError(
+            f"invalid dataset reference {ref!r}: use NAME (latest version), "
+            f"NAME@vN or NAME@N, e.g. 'my-dpo@v2'"
+        )
     name = validate_name(m["name"])
     version = int(m["version"]) if m["version"] is not None else None
     if version == 0:
@@ -191,8 +206,12 @@ def list_datasets(root: str | Path) -> list[str]:
         return []
     out = []
     for p in sorted(base.iterdir()):
-        if p.is_dir() and _NAME_RE.fullmatch(p.name) and ".." not in p.name \
-                and list_versions(root, p.name):
+        if (
+            p.is_dir()
+            and _NAME_RE.fullmatch(p.name)
+            and ".." not in p.name
+            and list_versions(root, p.name)
+        ):
             out.append(p.name)
     return out
 
@@ -221,13 +240,17 @@ def resolve(root: str | Path, ref: str) -> VersionRef:
     versions = list_versions(root, name)
     if not versions:
         existing = list_datasets(root)
-        raise StoreError(f"dataset {name!r} not found under {_datasets_dir(root)}; "
-                         f"existing datasets: {', '.join(existing) if existing else 'none'}")
+        raise StoreError(
+            f"dataset {name!r} not found under {_datasets_dir(root)}; "
+            f"existing datasets: {', '.join(existing) if existing else 'none'}"
+        )
     if version is None:
         version = versions[-1]
     elif version not in versions:
-        raise StoreError(f"dataset {name!r} has no version v{version}; existing versions: "
-                         f"{', '.join(f'v{v}' for v in versions)}")
+        raise StoreError(
+            f"dataset {name!r} has no version v{version}; existing versions: "
+            f"{', '.join(f'v{v}' for v in versions)}"
+        )
     return VersionRef(name, version, version_path(root, name, version), created=False)
 
 
@@ -243,8 +266,10 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         with open(p, encoding="utf-8") as fh:
             manifest = json.load(fh)
     except FileNotFoundError as exc:
-        raise StoreError(f"no manifest at {p}: is this a published version directory "
-                         f"(<root>/datasets/<name>/v<N>)?") from exc
+        raise StoreError(
+            f"no manifest at {p}: is this a published version directory "
+            f"(<root>/datasets/<name>/v<N>)?"
+        ) from exc
     except (OSError, ValueError) as exc:
         raise StoreError(f"cannot read manifest {p}: {exc}") from exc
     if not isinstance(manifest, dict):
@@ -269,8 +294,9 @@ def verify_version(path: str | Path) -> list[str]:
     problems = []
     m = _VERSION_DIR_RE.fullmatch(vdir.name)
     if m and manifest.get("version") != int(m[1]):
-        problems.append(f"manifest version {manifest.get('version')!r} does not match "
-                        f"directory {vdir.name}")
+        problems.append(
+            f"manifest version {manifest.get('version')!r} does not match directory {vdir.name}"
+        )
     for rel, want in sorted(files.items()):
         f = vdir / rel
         if not f.is_file():
@@ -309,14 +335,15 @@ def read_parquet_columns(f: Path, columns: list[str] | None = None) -> pa.Table:
     return pq.read_table(f, columns=columns)
 
 
-def read_version_table(path: str | Path, name: str,
-                       columns: list[str] | None = None) -> pa.Table:
+def read_version_table(path: str | Path, name: str, columns: list[str] | None = None) -> pa.Table:
     """One Parquet file of a published version (only ``columns`` it has, when given);
     a StoreError that says what to check when the file is missing."""
     f = Path(path) / name
     if not f.is_file():
-        raise StoreError(f"{f} is missing: is {path} a complete published version? "
-                         f"(`prefcurate datasets show` re-checks its files)")
+        raise StoreError(
+            f"{f} is missing: is {path} a complete published version? "
+            f"(`prefcurate datasets show` re-checks its files)"
+        )
     return read_parquet_columns(f, columns)
 
 
@@ -368,12 +395,16 @@ def _write_dataset(table: pa.Table, path: Path) -> None:
 
 def _manifest_json(manifest: dict[str, Any]) -> str:
     try:
-        return json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False,
-                          allow_nan=False) + "\n"
+        return (
+            json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
+            + "\n"
+        )
     except (TypeError, ValueError) as exc:
-        raise StoreError(f"manifest is not valid JSON ({exc}): pass only str, int, float "
-                         f"(finite), bool, None, list and dict values, e.g. str(path) for "
-                         f"paths and None for NaN") from exc
+        raise StoreError(
+            f"manifest is not valid JSON ({exc}): pass only str, int, float "
+            f"(finite), bool, None, list and dict values, e.g. str(path) for "
+            f"paths and None for NaN"
+        ) from exc
 
 
 def _make_read_only(path: Path) -> None:
@@ -383,11 +414,18 @@ def _make_read_only(path: Path) -> None:
             p.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
 
 
-def publish_version(root: str | Path, name: str, *, data: pa.Table, dropped: pa.Table,
-                    quarantine: pa.Table, manifest: dict[str, Any], card: str,
-                    content_key: str,
-                    extra_files: dict[str, str | Callable[[dict[str, Any], Path], str]]
-                    | None = None) -> VersionRef:
+def publish_version(
+    root: str | Path,
+    name: str,
+    *,
+    data: pa.Table,
+    dropped: pa.Table,
+    quarantine: pa.Table,
+    manifest: dict[str, Any],
+    card: str,
+    content_key: str,
+    extra_files: dict[str, str | Callable[[dict[str, Any], Path], str]] | None = None,
+) -> VersionRef:
     """Publish the tables as the next immutable version ``v<N>`` of dataset ``name``.
 
     ``data`` must match PUBLISHED, ``dropped`` DROPPED, ``quarantine`` QUARANTINE (checked
@@ -402,14 +440,21 @@ def publish_version(root: str | Path, name: str, *, data: pa.Table, dropped: pa.
     number, parent and row counts are known (the stored report names its real version).
     """
     validate_name(name)
-    for rel in (extra_files or {}):
-        if "/" in rel or rel.startswith(".") or rel in (MANIFEST, CARD, DATA_DIR, DATA_PARQUET,
-                                                        DROPPED_PARQUET, QUARANTINE_PARQUET):
-            raise StoreError(f"extra file name {rel!r} is not allowed (a plain file name "
-                             f"that is not one of the store's own)")
+    for rel in extra_files or {}:
+        if (
+            "/" in rel
+            or rel.startswith(".")
+            or rel in (MANIFEST, CARD, DATA_DIR, DATA_PARQUET, DROPPED_PARQUET, QUARANTINE_PARQUET)
+        ):
+            raise StoreError(
+                f"extra file name {rel!r} is not allowed (a plain file name "
+                f"that is not one of the store's own)"
+            )
     if not isinstance(content_key, str) or not content_key:
-        raise StoreError(f"content_key must be a non-empty string (a hash of the resolved "
-                         f"config and input content), got {content_key!r}")
+        raise StoreError(
+            f"content_key must be a non-empty string (a hash of the resolved "
+            f"config and input content), got {content_key!r}"
+        )
     if not isinstance(manifest, dict):
         raise StoreError(f"manifest must be a dict, got {type(manifest).__name__}")
     if not isinstance(card, str):
@@ -421,8 +466,12 @@ def publish_version(root: str | Path, name: str, *, data: pa.Table, dropped: pa.
 
     existing = find_content_key(root, name, content_key)
     if existing is not None:
-        log.info("dataset %s@v%d already holds content key %s; nothing published",
-                 name, existing, content_key)
+        log.info(
+            "dataset %s@v%d already holds content key %s; nothing published",
+            name,
+            existing,
+            content_key,
+        )
         return VersionRef(name, existing, version_path(root, name, existing), created=False)
 
     ds_dir = _datasets_dir(root) / name
@@ -439,8 +488,11 @@ def publish_version(root: str | Path, name: str, *, data: pa.Table, dropped: pa.
         for rel, text in (extra_files or {}).items():
             if not callable(text):
                 (tmp / rel).write_text(text, encoding="utf-8")
-        files = {p.relative_to(tmp).as_posix(): file_hash(p)
-                 for p in sorted(tmp.rglob("*")) if p.is_file()}
+        files = {
+            p.relative_to(tmp).as_posix(): file_hash(p)
+            for p in sorted(tmp.rglob("*"))
+            if p.is_file()
+        }
         _fsync_tree(tmp)
 
         with open(ds_dir / LOCK_NAME, "a+b") as lock:
@@ -448,27 +500,37 @@ def publish_version(root: str | Path, name: str, *, data: pa.Table, dropped: pa.
             # Lock released when the file closes, also on error.
             existing = find_content_key(root, name, content_key)
             if existing is not None:
-                log.info("dataset %s@v%d was published with content key %s meanwhile; "
-                         "nothing published", name, existing, content_key)
+                log.info(
+                    "dataset %s@v%d was published with content key %s meanwhile; nothing published",
+                    name,
+                    existing,
+                    content_key,
+                )
                 shutil.rmtree(tmp, ignore_errors=True)
-                return VersionRef(name, existing, version_path(root, name, existing),
-                                  created=False)
+                return VersionRef(name, existing, version_path(root, name, existing), created=False)
             versions = list_versions(root, name)
             version = versions[-1] + 1 if versions else 1
             full = dict(manifest)
-            full.update({
-                "name": name,
-                "version": version,
-                "created_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-                "content_key": content_key,
-                "parent_version": versions[-1] if versions else None,
-                "schema_fingerprints": {"data": schema_fingerprint(data.schema),
-                                        "dropped": schema_fingerprint(dropped.schema),
-                                        "quarantine": schema_fingerprint(quarantine.schema)},
-                "rows": {"data": data.num_rows, "dropped": dropped.num_rows,
-                         "quarantine": quarantine.num_rows},
-                "files": files,
-            })
+            full.update(
+                {
+                    "name": name,
+                    "version": version,
+                    "created_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+                    "content_key": content_key,
+                    "parent_version": versions[-1] if versions else None,
+                    "schema_fingerprints": {
+                        "data": schema_fingerprint(data.schema),
+                        "dropped": schema_fingerprint(dropped.schema),
+                        "quarantine": schema_fingerprint(quarantine.schema),
+                    },
+                    "rows": {
+                        "data": data.num_rows,
+                        "dropped": dropped.num_rows,
+                        "quarantine": quarantine.num_rows,
+                    },
+                    "files": files,
+                }
+            )
             final = ds_dir / f"v{version}"
             for rel, render in deferred.items():
                 (tmp / rel).write_text(render(full, final), encoding="utf-8")

@@ -63,8 +63,12 @@ def _dist(values: list[Any]) -> dict[str, Any]:
     if arr.size == 0:
         out.update(mean=None, std=None, median=None, quantiles={str(q): None for q in QUANTILES})
         return out
-    out.update(mean=num(arr.mean()), std=num(arr.std()), median=num(np.median(arr)),
-               quantiles={str(q): num(v) for q, v in zip(QUANTILES, np.quantile(arr, QUANTILES))})
+    out.update(
+        mean=num(arr.mean()),
+        std=num(arr.std()),
+        median=num(np.median(arr)),
+        quantiles={str(q): num(v) for q, v in zip(QUANTILES, np.quantile(arr, QUANTILES))},
+    )
     return out
 
 
@@ -74,11 +78,17 @@ def _shift(a: list[Any], b: list[Any]) -> dict[str, Any]:
     def sub(x: Any, y: Any) -> float | None:
         return None if x is None or y is None else num(y - x)
 
-    out = {"a": da, "b": db, "delta_mean": sub(da["mean"], db["mean"]),
-           "delta_median": sub(da["median"], db["median"]),
-           "delta_quantiles": {q: sub(da["quantiles"][q], db["quantiles"][q])
-                               for q in da["quantiles"]},
-           "ks_statistic": None, "ks_pvalue": None}
+    out = {
+        "a": da,
+        "b": db,
+        "delta_mean": sub(da["mean"], db["mean"]),
+        "delta_median": sub(da["median"], db["median"]),
+        "delta_quantiles": {
+            q: sub(da["quantiles"][q], db["quantiles"][q]) for q in da["quantiles"]
+        },
+        "ks_statistic": None,
+        "ks_pvalue": None,
+    }
     xa, xb = finite(a), finite(b)
     if xa.size and xb.size:
         from scipy.stats import ks_2samp
@@ -98,8 +108,10 @@ def _reasons(manifest: dict[str, Any], key: str) -> dict[str, int]:
 
 
 def _delta(a: dict[str, int], b: dict[str, int]) -> list[dict[str, Any]]:
-    return [{"reason": k, "a": a.get(k, 0), "b": b.get(k, 0), "delta": b.get(k, 0) - a.get(k, 0)}
-            for k in sorted(set(a) | set(b))]
+    return [
+        {"reason": k, "a": a.get(k, 0), "b": b.get(k, 0), "delta": b.get(k, 0) - a.get(k, 0)}
+        for k in sorted(set(a) | set(b))
+    ]
 
 
 def _read(path: Path, name: str, columns: list[str] | None = None) -> list[dict[str, Any]]:
@@ -112,8 +124,7 @@ def diff_versions(root: str | Path, ref_a: str, ref_b: str) -> dict[str, Any]:
     store at ``root``; see the module docstring for the result."""
     va, vb = store.resolve(root, ref_a), store.resolve(root, ref_b)
     ma, mb = store.read_manifest(va.path), store.read_manifest(vb.path)
-    cols = ["source_id", "prompt_id", "pair_id", "chosen_id", "rejected_id", "decision",
-            *COMPARED]
+    cols = ["source_id", "prompt_id", "pair_id", "chosen_id", "rejected_id", "decision", *COMPARED]
     da = [{c: r.get(c) for c in cols} for r in _read(va.path, store.DATA_PARQUET, cols)]
     db = [{c: r.get(c) for c in cols} for r in _read(vb.path, store.DATA_PARQUET, cols)]
     ka = {pair_key(r): r for r in da}
@@ -126,8 +137,11 @@ def diff_versions(root: str | Path, ref_a: str, ref_b: str) -> dict[str, Any]:
             drop_b.setdefault(r["row_id"], r)
 
     def why_removed(r: dict[str, Any]) -> str | None:
-        ids = [r["pair_id"], stable_hash(r["source_id"], r["chosen_id"], r["rejected_id"]),
-               stable_hash(r["source_id"], r["rejected_id"], r["chosen_id"])]
+        ids = [
+            r["pair_id"],
+            stable_hash(r["source_id"], r["chosen_id"], r["rejected_id"]),
+            stable_hash(r["source_id"], r["rejected_id"], r["chosen_id"]),
+        ]
         for i in ids:
             if i in drop_b:
                 return f"{drop_b[i]['stage']}/{drop_b[i]['reason']}"
@@ -153,25 +167,49 @@ def diff_versions(root: str | Path, ref_a: str, ref_b: str) -> dict[str, Any]:
     ra_d, rb_d = _reasons(ma, "dropped"), _reasons(mb, "dropped")
     ra_q, rb_q = _reasons(ma, "quarantined"), _reasons(mb, "quarantined")
     fa, fb = flatten(ma.get("config") or {}), flatten(mb.get("config") or {})
-    config = [{"key": k, "a": fa.get(k), "b": fb.get(k)} for k in sorted(set(fa) | set(fb))
-              if fa.get(k) != fb.get(k)]
+    config = [
+        {"key": k, "a": fa.get(k), "b": fb.get(k)}
+        for k in sorted(set(fa) | set(fb))
+        if fa.get(k) != fb.get(k)
+    ]
     return {
-        "a": {"ref": va.ref, "path": str(va.path), "rows": len(da),
-              "created_at": ma.get("created_at"), "config_hash": ma.get("config_hash")},
-        "b": {"ref": vb.ref, "path": str(vb.path), "rows": len(db),
-              "created_at": mb.get("created_at"), "config_hash": mb.get("config_hash")},
+        "a": {
+            "ref": va.ref,
+            "path": str(va.path),
+            "rows": len(da),
+            "created_at": ma.get("created_at"),
+            "config_hash": ma.get("config_hash"),
+        },
+        "b": {
+            "ref": vb.ref,
+            "path": str(vb.path),
+            "rows": len(db),
+            "created_at": mb.get("created_at"),
+            "config_hash": mb.get("config_hash"),
+        },
         "pairs": {
-            "added": len(added), "removed": len(removed), "changed_decision": len(changed),
-            "reoriented": len(reoriented), "unchanged": unchanged,
+            "added": len(added),
+            "removed": len(removed),
+            "changed_decision": len(changed),
+            "reoriented": len(reoriented),
+            "unchanged": unchanged,
             "decision_transitions": dict(transitions.most_common()),
             "removed_reasons": dict(removed_reasons.most_common()),
             "added_ids": sorted(r["pair_id"] for r in added)[:MAX_IDS],
-            "removed_examples": [{"pair_id": r["pair_id"], "source_id": r["source_id"],
-                                  "reason_in_b": w}
-                                 for r, w in zip(removed[:MAX_IDS], removed_why)],
-            "changed_examples": [{"source_id": a["source_id"], "pair_id_a": a["pair_id"],
-                                  "pair_id_b": b["pair_id"], "decision_a": a["decision"],
-                                  "decision_b": b["decision"]} for a, b in changed[:MAX_IDS]],
+            "removed_examples": [
+                {"pair_id": r["pair_id"], "source_id": r["source_id"], "reason_in_b": w}
+                for r, w in zip(removed[:MAX_IDS], removed_why)
+            ],
+            "changed_examples": [
+                {
+                    "source_id": a["source_id"],
+                    "pair_id_a": a["pair_id"],
+                    "pair_id_b": b["pair_id"],
+                    "decision_a": a["decision"],
+                    "decision_b": b["decision"],
+                }
+                for a, b in changed[:MAX_IDS]
+            ],
         },
         "reasons": {"dropped": _delta(ra_d, rb_d), "quarantined": _delta(ra_q, rb_q)},
         "distributions": {c: _shift([r[c] for r in da], [r[c] for r in db]) for c in COMPARED},
@@ -201,36 +239,98 @@ def render_diff_terminal(diff: dict[str, Any], console: Any) -> None:
 
     a, b, p = diff["a"], diff["b"], diff["pairs"]
     console.rule(Text(f"diff {a['ref']} → {b['ref']}"))
-    console.print(table("versions", ["", "ref", "rows", "created_at", "config_hash"],
-                        [["A", a["ref"], a["rows"], a["created_at"], a["config_hash"]],
-                         ["B", b["ref"], b["rows"], b["created_at"], b["config_hash"]]]))
-    console.print(table("pairs (matched by source row and unordered candidate ids)",
-                        ["added", "removed", "changed decision", "reoriented", "unchanged"],
-                        [[p["added"], p["removed"], p["changed_decision"], p["reoriented"],
-                          p["unchanged"]]]))
+    console.print(
+        table(
+            "versions",
+            ["", "ref", "rows", "created_at", "config_hash"],
+            [
+                ["A", a["ref"], a["rows"], a["created_at"], a["config_hash"]],
+                ["B", b["ref"], b["rows"], b["created_at"], b["config_hash"]],
+            ],
+        )
+    )
+    console.print(
+        table(
+            "pairs (matched by source row and unordered candidate ids)",
+            ["added", "removed", "changed decision", "reoriented", "unchanged"],
+            [[p["added"], p["removed"], p["changed_decision"], p["reoriented"], p["unchanged"]]],
+        )
+    )
     if p["decision_transitions"]:
-        console.print(table("decision changes", ["A → B", "pairs"],
-                            [[k, v] for k, v in p["decision_transitions"].items()]))
+        console.print(
+            table(
+                "decision changes",
+                ["A → B", "pairs"],
+                [[k, v] for k, v in p["decision_transitions"].items()],
+            )
+        )
     if p["removed_reasons"]:
-        console.print(table("why removed pairs left", ["reason in B", "pairs"],
-                            [[k, v] for k, v in p["removed_reasons"].items()]))
+        console.print(
+            table(
+                "why removed pairs left",
+                ["reason in B", "pairs"],
+                [[k, v] for k, v in p["removed_reasons"].items()],
+            )
+        )
     rows = [[r["reason"], r["a"], r["b"], f"{r['delta']:+d}"] for r in diff["reasons"]["dropped"]]
-    rows += [[f"quarantine: {r['reason']}", r["a"], r["b"], f"{r['delta']:+d}"]
-             for r in diff["reasons"]["quarantined"]]
+    rows += [
+        [f"quarantine: {r['reason']}", r["a"], r["b"], f"{r['delta']:+d}"]
+        for r in diff["reasons"]["quarantined"]
+    ]
     if rows:
         console.print(table("rows by stage/reason", ["stage/reason", "A", "B", "B − A"], rows))
     drows = []
     for col, s in diff["distributions"].items():
-        drows.append([col, s["a"]["n"], s["b"]["n"], s["a"]["mean"], s["b"]["mean"],
-                      s["delta_mean"], s["a"]["median"], s["b"]["median"], s["delta_median"],
-                      s["ks_statistic"], s["ks_pvalue"]])
-    console.print(table("distribution shift", ["column", "n A", "n B", "mean A", "mean B",
-                                               "Δ mean", "median A", "median B", "Δ median",
-                                               "KS D", "KS p"], drows))
+        drows.append(
+            [
+                col,
+                s["a"]["n"],
+                s["b"]["n"],
+                s["a"]["mean"],
+                s["b"]["mean"],
+                s["delta_mean"],
+                s["a"]["median"],
+                s["b"]["median"],
+                s["delta_median"],
+                s["ks_statistic"],
+                s["ks_pvalue"],
+            ]
+        )
+    console.print(
+        table(
+            "distribution shift",
+            [
+                "column",
+                "n A",
+                "n B",
+                "mean A",
+                "mean B",
+                "Δ mean",
+                "median A",
+                "median B",
+                "Δ median",
+                "KS D",
+                "KS p",
+            ],
+            drows,
+        )
+    )
     m = diff["distributions"]["margin"]
-    console.print(table("margin quantiles", ["q", "A", "B", "Δ"],
-                        [[q, m["a"]["quantiles"][q], m["b"]["quantiles"][q],
-                          m["delta_quantiles"][q]] for q in m["a"]["quantiles"]]))
+    console.print(
+        table(
+            "margin quantiles",
+            ["q", "A", "B", "Δ"],
+            [
+                [q, m["a"]["quantiles"][q], m["b"]["quantiles"][q], m["delta_quantiles"][q]]
+                for q in m["a"]["quantiles"]
+            ],
+        )
+    )
     if diff["config"]:
-        console.print(table("config changes", ["key", "A", "B"],
-                            [[c["key"], c["a"], c["b"]] for c in diff["config"]]))
+        console.print(
+            table(
+                "config changes",
+                ["key", "A", "B"],
+                [[c["key"], c["a"], c["b"]] for c in diff["config"]],
+            )
+        )

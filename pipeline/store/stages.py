@@ -73,8 +73,14 @@ class StageStore:
         meta = json.loads((d / "stage.json").read_text())
         return StageOutput(stage, key, d, meta, reused=True)
 
-    def save(self, result: StageResult, key: str, *, complete: bool = True,
-             inputs: list[str] | None = None) -> StageOutput:
+    def save(
+        self,
+        result: StageResult,
+        key: str,
+        *,
+        complete: bool = True,
+        inputs: list[str] | None = None,
+    ) -> StageOutput:
         """Write a StageResult durably; mark it complete unless ``complete`` is False."""
         final = self.root / f"{result.stage}-{key}"
         tmp = self.root / f".tmp-{os.getpid()}-{result.stage}-{key}-{uuid.uuid4().hex[:8]}"
@@ -90,11 +96,16 @@ class StageStore:
                 pq.write_table(table, p)
                 fsync_file(p)
                 hashes[name] = file_hash(p)
-            meta = {"stage": result.stage, "key": key, "tables": list(result.outputs),
-                    "inputs": list(inputs or []),
-                    "counts": result.counts.to_dict(), "info": result.info,
-                    "files": hashes,
-                    "output_hash": stable_hash([hashes[n] for n in result.outputs], length=32)}
+            meta = {
+                "stage": result.stage,
+                "key": key,
+                "tables": list(result.outputs),
+                "inputs": list(inputs or []),
+                "counts": result.counts.to_dict(),
+                "info": result.info,
+                "files": hashes,
+                "output_hash": stable_hash([hashes[n] for n in result.outputs], length=32),
+            }
             (tmp / "stage.json").write_text(json.dumps(meta, indent=2, default=str))
             fsync_file(tmp / "stage.json")
             if final.exists():
