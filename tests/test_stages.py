@@ -1321,11 +1321,18 @@ def test_injection_quoted_verdict_and_fake_fences() -> None:
 def test_every_flow_stage_names_its_module_version() -> None:
     """Stage identity: each stage key carries its module's STAGE_VERSION (a literal version
     in the flow would not change when the stage's logic does)."""
+    import ast
     import re
     from pathlib import Path
 
     src = (Path(__file__).resolve().parents[1] / "flows" / "curate.py").read_text()
-    calls = re.findall(r"_stage\(ctx, [^,]+, ([^,\n]+),", src)
+    calls = [
+        ast.get_source_segment(src, node.args[2])
+        for node in ast.walk(ast.parse(src))
+        if isinstance(node, ast.Call)
+        and getattr(node.func, "id", None) == "run_stage"
+        and len(node.args) > 2
+    ]
     assert len(calls) >= 12
     assert all(
         re.search(r"VERSION|versions", c) and not re.match(r"\s*\[?\s*\d", c) for c in calls
