@@ -460,6 +460,34 @@ def report(
     out.print(f"HTML report: {write_report(v.path, html, report=rep)}")
 
 
+@app.command()
+def export(
+    ref: str = typer.Argument(..., help="NAME or NAME@vN"),
+    fmt: str = typer.Option(..., "--format", "-f", help="trl-dpo | trl-kto | rm-multi | ranked"),
+    root: Path = typer.Option(Path("data"), help="Store root (data_root)"),
+    out_dir: Optional[Path] = typer.Option(
+        None, "--out", help="Folder (default <root>/datasets/<name>/exports/v<N>-<format>)"
+    ),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Write a published version in another trainer's format (a new folder with its own
+    manifest pointing at the source version; the version itself is never touched)."""
+    from pipeline.store.export import export_version
+
+    try:
+        res = export_version(root, ref, fmt, out_dir)
+    except PrefcurateError as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps(res, indent=2, default=str))
+        return
+    verb = "exported" if res["created"] else "already exported"
+    out.print(
+        f"[bold green]{verb}[/] {res['source']['ref']} as {res['format']} ({res['rows']} rows)"
+    )
+    out.print(res["path"])
+
+
 @datasets_app.command("diff")
 def datasets_diff(
     a: str = typer.Argument(..., help="NAME@vA"),

@@ -142,3 +142,39 @@ def test_reward_trainer_uses_margin(version, tokenizer, tmp_path):
     assert "margin" in trainer.train_dataset.column_names
     out = trainer.train()
     assert out.global_step == 2
+
+
+def test_kto_trainer_trains_on_the_trl_kto_export(version, tokenizer, tmp_path):
+    """`prefcurate export --format trl-kto` writes unpaired rows TRL's KTOTrainer reads as
+    is (conversational prompt / completion, boolean label)."""
+    import torch
+    from transformers import LlamaForCausalLM
+    from trl import KTOConfig, KTOTrainer
+
+    from pipeline.store.export import export_version
+
+    root = version.parent.parent.parent
+    res = export_version(root, f"{version.parent.name}@{version.name}", "trl-kto")
+    ds = datasets.load_from_disk(str(Path(res["path"]) / "data"))
+    assert set(ds["label"]) == {True, False}
+    torch.manual_seed(0)
+    path = tmp_path / "tiny-lm"
+    LlamaForCausalLM(_llama_config(tokenizer)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    model = LlamaForCausalLM.from_pretrained(path)
+    args = KTOConfig(
+        output_dir=str(tmp_path / "kto"),
+        max_steps=1,
+        per_device_train_batch_size=4,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        use_cpu=True,
+        max_length=128,
+        bf16=False,
+    )
+    trainer = KTOTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer)
+    out = trainer.train()
+    assert out.global_step == 1
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))

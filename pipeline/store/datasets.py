@@ -363,7 +363,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_tree(path: Path) -> None:
+def fsync_tree(path: Path) -> None:
     """fsync every file under ``path``, then every directory, deepest first."""
     dirs = [path]
     for p in sorted(path.rglob("*")):
@@ -379,7 +379,7 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
     pq.write_table(table, path)
 
 
-def _write_dataset(table: pa.Table, path: Path) -> None:
+def write_dataset(table: pa.Table, path: Path) -> None:
     """``datasets.Dataset.save_to_disk`` of ``table`` (one shard when empty, no progress bar)."""
     import datasets  # imported here: listing and resolving must not pay for it
 
@@ -479,7 +479,7 @@ def publish_version(
     tmp = ds_dir / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
-        _write_dataset(data, tmp / DATA_DIR)
+        write_dataset(data, tmp / DATA_DIR)
         _write_parquet(data, tmp / DATA_PARQUET)
         _write_parquet(dropped, tmp / DROPPED_PARQUET)
         _write_parquet(quarantine, tmp / QUARANTINE_PARQUET)
@@ -493,7 +493,7 @@ def publish_version(
             for p in sorted(tmp.rglob("*"))
             if p.is_file()
         }
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
 
         with open(ds_dir / LOCK_NAME, "a+b") as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
