@@ -197,7 +197,7 @@ def generate_task(run_id: str, ingest: StageOutput) -> StageOutput:
             [(p.name, p.model, [r for r in reqs if r.policy == p.name]) for p in gcfg.policies],
             gcfg.batch_size,
         )
-        res = generation.make_candidates(ordered, comps)
+        res = generation.make_candidates(ordered, comps, ctx.cfg.generate.on_truncated)
         res.info["calls"] = total.__dict__
         ctx.calls["generate"] = total
         return res
@@ -675,6 +675,7 @@ def margins_task(
     from pipeline.annotate import injection
 
     ctx = context(run_id)
+    flag_truncated = ctx.cfg.input.kind == "prompts" and ctx.cfg.generate.on_truncated == "flag"
 
     def compute() -> StageResult:
         res = margins.compute_margins(agg.read("comparisons"), agg.read("scores"), ctx.cfg.margins)
@@ -686,6 +687,10 @@ def margins_task(
             "pairs": n_flagged,
             "examples": dict(list(suspects.items())[:20]),
         }
+        if flag_truncated:  # generate.on_truncated: flag
+            res.outputs["pairs"], res.info["truncated_pairs"] = generation.flag_truncated_pairs(
+                res.outputs["pairs"], cands.read("candidates")
+            )
         if gpm is not None:
             from pipeline.gpm.cycles import flag_cyclic_pairs, flag_cyclic_prompts
 
@@ -715,7 +720,10 @@ def margins_task(
         ctx,
         "margins",
         versions,
-        ctx.cfg.margins.model_dump(mode="json"),
+        # (flag mode changes the output for the same candidates: part of the key then)
+        [ctx.cfg.margins.model_dump(mode="json"), "flag_truncated"]
+        if flag_truncated
+        else ctx.cfg.margins.model_dump(mode="json"),
         [agg.output_hash, cands.output_hash]
         + ([emb.output_hash] if emb is not None else [])
         + ([gpm.output_hash] if gpm is not None else []),

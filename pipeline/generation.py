@@ -2,7 +2,8 @@
 
 Input: PROMPTS. Output: CANDIDATES, one row per kept sample. Row unit: one requested
 sample (prompts × Σ policy.n). Kept: non-empty, not a duplicate of an earlier sample of
-the same prompt. Dropped: ``empty_output``, ``duplicate_output``. Quarantined:
+the same prompt. Dropped: ``empty_output``, ``duplicate_output``, ``truncated`` (with
+``generate.on_truncated: drop``). Quarantined:
 ``prompt_too_long`` (the engine refused it for its context), ``request_failed`` (retried
 on the next run: failed requests are never cached).
 
@@ -82,9 +83,16 @@ def build_generation_requests(
 
 
 def make_candidates(
-    requests: list[GenerationRequest], completions: list[Completion]
+    requests: list[GenerationRequest], completions: list[Completion], on_truncated: str = "keep"
 ) -> StageResult:
-    """Turn completions into candidate rows with hygiene; account every requested sample."""
+    """Turn completions into candidate rows with hygiene; account every requested sample.
+
+    ``on_truncated`` (``generate.on_truncated``): a sample the engine cut at its token
+    limit (finish reason ``length``) is dropped (``drop``, reason ``truncated``: half an
+    answer poisons a pair as the better or the worse side) or kept (``keep``, ``flag``;
+    ``candidates.truncated`` says so either way)."""
+    if on_truncated not in ("drop", "keep", "flag"):
+        raise ValueError(f"on_truncated must be drop, keep or flag, got {on_truncated!r}")
     rows, drops, quar = [], [], []
     seen_text: dict[str, set[str]] = {}
     kept = 0
@@ -135,6 +143,17 @@ def make_candidates(
                     }
                 )
                 continue
+            if finish == "length" and on_truncated == "drop":
+                drops.append(
+                    {
+                        "source_id": gr.source_id,
+                        "row_id": cid,
+                        "reason": Reason.TRUNCATED,
+                        "detail": f"policy {gr.policy} sample {i} stopped at max_tokens "
+                        f"{gr.request.max_tokens}",
+                    }
+                )
+                continue
             bucket.add(norm)
             ntok = comp.n_output_tokens[i] if i < len(comp.n_output_tokens) else None
             rows.append(
@@ -180,3 +199,35 @@ def make_candidates(
         quarantine,
         info={"tokens_per_policy": tokens},
     )
+
+
+def flag_truncated_pairs(pairs: pa.Table, candidates: pa.Table) -> tuple[pa.Table, int]:
+    """``generate.on_truncated: flag``: the flag ``truncated`` on every pair whose chosen
+    or rejected response was cut at max_tokens; and how many pairs got it.
+
+    >>> from schemas.tables import PAIRS
+    >>> pairs = pa.table({"chosen_id": ["a", "c"], "rejected_id": ["b", "d"],
+    ...                   "flags": pa.array([[], []], PAIRS.field("flags").type)})
+    >>> cands = pa.table({"candidate_id": ["a", "b", "c", "d"],
+    ...                   "truncated": [False, True, False, False]})
+    >>> out, n = flag_truncated_pairs(pairs, cands)
+    >>> out.column("flags").to_pylist(), n
+    ([['truncated'], []], 1)
+    """
+    from pipeline.margins import add_flag
+
+    cut = {
+        c
+        for c, t in zip(
+            candidates.column("candidate_id").to_pylist(),
+            candidates.column("truncated").to_pylist(),
+        )
+        if t
+    }
+    mask = [
+        c in cut or r in cut
+        for c, r in zip(
+            pairs.column("chosen_id").to_pylist(), pairs.column("rejected_id").to_pylist()
+        )
+    ]
+    return add_flag(pairs, mask, "truncated")

@@ -48,6 +48,7 @@ class Reason(StrEnum):
     # generation
     EMPTY_OUTPUT = "empty_output"
     DUPLICATE_OUTPUT = "duplicate_output"
+    TRUNCATED = "truncated"  # generation stopped at max_tokens (generate.on_truncated: drop)
     PROMPT_TOO_LONG = "prompt_too_long"
     REQUEST_FAILED = "request_failed"
     # judging / aggregation

@@ -96,6 +96,9 @@ class PolicyConfig(_Frozen):
 class GenerateConfig(_Frozen):
     policies: list[PolicyConfig] = Field(default_factory=lambda: [PolicyConfig()])
     batch_size: int = Field(64, ge=1)  # requests per engine call; the cache commits after each
+    # a sample cut at max_tokens (finish reason "length"): drop (reason truncated), keep,
+    # or flag (kept; its pairs carry the flag "truncated")
+    on_truncated: Literal["drop", "keep", "flag"] = "drop"
 
 
 class JudgeSpec(_Frozen):

@@ -291,6 +291,32 @@ def test_make_candidates_hygiene(
     assert set(res.dropped.column("stage").to_pylist()) <= {"generate"}
 
 
+@pytest.mark.parametrize("mode", ["drop", "keep", "flag"])
+def test_make_candidates_on_truncated(mode: str) -> None:
+    """generate.on_truncated: a sample cut at max_tokens is dropped with reason truncated
+    (the default), or kept with candidates.truncated set; rows always add up."""
+    reqs = gen_reqs(3)
+    comp = completion("whole answer", "half an ans", "another whole one")
+    comp.finish_reasons = ["stop", "length", "stop"]
+    res = accounted(make_candidates(reqs, [comp], mode))
+    rows = res.outputs["candidates"].to_pylist()
+    if mode == "drop":
+        assert res.counts.dropped == {"truncated": 1} and len(rows) == 2
+        (d,) = res.dropped.to_pylist()
+        assert d["reason"] == "truncated" and "max_tokens" in d["detail"]
+        assert not any(r["truncated"] for r in rows)
+    else:
+        assert res.counts.dropped == {} and [r["truncated"] for r in rows] == [False, True, False]
+    with pytest.raises(ValueError, match="on_truncated"):
+        make_candidates(reqs, [comp], "cut")
+
+
+def test_config_drops_truncated_samples_by_default() -> None:
+    from schemas.config import RunConfig
+
+    assert RunConfig().generate.on_truncated == "drop"
+
+
 def test_make_candidates_rows() -> None:
     reqs = gen_reqs(2)
     comp = completion("first", "second", n_prompt_tokens=9, n_output_tokens=[1, 2])
