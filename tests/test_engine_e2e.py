@@ -34,6 +34,9 @@ def _cfg(root: Path):
             "input.limit=2",
             "generate.policies.0.n=2",
             "generate.policies.0.max_tokens=32",
+            # 32 tokens cut most samples: keep them, this test is about the engine path
+            # (the default drops them: tests/test_stages.py::test_make_candidates_on_truncated)
+            "generate.on_truncated=keep",
             # one weak judge alone: publish what its posterior leans to
             "rubrics.judges=[]",
             "denoise.drop_below=0.5",
