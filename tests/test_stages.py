@@ -597,6 +597,26 @@ def test_make_votes_parse_errors_are_null_votes() -> None:
     assert res.info["parse_errors"] == 2 and res.counts.kept == 1  # the pair was judged
 
 
+def test_make_votes_an_output_cut_at_max_tokens_is_a_parse_failure() -> None:
+    """A verdict the engine cut mid-answer ('Response A is better than Respo…', finish
+    reason length) would parse as A: it is a null vote with the raw text kept, counted
+    per judge in the judge statistics."""
+    from pipeline.annotate.judge_stats import compute_judge_stats
+
+    pairs, drops, info, reqs = judge_setup({"x": "4", "y": "5"})
+    cut = completion("Response A is better than Respo", finish="length")
+    whole = completion('{"winner": "B"}')
+    res = accounted(make_votes(reqs, [cut, whole], len(pairs), drops, info))
+    v = res.outputs["votes"].to_pylist()
+    assert v[0]["verdict"] is None and v[0]["raw_output"] == "Response A is better than Respo"
+    assert v[0]["parse_error"].startswith("cut at max_tokens")
+    assert v[1]["verdict"] == "a"  # order ba: "B" is x
+    assert res.info["cut_at_max_tokens"] == 1 and res.info["parse_errors"] == 1
+    stats = compute_judge_stats(res.outputs["votes"])["annotators"]
+    assert stats["j|pairwise_v1|none|ab"]["cut_at_max_tokens"] == 1
+    assert stats["j|pairwise_v1|none|ba"]["cut_at_max_tokens"] == 0
+
+
 def test_make_votes_a_failed_call_quarantines_its_pair() -> None:
     """A failed call is not a vote: the pair is quarantined with the error (so the stage
     is incomplete and the next run retries it), and none of its votes is written."""

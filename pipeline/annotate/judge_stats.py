@@ -21,7 +21,8 @@ one (none on a tie between modes).
   allowed: α = 1 − (n − 1) · Σ_u (m_u² − Σ_c n_uc²)/(m_u − 1) / (n² − Σ_c n_c²) over
   units with m_u ≥ 2 values (Krippendorff 2011, "Computing Krippendorff's
   Alpha-Reliability").
-- **parse-failure rate** (rows with a ``parse_error``) and null-verdict rate.
+- **parse-failure rate** (rows with a ``parse_error``; ``cut_at_max_tokens`` of them were
+  outputs the engine cut at its token limit) and null-verdict rate.
 - **length bias**: share of decisive verdicts (not tie) on pairs of unequal length won
   by the longer response (length = characters of the candidate's text).
 
@@ -43,6 +44,8 @@ from collections.abc import Hashable, Iterable, Sequence
 from typing import Any
 
 import pyarrow as pa
+
+from pipeline.annotate.judging import CUT
 
 VERDICTS = ("a", "b", "tie")
 ORDERS = ("ab", "ba")
@@ -142,6 +145,7 @@ def compute_judge_stats(votes: pa.Table, candidates: pa.Table | None = None) -> 
     n_rows: Counter = Counter()
     n_parse: Counter = Counter()
     n_null: Counter = Counter()
+    n_cut: Counter = Counter()
     pairs: set[tuple] = set()
     for r in rows:
         ann = r["annotator"]
@@ -150,6 +154,7 @@ def compute_judge_stats(votes: pa.Table, candidates: pa.Table | None = None) -> 
         pairs.add(pair)
         n_rows[ann] += 1
         n_parse[ann] += r["parse_error"] is not None
+        n_cut[ann] += (r["parse_error"] or "").startswith(CUT)
         if r["verdict"] in VERDICTS:
             raw[ann][pair].append(r["verdict"])
         else:
@@ -192,6 +197,7 @@ def compute_judge_stats(votes: pa.Table, candidates: pa.Table | None = None) -> 
             "votes": n_rows[a],
             "valid": n_rows[a] - n_null[a],
             "parse_errors": n_parse[a],
+            "cut_at_max_tokens": n_cut[a],
             "parse_failure_rate": _rate(n_parse[a], n_rows[a]),
             "null_verdict_rate": _rate(n_null[a], n_rows[a]),
             "verdicts": {k: counts.get(k, 0) for k in VERDICTS},

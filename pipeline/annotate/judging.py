@@ -41,7 +41,8 @@ from schemas.config import JudgeSpec
 from schemas.tables import VOTES, from_rows
 
 STAGE = "judge"
-STAGE_VERSION = 1
+STAGE_VERSION = 2  # 2: an output cut at max_tokens is a parse failure
+CUT = "cut at max_tokens"  # parse_error prefix of a judge output the engine cut
 
 VERDICT_SCHEMA = json.dumps(
     {
@@ -317,6 +318,10 @@ def make_votes(
 ) -> StageResult:
     """Parse completions into VOTES rows; unparseable output is a null verdict, kept.
 
+    An output the engine cut at ``max_tokens`` is a parse failure too (null verdict,
+    ``parse_error`` "cut at max_tokens N", the raw text kept): the half-written answer
+    may still match a verdict pattern, which would be a guess.
+
     A pair with a failed call (``Completion.error``: the engine or server refused, timed
     out, or answered 5xx after its retries) is quarantined (``request_failed``, with the
     error) and none of its votes is written: the stage is then incomplete, and the next run
@@ -335,8 +340,11 @@ def make_votes(
         # null vote per requested sample, so nothing disappears from the counts
         for i in range(max(jr.request.n, 1)):
             raw = comp.texts[i] if i < len(comp.texts) else None
+            finish = comp.finish_reasons[i] if i < len(comp.finish_reasons) else None
             if comp.error is not None:
                 shown, err = None, f"request failed: {comp.error}"
+            elif finish == "length":  # cut mid-answer: a fallback parse would guess
+                shown, err = None, f"{CUT} {jr.request.max_tokens}"
             else:
                 shown, err = parse_verdict(raw)
             tops = comp.top_logprobs[i] if i < len(comp.top_logprobs) else None
@@ -375,6 +383,7 @@ def make_votes(
         rows_out=len(rows),
     )
     parse_errors = sum(r["parse_error"] is not None for r in rows)
+    cut = sum((r["parse_error"] or "").startswith(CUT) for r in rows)
     n_failed = sum(c.error is not None for c in completions)
     return StageResult(
         STAGE,
@@ -386,6 +395,7 @@ def make_votes(
             **info,
             "judge_calls": len(requests),
             "parse_errors": parse_errors,
+            "cut_at_max_tokens": cut,
             "failed_calls": n_failed,
         },
     )
