@@ -203,6 +203,15 @@ def aggregate_votes(
     if length_control == "on" and lengths is None:
         raise ValueError("aggregate.length_control 'on' needs the candidates' lengths")
     length_on = use_em and length_control != "off" and lengths is not None
+    comp_len = None  # (len_a, len_b) per comparison, looked up once
+    if lengths is not None:
+        from pipeline.aggregate import length
+
+        ends = df.select("candidate_a", "candidate_b").gather(first)
+        comp_len = (
+            length.lookup(ends["candidate_a"], lengths),
+            length.lookup(ends["candidate_b"], lengths),
+        )
     if use_em:
         side = np.where(label_row >= 0, v.vcode[np.maximum(label_row, 0)], -1)
 
@@ -227,14 +236,7 @@ def aggregate_votes(
         if not length_on:
             post, em_info = fit(acode, names)
         else:
-            from pipeline.aggregate import length
-
-            ends = df.select("candidate_a", "candidate_b").gather(first)
-            lside = length.length_sides(
-                length.lookup(ends["candidate_a"], lengths),
-                length.lookup(ends["candidate_b"], lengths),
-                length_min_diff,
-            )
+            lside = length.length_sides(*comp_len, length_min_diff)
             post, em_info, fit_acode, fit_names = length.controlled_fit(
                 fit,
                 lside,
@@ -316,10 +318,10 @@ def aggregate_votes(
     }
     if judges_method is not None:
         info["judges_posterior_pairs"] = int(np.isfinite(p_judges).sum())
-    if lengths is not None:  # the report's per-annotator length table
-        from pipeline.aggregate import length
-
-        info["length_effects"] = length.length_effects(df, comparisons, lengths)
+    if comp_len is not None:  # the report's per-annotator length table
+        info["length_effects"] = length.effects(
+            p_a, *comp_len, code, acode, names, v.vcode, v.valid
+        )
     return StageResult(
         STAGE,
         {"comparisons": comparisons, "scores": scores},

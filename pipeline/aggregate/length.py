@@ -273,43 +273,69 @@ def fit_logistic(
 def length_effects(
     votes: pa.Table | pl.DataFrame, comparisons: pa.Table, lengths: pl.DataFrame
 ) -> dict:
+    """:func:`effects` of a VOTES table against its COMPARISONS (``p_a``) and the
+    candidates' ``lengths`` (votes of a comparison not in ``comparisons`` are left out)."""
+    key = ["source_id", "prompt_id", "candidate_a", "candidate_b"]
+    v = votes if isinstance(votes, pl.DataFrame) else pl.from_arrow(votes)
+    comp = pl.from_arrow(comparisons.select(key + ["p_a"])).with_row_index("_c")
+    v = v.select(key + ["annotator", "verdict"]).join(comp, on=key, how="inner")
+    names = v["annotator"].unique(maintain_order=True).to_list()
+    acode = v["annotator"].cast(pl.Enum(names)).to_physical().to_numpy().astype(np.int64)
+    vcode = np.select(
+        [v["verdict"].to_numpy() == "a", v["verdict"].to_numpy() == "b"], [0, 1], default=2
+    )
+    return effects(
+        comp["p_a"].fill_null(np.nan).to_numpy(),
+        lookup(comp["candidate_a"], lengths),
+        lookup(comp["candidate_b"], lengths),
+        v["_c"].to_numpy(),
+        acode,
+        names,
+        vcode,
+        np.ones(v.height, dtype=bool),
+    )
+
+
+def effects(
+    p_a: np.ndarray,
+    len_a: np.ndarray,
+    len_b: np.ndarray,
+    code: np.ndarray,
+    acode: np.ndarray,
+    names: list[str],
+    vcode: np.ndarray,
+    use: np.ndarray,
+) -> dict:
     """Per annotator: decisive votes on pairs of unequal length, longer-win rate, the
     GLM's length coefficient (± standard error) and the length-controlled longer-win rate
     (module docstring; none for fewer than :data:`MIN_GLM_VOTES` votes or verdicts that
     never change, which have no finite fit); plus ``sd_chars``, the length-difference
-    scale."""
-    v = (
-        votes
-        if isinstance(votes, pl.DataFrame)
-        else pl.from_arrow(
-            votes.select(
-                ["source_id", "prompt_id", "candidate_a", "candidate_b", "annotator", "verdict"]
-            )
-        )
-    )
-    key = ["source_id", "prompt_id", "candidate_a", "candidate_b"]
-    comp = pl.from_arrow(comparisons.select(key + ["p_a"]))
-    v = v.filter(pl.col("verdict").is_in(["a", "b"])).join(comp, on=key, how="inner")
-    la, lb = lookup(v["candidate_a"], lengths), lookup(v["candidate_b"], lengths)
-    ok = np.isfinite(la) & np.isfinite(lb) & (la != lb) & v["p_a"].is_not_null().to_numpy()
+    scale. ``p_a``, ``len_a``, ``len_b`` per comparison; ``code`` (comparison), ``acode``
+    (index into ``names``), ``vcode`` (0 a, 1 b, else not decisive) and ``use`` per vote."""
+    la, lb, q = len_a[code], len_b[code], p_a[code]
+    ok = use & ((vcode == 0) | (vcode == 1)) & np.isfinite(la) & np.isfinite(lb) & (la != lb)
+    ok &= np.isfinite(q)
     if not ok.any():
         return {"sd_chars": None, "annotators": {}, "annotators_left_out": 0}
     d = (la - lb)[ok]
     sd = float(np.std(d)) or 1.0
     x_len = np.tanh(d / sd)
-    x_q = _logit(v["p_a"].to_numpy()[ok])
-    says_a = (v["verdict"].to_numpy()[ok] == "a").astype(np.float64)
+    x_q = _logit(q[ok])
+    says_a = (vcode[ok] == 0).astype(np.float64)
     a_longer = d > 0
-    names = v["annotator"].to_numpy()[ok]
-    uniq, n_of = np.unique(names, return_counts=True)
-    top = [str(u) for u, _ in sorted(zip(uniq, n_of), key=lambda t: (-t[1], t[0]))]
+    w = acode[ok]
+    n_of = np.bincount(w, minlength=len(names))
+    present = np.flatnonzero(n_of)
+    top = sorted(present.tolist(), key=lambda i: (-n_of[i], names[i]))[:MAX_ANNOTATORS]
+    order = np.argsort(w, kind="stable")  # one pass: each annotator's votes are a slice
+    starts = np.concatenate([[0], np.cumsum(n_of)])
     out: dict[str, dict] = {}
-    for name in sorted(top[:MAX_ANNOTATORS]):
-        m = names == name
+    for i in sorted(top, key=lambda i: names[i]):
+        m = order[starts[i] : starts[i + 1]]
         y = says_a[m]
         picked_longer = np.where(a_longer[m], y, 1.0 - y)
         row: dict = {
-            "votes": int(m.sum()),
+            "votes": int(m.size),
             "longer_win_rate": float(picked_longer.mean()),
             "length_coef": None,
             "length_coef_se": None,
@@ -317,8 +343,8 @@ def length_effects(
         }
         if y.min() == y.max():  # always "a" (or "b"): the GLM has no finite fit
             row["note"] = f"always says {'a' if y[0] else 'b'}"
-        elif m.sum() >= MIN_GLM_VOTES:
-            x = np.column_stack([np.ones(int(m.sum())), x_q[m], x_len[m]])
+        elif m.size >= MIN_GLM_VOTES:
+            x = np.column_stack([np.ones(m.size), x_q[m], x_len[m]])
             beta, se = fit_logistic(x, y)
             p0 = _sigmoid(x[:, :2] @ beta[:2])  # β_len set to 0
             row.update(
@@ -326,11 +352,11 @@ def length_effects(
                 length_coef_se=float(se[2]),
                 lc_longer_win_rate=float(np.where(a_longer[m], p0, 1.0 - p0).mean()),
             )
-        out[name] = row
+        out[names[i]] = row
     return {
         "sd_chars": sd,
         "annotators": out,
-        "annotators_left_out": max(0, len(top) - MAX_ANNOTATORS),
+        "annotators_left_out": max(0, present.size - len(top)),
     }
 
 
