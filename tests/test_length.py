@@ -110,14 +110,15 @@ def test_length_control_on_needs_lengths_and_ignores_verifiers():
     assert sum(len(v) > 1 for v in by_side.values()) > len(by_side) // 2
 
 
-def _votes(rows: list[tuple[str, str, str, str]]) -> pa.Table:
+def _votes(rows: list[tuple[int, str, str]]) -> pa.Table:
+    """VOTES rows (pair i, annotator, verdict) on the pairs a{i} / b{i} of source s{i}."""
     return pa.Table.from_pylist(
         [
             dict(
-                prompt_id=f"p{s}",
-                source_id=f"s{s}",
-                candidate_a=a,
-                candidate_b=b,
+                prompt_id=f"p{i}",
+                source_id=f"s{i}",
+                candidate_a=f"a{i}",
+                candidate_b=f"b{i}",
                 annotator=w,
                 order=None,
                 verdict=d,
@@ -125,10 +126,34 @@ def _votes(rows: list[tuple[str, str, str, str]]) -> pa.Table:
                 raw_output=None,
                 parse_error=None,
             )
-            for s, (a, b, w, d) in enumerate(rows)
+            for i, w, d in rows
         ],
         schema=VOTES,
     )
+
+
+def _pairs_and_lengths(p_a, len_a, len_b) -> tuple[pa.Table, pl.DataFrame]:
+    """COMPARISONS-like rows (p_a per pair i) and the lengths of a{i} / b{i}."""
+    n = len(p_a)
+    comps = pa.Table.from_pylist(
+        [
+            {
+                "source_id": f"s{i}",
+                "prompt_id": f"p{i}",
+                "candidate_a": f"a{i}",
+                "candidate_b": f"b{i}",
+                "p_a": float(p_a[i]),
+            }
+            for i in range(n)
+        ]
+    )
+    lengths = pl.DataFrame(
+        {
+            "candidate_id": [f"a{i}" for i in range(n)] + [f"b{i}" for i in range(n)],
+            "length": np.concatenate([np.asarray(len_a, float), np.asarray(len_b, float)]),
+        }
+    )
+    return comps, lengths
 
 
 def test_length_effects_glm_separates_a_length_judge_from_an_honest_one():
@@ -137,46 +162,14 @@ def test_length_effects_glm_separates_a_length_judge_from_an_honest_one():
     la = rng.integers(50, 800, n).astype(float)
     lb = rng.integers(50, 800, n).astype(float)
     truth_a = rng.random(n) < 0.5  # quality independent of length
-    rows, comps = [], []
+    rows = []
     for i in range(n):
-        a, b = f"a{i}", f"b{i}"
         honest = "a" if (truth_a[i] if rng.random() < 0.85 else not truth_a[i]) else "b"
         lengthy = "a" if la[i] > lb[i] else "b"
-        rows += [(a, b, "honest", honest), (a, b, "lengthy", lengthy)]
-        comps.append(
-            {
-                "source_id": f"s{i}",
-                "prompt_id": f"p{i}",
-                "candidate_a": a,
-                "candidate_b": b,
-                "p_a": 0.9 if truth_a[i] else 0.1,
-            }
-        )
-    votes = pa.Table.from_pylist(
-        [
-            dict(
-                prompt_id=f"p{j // 2}",
-                source_id=f"s{j // 2}",
-                candidate_a=a,
-                candidate_b=b,
-                annotator=w,
-                order=None,
-                verdict=d,
-                prob_a=None,
-                raw_output=None,
-                parse_error=None,
-            )
-            for j, (a, b, w, d) in enumerate(rows)
-        ],
-        schema=VOTES,
-    )
-    lengths = pl.DataFrame(
-        {
-            "candidate_id": [f"a{i}" for i in range(n)] + [f"b{i}" for i in range(n)],
-            "length": np.concatenate([la, lb]),
-        }
-    )
-    eff = length.length_effects(votes, pa.Table.from_pylist(comps), lengths)["annotators"]
+        rows += [(i, "honest", honest), (i, "lengthy", lengthy)]
+    votes = _votes(rows)
+    comps, lengths = _pairs_and_lengths(np.where(truth_a, 0.9, 0.1), la, lb)
+    eff = length.length_effects(votes, comps, lengths)["annotators"]
     h, ln = eff["honest"], eff["lengthy"]
     assert ln["longer_win_rate"] == 1.0 and abs(h["longer_win_rate"] - 0.5) < 0.1
     assert ln["length_coef"] > 3.0 and abs(h["length_coef"]) < 3 * h["length_coef_se"] + 0.3
@@ -303,25 +296,8 @@ def test_length_effects_of_a_judge_that_always_answers_a_is_not_a_number():
     """SmolLM2 answers "A" in every call: its |ab votes are all a, its |ba all b. A GLM
     fitted to a constant has no finite coefficient; the table says so instead of
     printing a huge standard error."""
-    rows = [(f"a{i}", f"b{i}", "always-a", "a") for i in range(30)]
-    comps = [
-        {
-            "source_id": f"s{i}",
-            "prompt_id": f"p{i}",
-            "candidate_a": f"a{i}",
-            "candidate_b": f"b{i}",
-            "p_a": 0.5,
-        }
-        for i in range(30)
-    ]
-    lengths = pl.DataFrame(
-        {
-            "candidate_id": [f"a{i}" for i in range(30)] + [f"b{i}" for i in range(30)],
-            "length": [float(10 + i) for i in range(30)] + [20.0] * 30,
-        }
-    )
-    row = length.length_effects(_votes(rows), pa.Table.from_pylist(comps), lengths)["annotators"][
-        "always-a"
-    ]
+    comps, lengths = _pairs_and_lengths([0.5] * 30, [10.0 + i for i in range(30)], [20.0] * 30)
+    votes = _votes([(i, "always-a", "a") for i in range(30)])
+    row = length.length_effects(votes, comps, lengths)["annotators"]["always-a"]
     assert row["length_coef"] is None and row["note"] == "always says a"
     assert 0.0 < row["longer_win_rate"] < 1.0

@@ -74,6 +74,19 @@ def _llama_config(tokenizer, **kw):
     )
 
 
+def _tiny_lm(tokenizer, tmp_path):
+    """A seeded tiny Llama saved with the tokenizer and loaded back from its folder (the
+    trainers load their reference model from the path)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    path = tmp_path / "tiny-lm"
+    LlamaForCausalLM(_llama_config(tokenizer)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return LlamaForCausalLM.from_pretrained(path)
+
+
 def test_loads_with_datasets_parquet_and_polars(version):
     ds = datasets.load_from_disk(str(version / "data"))
     pq = datasets.load_dataset(
@@ -90,14 +103,9 @@ def test_loads_with_datasets_parquet_and_polars(version):
 
 def test_dpo_trainer_trains_on_published_version(version, tokenizer, tmp_path):
     import torch
-    from transformers import LlamaForCausalLM
     from trl import DPOConfig, DPOTrainer
 
-    torch.manual_seed(0)
-    path = tmp_path / "tiny-lm"
-    LlamaForCausalLM(_llama_config(tokenizer)).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    model = LlamaForCausalLM.from_pretrained(path)  # the reference model loads from path
+    model = _tiny_lm(tokenizer, tmp_path)
     ds = datasets.load_from_disk(str(version / "data"))
     args = DPOConfig(
         output_dir=str(tmp_path / "dpo"),
@@ -148,7 +156,6 @@ def test_kto_trainer_trains_on_the_trl_kto_export(version, tokenizer, tmp_path):
     """`prefcurate export --format trl-kto` writes unpaired rows TRL's KTOTrainer reads as
     is (conversational prompt / completion, boolean label)."""
     import torch
-    from transformers import LlamaForCausalLM
     from trl import KTOConfig, KTOTrainer
 
     from pipeline.store.export import export_version
@@ -157,11 +164,7 @@ def test_kto_trainer_trains_on_the_trl_kto_export(version, tokenizer, tmp_path):
     res = export_version(root, f"{version.parent.name}@{version.name}", "trl-kto")
     ds = datasets.load_from_disk(str(Path(res["path"]) / "data"))
     assert set(ds["label"]) == {True, False}
-    torch.manual_seed(0)
-    path = tmp_path / "tiny-lm"
-    LlamaForCausalLM(_llama_config(tokenizer)).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    model = LlamaForCausalLM.from_pretrained(path)
+    model = _tiny_lm(tokenizer, tmp_path)
     args = KTOConfig(
         output_dir=str(tmp_path / "kto"),
         max_steps=1,

@@ -9,6 +9,7 @@ from typing import Any
 
 from pipeline.report.common import SECTIONS, flip_count
 from pipeline.report.plots import PLOTS, to_png
+from pipeline.report.sections import SHIFT_COLUMNS, shift_rows
 
 log = logging.getLogger(f"prefcurate.{__name__}")
 
@@ -252,22 +253,9 @@ def section_html(key: str, rep: dict[str, Any]) -> str:
                 }
             )
         )
-        shift = [
-            (n, d)
-            for n, d in (("before curation", s.get("before")), ("published", s.get("after")))
-            if d
-        ]
-        if shift:
+        if shift_rows(s):
             p.append("<h3>Chosen − rejected length</h3>")
-            p.append(
-                _html_table(
-                    ["pairs", "count", "chosen longer", "median chosen − rejected (chars)"],
-                    [
-                        [n, d["pairs"], d["chosen_longer_share"], d["median_diff_chars"]]
-                        for n, d in shift
-                    ],
-                )
-            )
+            p.append(_html_table(list(SHIFT_COLUMNS), shift_rows(s)))
         if s.get("annotators"):
             p.append("<h3>Length effect per annotator</h3>")
             p.append(

@@ -151,6 +151,22 @@ def section_scores(data: pa.Table, lin: Lineage) -> dict[str, Any]:
     }
 
 
+SHIFT_COLUMNS = ("pairs", "count", "chosen longer", "median chosen − rejected (chars)")
+
+
+def shift_rows(section: dict[str, Any]) -> list[list[Any]]:
+    """The Length section's before / after table (:data:`SHIFT_COLUMNS`), for both
+    renderers."""
+    return [
+        [name, d["pairs"], d["chosen_longer_share"], d["median_diff_chars"]]
+        for name, d in (
+            ("before curation", section.get("before")),
+            ("published", section.get("after")),
+        )
+        if d
+    ]
+
+
 def section_length(
     data: pa.Table, manifest: dict[str, Any] | None = None, lin: Lineage | None = None
 ) -> dict[str, Any]:

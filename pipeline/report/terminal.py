@@ -7,6 +7,7 @@ from typing import Any
 
 from pipeline.report.common import SECTIONS, flip_count, truncate
 from pipeline.report.html import fmt
+from pipeline.report.sections import SHIFT_COLUMNS, shift_rows
 
 log = logging.getLogger(f"prefcurate.{__name__}")
 
@@ -190,22 +191,8 @@ def render_terminal(report: dict[str, Any], console: Any) -> None:
             },
         )
     )
-    shift = [
-        (n, d)
-        for n, d in (("before curation", lb.get("before")), ("published", lb.get("after")))
-        if d
-    ]
-    if shift:
-        console.print(
-            table(
-                "chosen − rejected length",
-                ["pairs", "count", "chosen longer", "median diff (chars)"],
-                [
-                    [n, d["pairs"], d["chosen_longer_share"], d["median_diff_chars"]]
-                    for n, d in shift
-                ],
-            )
-        )
+    if shift_rows(lb):
+        console.print(table("chosen − rejected length", list(SHIFT_COLUMNS), shift_rows(lb)))
     if lb.get("annotators"):
         cols = ["annotator", "votes", "longer_win_rate", "lc_longer_win_rate", "length_coef"]
         console.print(
