@@ -109,10 +109,6 @@ RANKED = pa.schema(
 SCHEMAS = {"trl-dpo": TRL_DPO, "trl-kto": TRL_KTO, "rm-multi": RM_MULTI, "ranked": RANKED}
 
 
-def _rows(data: pa.Table) -> list[dict[str, Any]]:
-    return data.to_pylist()
-
-
 def to_trl_dpo(data: pa.Table) -> pa.Table:
     """The pairwise TRL table (module docstring)."""
     return data.select(TRL_DPO.names).cast(TRL_DPO)
@@ -125,7 +121,7 @@ def to_trl_kto(data: pa.Table) -> pa.Table:
 
 def _kto(data: pa.Table) -> tuple[pa.Table, dict[str, int]]:
     seen: dict[tuple[str, str], dict[str, Any]] = {}
-    for r in _rows(data):
+    for r in data.to_pylist():
         for side, cid, is_chosen in (
             ("chosen", r["chosen_id"], True),
             ("rejected", r["rejected_id"], False),
@@ -169,7 +165,7 @@ def _kto(data: pa.Table) -> tuple[pa.Table, dict[str, int]]:
 def to_rm_multi(data: pa.Table) -> pa.Table:
     """One row per (prompt, chosen response) with all its rejected ones (module docstring)."""
     groups: dict[tuple[str, str], dict[str, Any]] = {}
-    for r in _rows(data):
+    for r in data.to_pylist():
         g = groups.setdefault(
             (r["prompt_id"], r["chosen_id"]),
             {
@@ -196,7 +192,7 @@ def to_rm_multi(data: pa.Table) -> pa.Table:
 def to_ranked(data: pa.Table) -> pa.Table:
     """Each prompt's responses ordered by aggregated score (module docstring)."""
     prompts: dict[str, dict[str, Any]] = {}
-    for r in _rows(data):
+    for r in data.to_pylist():
         p = prompts.setdefault(r["prompt_id"], {"prompt": r["prompt"], "c": {}})
         for side, sc, sign in (("chosen", "score_chosen", 1), ("rejected", "score_rejected", -1)):
             cid = r[f"{side}_id"]
