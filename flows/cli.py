@@ -288,10 +288,19 @@ def run(
         return
     _print_stages(summary["stages"])
     verb = "published" if summary["created"] else "unchanged, already published as"
-    calls = summary.get("calls", {})
-    made = sum(c.get("made", 0) for c in calls.values())
-    reused = sum(c.get("reused", 0) for c in calls.values())
-    out.print(f"model calls: {made} made, {reused} reused from cache; {summary['seconds']} s")
+    tot = (summary.get("usage") or {}).get("total") or {}
+    saved = tot.get("saved_prompt_tokens", 0) + tot.get("saved_output_tokens", 0)
+    line = (
+        f"model calls: {tot.get('made', 0)} made, {tot.get('reused', 0)} reused from cache; "
+        f"tokens {tot.get('prompt_tokens', 0)} in / {tot.get('output_tokens', 0)} out, "
+        f"{saved} saved"
+    )
+    if tot.get("cost") is not None:
+        cur = summary["usage"].get("currency", "")
+        line += f"; cost {tot['cost']:.4f} {cur} (saved {tot['saved_cost']:.4f})"
+    if tot.get("over_budget"):
+        line += f"; [bold yellow]{tot['over_budget']} calls over budget[/] (dropped over_budget)"
+    out.print(f"{line}; {summary['seconds']} s")
     out.print(
         f"[bold green]{verb}[/] {summary['name']}@v{summary['version']} ({summary['rows']} pairs)"
     )

@@ -31,6 +31,7 @@ from flows.runtime import (
     EnginePool,
     RunContext,
     call_models,
+    calls_complete,
     context,
     is_transient,
     new_context,
@@ -40,6 +41,7 @@ from flows.runtime import (
     run_stage,
     set_progress_factory,
     task_runner_for,
+    usage_artifact,
 )
 from pipeline import generation, margins, pairs
 from pipeline.aggregate import aggregation
@@ -48,6 +50,7 @@ from pipeline.annotate.planning import GPM_ROUND, first_signal, plan_judging
 from pipeline.annotate.qualify import qualify_judges
 from pipeline.chain import aggregate_kwargs, denoise_p_model
 from pipeline.denoise import denoise
+from pipeline.engines import usage
 from pipeline.engines.base import CallStats, ChatRequest, RequestCache, run_cached
 from pipeline.hashing import stable_hash, tree_hash
 from pipeline.ingest.stage import ingest_pairs, ingest_prompts
@@ -191,15 +194,13 @@ def generate_task(run_id: str, ingest: StageOutput) -> StageOutput:
         prompts = ingest.read("prompts")
         reqs = generation.build_generation_requests(prompts, list(gcfg.policies))
         # (served from the cache when scale-out shards already answered them)
-        ordered, comps, total = call_models(
+        ordered, comps, _ = call_models(
             ctx,
             "generate",
             [(p.name, p.model, [r for r in reqs if r.policy == p.name]) for p in gcfg.policies],
             gcfg.batch_size,
         )
         res = generation.make_candidates(ordered, comps, ctx.cfg.generate.on_truncated)
-        res.info["calls"] = total.__dict__
-        ctx.calls["generate"] = total
         return res
 
     return run_stage(
@@ -209,13 +210,8 @@ def generate_task(run_id: str, ingest: StageOutput) -> StageOutput:
         gcfg.model_dump(mode="json"),
         [ingest.output_hash],
         compute,
-        complete=_no_failed_calls,
+        complete=calls_complete,
     )
-
-
-def _no_failed_calls(result: StageResult) -> bool:
-    """A model stage is complete only when none of its calls failed."""
-    return not result.counts.quarantined.get(str(Reason.REQUEST_FAILED), 0)
 
 
 def check_outage(out: StageOutput, cfg: RunConfig, partial: dict[str, int]) -> None:
@@ -276,7 +272,7 @@ def answer_shard(
         )
     finally:
         cache.close()
-    return stats.__dict__
+    return stats.to_dict()
 
 
 @task(
@@ -306,31 +302,31 @@ def _warm_in_shards(
     n = ctx.cfg.runner.shards or ctx.cfg.runner.workers
     cache_path = str(request_cache_path(ctx.cfg))
     futures = []
-    total = CallStats()
     for spec, reqs in groups:
         keys = [r.key(spec.engine, spec.cache_identity()) for r in reqs]
         have = ctx.cache.get_many(set(keys))
         todo = [r for r, k in zip(reqs, keys) if not (k in have and have[k].final)]
-        total.reused += len(reqs) - len(todo)
-        total.requests += len(reqs)
         for i in range(n):
             shard = todo[i::n]
             if shard:
                 futures.append(
-                    warm_shard_task.submit(
-                        spec.model_dump(mode="json"),
-                        shard,
-                        cache_path,
-                        str(ctx.engines.cache_dir),
-                        batch_size,
+                    (
+                        spec.model,
+                        warm_shard_task.submit(
+                            spec.model_dump(mode="json"),
+                            shard,
+                            cache_path,
+                            str(ctx.engines.cache_dir),
+                            batch_size,
+                        ),
                     )
                 )
-    for f in futures:
-        st = f.result()
-        total.made += st["made"]
-        total.failed += st["failed"]
-    log.info("%s: %d shards answered %d requests", label, len(futures), total.made)
-    ctx.calls[f"{label}_shards"] = total
+    made = 0
+    for model, f in futures:
+        st = CallStats.from_dict(f.result())
+        made += st.made
+        ctx.record(f"{label}_shards", model, st)
+    log.info("%s: %d shards answered %d requests", label, len(futures), made)
 
 
 @task(
@@ -378,9 +374,9 @@ def judge_task(
             len(jcfg.judges),
             len(reqs),
         )
-        ordered, comps, total = call_models(
+        ordered, comps, _ = call_models(
             ctx,
-            "judge",
+            "judge" if chosen is None else "judge_gpm",
             [
                 (j.name, j.model, [r for r in reqs if r.annotator.startswith(j.name + "|")])
                 for j in jcfg.judges
@@ -391,8 +387,6 @@ def judge_task(
         from pipeline.annotate.judge_stats import compute_judge_stats
 
         res.info["judge_stats"] = compute_judge_stats(res.outputs["votes"], candidates)
-        res.info["calls"] = total.__dict__
-        ctx.calls["judge" if chosen is None else "judge_gpm"] = total
         return res
 
     second = seed_agg is not None and emb is not None
@@ -405,7 +399,7 @@ def judge_task(
         + [s.output_hash for s in signal_srcs]
         + ([seed_agg.output_hash, emb.output_hash] if second else []),
         compute,
-        complete=_no_failed_calls,
+        complete=calls_complete,
     )
 
 
@@ -469,7 +463,7 @@ def rubric_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -
                     }
                 )
             reqs = reqs[: rcfg.budget]
-        ordered, comps, total = call_models(
+        ordered, comps, _ = call_models(
             ctx,
             "rubric",
             [
@@ -481,9 +475,7 @@ def rubric_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -
         res = rubrics.make_scores(ordered, comps, drops)
         # Yes/No judges also vote pairwise (empty for the other templates)
         res.outputs["votes"] = rubrics.yesno_votes(res.outputs["scores"], candidates)
-        res.info["calls"] = total.__dict__
         res.info["score_stats"] = compute_score_stats(res.outputs["scores"])
-        ctx.calls["rubric"] = total
         return res
 
     return run_stage(
@@ -493,7 +485,7 @@ def rubric_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -
         [rcfg.model_dump(mode="json"), [j.model_dump(mode="json") for j in judges]],
         [prompts_src.output_hash, cands_src.output_hash],
         compute,
-        complete=_no_failed_calls,
+        complete=calls_complete,
     )
 
 
@@ -556,7 +548,7 @@ def reward_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -
         wcfg.model_dump(mode="json"),
         [prompts_src.output_hash, cands_src.output_hash],
         compute,
-        complete=_no_failed_calls,
+        complete=calls_complete,
     )
 
 
@@ -853,12 +845,14 @@ def publish_task(
         "stage_order": [o.stage for o in all_stages],
         "stages": stages,
         "stage_info": {o.stage: o.meta.get("info", {}) for o in all_stages},
-        "calls": {k: v.__dict__ for k, v in ctx.calls.items()},
+        "calls": usage.stage_totals(ctx.usage),
+        "usage": usage.summary(ctx.usage, cfg.cost),
         "models_called": list(ctx.models_used),
         "schema_fingerprint": {n: schema_fingerprint(s) for n, s in SCHEMAS.items()},
     }
     if partial:  # rows whose model calls failed: quarantined, retried by the next run
         manifest["partial"] = dict(partial)
+    usage_artifact(manifest["usage"])
     rendered: list[bool] = []
 
     def html(full: dict[str, Any], path: Path) -> str:
@@ -904,6 +898,7 @@ def publish_task(
         "rows": data.num_rows,
         "stages": stages,
         "calls": manifest["calls"],
+        "usage": manifest["usage"],
         "models_called": manifest["models_called"],
         "partial": manifest.get("partial", {}),
         "report_html": str(Path(ref.path).resolve() / "report.html")
@@ -1105,7 +1100,8 @@ def qualify_run(config: dict[str, Any], gold: str | None = None) -> dict[str, An
 
         votes = pa.concat_tables([s.read("votes") for s in srcs])
         out = qualify_judges(votes, gold_annotators=labels, **_model_maps(cfg))
-        out["calls"] = {k: v.__dict__ for k, v in ctx.calls.items()}
+        out["calls"] = usage.stage_totals(ctx.usage)
+        out["usage"] = usage.summary(ctx.usage, ctx.cfg.cost)
         return out
     finally:
         ctx.cache.close()

@@ -24,7 +24,8 @@ from pipeline.engines.base import (
     run_cached,
 )
 from pipeline.engines.embedded import default_cache_dir, resolve_model_path
-from pipeline.stage import StageResult
+from pipeline.engines.usage import Budget, reused_stage, stage_totals
+from pipeline.stage import Reason, StageResult
 from pipeline.store import datasets as store
 from pipeline.store.stages import StageOutput, StageStore
 from schemas.config import ModelSpec, RunConfig
@@ -119,8 +120,13 @@ class RunContext:
     cache: RequestCache
     engines: EnginePool
     progress: Callable[[str, int], Callable[[int], None]] | None = None
-    calls: dict[str, CallStats] = field(default_factory=dict)
+    # the model calls of this run by stage and model (a stage reused whole: all saved)
+    usage: dict[str, dict[str, CallStats]] = field(default_factory=dict)
+    budget: Budget | None = None
     models_used: list[str] = field(default_factory=list)  # engines this run asked for
+
+    def record(self, stage: str, model: str, stats: CallStats) -> None:
+        self.usage.setdefault(stage, {}).setdefault(model, CallStats()).add(stats)
 
     def engine(self, spec: ModelSpec) -> Engine:
         if spec.model not in self.models_used:
@@ -162,6 +168,7 @@ def new_context(cfg: RunConfig) -> RunContext:
         cache=RequestCache(request_cache_path(cfg)),
         engines=EnginePool.shared(cache_dir),
         progress=PROGRESS.get("factory"),
+        budget=Budget(cfg.budget, dict(cfg.cost.prices)) if cfg.budget.on() else None,
     )
 
 
@@ -181,10 +188,15 @@ def run_stage(
     done = ctx.stages.load(mod_stage, key)
     if done is not None:
         log.info("stage %s: reusing finished output %s", mod_stage, done.path.name)
+        for model, st in reused_stage((done.meta.get("info") or {}).get("usage") or {}).items():
+            ctx.record(mod_stage, model, st)
         _artifact(done)
         return done
     result = compute()
     result.stage = mod_stage  # the stage's name in this flow (e.g. a second aggregation)
+    if mod_stage in ctx.usage:  # its model calls, kept with the output for later reuse
+        result.info["usage"] = {m: st.to_dict() for m, st in ctx.usage[mod_stage].items()}
+        result.info["calls"] = stage_totals({mod_stage: ctx.usage[mod_stage]})[mod_stage]
     # ... and in its reject rows (the module's name differs: rewards → reward, judge →
     # judge_gpm), so dropped.parquet and quarantine.parquet say what the manifest says
     result.dropped = _restaged(result.dropped, mod_stage)
@@ -206,10 +218,11 @@ def _restaged(table: Any, stage: str) -> Any:
 
 
 def call_models(
-    ctx: RunContext, label: str, groups: list[tuple[str, ModelSpec, list[Any]]], batch_size: int
+    ctx: RunContext, stage: str, groups: list[tuple[str, ModelSpec, list[Any]]], batch_size: int
 ) -> tuple[list[Any], list[Any], CallStats]:
     """Answer each group's requests (objects with a ``.request``) with its model, through the
-    request cache; returns (requests in group order, their completions, call counts)."""
+    request cache and within the run's budget; returns (requests in group order, their
+    completions, call counts), and records the counts per model under ``stage``."""
     ordered: list[Any] = []
     comps: list[Any] = []
     total = CallStats()
@@ -221,12 +234,21 @@ def call_models(
             get_engine=lambda spec=spec: ctx.engine(spec),
             cache=ctx.cache,
             batch_size=batch_size,
-            progress=_progress(ctx, f"{label} [{name}]", len(mine)),
+            progress=_progress(ctx, f"{stage} [{name}]", len(mine)),
+            gate=ctx.budget.gate(stage, spec.model) if ctx.budget else None,
         )
         ordered += mine
         comps += out
         total.add(stats)
+        ctx.record(stage, spec.model, stats)
     return ordered, comps, total
+
+
+def calls_complete(result: StageResult) -> bool:
+    """A model stage is complete only when every call it needed was answered: none failed
+    and none was left out by the budget (the next run makes exactly those)."""
+    failed = result.counts.quarantined.get(str(Reason.REQUEST_FAILED), 0)
+    return not failed and not (result.info.get("calls") or {}).get("over_budget", 0)
 
 
 _TRANSIENT_ERRNOS = {
@@ -302,6 +324,24 @@ def _artifact(out: StageOutput) -> None:
         )
     except Exception as exc:  # artifacts are a convenience, never a failure
         log.debug("no artifact for %s: %s", out.stage, exc)
+
+
+def usage_artifact(summary: dict[str, Any]) -> None:
+    """The run's model calls, tokens and cost per stage and model as a Prefect table
+    artifact (``prefcurate-usage``)."""
+    from pipeline.report.sections import usage_table
+
+    t = usage_table(summary)
+    if t is None:
+        return
+    try:
+        create_table_artifact(
+            table=[dict(zip(t["columns"], r)) for r in t["rows"]],
+            key="prefcurate-usage",
+            description=t["title"],
+        )
+    except Exception as exc:  # artifacts are a convenience, never a failure
+        log.debug("no usage artifact: %s", exc)
 
 
 def _progress(ctx: RunContext, label: str, total: int) -> Callable[[int], None] | None:

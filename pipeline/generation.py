@@ -3,7 +3,8 @@
 Input: PROMPTS. Output: CANDIDATES, one row per kept sample. Row unit: one requested
 sample (prompts × Σ policy.n). Kept: non-empty, not a duplicate of an earlier sample of
 the same prompt. Dropped: ``empty_output``, ``duplicate_output``, ``truncated`` (with
-``generate.on_truncated: drop``). Quarantined:
+``generate.on_truncated: drop``), ``over_budget`` (the run's budget did not allow the
+call; made by a rerun with a higher budget). Quarantined:
 ``prompt_too_long`` (the engine refused it for its context), ``request_failed`` (retried
 on the next run: failed requests are never cached).
 
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from pipeline.engines.base import ChatRequest, Completion
+from pipeline.engines.base import ChatRequest, Completion, failure_reason
 from pipeline.hashing import candidate_id
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table, quarantine_table
 from schemas.config import PolicyConfig
@@ -36,7 +37,6 @@ from schemas.tables import CANDIDATES, from_rows
 
 STAGE = "generate"
 STAGE_VERSION = 1
-TOO_LONG = "prompt_too_long"
 
 
 @dataclass(frozen=True)
@@ -102,11 +102,9 @@ def make_candidates(
         rows_in += n
         rhash = gr.request.key(gr.engine_kind, gr.model)
         if comp.error is not None:
-            reason = (
-                Reason.PROMPT_TOO_LONG if comp.error.startswith(TOO_LONG) else Reason.REQUEST_FAILED
-            )
+            reason = failure_reason(comp.error)
             for i in range(n):
-                quar.append(
+                (drops if reason == Reason.OVER_BUDGET else quar).append(
                     {
                         "source_id": gr.source_id,
                         "reason": reason,

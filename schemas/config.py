@@ -79,6 +79,10 @@ class InputConfig(_Frozen):
     path: str = "mtbench:4+verifiable"
     limit: int | None = Field(None, ge=0)  # first N good rows (null: all)
     source: str | None = None  # name of the source; default: file stem
+    # for the dataset card: the input's licence (an SPDX id such as "apache-2.0") and how
+    # to cite it (free text or BibTeX); unknown when not given
+    license: str | None = None
+    citation: str | None = None
 
 
 class PolicyConfig(_Frozen):
@@ -561,6 +565,53 @@ class VerifyConfig(BaseModel):
         return v
 
 
+class Price(_Frozen):
+    """What one model's calls cost: per million prompt (input) and output tokens (APIs),
+    and/or per hour of wall time (a local engine on a rented GPU)."""
+
+    input_per_mtok: float = Field(0.0, ge=0)
+    output_per_mtok: float = Field(0.0, ge=0)
+    per_hour: float = Field(0.0, ge=0)
+
+
+class CostConfig(_Frozen):
+    """Prices by model name (the ``model`` of a policy or judge); a run without them
+    reports tokens and seconds only."""
+
+    currency: str = "USD"
+    prices: dict[str, Price] = Field(default_factory=dict)
+
+
+class Limits(_Frozen):
+    """Limits on the model calls made (cache hits are free): calls, generated tokens
+    (all samples), cost in ``cost.currency``. null: no limit."""
+
+    max_calls: int | None = Field(None, ge=0)
+    max_output_tokens: int | None = Field(None, ge=0)
+    max_cost: float | None = Field(None, ge=0)
+
+    def any(self) -> bool:
+        return any(v is not None for v in (self.max_calls, self.max_output_tokens, self.max_cost))
+
+
+MODEL_STAGES = ("generate", "judge", "rubric", "judge_gpm")  # the stages that call chat models
+
+
+class BudgetConfig(Limits):
+    """A budget for the whole run, and optionally per model stage. Reached, the run makes
+    no new calls, finishes the rows it can and drops the rest ``over_budget``; a rerun with
+    a higher budget makes only the missing calls. A call is made only when it fits even if
+    it generates its full ``max_tokens`` (so a budget is never exceeded), except for
+    ``per_hour`` prices, which are known only afterwards (one batch may overshoot)."""
+
+    stages: dict[Literal["generate", "judge", "rubric", "judge_gpm"], Limits] = Field(
+        default_factory=dict
+    )
+
+    def on(self) -> bool:
+        return self.any() or any(v.any() for v in self.stages.values())
+
+
 class RunConfig(_Frozen):
     # the dataset's name; null: the input file's stem (the embedded default's name for
     # the built-in prompt sets)
@@ -585,6 +636,8 @@ class RunConfig(_Frozen):
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
+    cost: CostConfig = Field(default_factory=CostConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
     # publish even when every call of a model stage failed (an outage): off, the run stops
     # with an error; a stage with any failed call is never marked complete either way,
     # so the next run makes exactly the failed calls again
@@ -641,6 +694,20 @@ class RunConfig(_Frozen):
             or self.select.budget is not None
         )
 
+    def chat_models(self) -> dict[str, list[ModelSpec]]:
+        """The chat models each model stage of this config calls (its policies, judges,
+        rubric judges), by stage name."""
+        out: dict[str, list[ModelSpec]] = {}
+        if self.input.kind == "prompts":
+            out["generate"] = [p.model for p in self.generate.policies]
+        if self.judge.judges:
+            out["judge"] = [j.model for j in self.judge.judges]
+            if self.rubric_judges():
+                out["rubric"] = [r.model for r in self.rubric_judges()]
+            if self.judge.pair_selection == "gpm":
+                out["judge_gpm"] = list(out["judge"])
+        return out
+
     def dedup_near_on(self) -> bool:
         """Near-duplicate dedup: as ``dedup.near`` says; unset, on for prompts and off for
         a pairs file (its near-duplicate prompts carry different, labelled pairs)."""
@@ -681,7 +748,42 @@ class RunConfig(_Frozen):
         jn = [j.name for j in self.judge.judges]
         if len(set(jn)) != len(jn):
             raise ValueError(f"judge.judges: judge names must be unique, got {jn}")
+        self._check_cost()
         return self
+
+    def _check_cost(self) -> None:
+        """Prices name models the run calls; a cost budget has a price for every model
+        it would spend on; budgets are kept in this process (not in scale-out shards)."""
+        used = {m.model for specs in self.chat_models().values() for m in specs}
+        for name in self.cost.prices:
+            if name not in used:
+                raise ValueError(
+                    f"cost.prices.{name}: no policy or judge of this config uses model "
+                    f"{name!r} (models called: {sorted(used)})"
+                )
+        b = self.budget
+        for stage in b.stages:
+            if stage not in self.chat_models():
+                raise ValueError(f"budget.stages.{stage}: this config has no {stage} stage")
+        priced = [
+            (f"budget.stages.{st}.max_cost", self.chat_models()[st])
+            for st, lim in b.stages.items()
+            if lim.max_cost is not None
+        ]
+        if b.max_cost is not None:
+            priced.append(("budget.max_cost", [m for v in self.chat_models().values() for m in v]))
+        for where, specs in priced:
+            missing = sorted({m.model for m in specs} - set(self.cost.prices))
+            if missing:
+                raise ValueError(
+                    f"{where} needs a price for every model it spends on: add "
+                    f"cost.prices.{missing[0]} (input_per_mtok, output_per_mtok or per_hour)"
+                )
+        if b.on() and self.runner.kind != "thread":
+            raise ValueError(
+                "budget: a budget is kept by the run's own process; scale-out shards "
+                "(runner.kind dask or ray) would spend around it: use runner.kind: thread"
+            )
 
 
 SECRET_WORDS = {

@@ -135,7 +135,16 @@ def test_model_calls_resume_after_lost_stage_outputs(tmp_path, examples):
 
     shutil.rmtree(tmp_path / "runs")
     second = curate(cfg)
-    assert second["calls"]["generate"] == {"requests": 4, "reused": 4, "made": 0, "failed": 0}
+    g = second["calls"]["generate"]
+    assert (g["requests"], g["reused"], g["made"], g["failed"]) == (4, 4, 0, 0)
+    # every token of the first run's generation is a token the cache saved
+    g1 = first["calls"]["generate"]
+    assert (g["prompt_tokens"], g["output_tokens"]) == (0, 0)
+    assert (g["saved_prompt_tokens"], g["saved_output_tokens"]) == (
+        g1["prompt_tokens"],
+        g1["output_tokens"],
+    )
+    assert g1["output_tokens"] > 0
     assert second["calls"]["judge"]["made"] == 0
     assert second["version"] == 1 and second["created"] is False
 

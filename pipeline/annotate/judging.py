@@ -34,7 +34,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline import conversation
-from pipeline.engines.base import ChatRequest, Completion
+from pipeline.engines.base import ChatRequest, Completion, failure_reason
 from pipeline.hashing import stable_hash
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table, quarantine_table
 from schemas.config import JudgeSpec
@@ -327,11 +327,17 @@ def make_votes(
     error) and none of its votes is written: the stage is then incomplete, and the next run
     makes exactly the failed calls again (the others come from the request cache)."""
     failed: dict[tuple[str, str, str], str] = {}
+    # a pair whose only failures are calls a budget did not allow is dropped over_budget
+    # (made by a rerun with a higher budget), any other failure quarantines it
+    budget_cut: set[tuple[str, str, str]] = set()
+    broken: set[tuple[str, str, str]] = set()
     for jr, comp in zip(requests, completions, strict=True):
         if comp.error is not None:
-            failed.setdefault(
-                (jr.source_id, jr.candidate_a, jr.candidate_b), f"{jr.annotator}: {comp.error}"
-            )
+            k = (jr.source_id, jr.candidate_a, jr.candidate_b)
+            failed.setdefault(k, f"{jr.annotator}: {comp.error}")
+            cut = failure_reason(comp.error) == Reason.OVER_BUDGET
+            (budget_cut if cut else broken).add(k)
+    budget_cut -= broken
     rows = []
     for jr, comp in zip(requests, completions, strict=True):
         if (jr.source_id, jr.candidate_a, jr.candidate_b) in failed:
@@ -366,6 +372,16 @@ def make_votes(
             )
     votes = from_rows(rows, VOTES, "votes")
     n_drop = len(drops)
+    drops = drops + [
+        {
+            "source_id": sid,
+            "row_id": f"{a}|{b}",
+            "reason": Reason.OVER_BUDGET,
+            "detail": f"pair {a} vs {b}: {err}"[:1000],
+        }
+        for (sid, a, b), err in failed.items()
+        if (sid, a, b) in budget_cut
+    ]
     quarantine = [
         {
             "source_id": sid,
@@ -374,12 +390,13 @@ def make_votes(
             "detail": f"pair {a} vs {b}: {err}"[:1000],
         }
         for (sid, a, b), err in failed.items()
+        if (sid, a, b) not in budget_cut
     ]
     counts = StageCounts(
         rows_in=n_pairs + n_drop,
         kept=n_pairs - len(failed),
         dropped=dict(Counter(str(d["reason"]) for d in drops)),
-        quarantined={str(Reason.REQUEST_FAILED): len(failed)} if failed else {},
+        quarantined={str(Reason.REQUEST_FAILED): len(quarantine)} if quarantine else {},
         rows_out=len(rows),
     )
     parse_errors = sum(r["parse_error"] is not None for r in rows)

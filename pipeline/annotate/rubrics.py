@@ -40,7 +40,7 @@ import pyarrow as pa
 
 from pipeline import conversation
 from pipeline.annotate.judging import _defang, annotator_base
-from pipeline.engines.base import ChatRequest, Completion, fake_json
+from pipeline.engines.base import ChatRequest, Completion, failure_reason, fake_json
 from pipeline.hashing import stable_hash
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table, quarantine_table
 from schemas.config import DEFAULT_ASPECTS, RubricConfig
@@ -434,22 +434,27 @@ def make_scores(
     >>> res.outputs["scores"].column("score").to_pylist(), res.info["parse_errors"]
     ([None], 1)
     """
-    drops = drops or []
+    drops = list(drops or [])
     rows = []
     bad_requests = 0
+    cut = 0
     nulls: Counter[str] = Counter()
     failed = []
     for rr, comp in zip(requests, completions, strict=True):
         raw = comp.texts[0] if comp.texts else None
-        if comp.error is not None:  # quarantined, no score row: retried by the next run
-            failed.append(
-                {
-                    "source_id": rr.source_id,
-                    "row": None,
-                    "reason": Reason.REQUEST_FAILED,
-                    "detail": f"{rr.annotator} on {rr.candidate_id}: {comp.error}"[:1000],
-                }
-            )
+        if comp.error is not None:  # no score row: made again by the next run
+            row = {
+                "source_id": rr.source_id,
+                "row": None,
+                "row_id": rr.candidate_id,
+                "reason": failure_reason(comp.error),
+                "detail": f"{rr.annotator} on {rr.candidate_id}: {comp.error}"[:1000],
+            }
+            if row["reason"] == Reason.OVER_BUDGET:  # dropped: the budget did not allow it
+                drops.append(row)
+                cut += 1
+            else:  # quarantined
+                failed.append(row)
             continue
         elif rr.aspects == (YESNO_ASPECT,) and rr.annotator.split("|")[1] == "yesno_v1":
             tops = comp.top_logprobs[0] if comp.top_logprobs else None
@@ -477,10 +482,10 @@ def make_scores(
         bad_requests += any_bad
     scores = from_rows(rows, SCORES, "scores")
     counts = StageCounts(
-        rows_in=len(requests) + len(drops),
-        kept=len(requests) - len(failed),
+        rows_in=len(requests) + len(drops) - cut,
+        kept=len(requests) - len(failed) - cut,
         dropped=dict(Counter(str(d["reason"]) for d in drops)),
-        quarantined={str(Reason.REQUEST_FAILED): len(failed)} if failed else {},
+        quarantined=dict(Counter(str(q["reason"]) for q in failed)),
         rows_out=len(rows),
     )
     return StageResult(

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pipeline.hashing import stable_hash
+from pipeline.stage import Reason
 from schemas.errors import EngineError
 
 log = logging.getLogger(f"prefcurate.{__name__}")
@@ -75,11 +76,20 @@ class Completion:
     top_logprobs: list[list[dict[str, float]] | None] = field(default_factory=list)
     error: str | None = None
     retryable: bool = True  # False for answers that cannot change (prompt too long): cached
+    # this call's share of its batch's wall time (run_cached): bookkeeping, not the answer
+    seconds: float | None = field(default=None, compare=False)
 
     @property
     def final(self) -> bool:
         """Worth caching: a success, or an error that a retry cannot fix."""
         return self.error is None or not self.retryable
+
+    @property
+    def output_tokens(self) -> int | None:
+        """The engine's count of generated tokens over all samples (None: not reported)."""
+        if not self.n_output_tokens or any(n is None for n in self.n_output_tokens):
+            return None
+        return sum(self.n_output_tokens)  # type: ignore[arg-type]
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, ensure_ascii=False)
@@ -439,18 +449,96 @@ class RequestCache:
             self._conn.close()
 
 
+OVER_BUDGET = str(Reason.OVER_BUDGET)  # the error of a call a budget did not allow (never cached)
+
+
+def over_budget(why: str) -> Completion:
+    """The answer for a call the run's budget did not allow: an error a rerun with a higher
+    budget makes (retryable, so never cached)."""
+    return Completion(texts=[], finish_reasons=[], error=f"{OVER_BUDGET}: {why}")
+
+
+def failure_reason(error: str) -> Reason:
+    """The reason for the rows of a call that came back with ``error``: the prompt does not
+    fit the context (``prompt_too_long``, final), a budget did not allow the call
+    (``over_budget``, dropped), or anything else (``request_failed``, quarantined; both
+    of the last two are made by the next run).
+
+    >>> [str(failure_reason(e)) for e in ("prompt_too_long: 9 >= 8", "over_budget: x", "http 500")]
+    ['prompt_too_long', 'over_budget', 'request_failed']
+    """
+    if error.startswith(str(Reason.PROMPT_TOO_LONG)):
+        return Reason.PROMPT_TOO_LONG
+    if error.startswith(OVER_BUDGET):
+        return Reason.OVER_BUDGET
+    return Reason.REQUEST_FAILED
+
+
 @dataclass
 class CallStats:
+    """The model calls of one stage and model in one run.
+
+    ``requests`` asked = ``reused`` (from the request cache, or duplicates) + ``made`` +
+    ``over_budget`` (not made: a budget was reached); ``failed`` of the made ones came back
+    with an error. Tokens are the engine's own counts (vLLM's token ids, the server's
+    ``usage``) for the calls made; ``seconds`` their wall time (batches apportioned to
+    their calls) plus engine start-up; ``saved_*`` the same for the reused calls: what
+    the cache saved this run. ``untokened``: answered calls without a token count.
+    """
+
     requests: int = 0
     reused: int = 0
     made: int = 0
     failed: int = 0
+    over_budget: int = 0
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    seconds: float = 0.0
+    start_seconds: float = 0.0
+    saved_prompt_tokens: int = 0
+    saved_output_tokens: int = 0
+    saved_seconds: float = 0.0
+    untokened: int = 0
 
     def add(self, other: CallStats) -> None:
-        self.requests += other.requests
-        self.reused += other.reused
-        self.made += other.made
-        self.failed += other.failed
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def count(self, comp: Completion, *, saved: bool) -> None:
+        """Add one answered call's tokens and seconds (as saved when it was reused)."""
+        p, o, sec = comp.n_prompt_tokens or 0, comp.output_tokens or 0, comp.seconds or 0.0
+        if comp.error is None and (comp.n_prompt_tokens is None or comp.output_tokens is None):
+            self.untokened += 1
+        if saved:
+            self.saved_prompt_tokens += p
+            self.saved_output_tokens += o
+            self.saved_seconds += sec
+        else:
+            self.prompt_tokens += p
+            self.output_tokens += o
+            self.seconds += sec
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        for k in ("seconds", "start_seconds", "saved_seconds"):
+            d[k] = round(d[k], 3)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CallStats:
+        """From :meth:`to_dict` (older records lack the token fields: zeros)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class Gate(Protocol):
+    """What :func:`run_cached` asks before each batch (a run's budget): how many of the
+    leading ``requests`` may be made now (0: none, the budget is reached, and why), and it
+    reports what each batch made."""
+
+    def admit(self, requests: Sequence[ChatRequest], engine: Engine) -> tuple[int, str]: ...
+
+    def charge(self, made: CallStats) -> None: ...
 
 
 def run_cached(
@@ -462,12 +550,15 @@ def run_cached(
     cache: RequestCache,
     batch_size: int = 64,
     progress: Callable[[int], None] | None = None,
+    gate: Gate | None = None,
 ) -> tuple[list[Completion], CallStats]:
     """Answer ``requests`` in order, from the cache where possible.
 
     The engine is only built (``get_engine()``) when a request is missing from the cache.
     Completions are committed after every batch. Completions with a retryable ``error``
-    are returned but not cached, so the next run retries them.
+    are returned but not cached, so the next run retries them. With a ``gate`` (a budget)
+    each batch makes only the calls it admits; once it admits none, the remaining requests
+    get an ``over_budget`` error (not cached: a rerun with a higher budget makes them).
     """
     keys = [r.key(engine_kind, model) for r in requests]
     cached = cache.get_many(set(keys))
@@ -478,6 +569,7 @@ def run_cached(
     for i, k in enumerate(keys):
         if k in results:
             stats.reused += 1
+            stats.count(results[k], saved=True)
         elif k not in seen:
             missing_idx.append(i)
             seen.add(k)
@@ -486,10 +578,29 @@ def run_cached(
     if progress and stats.reused:
         progress(stats.reused)
     if missing_idx:
+        t0 = time.perf_counter()
         engine = get_engine()
-        for start in range(0, len(missing_idx), batch_size):
+        stats.start_seconds = time.perf_counter() - t0  # ~0 when the pool had it already
+        stats.seconds += stats.start_seconds
+        start = 0
+        while start < len(missing_idx):
             chunk = missing_idx[start : start + batch_size]
             reqs = [requests[i] for i in chunk]
+            if gate is not None:
+                n_ok, why = gate.admit(reqs, engine)
+                if n_ok <= 0:
+                    for i in missing_idx[start:]:
+                        results[keys[i]] = over_budget(why)
+                        stats.over_budget += 1
+                    if progress:
+                        progress(len(missing_idx) - start)
+                    log.warning(
+                        "budget reached (%s): %d calls not made", why, len(missing_idx) - start
+                    )
+                    break
+                chunk, reqs = chunk[:n_ok], reqs[:n_ok]
+            start += len(chunk)
+            t0 = time.perf_counter()
             try:
                 outs = engine.complete(reqs)
             except EngineError:
@@ -502,13 +613,21 @@ def run_cached(
                     )
                     for _ in reqs
                 ]
+            share = (time.perf_counter() - t0) / max(len(outs), 1)
+            made = CallStats()
+            for c in outs:
+                c.seconds = share
+                made.made += 1
+                made.failed += c.error is not None
+                made.count(c, saved=False)
             good = [(keys[i], engine_kind, model, c) for i, c in zip(chunk, outs) if c.final]
             if good:
                 cache.put_many(good)
             for i, c in zip(chunk, outs):
                 results[keys[i]] = c
-                stats.made += 1
-                stats.failed += c.error is not None
+            stats.add(made)
+            if gate is not None:
+                gate.charge(made)
             if progress:
                 progress(len(chunk))
     return [results[k] for k in keys], stats

@@ -45,8 +45,62 @@ def section_overview(manifest: dict[str, Any], version_path: Path | None) -> dic
         "input": {"kind": inp.get("kind"), "path": inp.get("path")},
         "models": manifest.get("models") or [],
         "rows": manifest.get("rows") or {},
-        "calls": tabulate("model calls per stage", calls),
+        "calls": usage_table(manifest["usage"])
+        if manifest.get("usage")
+        else tabulate("model calls per stage", calls),
     }
+
+
+USAGE_COLUMNS = (
+    "stage",
+    "model",
+    "made",
+    "reused",
+    "failed",
+    "over budget",
+    "tokens in",
+    "tokens out",
+    "tokens saved",
+    "seconds",
+    "out tokens/s",
+    "cost",
+    "saved cost",
+)
+
+
+def usage_table(usage: dict[str, Any]) -> dict[str, Any] | None:
+    """The model calls per stage and model (``manifest.usage``): calls, tokens, seconds,
+    cost; the last row sums them."""
+
+    def row(stage: str, model: str, r: dict[str, Any]) -> list[Any]:
+        return [
+            stage,
+            model,
+            r.get("made"),
+            r.get("reused"),
+            r.get("failed"),
+            r.get("over_budget"),
+            r.get("prompt_tokens"),
+            r.get("output_tokens"),
+            (r.get("saved_prompt_tokens") or 0) + (r.get("saved_output_tokens") or 0),
+            r.get("seconds"),
+            r.get("output_tokens_per_s"),
+            r.get("cost"),
+            r.get("saved_cost"),
+        ]
+
+    rows = [
+        row(stage, model, r)
+        for stage, models in (usage.get("stages") or {}).items()
+        for model, r in models.items()
+    ]
+    if not rows:
+        return None
+    rows.append(row("total", "", usage.get("total") or {}))
+    title = f"model calls, tokens and cost ({usage.get('currency', '')})"
+    if usage.get("unpriced") and any(r[-2] is not None for r in rows):
+        title += "; no price for " + ", ".join(usage["unpriced"])
+    return {"title": title, "columns": list(USAGE_COLUMNS), "rows": rows}
 
 
 def section_hygiene(manifest: dict[str, Any]) -> dict[str, Any]:

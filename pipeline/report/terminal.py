@@ -64,7 +64,7 @@ def render_terminal(report: dict[str, Any], console: Any) -> None:
         )
     )
     if ov["calls"]:
-        console.print(table("model calls", ov["calls"]["columns"], ov["calls"]["rows"]))
+        console.print(table(ov["calls"]["title"], ov["calls"]["columns"], ov["calls"]["rows"]))
 
     st = report["stages"]
     console.rule(Text(heads["stages"]))
