@@ -200,7 +200,18 @@ def generate_task(run_id: str, ingest: StageOutput) -> StageOutput:
             [(p.name, p.model, [r for r in reqs if r.policy == p.name]) for p in gcfg.policies],
             gcfg.batch_size,
         )
-        res = generation.make_candidates(ordered, comps, ctx.cfg.generate.on_truncated)
+        res = generation.make_candidates(ordered, comps, gcfg.on_truncated)
+        # multi-turn prompts: each candidate answers the next follow-up in its own context
+        while turn := generation.follow_up_requests(
+            prompts, res.outputs["candidates"], list(gcfg.policies)
+        ):
+            ordered, comps, _ = call_models(
+                ctx,
+                "generate",
+                [(p.name, p.model, [r for r in turn if r.policy == p.name]) for p in gcfg.policies],
+                gcfg.batch_size,
+            )
+            res = generation.add_turn(res, ordered, comps, gcfg.on_truncated)
         return res
 
     return run_stage(

@@ -5,6 +5,10 @@
   ``role: content`` line per message.
 - :func:`contents`: the messages' contents alone (optionally of some roles), one per line:
   dedup and decontamination compare these, the report measures response lengths on them.
+- Multi-turn candidates: :func:`follow_ups` (a prompt's later user turns, from its
+  ``meta``), :func:`side` (a candidate's whole assistant side: its earlier turns, then
+  its last answer) and :func:`shown` (the text a judge reads for a candidate: its answer,
+  or for several turns a transcript that marks what is judged).
 
 >>> render([{"role": "user", "content": "hi"}])
 'hi'
@@ -19,6 +23,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 
@@ -46,3 +51,66 @@ def contents(messages: Any, roles: tuple[str, ...] | None = None) -> str:
         else:
             parts.append(str(m))
     return "\n".join(parts)
+
+
+def follow_ups(meta: str | None) -> list[str]:
+    """The follow-up user turns kept in a PROMPTS row's ``meta`` JSON ([] when none).
+
+    >>> follow_ups('{"follow_ups": ["and now?"], "lang": "en"}'), follow_ups(None)
+    (['and now?'], [])
+    """
+    if not meta or "follow_ups" not in meta:
+        return []
+    value = json.loads(meta).get("follow_ups")
+    return [str(t) for t in value] if isinstance(value, list) else []
+
+
+def side(history: Any, text: str | None) -> list[dict[str, str]]:
+    """A candidate's assistant side: its earlier turns (``history``: its answers and the
+    follow-up user turns), then its last answer ``text``.
+
+    >>> side(None, "a")
+    [{'role': 'assistant', 'content': 'a'}]
+    >>> [m["role"] for m in side([{"role": "assistant", "content": "a1"},
+    ...                           {"role": "user", "content": "u2"}], "a2")]
+    ['assistant', 'user', 'assistant']
+    """
+    return [dict(m) for m in history or []] + [{"role": "assistant", "content": text or ""}]
+
+
+LAST = (
+    "The response continues the conversation over several turns; the earlier turns are "
+    "context, judge only the assistant's last answer."
+)
+WHOLE = "The response continues the conversation over several turns; judge all of it."
+
+
+def shown(history: Any, text: str | None, mode: str = "last") -> str:
+    """What a judge reads for a candidate: its answer alone for one turn; for several, the
+    transcript of its side with the judged part marked (``mode`` last: the last answer;
+    whole: every assistant turn).
+
+    >>> shown(None, "a")
+    'a'
+    >>> print(shown([{"role": "assistant", "content": "a1"}, {"role": "user", "content": "u2"}],
+    ...             "a2"))
+    assistant (context): a1
+    user (context): u2
+    assistant (judged): a2
+    """
+    if not history:
+        return text or ""
+    lines = []
+    for m in history:
+        tag = "context" if mode == "last" or m["role"] != "assistant" else "judged"
+        lines.append(f"{m['role']} ({tag}): {m['content']}")
+    lines.append(f"assistant (judged): {text or ''}")
+    return "\n".join(lines)
+
+
+def histories(candidates: Any) -> list[Any]:
+    """The ``history`` column of a CANDIDATES table (all null for a table built without it,
+    as single-turn tables in tests are)."""
+    if "history" in candidates.column_names:
+        return candidates.column("history").to_pylist()
+    return [None] * candidates.num_rows

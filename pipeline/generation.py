@@ -24,11 +24,13 @@ on the next run: failed requests are never cached).
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass
 
 import pyarrow as pa
 
+from pipeline.conversation import follow_ups, side
 from pipeline.engines.base import ChatRequest, Completion, failure_reason
 from pipeline.hashing import candidate_id
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table, quarantine_table
@@ -36,7 +38,7 @@ from schemas.config import PolicyConfig
 from schemas.tables import CANDIDATES, from_rows
 
 STAGE = "generate"
-STAGE_VERSION = 1
+STAGE_VERSION = 2  # 2: multi-turn candidates (history), over_budget drops
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,166 @@ def make_candidates(
         quarantine,
         info={"tokens_per_policy": tokens},
     )
+
+
+@dataclass(frozen=True)
+class TurnRequest:
+    """The next turn of one candidate: its prompt, its own earlier turns and answer, then
+    the prompt's next follow-up user turn."""
+
+    candidate_id: str
+    turn: int  # 2 for the first follow-up
+    follow_up: str
+    policy: str
+    engine_kind: str
+    model: str
+    request: ChatRequest
+
+
+def follow_up_requests(
+    prompts: pa.Table, candidates: pa.Table, policies: list[PolicyConfig]
+) -> list[TurnRequest]:
+    """One request per candidate whose prompt has a follow-up it has not answered yet (one
+    sample: the candidate's own answers are its context, so each candidate stays one
+    conversation); empty when every candidate is done."""
+    fu = {
+        pid: follow_ups(meta)
+        for pid, meta in zip(
+            prompts.column("prompt_id").to_pylist(), prompts.column("meta").to_pylist()
+        )
+    }
+    if not any(fu.values()):
+        return []
+    prompt_of = dict(
+        zip(prompts.column("prompt_id").to_pylist(), prompts.column("prompt").to_pylist())
+    )
+    pols = {p.name: p for p in policies}
+    out = []
+    cols = ["prompt_id", "candidate_id", "policy", "sample_index", "text", "history"]
+    for row in candidates.select(cols).to_pylist():
+        todo, pol = fu.get(row["prompt_id"]) or [], pols.get(row["policy"])
+        done = len(row["history"] or []) // 2  # follow-ups answered so far
+        if pol is None or done >= len(todo):
+            continue
+        msgs = [(m["role"], m["content"]) for m in prompt_of[row["prompt_id"]]]
+        if pol.system_prompt and not (msgs and msgs[0][0] == "system"):
+            msgs = [("system", pol.system_prompt)] + msgs
+        msgs += [(m["role"], m["content"]) for m in side(row["history"], row["text"])]
+        msgs.append(("user", todo[done]))
+        req = ChatRequest(
+            messages=tuple(msgs),
+            n=1,
+            temperature=pol.temperature,
+            top_p=pol.top_p,
+            max_tokens=pol.max_tokens,
+            seed=pol.seed + row["sample_index"],
+            stop=tuple(pol.stop),
+        )
+        out.append(
+            TurnRequest(
+                row["candidate_id"],
+                done + 2,
+                todo[done],
+                pol.name,
+                pol.model.engine,
+                pol.model.model,
+                req,
+            )
+        )
+    return out
+
+
+def add_turn(
+    result: StageResult,
+    requests: list[TurnRequest],
+    completions: list[Completion],
+    on_truncated: str = "keep",
+) -> StageResult:
+    """The candidates of ``result`` with their answers to the next follow-up: history
+    grown by the last answer and the follow-up, ``text`` the new answer, a new
+    ``candidate_id`` (of the whole side). A candidate whose turn fails leaves the kept rows
+    with the reason (empty, truncated with ``drop``, over budget, failed call) and its turn.
+
+    >>> import pyarrow as pa, json
+    >>> from schemas.config import PolicyConfig
+    >>> prompts = pa.table({"prompt_id": ["p1"], "source_id": ["s1"],
+    ...     "prompt": [[{"role": "user", "content": "hi"}]], "source": ["t"],
+    ...     "meta": [json.dumps({"follow_ups": ["and?"]})]})
+    >>> pol = PolicyConfig(name="pol", n=2)
+    >>> reqs = build_generation_requests(prompts, [pol])
+    >>> res = make_candidates(reqs, [Completion(texts=["a", "b"], finish_reasons=["stop"] * 2)])
+    >>> turn = follow_up_requests(prompts, res.outputs["candidates"], [pol])
+    >>> [r.request.messages[-2:] for r in turn][0]
+    (('assistant', 'a'), ('user', 'and?'))
+    >>> res = add_turn(res, turn, [Completion(texts=["a2"], finish_reasons=["stop"]),
+    ...                            Completion(texts=[""], finish_reasons=["stop"])])
+    >>> c = res.outputs["candidates"].to_pylist()
+    >>> [(r["text"], [m["content"] for m in r["history"]]) for r in c], res.counts.dropped
+    ([('a2', ['a', 'and?'])], {'empty_output': 1})
+    >>> follow_up_requests(prompts, res.outputs["candidates"], [pol])
+    []
+    """
+    table = result.outputs["candidates"]
+    rows = {r["candidate_id"]: r for r in table.to_pylist()}
+    order = list(rows)
+    drops: list[dict] = []
+    quar: list[dict] = []
+    tokens = result.info.setdefault("tokens_per_policy", {})
+    for tr, comp in zip(requests, completions, strict=True):
+        row = rows[tr.candidate_id]
+        where = f"policy {row['policy']} sample {row['sample_index']} turn {tr.turn}"
+        text = comp.texts[0] if comp.texts else None
+        finish = comp.finish_reasons[0] if comp.finish_reasons else None
+        reason = None
+        if comp.error is not None:
+            reason, detail = failure_reason(comp.error), f"{where}: {comp.error}"
+        elif text is None or not text.strip():
+            reason, detail = Reason.EMPTY_OUTPUT, where
+        elif finish == "length" and on_truncated == "drop":
+            reason, detail = Reason.TRUNCATED, f"{where} stopped at max_tokens"
+        if reason is not None:
+            del rows[tr.candidate_id]
+            entry = {"source_id": row["source_id"], "row_id": tr.candidate_id,
+                     "reason": reason, "detail": detail}  # fmt: skip
+            quarantined = reason not in (Reason.OVER_BUDGET, Reason.EMPTY_OUTPUT, Reason.TRUNCATED)
+            (quar if quarantined else drops).append(entry)
+            continue
+        history = side(row["history"], row["text"]) + [{"role": "user", "content": tr.follow_up}]
+        out_tok = comp.n_output_tokens[0] if comp.n_output_tokens else None
+        row.update(
+            history=history,
+            text=text,
+            finish_reason=finish,
+            n_prompt_tokens=comp.n_prompt_tokens,
+            n_output_tokens=out_tok,
+            request_hash=tr.request.key(tr.engine_kind, tr.model),
+            truncated=bool(row["truncated"]) or finish == "length",
+            candidate_id=candidate_id(
+                row["prompt_id"],
+                row["policy"],
+                row["sample_index"],
+                json.dumps(side(history, text)),
+            ),
+        )
+        t = tokens.setdefault(row["policy"], {"prompt_tokens": 0, "output_tokens": 0,
+                                              "candidates": 0, "truncated": 0})  # fmt: skip
+        t["prompt_tokens"] += comp.n_prompt_tokens or 0
+        t["output_tokens"] += out_tok or 0
+    c = result.counts
+    for what, extra in (("dropped", drops), ("quarantined", quar)):
+        counts = getattr(c, what)
+        for e in extra:
+            counts[str(e["reason"])] = counts.get(str(e["reason"]), 0) + 1
+    c.kept -= len(drops) + len(quar)
+    result.outputs["candidates"] = from_rows(
+        [rows[k] for k in order if k in rows], CANDIDATES, "candidates"
+    )
+    result.dropped = pa.concat_tables([result.dropped, dropped_table(STAGE, drops)])
+    result.quarantine = pa.concat_tables([result.quarantine, quarantine_table(STAGE, quar)])
+    result.info["turns"] = max(
+        result.info.get("turns", 1), max((r.turn for r in requests), default=1)
+    )
+    return result
 
 
 def flag_truncated_pairs(pairs: pa.Table, candidates: pa.Table) -> tuple[pa.Table, int]:

@@ -49,6 +49,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from pipeline.conversation import histories, side
 from pipeline.hashing import stable_hash
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table
 from schemas.config import PairsConfig
@@ -300,13 +301,17 @@ def _conditioned(prompt: list[dict], flags: list[str]) -> list[dict]:
 
 
 def published_table(pairs: pa.Table, prompts: pa.Table, candidates: pa.Table) -> pa.Table:
-    """Join the selected pairs with their prompt and texts into the PUBLISHED schema."""
+    """Join the selected pairs with their prompt and texts into the PUBLISHED schema
+    (TRL's conversational form: ``prompt`` the shared conversation, ``chosen`` /
+    ``rejected`` each candidate's whole assistant side)."""
     prompt_of = dict(
         zip(prompts.column("prompt_id").to_pylist(), prompts.column("prompt").to_pylist())
     )
     cand = {
-        r["candidate_id"]: r
-        for r in candidates.select(["candidate_id", "text", "policy"]).to_pylist()
+        r["candidate_id"]: {**r, "side": side(h, r["text"])}
+        for r, h in zip(
+            candidates.select(["candidate_id", "text", "policy"]).to_pylist(), histories(candidates)
+        )
     }
     rows = []
     for p in pairs.to_pylist():
@@ -315,8 +320,10 @@ def published_table(pairs: pa.Table, prompts: pa.Table, candidates: pa.Table) ->
         rows.append(
             {
                 "prompt": _conditioned(prompt_of[p["prompt_id"]], p["flags"]),
-                "chosen": [{"role": "assistant", "content": ch["text"]}],
-                "rejected": [{"role": "assistant", "content": rj["text"]}],
+                # the whole assistant side: for several turns, the candidate's earlier
+                # answers and the follow-up user turns, then its last answer
+                "chosen": ch["side"],
+                "rejected": rj["side"],
                 "margin": 0.0 if margin is None or math.isnan(margin) else margin,
                 "weight": p["weight"],
                 "p_hat": p["p_hat"],

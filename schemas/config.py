@@ -115,6 +115,8 @@ class JudgeSpec(_Frozen):
     seed: int = 0
     structured: bool = True  # JSON schema through vLLM structured outputs
     samples: int = Field(1, ge=1)  # verdicts per call (use with temperature > 0): one vote each
+    # multi-turn candidates: judge the last answer (earlier turns as context) or all of it
+    multi_turn: Literal["last", "whole"] = "last"
 
 
 class JudgeConfig(_Frozen):
@@ -662,7 +664,8 @@ class RunConfig(_Frozen):
             return self.name
         stem = Path(self.input.path.rstrip("/")).stem if self.input.path else ""
         builtin = all(
-            p.partition(":")[0] in ("mtbench", "verifiable") for p in self.input.path.split("+")
+            p.partition(":")[0] in ("mtbench", "mtbench2", "verifiable")
+            for p in self.input.path.split("+")
         )
         if builtin or not stem:
             return "mtbench-smollm2"

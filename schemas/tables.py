@@ -57,6 +57,10 @@ CANDIDATES = pa.schema(
         _f("request_hash", pa.string(), True),
         _f("truncated", pa.bool_()),
         _f("error", pa.string(), True),
+        # multi-turn: this candidate's own earlier turns after the prompt (its answers and
+        # the follow-up user turns), ``text`` being its answer to the last one; null for
+        # a single turn
+        _f("history", MESSAGES, True),
     ]
 )
 
@@ -307,11 +311,19 @@ def check_table(table: pa.Table, schema: pa.Schema, name: str) -> pa.Table:
     return table
 
 
+# nullable columns added after tables were first written: a table written before reads
+# with nulls there (stage outputs of earlier runs, published versions' lineage)
+LATER_COLUMNS: dict[str, tuple[str, ...]] = {"candidates": ("history",)}
+
+
 def conform(table: pa.Table, schema: pa.Schema, name: str) -> pa.Table:
     """Select and cast ``table``'s columns onto ``schema`` (order, types), then check it.
 
     Use this on tables produced by polars (large strings, int64) before writing.
     """
+    for col in LATER_COLUMNS.get(name.rpartition("/")[2], ()):
+        if col not in table.schema.names and col in schema.names:  # written before it existed
+            table = table.append_column(col, pa.nulls(table.num_rows, schema.field(col).type))
     missing = [c for c in schema.names if c not in table.schema.names]
     if missing:
         raise SchemaError(

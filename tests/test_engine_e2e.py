@@ -116,3 +116,35 @@ def test_prompt_longer_than_context_is_quarantined(tmp_path, engine):
     gen = summary["stages"]["generate"]
     assert gen["quarantined"] == {"prompt_too_long": 2}
     assert gen["kept"] + sum(gen["dropped"].values()) == 2
+
+
+def test_two_turn_mtbench_real_engine(tmp_path, engine):
+    """MT-Bench with its second turn: each candidate answers the follow-up in its own
+    context, and the published sides hold both turns."""
+    cfg = load_config(
+        None,
+        [
+            f"data_root={tmp_path}",
+            "name=e2e-two-turns",
+            "input.path=mtbench2:1",
+            "generate.policies.0.n=2",
+            "generate.policies.0.max_tokens=24",
+            "generate.on_truncated=keep",
+            "rubrics.judges=[]",
+            "denoise.flip_below=0.0",
+            "denoise.drop_below=0.0",
+        ],
+    )
+    summary = curate(cfg.model_dump(mode="json"))
+    assert summary["calls"]["generate"]["made"] == 1 + 2  # one prompt, then each candidate
+    ds = datasets.load_from_disk(str(Path(summary["path"]) / "data"))
+    assert ds.num_rows >= 1
+    row = ds[0]
+    follow_up = store.read_manifest(summary["path"])["stages"]["generate"]
+    assert follow_up["kept"] == 2
+    for side in ("chosen", "rejected"):
+        assert [m["role"] for m in row[side]] == ["assistant", "user", "assistant"]
+        assert all(m["content"].strip() for m in row[side])
+    assert row["chosen"][1]["content"] == row["rejected"][1]["content"]  # MT-Bench's turn 2
+    usage = summary["usage"]["stages"]["generate"][SPEC.model]
+    assert usage["prompt_tokens"] > 0 and usage["output_tokens"] > 0

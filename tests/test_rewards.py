@@ -188,7 +188,7 @@ def test_make_reward_scores_multi_head_and_mismatch():
 
 
 def test_failed_reward_calls_are_quarantined_and_keep_the_stage_incomplete():
-    from flows.curate import _no_failed_calls
+    from flows.runtime import calls_complete as _no_failed_calls
 
     inputs = [
         RewardInput("c1", "s1", (1,)),

@@ -144,7 +144,8 @@ def build_reward_inputs(
         zip(prompts.column("prompt_id").to_pylist(), prompts.column("prompt").to_pylist())
     )
     out, drops = [], []
-    for r in candidates.select(["prompt_id", "source_id", "candidate_id", "text"]).to_pylist():
+    rows = candidates.select(["prompt_id", "source_id", "candidate_id", "text"]).to_pylist()
+    for r, hist in zip(rows, conversation.histories(candidates)):
         if r["text"] is None or not r["text"].strip():
             drops.append(
                 {
@@ -155,7 +156,8 @@ def build_reward_inputs(
                 }
             )
             continue
-        ids = encode_conversation(tokenizer, prompt_of[r["prompt_id"]], r["text"])
+        # multi-turn: the candidate's own earlier turns are the context of its last answer
+        ids = encode_conversation(tokenizer, prompt_of[r["prompt_id"]] + (hist or []), r["text"])
         err = (
             None
             if len(ids) < max_len

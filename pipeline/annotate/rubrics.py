@@ -381,6 +381,9 @@ def build_rubric_requests(
         zip(prompts.column("prompt_id").to_pylist(), prompts.column("prompt").to_pylist())
     )
     rows = candidates.select(["prompt_id", "source_id", "candidate_id", "text"]).to_pylist()
+    for r, h in zip(rows, conversation.histories(candidates)):
+        # a multi-turn candidate: the transcript of its side, its last answer judged
+        r["shown"] = conversation.shown(h, r["text"])
     out, drops = [], []
     for cfg in judges:
         ann = rubric_annotator(cfg)
@@ -396,10 +399,10 @@ def build_rubric_requests(
                 )
                 continue
             if cfg.template == "yesno_v1":
-                req = format_yesno(cfg, prompt_of[r["prompt_id"]], r["text"])
+                req = format_yesno(cfg, prompt_of[r["prompt_id"]], r["shown"])
                 lo, hi = 0, 1
             else:
-                req = format_rubric(cfg, prompt_of[r["prompt_id"]], r["text"])
+                req = format_rubric(cfg, prompt_of[r["prompt_id"]], r["shown"])
                 lo, hi = cfg.min_score, cfg.max_score
             out.append(
                 RubricRequest(

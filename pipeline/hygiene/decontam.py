@@ -228,7 +228,8 @@ def resolve_benchmarks(
     >>> items, notes["skipped"]
     ([], ["mtbench (the input's own source)"])
     """
-    own = {part.split(":")[0] for part in input_path.split("+")}
+    # (mtbench2 is MT-Bench with its second turns)
+    own = {part.split(":")[0].replace("mtbench2", "mtbench") for part in input_path.split("+")}
     items: list[BenchmarkItem] = []
     notes: dict[str, list[str]] = {"used": [], "skipped": [], "unavailable": []}
     for b in list(SHIPPED) if benchmarks is None else benchmarks:

