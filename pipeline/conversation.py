@@ -65,6 +65,19 @@ def follow_ups(meta: str | None) -> list[str]:
     return [str(t) for t in value] if isinstance(value, list) else []
 
 
+def tools(meta: str | None) -> str | None:
+    """The ``tools`` (OpenAI tool schemas) kept in a PROMPTS row's ``meta``, as canonical
+    JSON text (what the engine gets and TRL's ``tools`` column holds); None when none.
+
+    >>> tools('{"tools": [{"type": "function", "function": {"name": "f"}}]}')
+    '[{"function": {"name": "f"}, "type": "function"}]'
+    """
+    if not meta or "tools" not in meta:
+        return None
+    value = json.loads(meta).get("tools")
+    return json.dumps(value, sort_keys=True, ensure_ascii=False) if value else None
+
+
 def side(history: Any, text: str | None) -> list[dict[str, str]]:
     """A candidate's assistant side: its earlier turns (``history``: its answers and the
     follow-up user turns), then its last answer ``text``.

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from pipeline.conversation import follow_ups, side
+from pipeline.conversation import follow_ups, side, tools
 from pipeline.engines.base import ChatRequest, Completion, failure_reason
 from pipeline.hashing import candidate_id
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table, quarantine_table
@@ -56,7 +56,7 @@ def build_generation_requests(
 ) -> list[GenerationRequest]:
     """One request per (prompt, policy), asking for ``policy.n`` samples."""
     out = []
-    rows = prompts.select(["prompt_id", "source_id", "prompt"]).to_pylist()
+    rows = prompts.select(["prompt_id", "source_id", "prompt", "meta"]).to_pylist()
     for pol in policies:
         for row in rows:
             msgs = [(m["role"], m["content"]) for m in row["prompt"]]
@@ -70,6 +70,7 @@ def build_generation_requests(
                 max_tokens=pol.max_tokens,
                 seed=pol.seed,
                 stop=tuple(pol.stop),
+                tools=tools(row["meta"]),
             )
             out.append(
                 GenerationRequest(
@@ -232,6 +233,12 @@ def follow_up_requests(
     prompt_of = dict(
         zip(prompts.column("prompt_id").to_pylist(), prompts.column("prompt").to_pylist())
     )
+    tools_of = {
+        pid: tools(meta)
+        for pid, meta in zip(
+            prompts.column("prompt_id").to_pylist(), prompts.column("meta").to_pylist()
+        )
+    }
     pols = {p.name: p for p in policies}
     out = []
     cols = ["prompt_id", "candidate_id", "policy", "sample_index", "text", "history"]
@@ -253,6 +260,7 @@ def follow_up_requests(
             max_tokens=pol.max_tokens,
             seed=pol.seed + row["sample_index"],
             stop=tuple(pol.stop),
+            tools=tools_of[row["prompt_id"]],
         )
         out.append(
             TurnRequest(

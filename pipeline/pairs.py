@@ -49,7 +49,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from pipeline.conversation import histories, side
+from pipeline.conversation import histories, side, tools
 from pipeline.hashing import stable_hash
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table
 from schemas.config import PairsConfig
@@ -307,6 +307,9 @@ def published_table(pairs: pa.Table, prompts: pa.Table, candidates: pa.Table) ->
     prompt_of = dict(
         zip(prompts.column("prompt_id").to_pylist(), prompts.column("prompt").to_pylist())
     )
+    tools_of = dict(
+        zip(prompts.column("prompt_id").to_pylist(), map(tools, prompts.column("meta").to_pylist()))
+    )
     cand = {
         r["candidate_id"]: {**r, "side": side(h, r["text"])}
         for r, h in zip(
@@ -344,6 +347,7 @@ def published_table(pairs: pa.Table, prompts: pa.Table, candidates: pa.Table) ->
                 "flags": p["flags"],
                 "curriculum_stage": p["curriculum_stage"],
                 "split": p["split"],
+                "tools": tools_of[p["prompt_id"]],
             }
         )
     return from_rows(rows, PUBLISHED, "published")

@@ -158,6 +158,8 @@ PUBLISHED = pa.schema(
         _f("flags", pa.list_(pa.string())),
         _f("curriculum_stage", pa.int32(), True),
         _f("split", pa.string(), True),
+        # JSON text of the prompt's OpenAI tool schemas (TRL's ``tools`` column), or null
+        _f("tools", pa.string(), True),
     ]
 )
 
@@ -313,7 +315,7 @@ def check_table(table: pa.Table, schema: pa.Schema, name: str) -> pa.Table:
 
 # nullable columns added after tables were first written: a table written before reads
 # with nulls there (stage outputs of earlier runs, published versions' lineage)
-LATER_COLUMNS: dict[str, tuple[str, ...]] = {"candidates": ("history",)}
+LATER_COLUMNS: dict[str, tuple[str, ...]] = {"candidates": ("history",), "published": ("tools",)}
 
 
 def conform(table: pa.Table, schema: pa.Schema, name: str) -> pa.Table:

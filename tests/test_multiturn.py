@@ -212,3 +212,85 @@ def test_dpo_trainer_trains_on_multi_turn_rows(multi_version, tmp_path):
     assert out.global_step == 2
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert losses and all(torch.isfinite(torch.tensor(losses)))
+
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
+
+
+def test_tools_reach_the_engine_and_the_published_rows(tmp_path):
+    from pipeline import generation
+    from pipeline.engines.openai import OpenAIEngine
+    from schemas.config import PolicyConfig
+
+    rows = [{"id": "w1", "prompt": "Weather in Oslo?", "tools": TOOLS}, ROWS[2]]
+    path = _write(tmp_path / "tools.jsonl", rows)
+    prompts = ingest_prompts(str(path)).outputs["prompts"]
+    reqs = generation.build_generation_requests(prompts, [PolicyConfig()])
+    by_source = {r.source_id: r.request for r in reqs}
+    assert json.loads(by_source["w1"].tools) == TOOLS and by_source["t3"].tools is None
+    body = OpenAIEngine("m", "http://127.0.0.1:9/v1").request_body(by_source["w1"])
+    assert body["tools"] == TOOLS
+    assert "tools" not in OpenAIEngine("m", "http://127.0.0.1:9/v1").request_body(by_source["t3"])
+    # the published rows carry TRL's tools column (JSON text, as TRL reads it)
+    cfg = load_config(
+        None,
+        [
+            f"data_root={tmp_path}",
+            "name=tools",
+            f"input.path={path}",
+            "generate.policies.0.model.engine=fake",
+            "generate.policies.0.model.model=fake-policy",
+            "judge.judges.0.model.engine=fake",
+            "judge.judges.0.model.model=fake-judge",
+            "rubrics.judges=[]",
+            "embed.enabled=false",
+            "denoise.flip_below=0.0",
+            "denoise.drop_below=0.0",
+        ],
+    )
+    summary = curate(cfg.model_dump(mode="json"))
+    ds = datasets.load_from_disk(str(Path(summary["path"]) / "data"))
+    got = {r["source_id"]: r["tools"] for r in ds}
+    assert json.loads(got["w1"]) == TOOLS and got.get("t3", None) is None
+
+
+def test_vllm_engine_calls_chat_once_per_tool_list():
+    from pipeline.engines.base import ChatRequest, VLLMEngine
+
+    class Out:
+        def __init__(self, text):
+            self.index, self.text, self.finish_reason = 0, text, "stop"
+            self.token_ids, self.logprobs = [1, 2], None
+
+    class LLM:
+        calls: list = []
+
+        def chat(self, convs, params, use_tqdm, tools):
+            self.calls.append((len(convs), tools))
+            return [
+                type("O", (), {"outputs": [Out(f"{c[-1]['content']}|{tools is not None}")],
+                               "prompt_token_ids": [0]})()
+                for c in convs
+            ]  # fmt: skip
+
+    eng = VLLMEngine.__new__(VLLMEngine)
+    eng.llm, eng._max_len = LLM(), 4096
+    eng.count_prompt_tokens = lambda r: 3
+    t = json.dumps(TOOLS)
+    reqs = [
+        ChatRequest(messages=(("user", "a"),)),
+        ChatRequest(messages=(("user", "b"),), tools=t),
+        ChatRequest(messages=(("user", "c"),)),
+    ]
+    out = eng.complete(reqs)
+    assert [c.texts[0] for c in out] == ["a|False", "b|True", "c|False"]
+    assert sorted(eng.llm.calls, key=str) == sorted([(2, None), (1, TOOLS)], key=str)

@@ -49,19 +49,27 @@ class ChatRequest:
     stop: tuple[str, ...] = ()
     json_schema: str | None = None  # JSON text of a schema for structured output
     logprobs: int | None = None  # top-k logprobs per output token
+    tools: str | None = None  # JSON text of an OpenAI tool-schema list the model may call
 
     def key(self, engine_kind: str, model: str) -> str:
-        """Content hash of everything that determines the answer."""
+        """Content hash of everything that determines the answer (fields added later count
+        only when set, so the keys of requests without them never change)."""
         # a plain dict, not dataclasses.asdict (3x slower); the JSON, so the hash, is the same
-        return stable_hash(
-            engine_kind, model, {f: getattr(self, f) for f in _REQ_FIELDS}, length=32
-        )
+        d = {f: getattr(self, f) for f in _REQ_FIELDS}
+        for f in _LATER_FIELDS:
+            if d[f] is None:
+                del d[f]
+        return stable_hash(engine_kind, model, d, length=32)
 
     def as_messages(self) -> list[dict[str, str]]:
         return [{"role": r, "content": c} for r, c in self.messages]
 
+    def tool_list(self) -> list[dict[str, Any]] | None:
+        return json.loads(self.tools) if self.tools else None
+
 
 _REQ_FIELDS = tuple(f.name for f in fields(ChatRequest))
+_LATER_FIELDS = ("tools",)
 
 
 @dataclass
@@ -329,7 +337,10 @@ class VLLMEngine:
 
     def count_prompt_tokens(self, request: ChatRequest) -> int | None:
         ids = self._tokenizer.apply_chat_template(
-            request.as_messages(), tokenize=True, add_generation_prompt=True
+            request.as_messages(),
+            tokenize=True,
+            add_generation_prompt=True,
+            tools=request.tool_list(),
         )
         if hasattr(ids, "keys"):
             ids = ids["input_ids"]
@@ -366,10 +377,20 @@ class VLLMEngine:
                 todo.append(i)
         if not todo:
             return result  # type: ignore[return-value]
-        convs = [requests[i].as_messages() for i in todo]
-        params = [self._sampling_params(requests[i]) for i in todo]
-        outs = self.llm.chat(convs, params, use_tqdm=False)
-        for i, o in zip(todo, outs):
+        # llm.chat takes one tool list per call: one call per distinct list
+        by_tools: dict[str | None, list[int]] = {}
+        for i in todo:
+            by_tools.setdefault(requests[i].tools, []).append(i)
+        answered: list[tuple[int, Any]] = []
+        for tools, idx in by_tools.items():
+            outs = self.llm.chat(
+                [requests[i].as_messages() for i in idx],
+                [self._sampling_params(requests[i]) for i in idx],
+                use_tqdm=False,
+                tools=requests[idx[0]].tool_list(),
+            )
+            answered += zip(idx, outs)
+        for i, o in answered:
             req = requests[i]
             samples = sorted(o.outputs, key=lambda c: c.index)
             tops: list[list[dict[str, float]] | None] = []

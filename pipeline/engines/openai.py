@@ -321,6 +321,8 @@ class OpenAIEngine:
         if req.logprobs:
             body["logprobs"] = True
             body["top_logprobs"] = req.logprobs
+        if req.tools:
+            body["tools"] = req.tool_list()
         if req.json_schema is not None:
             body["response_format"] = {
                 "type": "json_schema",
