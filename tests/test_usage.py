@@ -211,6 +211,8 @@ def test_flow_budget_drops_over_budget_and_resumes(tmp_path, examples, monkeypat
     assert u["stages"]["generate"]["fake-policy"]["cost"] is None
     assert u["unpriced"] == ["fake-policy"]
     assert s1["usage"] == u and s1["calls"]["judge"]["over_budget"] == 14
+    html = (Path(s1["path"]) / "report.html").read_text()
+    assert "model calls, tokens and cost (USD)" in html and "no price for fake-policy" in html
     dropped = pl.read_parquet(Path(s1["path"]) / "dropped.parquet")
     assert (dropped["reason"] == "over_budget").sum() == c["dropped"]["over_budget"]
     # raise the budget: only the missing judge calls are made, the rest is reused

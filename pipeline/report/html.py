@@ -110,6 +110,7 @@ def section_html(key: str, rep: dict[str, Any]) -> str:
             )
         )
         if s["calls"]:
+            p.append(f"<h3>{_e(s['calls']['title'])}</h3>")
             p.append(_html_table(s["calls"]["columns"], s["calls"]["rows"]))
     elif key == "stages":
         p.append(
