@@ -221,6 +221,9 @@ def run(
         False, "--allow-partial", help="Publish even when every call of a model stage failed"
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every stage"),
+    plan: bool = typer.Option(
+        False, "--plan", help="Print the calls, tokens and cost each stage would make; run nothing"
+    ),
 ) -> None:
     """Run a curation (ingest → … → publish) and print where the dataset version is."""
     _prefect_env(verbose)
@@ -243,6 +246,9 @@ def run(
         cfg = load_config(config, set_)
     except PrefcurateError as exc:
         _fail(exc)
+    if plan:
+        _print_plan(cfg, as_json)
+        return
     try:
         check_data_root(cfg.data_root)
         check_models(cfg)
@@ -307,6 +313,32 @@ def run(
     if summary.get("report_html"):
         out.print(f"quality report: {summary['report_html']}")
     out.print(summary["path"])
+
+
+def _print_plan(cfg: Any, as_json: bool) -> None:
+    """``run --plan``: the dry run of :func:`pipeline.dryrun.plan_run` (no model loads)."""
+    from pipeline.dryrun import plan_run
+
+    try:
+        p = plan_run(cfg)
+    except PrefcurateError as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps(p, indent=2))
+        return
+    cols = ["stage", "model", "calls", "cached", "prompt_tokens_est", "max_output_tokens"]
+    cols += ["max_cost"]
+    t = Table(title=f"plan: {p['input']['rows']} {p['input']['kind']} from {p['input']['path']}")
+    for c in cols:
+        t.add_column(c)
+    for row in p["stages"] + [{"stage": "total", "model": "", **p["total"]}]:
+        t.add_row(*("–" if row.get(c) is None else str(row.get(c)) for c in cols))
+    out.print(t)
+    for name, b in p["budget"].items():
+        verdict = "fits" if b["fits"] else "[bold yellow]may be reached[/] (the rest: over_budget)"
+        out.print(f"{name} {b['limit']}: planned at most {b['planned']}; {verdict}")
+    for note in p["notes"]:
+        out.print(f"[dim]{note}[/]")
 
 
 def _print_stages(stages: dict[str, Any]) -> None:
