@@ -246,14 +246,14 @@ def run(
         cfg = load_config(config, set_)
     except PrefcurateError as exc:
         _fail(exc)
-    if plan:
-        _print_plan(cfg, as_json)
-        return
     try:
         check_data_root(cfg.data_root)
         check_models(cfg)
     except PrefcurateError as exc:
         _fail(exc)
+    if plan:  # after the same checks as a run: a config that cannot work fails here too
+        _print_plan(cfg, as_json)
+        return
     from flows.curate import run_curation, set_progress_factory
 
     prog = _RichProgress()

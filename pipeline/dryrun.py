@@ -138,21 +138,25 @@ def plan_run(cfg: RunConfig) -> dict[str, Any]:
                 per = overhead + (sum(p_tok) // max(n_prompts, 1)) + 2 * resp_tok
                 out_tok = mine * judge.max_tokens * judge.samples
                 stages.append(_row(stage, judge.model.model, mine, mine * per, out_tok, cfg))
-        for r in cfg.rubric_judges():
-            calls = n_cands
-            if cfg.rubrics.budget is not None:
-                calls = min(calls, cfg.rubrics.budget)
-            fmt = format_yesno if r.template == "yesno_v1" else format_rubric
-            overhead = _msgs_tok(fmt(r, [{"role": "user", "content": ""}], "").messages)
-            per = overhead + (sum(p_tok) // max(n_prompts, 1)) + resp_tok
-            stages.insert(
-                len([s for s in stages if s["stage"] == "generate"]),
-                _row("rubric", r.model.model, calls, calls * per, calls * r.max_tokens, cfg),
-            )
+    for r in cfg.rubric_judges():
+        calls = n_cands
+        if cfg.rubrics.budget is not None:
+            calls = min(calls, cfg.rubrics.budget)
+        fmt = format_yesno if r.template == "yesno_v1" else format_rubric
+        probe = fmt(r, [{"role": "user", "content": ""}], "")  # the real request's shape
+        per = _msgs_tok(probe.messages) + (sum(p_tok) // max(n_prompts, 1)) + resp_tok
+        out_tok = calls * probe.max_tokens * probe.n  # (a Yes/No judge asks for 3 tokens)
+        stages.insert(
+            len([s for s in stages if s["stage"] == "generate"]),
+            _row("rubric", r.model.model, calls, calls * per, out_tok, cfg),
+        )
     total = {
         key: sum(s[key] for s in stages)
         for key in ("calls", "prompt_tokens_est", "max_output_tokens")
     }
+    hourly = sorted({m for m, p in cfg.cost.prices.items() if p.per_hour})
+    if hourly:
+        notes.append(f"priced per hour, not estimated: {', '.join(hourly)}")
     costs = [s["max_cost"] for s in stages if s["max_cost"] is not None]
     total["max_cost"] = round(sum(costs), 6) if costs else None
     return {
@@ -201,5 +205,10 @@ def _budget_check(cfg: RunConfig, stages: list[dict], total: dict) -> dict[str, 
             if limit is None:
                 continue
             n = need.get(key) or 0
-            out[f"{where}.{name}"] = {"limit": limit, "planned": n, "fits": n <= limit}
+            unknown = name == "max_cost" and any(p.per_hour for p in cfg.cost.prices.values())
+            out[f"{where}.{name}"] = {
+                "limit": limit,
+                "planned": n,
+                "fits": None if unknown else n <= limit,  # None: per-hour prices unplanned
+            }
     return out

@@ -703,10 +703,10 @@ class RunConfig(_Frozen):
         out: dict[str, list[ModelSpec]] = {}
         if self.input.kind == "prompts":
             out["generate"] = [p.model for p in self.generate.policies]
+        if self.rubric_judges():  # the flow runs them with or without pairwise judges
+            out["rubric"] = [r.model for r in self.rubric_judges()]
         if self.judge.judges:
             out["judge"] = [j.model for j in self.judge.judges]
-            if self.rubric_judges():
-                out["rubric"] = [r.model for r in self.rubric_judges()]
             if self.judge.pair_selection == "gpm":
                 out["judge_gpm"] = list(out["judge"])
         return out

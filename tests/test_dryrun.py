@@ -123,3 +123,30 @@ def test_cli_plan_json_on_the_embedded_default_loads_no_model(tmp_path):
     assert [s["stage"] for s in plan["stages"]] == ["generate", "rubric", "judge"]
     assert plan["input"]["rows"] == 28 and plan["stages"][0]["calls"] == 28
     assert "LOADED []" in out.stderr
+
+
+def test_plan_rubric_only_hourly_prices_and_the_checks_of_a_run(tmp_path, examples):
+    cfg = _cfg(tmp_path, examples, "judge.judges=[]", "rubrics.judges=[{name: r1}]")
+    p = plan_run(cfg)
+    assert [(s["stage"], s["calls"]) for s in p["stages"]] == [("generate", 4), ("rubric", 12)]
+    # Yes/No rubric judges ask for 3 tokens: the plan uses the real request's max_tokens
+    yn = plan_run(_cfg(tmp_path, examples))
+    rub = next(s for s in yn["stages"] if s["stage"] == "rubric")
+    assert rub["max_output_tokens"] == rub["calls"] * 3
+    hourly = plan_run(
+        _cfg(
+            tmp_path,
+            examples,
+            "cost.prices={fake-judge: {per_hour: 2.0}}",
+            "budget.stages={judge: {max_cost: 0.000001}}",
+        )
+    )
+    assert hourly["budget"]["budget.stages.judge.max_cost"]["fits"] is None
+    assert any("priced per hour, not estimated: fake-judge" in n for n in hourly["notes"])
+    # --plan runs the same checks as a run: a missing model folder fails before the plan
+    bad = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", "--plan", "--json", "--set",
+         f"data_root={tmp_path}", "--set", "generate.policies.0.model.model=/no/such/model"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert bad.returncode != 0 and bad.stdout == "" and "/no/such/model" in bad.stderr

@@ -246,12 +246,16 @@ def test_sigkill_mid_generation_and_mid_judging_then_resume(tmp_path):
     assert len(ref_calls) == N_GEN + N_JUDGE
     assert summary["calls"].get("generate", {}).get("made", 0) == 0  # finished in run 2
     assert summary["stages"]["generate"]["reused"] and not summary["stages"]["judge"]["reused"]
-    assert summary["calls"]["judge"] == {
+    j = summary["calls"]["judge"]
+    assert {k: j[k] for k in ("requests", "made", "reused", "failed")} == {
         "requests": N_JUDGE,
         "made": len(calls3),
         "reused": N_JUDGE - len(calls3),
         "failed": 0,
     }
+    # the calls answered before the kill are reused: their tokens are tokens saved
+    assert (j["saved_output_tokens"] > 0) == (j["reused"] > 0)
+    assert (j["output_tokens"] > 0) == (j["made"] > 0)
 
     # --- the published version: complete, alone, identical to the reference
     vdir = Path(summary["path"])
