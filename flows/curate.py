@@ -87,6 +87,18 @@ INGEST_VERSION = 1
 PUBLISH_VERSION = 1
 
 
+def model_task(name: str) -> Any:
+    """A task that calls models: transient errors (connection, timeout, 5xx) are retried
+    twice, after 10 s and 60 s; nothing else is."""
+    return task(
+        name=name,
+        cache_policy=NO_CACHE,
+        retries=2,
+        retry_delay_seconds=[10, 60],
+        retry_condition_fn=retry_transient,
+    )
+
+
 @task(
     name="ingest",
     cache_policy=NO_CACHE,
@@ -179,13 +191,7 @@ def decontaminate_task(run_id: str, ing: StageOutput) -> StageOutput:
     )
 
 
-@task(
-    name="generate",
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=[10, 60],
-    retry_condition_fn=retry_transient,
-)
+@model_task(name="generate")
 def generate_task(run_id: str, ingest: StageOutput) -> StageOutput:
     ctx = context(run_id)
     gcfg = ctx.cfg.generate
@@ -286,13 +292,7 @@ def answer_shard(
     return stats.to_dict()
 
 
-@task(
-    name="warm-shard",
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=[10, 60],
-    retry_condition_fn=retry_transient,
-)
+@model_task(name="warm-shard")
 def warm_shard_task(
     spec_json: dict[str, Any],
     requests: list[ChatRequest],
@@ -340,13 +340,7 @@ def _warm_in_shards(
     log.info("%s: %d shards answered %d requests", label, len(futures), made)
 
 
-@task(
-    name="judge",
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=[10, 60],
-    retry_condition_fn=retry_transient,
-)
+@model_task(name="judge")
 def judge_task(
     run_id: str,
     prompts_src: StageOutput,
@@ -445,13 +439,7 @@ def embed_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) ->
     )
 
 
-@task(
-    name="rubric",
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=[10, 60],
-    retry_condition_fn=retry_transient,
-)
+@model_task(name="rubric")
 def rubric_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -> StageOutput:
     from pipeline.annotate import rubrics
     from pipeline.annotate.judge_stats import compute_score_stats
@@ -500,13 +488,7 @@ def rubric_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -
     )
 
 
-@task(
-    name="reward",
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=[10, 60],
-    retry_condition_fn=retry_transient,
-)
+@model_task(name="reward")
 def reward_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -> StageOutput:
     import pyarrow as pa
 

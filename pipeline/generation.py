@@ -51,6 +51,32 @@ class GenerationRequest:
     request: ChatRequest
 
 
+def _policy_request(
+    pol: PolicyConfig,
+    prompt: list[dict[str, str]],
+    after: list[dict[str, str]],
+    n: int,
+    seed: int,
+    tool_json: str | None,
+) -> ChatRequest:
+    """``pol``'s request for ``prompt`` (its system prompt first unless the prompt has
+    one) followed by the messages ``after`` (a candidate's earlier turns and a follow-up)."""
+    msgs = [(m["role"], m["content"]) for m in prompt]
+    if pol.system_prompt and not (msgs and msgs[0][0] == "system"):
+        msgs = [("system", pol.system_prompt)] + msgs
+    msgs += [(m["role"], m["content"]) for m in after]
+    return ChatRequest(
+        messages=tuple(msgs),
+        n=n,
+        temperature=pol.temperature,
+        top_p=pol.top_p,
+        max_tokens=pol.max_tokens,
+        seed=seed,
+        stop=tuple(pol.stop),
+        tools=tool_json,
+    )
+
+
 def build_generation_requests(
     prompts: pa.Table, policies: list[PolicyConfig]
 ) -> list[GenerationRequest]:
@@ -59,19 +85,7 @@ def build_generation_requests(
     rows = prompts.select(["prompt_id", "source_id", "prompt", "meta"]).to_pylist()
     for pol in policies:
         for row in rows:
-            msgs = [(m["role"], m["content"]) for m in row["prompt"]]
-            if pol.system_prompt and not (msgs and msgs[0][0] == "system"):
-                msgs = [("system", pol.system_prompt)] + msgs
-            req = ChatRequest(
-                messages=tuple(msgs),
-                n=pol.n,
-                temperature=pol.temperature,
-                top_p=pol.top_p,
-                max_tokens=pol.max_tokens,
-                seed=pol.seed,
-                stop=tuple(pol.stop),
-                tools=tools(row["meta"]),
-            )
+            req = _policy_request(pol, row["prompt"], [], pol.n, pol.seed, tools(row["meta"]))
             out.append(
                 GenerationRequest(
                     row["prompt_id"],
@@ -247,20 +261,14 @@ def follow_up_requests(
         done = len(row["history"] or []) // 2  # follow-ups answered so far
         if pol is None or done >= len(todo):
             continue
-        msgs = [(m["role"], m["content"]) for m in prompt_of[row["prompt_id"]]]
-        if pol.system_prompt and not (msgs and msgs[0][0] == "system"):
-            msgs = [("system", pol.system_prompt)] + msgs
-        msgs += [(m["role"], m["content"]) for m in side(row["history"], row["text"])]
-        msgs.append(("user", todo[done]))
-        req = ChatRequest(
-            messages=tuple(msgs),
-            n=1,
-            temperature=pol.temperature,
-            top_p=pol.top_p,
-            max_tokens=pol.max_tokens,
-            seed=pol.seed + row["sample_index"],
-            stop=tuple(pol.stop),
-            tools=tools_of[row["prompt_id"]],
+        after = side(row["history"], row["text"]) + [{"role": "user", "content": todo[done]}]
+        req = _policy_request(
+            pol,
+            prompt_of[row["prompt_id"]],
+            after,
+            1,
+            pol.seed + row["sample_index"],
+            tools_of[row["prompt_id"]],
         )
         out.append(
             TurnRequest(

@@ -185,9 +185,8 @@ def test_judges_see_the_whole_conversation(multi_version):
 
 def test_dpo_trainer_trains_on_multi_turn_rows(multi_version, tmp_path):
     import torch
-    from tiny_models import build_tiny_causal_lm
+    from tiny_models import build_tiny_causal_lm, train_dpo_two_steps
     from transformers import AutoTokenizer, LlamaForCausalLM
-    from trl import DPOConfig, DPOTrainer
 
     summary, _ = multi_version
     path = build_tiny_causal_lm(tmp_path / "lm")
@@ -196,21 +195,8 @@ def test_dpo_trainer_trains_on_multi_turn_rows(multi_version, tmp_path):
     ds = datasets.load_from_disk(str(Path(summary["path"]) / "data"))
     ds = ds.filter(lambda r: len(r["chosen"]) > 1)
     assert ds.num_rows >= 2
-    args = DPOConfig(
-        output_dir=str(tmp_path / "dpo"),
-        max_steps=2,
-        per_device_train_batch_size=2,
-        report_to=[],
-        logging_steps=1,
-        save_strategy="no",
-        use_cpu=True,
-        max_length=256,
-        bf16=False,
-    )
-    trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
-    out = trainer.train()
+    out, losses = train_dpo_two_steps(model, tok, ds, tmp_path / "dpo", 256)
     assert out.global_step == 2
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert losses and all(torch.isfinite(torch.tensor(losses)))
 
 

@@ -103,25 +103,12 @@ def test_loads_with_datasets_parquet_and_polars(version):
 
 def test_dpo_trainer_trains_on_published_version(version, tokenizer, tmp_path):
     import torch
-    from trl import DPOConfig, DPOTrainer
+    from tiny_models import train_dpo_two_steps
 
     model = _tiny_lm(tokenizer, tmp_path)
     ds = datasets.load_from_disk(str(version / "data"))
-    args = DPOConfig(
-        output_dir=str(tmp_path / "dpo"),
-        max_steps=2,
-        per_device_train_batch_size=2,
-        report_to=[],
-        logging_steps=1,
-        save_strategy="no",
-        use_cpu=True,
-        max_length=128,
-        bf16=False,
-    )
-    trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer)
-    out = trainer.train()
+    out, losses = train_dpo_two_steps(model, tokenizer, ds, tmp_path / "dpo", 128)
     assert out.global_step == 2
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert losses and all(torch.isfinite(torch.tensor(losses)))
 
 

@@ -131,3 +131,24 @@ def build_tiny_causal_lm(path: str | Path, seed: int = 0) -> Path:
     model = LlamaForCausalLM(cfg).to(torch.float32).eval()
     model.save_pretrained(str(path), safe_serialization=True)
     return path
+
+
+def train_dpo_two_steps(model, tokenizer, dataset, out_dir: str | Path, max_length: int):
+    """Two DPOTrainer steps on ``dataset`` as published (CPU, batch 2, no saving); returns
+    (the trainer's TrainOutput, the logged losses)."""
+    from trl import DPOConfig, DPOTrainer
+
+    args = DPOConfig(
+        output_dir=str(out_dir),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        use_cpu=True,
+        max_length=max_length,
+        bf16=False,
+    )
+    trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    out = trainer.train()
+    return out, [h["loss"] for h in trainer.state.log_history if "loss" in h]
