@@ -36,7 +36,6 @@ from flows.runtime import (
     is_transient,
     new_context,
     register,
-    request_cache_path,
     retry_transient,
     run_stage,
     set_progress_factory,
@@ -51,7 +50,13 @@ from pipeline.annotate.qualify import qualify_judges
 from pipeline.chain import aggregate_kwargs, denoise_p_model
 from pipeline.denoise import denoise
 from pipeline.engines import usage
-from pipeline.engines.base import CallStats, ChatRequest, RequestCache, run_cached
+from pipeline.engines.base import (
+    CallStats,
+    ChatRequest,
+    RequestCache,
+    request_cache_path,
+    run_cached,
+)
 from pipeline.hashing import stable_hash, tree_hash
 from pipeline.ingest.stage import ingest_pairs, ingest_prompts
 from pipeline.stage import Reason, StageCounts, StageResult, stage_count_rows
@@ -311,7 +316,7 @@ def _warm_in_shards(
 ) -> None:
     """Split uncached requests into shards run by the flow's task runner."""
     n = ctx.cfg.runner.shards or ctx.cfg.runner.workers
-    cache_path = str(request_cache_path(ctx.cfg))
+    cache_path = str(request_cache_path(ctx.cfg.data_root))
     futures = []
     for spec, reqs in groups:
         keys = [r.key(spec.engine, spec.cache_identity()) for r in reqs]

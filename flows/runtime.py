@@ -21,6 +21,7 @@ from pipeline.engines.base import (
     FakeEngine,
     RequestCache,
     VLLMEngine,
+    request_cache_path,
     run_cached,
 )
 from pipeline.engines.embedded import default_cache_dir, resolve_model_path
@@ -151,10 +152,6 @@ def register(run_id: str, ctx: RunContext | None) -> None:
         _CONTEXTS[run_id] = ctx
 
 
-def request_cache_path(cfg: RunConfig) -> Path:
-    return Path(cfg.data_root) / "cache" / "requests.sqlite"
-
-
 def new_context(cfg: RunConfig) -> RunContext:
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     for folder in (
@@ -165,7 +162,7 @@ def new_context(cfg: RunConfig) -> RunContext:
     return RunContext(
         cfg=cfg,
         stages=StageStore(Path(cfg.data_root) / "runs" / cfg.dataset_name),
-        cache=RequestCache(request_cache_path(cfg)),
+        cache=RequestCache(request_cache_path(cfg.data_root)),
         engines=EnginePool.shared(cache_dir),
         progress=PROGRESS.get("factory"),
         budget=Budget(cfg.budget, dict(cfg.cost.prices)) if cfg.budget.on() else None,

@@ -18,7 +18,6 @@ per hour of wall time cannot be planned.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 from schemas.config import RunConfig
@@ -57,9 +56,9 @@ def _row(stage: str, model: str, calls: int, prompt_tok: int, out_tok: int, cfg:
 def _cached(cfg: RunConfig, reqs: list[Any]) -> int | None:
     """How many of the generation requests the request cache already answers (None: no
     cache file yet; a plan never creates one)."""
-    from pipeline.engines.base import RequestCache
+    from pipeline.engines.base import RequestCache, request_cache_path
 
-    path = Path(cfg.data_root) / "cache" / "requests.sqlite"
+    path = request_cache_path(cfg.data_root)
     if not path.exists():
         return None
     cache = RequestCache(path)

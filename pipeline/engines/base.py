@@ -418,6 +418,11 @@ class VLLMEngine:
         return result  # type: ignore[return-value]
 
 
+def request_cache_path(data_root: str | Path) -> Path:
+    """Where a store's request cache lives: ``<data_root>/cache/requests.sqlite``."""
+    return Path(data_root) / "cache" / "requests.sqlite"
+
+
 class RequestCache:
     """Durable request → completion store (SQLite, WAL). Thread- and process-safe."""
 
