@@ -353,9 +353,11 @@ def judge_task(
     signal_srcs: list[StageOutput] | None = None,
     seed_agg: StageOutput | None = None,
     emb: StageOutput | None = None,
+    round1: StageOutput | None = None,
 ) -> StageOutput:
-    """Judge the selected pairs; with ``seed_agg`` (round 1's aggregation) and ``emb`` this
-    is round 2 of ``pair_selection: gpm`` (stage ``judge_gpm``)."""
+    """Judge the selected pairs; with ``seed_agg`` (round 1's aggregation), ``emb`` and
+    ``round1`` (round 1's judge stage: its votes are the pairs judged already) this is round
+    2 of ``pair_selection: gpm`` (stage ``judge_gpm``)."""
     ctx = context(run_id)
     jcfg = ctx.cfg.judge
     signal_srcs = signal_srcs or []
@@ -374,6 +376,7 @@ def judge_task(
                 emb.read("prompt_embeddings"),
                 ctx.cfg.gpm,
                 jcfg.max_pairs_per_prompt - jcfg.seed_pairs_per_prompt,
+                judged=round1.read("votes") if round1 is not None else None,
             )
         pairs_, drops, info, reqs = plan_judging(
             jcfg, prompts, candidates, first_signal([t.read("scores") for t in signal_srcs]), chosen
@@ -407,7 +410,8 @@ def judge_task(
         [jcfg.model_dump(mode="json")] + ([ctx.cfg.gpm.model_dump(mode="json")] if second else []),
         [prompts_src.output_hash, cands_src.output_hash]
         + [s.output_hash for s in signal_srcs]
-        + ([seed_agg.output_hash, emb.output_hash] if second else []),
+        + ([seed_agg.output_hash, emb.output_hash] if second else [])
+        + ([round1.output_hash] if second and round1 is not None else []),
         compute,
         complete=calls_complete,
     )
@@ -1028,7 +1032,7 @@ def curate(config: dict[str, Any], secrets_ref: str | None = None) -> dict[str, 
         if cfg.judge.judges and cfg.judge.pair_selection == "gpm":
             # round 2: a GPM head trained on round 1 chooses the pairs the judges see
             seed = aggregate_task(run_id, vote_srcs, labels, cands, stage="aggregate_seed")
-            jud2 = judge_task(run_id, ing, cands, signal, seed, emb)
+            jud2 = judge_task(run_id, ing, cands, signal, seed, emb, jud)
             outs += [seed, jud2]
             vote_srcs.append(jud2)
         agg = aggregate_task(run_id, vote_srcs, labels, cands)

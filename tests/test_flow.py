@@ -375,3 +375,26 @@ def test_gpm_guided_judging_in_two_rounds(tmp_path, examples):
         with pytest.raises(ConfigError, match="needs embeddings"):
             _fake_cfg(tmp_path, examples, extra, "embed.enabled=false")
         assert _fake_cfg(tmp_path, examples, extra, "input.kind=pairs").embeddings_on()
+
+
+def test_gpm_round_two_judges_beside_the_default_yesno_rubric(tmp_path, examples):
+    """The default (auto) Yes/No rubric judge votes on every pair of a prompt, and its votes
+    train round 2's head; they are not pairwise judgements, so round 2 still judges the pairs
+    round 1's pairwise judge did not (a bug made it judge none)."""
+    cfg = _fake_cfg(
+        tmp_path,
+        examples,
+        "rubrics.judges=null",
+        "judge.pair_selection=gpm",
+        "judge.max_pairs_per_prompt=4",
+        "judge.seed_pairs_per_prompt=2",
+        "gpm.epochs=3",
+    ).model_dump(mode="json")
+    summary = curate(cfg)
+    manifest = store.read_manifest(Path(summary["path"]))
+    _check_accounting(manifest)
+    assert manifest["stages"]["rubric"]["out"] > 0  # the Yes/No judge ran
+    r2 = manifest["stages"]["judge_gpm"]
+    assert (r2["in"], r2["kept"], r2["dropped"]) == (16, 8, {"first_signal": 8})
+    assert summary["calls"]["judge_gpm"]["made"] == 16
+    assert manifest["stage_info"]["judge_gpm"]["already_judged"] == 8

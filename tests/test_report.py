@@ -171,9 +171,11 @@ def test_fake_judge_agreement_is_position_consistency(versions):
     ((judge, stats),) = pc.items()
     rep = rp.build_report(vpath)
     agr = rep["judges"]["agreement"]
-    assert agr["annotators"] == [f"{judge}|ab", f"{judge}|ba"]
-    assert agr["agreement"][0][1] == pytest.approx(stats["consistency"])
-    assert agr["n"][0][1] == stats["pairs"]
+    # the fake run's auto Yes/No rubric judge is an annotator too
+    assert agr["annotators"] == sorted(agr["annotators"])
+    i, j = agr["annotators"].index(f"{judge}|ab"), agr["annotators"].index(f"{judge}|ba")
+    assert agr["agreement"][i][j] == pytest.approx(stats["consistency"])
+    assert agr["n"][i][j] == stats["pairs"]
     assert rep["judges"]["position_consistency"] == {judge: stats["consistency"]}
     titles = [t["title"] for t in rep["judges"]["tables"]]
     assert "aggregate: position_consistency" in titles

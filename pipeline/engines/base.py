@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -123,7 +124,9 @@ class Engine(Protocol):
 class FakeEngine:
     """Deterministic engine for unit tests: the answer is a function of the request.
 
-    ``responder(request, sample_index) -> str`` may be given; the default echoes a hash.
+    ``responder(request, sample_index) -> str`` may be given; the default answers a JSON
+    schema with a valid object, a request for logprobs (a Yes/No judge) with Yes or No and
+    hashed first-step logprobs, anything else with a hash.
     ``calls`` counts requests answered, so tests can prove what was (not) recomputed.
     For subprocess tests (kill and resume), ``$PREFCURATE_FAKE_CALL_LOG`` names a file that
     gets one line per answered request (its content hash, appended and flushed), and
@@ -159,21 +162,27 @@ class FakeEngine:
             if n_tok is not None and n_tok >= self.context:
                 out.append(too_long(n_tok, self.context))
                 continue
-            texts = []
+            texts, tops = [], []
             for i in range(req.n):
+                top = None
                 if self.responder is not None:
                     texts.append(self.responder(req, i))
                 elif req.json_schema is not None:  # a judge: a schema-valid answer
                     texts.append(fake_json(json.loads(req.json_schema), req.messages, i))
+                elif req.logprobs:  # a Yes/No judge: P(Yes) from the first step's logprobs
+                    p_yes = 0.05 + 0.9 * (int(stable_hash(req.messages, i, length=8), 16) % 97) / 96
+                    texts.append("Yes" if p_yes >= 0.5 else "No")
+                    top = [{"Yes": math.log(p_yes), "No": math.log(1 - p_yes)}]
                 else:
                     texts.append(f"answer {stable_hash(req.messages, req.seed, i, length=8)}")
+                tops.append(top)
             out.append(
                 Completion(
                     texts=texts,
                     finish_reasons=["stop"] * req.n,
                     n_prompt_tokens=self.count_prompt_tokens(req),
                     n_output_tokens=[len((t or "").split()) for t in texts],
-                    top_logprobs=[None] * req.n,
+                    top_logprobs=tops,
                 )
             )
         return out

@@ -356,6 +356,7 @@ def select_uncertain_pairs(
     prompt_embeddings: pa.Table | None,
     cfg: GPMConfig,
     per_prompt: int,
+    judged: pa.Table | None = None,
 ) -> tuple[list[tuple[str, str, str, str]], list[dict], dict]:
     """Round 2 of active judging: per prompt, the unjudged pairs the GPM is least sure of.
 
@@ -366,7 +367,11 @@ def select_uncertain_pairs(
     (label p̂ from the counts, as :func:`annotate_gpm`); it scores every canonical pair
     (candidate_a < candidate_b) of each (prompt_id, source_id) group of ``candidates`` —
     the grouping of :func:`pipeline.annotate.judging.select_pairs`. Pairs present in
-    ``comparisons`` are not returned and not dropped (they are judged already).
+    ``judged`` (any table with source_id, prompt_id, candidate_a, candidate_b: round 1's
+    pairwise judge VOTES) are not returned and not dropped (they are judged already);
+    ``judged=None`` takes the pairs of ``comparisons``. Pass ``judged`` whenever the
+    comparisons hold more than the judges' pairs: Yes/No rubric votes cover every pair of a
+    prompt, and counting them as judged would leave round 2 nothing to judge.
 
     Returns (pairs, dropped rows, info), like ``select_pairs``. Pairs: (prompt_id,
     source_id, a, b) to judge — per group the ``per_prompt`` unjudged pairs with the
@@ -433,10 +438,11 @@ def select_uncertain_pairs(
         .with_columns(_rank=pl.col("_oa") & pl.col("_ob"))
         .drop("_oa", "_ob")
     )
-    # already judged: the comparisons' pairs (either orientation)
-    if comparisons.num_rows:
-        judged = (
-            pl.from_arrow(comparisons.select(pair_key))
+    # already judged: round 1's pairwise pairs (either orientation)
+    judged = comparisons if judged is None else judged
+    if judged.num_rows:
+        done = (
+            pl.from_arrow(judged.select(pair_key))
             .select(
                 *keys,
                 pl.min_horizontal("candidate_a", "candidate_b").alias("candidate_a"),
@@ -445,7 +451,7 @@ def select_uncertain_pairs(
             .unique()
             .with_columns(_judged=pl.lit(True))
         )
-        pairs = pairs.join(judged, on=pair_key, how="left", nulls_equal=True)
+        pairs = pairs.join(done, on=pair_key, how="left", nulls_equal=True)
     else:
         pairs = pairs.with_columns(_judged=pl.lit(None, pl.Boolean))
     todo = pairs.filter(pl.col("_judged").is_null()).drop("_judged")
