@@ -656,3 +656,35 @@ def test_tested_class_prior_keeps_half_unless_the_data_reject_it() -> None:
             # more often than the symmetric one on the items it decides differently
             is_a = truth == 0
             assert np.mean((p_a > 0.5) == is_a) > np.mean((p_sym > 0.5) == is_a)
+
+
+def test_gold_items_anchor_the_reliabilities():
+    """Two annotators that are wrong 80% of the time outvote one good one; without gold, EM
+    cannot tell the panel from its mirror image and sides with the majority. Twenty gold
+    items (known classes) teach EM who is right: their posteriors stay fixed, and the other
+    items are decided with the good annotator and the two inverted ones."""
+    rng = np.random.default_rng(0)
+    n = 200
+    truth = rng.integers(0, 2, n)
+    item = np.repeat(np.arange(n), 3)
+    annot = np.tile([0, 1, 2], n)
+
+    def says(accuracy: float) -> np.ndarray:
+        return np.where(rng.random(n) < accuracy, truth, 1 - truth)
+
+    label = np.stack([says(0.85), says(0.2), says(0.2)], axis=1).ravel()
+    plain = fit_dawid_skene(item, annot, label, prior=(2.0, 1.0))
+    gold = np.full((n, 2), np.nan)
+    g = np.arange(20)
+    gold[g] = np.eye(2)[truth[g]]
+    anchored = fit_dawid_skene(item, annot, label, prior=(2.0, 1.0), gold=gold)
+    rest = np.arange(20, n)
+    acc_plain = (plain.labels()[rest] == truth[rest]).mean()
+    acc_gold = (anchored.labels()[rest] == truth[rest]).mean()
+    assert acc_plain < 0.5 < 0.8 < acc_gold
+    assert np.array_equal(anchored.posterior[g], gold[g])  # gold stays fixed
+    assert anchored.reliability()[0] > 0.75 > 0.3 > anchored.reliability()[1]
+    oc = fit_one_coin(item, annot, label, gold=gold)
+    assert (oc.labels()[rest] == truth[rest]).mean() > 0.8
+    with pytest.raises(ValueError, match="gold must have shape"):
+        fit_dawid_skene(item, annot, label, gold=gold[:5])

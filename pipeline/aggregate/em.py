@@ -31,6 +31,10 @@ Model (Dawid & Skene 1979): each annotator w has a confusion e^w[k, c] = P(label
 - ``class_prior`` (optional): π fixed instead of estimated (the pipeline's pairs are in a
   canonical order by content hash, so a priori each side is the better one half the time;
   an estimated π soaked up judges' position bias and outvoted a verifier).
+- ``gold`` (optional, n_items × C, NaN rows free): items whose class is known (e.g. a
+  human majority). Their posterior is fixed to the given row in every E-step, and the first
+  M-step counts only them, so every annotator's confusion is first estimated against the
+  gold items and EM then runs from those reliabilities (the gold items stay fixed).
 - Initialisation: soft majority vote, T_jc = share of j's votes for c, each non-class label
   spread evenly over the classes (a tie counts ½ to a and ½ to b); items without votes 1/C.
 - Stop: after an iteration in which neither the ELBO nor crowd-kit's loss (both per vote,
@@ -131,8 +135,10 @@ def fit_dawid_skene(
     max_iter: int = MAX_ITER,
     prior: tuple[float, float] | np.ndarray | None = None,
     class_prior: np.ndarray | None = None,
+    gold: np.ndarray | None = None,
 ) -> EMResult:
-    """Full-confusion Dawid–Skene EM (module docstring: model, prior, floors, stopping rule).
+    """Full-confusion Dawid–Skene EM (module docstring: model, prior, gold, floors, stopping
+    rule).
 
     >>> item, annot = np.repeat(np.arange(4), 2), np.tile([0, 1], 4)
     >>> label = np.array([0, 0, 1, 1, 0, 0, 1, 0])   # annotator 1 always agrees but once
@@ -155,6 +161,7 @@ def fit_dawid_skene(
         one_coin=False,
         prior=prior,
         class_prior=class_prior,
+        gold=gold,
     )
 
 
@@ -170,8 +177,10 @@ def fit_one_coin(
     n_labels: int | None = None,
     tol: float = TOL,
     max_iter: int = MAX_ITER,
+    gold: np.ndarray | None = None,
 ) -> EMResult:
-    """One-coin Dawid–Skene EM: one skill per annotator (crowd-kit ``OneCoinDawidSkene``)."""
+    """One-coin Dawid–Skene EM: one skill per annotator (crowd-kit ``OneCoinDawidSkene``);
+    ``gold`` as for :func:`fit_dawid_skene`."""
     return _fit(
         item,
         annotator,
@@ -184,7 +193,29 @@ def fit_one_coin(
         tol,
         max_iter,
         one_coin=True,
+        gold=gold,
     )
+
+
+def _gold(
+    gold: np.ndarray | None, n_items: int, C: int
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(rows, class-major posterior) of the gold items of ``gold`` (NaN rows are free).
+
+    >>> rows, t = _gold(np.array([[np.nan, np.nan], [1.0, 0.0]]), 2, 2)
+    >>> rows.tolist(), t.tolist()
+    ([1], [[1.0], [0.0]])
+    """
+    if gold is None:
+        return None, None
+    g = np.asarray(gold, dtype=np.float64)
+    if g.shape != (n_items, C):
+        raise ValueError(f"gold must have shape ({n_items}, {C}), got {g.shape}")
+    rows = np.flatnonzero(~np.isnan(g).any(axis=1))
+    t = g[rows]
+    if np.any(t < 0) or not np.allclose(t.sum(axis=1), 1.0):
+        raise ValueError("gold rows must be probabilities over the classes, summing to 1")
+    return rows, np.ascontiguousarray(t.T)
 
 
 def _codes(name: str, x: np.ndarray, n: int | None) -> tuple[np.ndarray, int]:
@@ -220,6 +251,7 @@ def _fit(
     one_coin: bool,
     prior: tuple[float, float] | np.ndarray | None = None,
     class_prior: np.ndarray | None = None,
+    gold: np.ndarray | None = None,
 ) -> EMResult:
     item, n_items = _codes("item", item, n_items)
     annotator, n_annot = _codes("annotator", annotator, n_annotators)
@@ -276,6 +308,9 @@ def _fit(
     rs = T.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         T = np.where(rs > 0, T / rs, 1.0 / C)
+    gold_rows, gold_T = _gold(gold, n_items, C)
+    if gold_rows is not None:
+        T[:, gold_rows] = gold_T
     empty = np.flatnonzero(~has_votes)[:1]  # one item without votes, if any (its T = π)
     fixed_pri = None
     if class_prior is not None:
@@ -300,7 +335,7 @@ def _fit(
         observed = observed | (pseudo.sum(axis=1) > 0)
 
     def m_step(
-        T: np.ndarray,
+        T: np.ndarray, M: sp.csr_matrix = M, n_g: np.ndarray = n_g
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
         if fixed_pri is not None:
             pri = fixed_pri
@@ -333,7 +368,14 @@ def _fit(
             log_e = np.where(observed[:, None], np.log(e), 0.0)
         return pri, counts, log_e, skills, conf
 
-    pri, counts, log_e, skills, conf = m_step(T)
+    if gold_rows is not None and gold_rows.size:
+        # reliabilities first from the gold items alone (their rows of M; π from all of T)
+        keep = np.zeros(n_items)
+        keep[gold_rows] = 1.0
+        M_gold = (sp.diags(keep) @ M).tocsr()
+        pri, counts, log_e, skills, conf = m_step(T, M_gold, np.asarray(M_gold.sum(axis=0)).ravel())
+    else:
+        pri, counts, log_e, skills, conf = m_step(T)
     history: list[float] = []
     elbo: list[float] = []
     prev = prev_elbo = -np.inf
@@ -354,6 +396,8 @@ def _fit(
         T = np.exp(L)
         z = T.sum(axis=0)
         T /= z
+        if gold_rows is not None:
+            T[:, gold_rows] = gold_T
         # H(T) per item = log z − Σ_c T_c L_c (L shifted); no log of T needed. Items without
         # votes are not part of the model (their T is just π): leave them out.
         log_z = np.log(z)
