@@ -57,13 +57,15 @@ from pipeline.engines.base import (
     request_cache_path,
     run_cached,
 )
-from pipeline.hashing import stable_hash, tree_hash
+from pipeline.hashing import file_hash, stable_hash, tree_hash
 from pipeline.ingest.stage import ingest_pairs, ingest_prompts
+from pipeline.review import votes as review_votes
 from pipeline.stage import Reason, StageCounts, StageResult, stage_count_rows
 from pipeline.store import datasets as store
 from pipeline.store.card import dataset_card
 from pipeline.store.stages import StageOutput
 from schemas.config import (
+    HUMAN_PREFIX,
     ModelSpec,
     RunConfig,
     config_hash,
@@ -595,6 +597,20 @@ def select_task(run_id: str, sel: StageOutput, emb: StageOutput) -> StageOutput:
     )
 
 
+@task(name="review", cache_policy=NO_CACHE)
+def review_task(run_id: str, cands: StageOutput) -> StageOutput:
+    """The reviewers' votes of ``review.votes``, checked against this run's candidates."""
+    ctx = context(run_id)
+    files = list(ctx.cfg.review.votes)
+
+    def compute() -> StageResult:
+        tables = [(f, review_votes.read_votes_file(f)) for f in files]
+        return review_votes.review_votes(tables, cands.read("candidates"))
+
+    inputs = [file_hash(Path(f)) for f in files] + [cands.output_hash]
+    return run_stage(ctx, "review", review_votes.STAGE_VERSION, [], inputs, compute)
+
+
 @task(name="aggregate", cache_policy=NO_CACHE)
 def aggregate_task(
     run_id: str,
@@ -609,6 +625,7 @@ def aggregate_task(
     from pipeline.aggregate import length
 
     lengths_on = ctx.cfg.aggregate.length_control != "off"
+    gold = HUMAN_PREFIX if ctx.cfg.review.anchor else None  # reviewers as gold anchors
 
     def compute() -> StageResult:
         tables = [s.read("votes") for s in vote_srcs]
@@ -618,6 +635,7 @@ def aggregate_task(
             votes,
             label_annotators=set(label_annotators),
             lengths=lengths,
+            gold_prefix=gold,
             **aggregate_kwargs(ctx.cfg.aggregate),
         )
         qual = qualify_judges(votes, exclude=label_annotators, **_model_maps(ctx.cfg))
@@ -634,7 +652,8 @@ def aggregate_task(
         ctx,
         stage,
         versions,
-        [ctx.cfg.aggregate.model_dump(mode="json"), sorted(label_annotators)],
+        [ctx.cfg.aggregate.model_dump(mode="json"), sorted(label_annotators)]
+        + ([{"gold_prefix": gold}] if gold else []),
         inputs,
         compute,
     )
@@ -950,6 +969,8 @@ def curate(config: dict[str, Any], secrets_ref: str | None = None) -> dict[str, 
         config = merge_secrets(config, SECRETS.pop(secrets_ref, {}))
     cfg = RunConfig.model_validate(config)
     store.validate_name(cfg.dataset_name)
+    for path in cfg.review.votes:  # a review that cannot be read fails before any model call
+        review_votes.read_votes_file(path)
     run_id = stable_hash(datetime.now(timezone.utc).isoformat(), os.getpid(), threading.get_ident())
     ctx = new_context(cfg)
     register(run_id, ctx)
@@ -1022,6 +1043,10 @@ def curate(config: dict[str, Any], secrets_ref: str | None = None) -> dict[str, 
             outs.append(jud)
             check_outage(jud, cfg, partial)
             vote_srcs.append(jud)
+        if cfg.review.votes:  # reviewers' answers (prefcurate review import)
+            rev = review_task(run_id, cands)
+            outs.append(rev)
+            vote_srcs.append(rev)
         emb = None
         if embeddings_enabled(cfg):
             emb = embed_task(run_id, ing, cands)

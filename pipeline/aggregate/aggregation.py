@@ -107,8 +107,17 @@ def aggregate_votes(
     length_min_diff: float = 0.1,
     length_z: float = 4.0,
     lengths: pl.DataFrame | None = None,
+    gold_prefix: str | None = None,
 ) -> StageResult:
     """Aggregate votes per pair (integer-coded once, numpy sums, EM with numpy/scipy).
+
+    ``gold_prefix`` (e.g. ``"human:"``): the annotators whose names start with it are gold
+    anchors. A comparison where their hard a/b votes have a strict majority gets that side
+    as its known class: EM keeps its posterior fixed (1 or 0) and estimates every other
+    annotator's reliability against those comparisons first (``gold`` of
+    :func:`pipeline.aggregate.em.fit_dawid_skene`); with ``majority`` its p_a is the gold
+    side. Their votes still count as votes; ``info["gold"]`` says how many comparisons were
+    anchored and on which side.
 
     ``judges_method`` (``dawid_skene`` | ``one_coin``): also fit that EM on the votes
     without the label annotators' and write its posterior P(a ≻ b) to ``p_a_judges``
@@ -197,6 +206,7 @@ def aggregate_votes(
     label_row = first_rows(code, k, is_label & (v.is_a | v.is_b))
     with np.errstate(invalid="ignore", divide="ignore"):
         p_a = np.where(n_votes > 0, (n_a + 0.5 * n_tie) / np.maximum(n_votes, 1), np.nan)
+    gold = _gold_classes(v, code, k, acode, names, gold_prefix)
     fit_acode, fit_names = acode, names
     if length_control not in ("off", "on", "tested"):
         raise ValueError(f"unknown length_control {length_control!r}; use off, on or tested")
@@ -231,6 +241,7 @@ def aggregate_votes(
                 is_label=is_label,
                 correlation=label_correlation,
                 correlation_z=correlation_z,
+                gold=gold,
             )
 
         if not length_on:
@@ -250,6 +261,9 @@ def aggregate_votes(
                 z_threshold=length_z,
             )
         p_a = np.where(n_votes > 0, post, np.nan)
+    if gold is not None and not use_em:  # majority: the gold side decides
+        anchored = ~np.isnan(gold[:, 0])
+        p_a = np.where(anchored, gold[:, 0], p_a)
     p_judges = np.full(k, np.nan)
     if judges_method is not None and judges_method == method and not is_label.any():
         p_judges = p_a  # no label votes: the judges-only fit is the fit above
@@ -267,6 +281,7 @@ def aggregate_votes(
                 prior=_priors(fit_names, prior, verifier_prior),
                 class_prior=class_prior,
                 class_prior_lr=class_prior_lr,
+                gold=gold,
             )
             p_judges = np.where(np.bincount(code[judged], minlength=k) > 0, post, np.nan)
     verdicts = df["verdict"]
@@ -318,6 +333,15 @@ def aggregate_votes(
     }
     if judges_method is not None:
         info["judges_posterior_pairs"] = int(np.isfinite(p_judges).sum())
+    if gold_prefix is not None:
+        g = gold[:, 0] if gold is not None else np.zeros(0)
+        info["gold"] = {
+            "prefix": gold_prefix,
+            "annotators": sum(a.startswith(gold_prefix) for a in names),
+            "comparisons": int(np.isfinite(g).sum()),
+            "a": int((g == 1.0).sum()),
+            "b": int((g == 0.0).sum()),
+        }
     if comp_len is not None:  # the report's per-annotator length table
         info["length_effects"] = length.effects(
             p_a, *comp_len, code, acode, names, v.vcode, v.valid
@@ -329,6 +353,31 @@ def aggregate_votes(
         dropped_table(STAGE, drops),
         info=info,
     )
+
+
+def _gold_classes(
+    v: "_VoteArrays",
+    code: np.ndarray,
+    k: int,
+    acode: np.ndarray,
+    names: list[str],
+    prefix: str | None,
+) -> np.ndarray | None:
+    """(k × 2) known classes from the ``prefix`` annotators' hard a/b votes: [1, 0] where
+    they say a by a strict majority, [0, 1] for b, NaN elsewhere (ties, none); None
+    without any such comparison."""
+    if prefix is None:
+        return None
+    is_gold = np.isin(acode, [i for i, a in enumerate(names) if a.startswith(prefix)])
+    hard = is_gold & v.valid & ~v.soft
+    n_a = np.bincount(code[hard & v.is_a], minlength=k)
+    n_b = np.bincount(code[hard & v.is_b], minlength=k)
+    if not (n_a != n_b).any():
+        return None
+    gold = np.full((k, 2), np.nan)
+    gold[n_a > n_b] = [1.0, 0.0]
+    gold[n_b > n_a] = [0.0, 1.0]
+    return gold
 
 
 def _judge_name(annotator: str) -> str:
@@ -433,8 +482,10 @@ def _fit_em(
     is_label: np.ndarray | None = None,
     correlation: str = "off",
     correlation_z: float = 4.0,
+    gold: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict]:
-    """Dawid–Skene / one-coin EM over the votes ``use`` (valid ones), items = ``code``.
+    """Dawid–Skene / one-coin EM over the votes ``use`` (valid ones), items = ``code``;
+    ``gold`` (k × 2, NaN rows free): the anchored comparisons, fixed in every fit.
 
     Returns P(a) per comparison (the prior where it has no vote in ``use``; the caller
     nulls those) and the stage info (reliability per annotator, iterations, and the
@@ -473,7 +524,7 @@ def _fit_em(
         label_vote = np.concatenate([label_vote[~soft], label_vote[soft], label_vote[soft]])
     n_labels = 3 if (label == 2).any() else 2
     fit = em.fit_one_coin if method == "one_coin" else em.fit_dawid_skene
-    kw: dict = {}
+    kw: dict = {} if gold is None else {"gold": gold}
     if method != "one_coin":
         kw["prior"] = None if prior is None else prior[used]
         if class_prior in ("symmetric", "tested"):

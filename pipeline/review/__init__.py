@@ -1,0 +1,1 @@
+"""Human review: pairs to Label Studio and the answers back as votes."""
