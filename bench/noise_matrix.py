@@ -252,9 +252,11 @@ class Outcomes(dict):
     """Per input id: ``decision`` (keep / flip / drop), ``reason``, ``final_a`` (published
     orientation, position a chosen), ``p_hat``, ``weight``, ``margin``; ``.info`` holds the
     stages' info (aggregation method, label-correlated annotators, denoise info, drop
-    reasons, frame alignment)."""
+    reasons, frame alignment); ``.tables`` the first pass's margins pairs, denoise pairs
+    and dropped rows."""
 
     info: dict[str, Any]
+    tables: dict[str, Any]
 
 
 _EMB_ENABLED = None
@@ -294,7 +296,12 @@ def default_config(sim: Sim, sets: tuple[str, ...] | list[str] = ()) -> Any:
     return load_config(None, [f"input.kind={kind}", "input.limit=null", "judge.judges=[]", *sets])
 
 
-def run_default(sim: Sim, cfg: Any = None, embeddings: str = "flow") -> Outcomes:
+def run_default(
+    sim: Sim,
+    cfg: Any = None,
+    embeddings: str = "flow",
+    human: list[tuple[int, str, bool]] | None = None,
+) -> Outcomes:
     """The product's path on ``sim`` with ``cfg`` (default: :func:`default_config`), the
     same functions and arguments as flows/curate.py: ingest_pairs (a JSONL pairs file
     written to a temporary folder) → aggregate_votes (``pipeline.chain.aggregate_kwargs``)
@@ -306,11 +313,17 @@ def run_default(sim: Sim, cfg: Any = None, embeddings: str = "flow") -> Outcomes
     :func:`bench.scenarios.votes_table`, as the judge stage would write it.
 
     ``embeddings``: ``flow`` (whether the flow would embed: ``embeddings_enabled(cfg)``),
-    ``always`` or ``never``.
+    ``always`` or ``never``. ``human``: reviewers' votes added to the votes, as the flow's
+    review stage adds them — (pair index, annotator, says position a); with
+    ``review.anchor`` they are gold anchors (``pipeline.chain.gold_prefix``). The first
+    pass's tables a review picks from are in ``Outcomes.tables`` (margins pairs, denoise
+    pairs, dropped rows).
     """
+    import pyarrow as pa
+
     from pipeline.aggregate.aggregation import aggregate_votes
     from pipeline.aggregate.length import candidate_lengths
-    from pipeline.chain import aggregate_kwargs, denoise_p_model
+    from pipeline.chain import aggregate_kwargs, denoise_p_model, gold_prefix
     from pipeline.denoise.denoise import denoise_pairs
     from pipeline.embeddings import aligned_embeddings, cosine_similarity_pairs, embeddings_table
     from pipeline.ingest.stage import ingest_pairs
@@ -360,6 +373,7 @@ def run_default(sim: Sim, cfg: Any = None, embeddings: str = "flow") -> Outcomes
         label_source: Any = labels[0] if len(labels) == 1 else None
     else:
         votes = S.votes_table(sim)
+        cands = None
         labels = []
         ca, cb = S.candidate_ids(sim)
         sw = sim.swapped.tolist()
@@ -390,9 +404,15 @@ def run_default(sim: Sim, cfg: Any = None, embeddings: str = "flow") -> Outcomes
         )
     info["embeddings"] = bool(emb_on)
 
+    if human:
+        votes = pa.concat_tables([votes, _human_votes(human, pos, prompt_of(cands, votes))])
     # aggregate_task: the arguments come from pipeline.chain, as in the flow
     agg = aggregate_votes(
-        votes, label_annotators=set(labels), lengths=lengths, **aggregate_kwargs(cfg.aggregate)
+        votes,
+        label_annotators=set(labels),
+        lengths=lengths,
+        gold_prefix=gold_prefix(cfg),
+        **aggregate_kwargs(cfg.aggregate),
     )
     comps = agg.outputs["comparisons"]
     # margins_task
@@ -422,6 +442,11 @@ def run_default(sim: Sim, cfg: Any = None, embeddings: str = "flow") -> Outcomes
     sel = build_pairs(den.outputs["pairs"], cfg.pairs)
 
     out = Outcomes()
+    out.tables = {
+        "margins": pairs_t,
+        "denoise": den.outputs["pairs"],
+        "dropped": pa.concat_tables([den.dropped, sel.dropped]),
+    }
     for stage, res in (("denoise", den), ("pairs", sel)):
         for sid, why in zip(
             res.dropped.column("source_id").to_pylist(), res.dropped.column("reason").to_pylist()
@@ -475,6 +500,58 @@ def run_default(sim: Sim, cfg: Any = None, embeddings: str = "flow") -> Outcomes
     return out
 
 
+def prompt_of(cands: Any, votes: Any) -> dict[str, tuple[str, str]]:
+    """candidate id → (prompt_id, source_id), from the candidates table (or the votes)."""
+    if cands is not None:
+        return dict(
+            zip(
+                cands.column("candidate_id").to_pylist(),
+                zip(cands.column("prompt_id").to_pylist(), cands.column("source_id").to_pylist()),
+            )
+        )
+    out = {}
+    for p, s, a, b in zip(
+        *(
+            votes.column(c).to_pylist()
+            for c in ("prompt_id", "source_id", "candidate_a", "candidate_b")
+        )
+    ):
+        out[a] = out[b] = (p, s)
+    return out
+
+
+def _human_votes(
+    human: list[tuple[int, str, bool]],
+    pos: dict[str, tuple[int, bool]],
+    where: dict[str, tuple[str, str]],
+) -> Any:
+    """VOTES rows for reviewers' answers (pair index, annotator, says position a)."""
+    from schemas.tables import VOTES, from_rows
+
+    at = {v: c for c, v in pos.items()}  # (pair index, is position a) → candidate id
+    rows = []
+    for i, who, says_a in human:
+        ca, cb = at[(i, True)], at[(i, False)]
+        first, second = sorted((ca, cb))
+        winner = ca if says_a else cb
+        p, s = where[ca]
+        rows.append(
+            {
+                "prompt_id": p,
+                "source_id": s,
+                "candidate_a": first,
+                "candidate_b": second,
+                "annotator": who,
+                "order": None,
+                "verdict": "a" if winner == first else "b",
+                "prob_a": None,
+                "raw_output": None,
+                "parse_error": None,
+            }
+        )
+    return from_rows(rows, VOTES, "votes")
+
+
 def _small(x: Any, depth: int = 0) -> Any:
     """Stage info without long lists or deep nesting (for the report)."""
     if isinstance(x, dict):
@@ -487,7 +564,11 @@ def _small(x: Any, depth: int = 0) -> Any:
 
 
 def method_default(
-    sim: Sim, embeddings: str = "flow", shared_rule: bool = False, sets: tuple[str, ...] = ()
+    sim: Sim,
+    embeddings: str = "flow",
+    shared_rule: bool = False,
+    sets: tuple[str, ...] = (),
+    human: list[tuple[int, str, bool]] | None = None,
 ) -> Result:
     """``default`` (with ``sets``, the ``--set`` overrides, if any); with ``shared_rule``
     (method ``default_rule``) the same path with the bench's thresholds
@@ -502,7 +583,12 @@ def method_default(
             else ()
         ),
     )
-    out = run_default(sim, cfg, embeddings=embeddings)
+    out = run_default(sim, cfg, embeddings=embeddings, human=human)
+    return result_of(sim, out)
+
+
+def result_of(sim: Sim, out: Outcomes) -> Result:
+    """The product's outcomes on ``sim`` as a Result (decisions, orientation, p̂, ...)."""
     rows = [out[s] for s in sim.ids]
     dec = np.array([DECISIONS[r["decision"]] for r in rows])
     fin = np.array(

@@ -47,7 +47,7 @@ from pipeline.aggregate import aggregation
 from pipeline.annotate import judging, qualify
 from pipeline.annotate.planning import GPM_ROUND, first_signal, plan_judging
 from pipeline.annotate.qualify import qualify_judges
-from pipeline.chain import aggregate_kwargs, denoise_p_model
+from pipeline.chain import aggregate_kwargs, denoise_p_model, gold_prefix
 from pipeline.denoise import denoise
 from pipeline.engines import usage
 from pipeline.engines.base import (
@@ -65,7 +65,6 @@ from pipeline.store import datasets as store
 from pipeline.store.card import dataset_card
 from pipeline.store.stages import StageOutput
 from schemas.config import (
-    HUMAN_PREFIX,
     ModelSpec,
     RunConfig,
     config_hash,
@@ -625,7 +624,7 @@ def aggregate_task(
     from pipeline.aggregate import length
 
     lengths_on = ctx.cfg.aggregate.length_control != "off"
-    gold = HUMAN_PREFIX if ctx.cfg.review.anchor else None  # reviewers as gold anchors
+    gold = gold_prefix(ctx.cfg)  # reviewers as gold anchors (review.anchor)
 
     def compute() -> StageResult:
         tables = [s.read("votes") for s in vote_srcs]

@@ -20,7 +20,7 @@ from pipeline.aggregate.aggregation import aggregate_votes
 from pipeline.denoise.denoise import denoise_pairs, judges_posterior
 from pipeline.margins import compute_margins
 from pipeline.stage import StageResult
-from schemas.config import AggregateConfig, DenoiseConfig, RunConfig
+from schemas.config import HUMAN_PREFIX, AggregateConfig, DenoiseConfig, RunConfig
 
 
 def aggregate_kwargs(acfg: AggregateConfig) -> dict[str, Any]:
@@ -39,6 +39,12 @@ def aggregate_kwargs(acfg: AggregateConfig) -> dict[str, Any]:
         "length_min_diff": acfg.length_min_diff,
         "length_z": acfg.length_z,
     }
+
+
+def gold_prefix(cfg: RunConfig) -> str | None:
+    """The annotators that are gold anchors in the aggregation: the reviewers
+    (``human:*``) when ``review.anchor`` is on, else none."""
+    return HUMAN_PREFIX if cfg.review.anchor else None
 
 
 def denoise_p_model(
@@ -74,7 +80,10 @@ def run_core_chain(
     ``emb_chosen`` / ``emb_rejected`` / ``emb_prompt`` arrays aligned with them (only
     used when peer review would run)."""
     agg = aggregate_votes(
-        votes, label_annotators=set(label_annotators), **aggregate_kwargs(cfg.aggregate)
+        votes,
+        label_annotators=set(label_annotators),
+        gold_prefix=gold_prefix(cfg),
+        **aggregate_kwargs(cfg.aggregate),
     )
     comps = agg.outputs["comparisons"]
     mar = compute_margins(comps, agg.outputs["scores"], cfg.margins)
