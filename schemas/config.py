@@ -1096,6 +1096,14 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
             )
         data = loaded
         origin = str(p)
+    return config_from_dict(data, overrides, origin)
+
+
+def config_from_dict(
+    data: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), origin: str = "config"
+) -> RunConfig:
+    """A RunConfig from config data (a YAML file's, or a published version's manifest) and
+    ``key=value`` overrides; every error a ConfigError naming ``origin`` or the override."""
     if overrides:
         # Materialise defaults so that list overrides (policies.0.n) patch a real entry.
         try:

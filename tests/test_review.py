@@ -239,3 +239,84 @@ def test_flow_takes_review_votes_and_anchors(tmp_path, examples):
                 mode="json"
             )
         )
+
+
+class FakeLabelStudio:
+    """An in-memory stand-in with the client's methods (the real server: test_labelstudio)."""
+
+    def __init__(self) -> None:
+        self.projects: dict[int, dict] = {}
+
+    def find_project(self, title: str) -> int | None:
+        return next((i for i, p in self.projects.items() if p["title"] == title), None)
+
+    def create_project(self, title, label_config, description="", maximum_annotations=1) -> int:
+        pid = len(self.projects) + 1
+        self.projects[pid] = {"title": title, "tasks": [], "overlap": maximum_annotations}
+        return pid
+
+    def task_ids_by(self, project_id: int, key: str = "pair_id") -> dict[str, int]:
+        return {t["data"][key]: t["id"] for t in self.projects[project_id]["tasks"]}
+
+    def import_tasks(self, project_id: int, tasks: list[dict]) -> int:
+        ts = self.projects[project_id]["tasks"]
+        for t in tasks:
+            ts.append({"id": len(ts) + 1, "data": t["data"], "annotations": []})
+        return len(tasks)
+
+    def export_tasks(self, project_id: int) -> list[dict]:
+        return json.loads(json.dumps(self.projects[project_id]["tasks"]))
+
+    def answer(self, project_id: int, user: int, pick) -> None:
+        for t in self.projects[project_id]["tasks"]:
+            choice = pick(t["data"])
+            t["annotations"].append(
+                {"id": len(t["annotations"]) + 100 * user, "completed_by": user,
+                 "result": [{"from_name": "verdict", "value": {"choices": [choice]}}]}
+            )  # fmt: skip
+
+
+def test_export_and_import_through_a_client(tmp_path, examples):
+    from flows.review import export_review, import_review
+
+    cfg = _fake_cfg(tmp_path, examples, "review.budget=4", "review.overlap=2")
+    first = curate(cfg.model_dump(mode="json"))
+    ls = FakeLabelStudio()
+    ref = f"review-run@v{first['version']}"
+    sent = export_review(tmp_path, ref, ls)
+    assert sent["project_created"] and 0 < sent["sent"] <= 4 and sent["missing_text"] == 0
+    assert ls.projects[sent["project_id"]]["overlap"] == 2
+    again = export_review(tmp_path, ref, ls)  # idempotent: found by title and pair id
+    assert not again["project_created"] and again["sent"] == 0
+    assert again["already_there"] == sent["sent"]
+    assert json.loads(Path(again["path"]).read_text())["project_id"] == sent["project_id"]
+    pid = sent["project_id"]
+    # nobody answered yet: reported, nothing curated
+    none = import_review(tmp_path, ref, ls)
+    assert (
+        none["votes"] == 0 and none["unanswered_pairs"] == sent["sent"] and none["curation"] is None
+    )
+    # two reviewers prefer the version's rejected response of every pair
+    ls.answer(pid, 1, lambda d: "B" if d["order"] == "ab" else "A")
+    ls.answer(pid, 2, lambda d: "B" if d["order"] == "ab" else "A")
+    res = import_review(tmp_path, ref, ls, anchor=True)
+    assert res["votes"] == 2 * sent["sent"] and res["humans"] == 2
+    summary = res["curation"]
+    assert summary["created"] and summary["version"] == first["version"] + 1
+    m = store.read_manifest(summary["path"])
+    assert m["config"]["review"]["anchor"] is True
+    assert m["config"]["review"]["votes"] == [res["votes_path"]]
+    assert m["stage_info"]["aggregate"]["gold"]["comparisons"] == sent["sent"]
+    assert all(m["stages"][s]["reused"] for s in ("generate", "judge"))
+    pub = pl.read_parquet(Path(summary["path"]) / "data.parquet")
+    got = dict(zip(pub["pair_id"], zip(pub["chosen_id"], pub["rejected_id"])))
+    tasks = ls.export_tasks(pid)
+    assert any(t["data"]["pair_id"] in got for t in tasks)
+    for t in tasks:  # the reviewers' side is chosen now, wherever the pair was published
+        d = t["data"]
+        old_rejected = d["b_id"] if d["order"] == "ab" else d["a_id"]
+        if d["pair_id"] in got:
+            assert got[d["pair_id"]][0] == old_rejected
+    # importing again: the same votes, no new version
+    twice = import_review(tmp_path, ref, ls, anchor=True)
+    assert twice["votes"] == res["votes"] and not twice["curation"]["created"]
