@@ -320,6 +320,27 @@ def test_export_and_import_through_a_client(tmp_path, examples):
             seen += 1
             assert got[key] == old_rejected
     assert seen > 0
+    # the report's Review section: what was sent and answered, what changed, who agreed
+    from pipeline.report.build import build_report, render_html, render_terminal
+
+    rep = build_report(summary["path"])
+    rv = rep["review"]
+    assert rv["summary"]["reviewers"] == 2 and rv["summary"]["votes"] == res["votes"]
+    assert rv["summary"][f"pairs sent ({ref})"] == sent["sent"]
+    assert rv["summary"]["pairs with a human majority"] == sent["sent"]
+    tables = {t["title"]: dict(t["rows"]) if len(t["columns"]) == 2 else t for t in rv["tables"]}
+    before = tables[f"humans against the reviewed version {ref}"]
+    assert before.get("agreed: human side chosen", 0) == 0  # they always chose the rejected
+    here = tables["the pairs the humans decided, in this version"]
+    assert here["human side chosen"] == seen and here["other side chosen"] == 0
+    accuracy = tables["annotators' accuracy against the human majority"]
+    assert accuracy["rows"] and all(0 <= r[2] <= 1 for r in accuracy["rows"])
+    assert "Review: what people answered" in render_html(rep)
+    from rich.console import Console
+
+    con = Console(record=True, width=140)
+    render_terminal(rep, con)
+    assert "humans against the reviewed version" in con.export_text()
     # importing again: the same votes, no new version
     twice = import_review(tmp_path, ref, ls, anchor=True)
     assert twice["votes"] == res["votes"] and not twice["curation"]["created"]

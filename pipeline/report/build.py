@@ -40,6 +40,7 @@ import pyarrow as pa
 from pipeline.report.common import REPORT_VERSION, REPORTS_DIR, SECTIONS, Lineage, default_run_root
 from pipeline.report.html import render_html
 from pipeline.report.judges import section_judges
+from pipeline.report.review import section_review
 from pipeline.report.sections import (
     section_distributions,
     section_examples,
@@ -106,6 +107,7 @@ def report_from_tables(
         "similarity": section_similarity(data, lin, manifest),
         "noise": section_noise(manifest, data),
         "examples": section_examples(data, dropped, quarantine, lin, max_examples),
+        "review": section_review(manifest, lin, data, vp),
     }
     # one count of flips: the published flipped pairs, and how many denoise flipped (a
     # flipped pair can still be left out by pair building or selection)

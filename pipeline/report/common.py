@@ -41,6 +41,7 @@ SECTIONS: list[tuple[str, str]] = [
     ("similarity", "Similarity of chosen vs rejected"),
     ("noise", "Estimated noise rate"),
     ("examples", "Flipped and dropped examples"),
+    ("review", "Review: what people answered and what it changed"),
 ]
 
 

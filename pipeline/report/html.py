@@ -414,6 +414,12 @@ def section_html(key: str, rep: dict[str, Any]) -> str:
             )
         else:
             p.append("<p>none</p>")
+    elif key == "review":
+        if s["summary"] is not None:
+            p.append(_kv_table(s["summary"]))
+        for t in s["tables"]:
+            p.append(f"<h3>{_e(t['title'])}</h3>" + _html_table(t["columns"], t["rows"]))
+        p.append(_note(s["note"]))
     return "\n".join(x for x in p if x)
 
 

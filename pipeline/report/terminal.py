@@ -285,3 +285,11 @@ def render_terminal(report: dict[str, Any], console: Any) -> None:
         )
     if not (ex["flipped"] or ex["dropped"] or ex["quarantined"]):
         console.print(Text("no flipped, dropped or quarantined rows"))
+
+    rv = report.get("review") or {"summary": None, "tables": [], "note": "no review section"}
+    console.rule(Text(heads["review"]))
+    if rv["summary"] is not None:
+        console.print(kv(None, rv["summary"]))
+    for t in rv["tables"]:
+        console.print(table(t["title"], t["columns"], t["rows"]))
+    note(rv["note"])

@@ -125,7 +125,9 @@ def annotations_to_votes(tasks: list[dict[str, Any]], ref: str) -> tuple[pa.Tabl
                 "order": "ab" if a_id == cand_a else "ba",
                 "verdict": verdict,
                 "prob_a": None,
-                "raw_output": json.dumps({**ans, "pair_id": pid}, ensure_ascii=False),
+                "raw_output": json.dumps(
+                    {**ans, "pair_id": pid, "version": ref}, ensure_ascii=False
+                ),
                 "parse_error": None,
             }
         )
