@@ -305,6 +305,7 @@ def test_export_and_import_through_a_client(tmp_path, examples):
     assert summary["created"] and summary["version"] == first["version"] + 1
     m = store.read_manifest(summary["path"])
     assert m["config"]["review"]["anchor"] is True
+    assert m["stage_info"]["review"]["reviewed_versions"] == [ref]
     assert m["config"]["review"]["votes"] == [res["votes_path"]]
     assert m["stage_info"]["aggregate"]["gold"]["comparisons"] == sent["sent"]
     assert all(m["stages"][s]["reused"] for s in ("generate", "judge"))

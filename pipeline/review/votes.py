@@ -28,7 +28,7 @@ from schemas.errors import ConfigError, PrefcurateError
 from schemas.tables import VOTES, conform, from_rows
 
 STAGE = "review"
-STAGE_VERSION = 1
+STAGE_VERSION = 2  # 2: info names the reviewed versions
 VERDICT_OF = {"A": "A", "B": "B", "tie": "tie", "both bad": "tie"}
 
 
@@ -193,10 +193,23 @@ def review_votes(files: list[tuple[str, pa.Table]], candidates: pa.Table) -> Sta
         n, len(kept), quarantined={str(Reason.INVALID_VALUE): len(bad)} if bad else {}
     )
     humans = sorted({r["annotator"] for r in kept})
+    reviewed = set()
+    for r in kept:
+        try:
+            v = json.loads(r["raw_output"] or "{}").get("version")
+        except (ValueError, AttributeError):
+            v = None
+        if isinstance(v, str):
+            reviewed.add(v)
     return StageResult(
         STAGE,
         {"votes": from_rows(kept, VOTES, "votes")},
         counts,
         quarantine=q,
-        info={"files": [p for p, _ in files], "annotators": humans, "votes": len(kept)},
+        info={
+            "files": [p for p, _ in files],
+            "annotators": humans,
+            "votes": len(kept),
+            "reviewed_versions": sorted(reviewed),  # the versions these answers reviewed
+        },
     )
