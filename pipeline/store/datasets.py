@@ -17,6 +17,11 @@ ever see complete versions; two publishers never get the same ``N``. Files of a
 published version are read-only. Publishing again with a ``content_key`` that an
 existing version already carries publishes nothing and returns that version.
 
+Publishing streams (issue 19): ``data.parquet`` is written row group by row group and
+``data/`` shard by shard (in a second thread, at the same time), each file sha256-hashed as
+its bytes go out and fsynced as it closes, so publish adds memory bounded by a row group /
+a 64 MB slice, not copies of the table, and reads nothing back (``bench/publish.py``).
+
 >>> validate_name("hh-rlhf.clean_v2")
 'hh-rlhf.clean_v2'
 >>> parse_ref("hh-rlhf@v3"), parse_ref("hh-rlhf@3"), parse_ref("hh-rlhf")
@@ -32,6 +37,7 @@ import os
 import re
 import shutil
 import stat
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +49,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.hashing import file_hash
+from pipeline.store.stream import Cancelled, HashingSink, Worker, check_cancel, write_dataset
 from schemas.errors import StoreError
 from schemas.tables import DROPPED, PUBLISHED, QUARANTINE, check_table, schema_fingerprint
 
@@ -375,22 +382,24 @@ def fsync_tree(path: Path) -> None:
         _fsync_dir(d)
 
 
-def _write_parquet(table: pa.Table, path: Path) -> None:
-    pq.write_table(table, path)
+ROW_GROUP_ROWS = 1024 * 1024  # pyarrow's default row group: the same bytes as one write_table
 
 
-def write_dataset(table: pa.Table, path: Path) -> None:
-    """``datasets.Dataset.save_to_disk`` of ``table`` (one shard when empty, no progress bar)."""
-    import datasets  # imported here: listing and resolving must not pay for it
-
-    was_enabled = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    try:
-        ds = datasets.Dataset(table)
-        ds.save_to_disk(str(path), num_shards=1 if table.num_rows == 0 else None)
-    finally:
-        if was_enabled:
-            datasets.enable_progress_bars()
+def _write_parquet(table: pa.Table, path: Path, cancel: threading.Event | None = None) -> str:
+    """Write ``table`` to ``path`` as Parquet, one row group (ROW_GROUP_ROWS rows) at a
+    time, with pq.write_table's options (the same bytes); return the file's sha256, hashed
+    while writing. ``cancel``, when set, stops it between row groups."""
+    with HashingSink(path) as sink:
+        stream = sink.stream()
+        with pq.ParquetWriter(stream, table.schema) as writer:
+            for start in range(0, table.num_rows, ROW_GROUP_ROWS):
+                check_cancel(cancel)
+                writer.write_table(table.slice(start, ROW_GROUP_ROWS))
+            if table.num_rows == 0:
+                writer.write_table(table)
+        if not stream.closed:
+            stream.close()
+        return sink.finish()
 
 
 def _manifest_json(manifest: dict[str, Any]) -> str:
@@ -479,20 +488,43 @@ def publish_version(
     tmp = ds_dir / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
-        write_dataset(data, tmp / DATA_DIR)
-        _write_parquet(data, tmp / DATA_PARQUET)
-        _write_parquet(dropped, tmp / DROPPED_PARQUET)
-        _write_parquet(quarantine, tmp / QUARANTINE_PARQUET)
+        import datasets  # noqa: F401  (in this thread, before the writer thread needs it)
+
+        # data/ in a second thread while this one writes data.parquet: both encoders
+        # release the GIL, so the two files cost about the longer of the two
+        cancel = threading.Event()
+
+        def data_dir() -> dict[str, str]:
+            try:
+                return write_dataset(data, tmp / DATA_DIR, cancel)
+            except BaseException:
+                cancel.set()  # stop the Parquet writer too
+                raise
+
+        worker = Worker(data_dir)
+        worker.start()
+        try:
+            files = {DATA_PARQUET: _write_parquet(data, tmp / DATA_PARQUET, cancel)}
+            files[DROPPED_PARQUET] = _write_parquet(dropped, tmp / DROPPED_PARQUET)
+            files[QUARANTINE_PARQUET] = _write_parquet(quarantine, tmp / QUARANTINE_PARQUET)
+        except Cancelled:
+            worker.result()  # raises the writer thread's own error
+            raise
+        except BaseException:
+            cancel.set()
+            worker.join()  # it stops at its next slice; then the folder can go
+            raise
+        files.update({f"{DATA_DIR}/{k}": v for k, v in worker.result().items()})
         (tmp / CARD).write_text(card, encoding="utf-8")
         deferred = {rel: f for rel, f in (extra_files or {}).items() if callable(f)}
         for rel, text in (extra_files or {}).items():
             if not callable(text):
                 (tmp / rel).write_text(text, encoding="utf-8")
-        files = {
-            p.relative_to(tmp).as_posix(): file_hash(p)
-            for p in sorted(tmp.rglob("*"))
-            if p.is_file()
-        }
+        for p in sorted(tmp.rglob("*")):  # the small files, and anything else written
+            rel = p.relative_to(tmp).as_posix()
+            if p.is_file() and rel not in files:
+                files[rel] = file_hash(p)
+        files = dict(sorted(files.items()))
         fsync_tree(tmp)
 
         with open(ds_dir / LOCK_NAME, "a+b") as lock:
