@@ -332,18 +332,24 @@ def test_reward_model_stage_in_the_flow(tmp_path, examples):
     assert again["created"] is False and again["stages"]["reward"]["reused"]
 
 
-def test_gpm_guided_judging_in_two_rounds(tmp_path, examples):
-    """pair_selection gpm: round 1 judges 2 of each prompt's 6 pairs, a GPM head trained on
-    them picks 2 more for round 2; the other 2 are dropped first_signal. Every pair is
-    accounted for, the rerun makes no call."""
-    cfg = _fake_cfg(
+def _gpm_cfg(tmp_path: Path, examples: Path, *extra: str) -> dict:
+    """Active judging in two rounds: 2 of each prompt's 6 pairs, then 2 more chosen by GPM."""
+    return _fake_cfg(
         tmp_path,
         examples,
+        *extra,
         "judge.pair_selection=gpm",
         "judge.max_pairs_per_prompt=4",
         "judge.seed_pairs_per_prompt=2",
         "gpm.epochs=3",
     ).model_dump(mode="json")
+
+
+def test_gpm_guided_judging_in_two_rounds(tmp_path, examples):
+    """pair_selection gpm: round 1 judges 2 of each prompt's 6 pairs, a GPM head trained on
+    them picks 2 more for round 2; the other 2 are dropped first_signal. Every pair is
+    accounted for, the rerun makes no call."""
+    cfg = _gpm_cfg(tmp_path, examples)
     summary = curate(cfg)
     manifest = store.read_manifest(Path(summary["path"]))
     _check_accounting(manifest)
@@ -381,15 +387,7 @@ def test_gpm_round_two_judges_beside_the_default_yesno_rubric(tmp_path, examples
     """The default (auto) Yes/No rubric judge votes on every pair of a prompt, and its votes
     train round 2's head; they are not pairwise judgements, so round 2 still judges the pairs
     round 1's pairwise judge did not (a bug made it judge none)."""
-    cfg = _fake_cfg(
-        tmp_path,
-        examples,
-        "rubrics.judges=null",
-        "judge.pair_selection=gpm",
-        "judge.max_pairs_per_prompt=4",
-        "judge.seed_pairs_per_prompt=2",
-        "gpm.epochs=3",
-    ).model_dump(mode="json")
+    cfg = _gpm_cfg(tmp_path, examples, "rubrics.judges=null")
     summary = curate(cfg)
     manifest = store.read_manifest(Path(summary["path"]))
     _check_accounting(manifest)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import polars as pl
 from ls_server import label_studio  # noqa: F401  (the session fixture)
+from test_review import _fake_cfg
 
 from flows.curate import curate
 from pipeline.store import datasets as store
-from schemas.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,20 +33,7 @@ def _cli(args: list[str], env: dict[str, str]) -> dict:
 
 
 def test_review_round_trip_through_label_studio(tmp_path, examples, label_studio):  # noqa: F811
-    cfg = load_config(
-        None,
-        [
-            f"data_root={tmp_path}",
-            "name=ls-review",
-            f"input.path={examples / 'prompts.jsonl'}",
-            "input.limit=3",
-            "generate.policies.0.model.engine=fake",
-            "generate.policies.0.model.model=fake-policy",
-            "judge.judges.0.model.engine=fake",
-            "judge.judges.0.model.model=fake-judge",
-            "rubrics.judges=[]",
-        ],
-    )
+    cfg = _fake_cfg(tmp_path, examples, "name=ls-review")  # test_review's fake run
     first = curate(cfg.model_dump(mode="json"))
     ref = f"ls-review@v{first['version']}"
     env = {

@@ -120,11 +120,11 @@ def review_candidates(
         flipped=pl.col("outcome") == "flip",
         low_confidence=((p >= lo) & (p < hi)).fill_null(True)
         | pl.col("drop_reason").is_in(LOW_CONFIDENCE_REASONS).fill_null(False),
-        disagreement_=(pl.col("disagreement") >= cfg.min_disagreement).fill_null(False),
+        disagreement_high=(pl.col("disagreement") >= cfg.min_disagreement).fill_null(False),
         cyclic=pl.col("flags").list.contains("cyclic").fill_null(False),
-    ).rename({"disagreement_": "disagreement_high"})
-    crit = {"disagreement": "disagreement_high"}
-    cols = [crit.get(c, c) for c in cfg.select]
+    )
+    # the criterion "disagreement" is column disagreement_high (disagreement is the value)
+    cols = ["disagreement_high" if c == "disagreement" else c for c in cfg.select]
     reasons = pl.concat_list(
         [pl.when(pl.col(c)).then(pl.lit(name)).otherwise(None) for name, c in zip(cfg.select, cols)]
     ).list.drop_nulls()
