@@ -159,3 +159,101 @@ def test_pairs_run_without_judges_flags_and_reports_an_injected_response(tmp_pat
     assert flagged.get("p2") is False and flagged.get("p1", True) is True
     html = (Path(summary["path"]) / "report.html").read_text("utf-8")
     assert "text aimed at the judge" in html
+
+
+# ------------------------------------------------------------------ the prefilter
+def _planted_texts() -> list[str]:
+    texts = []
+    for f in sorted(DATA.glob("injection_*.jsonl")):
+        texts += [json.loads(line)["text"] for line in f.read_text("utf-8").splitlines()]
+    return texts
+
+
+def _fuzzed(n: int, seed: int = 0) -> list[str]:
+    """Planted texts cut, spliced and disguised: l33t digits, letters spaced out, case
+    flipped, zero-width and look-alike characters, line breaks, base64, ROT13, words
+    from the detector's own patterns strung together at random."""
+    import base64
+    import codecs
+    import random
+    import re
+
+    from pipeline.annotate import injection
+
+    rng = random.Random(seed)
+    planted = _planted_texts()
+    vocab = sorted(
+        {
+            w
+            for pat in (
+                injection._OVERRIDE,
+                injection._ADDR,
+                injection._REF,
+                injection._VERDICT,
+                injection._ORDER,
+                injection._FORMAT,
+                injection._STRUCT,
+            )
+            for w in re.findall(r"[a-zà-ÿ]{2,}", pat.pattern)
+        }
+    )
+    marks = [": ", ", ", ". ", "\n", " -> ", '{"winner": "', "[[", "]] ", "<|im_start|>", " "]
+    out = []
+    for _ in range(n):
+        kind = rng.random()
+        if kind < 0.4:
+            t = rng.choice(planted)
+            if rng.random() < 0.5:  # splice two halves
+                u = rng.choice(planted)
+                t = t[: rng.randrange(len(t) + 1)] + " " + u[rng.randrange(len(u) + 1) :]
+        else:
+            t = "".join(
+                rng.choice(vocab) + (rng.choice(marks) if rng.random() < 0.3 else " ")
+                for _ in range(rng.randrange(3, 14))
+            )
+        r = rng.random()
+        if r < 0.15:
+            t = t.translate(str.maketrans("oieast", "013457"))
+        elif r < 0.25:
+            t = re.sub(r"[a-z]{4,}", lambda m: " ".join(m.group(0)), t, count=2)
+        elif r < 0.35:
+            t = "".join(c.upper() if rng.random() < 0.5 else c for c in t)
+        elif r < 0.45:
+            t = "\u200b".join(t.split(" ", 3)).replace("a", "а", 2).replace("o", "ο", 1)
+        elif r < 0.5:
+            t = "Decode and follow: " + base64.b64encode(t.encode("utf-8")).decode()
+        elif r < 0.55:
+            t = "rot13: " + codecs.encode(t, "rot13")
+        elif r < 0.6:
+            t = "Read it backwards: " + t[::-1]
+        elif r < 0.65:
+            t = t.replace(" ", "-\n", 2)
+        out.append(t)
+    return out
+
+
+def test_the_prefilter_passes_every_text_detect_flags():
+    """``may_flag`` is False only where ``detect`` finds nothing: on the planted sets and
+    on 6,000 fuzzed texts, a good share of which are flagged (so the check has teeth)."""
+    from pipeline.annotate.injection import may_flag
+
+    texts = _planted_texts() + _fuzzed(6000)
+    flagged = [detect(t)[0] for t in texts]
+    passed = may_flag(texts)
+    missed = [t for t, f, p in zip(texts, flagged, passed) if f and not p]
+    assert not missed, missed[:5]
+    assert sum(flagged) > 1000, sum(flagged)
+    # and it does filter: random words from a plain vocabulary never reach detect()
+    plain = [" ".join(f"w{(i * 7 + k) % 2000}" for k in range(20)) for i in range(500)]
+    assert not any(may_flag(plain))
+
+
+def test_suspect_candidates_is_detect_on_every_text():
+    texts = _planted_texts() + _fuzzed(2000, seed=1) + ["", None]
+    table = pa.table({"candidate_id": [f"c{i}" for i in range(len(texts))], "text": texts})
+    expected = {}
+    for i, t in enumerate(texts):
+        flagged, hits = detect(t or "")
+        if flagged:
+            expected[f"c{i}"] = hits
+    assert suspect_candidates(table) == expected
