@@ -458,3 +458,44 @@ def test_stored_report_names_its_version(versions):
     assert store.verify_version(vpath) == []
     rows = manifest["rows"]["data"]
     assert rows > 0 and f">{rows}<" in html
+
+
+def test_agreement_matrix_is_cohen_kappa_on_the_common_comparisons():
+    """The report's column-wise agreement matrix equals agreement and ``cohen_kappa`` over
+    each pair of annotators' first verdicts on the comparisons both judged."""
+    import random
+
+    from pipeline.annotate.judge_stats import cohen_kappa
+    from pipeline.report.judges import _agreement
+
+    rng = random.Random(3)
+    for _ in range(20):
+        n = rng.randint(0, 200)
+        cols = {
+            "annotator": [f"a{rng.randint(0, 6)}" for _ in range(n)],
+            "source_id": [f"s{rng.randint(0, 15)}" for _ in range(n)],
+            "candidate_a": [f"c{rng.randint(0, 2)}" for _ in range(n)],
+            "candidate_b": [f"c{rng.randint(0, 2)}" for _ in range(n)],
+            "verdict": [rng.choice(["a", "b", "tie", None]) for _ in range(n)],
+        }
+        got = _agreement([pa.table(cols), pa.table(cols).slice(0, n // 3)])
+        first: dict = {}
+        for ann, *key, v in zip(*cols.values()):
+            if v is not None:
+                first.setdefault(ann, {}).setdefault(tuple(key), v)
+        anns = sorted(first, key=lambda a: (-len(first[a]), a))
+        if len(anns) < 2:
+            assert got is None
+            continue
+        assert got["annotators"] == anns
+        for i, x in enumerate(anns):
+            for j, y in enumerate(anns):
+                common = sorted(set(first[x]) & set(first[y]))
+                assert got["n"][i][j] == len(common)
+                if common:
+                    lx = [first[x][c] for c in common]
+                    ly = [first[y][c] for c in common]
+                    assert got["kappa"][i][j] == cohen_kappa(lx, ly)
+                    assert got["agreement"][i][j] == sum(a == b for a, b in zip(lx, ly)) / len(
+                        common
+                    )

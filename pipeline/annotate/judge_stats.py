@@ -63,12 +63,19 @@ def cohen_kappa(x: Sequence[Hashable], y: Sequence[Hashable]) -> float | None:
     """Cohen's κ of two raters' labels on the same items (None if undefined)."""
     if len(x) != len(y):
         raise ValueError(f"cohen_kappa: {len(x)} labels vs {len(y)} labels")
-    n = len(x)
+    cx, cy = Counter(x), Counter(y)
+    return kappa_from_counts(
+        len(x), sum(a == b for a, b in zip(x, y)), [cx[c] * cy.get(c, 0) for c in cx]
+    )
+
+
+def kappa_from_counts(n: int, agreed: int, products: Iterable[int]) -> float | None:
+    """Cohen's κ from counts: ``n`` items, ``agreed`` of them labelled alike, and per
+    label the product of the two raters' counts of it (None if undefined)."""
     if n == 0:
         return None
-    p_o = sum(a == b for a, b in zip(x, y)) / n
-    cx, cy = Counter(x), Counter(y)
-    p_e = sum(cx[c] * cy.get(c, 0) for c in cx) / (n * n)
+    p_o = agreed / n
+    p_e = sum(int(v) for v in products) / (n * n)
     if p_e >= 1.0:
         return None
     return _r((p_o - p_e) / (1.0 - p_e))

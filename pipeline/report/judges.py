@@ -3,50 +3,70 @@
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from typing import Any
 
 import pyarrow as pa
 
-from pipeline.annotate.judge_stats import cohen_kappa
-from pipeline.report.common import MAX_ANNOTATORS, Lineage, column_values, num, tabulate
+from pipeline.annotate.judge_stats import kappa_from_counts
+from pipeline.report.common import MAX_ANNOTATORS, Lineage, num, tabulate
 
 log = logging.getLogger(f"prefcurate.{__name__}")
 
 
 def _agreement(votes: list[pa.Table]) -> dict[str, Any] | None:
-    """Pairwise agreement and Cohen's κ between annotators on the comparisons both judged."""
-    per: dict[str, dict[tuple, str]] = defaultdict(dict)
-    for t in votes:
-        cols = [
-            column_values(t, c)
-            for c in ("annotator", "source_id", "candidate_a", "candidate_b", "verdict")
-        ]
-        for ann, sid, a, b, v in zip(*cols):
-            if v is not None:
-                per[ann].setdefault((sid, a, b), v)
-    anns = sorted(per, key=lambda a: (-len(per[a]), a))[:MAX_ANNOTATORS]
+    """Pairwise agreement and Cohen's κ between annotators on the comparisons both judged
+    (an annotator's first verdict on a comparison counts); one column pass per pair of
+    annotators over a comparison × annotator matrix of verdict codes."""
+    import numpy as np
+    import polars as pl
+
+    cols = ["annotator", "source_id", "candidate_a", "candidate_b", "verdict"]
+    frames = [
+        pl.from_arrow(t.select(cols)).cast(pl.String)
+        for t in votes
+        if all(c in t.column_names for c in cols) and t.num_rows
+    ]
+    if not frames:
+        return None
+    df = (
+        pl.concat(frames)
+        .filter(pl.col("verdict").is_not_null())
+        .unique(cols[:4], keep="first", maintain_order=True)
+    )
+    counts = df.group_by("annotator").len()
+    anns = counts.sort(["len", "annotator"], descending=[True, False])["annotator"].to_list()
+    anns = anns[:MAX_ANNOTATORS]
+    per_ann = dict(zip(counts["annotator"].to_list(), counts["len"].to_list()))
     if len(anns) < 2:
         return None
-    k = len(anns)
+    df = df.filter(pl.col("annotator").is_in(anns)).with_columns(
+        key=pl.struct(cols[1:4]).rank("dense") - 1,
+        ann=pl.col("annotator").replace_strict(anns, list(range(len(anns)))),
+        code=pl.col("verdict").rank("dense").cast(pl.Int64),  # 1.. (0 = no verdict)
+    )
+    k, n_keys = len(anns), int(df["key"].max()) + 1
+    n_codes = int(df["code"].max()) + 1
+    m = np.zeros((k, n_keys), dtype=np.int64)
+    m[df["ann"].to_numpy(), df["key"].to_numpy()] = df["code"].to_numpy()
     agree = [[None] * k for _ in range(k)]
     kappa = [[None] * k for _ in range(k)]
     n = [[0] * k for _ in range(k)]
-    for i, x in enumerate(anns):
-        for j, y in enumerate(anns):
-            common = sorted(set(per[x]) & set(per[y]))
-            n[i][j] = len(common)
-            if common:
-                lx = [per[x][c] for c in common]
-                ly = [per[y][c] for c in common]
-                agree[i][j] = num(sum(a == b for a, b in zip(lx, ly)) / len(common))
-                kappa[i][j] = num(cohen_kappa(lx, ly))
+    for i in range(k):
+        for j in range(k):
+            both = (m[i] > 0) & (m[j] > 0)
+            x, y = m[i][both], m[j][both]
+            n[i][j] = int(both.sum())
+            if n[i][j]:
+                agreed = int((x == y).sum())
+                agree[i][j] = num(agreed / n[i][j])
+                products = np.bincount(x, minlength=n_codes) * np.bincount(y, minlength=n_codes)
+                kappa[i][j] = num(kappa_from_counts(n[i][j], agreed, products.tolist()))
     return {
         "annotators": anns,
         "agreement": agree,
         "kappa": kappa,
         "n": n,
-        "votes": {a: len(per[a]) for a in anns},
+        "votes": {a: per_ann[a] for a in anns},
     }
 
 
