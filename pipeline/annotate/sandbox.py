@@ -138,7 +138,6 @@ def run_python(code: str, tests: str = "", limits: SandboxLimits | None = None) 
     out = tempfile.TemporaryFile()
     token = secrets.token_hex(16)
     proc = None
-    timed_out = False
     try:
         if drop:
             os.chown(tmp, uid, gid)
@@ -157,37 +156,14 @@ def run_python(code: str, tests: str = "", limits: SandboxLimits | None = None) 
         }
         argv = [*(netns or ()), python, "-I", "-B", "-c", RUNNER]
         try:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.PIPE,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=tmp,
-                env=child_env(tmp),
-                pass_fds=(wfd,),
-                start_new_session=True,
-                close_fds=True,
-            )
+            proc = _spawn(argv, tmp, wfd, out)
         except OSError as exc:
             return SandboxResult(
                 "error", short(f"could not start the sandbox: {exc}"), time.monotonic() - t0
             )
         os.close(wfd)
         wfd = -1
-        try:
-            proc.communicate(json.dumps(job).encode("utf-8"), timeout=limits.time_s)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-        except (BrokenPipeError, OSError):
-            pass  # the child died before reading its job; its exit status says why
-        _killpg(proc.pid)
-        if proc.stdin is not None and not proc.stdin.closed:
-            try:
-                proc.stdin.close()
-            except OSError:
-                pass
-        if proc.returncode is None:
-            proc.wait()
+        timed_out = _feed_and_wait(proc, job, limits.time_s)
         verdict = read_report(rfd, token)
         dt = time.monotonic() - t0
         if timed_out:
@@ -204,6 +180,43 @@ def run_python(code: str, tests: str = "", limits: SandboxLimits | None = None) 
             _killpg(proc.pid)
             proc.wait()
         _rmtree(tmp)
+
+
+def _spawn(argv: list[str], tmp: str, wfd: int, out) -> subprocess.Popen:
+    """Start the child in its own session in ``tmp``, with the report pipe's write end
+    ``wfd`` and stdout/stderr into ``out``; raises OSError when it cannot start."""
+    return subprocess.Popen(
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        cwd=tmp,
+        env=child_env(tmp),
+        pass_fds=(wfd,),
+        start_new_session=True,
+        close_fds=True,
+    )
+
+
+def _feed_and_wait(proc: subprocess.Popen, job: dict, time_s: float) -> bool:
+    """Send the child its job, wait for it up to ``time_s``, then kill its process
+    group; True when the wall-clock limit ran out."""
+    timed_out = False
+    try:
+        proc.communicate(json.dumps(job).encode("utf-8"), timeout=time_s)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    except (BrokenPipeError, OSError):
+        pass  # the child died before reading its job; its exit status says why
+    _killpg(proc.pid)
+    if proc.stdin is not None and not proc.stdin.closed:
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+    if proc.returncode is None:
+        proc.wait()
+    return timed_out
 
 
 def _killpg(pgid: int) -> None:
