@@ -65,7 +65,7 @@ from typing import Any, Callable, Literal, Sequence
 
 import pyarrow as pa
 
-from pipeline.annotate.sandbox import run_many, sandbox_layers
+from pipeline.annotate.sandbox import sandbox_layers
 from pipeline.annotate.verify_answers import (
     check_exact_answer,
     extract_final_answer,
@@ -73,7 +73,7 @@ from pipeline.annotate.verify_answers import (
     parse_number,
     prompt_numbers,
 )
-from pipeline.annotate.verify_code import extract_code, sandbox_limits
+from pipeline.annotate.verify_code import check_python_tests, extract_code, sandbox_limits
 from pipeline.annotate.verify_common import MAX_TEXT_CHARS, Verdict
 from pipeline.annotate.verify_constraints import CONSTRAINTS, REGEX_TIMEOUT_S, check_constraints
 from pipeline.annotate.verify_targets import TARGET_FIELD, prompt_targets, validate_targets
@@ -238,7 +238,7 @@ def run_verify_jobs(
     """A verdict per job, in order. ``python_tests`` jobs run in the sandbox, identical
     (code, tests) once; ``sandbox`` replaces :func:`sandbox.run_many` (tests)."""
     out: list[Verdict | None] = [None] * len(jobs)
-    code_jobs: dict[tuple[str, str], list[int]] = {}
+    tests_at: list[int] = []
     for i, j in enumerate(jobs):
         if j.kind == "exact_answer":
             out[i] = check_exact_answer(
@@ -251,25 +251,14 @@ def run_verify_jobs(
         elif j.kind == "constraints":
             out[i] = check_constraints(j.text, j.target)
         elif j.kind == "python_tests":
-            code = extract_code(j.text)
-            if not code.strip():
-                out[i] = Verdict(False, "no Python code in the response")
-            else:
-                code_jobs.setdefault((code, j.target), []).append(i)
+            tests_at.append(i)
         else:
             raise PrefcurateError(
                 f"verify: unknown verifier kind {j.kind!r} (known: {', '.join(KINDS)})"
             )
-    if code_jobs:
-        keys = list(code_jobs)
-        if sandbox is None:
-            results = run_many(keys, sandbox_limits(cfg), workers=cfg.workers)
-        else:
-            results = sandbox(keys)
-        for key, res in zip(keys, results, strict=True):
-            v = Verdict(None if res.status == "error" else res.status == "passed", res.reason)
-            for i in code_jobs[key]:
-                out[i] = v
+    tested = check_python_tests([(jobs[i].text, jobs[i].target) for i in tests_at], cfg, sandbox)
+    for i, v in zip(tests_at, tested, strict=True):
+        out[i] = v
     return [v for v in out if v is not None]
 
 
