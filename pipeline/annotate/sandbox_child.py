@@ -25,9 +25,8 @@ MAX_REASON_CHARS = 300
 # builtins and functions it needs after the untrusted code has run are bound first, so
 # code that monkeypatches ``builtins.exec``, ``json`` or ``os`` cannot turn a fail into
 # a pass.
-# Its _main and _install_hook stay long on purpose: what runs after the untrusted code and
-# the hook's deny tables are locals bound before it runs, out of reach of code that patches
-# the runner's module globals.
+# Its _install_hook stays one long function on purpose: the deny tables and the hook are
+# locals of one closure, out of reach of code that patches the runner's module globals.
 RUNNER = r"""
 import json, os, resource, sys
 

@@ -16,11 +16,10 @@ candidates with targets, :func:`run_verify_jobs` checks them (``exact_answer`` a
 ``constraints`` in process, pure; ``python_tests`` in a sandboxed subprocess, see
 :mod:`pipeline.annotate.sandbox`), :func:`make_verifier_outputs` builds the tables.
 
-The pieces: the verifier kinds in :mod:`~pipeline.annotate.verify_answers`,
+The pieces: the kinds' checkers in :mod:`~pipeline.annotate.verify_answers`,
 :mod:`~pipeline.annotate.verify_constraints` and :mod:`~pipeline.annotate.verify_code`,
-the targets' validation in :mod:`~pipeline.annotate.verify_targets`, :class:`Verdict` in
-:mod:`~pipeline.annotate.verify_common`; this module builds the jobs, runs them, makes
-the tables, and re-exports the checkers' public names.
+the targets' validation in :mod:`~pipeline.annotate.verify_targets`; this module builds
+the jobs, runs them and makes the tables, and re-exports the names they had here.
 
 **Targets** (optional fields of a prompt row; ingest keeps them in ``meta`` and checks
 them with :func:`validate_targets`):
@@ -141,14 +140,11 @@ class VerifyJob:
     prompt_numbers: tuple[float, ...] = ()  # numbers in the request (exact_answer)
 
 
-def build_verify_jobs(
-    prompts: pa.Table, candidates: pa.Table, cfg: VerifyConfig
-) -> tuple[list[VerifyJob], list[dict], dict[str, Any]]:
-    """One job per (candidate, enabled kind with a valid target on its prompt).
-
-    Returns (jobs sorted by prompt, candidate, kind; dropped rows; info). Candidates with
-    an ``error`` are dropped ``request_failed``, those without text ``empty_output``.
-    """
+def _targets_by_prompt(
+    prompts: pa.Table,
+) -> tuple[dict[str, dict[str, Any]], dict[str, list[str]], dict[str, tuple[float, ...]]]:
+    """Per prompt: its targets by kind, the problems of its invalid targets (logged; those
+    targets are skipped) and, when it has an ``answer``, the numbers of its request."""
     targets: dict[str, dict[str, Any]] = {}
     invalid: dict[str, list[str]] = {}
     numbers: dict[str, tuple[float, ...]] = {}
@@ -172,6 +168,22 @@ def build_verify_jobs(
             len(invalid),
             dict(itertools.islice(invalid.items(), 3)),
         )
+    return targets, invalid, numbers
+
+
+def _drop(r: dict[str, Any], reason: Reason, detail: str) -> dict[str, Any]:
+    return dict(source_id=r["source_id"], row_id=r["candidate_id"], reason=reason, detail=detail)
+
+
+def build_verify_jobs(
+    prompts: pa.Table, candidates: pa.Table, cfg: VerifyConfig
+) -> tuple[list[VerifyJob], list[dict], dict[str, Any]]:
+    """One job per (candidate, enabled kind with a valid target on its prompt).
+
+    Returns (jobs sorted by prompt, candidate, kind; dropped rows; info). Candidates with
+    an ``error`` are dropped ``request_failed``, those without text ``empty_output``.
+    """
+    targets, invalid, numbers = _targets_by_prompt(prompts)
     jobs, drops = [], []
     no_target = 0
     kind_order = {k: i for i, k in enumerate(cfg.kinds)}
@@ -187,23 +199,13 @@ def build_verify_jobs(
             )
         if r["error"] is not None:
             drops.append(
-                {
-                    "source_id": r["source_id"],
-                    "row_id": r["candidate_id"],
-                    "reason": Reason.REQUEST_FAILED,
-                    "detail": f"verify: candidate has an error: {r['error'][:200]}",
-                }
+                _drop(
+                    r, Reason.REQUEST_FAILED, f"verify: candidate has an error: {r['error'][:200]}"
+                )
             )
             continue
         if r["text"] is None or not r["text"].strip():
-            drops.append(
-                {
-                    "source_id": r["source_id"],
-                    "row_id": r["candidate_id"],
-                    "reason": Reason.EMPTY_OUTPUT,
-                    "detail": "verify: candidate has no text",
-                }
-            )
+            drops.append(_drop(r, Reason.EMPTY_OUTPUT, "verify: candidate has no text"))
             continue
         kinds = [k for k in cfg.kinds if k in targets[r["prompt_id"]]]
         if not kinds:
