@@ -768,7 +768,7 @@ def test_network_is_refused(listener, how):
     _still_fine()
 
 
-@pytest.mark.skipif(sbx._netns_prefix() is None, reason="unshare does not work here")
+@pytest.mark.skipif(sbx.netns_prefix() is None, reason="unshare does not work here")
 def test_network_namespace_alone_blocks_loopback(listener):
     """With the audit hook off, the empty network namespace still stops the connection."""
     srv, port = listener
