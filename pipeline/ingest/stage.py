@@ -83,6 +83,7 @@ class _Reject(Exception):
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+        self.sid: str | None = None  # the row's source_id, set by check_row
 
 
 @dataclass
@@ -329,61 +330,56 @@ def _read_jsonl(path: Path) -> Iterator[_Row]:
             if lineno == 1 and data.startswith(_BOM):
                 data = data[len(_BOM) :]
             data = data.rstrip(b"\r\n")
-            if not data.strip():
-                continue
-            try:
-                text = data.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield _Row(
-                    lineno,
-                    _clip(data.decode("utf-8", "backslashreplace")),
-                    error=_Reject(
-                        Reason.INVALID_TEXT,
-                        f"line is not valid UTF-8 (byte "
-                        f"0x{data[exc.start]:02x} at offset {exc.start})",
-                    ),
-                )
-                continue
-            raw = _clip(text)
-            if "\x00" in text:
-                yield _Row(
-                    lineno,
-                    raw,
-                    error=_Reject(
-                        Reason.INVALID_TEXT,
-                        f"line contains a NUL byte at offset {text.index(chr(0))}",
-                    ),
-                )
-                continue
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield _Row(
-                    lineno,
-                    raw,
-                    error=_Reject(Reason.BAD_JSON, f"line is not valid JSON: {_json_where(exc)}"),
-                )
-                continue
-            except (ValueError, RecursionError) as exc:
-                yield _Row(
-                    lineno,
-                    raw,
-                    error=_Reject(
-                        Reason.BAD_JSON,
-                        f"line is not valid JSON: {type(exc).__name__}: {str(exc)[:200]}",
-                    ),
-                )
-                continue
-            if not isinstance(value, dict):
-                yield _Row(
-                    lineno,
-                    raw,
-                    error=_Reject(
-                        Reason.BAD_JSON, f"line is a JSON {_tname(value)}, expected an object"
-                    ),
-                )
-                continue
-            yield _Row(lineno, raw, value)
+            if data.strip():
+                yield jsonl_row(lineno, data)
+
+
+def jsonl_row(lineno: int, data: bytes) -> _Row:
+    """One non-blank JSON line (BOM and line break removed) as a row: its value, or why
+    it is not an object."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _Row(
+            lineno,
+            _clip(data.decode("utf-8", "backslashreplace")),
+            error=_Reject(
+                Reason.INVALID_TEXT,
+                f"line is not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start})",
+            ),
+        )
+    raw = _clip(text)
+    if "\x00" in text:
+        return _Row(
+            lineno,
+            raw,
+            error=_Reject(
+                Reason.INVALID_TEXT, f"line contains a NUL byte at offset {text.index(chr(0))}"
+            ),
+        )
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return _Row(
+            lineno,
+            raw,
+            error=_Reject(Reason.BAD_JSON, f"line is not valid JSON: {_json_where(exc)}"),
+        )
+    except (ValueError, RecursionError) as exc:
+        return _Row(
+            lineno,
+            raw,
+            error=_Reject(
+                Reason.BAD_JSON, f"line is not valid JSON: {type(exc).__name__}: {str(exc)[:200]}"
+            ),
+        )
+    if not isinstance(value, dict):
+        return _Row(
+            lineno,
+            raw,
+            error=_Reject(Reason.BAD_JSON, f"line is a JSON {_tname(value)}, expected an object"),
+        )
+    return _Row(lineno, raw, value)
 
 
 def _json_where(exc: json.JSONDecodeError) -> str:
@@ -790,8 +786,63 @@ def _candidate(pid: str, sid: str, policy: str, text: str) -> dict[str, Any]:
     }
 
 
+def check_row(
+    r: _Row, kind: str, name: str, base: str
+) -> tuple[str, dict[str, Any], list[dict[str, str]], _Pair | None]:
+    """One row's checks that need no other row: (source_id, value, prompt messages, the
+    pair for ``kind == "pairs"``), or a :class:`_Reject` carrying the row's source_id."""
+    sid = hashing.stable_hash(base, r.row)
+    try:
+        if r.error is not None:
+            raise r.error
+        value = r.value
+        bad = _bad_text({k: v for k, v in value.items() if k in RESERVED})
+        if bad is not None:
+            raise _Reject(Reason.INVALID_TEXT, bad)
+        sid = _source_id(value, sid)
+        pair = None
+        if kind == "prompts":
+            messages = _parse_prompt_row(value)
+        else:
+            pair = _parse_pair_row(value, name)
+            messages = pair.prompt
+        problems = (
+            validate_targets(value) if any(value.get(k) is not None for k in TARGET_FIELDS) else []
+        )
+        if problems:
+            raise _Reject(Reason.INVALID_TARGET, "; ".join(problems))
+    except _Reject as rej:
+        rej.sid = sid
+        raise
+    return sid, value, messages, pair
+
+
+def duplicate_id(sid: str, first_row: int) -> _Reject:
+    rej = _Reject(
+        Reason.DUPLICATE_ID,
+        f"field 'id': {_short(sid)} already seen at row {first_row}; the first is kept",
+    )
+    rej.sid = sid
+    return rej
+
+
+def quarantine_row(rej: _Reject, file: str, r: _Row) -> dict[str, Any]:
+    return {
+        "source_id": rej.sid,
+        "file": file,
+        "row": r.row,
+        "reason": rej.reason,
+        "detail": rej.detail[:1000],
+        "raw": r.raw,
+    }
+
+
 def _ingest(
-    path: str | os.PathLike[str], kind: str, source: str | None, limit: int | None
+    path: str | os.PathLike[str],
+    kind: str,
+    source: str | None,
+    limit: int | None,
+    columnar: bool = True,
 ) -> StageResult:
     file = os.fspath(path)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
@@ -800,6 +851,17 @@ def _ingest(
         raise ConfigError(f"ingest: source must be a non-empty string or None, got {source!r}")
     src = _open(file, allow_mtbench=kind == "prompts")
     name = source if source is not None else src.name
+    suffix = Path(file).suffix.lower()
+    if (
+        kind == "pairs"
+        and columnar
+        and src.fmt in ("jsonl", "parquet")
+        and suffix in (".jsonl", ".parquet")
+    ):
+        from pipeline.ingest.columnar import ingest_pairs_columnar
+
+        src.rows.close()  # the row reader was not started
+        return ingest_pairs_columnar(Path(file), src.fmt, file, name, src.base, limit)
 
     quarantined: list[dict[str, Any]] = []
     dropped: list[dict[str, Any]] = []
@@ -816,44 +878,12 @@ def _ingest(
 
     for r in _guard(src.rows, src.file):
         rows_in += 1
-        sid = hashing.stable_hash(src.base, r.row)
         try:
-            if r.error is not None:
-                raise r.error
-            value = r.value
-            bad = _bad_text({k: v for k, v in value.items() if k in RESERVED})
-            if bad is not None:
-                raise _Reject(Reason.INVALID_TEXT, bad)
-            sid = _source_id(value, sid)
-            if kind == "prompts":
-                messages = _parse_prompt_row(value)
-            else:
-                pair = _parse_pair_row(value, name)
-                messages = pair.prompt
-            problems = (
-                validate_targets(value)
-                if any(value.get(k) is not None for k in TARGET_FIELDS)
-                else []
-            )
-            if problems:
-                raise _Reject(Reason.INVALID_TARGET, "; ".join(problems))
+            sid, value, messages, pair = check_row(r, kind, name, src.base)
             if sid in seen_ids:
-                raise _Reject(
-                    Reason.DUPLICATE_ID,
-                    f"field 'id': {_short(sid)} already seen at "
-                    f"row {seen_ids[sid]}; the first is kept",
-                )
+                raise duplicate_id(sid, seen_ids[sid])
         except _Reject as rej:
-            quarantined.append(
-                {
-                    "source_id": sid,
-                    "file": src.file,
-                    "row": r.row,
-                    "reason": rej.reason,
-                    "detail": rej.detail[:1000],
-                    "raw": r.raw,
-                }
-            )
+            quarantined.append(quarantine_row(rej, src.file, r))
             continue
         seen_ids[sid] = r.row
         good += 1
@@ -1038,7 +1068,11 @@ def ingest_prompts(
 
 
 def ingest_pairs(
-    path: str | os.PathLike[str], *, source: str | None = None, limit: int | None = None
+    path: str | os.PathLike[str],
+    *,
+    source: str | None = None,
+    limit: int | None = None,
+    columnar: bool = True,
 ) -> StageResult:
     """Read TRL preference pairs into PROMPTS, CANDIDATES and VOTES tables.
 
@@ -1062,6 +1096,9 @@ def ingest_pairs(
     rows past ``limit`` are dropped (``limit``). Raises :class:`InputError` if the file is
     missing, unsupported or has no usable row.
 
+    A ``.jsonl`` or ``.parquet`` file is read by columns (:mod:`pipeline.ingest.columnar`:
+    the same outputs, ~10× faster); ``columnar=False`` reads it row by row.
+
     >>> import pathlib, tempfile
     >>> f = pathlib.Path(tempfile.mkdtemp()) / "pairs.jsonl"
     >>> _ = f.write_text('{"id": 1, "prompt": "2+2?", "chosen": "4", "rejected": "5", '
@@ -1074,4 +1111,4 @@ def ingest_pairs(
     ...     [("pairs", "a"), ("ann", "b")], [("pairs", "b"), ("ann", "a")])
     True
     """
-    return _ingest(path, "pairs", source, limit)
+    return _ingest(path, "pairs", source, limit, columnar)
