@@ -158,3 +158,50 @@ def test_flow_drops_duplicates_before_generation(tmp_path):
     assert d["dropped"] == {"duplicate_prompt": 1, "near_duplicate": 1}
     assert manifest["stages"]["generate"]["in"] == 3 * 2  # no call for a duplicate
     assert summary["calls"]["generate"]["requests"] == 3
+
+
+def test_drop_prompts_by_columns_matches_source_rows():
+    """drop_prompts (polars) drops, in the same order, one row per source row that
+    ``source_rows`` (the plain Python reference) lists for each dropped prompt."""
+    import random
+
+    import pyarrow as pa
+
+    from pipeline.hygiene.filtering import drop_prompts, source_rows
+
+    schema = pa.schema([("prompt_id", pa.string()), ("source_id", pa.string())])
+    rng = random.Random(0)
+    for _ in range(200):
+        n = rng.randint(0, 25)
+
+        def table(m):
+            return pa.table(
+                {
+                    "prompt_id": [f"p{rng.randint(0, max(n - 1, 0))}" for _ in range(m)],
+                    "source_id": [f"s{rng.randint(0, 8)}" for _ in range(m)],
+                },
+                schema=schema,
+            )
+
+        prompts = pa.table(
+            {"prompt_id": [f"p{i}" for i in range(n)], "source_id": [f"s{i}" for i in range(n)]},
+            schema=schema,
+        )
+        cands = table(rng.randint(0, 30) if n else 0) if rng.random() < 0.7 else None
+        votes = table(rng.randint(0, 30) if n else 0) if rng.random() < 0.7 else None
+        pids = [f"p{i}" for i in range(n)]
+        rng.shuffle(pids)
+        dropped = {p: ("contaminated", f"why {p}") for p in pids[: rng.randint(0, n)]}
+        res = drop_prompts("decontaminate", prompts, cands, votes, dropped, {})
+        rows_of = source_rows(prompts, cands, votes)
+        want = [
+            (sid, pid, reason, detail)
+            for pid, (reason, detail) in dropped.items()
+            for sid in rows_of[pid]
+        ]
+        got = [
+            (d["source_id"], d["row_id"], d["reason"], d["detail"]) for d in res.dropped.to_pylist()
+        ]
+        assert got == want
+        assert res.counts.rows_in == sum(len(v) for v in rows_of.values())
+        assert res.counts.kept == res.counts.rows_in - len(want)

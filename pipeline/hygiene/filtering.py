@@ -7,13 +7,14 @@ that asked it, each a DROPPED row with the stage's reason and detail.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.stage import StageCounts, StageResult, dropped_table
+from pipeline.stage import StageCounts, StageResult
+from schemas.tables import DROPPED, conform
 
 
 def source_rows(
@@ -40,6 +41,28 @@ def source_rows(
     return rows_of
 
 
+def _source_pairs(prompts: pa.Table, candidates: pa.Table | None, votes: pa.Table | None):
+    """(prompt_id, source_id) of every source row, in first-seen order (as
+    :func:`source_rows`), as a polars frame with the row's first position ``pos``."""
+    import polars as pl
+
+    parts = [
+        pl.from_arrow(t.select(["prompt_id", "source_id"]))
+        for t in (candidates, votes)
+        if t is not None and t.num_rows
+    ]
+    seen = (
+        pl.concat(parts).unique(maintain_order=True)
+        if parts
+        else pl.DataFrame(schema={"prompt_id": pl.String, "source_id": pl.String})
+    )
+    own = pl.from_arrow(prompts.select(["prompt_id", "source_id"]))
+    lonely = own.join(seen.select("prompt_id").unique(), on="prompt_id", how="anti").unique(
+        "prompt_id", keep="first", maintain_order=True
+    )
+    return pl.concat([seen, lonely]).with_row_index("pos")
+
+
 def drop_prompts(
     stage: str,
     prompts: pa.Table,
@@ -49,13 +72,32 @@ def drop_prompts(
     info: dict[str, Any],
 ) -> StageResult:
     """The tables without the prompts in ``dropped`` ({prompt_id: (reason, detail)}) and
-    their candidates and votes; one DROPPED row per source row of each."""
-    rows_of = source_rows(prompts, candidates, votes)
-    drops = [
-        {"source_id": sid, "row_id": pid, "reason": reason, "detail": detail}
-        for pid, (reason, detail) in dropped.items()
-        for sid in rows_of[pid]
-    ]
+    their candidates and votes; one DROPPED row per source row of each (by columns: the
+    same rows, in the same order, as :func:`source_rows` gives)."""
+    import polars as pl
+
+    pairs = _source_pairs(prompts, candidates, votes)
+    n_rows = pairs.height
+    which = pl.DataFrame(
+        {
+            "prompt_id": list(dropped),
+            "rank": range(len(dropped)),
+            "reason": [str(r) for r, _ in dropped.values()],
+            "detail": [d for _, d in dropped.values()],
+        },
+        schema={"prompt_id": pl.String, "rank": pl.Int64, "reason": pl.String, "detail": pl.String},
+    )
+    drops = (
+        pairs.join(which, on="prompt_id", how="inner")
+        .sort(["rank", "pos"])
+        .select(
+            stage=pl.lit(stage),
+            source_id="source_id",
+            row_id="prompt_id",
+            reason="reason",
+            detail="detail",
+        )
+    )
     bad = pa.array(sorted(dropped), pa.string())
 
     def keep(table: pa.Table) -> pa.Table:
@@ -65,14 +107,13 @@ def drop_prompts(
     for name, table in (("candidates", candidates), ("votes", votes)):
         if table is not None:
             outputs[name] = keep(table)
-    n_rows = sum(len(v) for v in rows_of.values())
-    by_reason: dict[str, int] = {}
-    for d in drops:
-        by_reason[str(d["reason"])] = by_reason.get(str(d["reason"]), 0) + 1
+    by_reason = dict(Counter(drops["reason"].to_list()))
     counts = StageCounts(
         rows_in=n_rows,
-        kept=n_rows - len(drops),
+        kept=n_rows - drops.height,
         dropped=by_reason,
         rows_out=outputs["prompts"].num_rows,
     )
-    return StageResult(stage, outputs, counts, dropped_table(stage, drops), info=info)
+    return StageResult(
+        stage, outputs, counts, conform(drops.to_arrow(), DROPPED, "dropped"), info=info
+    )
