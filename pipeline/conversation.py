@@ -37,6 +37,26 @@ def render(messages: Any) -> str:
     return "\n".join(f"{m.get('role')}: {m.get('content')}" for m in msgs)
 
 
+def contents_column(prompts: Any) -> list[str]:
+    """:func:`contents` of every row of a PROMPTS ``prompt`` column (list of messages),
+    by columns.
+
+    >>> import pyarrow as pa
+    >>> contents_column(pa.array([[{"role": "user", "content": "a"},
+    ...                            {"role": "assistant", "content": None}], None]))
+    ['a\\n', '']
+    """
+    import polars as pl
+
+    s = pl.Series("p", prompts)
+    return (
+        s.list.eval(pl.element().struct.field("content").fill_null(""))
+        .list.join("\n")
+        .fill_null("")
+        .to_list()
+    )
+
+
 def contents(messages: Any, roles: tuple[str, ...] | None = None) -> str:
     """The contents of ``messages`` (of ``roles`` only, when given), one per line."""
     if messages is None:

@@ -169,3 +169,55 @@ def test_the_input_is_never_checked_against_itself(tmp_path):
     assert manifest["stages"]["decontaminate"]["kept"] == 3
     html = (Path(summary["path"]) / "report.html").read_text("utf-8")
     assert "the input&#x27;s own source" in html or "the input's own source" in html
+
+
+def test_the_column_prefilter_drops_exactly_what_match_finds():
+    """decontaminate passes only the texts holding an index n-gram to ``match``; on
+    prompts mixing benchmark fragments (recased, repunctuated, non-ASCII around them)
+    with other text, it drops exactly the prompts ``match`` flags when run on all."""
+    import random
+
+    from pipeline import conversation
+    from pipeline.hygiene.decontam import build_index, decontaminate, match
+    from schemas.tables import PROMPTS, from_rows
+
+    items = load_shipped("mtbench") + load_shipped("humaneval")
+    rng = random.Random(5)
+    words = [w for it in items[:40] for w in it.text.split()]
+    rows = []
+    for i in range(600):
+        src = rng.choice(items).text.split()
+        start = rng.randrange(max(1, len(src) - 14))
+        frag = src[start : start + rng.choice([5, 12, 13, 20])]
+        text = " ".join(rng.choice(words) for _ in range(rng.randint(0, 15)))
+        if rng.random() < 0.5:
+            text += " " + " ".join(frag)
+        r = rng.random()
+        if r < 0.2:
+            text = text.upper()
+        elif r < 0.3:
+            text = text.replace(" ", ",  ")
+        elif r < 0.4:
+            text = "Ünïcode — " + text + " “quoted”"
+        msgs = [{"role": "user", "content": text}]
+        if rng.random() < 0.1:
+            msgs.insert(0, {"role": "system", "content": " ".join(frag)})
+        rows.append(
+            {
+                "prompt_id": f"p{i}",
+                "source_id": f"s{i}",
+                "prompt": msgs,
+                "source": "t",
+                "meta": None,
+            }
+        )
+    prompts = from_rows(rows, PROMPTS, "prompts")
+    index = build_index(items, 13)
+    want = {
+        r["prompt_id"]
+        for r in rows
+        if match(conversation.contents(r["prompt"]), index, 13) is not None
+    }
+    res = decontaminate(prompts, benchmarks=items, ngram=13)
+    got = {d["row_id"] for d in res.dropped.to_pylist()}
+    assert got == want and 30 < len(want) < 570, len(want)

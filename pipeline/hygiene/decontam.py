@@ -41,7 +41,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline import conversation
-from pipeline.hygiene.dedup import normalise_text
+from pipeline.hygiene.dedup import normalise_text, normalise_texts
 from pipeline.hygiene.filtering import drop_prompts
 from pipeline.ingest.stage import mtbench_file, package_data_file
 from pipeline.stage import Reason
@@ -172,6 +172,18 @@ def match(text: str, index: Index, n: int) -> tuple[str, str, int, str] | None:
     return index.items[k].benchmark, index.items[k].item_id, count, example[k]
 
 
+def _candidates(texts: list[str], index: Index) -> list[int]:
+    """The texts :func:`match` can find an n-gram in: those whose normalised text holds
+    one of the index's n-grams as a substring (Aho–Corasick over the column), in order."""
+    import polars as pl
+
+    grams = [g for table in index.grams.values() for g in table]
+    if not grams or not texts:
+        return []
+    norm = pl.Series("t", normalise_texts(texts), dtype=pl.String)
+    return norm.str.contains_any(grams).arg_true().to_list()
+
+
 def decontaminate(
     prompts: pa.Table,
     candidates: pa.Table | None = None,
@@ -187,10 +199,11 @@ def decontaminate(
     dropped: dict[str, tuple[str, str]] = {}
     per_bench: Counter[str] = Counter()
     examples = []
-    for pid, messages in zip(
-        prompts.column("prompt_id").to_pylist(), prompts.column("prompt").to_pylist()
-    ):
-        m = match(conversation.contents(messages), index, ngram)
+    texts = conversation.contents_column(prompts.column("prompt"))
+    pids = prompts.column("prompt_id").to_pylist()
+    for i in _candidates(texts, index):
+        pid = pids[i]
+        m = match(texts[i], index, ngram)
         if m is None:
             continue
         bench, item, count, gram = m

@@ -63,6 +63,35 @@ def normalise_text(text: str) -> str:
     return _SPACE.sub(" ", _PUNCT.sub(" ", t)).strip()
 
 
+# what normalise_text does to an ASCII text, as column expressions: NFKC changes nothing
+# and case folding is lowercasing; Python's \w and \s in ASCII spelt out (its \s also
+# holds the separators \x1c-\x1f, which Rust's does not)
+_ASCII_SPACE = " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"
+
+
+def normalise_texts(texts: list[str]) -> list[str]:
+    """:func:`normalise_text` of each text: column expressions for the ASCII ones, the
+    function itself for the others.
+
+    >>> normalise_texts(["  Hello,   WORLD!! ", "Héllo", "a_b\x1cc"])
+    ['hello world', 'héllo', 'a_b c']
+    """
+    import polars as pl
+
+    s = pl.Series("t", texts, dtype=pl.String)
+    ascii_ = s.str.len_bytes() == s.str.len_chars()
+    fast = (
+        s.str.to_lowercase()
+        .str.replace_all(f"[^a-z0-9_{_ASCII_SPACE}]", " ")
+        .str.replace_all(f"[{_ASCII_SPACE}]+", " ")
+        .str.strip_chars(" ")
+    )
+    out = fast.to_list()
+    for i in (~ascii_).arg_true().to_list():
+        out[i] = normalise_text(texts[i])
+    return out
+
+
 def shingles(text: str, n: int) -> set[str]:
     """Word ``n``-grams of the normalised text (one shingle if it has fewer words).
 
@@ -89,7 +118,7 @@ def find_duplicates(
     an earlier kept one: exactly after :func:`normalise_text`, or (``near``) with word
     ``ngram``-shingle Jaccard ≥ ``threshold`` between texts of ≥ ``min_words`` words
     (candidates from MinHash LSH, the similarity computed exactly on the shingle sets)."""
-    norm = [normalise_text(t) for t in texts]
+    norm = normalise_texts(texts)
     out: dict[int, tuple[str, int, float]] = {}
     first: dict[str, int] = {}
     for i, t in enumerate(norm):
@@ -148,7 +177,7 @@ def dedup_prompts(
     without the prompts that repeat an earlier one, and without their pairs."""
     pids = prompts.column("prompt_id").to_pylist()
     psids = prompts.column("source_id").to_pylist()
-    texts = [conversation.contents(m) for m in prompts.column("prompt").to_pylist()]
+    texts = conversation.contents_column(prompts.column("prompt"))
     dups = find_duplicates(
         texts, threshold=threshold, ngram=ngram, num_perm=num_perm, near=near, min_words=min_words
     )
