@@ -12,7 +12,8 @@ Dropped: ``empty_output``.
 Format → call → parse, as for the judges: :func:`encode_conversation` turns (prompt,
 response) into token ids with the model's own chat template (pure given the
 tokenizer; both paths score the very same ids), a :class:`RewardScorer` returns the
-logits, :func:`make_reward_scores` builds the rows. Two scorers:
+logits, :func:`make_reward_scores` builds the rows. Two scorers (in
+:mod:`pipeline.annotate.reward_scorers`):
 
 - :class:`VLLMRewardScorer`: ``vllm.LLM(model, runner="pooling")`` and ``classify()``
   (vLLM 0.32 has no ``reward()``). ``classify`` applies the pooler's activation by
@@ -42,21 +43,28 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import pyarrow as pa
 
 from pipeline import conversation
-from pipeline.engines.base import Completion, RequestCache, shutdown_vllm, start_vllm
+from pipeline.annotate.reward_scorers import (  # noqa: F401 - re-exported
+    HFRewardScorer,
+    RewardScorer,
+    VLLMRewardScorer,
+    aspect_names,
+    load_reward_model,
+    model_heads,
+)
+from pipeline.engines.base import Completion, RequestCache
 from pipeline.hashing import stable_hash
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table, quarantine_table
 from schemas.config import RewardModelSpec
-from schemas.errors import ConfigError, EngineError
+from schemas.errors import EngineError
 from schemas.tables import SCORES, from_rows
 
 log = logging.getLogger(f"prefcurate.{__name__}")
@@ -78,44 +86,7 @@ class RewardInput:
         return stable_hash("reward", engine_kind, model, list(self.token_ids), length=32)
 
 
-class RewardScorer(Protocol):
-    """What the reward stage needs from a model: raw logits for token-id sequences."""
-
-    kind: str
-    model: str
-
-    def score(self, token_ids: Sequence[Sequence[int]]) -> list[list[float]]: ...
-
-
 # --------------------------------------------------------------------------- format
-
-
-def aspect_names(
-    num_labels: int, id2label: dict[Any, str] | None, override: Sequence[str] | None = None
-) -> list[str]:
-    """Aspect names of a model's heads: ``reward``, id2label names, or ``head_<i>``."""
-    if override is not None:
-        if len(override) != num_labels:
-            raise ConfigError(
-                f"reward model has {num_labels} head(s) but {len(override)} "
-                f"aspect name(s) were given ({list(override)}); give one name "
-                f"per head or leave 'aspects' unset"
-            )
-        return list(override)
-    if num_labels == 1:
-        return ["reward"]
-    labels = {int(k): v for k, v in (id2label or {}).items()}
-    names = [
-        re.sub(r"[^a-z0-9]+", "_", str(labels.get(i, "")).lower()).strip("_")
-        for i in range(num_labels)
-    ]
-    if (
-        all(names)
-        and len(set(names)) == num_labels
-        and not any(re.fullmatch(r"label_\d+", n) for n in names)
-    ):
-        return names
-    return [f"head_{i}" for i in range(num_labels)]
 
 
 def encode_conversation(tokenizer: Any, prompt: list[dict[str, str]], response: str) -> list[int]:
@@ -170,159 +141,6 @@ def build_reward_inputs(
 # --------------------------------------------------------------------------- call
 
 
-class VLLMRewardScorer:
-    """vLLM's pooling runner; ``classify`` with the activation switched off (raw logits)."""
-
-    kind = "vllm"
-
-    def __init__(
-        self,
-        model: str,
-        model_path: str,
-        *,
-        dtype: str = "auto",
-        max_model_len: int = 2048,
-        engine_args: dict[str, Any] | None = None,
-        cache_dir: Path | None = None,
-    ):
-        self.model = model
-        self.llm, self.start_seconds = start_vllm(
-            model,
-            model_path,
-            dtype,
-            max_model_len,
-            engine_args,
-            cache_dir,
-            what="reward model (runner='pooling')",
-            hint=", or use engine 'transformers'",
-            runner="pooling",
-        )
-
-    def score(self, token_ids: Sequence[Sequence[int]]) -> list[list[float]]:
-        from vllm.pooling_params import PoolingParams
-
-        if not token_ids:
-            return []
-        outs = self.llm.classify(
-            [{"prompt_token_ids": list(ids)} for ids in token_ids],
-            pooling_params=PoolingParams(use_activation=False),
-            use_tqdm=False,
-        )
-        return [[float(x) for x in o.outputs.probs] for o in outs]
-
-    def close(self) -> None:
-        shutdown_vllm(self.llm)
-
-
-class HFRewardScorer:
-    """transformers ``AutoModelForSequenceClassification``, batched, last-token logits."""
-
-    kind = "transformers"
-
-    def __init__(
-        self,
-        model: str,
-        model_path: str,
-        *,
-        dtype: str = "auto",
-        batch_size: int = 8,
-        device: str | None = None,
-    ):
-        import torch
-        from transformers import AutoModelForSequenceClassification
-
-        self.model = model
-        self.batch_size = batch_size
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        torch_dtype: Any = "auto"
-        if dtype == "auto" and self.device == "cpu":
-            torch_dtype = torch.float32
-        elif dtype != "auto":
-            torch_dtype = getattr(torch, dtype)
-        try:
-            self.net = (
-                AutoModelForSequenceClassification.from_pretrained(model_path, dtype=torch_dtype)
-                .to(self.device)
-                .eval()
-            )
-        except Exception as exc:
-            raise EngineError(
-                f"transformers could not load reward model '{model}' "
-                f"({model_path}): {type(exc).__name__}: {exc}"
-            ) from exc
-        head = getattr(self.net, "score", None)
-        self._head = head if isinstance(head, torch.nn.Module) else None
-        cfg = (
-            self.net.config.get_text_config()
-            if hasattr(self.net.config, "get_text_config")
-            else self.net.config
-        )
-        if cfg.pad_token_id is None:  # only transformers' own pooling reads it; we don't
-            cfg.pad_token_id = 0
-            self.net.config.pad_token_id = 0
-        self._pad = int(cfg.pad_token_id)
-
-    def score(self, token_ids: Sequence[Sequence[int]]) -> list[list[float]]:
-        import torch
-
-        out: list[list[float] | None] = [None] * len(token_ids)
-        order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
-        bs = self.batch_size if self._head is not None else 1
-        with torch.inference_mode():
-            for start in range(0, len(order), bs):
-                idx = order[start : start + bs]
-                width = max(len(token_ids[i]) for i in idx)
-                ids = torch.full((len(idx), width), self._pad, dtype=torch.long)
-                mask = torch.zeros((len(idx), width), dtype=torch.long)
-                for row, i in enumerate(idx):
-                    n = len(token_ids[i])
-                    ids[row, :n] = torch.tensor(list(token_ids[i]), dtype=torch.long)
-                    mask[row, :n] = 1
-                ids, mask = ids.to(self.device), mask.to(self.device)
-                if self._head is None:
-                    logits = self.net(input_ids=ids, attention_mask=mask).logits
-                else:
-                    captured: dict[str, torch.Tensor] = {}
-                    hook = self._head.register_forward_hook(
-                        lambda _m, _i, o: captured.__setitem__("x", o)
-                    )
-                    try:
-                        self.net(input_ids=ids, attention_mask=mask)
-                    finally:
-                        hook.remove()
-                    per_token = captured["x"]  # [batch, seq, num_labels]
-                    last = mask.sum(dim=1) - 1
-                    logits = per_token[torch.arange(len(idx), device=per_token.device), last]
-                for row, i in enumerate(idx):
-                    out[i] = [float(x) for x in logits[row].float().cpu()]
-        return out  # type: ignore[return-value]
-
-
-def load_reward_model(
-    spec: RewardModelSpec, model_path: str | None = None, cache_dir: Path | None = None
-) -> RewardScorer:
-    """Start the scorer ``spec`` asks for (vLLM pooling runner or transformers)."""
-    path = model_path or spec.model
-    if spec.engine == "vllm":
-        return VLLMRewardScorer(
-            spec.model,
-            path,
-            dtype=spec.dtype,
-            max_model_len=spec.max_model_len,
-            engine_args=spec.engine_args,
-            cache_dir=cache_dir,
-        )
-    return HFRewardScorer(spec.model, path, dtype=spec.dtype, batch_size=spec.batch_size)
-
-
-def model_heads(model_path: str) -> tuple[int, dict[Any, str]]:
-    """(num_labels, id2label) from a model folder's config, without loading weights."""
-    from transformers import AutoConfig
-
-    cfg = AutoConfig.from_pretrained(model_path)
-    return int(cfg.num_labels), dict(getattr(cfg, "id2label", None) or {})
-
-
 def run_rewards(
     inputs: Sequence[RewardInput],
     *,
@@ -358,28 +176,7 @@ def run_rewards(
     scorer = get_scorer()
     for start in range(0, len(todo), chunk_size):
         chunk = todo[start : start + chunk_size]
-        try:
-            outs: list[list[float] | None] = list(
-                scorer.score([inputs[i].token_ids for i in chunk])
-            )
-        except EngineError:
-            raise
-        except Exception as exc:  # retry one by one, so one bad input fails alone
-            log.warning(
-                "reward batch failed (%s: %s); scoring its %d inputs one by one",
-                type(exc).__name__,
-                exc,
-                len(chunk),
-            )
-            outs = []
-            for i in chunk:
-                try:
-                    outs.append(scorer.score([inputs[i].token_ids])[0])
-                except EngineError:
-                    raise
-                except Exception as one:  # an error row, not cached: retried next run
-                    errors[i] = f"{FAILED}{type(one).__name__}: {one}"[:500]
-                    outs.append(None)
+        outs = _score_chunk(scorer, inputs, chunk, errors)
         done = []
         for i, lg in zip(chunk, outs, strict=True):
             if lg is None:
@@ -401,6 +198,34 @@ def run_rewards(
                 ]
             )
     return logits, errors, stats
+
+
+def _score_chunk(
+    scorer: RewardScorer, inputs: Sequence[RewardInput], chunk: list[int], errors: list[str | None]
+) -> list[list[float] | None]:
+    """Logits of the inputs ``chunk`` indexes, in one call; when that call fails, one call
+    per input, so only an input that fails alone gets None (and its error in ``errors``)."""
+    try:
+        return list(scorer.score([inputs[i].token_ids for i in chunk]))
+    except EngineError:
+        raise
+    except Exception as exc:  # retry one by one, so one bad input fails alone
+        log.warning(
+            "reward batch failed (%s: %s); scoring its %d inputs one by one",
+            type(exc).__name__,
+            exc,
+            len(chunk),
+        )
+    outs: list[list[float] | None] = []
+    for i in chunk:
+        try:
+            outs.append(scorer.score([inputs[i].token_ids])[0])
+        except EngineError:
+            raise
+        except Exception as one:  # an error row, not cached: retried next run
+            errors[i] = f"{FAILED}{type(one).__name__}: {one}"[:500]
+            outs.append(None)
+    return outs
 
 
 # --------------------------------------------------------------------------- parse
@@ -431,27 +256,7 @@ def make_reward_scores(
     (1, {'request_failed': 1}, ['candidate c2 (rm): request failed: boom'])
     """
     drops = drops or []
-    rows = []
-    n_null = 0
-    for x, lg, err in zip(inputs, logits, errors, strict=True):
-        if lg is not None and len(lg) != len(aspects):
-            lg, err = (
-                None,
-                (f"model returned {len(lg)} logit(s) for {len(aspects)} aspect(s) {aspects}"),
-            )
-        n_null += lg is None
-        raw = json.dumps(lg) if lg is not None else None
-        for h, a in enumerate(aspects):
-            rows.append(
-                {
-                    "candidate_id": x.candidate_id,
-                    "annotator": annotator,
-                    "aspect": a,
-                    "score": None if lg is None else float(lg[h]),
-                    "raw_output": raw,
-                    "parse_error": None if lg is not None else (err or "no score"),
-                }
-            )
+    rows, n_null = _reward_rows(inputs, logits, errors, annotator, aspects)
     scores = from_rows(rows, SCORES, "scores")
     failed = [
         {
@@ -484,6 +289,39 @@ def make_reward_scores(
             "too_long": sum(bool(e and e.startswith(TOO_LONG)) for e in errors),
         },
     )
+
+
+def _reward_rows(
+    inputs: Sequence[RewardInput],
+    logits: Sequence[list[float] | None],
+    errors: Sequence[str | None],
+    annotator: str,
+    aspects: list[str],
+) -> tuple[list[dict[str, Any]], int]:
+    """(SCORES rows, one per candidate and head; how many candidates have null scores):
+    a candidate without logits, or with a wrong number of them, gets null scores."""
+    rows = []
+    n_null = 0
+    for x, lg, err in zip(inputs, logits, errors, strict=True):
+        if lg is not None and len(lg) != len(aspects):
+            lg, err = (
+                None,
+                (f"model returned {len(lg)} logit(s) for {len(aspects)} aspect(s) {aspects}"),
+            )
+        n_null += lg is None
+        raw = json.dumps(lg) if lg is not None else None
+        for h, a in enumerate(aspects):
+            rows.append(
+                {
+                    "candidate_id": x.candidate_id,
+                    "annotator": annotator,
+                    "aspect": a,
+                    "score": None if lg is None else float(lg[h]),
+                    "raw_output": raw,
+                    "parse_error": None if lg is not None else (err or "no score"),
+                }
+            )
+    return rows, n_null
 
 
 def score_with_reward_model(

@@ -55,8 +55,9 @@ ordered, so a single chosen / rejected label misstates the preference), and
 :func:`flag_cyclic_pairs` adds the flag to those prompts' pairs.
 
 The module holds the head and its math; :mod:`pipeline.gpm.train` trains it (and the BT
-head), :mod:`pipeline.gpm.annotate` is the annotator stage and the round-2 pair choice,
-:mod:`pipeline.gpm.cycles` finds and flags the cycles.
+head), :mod:`pipeline.gpm.annotate` is the annotator stage, :mod:`pipeline.gpm.active`
+the round-2 pair choice (both on :mod:`pipeline.gpm.scoring`), :mod:`pipeline.gpm.cycles`
+finds and flags the cycles.
 
 >>> v = np.array([[np.cos(t), np.sin(t)] for t in (0, 2 * np.pi / 3, 4 * np.pi / 3)])
 >>> lam = np.ones((3, 1))
