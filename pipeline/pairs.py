@@ -42,14 +42,13 @@ conversational ``prompt`` / ``chosen`` / ``rejected`` plus margin, weight, linea
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from pipeline.conversation import histories, side, tools
+from pipeline.conversation import tools
 from pipeline.hashing import stable_hash
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table
 from schemas.config import PairsConfig
@@ -303,51 +302,70 @@ def _conditioned(prompt: list[dict], flags: list[str]) -> list[dict]:
 def published_table(pairs: pa.Table, prompts: pa.Table, candidates: pa.Table) -> pa.Table:
     """Join the selected pairs with their prompt and texts into the PUBLISHED schema
     (TRL's conversational form: ``prompt`` the shared conversation, ``chosen`` /
-    ``rejected`` each candidate's whole assistant side)."""
-    prompt_of = dict(
-        zip(prompts.column("prompt_id").to_pylist(), prompts.column("prompt").to_pylist())
+    ``rejected`` each candidate's whole assistant side: for several turns, its earlier
+    answers and the follow-up user turns, then its last answer). Column joins; the rare
+    rows that need Python (tools in a prompt's meta, a reward-augmented target in the
+    flags) go through :func:`conversation.tools` and :func:`_conditioned`."""
+    msg = pl.Struct({"role": pl.String, "content": pl.String})
+    pr = pl.from_arrow(prompts.select(["prompt_id", "prompt", "meta"]))
+    has_tools = pr["meta"].str.contains("tools", literal=True).fill_null(False)
+    tools_col = [None] * pr.height
+    for i in has_tools.arg_true().to_list():
+        tools_col[i] = tools(pr["meta"][i])
+    pr = pr.with_columns(tools=pl.Series(tools_col, dtype=pl.String)).unique(
+        "prompt_id", keep="last", maintain_order=True
     )
-    tools_of = dict(
-        zip(prompts.column("prompt_id").to_pylist(), map(tools, prompts.column("meta").to_pylist()))
+    cols = ["candidate_id", "text", "policy"]
+    cd = pl.from_arrow(candidates.select(cols))
+    hist = (
+        pl.from_arrow(candidates.column("history")).cast(pl.List(msg))
+        if "history" in candidates.column_names
+        else pl.Series("history", [None] * cd.height, dtype=pl.List(msg))
     )
-    cand = {
-        r["candidate_id"]: {**r, "side": side(h, r["text"])}
-        for r, h in zip(
-            candidates.select(["candidate_id", "text", "policy"]).to_pylist(), histories(candidates)
+    last = pl.concat_list(pl.struct(role=pl.lit("assistant"), content=pl.col("text").fill_null("")))
+    cd = (
+        cd.with_columns(history=hist.alias("history"))
+        .select(
+            "candidate_id",
+            "policy",
+            side=pl.concat_list(pl.col("history").fill_null(pl.lit([], dtype=pl.List(msg))), last),
         )
-    }
-    rows = []
-    for p in pairs.to_pylist():
-        ch, rj = cand[p["chosen_id"]], cand[p["rejected_id"]]
-        margin = p["margin"]
-        rows.append(
-            {
-                "prompt": _conditioned(prompt_of[p["prompt_id"]], p["flags"]),
-                # the whole assistant side: for several turns, the candidate's earlier
-                # answers and the follow-up user turns, then its last answer
-                "chosen": ch["side"],
-                "rejected": rj["side"],
-                "margin": 0.0 if margin is None or math.isnan(margin) else margin,
-                "weight": p["weight"],
-                "p_hat": p["p_hat"],
-                "disagreement": p["disagreement"],
-                "n_votes": p["n_votes"],
-                "score_chosen": p["score_chosen"],
-                "score_rejected": p["score_rejected"],
-                "source_id": p["source_id"],
-                "prompt_id": p["prompt_id"],
-                "pair_id": p["pair_id"],
-                "chosen_id": p["chosen_id"],
-                "rejected_id": p["rejected_id"],
-                "chosen_policy": ch["policy"],
-                "rejected_policy": rj["policy"],
-                "label_status": p["label_status"],
-                "decision": p["decision"],
-                "flipped": p["decision"] == "flip",
-                "flags": p["flags"],
-                "curriculum_stage": p["curriculum_stage"],
-                "split": p["split"],
-                "tools": tools_of[p["prompt_id"]],
-            }
+        .unique("candidate_id", keep="last", maintain_order=True)
+    )
+    df = pl.from_arrow(pairs).with_row_index("_i")
+    out = (
+        df.join(pr.rename({"prompt_id": "_pid"}), left_on="prompt_id", right_on="_pid", how="left")
+        .join(
+            cd.rename({"candidate_id": "_c", "policy": "chosen_policy", "side": "chosen"}),
+            left_on="chosen_id",
+            right_on="_c",
+            how="left",
         )
-    return from_rows(rows, PUBLISHED, "published")
+        .join(
+            cd.rename({"candidate_id": "_r", "policy": "rejected_policy", "side": "rejected"}),
+            left_on="rejected_id",
+            right_on="_r",
+            how="left",
+        )
+        .sort("_i")
+    )
+    for col, what in (
+        ("prompt", "prompt_id"),
+        ("chosen", "chosen_id"),
+        ("rejected", "rejected_id"),
+    ):
+        missing = out.filter(pl.col(col).is_null())
+        if missing.height:
+            raise KeyError(f"published_table: {what} {missing[what][0]!r} has no row")
+    out = out.with_columns(
+        margin=pl.col("margin").fill_nan(None).fill_null(0.0),
+        flipped=(pl.col("decision") == "flip").fill_null(False),
+    )
+    targeted = out["flags"].list.eval(pl.element().str.starts_with(RA_TARGET)).list.any()
+    if targeted.any():
+        prompts_ = out["prompt"].to_list()
+        flags_ = out["flags"].to_list()
+        for i in targeted.fill_null(False).arg_true().to_list():
+            prompts_[i] = _conditioned(prompts_[i], flags_[i])
+        out = out.with_columns(prompt=pl.Series(prompts_, dtype=pl.List(msg)))
+    return conform(out.select(PUBLISHED.names).to_arrow(), PUBLISHED, "published")

@@ -161,3 +161,121 @@ def test_invariants(rows, strategy):
     assert all(r["chosen_id"] != r["rejected_id"] for r in out)
     if strategy == "best_worst":
         assert len({r["source_id"] for r in out}) == len(out)  # at most one per source
+
+
+def _published_by_rows(pairs, prompts, candidates):
+    """The published rows built one by one in Python (the reference for the column
+    joins of ``published_table``)."""
+    import math
+
+    from pipeline.conversation import histories, side, tools
+    from pipeline.pairs import _conditioned
+
+    prompt_of = dict(zip(prompts["prompt_id"].to_pylist(), prompts["prompt"].to_pylist()))
+    tools_of = dict(zip(prompts["prompt_id"].to_pylist(), map(tools, prompts["meta"].to_pylist())))
+    cand = {
+        r["candidate_id"]: {**r, "side": side(h, r["text"])}
+        for r, h in zip(
+            candidates.select(["candidate_id", "text", "policy"]).to_pylist(), histories(candidates)
+        )
+    }
+    rows = []
+    for p in pairs.to_pylist():
+        ch, rj = cand[p["chosen_id"]], cand[p["rejected_id"]]
+        m = p["margin"]
+        rows.append(
+            {
+                **{k: p[k] for k in ("weight", "p_hat", "disagreement", "n_votes")},
+                **{k: p[k] for k in ("score_chosen", "score_rejected", "source_id", "prompt_id")},
+                **{k: p[k] for k in ("pair_id", "chosen_id", "rejected_id", "label_status")},
+                **{k: p[k] for k in ("decision", "flags", "curriculum_stage", "split")},
+                "prompt": _conditioned(prompt_of[p["prompt_id"]], p["flags"]),
+                "chosen": ch["side"],
+                "rejected": rj["side"],
+                "margin": 0.0 if m is None or math.isnan(m) else m,
+                "chosen_policy": ch["policy"],
+                "rejected_policy": rj["policy"],
+                "flipped": p["decision"] == "flip",
+                "tools": tools_of[p["prompt_id"]],
+            }
+        )
+    return rows
+
+
+def test_published_table_by_columns_matches_the_rows_built_one_by_one():
+    """Multi-turn histories, tools in meta, reward-augmented targets, NaN and null
+    margins, flips: the column joins give the rows the one-by-one build gives."""
+    import json
+    import random
+
+    from pipeline.pairs import RA_TARGET, published_table
+    from schemas.tables import CANDIDATES, PAIRS, PROMPTS, from_rows
+
+    rng = random.Random(2)
+    prompts = [
+        {
+            "prompt_id": f"p{i}",
+            "source_id": f"s{i}",
+            "prompt": ([{"role": "system", "content": "sys"}] if i % 3 == 0 else [])
+            + [{"role": "user", "content": f"q{i}"}],
+            "source": "t",
+            "meta": json.dumps({"tools": [{"type": "function", "function": {"name": "f"}}]})
+            if i % 4 == 0
+            else (json.dumps({"lang": "en"}) if i % 4 == 1 else None),
+        }
+        for i in range(12)
+    ]
+    cands = []
+    for i in range(12):
+        for k in range(3):
+            hist = (
+                [{"role": "assistant", "content": f"a{k}"}, {"role": "user", "content": "more"}]
+                if i % 5 == 0
+                else None
+            )
+            cands.append(
+                {
+                    "prompt_id": f"p{i}",
+                    "source_id": f"s{i}",
+                    "candidate_id": f"c{i}_{k}",
+                    "policy": f"pol{k}",
+                    "sample_index": 0,
+                    "text": None if (i, k) == (3, 1) else f"text {i} {k}",
+                    "truncated": False,
+                    "history": hist,
+                }
+            )
+    pairs = []
+    for n in range(40):
+        i = rng.randrange(12)
+        a, b = rng.sample(range(3), 2)
+        flags = rng.choice([[], ["low_margin"], [f"{RA_TARGET}0.75"], ["x", f"{RA_TARGET}0.2"]])
+        pairs.append(
+            {
+                "pair_id": f"pair{n}",
+                "prompt_id": f"p{i}",
+                "source_id": f"s{i}",
+                "chosen_id": f"c{i}_{a}",
+                "rejected_id": f"c{i}_{b}",
+                "p_hat": rng.random(),
+                "disagreement": rng.random(),
+                "n_votes": rng.randint(1, 9),
+                "margin": rng.choice([None, float("nan"), rng.random()]),
+                "weight": rng.random(),
+                "label_status": "agree",
+                "flags": flags,
+                "decision": rng.choice(["keep", "flip"]),
+                "score_chosen": rng.choice([None, 0.5]),
+                "score_rejected": None,
+                "curriculum_stage": rng.choice([None, 1]),
+                "split": rng.choice([None, "train"]),
+            }
+        )
+    tables = (
+        from_rows(pairs, PAIRS, "pairs"),
+        from_rows(prompts, PROMPTS, "prompts"),
+        from_rows(cands, CANDIDATES, "candidates"),
+    )
+    got = published_table(*tables).to_pylist()
+    want = _published_by_rows(*tables)
+    assert got == [{k: w[k] for k in g} for g, w in zip(got, want)] and len(got) == len(want)
