@@ -149,16 +149,12 @@ def _targets_by_prompt(
     invalid: dict[str, list[str]] = {}
     numbers: dict[str, tuple[float, ...]] = {}
     pids = prompts.column("prompt_id").to_pylist()
-    convs = (
-        prompts.column("prompt").to_pylist()
-        if "prompt" in prompts.column_names
-        else [None] * len(pids)
-    )
-    for pid, meta, conv in zip(pids, prompts.column("meta").to_pylist(), convs):
+    convs = prompts.column("prompt") if "prompt" in prompts.column_names else None
+    for i, (pid, meta) in enumerate(zip(pids, prompts.column("meta").to_pylist())):
         t, problems = prompt_targets(meta)
         targets[pid] = t
-        if "exact_answer" in t:
-            numbers[pid] = prompt_numbers(conv)
+        if "exact_answer" in t:  # the conversation only where it is needed
+            numbers[pid] = prompt_numbers(convs[i].as_py() if convs is not None else None)
         if problems:
             invalid[pid] = problems
     if invalid:
