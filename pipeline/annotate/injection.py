@@ -450,9 +450,16 @@ def _skeletons(s, leet: bool):
     raw = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
     mapped = lut[raw[offsets[0] : offsets[-1]]]
     keep = mapped != 0
-    cum = np.concatenate([[0], np.cumsum(keep, dtype=np.int64)])
+    # letters kept per text (a cumulative sum over every byte would take 8 bytes per byte)
+    lengths = np.diff(offsets)
+    starts = offsets[:-1] - offsets[0]
+    kept = np.zeros(n, dtype=np.int64)
+    some = lengths > 0
+    if some.any():
+        kept[some] = np.add.reduceat(keep.view(np.uint8), starts[some], dtype=np.int64)
+    new_offsets = np.concatenate([[0], np.cumsum(kept)])
     out = pa.LargeStringArray.from_buffers(
-        n, pa.py_buffer(cum[offsets - offsets[0]]), pa.py_buffer(mapped[keep].tobytes())
+        n, pa.py_buffer(new_offsets), pa.py_buffer(mapped[keep].tobytes())
     )
     return pl.Series(out)
 

@@ -101,6 +101,8 @@ def drop_prompts(
     bad = pa.array(sorted(dropped), pa.string())
 
     def keep(table: pa.Table) -> pa.Table:
+        if not dropped:
+            return table
         return table.filter(pc.invert(pc.is_in(table.column("prompt_id"), value_set=bad)))
 
     outputs = {"prompts": keep(prompts)}
