@@ -380,10 +380,13 @@ def _gold_classes(
     return gold
 
 
+ORDER_SUFFIX = r"\|(ab|ba)$"  # an annotator's presentation order (polars or re)
+
+
 def _judge_name(annotator: str) -> str:
     """The judge of an annotator: without its ``|ab``/``|ba`` order (both orders of one
     judge are not independent annotators)."""
-    return re.sub(r"\|(ab|ba)$", "", annotator)
+    return re.sub(ORDER_SUFFIX, "", annotator)
 
 
 class _VoteArrays:

@@ -47,7 +47,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from pipeline.aggregate.aggregation import _judge_name
+from pipeline.aggregate.aggregation import ORDER_SUFFIX
 
 STAGE_VERSION = 1  # part of the aggregate stage's key (its info holds the table)
 VERIFIER_PREFIX = "verifier:"
@@ -121,9 +121,7 @@ def qualify_judges(
     special = df["annotator"].str.starts_with(VERIFIER_PREFIX) | df["annotator"].is_in(
         list(set(gold_annotators) | set(exclude))
     )
-    jv = df.filter(~special).with_columns(
-        judge=pl.col("annotator").map_elements(_judge_name, return_dtype=pl.Utf8)
-    )
+    jv = df.filter(~special).with_columns(judge=pl.col("annotator").str.replace(ORDER_SUFFIX, ""))
     if not gold.height or not jv.height:
         return out
     # every verdict in the ab orientation already (the judge stage maps ba back)
