@@ -368,6 +368,4 @@ def published_table(pairs: pa.Table, prompts: pa.Table, candidates: pa.Table) ->
         for i in targeted.fill_null(False).arg_true().to_list():
             prompts_[i] = _conditioned(prompts_[i], flags_[i])
         out = out.with_columns(prompt=pl.Series(prompts_, dtype=pl.List(msg)))
-    if not out.height:
-        return PUBLISHED.empty_table()
     return conform(out.select(PUBLISHED.names).to_arrow(), PUBLISHED, "published")

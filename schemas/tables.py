@@ -347,11 +347,9 @@ def conform(table: pa.Table, schema: pa.Schema, name: str) -> pa.Table:
                     column=field.name,
                 ) from exc
         cols.append(col)
-    out = (
-        pa.Table.from_arrays(cols, schema=schema)
-        if table.num_rows or cols
-        else schema.empty_table()
-    )
+    # an empty table as one empty chunk per column (a polars frame's has none, which
+    # datasets and other readers do not take)
+    out = pa.Table.from_arrays(cols, schema=schema) if table.num_rows else schema.empty_table()
     return check_table(out, schema, name)
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -137,31 +137,29 @@ def _parse(
 # --------------------------------------------------------------------------- step 1
 
 
-def _clean_mask(table: pa.Table, name: str):
-    """The rows of ``table`` the expressions cover, as a polars boolean Series."""
+def _clean_mask(df, schema: pa.Schema, name: str):
+    """The rows of ``df`` (a parsed piece, polars) the expressions cover, as a boolean
+    Series."""
     import polars as pl
 
-    n = table.num_rows
-    cols = set(table.column_names)
+    n = df.height
+    cols = set(schema.names)
     for col, types in _RESERVED_TYPES.items():
-        if col in cols and table.schema.field(col).type not in types:
+        if col in cols and schema.field(col).type not in types:
             return pl.Series([False] * n)
-    df = pl.from_arrow(table) if n else pl.DataFrame()
-    if not isinstance(df, pl.DataFrame):
-        df = df.to_frame()
     ok = pl.lit(True)
     for col in cols - {"id", "prompt", "chosen", "rejected", "votes"}:
         ok = ok & pl.col(col).is_null()  # messages, meta fields, verifier targets
     for col in ("prompt", "chosen", "rejected"):
-        if col not in cols or pa.types.is_null(table.schema.field(col).type):
+        if col not in cols or pa.types.is_null(schema.field(col).type):
             return pl.Series([False] * n)
         ok = ok & _clean_text(pl.col(col))
     ok = ok & (_strip(pl.col("chosen")) != _strip(pl.col("rejected")))
-    if "id" in cols and table.schema.field("id").type in (pa.string(), pa.large_string()):
+    if "id" in cols and schema.field("id").type in (pa.string(), pa.large_string()):
         ok = ok & (pl.col("id").is_null() | _clean_text(pl.col("id")))
     if "votes" in cols:
-        ok = ok & _clean_votes(table.schema.field("votes").type, name)
-    return df.select(ok.alias("ok"))["ok"].fill_null(False) if n else pl.Series([], dtype=bool)
+        ok = ok & _clean_votes(schema.field("votes").type, name)
+    return df.select(ok.alias("ok"))["ok"].fill_null(False)
 
 
 def _strip(e):
@@ -212,25 +210,24 @@ def _clean_votes(typ: pa.DataType, name: str):
     )
 
 
-def _clean_frame(table: pa.Table, rows, base: str):
-    """The clean rows of ``table`` (polars), columns of step 2 but the hashes."""
+def _clean_frame(df, schema: pa.Schema, rows: list[int]):
+    """The clean rows ``df`` of a piece in step 2's columns, but the hashes."""
     import polars as pl
 
-    df = pl.from_arrow(table)
     cols = df.columns
     ids = (
         pl.col("id").cast(pl.String)
-        if "id" in cols and table.schema.field("id").type != pa.null()
+        if "id" in cols and schema.field("id").type != pa.null()
         else pl.lit(None, dtype=pl.String)
     )
     votes = (
         pl.col("votes").cast(pl.List(pl.Struct({"annotator": pl.String, "preferred": pl.String})))
-        if "votes" in cols and table.schema.field("votes").type != pa.null()
+        if "votes" in cols and schema.field("votes").type != pa.null()
         else pl.lit(
             None, dtype=pl.List(pl.Struct({"annotator": pl.String, "preferred": pl.String}))
         )
     )
-    out = df.select(
+    return df.select(
         row=pl.Series(rows, dtype=pl.Int64),
         id=ids,
         prompt=pl.col("prompt").cast(pl.String),
@@ -238,33 +235,17 @@ def _clean_frame(table: pa.Table, rows, base: str):
         rejected=pl.col("rejected").cast(pl.String),
         votes=votes,
     )
-    return out
 
 
 # --------------------------------------------------------------------------- step 2
 
 
-def _escape_free(e):
+def _escape_free(col: str):
+    """Where ``col`` is a string JSON writes as is (its canonical JSON is a plain
+    concatenation)."""
     import polars as pl
 
-    return pl.col(e).is_not_null() & ~pl.col(e).str.contains(r'["\\\x00-\x1f]')
-
-
-def _hash_col(df, text, ok, fallback: Callable[[dict[str, Any]], str], length: int = 16):
-    """SHA-256 of the canonical JSON ``text`` (a polars expression, valid where ``ok``);
-    ``fallback(row)`` for the other rows (strings that JSON escapes)."""
-    import polars as pl
-    import polars_hash as plh
-
-    tmp = df.select(ok=ok, text=text)
-    hexd = tmp.select(plh.col("text").chash.sha2_256().str.slice(0, length))["text"]
-    out = pl.select(pl.when(tmp["ok"]).then(hexd)).to_series()
-    if not tmp["ok"].all():
-        vals = out.to_list()
-        for i in (~tmp["ok"]).arg_true().to_list():
-            vals[i] = fallback(df.row(i, named=True))
-        out = pl.Series(vals, dtype=pl.String)
-    return out
+    return pl.col(col).is_not_null() & ~pl.col(col).str.contains(r'["\\\x00-\x1f]')
 
 
 def _with_ids(df, base: str):
@@ -272,7 +253,7 @@ def _with_ids(df, base: str):
     import polars as pl
 
     prefix = "[" + json.dumps(base, ensure_ascii=False) + ","
-    hashed_sid = _hash_col(
+    hashed_sid = hashing.hash_canonical(
         df,
         pl.concat_str([pl.lit(prefix), pl.col("row").cast(pl.String), pl.lit("]")]),
         pl.lit(True),
@@ -280,7 +261,7 @@ def _with_ids(df, base: str):
     )
     df = df.with_columns(sid=pl.coalesce(pl.col("id"), hashed_sid))
     df = df.with_columns(
-        pid=_hash_col(
+        pid=hashing.hash_canonical(
             df,
             pl.concat_str([pl.lit('[[["user","'), pl.col("prompt"), pl.lit('"]]]')]),
             _escape_free("prompt"),
@@ -292,7 +273,7 @@ def _with_ids(df, base: str):
         ("rejected", "given:rejected", "r_id"),
     ):
         df = df.with_columns(
-            _hash_col(
+            hashing.hash_canonical(
                 df,
                 pl.concat_str(
                     [
@@ -378,13 +359,14 @@ def _step1_table(
     others' positions into ``slow``."""
     import polars as pl
 
-    mask = _clean_mask(table, name)
+    df = pl.from_arrow(table)
+    mask = _clean_mask(df, table.schema, name)
     idx = pl.Series(range(table.num_rows))
     fast = idx.filter(mask).to_list()
     slow.extend(idx.filter(~mask).to_list())
     if fast:
-        sub = table.take(fast) if len(fast) < table.num_rows else table
-        frames.append(_with_ids(_clean_frame(sub, [rows[i] for i in fast], base), base))
+        clean = _clean_frame(df.filter(mask), table.schema, [rows[i] for i in fast])
+        frames.append(_with_ids(clean, base))
 
 
 # --------------------------------------------------------------------------- step 2
@@ -448,22 +430,16 @@ def _resolve(good, name: str, limit: int | None):
             [
                 kept.select(
                     "row",
-                    side=pl.lit(0),
+                    side=pl.lit(k),
                     pid="pid",
                     sid="sid",
-                    cid="c_id",
-                    policy=pl.lit("given:chosen"),
-                    text="chosen",
-                ),
-                kept.select(
-                    "row",
-                    side=pl.lit(1),
-                    pid="pid",
-                    sid="sid",
-                    cid="r_id",
-                    policy=pl.lit("given:rejected"),
-                    text="rejected",
-                ),
+                    cid=cid,
+                    policy=pl.lit(policy),
+                    text=text,
+                )
+                for k, (cid, policy, text) in enumerate(
+                    [("c_id", "given:chosen", "chosen"), ("r_id", "given:rejected", "rejected")]
+                )
             ]
         )
         .sort(["row", "side"])
@@ -565,7 +541,7 @@ def _pair_ids(g):
             pl.lit('"]'),
         ]
     )
-    return _hash_col(
+    return hashing.hash_canonical(
         g, text, pl.lit(True), lambda r: hashing.pair_id(r["pid"], r["c_id"], r["r_id"])
     )
 

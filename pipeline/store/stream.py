@@ -174,8 +174,6 @@ def write_dataset(
         return _save_to_disk(table, path)
 
     # a placeholder fingerprint: without one, Dataset() hashes the table by pickling it
-    if table.num_rows == 0 or not table.column(0).num_chunks:
-        table = table.schema.empty_table()  # one empty chunk: datasets needs a chunk
     ds = datasets.Dataset(table, fingerprint="0" * 16)
     n = len(ds)
     nbytes = ds._estimate_nbytes()
