@@ -102,6 +102,8 @@ def _row(rng: random.Random, i: int, pool: list[dict]) -> dict:
         row["answer"] = rng.choice(["42", ""])  # a verifier target
     elif q < 0.08:
         row["messages"] = [{"role": "user", "content": "m"}]
+    elif q < 0.09:
+        row["tags"] = [None, None]  # a list<null> column (polars does not read it)
     return row
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline import hashing
 from pipeline.ingest import stage as st
@@ -45,6 +46,7 @@ MIN_SPLIT = 32  # a refused chunk this small goes to the row path line by line
 # edge holds one to the row path (so the expressions strip exactly as Python does)
 _ASCII_SPACE = " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"
 _UNICODE_SPACE = "[\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+_VOTE_LIST = pa.list_(pa.struct([("annotator", pa.string()), ("preferred", pa.string())]))
 _RESERVED_TYPES = {
     "id": (pa.string(), pa.large_string(), pa.int64(), pa.null()),
     "prompt": (pa.string(), pa.large_string(), pa.null()),
@@ -57,22 +59,17 @@ _RESERVED_TYPES = {
 
 
 def _jsonl_lines(path: Path) -> Iterator[list[tuple[int, bytes]]]:
-    """Chunks of (line number, non-blank line without its line break), as the row path
-    numbers them."""
+    """The row path's data lines (:func:`stage.jsonl_lines`) in chunks of about
+    ``CHUNK_BYTES``."""
     with path.open("rb") as fh:
-        lineno = 0
-        while True:
-            block = fh.readlines(CHUNK_BYTES)
-            if not block:
-                return
-            out = []
-            for data in block:
-                lineno += 1
-                if lineno == 1 and data.startswith(st._BOM):
-                    data = data[len(st._BOM) :]
-                data = data.rstrip(b"\r\n")
-                if data.strip():
-                    out.append((lineno, data))
+        out, size = [], 0
+        for line in st.jsonl_lines(fh):
+            out.append(line)
+            size += len(line[1])
+            if size >= CHUNK_BYTES:
+                yield out
+                out, size = [], 0
+        if out:
             yield out
 
 
@@ -148,8 +145,6 @@ def _clean_mask(df, schema: pa.Schema, name: str):
         if col in cols and schema.field(col).type not in types:
             return pl.Series([False] * n)
     ok = pl.lit(True)
-    for col in cols - {"id", "prompt", "chosen", "rejected", "votes"}:
-        ok = ok & pl.col(col).is_null()  # messages, meta fields, verifier targets
     for col in ("prompt", "chosen", "rejected"):
         if col not in cols or pa.types.is_null(schema.field(col).type):
             return pl.Series([False] * n)
@@ -186,8 +181,6 @@ def _clean_votes(typ: pa.DataType, name: str):
     if not pa.types.is_list(typ):
         return v.is_null()
     item = typ.value_type
-    if pa.types.is_null(item):  # only empty lists (and nulls)
-        return v.is_null() | (v.list.len() == 0)
     if not (
         pa.types.is_struct(item)
         and sorted(item.field(i).name for i in range(item.num_fields)) == ["annotator", "preferred"]
@@ -359,13 +352,27 @@ def _step1_table(
     others' positions into ``slow``."""
     import polars as pl
 
-    df = pl.from_arrow(table)
-    mask = _clean_mask(df, table.schema, name)
+    # the pair's own fields by columns; any other field (messages, meta, verifier
+    # targets) sends its row to the row path, tested in pyarrow (polars 2.1 does not
+    # convert a JSON reader's list<null> column)
+    own = [c for c in table.column_names if c in ("id", "prompt", "chosen", "rejected", "votes")]
+    others = [pc.is_null(table.column(c)) for c in table.column_names if c not in own]
+    sub = table.select(own)
+    if "votes" in own and sub.schema.field("votes").type == pa.list_(pa.null()):
+        sub = sub.set_column(own.index("votes"), "votes", sub.column("votes").cast(_VOTE_LIST))
+    try:
+        df = pl.from_arrow(sub)
+    except pl.exceptions.PolarsError:  # a shape polars does not read: the row path
+        slow.extend(range(table.num_rows))
+        return
+    mask = _clean_mask(df, sub.schema, name)
+    for none in others:
+        mask = mask & pl.from_arrow(none)
     idx = pl.Series(range(table.num_rows))
     fast = idx.filter(mask).to_list()
     slow.extend(idx.filter(~mask).to_list())
     if fast:
-        clean = _clean_frame(df.filter(mask), table.schema, [rows[i] for i in fast])
+        clean = _clean_frame(df.filter(mask), sub.schema, [rows[i] for i in fast])
         frames.append(_with_ids(clean, base))
 
 
@@ -556,11 +563,9 @@ def _raw_of(path: Path, fmt: str, rows: set[int]) -> dict[int, str]:
         return out
     if fmt == "jsonl":
         with path.open("rb") as fh:
-            for lineno, data in enumerate(fh, 1):
+            for lineno, data in st.jsonl_lines(fh):
                 if lineno in rows:
-                    if lineno == 1 and data.startswith(st._BOM):
-                        data = data[len(st._BOM) :]
-                    out[lineno] = st._clip(data.rstrip(b"\r\n").decode("utf-8"))
+                    out[lineno] = st._clip(data.decode("utf-8"))
         return out
     import pyarrow.parquet as pq
 

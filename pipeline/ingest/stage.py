@@ -326,12 +326,19 @@ def _read_jsonl(path: Path) -> Iterator[_Row]:
             yield from rows
             return
     with path.open("rb") as fh:
-        for lineno, data in enumerate(fh, 1):
-            if lineno == 1 and data.startswith(_BOM):
-                data = data[len(_BOM) :]
-            data = data.rstrip(b"\r\n")
-            if data.strip():
-                yield jsonl_row(lineno, data)
+        for lineno, data in jsonl_lines(fh):
+            yield jsonl_row(lineno, data)
+
+
+def jsonl_lines(fh: Any) -> Iterator[tuple[int, bytes]]:
+    """(line number, the line without a BOM and its line break) of every non-blank line
+    of a binary file: the data rows of a JSON-lines file, numbered as the file is."""
+    for lineno, data in enumerate(fh, 1):
+        if lineno == 1 and data.startswith(_BOM):
+            data = data[len(_BOM) :]
+        data = data.rstrip(b"\r\n")
+        if data.strip():
+            yield lineno, data
 
 
 def jsonl_row(lineno: int, data: bytes) -> _Row:
