@@ -8,8 +8,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from pipeline.report.common import SECTIONS, flip_count
+from pipeline.report.length import SHIFT_COLUMNS, shift_rows
 from pipeline.report.plots import PLOTS, to_png
-from pipeline.report.sections import SHIFT_COLUMNS, shift_rows
 
 log = logging.getLogger(f"prefcurate.{__name__}")
 

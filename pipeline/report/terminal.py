@@ -7,7 +7,7 @@ from typing import Any
 
 from pipeline.report.common import SECTIONS, flip_count, truncate
 from pipeline.report.html import fmt
-from pipeline.report.sections import SHIFT_COLUMNS, shift_rows
+from pipeline.report.length import SHIFT_COLUMNS, shift_rows
 
 log = logging.getLogger(f"prefcurate.{__name__}")
 

@@ -1,0 +1,119 @@
+"""The report's Examples section as data: the flipped pairs, and a few dropped and
+quarantined rows per stage and reason with their texts from the lineage."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline import conversation
+from pipeline.report.common import Lineage, column_values, num, truncate
+
+
+def section_examples(
+    data: pa.Table, dropped: pa.Table, quarantine: pa.Table, lin: Lineage, max_examples: int
+) -> dict[str, Any]:
+    mask = np.zeros(data.num_rows, dtype=bool)
+    if "decision" in data.column_names:
+        mask |= np.array([d == "flip" for d in column_values(data, "decision")], dtype=bool)
+    if "flipped" in data.column_names:
+        mask |= np.array([bool(f) for f in column_values(data, "flipped")], dtype=bool)
+    n_flip = int(mask.sum())
+    idx = np.flatnonzero(mask)[:max_examples]
+    flip = data.take(pa.array(idx, type=pa.int64())).to_pylist() if idx.size else []
+    flipped = [
+        {
+            "source_id": r.get("source_id"),
+            "pair_id": r.get("pair_id"),
+            "prompt": truncate(conversation.render(r.get("prompt"))),
+            "chosen": truncate(conversation.contents(r.get("chosen"))),
+            "rejected": truncate(conversation.contents(r.get("rejected"))),
+            "p_hat": num(r.get("p_hat")),
+            "margin": num(r.get("margin")),
+            "label_status": r.get("label_status"),
+            "reason": "the votes contradict the input's label: chosen and rejected exchanged",
+        }
+        for r in flip
+    ]
+
+    # texts from the lineage, to show what a dropped pair / candidate was
+    cand_text: dict[str, str] = {}
+    cand_prompt: dict[str, str] = {}
+    for t in lin.tables("candidates", ["candidate_id", "prompt_id", "text"]):
+        cand_text.update(zip(column_values(t, "candidate_id"), column_values(t, "text")))
+        cand_prompt.update(zip(column_values(t, "candidate_id"), column_values(t, "prompt_id")))
+    prompt_text: dict[str, str] = {}
+    for t in lin.tables("prompts", ["prompt_id", "prompt"]):
+        prompt_text.update(
+            zip(column_values(t, "prompt_id"), map(conversation.render, column_values(t, "prompt")))
+        )
+    pair_ids: dict[str, tuple[str, str, str]] = {}
+    for t in lin.tables("pairs", ["pair_id", "prompt_id", "chosen_id", "rejected_id"]):
+        for pid, prid, c, r in zip(
+            column_values(t, "pair_id"),
+            column_values(t, "prompt_id"),
+            column_values(t, "chosen_id"),
+            column_values(t, "rejected_id"),
+        ):
+            pair_ids.setdefault(pid, (prid, c, r))
+
+    def by_reason(table: pa.Table) -> list[dict[str, Any]]:
+        seen: Counter = Counter()
+        idx = []
+        for i, k in enumerate(zip(column_values(table, "stage"), column_values(table, "reason"))):
+            if seen[k] < max_examples:
+                seen[k] += 1
+                idx.append(i)
+        return table.take(idx).to_pylist() if idx else []
+
+    drops = []
+    for r in by_reason(dropped):
+        e = {
+            "stage": r.get("stage"),
+            "reason": r.get("reason"),
+            "source_id": r.get("source_id"),
+            "row_id": r.get("row_id"),
+            "detail": truncate(r.get("detail")),
+            "prompt": None,
+            "chosen": None,
+            "rejected": None,
+            "text": None,
+        }
+        rid = r.get("row_id")
+        if rid in pair_ids:
+            prid, c, rj = pair_ids[rid]
+            e.update(
+                prompt=truncate(prompt_text.get(prid)),
+                chosen=truncate(cand_text.get(c)),
+                rejected=truncate(cand_text.get(rj)),
+            )
+        elif rid in cand_text:
+            e.update(
+                text=truncate(cand_text[rid]),
+                prompt=truncate(prompt_text.get(cand_prompt.get(rid))),
+            )
+        drops.append(e)
+    quars = [
+        {
+            "stage": r.get("stage"),
+            "reason": r.get("reason"),
+            "file": r.get("file"),
+            "row": r.get("row"),
+            "source_id": r.get("source_id"),
+            "detail": truncate(r.get("detail")),
+            "raw": truncate(r.get("raw")),
+        }
+        for r in by_reason(quarantine)
+    ]
+    return {
+        "flipped": flipped,
+        "flipped_total": n_flip,
+        "dropped": drops,
+        "dropped_total": dropped.num_rows,
+        "quarantined": quars,
+        "quarantined_total": quarantine.num_rows,
+        "texts_from_lineage": bool(cand_text),
+    }
