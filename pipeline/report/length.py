@@ -48,11 +48,23 @@ def section_length(
     pts = [(len(c), len(r)) for c, r in zip(ch, rj)]
     step = max(1, math.ceil(len(pts) / MAX_POINTS))
     out["points"] = [list(p) for p in pts[::step]]
-    info = (manifest or {}).get("stage_info") or {}
+    out.update(_length_stage_info((manifest or {}).get("stage_info") or {}))
+    out["after"] = length.length_shift(
+        np.array([c for c, _ in pts], dtype=float), np.array([r for _, r in pts], dtype=float)
+    )
+    out["before"] = _before_curation(lin) if lin is not None else None
+    out["note"] = _length_note(out, pts)
+    return out
+
+
+def _length_stage_info(info: dict[str, Any]) -> dict[str, Any]:
+    """The Length section's parts from the stages' info: the per-annotator GLM and the
+    length control (aggregate), the length balance (pairs)."""
     agg = next(
         (info[k] for k in ("aggregate_gpm", "aggregate") if isinstance(info.get(k), dict)), {}
     )
     eff = agg.get("length_effects") or {}
+    out: dict[str, Any] = {}
     out["annotators"] = [
         {"annotator": a, **row} for a, row in (eff.get("annotators") or {}).items()
     ]
@@ -73,26 +85,33 @@ def section_length(
         if isinstance(info.get("pairs"), dict)
         else None
     )
-    out["after"] = length.length_shift(
-        np.array([c for c, _ in pts], dtype=float), np.array([r for _, r in pts], dtype=float)
+    return out
+
+
+def _before_curation(lin: Lineage) -> dict[str, Any] | None:
+    """The chosen − rejected length distribution of the margins stage's pairs (None when
+    those pairs or the candidates are no longer on disk)."""
+    from pipeline.aggregate import length
+
+    mp = lin.table("margins", "pairs", ["chosen_id", "rejected_id"])
+    cands = next(
+        (
+            t
+            for st in ("generate", "ingest")
+            if (t := lin.table(st, "candidates", ["candidate_id", "text"])) is not None
+        ),
+        None,
     )
-    out["before"] = None
-    if lin is not None:
-        mp = lin.table("margins", "pairs", ["chosen_id", "rejected_id"])
-        cands = next(
-            (
-                t
-                for st in ("generate", "ingest")
-                if (t := lin.table(st, "candidates", ["candidate_id", "text"])) is not None
-            ),
-            None,
-        )
-        if mp is not None and cands is not None:
-            lens = length.candidate_lengths(cands)
-            out["before"] = length.length_shift(
-                length.lookup(pl.Series(mp.column("chosen_id").to_pylist()), lens),
-                length.lookup(pl.Series(mp.column("rejected_id").to_pylist()), lens),
-            )
+    if mp is None or cands is None:
+        return None
+    lens = length.candidate_lengths(cands)
+    return length.length_shift(
+        length.lookup(pl.Series(mp.column("chosen_id").to_pylist()), lens),
+        length.lookup(pl.Series(mp.column("rejected_id").to_pylist()), lens),
+    )
+
+
+def _length_note(out: dict[str, Any], pts: list[tuple[int, int]]) -> str | None:
     notes = []
     if not pts:
         notes.append("no published pairs")
@@ -106,5 +125,4 @@ def section_length(
             "no before-curation distribution: the run's margins and candidates "
             "outputs are no longer on disk"
         )
-    out["note"] = "; ".join(notes) or None
-    return out
+    return "; ".join(notes) or None

@@ -254,33 +254,7 @@ def section_similarity(data: pa.Table, lin: Lineage, manifest: dict[str, Any]) -
 
 def section_noise(manifest: dict[str, Any], data: pa.Table) -> dict[str, Any]:
     st = (manifest.get("stages") or {}).get("denoise")
-    decisions = Counter(column_values(data, "decision"))
-    flipped_col = column_values(data, "flipped")
-    n_flip_data = sum(bool(x) for x in flipped_col) if flipped_col else decisions.get("flip", 0)
-    info = (manifest.get("stage_info") or {}).get("denoise") or {}
-    weights = finite(column_values(data, "weight"))
-    out: dict[str, Any] = {
-        "label_status": dict(Counter(column_values(data, "label_status")).most_common()),
-        "decisions": dict(decisions.most_common()),
-        "flipped_published": n_flip_data,
-        "expected_label_error_kept": num(1.0 - weights.mean()) if weights.size else None,
-    }
-    sinfo = manifest.get("stage_info") or {}
-    cyc = (sinfo.get("margins") or {}).get("cyclic")
-    out["cyclic"] = cyc if isinstance(cyc, dict) else None  # GPM / panel intransitive prompts
-    sel = sinfo.get("select") or {}
-    out["selection"] = {
-        k: sel[k]
-        for k in (
-            "quality_before",
-            "quality_after",
-            "coverage_before",
-            "coverage_after",
-            "prompts_before",
-            "prompts_after",
-        )
-        if k in sel
-    } or None
+    out, n_flip_data = _noise_published(manifest, data)
     if not st:
         return {
             **out,
@@ -293,6 +267,7 @@ def section_noise(manifest: dict[str, Any], data: pa.Table) -> dict[str, Any]:
             "details": [],
             "note": "no denoise stage in this version",
         }
+    info = (manifest.get("stage_info") or {}).get("denoise") or {}
     dropped = dict(st.get("dropped") or {})
     flipped = info.get("flipped", n_flip_data)
     weights_info = info.get("weights") if isinstance(info.get("weights"), dict) else {}
@@ -321,3 +296,36 @@ def section_noise(manifest: dict[str, Any], data: pa.Table) -> dict[str, Any]:
         "note": "noise rate = (pairs denoise dropped + pairs it flipped) / pairs into "
         "denoise; expected label error = 1 − mean weight of the published pairs",
     }
+
+
+def _noise_published(manifest: dict[str, Any], data: pa.Table) -> tuple[dict[str, Any], int]:
+    """The noise section's parts that need no denoise stage: the published pairs' label
+    statuses, decisions, flips and expected label error, the cyclic prompts and the
+    budgeted selection; and the number of published flipped pairs."""
+    decisions = Counter(column_values(data, "decision"))
+    flipped_col = column_values(data, "flipped")
+    n_flip_data = sum(bool(x) for x in flipped_col) if flipped_col else decisions.get("flip", 0)
+    weights = finite(column_values(data, "weight"))
+    out: dict[str, Any] = {
+        "label_status": dict(Counter(column_values(data, "label_status")).most_common()),
+        "decisions": dict(decisions.most_common()),
+        "flipped_published": n_flip_data,
+        "expected_label_error_kept": num(1.0 - weights.mean()) if weights.size else None,
+    }
+    sinfo = manifest.get("stage_info") or {}
+    cyc = (sinfo.get("margins") or {}).get("cyclic")
+    out["cyclic"] = cyc if isinstance(cyc, dict) else None  # GPM / panel intransitive prompts
+    sel = sinfo.get("select") or {}
+    out["selection"] = {
+        k: sel[k]
+        for k in (
+            "quality_before",
+            "quality_after",
+            "coverage_before",
+            "coverage_after",
+            "prompts_before",
+            "prompts_after",
+        )
+        if k in sel
+    } or None
+    return out, n_flip_data
