@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pipeline.report.common import SECTIONS, flip_count, truncate
-from pipeline.report.html import fmt
+from pipeline.report.common import SECTIONS, flip_count, fmt, truncate
 from pipeline.report.length import SHIFT_COLUMNS, shift_rows
 
 log = logging.getLogger(f"prefcurate.{__name__}")
