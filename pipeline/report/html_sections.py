@@ -192,35 +192,7 @@ def _length_bias(s: dict[str, Any], rep: dict[str, Any]) -> list[str]:
     if shift_rows(s):
         p.append("<h3>Chosen − rejected length</h3>")
         p.append(html_table(list(SHIFT_COLUMNS), shift_rows(s)))
-    if s.get("annotators"):
-        p.append("<h3>Length effect per annotator</h3>")
-        p.append(
-            "<p>Logistic regression of each annotator's verdicts on the pair's "
-            "posterior and tanh(length difference / sd) (LC-AlpacaEval's GLM): the "
-            "length coefficient, and the longer-win rate with it set to 0.</p>"
-        )
-        cols = [
-            "annotator",
-            "votes",
-            "longer_win_rate",
-            "lc_longer_win_rate",
-            "length_coef",
-            "length_coef_se",
-            "note",
-        ]
-        p.append(
-            html_table(
-                cols,
-                [[r.get(c) for c in cols] for r in s["annotators"]],
-                text_cols=["annotator", "note"],
-            )
-        )
-        if s.get("annotators_left_out"):
-            p.append(
-                note(
-                    f"{s['annotators_left_out']} annotators with fewer votes left out of the table"
-                )
-            )
+    p += _length_annotators(s)
     if s.get("control"):
         c = s["control"]
         p.append(
@@ -245,6 +217,40 @@ def _length_bias(s: dict[str, Any], rep: dict[str, Any]) -> list[str]:
             )
         )
     p.append(note(s["note"]))
+    return p
+
+
+def _length_annotators(s: dict[str, Any]) -> list[str]:
+    """The Length section's per-annotator GLM table (none without annotators)."""
+    p: list[str] = []
+    if not s.get("annotators"):
+        return p
+    p.append("<h3>Length effect per annotator</h3>")
+    p.append(
+        "<p>Logistic regression of each annotator's verdicts on the pair's "
+        "posterior and tanh(length difference / sd) (LC-AlpacaEval's GLM): the "
+        "length coefficient, and the longer-win rate with it set to 0.</p>"
+    )
+    cols = [
+        "annotator",
+        "votes",
+        "longer_win_rate",
+        "lc_longer_win_rate",
+        "length_coef",
+        "length_coef_se",
+        "note",
+    ]
+    p.append(
+        html_table(
+            cols,
+            [[r.get(c) for c in cols] for r in s["annotators"]],
+            text_cols=["annotator", "note"],
+        )
+    )
+    if s.get("annotators_left_out"):
+        p.append(
+            note(f"{s['annotators_left_out']} annotators with fewer votes left out of the table")
+        )
     return p
 
 
