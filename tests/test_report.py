@@ -226,12 +226,12 @@ def test_judge_stats_rendered_whatever_their_shape(versions):
     rep = rp.report_from_tables(manifest, data.slice(0, 0), dropped.slice(0, 0), quar.slice(0, 0))
     html = rp.render_html(rep)  # empty version: every section still renders
     for _, heading in rp.SECTIONS:
-        assert rh._e(heading) in html
+        assert rh.esc(heading) in html
 
 
 def _check_html(html: str) -> None:
     for _, heading in rp.SECTIONS:
-        assert f"<h2>{rh._e(heading)}</h2>" in html
+        assert f"<h2>{rh.esc(heading)}</h2>" in html
     # self-contained: no external resource of any kind
     assert not re.search(
         r"""(?:src|href|srcset|action|poster)\s*=\s*["']?\s*(?:https?:)?//""", html, re.I

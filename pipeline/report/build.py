@@ -21,7 +21,9 @@ Where the HTML goes: a published version is immutable, so :func:`write_report` w
 ``render_html(report_from_tables(manifest, data, dropped, quarantine, run_root=...))``.
 
 The pieces: :mod:`pipeline.report.common` (constants, numerics, lineage),
-:mod:`~pipeline.report.sections` and :mod:`~pipeline.report.judges` (the sections as data),
+:mod:`~pipeline.report.sections`, :mod:`~pipeline.report.length`,
+:mod:`~pipeline.report.examples`, :mod:`~pipeline.report.judges` and
+:mod:`~pipeline.report.review` (the sections as data),
 :mod:`~pipeline.report.plots`, :mod:`~pipeline.report.html` and
 :mod:`~pipeline.report.terminal` (the renderers); this module assembles and writes.
 """
@@ -38,14 +40,14 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.report.common import REPORT_VERSION, REPORTS_DIR, SECTIONS, Lineage, default_run_root
+from pipeline.report.examples import section_examples
 from pipeline.report.html import render_html
 from pipeline.report.judges import section_judges
+from pipeline.report.length import section_length
 from pipeline.report.review import section_review
 from pipeline.report.sections import (
     section_distributions,
-    section_examples,
     section_hygiene,
-    section_length,
     section_noise,
     section_overview,
     section_scores,

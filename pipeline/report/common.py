@@ -113,6 +113,22 @@ def length_bias(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- text helpers
 
 
+def fmt(v: Any) -> str:
+    """A value as both renderers show it: – for None, yes / no, floats to 4 significant
+    digits, dicts as ``k=v`` and lists comma-separated."""
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={fmt(x)}" for k, x in v.items()) or "0"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(fmt(x) for x in v)
+    return str(v)
+
+
 def truncate(text: Any, limit: int = TEXT_LIMIT) -> str:
     """``text`` as a string, cut to ``limit`` characters with an ellipsis.
 

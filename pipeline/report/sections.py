@@ -1,29 +1,26 @@
-"""The report's sections as data (one function per entry of ``SECTIONS``)."""
+"""The report's sections as data (one function per entry of ``SECTIONS``): the overview
+(with the model calls' usage table), rows per stage, hygiene, scores, distributions,
+similarity and noise. The others have their own modules: the Length section
+(:mod:`~pipeline.report.length`), the examples (:mod:`~pipeline.report.examples`), the
+judges (:mod:`~pipeline.report.judges`) and the review (:mod:`~pipeline.report.review`)."""
 
 from __future__ import annotations
 
 import logging
-import math
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import polars as pl
 import pyarrow as pa
 
-from pipeline import conversation
 from pipeline.report.common import (
-    MAX_POINTS,
     Lineage,
     column_values,
     finite,
     histogram,
-    length_bias,
     num,
     summarize,
     tabulate,
-    truncate,
 )
 
 log = logging.getLogger(f"prefcurate.{__name__}")
@@ -205,102 +202,6 @@ def section_scores(data: pa.Table, lin: Lineage) -> dict[str, Any]:
     }
 
 
-SHIFT_COLUMNS = ("pairs", "count", "chosen longer", "median chosen − rejected (chars)")
-
-
-def shift_rows(section: dict[str, Any]) -> list[list[Any]]:
-    """The Length section's before / after table (:data:`SHIFT_COLUMNS`), for both
-    renderers."""
-    return [
-        [name, d["pairs"], d["chosen_longer_share"], d["median_diff_chars"]]
-        for name, d in (
-            ("before curation", section.get("before")),
-            ("published", section.get("after")),
-        )
-        if d
-    ]
-
-
-def section_length(
-    data: pa.Table, manifest: dict[str, Any] | None = None, lin: Lineage | None = None
-) -> dict[str, Any]:
-    """Length bias: the published pairs' lengths, each annotator's length GLM (from the
-    aggregate stage's info), what length control and balancing did, and the chosen −
-    rejected length distribution before curation (the margins stage's pairs, in the
-    label's orientation) and after (the published pairs)."""
-    from pipeline.aggregate import length
-
-    def response(m: Any) -> str:  # the assistant side of a published response
-        return conversation.contents(m, ("assistant",)) or conversation.contents(m)
-
-    ch = [response(m) for m in column_values(data, "chosen")]
-    rj = [response(m) for m in column_values(data, "rejected")]
-    out = length_bias(zip(ch, rj))
-    pts = [(len(c), len(r)) for c, r in zip(ch, rj)]
-    step = max(1, math.ceil(len(pts) / MAX_POINTS))
-    out["points"] = [list(p) for p in pts[::step]]
-    info = (manifest or {}).get("stage_info") or {}
-    agg = next(
-        (info[k] for k in ("aggregate_gpm", "aggregate") if isinstance(info.get(k), dict)), {}
-    )
-    eff = agg.get("length_effects") or {}
-    out["annotators"] = [
-        {"annotator": a, **row} for a, row in (eff.get("annotators") or {}).items()
-    ]
-    out["annotators_left_out"] = eff.get("annotators_left_out", 0)
-    ctl = agg.get("length_control")
-    out["control"] = (
-        None
-        if ctl is None
-        else {
-            "mode": ctl.get("mode"),
-            "min_diff": ctl.get("min_diff"),
-            "comparisons": ctl.get("comparisons"),
-            "split": ctl.get("split") or {},
-        }
-    )
-    out["balance"] = (
-        (info.get("pairs") or {}).get("length_balance")
-        if isinstance(info.get("pairs"), dict)
-        else None
-    )
-    out["after"] = length.length_shift(
-        np.array([c for c, _ in pts], dtype=float), np.array([r for _, r in pts], dtype=float)
-    )
-    out["before"] = None
-    if lin is not None:
-        mp = lin.table("margins", "pairs", ["chosen_id", "rejected_id"])
-        cands = next(
-            (
-                t
-                for st in ("generate", "ingest")
-                if (t := lin.table(st, "candidates", ["candidate_id", "text"])) is not None
-            ),
-            None,
-        )
-        if mp is not None and cands is not None:
-            lens = length.candidate_lengths(cands)
-            out["before"] = length.length_shift(
-                length.lookup(pl.Series(mp.column("chosen_id").to_pylist()), lens),
-                length.lookup(pl.Series(mp.column("rejected_id").to_pylist()), lens),
-            )
-    notes = []
-    if not pts:
-        notes.append("no published pairs")
-    if not out["annotators"]:
-        notes.append(
-            "no per-annotator length table (aggregate.length_control off, or "
-            "no decisive vote on pairs of unequal length)"
-        )
-    if out["before"] is None:
-        notes.append(
-            "no before-curation distribution: the run's margins and candidates "
-            "outputs are no longer on disk"
-        )
-    out["note"] = "; ".join(notes) or None
-    return out
-
-
 def section_distributions(data: pa.Table) -> dict[str, Any]:
     out = {}
     for col, rng in (
@@ -353,33 +254,7 @@ def section_similarity(data: pa.Table, lin: Lineage, manifest: dict[str, Any]) -
 
 def section_noise(manifest: dict[str, Any], data: pa.Table) -> dict[str, Any]:
     st = (manifest.get("stages") or {}).get("denoise")
-    decisions = Counter(column_values(data, "decision"))
-    flipped_col = column_values(data, "flipped")
-    n_flip_data = sum(bool(x) for x in flipped_col) if flipped_col else decisions.get("flip", 0)
-    info = (manifest.get("stage_info") or {}).get("denoise") or {}
-    weights = finite(column_values(data, "weight"))
-    out: dict[str, Any] = {
-        "label_status": dict(Counter(column_values(data, "label_status")).most_common()),
-        "decisions": dict(decisions.most_common()),
-        "flipped_published": n_flip_data,
-        "expected_label_error_kept": num(1.0 - weights.mean()) if weights.size else None,
-    }
-    sinfo = manifest.get("stage_info") or {}
-    cyc = (sinfo.get("margins") or {}).get("cyclic")
-    out["cyclic"] = cyc if isinstance(cyc, dict) else None  # GPM / panel intransitive prompts
-    sel = sinfo.get("select") or {}
-    out["selection"] = {
-        k: sel[k]
-        for k in (
-            "quality_before",
-            "quality_after",
-            "coverage_before",
-            "coverage_after",
-            "prompts_before",
-            "prompts_after",
-        )
-        if k in sel
-    } or None
+    out, n_flip_data = _noise_published(manifest, data)
     if not st:
         return {
             **out,
@@ -392,6 +267,7 @@ def section_noise(manifest: dict[str, Any], data: pa.Table) -> dict[str, Any]:
             "details": [],
             "note": "no denoise stage in this version",
         }
+    info = (manifest.get("stage_info") or {}).get("denoise") or {}
     dropped = dict(st.get("dropped") or {})
     flipped = info.get("flipped", n_flip_data)
     weights_info = info.get("weights") if isinstance(info.get("weights"), dict) else {}
@@ -422,107 +298,34 @@ def section_noise(manifest: dict[str, Any], data: pa.Table) -> dict[str, Any]:
     }
 
 
-def section_examples(
-    data: pa.Table, dropped: pa.Table, quarantine: pa.Table, lin: Lineage, max_examples: int
-) -> dict[str, Any]:
-    mask = np.zeros(data.num_rows, dtype=bool)
-    if "decision" in data.column_names:
-        mask |= np.array([d == "flip" for d in column_values(data, "decision")], dtype=bool)
-    if "flipped" in data.column_names:
-        mask |= np.array([bool(f) for f in column_values(data, "flipped")], dtype=bool)
-    n_flip = int(mask.sum())
-    idx = np.flatnonzero(mask)[:max_examples]
-    flip = data.take(pa.array(idx, type=pa.int64())).to_pylist() if idx.size else []
-    flipped = [
-        {
-            "source_id": r.get("source_id"),
-            "pair_id": r.get("pair_id"),
-            "prompt": truncate(conversation.render(r.get("prompt"))),
-            "chosen": truncate(conversation.contents(r.get("chosen"))),
-            "rejected": truncate(conversation.contents(r.get("rejected"))),
-            "p_hat": num(r.get("p_hat")),
-            "margin": num(r.get("margin")),
-            "label_status": r.get("label_status"),
-            "reason": "the votes contradict the input's label: chosen and rejected exchanged",
-        }
-        for r in flip
-    ]
-
-    # texts from the lineage, to show what a dropped pair / candidate was
-    cand_text: dict[str, str] = {}
-    cand_prompt: dict[str, str] = {}
-    for t in lin.tables("candidates", ["candidate_id", "prompt_id", "text"]):
-        cand_text.update(zip(column_values(t, "candidate_id"), column_values(t, "text")))
-        cand_prompt.update(zip(column_values(t, "candidate_id"), column_values(t, "prompt_id")))
-    prompt_text: dict[str, str] = {}
-    for t in lin.tables("prompts", ["prompt_id", "prompt"]):
-        prompt_text.update(
-            zip(column_values(t, "prompt_id"), map(conversation.render, column_values(t, "prompt")))
-        )
-    pair_ids: dict[str, tuple[str, str, str]] = {}
-    for t in lin.tables("pairs", ["pair_id", "prompt_id", "chosen_id", "rejected_id"]):
-        for pid, prid, c, r in zip(
-            column_values(t, "pair_id"),
-            column_values(t, "prompt_id"),
-            column_values(t, "chosen_id"),
-            column_values(t, "rejected_id"),
-        ):
-            pair_ids.setdefault(pid, (prid, c, r))
-
-    def by_reason(table: pa.Table) -> list[dict[str, Any]]:
-        seen: Counter = Counter()
-        idx = []
-        for i, k in enumerate(zip(column_values(table, "stage"), column_values(table, "reason"))):
-            if seen[k] < max_examples:
-                seen[k] += 1
-                idx.append(i)
-        return table.take(idx).to_pylist() if idx else []
-
-    drops = []
-    for r in by_reason(dropped):
-        e = {
-            "stage": r.get("stage"),
-            "reason": r.get("reason"),
-            "source_id": r.get("source_id"),
-            "row_id": r.get("row_id"),
-            "detail": truncate(r.get("detail")),
-            "prompt": None,
-            "chosen": None,
-            "rejected": None,
-            "text": None,
-        }
-        rid = r.get("row_id")
-        if rid in pair_ids:
-            prid, c, rj = pair_ids[rid]
-            e.update(
-                prompt=truncate(prompt_text.get(prid)),
-                chosen=truncate(cand_text.get(c)),
-                rejected=truncate(cand_text.get(rj)),
-            )
-        elif rid in cand_text:
-            e.update(
-                text=truncate(cand_text[rid]),
-                prompt=truncate(prompt_text.get(cand_prompt.get(rid))),
-            )
-        drops.append(e)
-    quars = [
-        {
-            "stage": r.get("stage"),
-            "reason": r.get("reason"),
-            "file": r.get("file"),
-            "row": r.get("row"),
-            "source_id": r.get("source_id"),
-            "detail": truncate(r.get("detail")),
-            "raw": truncate(r.get("raw")),
-        }
-        for r in by_reason(quarantine)
-    ]
-    return {
-        "flipped": flipped,
-        "flipped_total": n_flip,
-        "dropped": drops,
-        "dropped_total": dropped.num_rows,
-        "quarantined": quars,
-        "quarantined_total": quarantine.num_rows,
-        "texts_from_lineage": bool(cand_text),
+def _noise_published(manifest: dict[str, Any], data: pa.Table) -> tuple[dict[str, Any], int]:
+    """The noise section's parts that need no denoise stage: the published pairs' label
+    statuses, decisions, flips and expected label error, the cyclic prompts and the
+    budgeted selection; and the number of published flipped pairs."""
+    decisions = Counter(column_values(data, "decision"))
+    flipped_col = column_values(data, "flipped")
+    n_flip_data = sum(bool(x) for x in flipped_col) if flipped_col else decisions.get("flip", 0)
+    weights = finite(column_values(data, "weight"))
+    out: dict[str, Any] = {
+        "label_status": dict(Counter(column_values(data, "label_status")).most_common()),
+        "decisions": dict(decisions.most_common()),
+        "flipped_published": n_flip_data,
+        "expected_label_error_kept": num(1.0 - weights.mean()) if weights.size else None,
     }
+    sinfo = manifest.get("stage_info") or {}
+    cyc = (sinfo.get("margins") or {}).get("cyclic")
+    out["cyclic"] = cyc if isinstance(cyc, dict) else None  # GPM / panel intransitive prompts
+    sel = sinfo.get("select") or {}
+    out["selection"] = {
+        k: sel[k]
+        for k in (
+            "quality_before",
+            "quality_after",
+            "coverage_before",
+            "coverage_after",
+            "prompts_before",
+            "prompts_after",
+        )
+        if k in sel
+    } or None
+    return out, n_flip_data

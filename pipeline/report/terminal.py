@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pipeline.report.common import SECTIONS, flip_count, truncate
-from pipeline.report.html import fmt
-from pipeline.report.sections import SHIFT_COLUMNS, shift_rows
+from pipeline.report.common import SECTIONS, flip_count, fmt, truncate
+from pipeline.report.length import SHIFT_COLUMNS, shift_rows
 
 log = logging.getLogger(f"prefcurate.{__name__}")
 
@@ -17,40 +16,53 @@ log = logging.getLogger(f"prefcurate.{__name__}")
 def render_terminal(report: dict[str, Any], console: Any) -> None:
     """Print every section of ``report`` (a rule with its heading, then rich tables) on
     ``console``; text from the data is never interpreted as rich markup."""
-    from rich.table import Table
     from rich.text import Text
-
-    def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> Table:
-        t = Table(title=Text(title) if title else None, title_justify="left")
-        for c in columns:
-            t.add_column(Text(str(c)), overflow="fold")
-        for r in rows:
-            t.add_row(*[Text(fmt(v)) for v in r])
-        return t
-
-    def kv(title: str | None, d: dict[str, Any]) -> Table:
-        return table(title, ["key", "value"], [[k, v] for k, v in d.items()])
-
-    def stats(title: str | None, named: dict[str, dict[str, Any]]) -> Table:
-        keys = ["n", "nulls", "mean", "std", "min", "median", "p95", "max"]
-        return table(
-            title, ["column", *keys], [[n, *[s.get(k) for k in keys]] for n, s in named.items()]
-        )
-
-    def note(text: str | None) -> None:
-        if text:
-            console.print(Text(f"note: {text}", style="yellow"))
-
-    def short(rows: list[dict[str, Any]], cols: list[str], n: int) -> list[list[Any]]:
-        return [[truncate(r[c], n) if isinstance(r[c], str) else r[c] for c in cols] for r in rows]
 
     heads = dict(SECTIONS)
     console.print(Text(f"prefcurate quality report: {report['title']}", style="bold"))
+    for key, write in _WRITERS:
+        console.rule(Text(heads[key]))
+        write(console, report)
 
+
+def _table(title: str | None, columns: list[str], rows: list[list[Any]]) -> Any:
+    from rich.table import Table
+    from rich.text import Text
+
+    t = Table(title=Text(title) if title else None, title_justify="left")
+    for c in columns:
+        t.add_column(Text(str(c)), overflow="fold")
+    for r in rows:
+        t.add_row(*[Text(fmt(v)) for v in r])
+    return t
+
+
+def _kv(title: str | None, d: dict[str, Any]) -> Any:
+    return _table(title, ["key", "value"], [[k, v] for k, v in d.items()])
+
+
+def _stats(title: str | None, named: dict[str, dict[str, Any]]) -> Any:
+    keys = ["n", "nulls", "mean", "std", "min", "median", "p95", "max"]
+    return _table(
+        title, ["column", *keys], [[n, *[s.get(k) for k in keys]] for n, s in named.items()]
+    )
+
+
+def _note(console: Any, text: str | None) -> None:
+    from rich.text import Text
+
+    if text:
+        console.print(Text(f"note: {text}", style="yellow"))
+
+
+def _short(rows: list[dict[str, Any]], cols: list[str], n: int) -> list[list[Any]]:
+    return [[truncate(r[c], n) if isinstance(r[c], str) else r[c] for c in cols] for r in rows]
+
+
+def _overview(console: Any, report: dict[str, Any]) -> None:
     ov = report["overview"]
-    console.rule(Text(heads["overview"]))
     console.print(
-        kv(
+        _kv(
             None,
             {
                 "path": ov["path"],
@@ -64,12 +76,13 @@ def render_terminal(report: dict[str, Any], console: Any) -> None:
         )
     )
     if ov["calls"]:
-        console.print(table(ov["calls"]["title"], ov["calls"]["columns"], ov["calls"]["rows"]))
+        console.print(_table(ov["calls"]["title"], ov["calls"]["columns"], ov["calls"]["rows"]))
 
+
+def _stages(console: Any, report: dict[str, Any]) -> None:
     st = report["stages"]
-    console.rule(Text(heads["stages"]))
     console.print(
-        table(
+        _table(
             None,
             ["stage", "in", "kept", "out", "dropped", "quarantined", "reused"],
             [
@@ -87,10 +100,13 @@ def render_terminal(report: dict[str, Any], console: Any) -> None:
         )
     )
 
+
+def _scores(console: Any, report: dict[str, Any]) -> None:
+    from rich.text import Text
+
     sc = report["scores"]
-    console.rule(Text(heads["scores"]))
     console.print(
-        stats(
+        _stats(
             None,
             {
                 "score_chosen": sc["score_chosen"],
@@ -107,28 +123,29 @@ def render_terminal(report: dict[str, Any], console: Any) -> None:
     if sc["by_annotator"]:
         cols = list(sc["by_annotator"][0])
         console.print(
-            table(
+            _table(
                 "pointwise scores per annotator and aspect",
                 cols,
                 [[r[c] for c in cols] for r in sc["by_annotator"]],
             )
         )
-    note(sc["note"])
+    _note(console, sc["note"])
 
+
+def _judges(console: Any, report: dict[str, Any]) -> None:
     j = report["judges"]
-    console.rule(Text(heads["judges"]))
     if j["agreement"]:
         a = j["agreement"]
         k = len(a["annotators"])
         console.print(
-            table(
+            _table(
                 "annotators",
                 ["#", "annotator", "votes"],
                 [[i + 1, n, a["votes"][n]] for i, n in enumerate(a["annotators"])],
             )
         )
         console.print(
-            table(
+            _table(
                 "agreement (Cohen's κ)",
                 ["#", *[str(i + 1) for i in range(k)]],
                 [
@@ -141,15 +158,16 @@ def render_terminal(report: dict[str, Any], console: Any) -> None:
             )
         )
     for t in j["tables"]:
-        console.print(table(t["title"], t["columns"], t["rows"]))
-    note(j["note"])
+        console.print(_table(t["title"], t["columns"], t["rows"]))
+    _note(console, j["note"])
 
+
+def _hygiene(console: Any, report: dict[str, Any]) -> None:
     hy = report["hygiene"]
-    console.rule(Text(heads["hygiene"]))
     if hy["dedup"] is not None:
         d = hy["dedup"]
         console.print(
-            kv(
+            _kv(
                 None,
                 {
                     "prompts checked": d["prompts"],
@@ -161,7 +179,7 @@ def render_terminal(report: dict[str, Any], console: Any) -> None:
     if hy["decontaminate"] is not None:
         c = hy["decontaminate"]
         console.print(
-            kv(
+            _kv(
                 None,
                 {
                     "benchmarks": c["benchmarks"] or "none",
@@ -170,12 +188,13 @@ def render_terminal(report: dict[str, Any], console: Any) -> None:
                 },
             )
         )
-    note(hy["note"])
+    _note(console, hy["note"])
 
+
+def _length_bias(console: Any, report: dict[str, Any]) -> None:
     lb = report["length_bias"]
-    console.rule(Text(heads["length_bias"]))
     console.print(
-        kv(
+        _kv(
             None,
             {
                 k: lb[k]
@@ -192,11 +211,11 @@ def render_terminal(report: dict[str, Any], console: Any) -> None:
         )
     )
     if shift_rows(lb):
-        console.print(table("chosen − rejected length", list(SHIFT_COLUMNS), shift_rows(lb)))
+        console.print(_table("chosen − rejected length", list(SHIFT_COLUMNS), shift_rows(lb)))
     if lb.get("annotators"):
         cols = ["annotator", "votes", "longer_win_rate", "lc_longer_win_rate", "length_coef"]
         console.print(
-            table(
+            _table(
                 "length effect per annotator (GLM)",
                 cols,
                 [[r.get(c) for c in cols] for r in lb["annotators"]],
@@ -204,7 +223,7 @@ def render_terminal(report: dict[str, Any], console: Any) -> None:
         )
     if lb.get("control"):
         console.print(
-            kv(
+            _kv(
                 None,
                 {
                     "length control": lb["control"]["mode"],
@@ -215,7 +234,7 @@ def render_terminal(report: dict[str, Any], console: Any) -> None:
     if lb.get("balance"):
         b = lb["balance"]
         console.print(
-            kv(
+            _kv(
                 None,
                 {
                     "length balance": b["band"],
@@ -225,24 +244,27 @@ def render_terminal(report: dict[str, Any], console: Any) -> None:
                 },
             )
         )
-    note(lb["note"])
+    _note(console, lb["note"])
 
-    console.rule(Text(heads["distributions"]))
-    console.print(stats(None, {c: v["stats"] for c, v in report["distributions"].items()}))
 
+def _distributions(console: Any, report: dict[str, Any]) -> None:
+    console.print(_stats(None, {c: v["stats"] for c, v in report["distributions"].items()}))
+
+
+def _similarity(console: Any, report: dict[str, Any]) -> None:
     sim = report["similarity"]
-    console.rule(Text(heads["similarity"]))
     if sim["source"]:
-        console.print(stats(f"from {sim['source']}", {"similarity": sim["stats"]}))
+        console.print(_stats(f"from {sim['source']}", {"similarity": sim["stats"]}))
     console.print(
-        kv("flags", {**sim["flags"], "indistinguishable share": sim["indistinguishable_share"]})
+        _kv("flags", {**sim["flags"], "indistinguishable share": sim["indistinguishable_share"]})
     )
-    note(sim["note"])
+    _note(console, sim["note"])
 
+
+def _noise(console: Any, report: dict[str, Any]) -> None:
     n = report["noise"]
-    console.rule(Text(heads["noise"]))
     console.print(
-        kv(
+        _kv(
             None,
             {
                 "noise rate": n["noise_rate"],
@@ -259,37 +281,58 @@ def render_terminal(report: dict[str, Any], console: Any) -> None:
         )
     )
     for t in n["details"]:
-        console.print(table(t["title"], t["columns"], t["rows"]))
-    note(n["note"])
+        console.print(_table(t["title"], t["columns"], t["rows"]))
+    _note(console, n["note"])
+
+
+def _examples(console: Any, report: dict[str, Any]) -> None:
+    from rich.text import Text
 
     ex = report["examples"]
-    console.rule(Text(heads["examples"]))
     if ex["flipped"]:
         cols = ["source_id", "prompt", "chosen", "rejected", "p_hat", "reason"]
         console.print(
-            table(f"flipped pairs ({flip_count(ex)})", cols, short(ex["flipped"], cols, 80))
+            _table(f"flipped pairs ({flip_count(ex)})", cols, _short(ex["flipped"], cols, 80))
         )
     if ex["dropped"]:
         cols = ["stage", "reason", "source_id", "detail", "chosen", "rejected", "text"]
         console.print(
-            table(f"dropped rows ({ex['dropped_total']})", cols, short(ex["dropped"], cols, 60))
+            _table(f"dropped rows ({ex['dropped_total']})", cols, _short(ex["dropped"], cols, 60))
         )
     if ex["quarantined"]:
         cols = ["stage", "reason", "file", "row", "detail", "raw"]
         console.print(
-            table(
+            _table(
                 f"quarantined rows ({ex['quarantined_total']})",
                 cols,
-                short(ex["quarantined"], cols, 60),
+                _short(ex["quarantined"], cols, 60),
             )
         )
     if not (ex["flipped"] or ex["dropped"] or ex["quarantined"]):
         console.print(Text("no flipped, dropped or quarantined rows"))
 
+
+def _review(console: Any, report: dict[str, Any]) -> None:
     rv = report.get("review") or {"summary": None, "tables": [], "note": "no review section"}
-    console.rule(Text(heads["review"]))
     if rv["summary"] is not None:
-        console.print(kv(None, rv["summary"]))
+        console.print(_kv(None, rv["summary"]))
     for t in rv["tables"]:
-        console.print(table(t["title"], t["columns"], t["rows"]))
-    note(rv["note"])
+        console.print(_table(t["title"], t["columns"], t["rows"]))
+    _note(console, rv["note"])
+
+
+# the terminal's order of the sections: the hygiene after the scores and the judges, not
+# after the stages as in SECTIONS (and the HTML)
+_WRITERS = [
+    ("overview", _overview),
+    ("stages", _stages),
+    ("scores", _scores),
+    ("judges", _judges),
+    ("hygiene", _hygiene),
+    ("length_bias", _length_bias),
+    ("distributions", _distributions),
+    ("similarity", _similarity),
+    ("noise", _noise),
+    ("examples", _examples),
+    ("review", _review),
+]
