@@ -23,6 +23,10 @@ Embeddings are cached per model (a key over the model folder's files and
 ``<cache_dir>/embeddings/<model key>/``, written atomically; a rerun embeds only texts
 it has not seen and does not load the model at all when every text is cached.
 
+The parts: the model and its key in :mod:`pipeline.embedding_model`, the cache in
+:mod:`pipeline.embedding_cache`; this module holds the stage and the helpers that write
+and read embedding tables (and re-exports the other two modules' names).
+
 >>> emb = pa.table({"candidate_id": ["x", "y", "z"],
 ...                 "embedding": pa.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]],
 ...                                       pa.list_(pa.float32(), 2))})
@@ -32,27 +36,52 @@ it has not seen and does not load the model at all when every text is cached.
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline import conversation
-from pipeline.engines.embedded import EMBEDDED_PREFIX, default_cache_dir, minilm_path
-from pipeline.hashing import stable_hash, tree_hash
+from pipeline.embedding_cache import EmbeddingCache, fixed_list, matrix, text_hash
+from pipeline.embedding_model import (
+    Embedder,
+    SentenceTransformerEmbedder,
+    embedding_model_key,
+    normalize,
+    resolve_embedding_model,
+)
+from pipeline.engines.embedded import default_cache_dir
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table
-from pipeline.store.datasets import fsync_file
-from schemas.config import EMBEDDED_MINILM, EmbeddingConfig
-from schemas.errors import ConfigError, EngineError, PrefcurateError
+from schemas.config import EmbeddingConfig
+from schemas.errors import EngineError, PrefcurateError
 from schemas.tables import embedding_schema
+
+# the model (embedding_model) and the cache (embedding_cache) were parts of this module:
+# their names stay importable from here
+__all__ = [
+    "CANDIDATE_EMBEDDINGS",
+    "MINILM_DIM",
+    "PROMPT_EMBEDDINGS",
+    "STAGE",
+    "STAGE_VERSION",
+    "Embedder",
+    "EmbeddingCache",
+    "EmbeddingConfig",
+    "SentenceTransformerEmbedder",
+    "aligned_embeddings",
+    "compute_embeddings",
+    "cosine_similarity_pairs",
+    "embed_texts",
+    "embedding_model_key",
+    "embeddings_matrix",
+    "embeddings_table",
+    "resolve_embedding_model",
+    "text_hash",
+]
 
 log = logging.getLogger(f"prefcurate.{__name__}")
 
@@ -65,194 +94,6 @@ MINILM_DIM = 384
 #: ``embedding_schema(..., dim)``.
 PROMPT_EMBEDDINGS = embedding_schema("prompt_id", MINILM_DIM)
 CANDIDATE_EMBEDDINGS = embedding_schema("candidate_id", MINILM_DIM)
-
-
-class Embedder(Protocol):
-    """What the stage needs from a model: L2-normalised float32 vectors for texts."""
-
-    model_key: str
-    dim: int
-
-    def encode(self, texts: Sequence[str]) -> np.ndarray: ...
-
-
-def resolve_embedding_model(model: str) -> str:
-    """``embedded:all-minilm-l6-v2`` → the folder inside the wheel; others unchanged."""
-    if model == EMBEDDED_MINILM:
-        return str(minilm_path())
-    if model.startswith(EMBEDDED_PREFIX):
-        raise ConfigError(
-            f"unknown embedded embedding model '{model}'; the embedded one is '{EMBEDDED_MINILM}'"
-        )
-    return model
-
-
-def embedding_model_key(cfg: EmbeddingConfig) -> str:
-    """Identity of the vectors a config produces, computed without loading the model."""
-    path = resolve_embedding_model(cfg.model)
-    ident = tree_hash(path) if Path(path).exists() else path
-    return stable_hash(ident, cfg.max_seq_length, "l2", length=24)
-
-
-def _normalize(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.where(norms > 0, norms, 1.0)).astype(np.float32)
-
-
-class SentenceTransformerEmbedder:
-    """A sentence-transformers model; vectors are L2-normalised float32."""
-
-    def __init__(self, cfg: EmbeddingConfig, model_key: str | None = None):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from sentence_transformers import SentenceTransformer
-
-        path = resolve_embedding_model(cfg.model)
-        self.cfg = cfg
-        self.model_key = model_key or embedding_model_key(cfg)
-        device = cfg.device
-        if device is None:
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        try:
-            self.st = SentenceTransformer(path, device=device)
-        except Exception as exc:
-            raise EngineError(
-                f"sentence-transformers could not load '{cfg.model}' ({path}): "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
-        if cfg.max_seq_length is not None:
-            self.st.max_seq_length = cfg.max_seq_length
-        get_dim = (
-            getattr(self.st, "get_embedding_dimension", None)
-            or self.st.get_sentence_embedding_dimension
-        )
-        self.dim = int(get_dim())
-
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        import torch
-
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        before = torch.get_num_threads()
-        if self.cfg.num_threads:
-            torch.set_num_threads(self.cfg.num_threads)
-        try:
-            vecs = self.st.encode(
-                list(texts),
-                batch_size=self.cfg.batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
-        finally:
-            if self.cfg.num_threads:
-                torch.set_num_threads(before)
-        return np.asarray(vecs, dtype=np.float32)  # unit vectors: normalize_embeddings
-
-
-class EmbeddingCache:
-    """Text-hash → vector store for one model: Parquet shards, written atomically.
-
-    Each :meth:`put` writes one new shard (temporary file, fsync, rename), so concurrent
-    writers never clash and a crash leaves no half-written shard. :meth:`compact`
-    merges the shards into one under a file lock once there are many.
-    """
-
-    MAX_SHARDS = 32
-
-    def __init__(self, root: str | Path, model_key: str):
-        self.dir = Path(root) / "embeddings" / model_key
-        self.dir.mkdir(parents=True, exist_ok=True)
-
-    def _shards(self) -> list[Path]:
-        return sorted(self.dir.glob("shard-*.parquet"))
-
-    def get(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
-        """Vectors of the hashes that are cached (a row per hash found)."""
-        want = set(hashes)
-        found: dict[str, np.ndarray] = {}
-        for shard in self._shards():
-            try:  # the small hash column first; the vectors only for a shard with hits
-                keys = pq.read_table(shard, columns=["text_hash"]).column(0).to_pylist()
-                hit = [i for i, k in enumerate(keys) if k in want and k not in found]
-                if not hit:
-                    continue
-                mat = _matrix(pq.read_table(shard, columns=["embedding"]).column(0))
-            except (FileNotFoundError, OSError):  # removed by a concurrent compaction
-                continue
-            for i in hit:
-                found[keys[i]] = mat[i]
-            if len(found) == len(want):
-                break
-        return found
-
-    def put(self, hashes: Sequence[str], vectors: np.ndarray) -> None:
-        if not len(hashes):
-            return
-        dim = vectors.shape[1]
-        table = pa.table(
-            {
-                "text_hash": pa.array(list(hashes), pa.string()),
-                "embedding": _fixed_list(vectors, dim),
-            }
-        )
-        self._write_shard(table)
-        if len(self._shards()) > self.MAX_SHARDS:
-            self.compact()
-
-    def _write_shard(self, table: pa.Table) -> None:
-        """Write one shard atomically (temporary file, fsync, rename); its name matches
-        :meth:`_shards`' pattern."""
-        name = f"shard-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
-        tmp = self.dir / f".tmp-{name}"
-        pq.write_table(table, tmp)
-        fsync_file(tmp)
-        os.replace(tmp, self.dir / name)
-
-    def compact(self) -> None:
-        """Merge all shards into one (under a lock); readers skip vanished shards."""
-        with open(self.dir / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            shards = self._shards()
-            if len(shards) < 2:
-                return
-            tables = []
-            for s in shards:
-                try:
-                    tables.append(pq.read_table(s))
-                except (FileNotFoundError, OSError):
-                    continue
-            merged = pa.concat_tables(tables)
-            keys = merged.column("text_hash").to_pylist()
-            first = sorted({k: i for i, k in reversed(list(enumerate(keys)))}.values())
-            merged = merged.take(pa.array(first, pa.int64()))
-            self._write_shard(merged)
-            for s in shards:
-                s.unlink(missing_ok=True)
-
-
-def _fixed_list(vectors: np.ndarray, dim: int) -> pa.FixedSizeListArray:
-    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1), pa.float32())
-    return pa.FixedSizeListArray.from_arrays(flat, dim)
-
-
-def _matrix(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    dim = arr.type.list_size
-    if len(arr) == 0:
-        return np.zeros((0, dim), dtype=np.float32)
-    return (
-        arr.flatten()
-        .to_numpy(zero_copy_only=False)
-        .reshape(len(arr), dim)
-        .astype(np.float32, copy=False)
-    )
-
-
-def text_hash(text: str) -> str:
-    return stable_hash(text, length=32)
 
 
 def embed_texts(
@@ -289,7 +130,7 @@ def embed_texts(
         t0 = time.perf_counter()
         for start in range(0, len(missing), chunk_size):
             chunk = missing[start : start + chunk_size]
-            vecs = _normalize(emb.encode([text_of[h] for h in chunk]))
+            vecs = normalize(emb.encode([text_of[h] for h in chunk]))
             if cache is not None:
                 cache.put(chunk, vecs)
             found.update(zip(chunk, vecs))
@@ -309,7 +150,7 @@ def embeddings_table(ids: Sequence[str], vectors: np.ndarray, id_column: str) ->
     if not len(ids):
         return schema.empty_table()
     return pa.Table.from_arrays(
-        [pa.array(list(ids), pa.string()), _fixed_list(vectors, dim)], schema=schema
+        [pa.array(list(ids), pa.string()), fixed_list(vectors, dim)], schema=schema
     )
 
 
@@ -328,7 +169,7 @@ def embeddings_matrix(
     ids = table.column(id_column).to_pylist()
     col = table.column("embedding").combine_chunks()
     if pa.types.is_fixed_size_list(col.type):
-        return ids, _matrix(col)
+        return ids, matrix(col)
     return ids, np.asarray(col.to_pylist(), dtype=np.float32).reshape(
         len(ids), -1
     ) if ids else np.zeros((0, 0), np.float32)
