@@ -97,16 +97,25 @@ def length_bias(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
     is the longer one; 0.5 means no length bias.
     """
     lens = [(len(c or ""), len(r or "")) for c, r in pairs]
-    differ = [(c, r) for c, r in lens if c != r]
-    wins = sum(c > r for c, r in differ)
+    return length_bias_of(
+        np.array([c for c, _ in lens], dtype=np.int64),
+        np.array([r for _, r in lens], dtype=np.int64),
+    )
+
+
+def length_bias_of(len_chosen: np.ndarray, len_rejected: np.ndarray) -> dict[str, Any]:
+    """:func:`length_bias` from the two sides' lengths in characters."""
+    lc, lr = np.asarray(len_chosen), np.asarray(len_rejected)
+    n_differ = int((lc != lr).sum())
+    wins = int((lc > lr).sum())
     return {
-        "pairs": len(lens),
-        "equal_length": len(lens) - len(differ),
+        "pairs": int(lc.size),
+        "equal_length": int(lc.size) - n_differ,
         "chosen_longer": wins,
-        "rejected_longer": len(differ) - wins,
-        "longer_wins": num(wins / len(differ)) if differ else None,
-        "mean_chosen_chars": num(np.mean([c for c, _ in lens])) if lens else None,
-        "mean_rejected_chars": num(np.mean([r for _, r in lens])) if lens else None,
+        "rejected_longer": n_differ - wins,
+        "longer_wins": num(wins / n_differ) if n_differ else None,
+        "mean_chosen_chars": num(np.mean(lc)) if lc.size else None,
+        "mean_rejected_chars": num(np.mean(lr)) if lr.size else None,
     }
 
 

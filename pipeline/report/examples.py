@@ -3,12 +3,13 @@ quarantined rows per stage and reason with their texts from the lineage."""
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline import conversation
 from pipeline.report.common import Lineage, column_values, num, truncate
@@ -18,8 +19,9 @@ def section_examples(
     data: pa.Table, dropped: pa.Table, quarantine: pa.Table, lin: Lineage, max_examples: int
 ) -> dict[str, Any]:
     flipped, n_flip = _flipped(data, max_examples)
-    texts = _LineageTexts.read(lin)
-    drops = [_dropped_example(r, texts) for r in _by_reason(dropped, max_examples)]
+    drop_rows = _by_reason(dropped, max_examples)
+    texts = _LineageTexts.read(lin, {r["row_id"] for r in drop_rows if r.get("row_id")})
+    drops = [_dropped_example(r, texts) for r in drop_rows]
     quars = [
         {
             "stage": r.get("stage"),
@@ -39,7 +41,7 @@ def section_examples(
         "dropped_total": dropped.num_rows,
         "quarantined": quars,
         "quarantined_total": quarantine.num_rows,
-        "texts_from_lineage": bool(texts.cand_text),
+        "texts_from_lineage": texts.any_candidates,
     }
 
 
@@ -48,9 +50,11 @@ def _flipped(data: pa.Table, max_examples: int) -> tuple[list[dict[str, Any]], i
     were."""
     mask = np.zeros(data.num_rows, dtype=bool)
     if "decision" in data.column_names:
-        mask |= np.array([d == "flip" for d in column_values(data, "decision")], dtype=bool)
+        flip = pc.equal(data.column("decision").cast(pa.string()), "flip")
+        mask |= pc.fill_null(flip, False).to_numpy(zero_copy_only=False)
     if "flipped" in data.column_names:
-        mask |= np.array([bool(f) for f in column_values(data, "flipped")], dtype=bool)
+        flipped = pc.fill_null(data.column("flipped").cast(pa.bool_()), False)
+        mask |= flipped.to_numpy(zero_copy_only=False)
     n_flip = int(mask.sum())
     idx = np.flatnonzero(mask)[:max_examples]
     flip = data.take(pa.array(idx, type=pa.int64())).to_pylist() if idx.size else []
@@ -80,21 +84,16 @@ class _LineageTexts:
     prompt_text: dict[str, str] = field(default_factory=dict)
     pair_ids: dict[str, tuple[str, str, str]] = field(default_factory=dict)
 
+    any_candidates: bool = False
+
     @classmethod
-    def read(cls, lin: Lineage) -> _LineageTexts:
+    def read(cls, lin: Lineage, row_ids: set[str]) -> _LineageTexts:
+        """The texts of the pairs and candidates among ``row_ids`` (and their prompts): each
+        table is cut to the ids asked for before anything becomes Python objects."""
         out = cls()
-        for t in lin.tables("candidates", ["candidate_id", "prompt_id", "text"]):
-            ids = column_values(t, "candidate_id")
-            out.cand_text.update(zip(ids, column_values(t, "text")))
-            out.cand_prompt.update(zip(ids, column_values(t, "prompt_id")))
-        for t in lin.tables("prompts", ["prompt_id", "prompt"]):
-            out.prompt_text.update(
-                zip(
-                    column_values(t, "prompt_id"),
-                    map(conversation.render, column_values(t, "prompt")),
-                )
-            )
+        want = pa.array(sorted(row_ids), pa.string())
         for t in lin.tables("pairs", ["pair_id", "prompt_id", "chosen_id", "rejected_id"]):
+            t = _rows_in(t, "pair_id", want)
             for pid, prid, c, r in zip(
                 column_values(t, "pair_id"),
                 column_values(t, "prompt_id"),
@@ -102,18 +101,45 @@ class _LineageTexts:
                 column_values(t, "rejected_id"),
             ):
                 out.pair_ids.setdefault(pid, (prid, c, r))
+        cands = set(row_ids) | {c for _, a, b in out.pair_ids.values() for c in (a, b)}
+        want = pa.array(sorted(cands), pa.string())
+        for t in lin.tables("candidates", ["candidate_id", "prompt_id", "text"]):
+            out.any_candidates |= t.num_rows > 0
+            t = _rows_in(t, "candidate_id", want)
+            ids = column_values(t, "candidate_id")
+            out.cand_text.update(zip(ids, column_values(t, "text")))
+            out.cand_prompt.update(zip(ids, column_values(t, "prompt_id")))
+        prompts = {p for p, _, _ in out.pair_ids.values()}
+        prompts |= {out.cand_prompt[c] for c in row_ids if c in out.cand_prompt}
+        want = pa.array(sorted(p for p in prompts if p is not None), pa.string())
+        for t in lin.tables("prompts", ["prompt_id", "prompt"]):
+            t = _rows_in(t, "prompt_id", want)
+            out.prompt_text.update(
+                zip(
+                    column_values(t, "prompt_id"),
+                    map(conversation.render, column_values(t, "prompt")),
+                )
+            )
         return out
+
+
+def _rows_in(table: pa.Table, column: str, ids: pa.Array) -> pa.Table:
+    """The rows of ``table`` whose ``column`` is one of ``ids`` (in table order)."""
+    if column not in table.column_names:
+        return table.slice(0, 0)
+    return table.filter(pc.is_in(table.column(column).cast(pa.string()), value_set=ids))
 
 
 def _by_reason(table: pa.Table, max_examples: int) -> list[dict[str, Any]]:
     """The first ``max_examples`` rows of each (stage, reason) of a reject table."""
-    seen: Counter = Counter()
-    idx = []
-    for i, k in enumerate(zip(column_values(table, "stage"), column_values(table, "reason"))):
-        if seen[k] < max_examples:
-            seen[k] += 1
-            idx.append(i)
-    return table.take(idx).to_pylist() if idx else []
+    if not {"stage", "reason"} <= set(table.column_names) or not table.num_rows:
+        return []
+    keys = pl.from_arrow(table.select(["stage", "reason"]))
+    assert isinstance(keys, pl.DataFrame)
+    first = keys.with_row_index("i").filter(
+        pl.int_range(pl.len()).over(["stage", "reason"]) < max_examples
+    )
+    return table.take(first["i"].to_arrow()).to_pylist()
 
 
 def _dropped_example(r: dict[str, Any], texts: _LineageTexts) -> dict[str, Any]:

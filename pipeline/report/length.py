@@ -11,8 +11,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from pipeline import conversation
-from pipeline.report.common import MAX_POINTS, Lineage, column_values, length_bias
+from pipeline.report.common import MAX_POINTS, Lineage, length_bias_of
 
 SHIFT_COLUMNS = ("pairs", "count", "chosen longer", "median chosen − rejected (chars)")
 
@@ -39,21 +38,14 @@ def section_length(
     label's orientation) and after (the published pairs)."""
     from pipeline.aggregate import length
 
-    def response(m: Any) -> str:  # the assistant side of a published response
-        return conversation.contents(m, ("assistant",)) or conversation.contents(m)
-
-    ch = [response(m) for m in column_values(data, "chosen")]
-    rj = [response(m) for m in column_values(data, "rejected")]
-    out = length_bias(zip(ch, rj))
-    pts = [(len(c), len(r)) for c, r in zip(ch, rj)]
-    step = max(1, math.ceil(len(pts) / MAX_POINTS))
-    out["points"] = [list(p) for p in pts[::step]]
+    lc, lr = _response_lengths(data, "chosen"), _response_lengths(data, "rejected")
+    out = length_bias_of(lc, lr)
+    step = max(1, math.ceil(lc.size / MAX_POINTS))
+    out["points"] = [[int(c), int(r)] for c, r in zip(lc[::step], lr[::step])]
     out.update(_length_stage_info((manifest or {}).get("stage_info") or {}))
-    out["after"] = length.length_shift(
-        np.array([c for c, _ in pts], dtype=float), np.array([r for _, r in pts], dtype=float)
-    )
+    out["after"] = length.length_shift(lc.astype(float), lr.astype(float))
     out["before"] = _before_curation(lin) if lin is not None else None
-    out["note"] = _length_note(out, pts)
+    out["note"] = _length_note(out, lc.size)
     return out
 
 
@@ -88,6 +80,29 @@ def _length_stage_info(info: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _response_lengths(data: pa.Table, name: str) -> np.ndarray:
+    """The length in characters of each published response: its assistant messages'
+    contents one per line, or all its messages' when those are empty (as
+    ``conversation.contents(m, ("assistant",)) or conversation.contents(m)``), by
+    columns."""
+    if name not in data.column_names:
+        return np.zeros(0, dtype=np.int64)
+    s = pl.Series(name, data.column(name))
+    if s.dtype == pl.String:
+        return s.fill_null("").str.len_chars().to_numpy().astype(np.int64)
+    content = pl.element().struct.field("content").fill_null("")
+    role = pl.element().struct.field("role")
+    assistant = s.list.eval(content.filter(role == "assistant")).list.join("\n")
+    every = s.list.eval(content).list.join("\n")
+    text = pl.select(
+        pl.when(assistant.fill_null("").str.len_chars() > 0)
+        .then(assistant)
+        .otherwise(every)
+        .fill_null("")
+    ).to_series()
+    return text.str.len_chars().to_numpy().astype(np.int64)
+
+
 def _before_curation(lin: Lineage) -> dict[str, Any] | None:
     """The chosen − rejected length distribution of the margins stage's pairs (None when
     those pairs or the candidates are no longer on disk)."""
@@ -106,14 +121,14 @@ def _before_curation(lin: Lineage) -> dict[str, Any] | None:
         return None
     lens = length.candidate_lengths(cands)
     return length.length_shift(
-        length.lookup(pl.Series(mp.column("chosen_id").to_pylist()), lens),
-        length.lookup(pl.Series(mp.column("rejected_id").to_pylist()), lens),
+        length.lookup(pl.Series("c", mp.column("chosen_id")), lens),
+        length.lookup(pl.Series("r", mp.column("rejected_id")), lens),
     )
 
 
-def _length_note(out: dict[str, Any], pts: list[tuple[int, int]]) -> str | None:
+def _length_note(out: dict[str, Any], n_pairs: int) -> str | None:
     notes = []
-    if not pts:
+    if not n_pairs:
         notes.append("no published pairs")
     if not out["annotators"]:
         notes.append(
