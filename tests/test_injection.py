@@ -257,3 +257,19 @@ def test_suspect_candidates_is_detect_on_every_text():
         if flagged:
             expected[f"c{i}"] = hits
     assert suspect_candidates(table) == expected
+
+
+def test_kept_before_counts_like_a_prefix_sum_across_chunk_edges():
+    """The skeletons' letter counts per text: a chunked cumulative sum equals the plain
+    prefix count at every offset, whatever the chunk size."""
+    import numpy as np
+
+    from pipeline.annotate.injection import _kept_before
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n = int(rng.integers(0, 200))
+        keep = rng.random(n) < 0.5
+        pos = np.sort(np.concatenate([[0], rng.integers(0, n + 1, 20), [n]])).astype(np.int64)
+        want = np.array([keep[:p].sum() for p in pos])
+        assert (_kept_before(keep, pos, chunk=int(rng.integers(1, 20))) == want).all()
