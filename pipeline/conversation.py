@@ -46,15 +46,22 @@ def contents_column(prompts: Any) -> list[str]:
     ...                            {"role": "assistant", "content": None}], None]))
     ['a\\n', '']
     """
+    return contents_series(prompts).to_list()
+
+
+def contents_series(column: Any, roles: tuple[str, ...] | None = None) -> Any:
+    """:func:`contents` (of ``roles`` only, when given) of every row of a column of
+    message lists, as a polars String series; a string column is returned as is (nulls
+    as "")."""
     import polars as pl
 
-    s = pl.Series("p", prompts)
-    return (
-        s.list.eval(pl.element().struct.field("content").fill_null(""))
-        .list.join("\n")
-        .fill_null("")
-        .to_list()
-    )
+    s = pl.Series("p", column)
+    if s.dtype == pl.String:
+        return s.fill_null("")
+    content = pl.element().struct.field("content").fill_null("")
+    if roles is not None:
+        content = content.filter(pl.element().struct.field("role").is_in(list(roles)))
+    return s.list.eval(content).list.join("\n").fill_null("")
 
 
 def contents(messages: Any, roles: tuple[str, ...] | None = None) -> str:

@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from pipeline import conversation
 from pipeline.report.common import MAX_POINTS, Lineage, length_bias_of
 
 SHIFT_COLUMNS = ("pairs", "count", "chosen longer", "median chosen − rejected (chars)")
@@ -87,18 +88,11 @@ def _response_lengths(data: pa.Table, name: str) -> np.ndarray:
     columns."""
     if name not in data.column_names:
         return np.zeros(0, dtype=np.int64)
-    s = pl.Series(name, data.column(name))
-    if s.dtype == pl.String:
-        return s.fill_null("").str.len_chars().to_numpy().astype(np.int64)
-    content = pl.element().struct.field("content").fill_null("")
-    role = pl.element().struct.field("role")
-    assistant = s.list.eval(content.filter(role == "assistant")).list.join("\n")
-    every = s.list.eval(content).list.join("\n")
+    col = data.column(name)
+    assistant = conversation.contents_series(col, ("assistant",))
+    every = conversation.contents_series(col)
     text = pl.select(
-        pl.when(assistant.fill_null("").str.len_chars() > 0)
-        .then(assistant)
-        .otherwise(every)
-        .fill_null("")
+        pl.when(assistant.str.len_chars() > 0).then(assistant).otherwise(every)
     ).to_series()
     return text.str.len_chars().to_numpy().astype(np.int64)
 
