@@ -7,8 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.report.common import flip_count, fmt
-from pipeline.report.html_tables import esc, html_table, kv_table, note, stats_table
+from pipeline.report.html_tables import esc, html_table, kv_table, note, stats_table, titled_table
 from pipeline.report.length import SHIFT_COLUMNS, shift_rows
+from pipeline.report.sections import stage_rows
 
 
 def section_html(key: str, rep: dict[str, Any]) -> str:
@@ -49,18 +50,7 @@ def _stages(s: dict[str, Any], rep: dict[str, Any]) -> list[str]:
     p.append(
         html_table(
             ["stage", "in", "kept", "out", "dropped by reason", "quarantined by reason", "reused"],
-            [
-                [
-                    r["stage"],
-                    r["in"],
-                    r["kept"],
-                    r["out"],
-                    r["dropped"],
-                    r["quarantined"],
-                    r["reused"],
-                ]
-                for r in s["rows"]
-            ],
+            stage_rows(s),
         )
     )
     if s["drop_reasons"]:
@@ -127,8 +117,7 @@ def _judges(s: dict[str, Any], rep: dict[str, Any]) -> list[str]:
                 ["#", *[str(j + 1) for j in range(k)]], [[i + 1, *a["n"][i]] for i in range(k)]
             )
         )
-    for t in s["tables"]:
-        p.append(f"<h3>{esc(t['title'])}</h3>" + html_table(t["columns"], t["rows"]))
+    p.extend(titled_table(t) for t in s["tables"])
     p.append(note(s["note"]))
     return p
 
@@ -299,8 +288,7 @@ def _noise(s: dict[str, Any], rep: dict[str, Any]) -> list[str]:
             }
         )
     )
-    for t in s["details"]:
-        p.append(f"<h3>{esc(t['title'])}</h3>" + html_table(t["columns"], t["rows"]))
+    p.extend(titled_table(t) for t in s["details"])
     p.append(note(s["note"]))
     return p
 
@@ -369,8 +357,7 @@ def _review(s: dict[str, Any], rep: dict[str, Any]) -> list[str]:
     p: list[str] = []
     if s["summary"] is not None:
         p.append(kv_table(s["summary"]))
-    for t in s["tables"]:
-        p.append(f"<h3>{esc(t['title'])}</h3>" + html_table(t["columns"], t["rows"]))
+    p.extend(titled_table(t) for t in s["tables"])
     p.append(note(s["note"]))
     return p
 

@@ -35,6 +35,12 @@ def html_table(columns: list[str], rows: list[list[Any]], text_cols: Iterable[st
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def titled_table(t: dict[str, Any]) -> str:
+    """A section's table given as data (``title``, ``columns``, ``rows``), with its
+    heading."""
+    return f"<h3>{esc(t['title'])}</h3>" + html_table(t["columns"], t["rows"])
+
+
 def stats_table(named: dict[str, dict[str, Any]]) -> str:
     keys = ["n", "nulls", "mean", "std", "min", "p05", "p25", "median", "p75", "p95", "max"]
     return html_table(["column", *keys], [[n, *[s.get(k) for k in keys]] for n, s in named.items()])

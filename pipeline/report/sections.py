@@ -132,6 +132,15 @@ def section_hygiene(manifest: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: The per-stage count columns both renderers show, in order (:func:`stage_rows`).
+STAGE_FIELDS = ("stage", "in", "kept", "out", "dropped", "quarantined", "reused")
+
+
+def stage_rows(section: dict[str, Any]) -> list[list[Any]]:
+    """The Stages section's table rows (:data:`STAGE_FIELDS`), for both renderers."""
+    return [[r[k] for k in STAGE_FIELDS] for r in section["rows"]]
+
+
 def section_stages(manifest: dict[str, Any]) -> dict[str, Any]:
     stages = manifest.get("stages") or {}
     order = list(manifest.get("stage_order") or stages.keys())

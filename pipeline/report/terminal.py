@@ -7,6 +7,7 @@ from typing import Any
 
 from pipeline.report.common import SECTIONS, flip_count, fmt, truncate
 from pipeline.report.length import SHIFT_COLUMNS, shift_rows
+from pipeline.report.sections import stage_rows
 
 log = logging.getLogger(f"prefcurate.{__name__}")
 
@@ -83,20 +84,7 @@ def _stages(console: Any, report: dict[str, Any]) -> None:
     st = report["stages"]
     console.print(
         _table(
-            None,
-            ["stage", "in", "kept", "out", "dropped", "quarantined", "reused"],
-            [
-                [
-                    r["stage"],
-                    r["in"],
-                    r["kept"],
-                    r["out"],
-                    r["dropped"],
-                    r["quarantined"],
-                    r["reused"],
-                ]
-                for r in st["rows"]
-            ],
+            None, ["stage", "in", "kept", "out", "dropped", "quarantined", "reused"], stage_rows(st)
         )
     )
 
