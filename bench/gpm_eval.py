@@ -105,7 +105,7 @@ from pipeline.gpm.annotate import annotate_gpm, select_uncertain_pairs  # noqa: 
 from pipeline.gpm.model import BTConfig  # noqa: E402
 from pipeline.gpm.train import train_bt, train_gpm  # noqa: E402
 from pipeline.margins import compute_margins  # noqa: E402
-from pipeline.selection import SelectConfig, select_pairs_budget  # noqa: E402
+from pipeline.selection import SUMMARY_KEYS, SelectConfig, select_pairs_budget  # noqa: E402
 from schemas.config import (  # noqa: E402
     DenoiseConfig,
     GPMConfig,  # noqa: E402
@@ -407,18 +407,7 @@ def budget_eval(seed: int, n_prompts: int, fraction: float = 0.3) -> dict[str, A
         "budget": _bt_accuracy(sim, sel.outputs["pairs"], seed),
         "random": _bt_accuracy(sim, rnd, seed),
         "quality_only": _bt_accuracy(sim, qual.outputs["pairs"], seed),
-        "select": {
-            k: sel.info[k]
-            for k in (
-                "quality_before",
-                "quality_after",
-                "coverage_before",
-                "coverage_after",
-                "prompts_before",
-                "prompts_after",
-                "select_seconds",
-            )
-        },
+        "select": {k: sel.info[k] for k in (*SUMMARY_KEYS, "select_seconds")},
         "select_quality_only": {
             k: qual.info[k] for k in ("quality_after", "coverage_after", "prompts_after")
         },

@@ -69,6 +69,16 @@ log = logging.getLogger("prefcurate.selection")
 STAGE = "select"
 STAGE_VERSION = 1
 BUDGET = Reason.BUDGET.value  # drop reason: cut to meet the budget
+#: The ``info`` figures that say what a selection did (the report and the benchmark show
+#: these): quality, coverage and prompts with a pair, before and after.
+SUMMARY_KEYS = (
+    "quality_before",
+    "quality_after",
+    "coverage_before",
+    "coverage_after",
+    "prompts_before",
+    "prompts_after",
+)
 
 
 def resolve_budget(budget: int | float | None, n: int) -> int:

@@ -22,6 +22,7 @@ from pipeline.report.common import (
     summarize,
     tabulate,
 )
+from pipeline.selection import SUMMARY_KEYS
 
 log = logging.getLogger(f"prefcurate.{__name__}")
 
@@ -325,16 +326,5 @@ def _noise_published(manifest: dict[str, Any], data: pa.Table) -> tuple[dict[str
     cyc = (sinfo.get("margins") or {}).get("cyclic")
     out["cyclic"] = cyc if isinstance(cyc, dict) else None  # GPM / panel intransitive prompts
     sel = sinfo.get("select") or {}
-    out["selection"] = {
-        k: sel[k]
-        for k in (
-            "quality_before",
-            "quality_after",
-            "coverage_before",
-            "coverage_after",
-            "prompts_before",
-            "prompts_after",
-        )
-        if k in sel
-    } or None
+    out["selection"] = {k: sel[k] for k in SUMMARY_KEYS if k in sel} or None
     return out, n_flip_data
