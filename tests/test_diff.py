@@ -9,6 +9,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from fake_run import FAKE_RUN
 from rich.console import Console
 from scipy.stats import ks_2samp
 
@@ -25,18 +26,12 @@ def _fake_cfg(root: Path) -> dict:
     return load_config(
         None,
         [
+            *FAKE_RUN,
             f"data_root={root}",
-            "name=fake-run",
             f"input.path={EXAMPLES / 'prompts.jsonl'}",
             "input.limit=4",
-            "generate.policies.0.model.engine=fake",
-            "generate.policies.0.model.model=fake-policy",
-            "judge.judges.0.model.engine=fake",
-            "judge.judges.0.model.model=fake-judge",
-            # the vote rules and a wide panel: many pairs to diff (the
-            # posterior default publishes few of a fake judge's pairs)
-            "judge.max_pairs_per_prompt=6",
-            "rubrics.judges=[]",
+            # the vote rules: many pairs to diff (the posterior default publishes few
+            # of a fake judge's pairs)
             "denoise.method=weights",
             "denoise.drop_below=0.5",
             "margins.p_source=votes",

@@ -12,6 +12,7 @@ from pathlib import Path
 import datasets
 import polars as pl
 import pytest
+from fake_run import FAKE_RUN
 
 from flows.curate import curate
 from pipeline.store import datasets as store
@@ -23,16 +24,10 @@ def _fake_cfg(tmp_path: Path, examples: Path, *extra: str):
     return load_config(
         None,
         [
+            *FAKE_RUN,
             f"data_root={tmp_path}",
-            "name=fake-run",
             f"input.path={examples / 'prompts.jsonl'}",
             "input.limit=4",
-            "generate.policies.0.model.engine=fake",
-            "generate.policies.0.model.model=fake-policy",
-            "judge.judges.0.model.engine=fake",
-            "judge.judges.0.model.model=fake-judge",
-            "judge.max_pairs_per_prompt=6",
-            "rubrics.judges=[]",
             *extra,
         ],
     )

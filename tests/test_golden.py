@@ -25,6 +25,7 @@ import json
 from pathlib import Path
 
 import pytest
+from fake_run import FAKE_RUN
 
 from flows.curate import curate
 from schemas.config import load_config
@@ -33,15 +34,6 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 _spec = importlib.util.spec_from_file_location("golden_pin", GOLDEN / "pin.py")
 pin = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(pin)
-FAKE = [
-    "name=fake-run",
-    "generate.policies.0.model.engine=fake",
-    "generate.policies.0.model.model=fake-policy",
-    "judge.judges.0.model.engine=fake",
-    "judge.judges.0.model.model=fake-judge",
-    "judge.max_pairs_per_prompt=6",
-    "rubrics.judges=[]",
-]
 
 
 def _pinned(name: str, table: str) -> list[dict]:
@@ -61,7 +53,7 @@ def test_golden_run_publishes_the_previous_paths_rows(tmp_path, examples, name):
         sets = [f"input.path={GOLDEN / 'pairs.jsonl'}"]
     else:
         config = None
-        sets = [*FAKE, f"input.path={examples / 'prompts.jsonl'}"]
+        sets = [*FAKE_RUN, f"input.path={examples / 'prompts.jsonl'}"]
     cfg = load_config(config, [*sets, f"data_root={tmp_path}"])
     version = Path(curate(cfg.model_dump(mode="json"))["path"])
     assert pin.counts(version) == json.loads((GOLDEN / f"{name}.counts.json").read_text())
