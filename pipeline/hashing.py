@@ -47,9 +47,10 @@ def stable_hash(*parts: Any, length: int = 16) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:length]
 
 
-def stable_hash_rows(*columns: Any, length: int = 16) -> list[str]:
+def stable_hash_rows(*columns: Any, length: int = 16, as_series: bool = False) -> Any:
     """:func:`stable_hash` of each row of equal-length string columns (polars Series or
-    sequences): the same ids, ~4× faster on 1M rows. The canonical JSON of rows whose
+    sequences): the same ids, ~4× faster on 1M rows; a list, or with ``as_series`` a polars
+    String Series (no Python strings: 0.1 s less on 1M rows). The canonical JSON of rows whose
     strings need no escaping is built by concatenation (vectorised); the rest (quotes,
     backslashes, control characters, nulls) go through :func:`stable_hash` itself.
 
@@ -68,9 +69,10 @@ def stable_hash_rows(*columns: Any, length: int = 16) -> list[str]:
     text = pl.concat_str(
         [pl.lit('["'), pl.concat_str([pl.col(c) for c in names], separator='","'), pl.lit('"]')]
     )
-    return hash_canonical(
+    out = hash_canonical(
         df, text, plain, lambda row: stable_hash(*row.values(), length=length), length
-    ).to_list()
+    )
+    return out if as_series else out.to_list()
 
 
 def hash_canonical(df: Any, text: Any, ok: Any, fallback: Any, length: int = 16) -> Any:

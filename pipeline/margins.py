@@ -157,6 +157,14 @@ def with_similarity(pairs: pa.Table, similarity: list[float | None], tau: float)
     return from_rows(rows, PAIRS, "pairs")
 
 
+def _score_of(ids: pl.Series, scores: pl.DataFrame) -> pl.Series:
+    """The score of each id (null where ``scores`` has none); a join of the id column
+    alone (joining the whole pairs frame gathers all its columns: 0.15 s more on 1M)."""
+    on = ids.name
+    right = scores.rename({"candidate_id": on})
+    return ids.to_frame().join(right, on=on, how="left", maintain_order="left")["score"]
+
+
 def compute_margins(comparisons: pa.Table, scores: pa.Table, cfg: MarginConfig) -> StageResult:
     """Orient every comparison and compute p̂, disagreement, margin, label status.
 
@@ -205,39 +213,27 @@ def compute_margins(comparisons: pa.Table, scores: pa.Table, cfg: MarginConfig) 
     df = df.with_columns(p_hat=pl.when(pl.col("_s") > 0).then(share))
     p = pl.col("p_hat")
     p_np = df["p_hat"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
-    df = (
-        df.with_columns(
-            disagreement=1.0 - (2.0 * p - 1.0).abs(),
-            margin=pl.Series(margin_array(p_np, cfg.lam, cfg.cap)).fill_nan(None),
-            weight=p,
-            label_status=pl.when(p.is_null())
-            .then(pl.lit("unknown"))
-            .when((p >= 0.5 + band) & (p > 0.5))
-            .then(pl.lit("agree"))
-            .when((p <= 0.5 - band) & (p < 0.5))
-            .then(pl.lit("contradicted"))
-            .otherwise(pl.lit("contested")),
-            flags=pl.when((pl.col("n_votes") > 0) & (pl.col("_nc") == pl.col("_nr")))
-            .then(pl.lit(["tie"], dtype=pl.List(pl.Utf8)))
-            .otherwise(pl.lit([], dtype=pl.List(pl.Utf8))),
-            similarity=pl.lit(None, pl.Float64),
-            decision=pl.lit("keep"),
-            reason=pl.lit(None, pl.Utf8),
-            curriculum_stage=pl.lit(None, pl.Int32),
-            split=pl.lit(None, pl.Utf8),
-        )
-        .join(
-            sc.rename({"candidate_id": "chosen_id", "score": "score_chosen"}),
-            on="chosen_id",
-            how="left",
-            maintain_order="left",
-        )
-        .join(
-            sc.rename({"candidate_id": "rejected_id", "score": "score_rejected"}),
-            on="rejected_id",
-            how="left",
-            maintain_order="left",
-        )
+    df = df.with_columns(
+        disagreement=1.0 - (2.0 * p - 1.0).abs(),
+        margin=pl.Series(margin_array(p_np, cfg.lam, cfg.cap)).fill_nan(None),
+        weight=p,
+        label_status=pl.when(p.is_null())
+        .then(pl.lit("unknown"))
+        .when((p >= 0.5 + band) & (p > 0.5))
+        .then(pl.lit("agree"))
+        .when((p <= 0.5 - band) & (p < 0.5))
+        .then(pl.lit("contradicted"))
+        .otherwise(pl.lit("contested")),
+        flags=pl.when((pl.col("n_votes") > 0) & (pl.col("_nc") == pl.col("_nr")))
+        .then(pl.lit(["tie"], dtype=pl.List(pl.Utf8)))
+        .otherwise(pl.lit([], dtype=pl.List(pl.Utf8))),
+        similarity=pl.lit(None, pl.Float64),
+        decision=pl.lit("keep"),
+        reason=pl.lit(None, pl.Utf8),
+        curriculum_stage=pl.lit(None, pl.Int32),
+        split=pl.lit(None, pl.Utf8),
+    ).with_columns(
+        score_chosen=_score_of(df["chosen_id"], sc), score_rejected=_score_of(df["rejected_id"], sc)
     )
     # plurality (seed 001): both responses good, the users split — a legitimate difference
     # of taste, not label noise
@@ -252,8 +248,8 @@ def compute_margins(comparisons: pa.Table, scores: pa.Table, cfg: MarginConfig) 
         .then(pl.col("flags").list.concat(pl.lit([PLURALITY], dtype=pl.List(pl.Utf8))))
         .otherwise(pl.col("flags"))
     )
-    ids = stable_hash_rows(df["source_id"], df["chosen_id"], df["rejected_id"])
-    df = df.with_columns(pair_id=pl.Series(ids, dtype=pl.Utf8))
+    ids = stable_hash_rows(df["source_id"], df["chosen_id"], df["rejected_id"], as_series=True)
+    df = df.with_columns(pair_id=ids)
     pairs = conform(df.select(PAIRS.names).to_arrow(), PAIRS, "pairs")
     counts = StageCounts(rows_in=comparisons.num_rows, kept=pairs.num_rows)
     n_plural = int(df["flags"].list.contains(PLURALITY).sum())

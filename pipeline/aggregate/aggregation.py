@@ -717,7 +717,9 @@ def label_correlated(
         loo = np.log(pa_) - np.log1p(-pa_) - own + lab_lo
         p0 = 1.0 / (1.0 + np.exp(-np.clip(loo, -50, 50)))
         e = confusion[:, :2, :] / confusion[:, :2, :].sum(axis=1, keepdims=True)
-        p = p0 * e[w, s, 0] + (1.0 - p0) * e[w, s, 1]
+        ws = w * 2 + s  # one flat gather per class instead of a 3-D fancy index
+        e0, e1 = e[:, :, 0].ravel()[ws], e[:, :, 1].ravel()[ws]
+        p = e1 + p0 * (e0 - e1)
     p = np.nan_to_num(p, nan=0.5)
     n_w = confusion.shape[0]
     agree = np.bincount(w, (y == s).astype(np.float64), n_w)

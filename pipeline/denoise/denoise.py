@@ -536,7 +536,7 @@ def _assemble(
     flipped = df.select("source_id", "rejected_id", "chosen_id").gather(flip_idx)
     new_ids = (
         pl.Series("_new", [None] * n, dtype=pl.Utf8).scatter(
-            flip_idx, pl.Series(stable_hash_rows(*flipped.get_columns()), dtype=pl.Utf8)
+            flip_idx, stable_hash_rows(*flipped.get_columns(), as_series=True)
         )
         if flip_idx.size
         else pl.repeat(None, n, dtype=pl.Utf8, eager=True).alias("_new")
