@@ -259,13 +259,13 @@ def run(
     if plan:  # after the same checks as a run: a config that cannot work fails here too
         _print_plan(cfg, as_json)
         return
-    from flows.curate import run_curation, set_progress_factory
+    from flows.curate import Runtime, run_curation
 
     prog = _RichProgress()
-    set_progress_factory(prog.factory)
+    runtime = Runtime(progress=prog.factory)  # this command's engines and progress bars
     t0 = time.time()
     try:
-        summary = run_curation(cfg.model_dump(mode="json"))
+        summary = run_curation(cfg.model_dump(mode="json"), runtime)
     except PrefcurateError as exc:
         prog.stop()
         _fail(exc)
@@ -281,10 +281,7 @@ def run(
         )
     finally:
         prog.stop()
-        set_progress_factory(None)
-        from flows.runtime import EnginePool
-
-        EnginePool.close_all()
+        runtime.close()
     summary["seconds"] = round(time.time() - t0, 1)
     if summary.get("partial"):
         err.print(
@@ -382,12 +379,8 @@ def judges_qualify(
         if gold is not None and not gold.exists():
             raise ConfigError(f"--gold {gold}: file not found")
         from flows.curate import qualify_run
-        from flows.runtime import EnginePool
 
-        try:
-            q = qualify_run(cfg.model_dump(mode="json"), str(gold) if gold else None)
-        finally:
-            EnginePool.close_all()
+        q = qualify_run(cfg.model_dump(mode="json"), str(gold) if gold else None)
     except PrefcurateError as exc:
         _fail(exc)
     if as_json:
@@ -650,10 +643,6 @@ def review_import(
         )
     except PrefcurateError as exc:
         _fail(exc)
-    finally:
-        from flows.runtime import EnginePool
-
-        EnginePool.close_all()
     if as_json:
         print(json.dumps(res, indent=2, default=str))
         return

@@ -14,10 +14,6 @@ runner) is :mod:`flows.runtime`; which pairs the judges see is
 from __future__ import annotations
 
 import logging
-import os
-import threading
-import uuid
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -27,18 +23,15 @@ from prefect.cache_policies import NO_CACHE
 
 import pipeline
 from flows.runtime import (
-    SECRETS,
     EnginePool,
     RunContext,
+    Runtime,
     call_models,
     calls_complete,
-    context,
     is_transient,
     new_context,
-    register,
     retry_transient,
     run_stage,
-    set_progress_factory,
     task_runner_for,
     usage_artifact,
 )
@@ -77,13 +70,13 @@ from schemas.tables import SCHEMAS, VOTES, schema_fingerprint
 
 __all__ = [
     "EnginePool",
+    "Runtime",
     "curate",
     "first_signal",
     "is_transient",
     "plan_judging",
     "qualify_run",
     "run_curation",
-    "set_progress_factory",
     "GPM_ROUND",
 ]
 
@@ -112,8 +105,7 @@ def model_task(name: str) -> Any:
     retry_delay_seconds=5,
     retry_condition_fn=retry_transient,
 )
-def ingest_task(run_id: str) -> StageOutput:
-    ctx = context(run_id)
+def ingest_task(ctx: RunContext) -> StageOutput:
     inp = ctx.cfg.input
     from pipeline.ingest import verifiable
 
@@ -143,12 +135,11 @@ def _hygiene_inputs(ing: StageOutput, pairs_input: bool) -> tuple[Any, Any, Any]
 
 
 @task(name="dedup", cache_policy=NO_CACHE)
-def dedup_task(run_id: str, ing: StageOutput) -> StageOutput:
+def dedup_task(ctx: RunContext, ing: StageOutput) -> StageOutput:
     """Prompts (and a pairs file's pairs) without duplicate and near-duplicate prompts;
     the same output names as ingest, so the stages after it read it in ingest's place."""
     from pipeline.hygiene import dedup
 
-    ctx = context(run_id)
     dcfg = ctx.cfg.dedup
 
     def compute() -> StageResult:
@@ -167,12 +158,11 @@ def dedup_task(run_id: str, ing: StageOutput) -> StageOutput:
 
 
 @task(name="decontaminate", cache_policy=NO_CACHE)
-def decontaminate_task(run_id: str, ing: StageOutput) -> StageOutput:
+def decontaminate_task(ctx: RunContext, ing: StageOutput) -> StageOutput:
     """Prompts (and a pairs file's pairs) without those that share a word n-gram with a
     benchmark item; the same output names as ingest."""
     from pipeline.hygiene import decontam
 
-    ctx = context(run_id)
     dcfg = ctx.cfg.decontaminate
     items, notes = decontam.resolve_benchmarks(dcfg.benchmarks, ctx.cfg.input.path)
     bench_hash = stable_hash([[i.benchmark, i.item_id, i.text] for i in items])
@@ -198,8 +188,7 @@ def decontaminate_task(run_id: str, ing: StageOutput) -> StageOutput:
 
 
 @model_task(name="generate")
-def generate_task(run_id: str, ingest: StageOutput) -> StageOutput:
-    ctx = context(run_id)
+def generate_task(ctx: RunContext, ingest: StageOutput) -> StageOutput:
     gcfg = ctx.cfg.generate
 
     def compute() -> StageResult:
@@ -279,11 +268,12 @@ def answer_shard(
     """Answer one shard of requests into the shared request cache (scale-out workers).
 
     Self-contained, so it runs in any worker process (Dask, Ray): it opens the cache file
-    and starts (or reuses) its own engine. The stage then finds every answer cached.
+    and starts its own engine, stopped when the shard is done (a worker process has no
+    runtime to keep it in). The stage then finds every answer cached.
     """
     spec = ModelSpec.model_validate(spec_json)
     cache = RequestCache(cache_path)
-    pool = EnginePool.shared(Path(cache_dir))
+    pool = EnginePool(Path(cache_dir))
     try:
         _, stats = run_cached(
             requests,
@@ -295,6 +285,7 @@ def answer_shard(
         )
     finally:
         cache.close()
+        pool.close()
     return stats.to_dict()
 
 
@@ -348,7 +339,7 @@ def _warm_in_shards(
 
 @model_task(name="judge")
 def judge_task(
-    run_id: str,
+    ctx: RunContext,
     prompts_src: StageOutput,
     cands_src: StageOutput,
     signal_srcs: list[StageOutput] | None = None,
@@ -359,7 +350,6 @@ def judge_task(
     """Judge the selected pairs; with ``seed_agg`` (round 1's aggregation), ``emb`` and
     ``round1`` (round 1's judge stage: its votes are the pairs judged already) this is round
     2 of ``pair_selection: gpm`` (stage ``judge_gpm``)."""
-    ctx = context(run_id)
     jcfg = ctx.cfg.judge
     signal_srcs = signal_srcs or []
 
@@ -430,10 +420,9 @@ def embeddings_enabled(cfg: RunConfig) -> bool:
     retry_delay_seconds=10,
     retry_condition_fn=retry_transient,
 )
-def embed_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -> StageOutput:
+def embed_task(ctx: RunContext, prompts_src: StageOutput, cands_src: StageOutput) -> StageOutput:
     from pipeline.embeddings import STAGE_VERSION, compute_embeddings
 
-    ctx = context(run_id)
     return run_stage(
         ctx,
         "embed",
@@ -450,11 +439,10 @@ def embed_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) ->
 
 
 @model_task(name="rubric")
-def rubric_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -> StageOutput:
+def rubric_task(ctx: RunContext, prompts_src: StageOutput, cands_src: StageOutput) -> StageOutput:
     from pipeline.annotate import rubrics
     from pipeline.annotate.judge_stats import compute_score_stats
 
-    ctx = context(run_id)
     rcfg = ctx.cfg.rubrics
     judges = ctx.cfg.rubric_judges()
 
@@ -499,13 +487,12 @@ def rubric_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -
 
 
 @model_task(name="reward")
-def reward_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -> StageOutput:
+def reward_task(ctx: RunContext, prompts_src: StageOutput, cands_src: StageOutput) -> StageOutput:
     import pyarrow as pa
 
     from pipeline.annotate import rewards
     from pipeline.annotate.judge_stats import compute_score_stats
 
-    ctx = context(run_id)
     wcfg = ctx.cfg.rewards
 
     def compute() -> StageResult:
@@ -557,12 +544,11 @@ def reward_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -
 
 @task(name="gpm", cache_policy=NO_CACHE)
 def gpm_task(
-    run_id: str, agg: StageOutput, cands_src: StageOutput, emb: StageOutput
+    ctx: RunContext, agg: StageOutput, cands_src: StageOutput, emb: StageOutput
 ) -> StageOutput:
     from pipeline.gpm.annotate import annotate_gpm
     from pipeline.gpm.model import STAGE_VERSION
 
-    ctx = context(run_id)
     return run_stage(
         ctx,
         "gpm",
@@ -580,10 +566,9 @@ def gpm_task(
 
 
 @task(name="select", cache_policy=NO_CACHE)
-def select_task(run_id: str, sel: StageOutput, emb: StageOutput) -> StageOutput:
+def select_task(ctx: RunContext, sel: StageOutput, emb: StageOutput) -> StageOutput:
     from pipeline.selection import STAGE_VERSION, select_pairs_budget
 
-    ctx = context(run_id)
     return run_stage(
         ctx,
         "select",
@@ -597,9 +582,8 @@ def select_task(run_id: str, sel: StageOutput, emb: StageOutput) -> StageOutput:
 
 
 @task(name="review", cache_policy=NO_CACHE)
-def review_task(run_id: str, cands: StageOutput) -> StageOutput:
+def review_task(ctx: RunContext, cands: StageOutput) -> StageOutput:
     """The reviewers' votes of ``review.votes``, checked against this run's candidates."""
-    ctx = context(run_id)
     files = list(ctx.cfg.review.votes)
 
     def compute() -> StageResult:
@@ -612,13 +596,12 @@ def review_task(run_id: str, cands: StageOutput) -> StageOutput:
 
 @task(name="aggregate", cache_policy=NO_CACHE)
 def aggregate_task(
-    run_id: str,
+    ctx: RunContext,
     vote_srcs: list[StageOutput],
     label_annotators: list[str],
     cands: StageOutput,
     stage: str = "aggregate",
 ) -> StageOutput:
-    ctx = context(run_id)
     import pyarrow as pa
 
     from pipeline.aggregate import length
@@ -659,11 +642,10 @@ def aggregate_task(
 
 
 @task(name="verify", cache_policy=NO_CACHE)
-def verify_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -> StageOutput:
+def verify_task(ctx: RunContext, prompts_src: StageOutput, cands_src: StageOutput) -> StageOutput:
     """Verifier annotators (answers, unit tests in a sandbox, format constraints)."""
     from pipeline.annotate import verify
 
-    ctx = context(run_id)
     return run_stage(
         ctx,
         "verify",
@@ -678,7 +660,7 @@ def verify_task(run_id: str, prompts_src: StageOutput, cands_src: StageOutput) -
 
 @task(name="margins", cache_policy=NO_CACHE)
 def margins_task(
-    run_id: str,
+    ctx: RunContext,
     agg: StageOutput,
     emb: StageOutput | None,
     cands: StageOutput,
@@ -686,7 +668,6 @@ def margins_task(
 ) -> StageOutput:
     from pipeline.annotate import injection
 
-    ctx = context(run_id)
     flag_truncated = ctx.cfg.input.kind == "prompts" and ctx.cfg.generate.on_truncated == "flag"
 
     def compute() -> StageResult:
@@ -745,13 +726,12 @@ def margins_task(
 
 @task(name="denoise", cache_policy=NO_CACHE)
 def denoise_task(
-    run_id: str,
+    ctx: RunContext,
     mar: StageOutput,
     emb: StageOutput | None,
     label_source: str | None,
     agg: StageOutput | None = None,
 ) -> StageOutput:
-    ctx = context(run_id)
     posterior = ctx.cfg.denoise.method == "posterior"
     peer_review = ctx.cfg.denoise.peer_review is True or (
         ctx.cfg.denoise.peer_review is None and not posterior
@@ -798,8 +778,7 @@ def denoise_task(
 
 
 @task(name="pairs", cache_policy=NO_CACHE)
-def pairs_task(run_id: str, den: StageOutput, cands: StageOutput) -> StageOutput:
-    ctx = context(run_id)
+def pairs_task(ctx: RunContext, den: StageOutput, cands: StageOutput) -> StageOutput:
     from pipeline.aggregate import length
 
     balance = ctx.cfg.pairs.length_balance is not None
@@ -829,7 +808,7 @@ def _stage_rows(outs: list[StageOutput]) -> dict[str, Any]:
     retry_condition_fn=retry_transient,
 )
 def publish_task(
-    run_id: str,
+    ctx: RunContext,
     ing: StageOutput,
     cands: StageOutput,
     sel: StageOutput,
@@ -838,7 +817,6 @@ def publish_task(
 ) -> dict[str, Any]:
     import pyarrow as pa
 
-    ctx = context(run_id)
     cfg = ctx.cfg
     prompts_t = ing.read("prompts")
     cand_t = cands.read("candidates")
@@ -957,129 +935,138 @@ def report_task(summary: dict[str, Any]) -> str:
 
 
 @flow(name="curate", log_prints=True)
-def curate(config: dict[str, Any], secrets_ref: str | None = None) -> dict[str, Any]:
+def curate(
+    config: dict[str, Any], secrets_ref: str | None = None, runtime: Runtime | None = None
+) -> dict[str, Any]:
     """Run one curation from a RunConfig (as a dict) and publish a dataset version.
 
     ``config`` is what Prefect stores in its database and shows: :func:`run_curation`
-    passes it redacted (:func:`schemas.config.split_secrets`) and keeps the secrets in this
-    process, under ``secrets_ref`` (Prefect stores even a pydantic ``SecretDict``
-    parameter in clear)."""
-    if secrets_ref is not None:
-        config = merge_secrets(config, SECRETS.pop(secrets_ref, {}))
-    cfg = RunConfig.model_validate(config)
-    store.validate_name(cfg.dataset_name)
-    for path in cfg.review.votes:  # a review that cannot be read fails before any model call
-        review_votes.read_votes_file(path)
-    run_id = stable_hash(datetime.now(timezone.utc).isoformat(), os.getpid(), threading.get_ident())
-    ctx = new_context(cfg)
-    register(run_id, ctx)
+    passes it redacted (:func:`schemas.config.split_secrets`) and keeps the secrets in
+    ``runtime``, under ``secrets_ref`` (Prefect stores even a pydantic ``SecretDict``
+    parameter in clear). ``runtime`` lends the engines and progress bars; without one
+    (a deployment's flow run) the run owns a fresh one and closes it."""
+    owned = runtime is None
+    rt = Runtime() if runtime is None else runtime
     try:
-        ing = ingest_task(run_id)
-        outs = [ing]
-        if cfg.dedup.enabled:  # before any model call: no call is spent on a duplicate
-            ing = dedup_task(run_id, ing)
-            outs.append(ing)
-        if cfg.decontaminate.enabled:  # ... nor on a benchmark's own question
-            ing = decontaminate_task(run_id, ing)
-            outs.append(ing)
-        partial: dict[str, int] = {}  # model stages with failed calls: rows quarantined
-        if cfg.input.kind == "prompts":
-            if cfg.runner.kind != "thread":
-                reqs = generation.build_generation_requests(
-                    ing.read("prompts"), list(cfg.generate.policies)
-                )
-                _warm_in_shards(
-                    ctx,
-                    "generate",
-                    [
-                        (p.model, [r.request for r in reqs if r.policy == p.name])
-                        for p in cfg.generate.policies
-                    ],
-                    cfg.generate.batch_size,
-                )
-            cands = generate_task(run_id, ing)
-            outs.append(cands)
-            check_outage(cands, cfg, partial)
-        else:
-            cands = ing
-        vote_srcs = [] if cfg.input.kind == "prompts" else [ing]
-        if cfg.verify.enabled is not False:
-            ver = verify_task(run_id, ing, cands)
-            outs.append(ver)
-            vote_srcs.append(ver)
-        # pointwise annotation first: it is also the cheap first signal for pair selection
-        score_srcs = []
-        if cfg.rubric_judges():
-            score_srcs.append(rubric_task(run_id, ing, cands))
-            check_outage(score_srcs[-1], cfg, partial)
-            vote_srcs.append(score_srcs[-1])  # Yes/No judges' pairwise votes
-        if cfg.rewards.models:
-            score_srcs.append(reward_task(run_id, ing, cands))
-            check_outage(score_srcs[-1], cfg, partial)
-        outs += score_srcs
-        signal = score_srcs if cfg.judge.pair_selection == "best_worst" else []
-        if cfg.judge.judges:
-            if cfg.runner.kind != "thread":
-                _, _, _, jreqs = plan_judging(
-                    cfg.judge,
-                    ing.read("prompts"),
-                    cands.read("candidates"),
-                    first_signal([t.read("scores") for t in signal]),
-                )
-                _warm_in_shards(
-                    ctx,
-                    "judge",
-                    [
-                        (
-                            j.model,
-                            [r.request for r in jreqs if r.annotator.startswith(j.name + "|")],
-                        )
-                        for j in cfg.judge.judges
-                    ],
-                    cfg.judge.batch_size,
-                )
-            jud = judge_task(run_id, ing, cands, signal)
-            outs.append(jud)
-            check_outage(jud, cfg, partial)
-            vote_srcs.append(jud)
-        if cfg.review.votes:  # reviewers' answers (prefcurate review import)
-            rev = review_task(run_id, cands)
-            outs.append(rev)
-            vote_srcs.append(rev)
-        emb = None
-        if embeddings_enabled(cfg):
-            emb = embed_task(run_id, ing, cands)
-            outs.append(emb)
-        labels = []
-        if cfg.input.kind == "pairs":
-            labels = sorted(set(ing.read("prompts").column("source").to_pylist()))
-        if cfg.judge.judges and cfg.judge.pair_selection == "gpm":
-            # round 2: a GPM head trained on round 1 chooses the pairs the judges see
-            seed = aggregate_task(run_id, vote_srcs, labels, cands, stage="aggregate_seed")
-            jud2 = judge_task(run_id, ing, cands, signal, seed, emb, jud)
-            outs += [seed, jud2]
-            vote_srcs.append(jud2)
-        agg = aggregate_task(run_id, vote_srcs, labels, cands)
-        outs.append(agg)
-        gp = None
-        if cfg.gpm.enabled:
-            gp = gpm_task(run_id, agg, cands, emb)
-            # the GPM is one more annotator: aggregate again with its votes
-            agg = aggregate_task(run_id, vote_srcs + [gp], labels, cands, stage="aggregate_gpm")
-            outs += [gp, agg]
-        mar = margins_task(run_id, agg, emb, cands, gp)
-        den = denoise_task(run_id, mar, emb, labels[0] if len(labels) == 1 else None, agg)
-        sel = pairs_task(run_id, den, cands)
-        outs += [mar, den, sel]
-        if cfg.select.budget is not None:
-            sel = select_task(run_id, sel, emb)
-            outs.append(sel)
-        summary = publish_task(run_id, ing, cands, sel, outs, partial)
-        summary["report"] = report_task(summary)
-        return summary
+        if secrets_ref is not None:
+            config = merge_secrets(config, rt.take_secrets(secrets_ref))
+        cfg = RunConfig.model_validate(config)
+        store.validate_name(cfg.dataset_name)
+        for path in cfg.review.votes:  # a review that cannot be read fails before any call
+            review_votes.read_votes_file(path)
+        ctx = new_context(cfg, rt)
+        try:
+            return _curate(ctx)
+        finally:
+            ctx.cache.close()
     finally:
-        ctx.cache.close()
-        register(run_id, None)
+        if owned:
+            rt.close()
+
+
+def _curate(ctx: RunContext) -> dict[str, Any]:
+    """The flow's DAG: which stages run, in what order, on what inputs."""
+    cfg = ctx.cfg
+    ing = ingest_task(ctx)
+    outs = [ing]
+    if cfg.dedup.enabled:  # before any model call: no call is spent on a duplicate
+        ing = dedup_task(ctx, ing)
+        outs.append(ing)
+    if cfg.decontaminate.enabled:  # ... nor on a benchmark's own question
+        ing = decontaminate_task(ctx, ing)
+        outs.append(ing)
+    partial: dict[str, int] = {}  # model stages with failed calls: rows quarantined
+    if cfg.input.kind == "prompts":
+        if cfg.runner.kind != "thread":
+            reqs = generation.build_generation_requests(
+                ing.read("prompts"), list(cfg.generate.policies)
+            )
+            _warm_in_shards(
+                ctx,
+                "generate",
+                [
+                    (p.model, [r.request for r in reqs if r.policy == p.name])
+                    for p in cfg.generate.policies
+                ],
+                cfg.generate.batch_size,
+            )
+        cands = generate_task(ctx, ing)
+        outs.append(cands)
+        check_outage(cands, cfg, partial)
+    else:
+        cands = ing
+    vote_srcs = [] if cfg.input.kind == "prompts" else [ing]
+    if cfg.verify.enabled is not False:
+        ver = verify_task(ctx, ing, cands)
+        outs.append(ver)
+        vote_srcs.append(ver)
+    # pointwise annotation first: it is also the cheap first signal for pair selection
+    score_srcs = []
+    if cfg.rubric_judges():
+        score_srcs.append(rubric_task(ctx, ing, cands))
+        check_outage(score_srcs[-1], cfg, partial)
+        vote_srcs.append(score_srcs[-1])  # Yes/No judges' pairwise votes
+    if cfg.rewards.models:
+        score_srcs.append(reward_task(ctx, ing, cands))
+        check_outage(score_srcs[-1], cfg, partial)
+    outs += score_srcs
+    signal = score_srcs if cfg.judge.pair_selection == "best_worst" else []
+    if cfg.judge.judges:
+        if cfg.runner.kind != "thread":
+            _, _, _, jreqs = plan_judging(
+                cfg.judge,
+                ing.read("prompts"),
+                cands.read("candidates"),
+                first_signal([t.read("scores") for t in signal]),
+            )
+            _warm_in_shards(
+                ctx,
+                "judge",
+                [
+                    (j.model, [r.request for r in jreqs if r.annotator.startswith(j.name + "|")])
+                    for j in cfg.judge.judges
+                ],
+                cfg.judge.batch_size,
+            )
+        jud = judge_task(ctx, ing, cands, signal)
+        outs.append(jud)
+        check_outage(jud, cfg, partial)
+        vote_srcs.append(jud)
+    if cfg.review.votes:  # reviewers' answers (prefcurate review import)
+        rev = review_task(ctx, cands)
+        outs.append(rev)
+        vote_srcs.append(rev)
+    emb = None
+    if embeddings_enabled(cfg):
+        emb = embed_task(ctx, ing, cands)
+        outs.append(emb)
+    labels = []
+    if cfg.input.kind == "pairs":
+        labels = sorted(set(ing.read("prompts").column("source").to_pylist()))
+    if cfg.judge.judges and cfg.judge.pair_selection == "gpm":
+        # round 2: a GPM head trained on round 1 chooses the pairs the judges see
+        seed = aggregate_task(ctx, vote_srcs, labels, cands, stage="aggregate_seed")
+        jud2 = judge_task(ctx, ing, cands, signal, seed, emb, jud)
+        outs += [seed, jud2]
+        vote_srcs.append(jud2)
+    agg = aggregate_task(ctx, vote_srcs, labels, cands)
+    outs.append(agg)
+    gp = None
+    if cfg.gpm.enabled:
+        gp = gpm_task(ctx, agg, cands, emb)
+        # the GPM is one more annotator: aggregate again with its votes
+        agg = aggregate_task(ctx, vote_srcs + [gp], labels, cands, stage="aggregate_gpm")
+        outs += [gp, agg]
+    mar = margins_task(ctx, agg, emb, cands, gp)
+    den = denoise_task(ctx, mar, emb, labels[0] if len(labels) == 1 else None, agg)
+    sel = pairs_task(ctx, den, cands)
+    outs += [mar, den, sel]
+    if cfg.select.budget is not None:
+        sel = select_task(ctx, sel, emb)
+        outs.append(sel)
+    summary = publish_task(ctx, ing, cands, sel, outs, partial)
+    summary["report"] = report_task(summary)
+    return summary
 
 
 def _model_maps(cfg: RunConfig) -> dict[str, dict[str, str] | None]:
@@ -1093,35 +1080,36 @@ def _model_maps(cfg: RunConfig) -> dict[str, dict[str, str] | None]:
     return {"judge_models": judges, "policy_models": policies}
 
 
-def qualify_run(config: dict[str, Any], gold: str | None = None) -> dict[str, Any]:
+def qualify_run(
+    config: dict[str, Any], gold: str | None = None, runtime: Runtime | None = None
+) -> dict[str, Any]:
     """Judge qualification without publishing: the config's judges (pairwise and Yes/No)
     on a qualification set, and the table of :func:`qualify_judges`.
 
     The set: with ``gold`` (a pairs file whose ``chosen`` is right), its pairs, the file's
     label as the gold annotator; else the config's input, generated and verified, and the
     pairs a verifier decided. Finished stages and model calls are reused like a run's
-    (the stages live under ``runs/<name>-qualify``)."""
+    (the stages live under ``runs/<name>-qualify``). ``runtime`` as for :func:`curate`."""
     cfg = RunConfig.model_validate(config)
     if gold is not None:
         cfg = cfg.model_copy(
             update={"input": cfg.input.model_copy(update={"kind": "pairs", "path": gold})}
         )
     cfg = cfg.model_copy(update={"name": f"{cfg.dataset_name}-qualify"[:100]})
-    run_id = stable_hash("qualify", datetime.now(timezone.utc).isoformat(), os.getpid())
-    ctx = new_context(cfg)
-    register(run_id, ctx)
+    rt = Runtime() if runtime is None else runtime
+    ctx = new_context(cfg, rt)
     try:
-        ing = ingest_task(run_id)
-        cands = generate_task(run_id, ing) if cfg.input.kind == "prompts" else ing
-        srcs = [verify_task(run_id, ing, cands)]
+        ing = ingest_task(ctx)
+        cands = generate_task(ctx, ing) if cfg.input.kind == "prompts" else ing
+        srcs = [verify_task(ctx, ing, cands)]
         labels: list[str] = []
         if cfg.input.kind == "pairs":
             srcs.append(ing)
             labels = sorted(set(ing.read("prompts").column("source").to_pylist()))
         if cfg.rubric_judges():
-            srcs.append(rubric_task(run_id, ing, cands))
+            srcs.append(rubric_task(ctx, ing, cands))
         if cfg.judge.judges:
-            srcs.append(judge_task(run_id, ing, cands, []))
+            srcs.append(judge_task(ctx, ing, cands, []))
         import pyarrow as pa
 
         votes = pa.concat_tables([s.read("votes") for s in srcs])
@@ -1131,11 +1119,13 @@ def qualify_run(config: dict[str, Any], gold: str | None = None) -> dict[str, An
         return out
     finally:
         ctx.cache.close()
-        register(run_id, None)
+        if runtime is None:
+            rt.close()
 
 
-def run_curation(config: dict[str, Any]) -> dict[str, Any]:
-    """Run ``curate`` with the task runner its config asks for."""
+def run_curation(config: dict[str, Any], runtime: Runtime | None = None) -> dict[str, Any]:
+    """Run ``curate`` with the task runner its config asks for; ``runtime`` as for
+    :func:`curate` (without one, a fresh one for this run, closed after it)."""
     cfg = RunConfig.model_validate(config)
     flow_ = (
         curate
@@ -1143,12 +1133,12 @@ def run_curation(config: dict[str, Any]) -> dict[str, Any]:
         else curate.with_options(task_runner=task_runner_for(cfg.runner.kind, cfg.runner.workers))
     )
     public, secrets = split_secrets(cfg.model_dump(mode="json"))
-    ref = None
-    if secrets:
-        ref = uuid.uuid4().hex
-        SECRETS[ref] = secrets
+    rt = Runtime() if runtime is None else runtime
+    ref = rt.keep_secrets(secrets) if secrets else None
     try:
-        return flow_(public, ref)
+        return flow_(public, ref, rt)
     finally:
         if ref is not None:
-            SECRETS.pop(ref, None)
+            rt.take_secrets(ref)  # a flow that failed before taking them
+        if runtime is None:
+            rt.close()

@@ -1,13 +1,16 @@
-"""The run's runtime: the engine pool, the run context (config, stage store, request
-cache, engines, progress) and the stage machinery every task goes through (key, reuse,
-compute, write), the retry rule, and the task runner. ``flows.curate`` holds the tasks and
-the flow."""
+"""The run's runtime: the :class:`Runtime` a process lends its runs (engine pools,
+progress bars, secrets; owned by the CLI, a worker or a test session and passed in
+explicitly — no module-level registries), the per-run :class:`RunContext` (config, stage
+store, request cache, engines, progress) every task receives, the stage machinery every
+task goes through (key, reuse, compute, write), the retry rule, and the task runner.
+``flows.curate`` holds the tasks and the flow."""
 
 from __future__ import annotations
 
 import errno
 import logging
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,19 +39,8 @@ log = logging.getLogger("prefcurate")
 
 
 class EnginePool:
-    """One engine per model spec, started on first need and shared by every flow run in
-    this process (tests and long-lived workers pay the engine start once)."""
-
-    _shared: dict[str, "EnginePool"] = {}
-    _shared_lock = threading.Lock()
-
-    @classmethod
-    def shared(cls, cache_dir: Path) -> "EnginePool":
-        with cls._shared_lock:
-            key = str(Path(cache_dir).resolve())
-            if key not in cls._shared:
-                cls._shared[key] = cls(cache_dir)
-            return cls._shared[key]
+    """One engine per model spec, started on first need and shared by every run given the
+    same :class:`Runtime` (tests and long-lived workers pay the engine start once)."""
 
     def __init__(self, cache_dir: Path):
         self.cache_dir = cache_dir
@@ -71,13 +63,6 @@ class EnginePool:
                 if close:
                     close()
             self._engines.clear()
-
-    @classmethod
-    def close_all(cls) -> None:
-        with cls._shared_lock:
-            for pool in cls._shared.values():
-                pool.close()
-            cls._shared.clear()
 
     def _build(self, spec: ModelSpec) -> Engine:
         if spec.engine == "fake":
@@ -114,13 +99,70 @@ class EnginePool:
         raise ConfigError(f"unknown engine '{spec.engine}'")
 
 
+ProgressFactory = Callable[[str, int], Callable[[int], None]]
+
+
+class Runtime:
+    """What one process lends the runs it starts, passed to them explicitly: the engine
+    pools (one per model cache folder; an engine starts on first need and serves every
+    later run given this runtime), the progress-bar factory, and the secrets of the runs
+    it starts (kept out of Prefect, which stores a flow's parameters in clear).
+
+    Owned by whoever starts runs — the CLI command, a deployment's flow run, a test
+    session — and closed by it (:meth:`close` stops the engines). It has no ``__dict__``
+    (``__slots__``), so Prefect records it as the placeholder ``<Runtime>`` instead of
+    walking into engines and handles."""
+
+    __slots__ = ("progress", "_pools", "_secrets", "_lock")
+
+    def __init__(self, progress: ProgressFactory | None = None) -> None:
+        self.progress = progress
+        self._pools: dict[str, EnginePool] = {}
+        self._secrets: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def __reduce__(self) -> tuple[type, tuple]:
+        """A runtime does not travel: Prefect pickles the flow run's context (its
+        parameters included) for process-based task runners (Dask, Ray), and what arrives
+        there is an empty runtime, not engines, locks or secrets."""
+        return (Runtime, ())
+
+    def pool(self, cache_dir: Path) -> EnginePool:
+        """The engine pool of the model cache folder ``cache_dir``."""
+        key = str(Path(cache_dir).resolve())
+        with self._lock:
+            if key not in self._pools:
+                self._pools[key] = EnginePool(Path(cache_dir))
+            return self._pools[key]
+
+    def keep_secrets(self, secrets: dict[str, Any]) -> str:
+        """Hold a run's secrets until its flow takes them; the reference to pass it."""
+        ref = uuid.uuid4().hex
+        with self._lock:
+            self._secrets[ref] = secrets
+        return ref
+
+    def take_secrets(self, ref: str) -> dict[str, Any]:
+        """The secrets kept under ``ref`` (once: they are forgotten here)."""
+        with self._lock:
+            return self._secrets.pop(ref, {})
+
+    def close(self) -> None:
+        """Stop every engine this runtime started."""
+        with self._lock:
+            pools, self._pools = list(self._pools.values()), {}
+            self._secrets.clear()
+        for pool in pools:
+            pool.close()
+
+
 @dataclass
 class RunContext:
     cfg: RunConfig
     stages: StageStore
     cache: RequestCache
     engines: EnginePool
-    progress: Callable[[str, int], Callable[[int], None]] | None = None
+    progress: ProgressFactory | None = None
     # the model calls of this run by stage and model (a stage reused whole: all saved)
     usage: dict[str, dict[str, CallStats]] = field(default_factory=dict)
     budget: Budget | None = None
@@ -135,24 +177,9 @@ class RunContext:
         return self.engines.get(spec)
 
 
-_CONTEXTS: dict[str, RunContext] = {}
-
-
-def context(run_id: str) -> RunContext:
-    return _CONTEXTS[run_id]
-
-
-def register(run_id: str, ctx: RunContext | None) -> None:
-    """Keep (or forget) a run's context. The flow body only calls functions, never touches
-    module state directly: Prefect pickles the flow function for remote task runners, and
-    by-value pickling would drag the state (SQLite handles, engines) along."""
-    if ctx is None:
-        _CONTEXTS.pop(run_id, None)
-    else:
-        _CONTEXTS[run_id] = ctx
-
-
-def new_context(cfg: RunConfig) -> RunContext:
+def new_context(cfg: RunConfig, runtime: Runtime) -> RunContext:
+    """The context of one run of ``cfg``: its stage store and request cache, and the
+    engines and progress bars of ``runtime``."""
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     for folder in (
         Path(cfg.data_root) / "runs" / cfg.dataset_name / "stages",
@@ -163,8 +190,8 @@ def new_context(cfg: RunConfig) -> RunContext:
         cfg=cfg,
         stages=StageStore(Path(cfg.data_root) / "runs" / cfg.dataset_name),
         cache=RequestCache(request_cache_path(cfg.data_root)),
-        engines=EnginePool.shared(cache_dir),
-        progress=PROGRESS.get("factory"),
+        engines=runtime.pool(cache_dir),
+        progress=runtime.progress,
         budget=Budget(cfg.budget, dict(cfg.cost.prices)) if cfg.budget.on() else None,
     )
 
@@ -248,18 +275,20 @@ def calls_complete(result: StageResult) -> bool:
     return not failed and not (result.info.get("calls") or {}).get("over_budget", 0)
 
 
-_TRANSIENT_ERRNOS = {
-    errno.EAGAIN,
-    errno.EBUSY,
-    errno.ETIMEDOUT,
-    errno.ECONNRESET,
-    errno.ECONNREFUSED,
-    errno.ECONNABORTED,
-    errno.EPIPE,
-    errno.EINTR,
-    errno.ENETUNREACH,
-    errno.EHOSTUNREACH,
-}
+_TRANSIENT_ERRNOS = frozenset(
+    {
+        errno.EAGAIN,
+        errno.EBUSY,
+        errno.ETIMEDOUT,
+        errno.ECONNRESET,
+        errno.ECONNREFUSED,
+        errno.ECONNABORTED,
+        errno.EPIPE,
+        errno.EINTR,
+        errno.ENETUNREACH,
+        errno.EHOSTUNREACH,
+    }
+)
 
 
 def is_transient(exc: BaseException | None) -> bool:
@@ -366,18 +395,3 @@ def task_runner_for(kind: str, workers: int) -> Any:
             raise ConfigError("runner 'ray' needs prefect-ray: pip install prefect-ray") from exc
         return RayTaskRunner()
     raise ConfigError(f"unknown runner '{kind}' (thread, dask, ray)")
-
-
-# secrets of the runs started by run_curation in this process, never given to Prefect
-SECRETS: dict[str, dict[str, Any]] = {}
-
-
-# The CLI installs a rich progress factory here; tests and library users may leave it out.
-PROGRESS: dict[str, Callable[[str, int], Callable[[int], None]]] = {}
-
-
-def set_progress_factory(factory: Callable[[str, int], Callable[[int], None]] | None) -> None:
-    if factory is None:
-        PROGRESS.pop("factory", None)
-    else:
-        PROGRESS["factory"] = factory

@@ -30,20 +30,21 @@ def examples() -> Path:
 
 
 @pytest.fixture(scope="session")
-def smollm2_engine():
-    """The embedded SmolLM2 vLLM engine, started once for the whole test session (the flow
-    runs in the tests reuse the same instance through EnginePool.shared)."""
-    from flows.runtime import EnginePool
+def runtime():
+    """One runtime for the whole test session: the flow runs given it share its engines
+    (one engine start for every test that needs the real one); closed at the end."""
+    from flows.runtime import Runtime
+
+    rt = Runtime()
+    yield rt
+    rt.close()
+
+
+@pytest.fixture(scope="session")
+def smollm2_engine(runtime):
+    """The embedded SmolLM2 vLLM engine, started once for the whole test session (flow runs
+    given the session's ``runtime`` reuse the same instance)."""
     from pipeline.engines.embedded import default_cache_dir
     from schemas.config import ModelSpec
 
-    return EnginePool.shared(default_cache_dir()).get(ModelSpec())
-
-
-def pytest_sessionfinish(session, exitstatus):
-    """Stop engines started by the tests before the interpreter tears logging down."""
-    import sys
-
-    mod = sys.modules.get("flows.runtime")
-    if mod is not None:
-        mod.EnginePool.close_all()
+    return runtime.pool(default_cache_dir()).get(ModelSpec())

@@ -1,6 +1,6 @@
 """The real engine: SmolLM2-135M-Instruct (embedded default) through vLLM's offline engine.
 
-One engine start is shared by every test here (EnginePool.shared keeps it for the process).
+One engine start is shared by every test here (the session's runtime keeps it: conftest.py).
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ def _cfg(root: Path):
     )
 
 
-def test_end_to_end_two_prompts_real_engine(tmp_path, engine):
-    summary = curate(_cfg(tmp_path).model_dump(mode="json"))
+def test_end_to_end_two_prompts_real_engine(tmp_path, engine, runtime):
+    summary = curate(_cfg(tmp_path).model_dump(mode="json"), runtime=runtime)
     assert summary["created"] and summary["version"] == 1
     assert summary["calls"]["generate"]["made"] == 2
     assert summary["calls"]["judge"]["made"] == 2 * 1 * 2  # 2 prompts x 1 pair x 2 orders
@@ -61,7 +61,7 @@ def test_end_to_end_two_prompts_real_engine(tmp_path, engine):
     assert row["chosen"][0]["content"].strip() and row["rejected"][0]["content"].strip()
     assert row["chosen"] != row["rejected"] and row["margin"] >= 0
 
-    again = curate(_cfg(tmp_path).model_dump(mode="json"))
+    again = curate(_cfg(tmp_path).model_dump(mode="json"), runtime=runtime)
     assert again["created"] is False and again["version"] == 1
     assert all(c["reused"] for c in again["stages"].values())
 
@@ -98,7 +98,7 @@ def test_judge_structured_output_and_logprobs(engine):
     assert p is not None and 0.0 <= p <= 1.0
 
 
-def test_prompt_longer_than_context_is_quarantined(tmp_path, engine):
+def test_prompt_longer_than_context_is_quarantined(tmp_path, engine, runtime):
     long = tmp_path / "long.jsonl"
     long.write_text('{"prompt": "hello"}\n{"prompt": "' + "word " * 3000 + '"}\n')
     summary = curate(
@@ -111,14 +111,15 @@ def test_prompt_longer_than_context_is_quarantined(tmp_path, engine):
                 "generate.policies.0.n=2",
                 "generate.policies.0.max_tokens=16",
             ],
-        ).model_dump(mode="json")
+        ).model_dump(mode="json"),
+        runtime=runtime,
     )
     gen = summary["stages"]["generate"]
     assert gen["quarantined"] == {"prompt_too_long": 2}
     assert gen["kept"] + sum(gen["dropped"].values()) == 2
 
 
-def test_two_turn_mtbench_real_engine(tmp_path, engine):
+def test_two_turn_mtbench_real_engine(tmp_path, engine, runtime):
     """MT-Bench with its second turn: each candidate answers the follow-up in its own
     context, and the published sides hold both turns."""
     cfg = load_config(
@@ -135,7 +136,7 @@ def test_two_turn_mtbench_real_engine(tmp_path, engine):
             "denoise.drop_below=0.0",
         ],
     )
-    summary = curate(cfg.model_dump(mode="json"))
+    summary = curate(cfg.model_dump(mode="json"), runtime=runtime)
     assert summary["calls"]["generate"]["made"] == 1 + 2  # one prompt, then each candidate
     ds = datasets.load_from_disk(str(Path(summary["path"]) / "data"))
     assert ds.num_rows >= 1
