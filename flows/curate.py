@@ -35,13 +35,10 @@ from flows.runtime import (
     task_runner_for,
     usage_artifact,
 )
-from pipeline import generation, margins, pairs
-from pipeline.aggregate import aggregation
-from pipeline.annotate import judging, qualify
+from pipeline import generation, pairs, run_stages
+from pipeline.annotate import judging
 from pipeline.annotate.planning import GPM_ROUND, first_signal, plan_judging
 from pipeline.annotate.qualify import qualify_judges
-from pipeline.chain import aggregate_kwargs, denoise_p_model, gold_prefix
-from pipeline.denoise import denoise
 from pipeline.engines import usage
 from pipeline.engines.base import (
     CallStats,
@@ -66,7 +63,7 @@ from schemas.config import (
     split_secrets,
 )
 from schemas.errors import EngineError
-from schemas.tables import SCHEMAS, VOTES, schema_fingerprint
+from schemas.tables import SCHEMAS, schema_fingerprint
 
 __all__ = [
     "EnginePool",
@@ -602,42 +599,20 @@ def aggregate_task(
     cands: StageOutput,
     stage: str = "aggregate",
 ) -> StageOutput:
-    import pyarrow as pa
-
-    from pipeline.aggregate import length
-
-    lengths_on = ctx.cfg.aggregate.length_control != "off"
-    gold = gold_prefix(ctx.cfg)  # reviewers as gold anchors (review.anchor)
-
-    def compute() -> StageResult:
-        tables = [s.read("votes") for s in vote_srcs]
-        votes = pa.concat_tables(tables) if tables else VOTES.empty_table()
-        lengths = length.candidate_lengths(cands.read("candidates")) if lengths_on else None
-        res = aggregation.aggregate_votes(
-            votes,
-            label_annotators=set(label_annotators),
-            lengths=lengths,
-            gold_prefix=gold,
-            **aggregate_kwargs(ctx.cfg.aggregate),
-        )
-        qual = qualify_judges(votes, exclude=label_annotators, **_model_maps(ctx.cfg))
-        if qual["gold_pairs"]:
-            res.info["judge_qualification"] = qual
-        return res
-
-    versions = [aggregation.STAGE_VERSION, qualify.STAGE_VERSION]
-    inputs = [s.output_hash for s in vote_srcs]
-    if lengths_on:
-        versions.append(length.STAGE_VERSION)
-        inputs.append(cands.output_hash)
+    lengths_on = ctx.cfg.aggregate.length_control != "off"  # the candidates' lengths
+    versions, part = run_stages.aggregate_key(ctx.cfg, label_annotators)
     return run_stage(
         ctx,
         stage,
         versions,
-        [ctx.cfg.aggregate.model_dump(mode="json"), sorted(label_annotators)]
-        + ([{"gold_prefix": gold}] if gold else []),
-        inputs,
-        compute,
+        part,
+        [s.output_hash for s in vote_srcs] + ([cands.output_hash] if lengths_on else []),
+        lambda: run_stages.aggregate_stage(
+            [s.read("votes") for s in vote_srcs],
+            cands.read("candidates") if lengths_on else None,
+            ctx.cfg,
+            label_annotators,
+        ),
     )
 
 
@@ -666,61 +641,22 @@ def margins_task(
     cands: StageOutput,
     gpm: StageOutput | None = None,
 ) -> StageOutput:
-    from pipeline.annotate import injection
-
-    flag_truncated = ctx.cfg.input.kind == "prompts" and ctx.cfg.generate.on_truncated == "flag"
-
-    def compute() -> StageResult:
-        res = margins.compute_margins(agg.read("comparisons"), agg.read("scores"), ctx.cfg.margins)
-        # text aimed at the judge: its pairs are flagged (with or without judges)
-        suspects = injection.suspect_candidates(cands.read("candidates"))
-        res.outputs["pairs"], n_flagged = injection.flag_pairs(res.outputs["pairs"], suspects)
-        res.info["injection_suspects"] = {
-            "candidates": len(suspects),
-            "pairs": n_flagged,
-            "examples": dict(list(suspects.items())[:20]),
-        }
-        if flag_truncated:  # generate.on_truncated: flag
-            res.outputs["pairs"], res.info["truncated_pairs"] = generation.flag_truncated_pairs(
-                res.outputs["pairs"], cands.read("candidates")
-            )
-        if gpm is not None:
-            from pipeline.gpm.cycles import flag_cyclic_pairs, flag_cyclic_prompts
-
-            cyc = flag_cyclic_prompts(gpm.read("cycles"))
-            res.outputs["pairs"] = flag_cyclic_pairs(res.outputs["pairs"], cyc)
-            res.info["cyclic"] = cyc.counts
-        if emb is not None:
-            from pipeline.embeddings import cosine_similarity_pairs
-
-            pairs_t = res.outputs["pairs"]
-            sims = cosine_similarity_pairs(emb.read("candidate_embeddings"), pairs_t)
-            res.outputs["pairs"] = margins.with_similarity(
-                pairs_t, sims, ctx.cfg.margins.indistinguishable_tau
-            )
-            res.info["indistinguishable"] = sum(
-                "indistinguishable" in f for f in res.outputs["pairs"].column("flags").to_pylist()
-            )
-        return res
-
-    # every pipeline function the task calls is part of its key
-    versions = [margins.STAGE_VERSION, injection.STAGE_VERSION]
-    if gpm is not None:
-        from pipeline.gpm.model import STAGE_VERSION as GPM_VERSION
-
-        versions.append(GPM_VERSION)
+    versions, part = run_stages.margins_key(ctx.cfg, gpm is not None)
+    extra = [o for o in (emb, gpm) if o is not None]
     return run_stage(
         ctx,
         "margins",
         versions,
-        # (flag mode changes the output for the same candidates: part of the key then)
-        [ctx.cfg.margins.model_dump(mode="json"), "flag_truncated"]
-        if flag_truncated
-        else ctx.cfg.margins.model_dump(mode="json"),
-        [agg.output_hash, cands.output_hash]
-        + ([emb.output_hash] if emb is not None else [])
-        + ([gpm.output_hash] if gpm is not None else []),
-        compute,
+        part,
+        [agg.output_hash, cands.output_hash] + [o.output_hash for o in extra],
+        lambda: run_stages.margins_stage(
+            agg.read("comparisons"),
+            agg.read("scores"),
+            cands.read("candidates"),
+            ctx.cfg,
+            cycles=gpm.read("cycles") if gpm is not None else None,
+            candidate_embeddings=emb.read("candidate_embeddings") if emb is not None else None,
+        ),
     )
 
 
@@ -732,48 +668,26 @@ def denoise_task(
     label_source: str | None,
     agg: StageOutput | None = None,
 ) -> StageOutput:
-    posterior = ctx.cfg.denoise.method == "posterior"
-    peer_review = ctx.cfg.denoise.peer_review is True or (
-        ctx.cfg.denoise.peer_review is None and not posterior
-    )
-    use_agg = agg is not None and (posterior or ctx.cfg.denoise.judge_posterior)
-
-    def compute() -> StageResult:
-        pairs_t = mar.read("pairs")
-        # prompt runs: every pair is oriented by its own votes (annotator "aggregate")
-        kw: dict[str, Any] = {
-            "label_source": label_source
-            if ctx.cfg.input.kind == "pairs"
-            else [None] * pairs_t.num_rows
-        }
-        if use_agg:  # posterior: P(label right) over all annotators; weights: judges only
-            p_model = denoise_p_model(pairs_t, agg.read("comparisons"), ctx.cfg.denoise)
-            if p_model is not None:
-                kw["p_model"] = p_model
-        if emb is not None and peer_review and pairs_t.num_rows:
-            from pipeline.embeddings import aligned_embeddings
-
-            cand = emb.read("candidate_embeddings")
-            kw["emb_chosen"] = aligned_embeddings(cand, pairs_t.column("chosen_id").to_pylist())
-            kw["emb_rejected"] = aligned_embeddings(cand, pairs_t.column("rejected_id").to_pylist())
-            kw["emb_prompt"] = aligned_embeddings(
-                emb.read("prompt_embeddings"), pairs_t.column("prompt_id").to_pylist(), "prompt_id"
-            )
-        return denoise.denoise_pairs(pairs_t, ctx.cfg.denoise, ctx.cfg.margins, **kw)
-
+    peer_review, use_agg = run_stages.denoise_uses(ctx.cfg, agg is not None)
+    use_emb = emb is not None and peer_review
+    versions, part = run_stages.denoise_key(ctx.cfg, label_source)
     return run_stage(
         ctx,
         "denoise",
-        denoise.STAGE_VERSION,
-        [
-            ctx.cfg.denoise.model_dump(mode="json"),
-            ctx.cfg.margins.model_dump(mode="json"),
-            label_source,
-        ],
+        versions,
+        part,
         [mar.output_hash]
-        + ([emb.output_hash] if emb is not None and peer_review else [])
+        + ([emb.output_hash] if use_emb else [])
         + ([agg.output_hash] if use_agg else []),
-        compute,
+        lambda: run_stages.denoise_stage(
+            mar.read("pairs"),
+            ctx.cfg,
+            label_source,
+            comparisons=agg.read("comparisons") if use_agg else None,
+            embeddings=(emb.read("candidate_embeddings"), emb.read("prompt_embeddings"))
+            if use_emb
+            else None,
+        ),
     )
 
 
@@ -1069,17 +983,6 @@ def _curate(ctx: RunContext) -> dict[str, Any]:
     return summary
 
 
-def _model_maps(cfg: RunConfig) -> dict[str, dict[str, str] | None]:
-    """``judge_models`` / ``policy_models`` of :func:`qualify_judges` (self-preference)."""
-    judges = {j.name: j.model.model for j in [*cfg.judge.judges, *cfg.rubric_judges()]}
-    policies = (
-        {p.name: p.model.model for p in cfg.generate.policies}
-        if cfg.input.kind == "prompts"
-        else None
-    )
-    return {"judge_models": judges, "policy_models": policies}
-
-
 def qualify_run(
     config: dict[str, Any], gold: str | None = None, runtime: Runtime | None = None
 ) -> dict[str, Any]:
@@ -1113,7 +1016,7 @@ def qualify_run(
         import pyarrow as pa
 
         votes = pa.concat_tables([s.read("votes") for s in srcs])
-        out = qualify_judges(votes, gold_annotators=labels, **_model_maps(cfg))
+        out = qualify_judges(votes, gold_annotators=labels, **run_stages.model_maps(cfg))
         out["calls"] = usage.stage_totals(ctx.usage)
         out["usage"] = usage.summary(ctx.usage, ctx.cfg.cost)
         return out
