@@ -21,7 +21,6 @@ from prefect import flow, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-import pipeline
 from flows.runtime import (
     EnginePool,
     RunContext,
@@ -53,17 +52,10 @@ from pipeline.review import votes as review_votes
 from pipeline.stage import Reason, StageCounts, StageResult, stage_count_rows
 from pipeline.store import datasets as store
 from pipeline.store.card import dataset_card
+from pipeline.store.manifest import build_manifest, content_key, run_summary
 from pipeline.store.stages import StageOutput
-from schemas.config import (
-    ModelSpec,
-    RunConfig,
-    config_hash,
-    merge_secrets,
-    resolved_dict,
-    split_secrets,
-)
+from schemas.config import ModelSpec, RunConfig, merge_secrets, split_secrets
 from schemas.errors import EngineError
-from schemas.tables import SCHEMAS, schema_fingerprint
 
 __all__ = [
     "EnginePool",
@@ -80,7 +72,6 @@ __all__ = [
 log = logging.getLogger("prefcurate")
 
 INGEST_VERSION = 1
-PUBLISH_VERSION = 1
 
 
 def model_task(name: str) -> Any:
@@ -710,10 +701,6 @@ def pairs_task(ctx: RunContext, den: StageOutput, cands: StageOutput) -> StageOu
     )
 
 
-def _stage_rows(outs: list[StageOutput]) -> dict[str, Any]:
-    return {o.stage: {**o.counts, "reused": o.reused, "key": o.key} for o in outs}
-
-
 @task(
     name="publish",
     cache_policy=NO_CACHE,
@@ -732,47 +719,33 @@ def publish_task(
     import pyarrow as pa
 
     cfg = ctx.cfg
-    prompts_t = ing.read("prompts")
-    cand_t = cands.read("candidates")
-    data = pairs.published_table(sel.read("pairs"), prompts_t, cand_t)
+    data = pairs.published_table(sel.read("pairs"), ing.read("prompts"), cands.read("candidates"))
     dropped = pa.concat_tables([o.read("dropped") for o in all_stages])
     quarantine = pa.concat_tables([o.read("quarantine") for o in all_stages])
-    in_hash = (all_stages[0].meta.get("inputs") or [None])[0]
-    stages = _stage_rows(all_stages)
-    resolved = resolved_dict(cfg)
-    chash = config_hash(resolved)
-    content_key = stable_hash(
-        PUBLISH_VERSION, pipeline.__version__, chash, [o.output_hash for o in all_stages], length=32
-    )
-    models = sorted(
-        ({p.model.model for p in cfg.generate.policies} if cfg.input.kind == "prompts" else set())
-        | {j.model.model for j in cfg.judge.judges}
-    )
-    manifest = {
-        "code_version": pipeline.__version__,
-        "config": resolved,
-        "config_hash": chash,
-        "input": {"kind": cfg.input.kind, "path": cfg.input.path, "hash": in_hash},
-        "models": models,
-        "stage_order": [o.stage for o in all_stages],
-        "stages": stages,
-        "stage_info": {o.stage: o.meta.get("info", {}) for o in all_stages},
-        "calls": usage.stage_totals(ctx.usage),
-        "usage": usage.summary(ctx.usage, cfg.cost),
-        "models_called": list(ctx.models_used),
-        "schema_fingerprint": {n: schema_fingerprint(s) for n, s in SCHEMAS.items()},
-    }
-    if partial:  # rows whose model calls failed: quarantined, retried by the next run
-        manifest["partial"] = dict(partial)
+    manifest = build_manifest(cfg, all_stages, ctx.usage, ctx.models_used, partial)
     usage_artifact(manifest["usage"])
-    rendered: list[bool] = []
+    ref = store.publish_version(
+        cfg.data_root,
+        cfg.dataset_name,
+        data=data,
+        dropped=dropped,
+        quarantine=quarantine,
+        manifest=manifest,
+        card=dataset_card(cfg.dataset_name, "", cfg, manifest["stages"], data.num_rows),
+        content_key=content_key(cfg, all_stages),
+        extra_files={"report.html": _report_html(cfg, data, dropped, quarantine)},
+    )
+    return run_summary(ref, data.num_rows, manifest)
+
+
+def _report_html(cfg: RunConfig, data: Any, dropped: Any, quarantine: Any) -> Any:
+    """The stored report, rendered once publish knows the version, path and manifest."""
 
     def html(full: dict[str, Any], path: Path) -> str:
-        """The stored report, rendered once publish knows the version, path and rows."""
         try:
             from pipeline.report.build import render_html, report_from_tables
 
-            out = render_html(
+            return render_html(
                 report_from_tables(
                     full,
                     data,
@@ -782,8 +755,6 @@ def publish_task(
                     run_root=Path(cfg.data_root) / "runs" / cfg.dataset_name,
                 )
             )
-            rendered.append(True)
-            return out
         except Exception as exc:  # a report must never cost the user their dataset
             log.warning("quality report not rendered: %s: %s", type(exc).__name__, exc)
             return (
@@ -791,32 +762,7 @@ def publish_task(
                 f"{type(exc).__name__}; run prefcurate report {cfg.dataset_name}</p>"
             )
 
-    ref = store.publish_version(
-        cfg.data_root,
-        cfg.dataset_name,
-        data=data,
-        dropped=dropped,
-        quarantine=quarantine,
-        manifest=manifest,
-        card=dataset_card(cfg.dataset_name, "", cfg, stages, data.num_rows),
-        content_key=content_key,
-        extra_files={"report.html": html},
-    )
-    return {
-        "name": ref.name,
-        "version": ref.version,
-        "path": str(Path(ref.path).resolve()),
-        "created": ref.created,
-        "rows": data.num_rows,
-        "stages": stages,
-        "calls": manifest["calls"],
-        "usage": manifest["usage"],
-        "models_called": manifest["models_called"],
-        "partial": manifest.get("partial", {}),
-        "report_html": str(Path(ref.path).resolve() / "report.html")
-        if (Path(ref.path) / "report.html").exists()
-        else None,
-    }
+    return html
 
 
 @task(name="report", cache_policy=NO_CACHE)
