@@ -36,6 +36,7 @@ from flows.runtime import (
 )
 from pipeline import generation, pairs, run_stages
 from pipeline.annotate import judging
+from pipeline.annotate import stages as model_stages
 from pipeline.annotate.planning import GPM_ROUND, first_signal, plan_judging
 from pipeline.annotate.qualify import qualify_judges
 from pipeline.engines import usage
@@ -49,7 +50,7 @@ from pipeline.engines.base import (
 from pipeline.hashing import file_hash, stable_hash, tree_hash
 from pipeline.ingest.stage import ingest_pairs, ingest_prompts
 from pipeline.review import votes as review_votes
-from pipeline.stage import Reason, StageCounts, StageResult, stage_count_rows
+from pipeline.stage import Reason, StageResult, stage_count_rows
 from pipeline.store import datasets as store
 from pipeline.store.card import dataset_card
 from pipeline.store.manifest import build_manifest, content_key, run_summary
@@ -177,41 +178,21 @@ def decontaminate_task(ctx: RunContext, ing: StageOutput) -> StageOutput:
 
 @model_task(name="generate")
 def generate_task(ctx: RunContext, ingest: StageOutput) -> StageOutput:
-    gcfg = ctx.cfg.generate
-
-    def compute() -> StageResult:
-        prompts = ingest.read("prompts")
-        reqs = generation.build_generation_requests(prompts, list(gcfg.policies))
-        # (served from the cache when scale-out shards already answered them)
-        ordered, comps, _ = call_models(
-            ctx,
-            "generate",
-            [(p.name, p.model, [r for r in reqs if r.policy == p.name]) for p in gcfg.policies],
-            gcfg.batch_size,
-        )
-        res = generation.make_candidates(ordered, comps, gcfg.on_truncated)
-        # multi-turn prompts: each candidate answers the next follow-up in its own context
-        while turn := generation.follow_up_requests(
-            prompts, res.outputs["candidates"], list(gcfg.policies)
-        ):
-            ordered, comps, _ = call_models(
-                ctx,
-                "generate",
-                [(p.name, p.model, [r for r in turn if r.policy == p.name]) for p in gcfg.policies],
-                gcfg.batch_size,
-            )
-            res = generation.add_turn(res, ordered, comps, gcfg.on_truncated)
-        return res
-
     return run_stage(
         ctx,
         "generate",
         generation.STAGE_VERSION,
-        gcfg.model_dump(mode="json"),
+        ctx.cfg.generate.model_dump(mode="json"),
         [ingest.output_hash],
-        compute,
+        # (served from the cache when scale-out shards already answered them)
+        lambda: model_stages.generate_stage(ingest.read("prompts"), ctx.cfg, _caller(ctx)),
         complete=calls_complete,
     )
+
+
+def _caller(ctx: RunContext) -> model_stages.CallModels:
+    """The run's model calls (cache, budget, progress, usage) for a model stage body."""
+    return lambda stage, groups, batch: call_models(ctx, stage, groups, batch)[:2]
 
 
 def check_outage(out: StageOutput, cfg: RunConfig, partial: dict[str, int]) -> None:
@@ -342,8 +323,7 @@ def judge_task(
     signal_srcs = signal_srcs or []
 
     def compute() -> StageResult:
-        prompts = prompts_src.read("prompts")
-        candidates = cands_src.read("candidates")
+        prompts, candidates = prompts_src.read("prompts"), cands_src.read("candidates")
         chosen = None
         if seed_agg is not None and emb is not None:
             from pipeline.gpm.annotate import select_uncertain_pairs
@@ -357,29 +337,8 @@ def judge_task(
                 jcfg.max_pairs_per_prompt - jcfg.seed_pairs_per_prompt,
                 judged=round1.read("votes") if round1 is not None else None,
             )
-        pairs_, drops, info, reqs = plan_judging(
-            jcfg, prompts, candidates, first_signal([t.read("scores") for t in signal_srcs]), chosen
-        )
-        log.info(
-            "judge: %d pairs x %d judges x 2 orders = %d judge calls",
-            len(pairs_),
-            len(jcfg.judges),
-            len(reqs),
-        )
-        ordered, comps, _ = call_models(
-            ctx,
-            "judge" if chosen is None else "judge_gpm",
-            [
-                (j.name, j.model, [r for r in reqs if r.annotator.startswith(j.name + "|")])
-                for j in jcfg.judges
-            ],
-            jcfg.batch_size,
-        )
-        res = judging.make_votes(ordered, comps, len(pairs_), drops, info)
-        from pipeline.annotate.judge_stats import compute_judge_stats
-
-        res.info["judge_stats"] = compute_judge_stats(res.outputs["votes"], candidates)
-        return res
+        signal = [t.read("scores") for t in signal_srcs]
+        return model_stages.judge_stage(prompts, candidates, ctx.cfg, _caller(ctx), signal, chosen)
 
     second = seed_agg is not None and emb is not None
     return run_stage(
@@ -429,103 +388,38 @@ def embed_task(ctx: RunContext, prompts_src: StageOutput, cands_src: StageOutput
 @model_task(name="rubric")
 def rubric_task(ctx: RunContext, prompts_src: StageOutput, cands_src: StageOutput) -> StageOutput:
     from pipeline.annotate import rubrics
-    from pipeline.annotate.judge_stats import compute_score_stats
 
-    rcfg = ctx.cfg.rubrics
     judges = ctx.cfg.rubric_judges()
-
-    def compute() -> StageResult:
-        prompts, candidates = prompts_src.read("prompts"), cands_src.read("candidates")
-        reqs, drops = rubrics.build_rubric_requests(candidates, prompts, judges)
-        if rcfg.budget is not None and len(reqs) > rcfg.budget:
-            for r in reqs[rcfg.budget :]:
-                drops.append(
-                    {
-                        "source_id": r.source_id,
-                        "row_id": r.candidate_id,
-                        "reason": Reason.OVER_BUDGET,
-                        "detail": f"rubric budget {rcfg.budget} calls",
-                    }
-                )
-            reqs = reqs[: rcfg.budget]
-        ordered, comps, _ = call_models(
-            ctx,
-            "rubric",
-            [
-                (j.name, j.model, [r for r in reqs if r.annotator == rubrics.rubric_annotator(j)])
-                for j in judges
-            ],
-            rcfg.batch_size,
-        )
-        res = rubrics.make_scores(ordered, comps, drops)
-        # Yes/No judges also vote pairwise (empty for the other templates)
-        res.outputs["votes"] = rubrics.yesno_votes(res.outputs["scores"], candidates)
-        res.info["score_stats"] = compute_score_stats(res.outputs["scores"])
-        return res
-
     return run_stage(
         ctx,
         "rubric",
         rubrics.STAGE_VERSION,
-        [rcfg.model_dump(mode="json"), [j.model_dump(mode="json") for j in judges]],
+        [ctx.cfg.rubrics.model_dump(mode="json"), [j.model_dump(mode="json") for j in judges]],
         [prompts_src.output_hash, cands_src.output_hash],
-        compute,
+        lambda: model_stages.rubric_stage(
+            prompts_src.read("prompts"), cands_src.read("candidates"), ctx.cfg, _caller(ctx)
+        ),
         complete=calls_complete,
     )
 
 
 @model_task(name="reward")
 def reward_task(ctx: RunContext, prompts_src: StageOutput, cands_src: StageOutput) -> StageOutput:
-    import pyarrow as pa
-
     from pipeline.annotate import rewards
-    from pipeline.annotate.judge_stats import compute_score_stats
-
-    wcfg = ctx.cfg.rewards
-
-    def compute() -> StageResult:
-        prompts, candidates = prompts_src.read("prompts"), cands_src.read("candidates")
-        results = [
-            rewards.score_with_reward_model(
-                candidates,
-                prompts,
-                spec,
-                cache=ctx.cache,
-                chunk_size=wcfg.chunk_size,
-                cache_dir=ctx.engines.cache_dir,
-            )
-            for spec in wcfg.models
-        ]
-        first = results[0]
-        counts = StageCounts(
-            rows_in=sum(r.counts.rows_in for r in results), kept=sum(r.counts.kept for r in results)
-        )
-        for r in results:
-            for k, v in r.counts.dropped.items():
-                counts.dropped[k] = counts.dropped.get(k, 0) + v
-            for k, v in r.counts.quarantined.items():
-                counts.quarantined[k] = counts.quarantined.get(k, 0) + v
-        scores = pa.concat_tables([r.outputs["scores"] for r in results])
-        counts.rows_out = scores.num_rows
-        return StageResult(
-            first.stage,
-            {"scores": scores},
-            counts,
-            pa.concat_tables([r.dropped for r in results]),
-            pa.concat_tables([r.quarantine for r in results]),
-            info={
-                "models": {s.annotator: r.info for s, r in zip(wcfg.models, results)},
-                "score_stats": compute_score_stats(scores),
-            },
-        )
 
     return run_stage(
         ctx,
         "reward",
         rewards.STAGE_VERSION,
-        wcfg.model_dump(mode="json"),
+        ctx.cfg.rewards.model_dump(mode="json"),
         [prompts_src.output_hash, cands_src.output_hash],
-        compute,
+        lambda: model_stages.reward_stage(
+            prompts_src.read("prompts"),
+            cands_src.read("candidates"),
+            ctx.cfg,
+            ctx.cache,
+            ctx.engines.cache_dir,
+        ),
         complete=calls_complete,
     )
 
