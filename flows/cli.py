@@ -378,7 +378,7 @@ def judges_qualify(
         check_data_root(cfg.data_root)
         if gold is not None and not gold.exists():
             raise ConfigError(f"--gold {gold}: file not found")
-        from flows.curate import qualify_run
+        from flows.qualify import qualify_run
 
         q = qualify_run(cfg.model_dump(mode="json"), str(gold) if gold else None)
     except PrefcurateError as exc:

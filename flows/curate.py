@@ -28,25 +28,18 @@ from flows.runtime import (
     call_models,
     calls_complete,
     is_transient,
+    model_task,
     new_context,
     retry_transient,
     run_stage,
     task_runner_for,
     usage_artifact,
 )
+from flows.shards import warm_in_shards
 from pipeline import generation, pairs, run_stages
 from pipeline.annotate import judging
 from pipeline.annotate import stages as model_stages
 from pipeline.annotate.planning import GPM_ROUND, first_signal, plan_judging
-from pipeline.annotate.qualify import qualify_judges
-from pipeline.engines import usage
-from pipeline.engines.base import (
-    CallStats,
-    ChatRequest,
-    RequestCache,
-    request_cache_path,
-    run_cached,
-)
 from pipeline.hashing import file_hash, stable_hash, tree_hash
 from pipeline.ingest.stage import ingest_pairs, ingest_prompts
 from pipeline.review import votes as review_votes
@@ -55,7 +48,7 @@ from pipeline.store import datasets as store
 from pipeline.store.card import dataset_card
 from pipeline.store.manifest import build_manifest, content_key, run_summary
 from pipeline.store.stages import StageOutput
-from schemas.config import ModelSpec, RunConfig, merge_secrets, split_secrets
+from schemas.config import RunConfig, merge_secrets, split_secrets
 from schemas.errors import EngineError
 
 __all__ = [
@@ -65,7 +58,6 @@ __all__ = [
     "first_signal",
     "is_transient",
     "plan_judging",
-    "qualify_run",
     "run_curation",
     "GPM_ROUND",
 ]
@@ -73,18 +65,6 @@ __all__ = [
 log = logging.getLogger("prefcurate")
 
 INGEST_VERSION = 1
-
-
-def model_task(name: str) -> Any:
-    """A task that calls models: transient errors (connection, timeout, 5xx) are retried
-    twice, after 10 s and 60 s; nothing else is."""
-    return task(
-        name=name,
-        cache_policy=NO_CACHE,
-        retries=2,
-        retry_delay_seconds=[10, 60],
-        retry_condition_fn=retry_transient,
-    )
 
 
 @task(
@@ -225,85 +205,6 @@ def check_outage(out: StageOutput, cfg: RunConfig, partial: dict[str, int]) -> N
             f"(only the failed calls are made again), or pass --allow-partial "
             f"to publish without them"
         )
-
-
-def answer_shard(
-    spec_json: dict[str, Any],
-    requests: list[ChatRequest],
-    cache_path: str,
-    cache_dir: str,
-    batch_size: int,
-) -> dict[str, int]:
-    """Answer one shard of requests into the shared request cache (scale-out workers).
-
-    Self-contained, so it runs in any worker process (Dask, Ray): it opens the cache file
-    and starts its own engine, stopped when the shard is done (a worker process has no
-    runtime to keep it in). The stage then finds every answer cached.
-    """
-    spec = ModelSpec.model_validate(spec_json)
-    cache = RequestCache(cache_path)
-    pool = EnginePool(Path(cache_dir))
-    try:
-        _, stats = run_cached(
-            requests,
-            engine_kind=spec.engine,
-            model=spec.cache_identity(),
-            get_engine=lambda: pool.get(spec),
-            cache=cache,
-            batch_size=batch_size,
-        )
-    finally:
-        cache.close()
-        pool.close()
-    return stats.to_dict()
-
-
-@model_task(name="warm-shard")
-def warm_shard_task(
-    spec_json: dict[str, Any],
-    requests: list[ChatRequest],
-    cache_path: str,
-    cache_dir: str,
-    batch_size: int,
-) -> dict[str, int]:
-    """Prefect task around :func:`answer_shard` (kept tiny: workers unpickle it)."""
-    import flows.curate as here
-
-    return here.answer_shard(spec_json, requests, cache_path, cache_dir, batch_size)
-
-
-def _warm_in_shards(
-    ctx: RunContext, label: str, groups: list[tuple[ModelSpec, list[ChatRequest]]], batch_size: int
-) -> None:
-    """Split uncached requests into shards run by the flow's task runner."""
-    n = ctx.cfg.runner.shards or ctx.cfg.runner.workers
-    cache_path = str(request_cache_path(ctx.cfg.data_root))
-    futures = []
-    for spec, reqs in groups:
-        keys = [r.key(spec.engine, spec.cache_identity()) for r in reqs]
-        have = ctx.cache.get_many(set(keys))
-        todo = [r for r, k in zip(reqs, keys) if not (k in have and have[k].final)]
-        for i in range(n):
-            shard = todo[i::n]
-            if shard:
-                futures.append(
-                    (
-                        spec.model,
-                        warm_shard_task.submit(
-                            spec.model_dump(mode="json"),
-                            shard,
-                            cache_path,
-                            str(ctx.engines.cache_dir),
-                            batch_size,
-                        ),
-                    )
-                )
-    made = 0
-    for model, f in futures:
-        st = CallStats.from_dict(f.result())
-        made += st.made
-        ctx.record(f"{label}_shards", model, st)
-    log.info("%s: %d shards answered %d requests", label, len(futures), made)
 
 
 @model_task(name="judge")
@@ -719,7 +620,10 @@ def curate(
 
 
 def _curate(ctx: RunContext) -> dict[str, Any]:
-    """The flow's DAG: which stages run, in what order, on what inputs."""
+    """The flow's DAG: which stages run, in what order, on what inputs.
+
+    Longer than 60 lines on purpose: the flow function is the DAG (STYLE.md), and reading
+    every stage's condition and inputs in one place is the point of it."""
     cfg = ctx.cfg
     ing = ingest_task(ctx)
     outs = [ing]
@@ -735,7 +639,7 @@ def _curate(ctx: RunContext) -> dict[str, Any]:
             reqs = generation.build_generation_requests(
                 ing.read("prompts"), list(cfg.generate.policies)
             )
-            _warm_in_shards(
+            warm_in_shards(
                 ctx,
                 "generate",
                 [
@@ -773,7 +677,7 @@ def _curate(ctx: RunContext) -> dict[str, Any]:
                 cands.read("candidates"),
                 first_signal([t.read("scores") for t in signal]),
             )
-            _warm_in_shards(
+            warm_in_shards(
                 ctx,
                 "judge",
                 [
@@ -821,49 +725,6 @@ def _curate(ctx: RunContext) -> dict[str, Any]:
     summary = publish_task(ctx, ing, cands, sel, outs, partial)
     summary["report"] = report_task(summary)
     return summary
-
-
-def qualify_run(
-    config: dict[str, Any], gold: str | None = None, runtime: Runtime | None = None
-) -> dict[str, Any]:
-    """Judge qualification without publishing: the config's judges (pairwise and Yes/No)
-    on a qualification set, and the table of :func:`qualify_judges`.
-
-    The set: with ``gold`` (a pairs file whose ``chosen`` is right), its pairs, the file's
-    label as the gold annotator; else the config's input, generated and verified, and the
-    pairs a verifier decided. Finished stages and model calls are reused like a run's
-    (the stages live under ``runs/<name>-qualify``). ``runtime`` as for :func:`curate`."""
-    cfg = RunConfig.model_validate(config)
-    if gold is not None:
-        cfg = cfg.model_copy(
-            update={"input": cfg.input.model_copy(update={"kind": "pairs", "path": gold})}
-        )
-    cfg = cfg.model_copy(update={"name": f"{cfg.dataset_name}-qualify"[:100]})
-    rt = Runtime() if runtime is None else runtime
-    ctx = new_context(cfg, rt)
-    try:
-        ing = ingest_task(ctx)
-        cands = generate_task(ctx, ing) if cfg.input.kind == "prompts" else ing
-        srcs = [verify_task(ctx, ing, cands)]
-        labels: list[str] = []
-        if cfg.input.kind == "pairs":
-            srcs.append(ing)
-            labels = sorted(set(ing.read("prompts").column("source").to_pylist()))
-        if cfg.rubric_judges():
-            srcs.append(rubric_task(ctx, ing, cands))
-        if cfg.judge.judges:
-            srcs.append(judge_task(ctx, ing, cands, []))
-        import pyarrow as pa
-
-        votes = pa.concat_tables([s.read("votes") for s in srcs])
-        out = qualify_judges(votes, gold_annotators=labels, **run_stages.model_maps(cfg))
-        out["calls"] = usage.stage_totals(ctx.usage)
-        out["usage"] = usage.summary(ctx.usage, ctx.cfg.cost)
-        return out
-    finally:
-        ctx.cache.close()
-        if runtime is None:
-            rt.close()
 
 
 def run_curation(config: dict[str, Any], runtime: Runtime | None = None) -> dict[str, Any]:

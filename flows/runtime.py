@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prefect import task
 from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
 
 from pipeline.engines.base import (
     CallStats,
@@ -328,6 +330,18 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     except Exception:  # pragma: no cover - cannot read the state: do not guess
         return False
     return is_transient(exc if isinstance(exc, BaseException) else None)
+
+
+def model_task(name: str) -> Any:
+    """A task that calls models: transient errors (connection, timeout, 5xx) are retried
+    twice, after 10 s and 60 s; nothing else is."""
+    return task(
+        name=name,
+        cache_policy=NO_CACHE,
+        retries=2,
+        retry_delay_seconds=[10, 60],
+        retry_condition_fn=retry_transient,
+    )
 
 
 def _artifact(out: StageOutput) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from flows.curate import qualify_run
+from flows.qualify import qualify_run
 from pipeline.annotate.qualify import qualify_judges
 from schemas.config import load_config
 from schemas.tables import VOTES

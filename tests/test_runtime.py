@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 import flows.curate
+import flows.qualify
 import flows.runtime
+import flows.shards
 from flows.curate import curate, run_curation
 from flows.runtime import Runtime
 from pipeline.engines.embedded import default_cache_dir
@@ -31,7 +33,7 @@ def _fake(tmp_path, examples, *extra):
     ).model_dump(mode="json")
 
 
-@pytest.mark.parametrize("module", [flows.runtime, flows.curate])
+@pytest.mark.parametrize("module", [flows.runtime, flows.curate, flows.shards, flows.qualify])
 def test_no_module_level_registry(module):
     """No mutable dict, list or set assigned at module level (``__all__`` aside): state
     lives in a Runtime or a RunContext."""
