@@ -175,34 +175,59 @@ def _fail(exc: Exception) -> None:
 
 
 class _RichProgress:
-    """Progress bars with rate and ETA for model stages."""
+    """The run's progress on stderr (:class:`flows.runtime.Progress`): a bar with rate and
+    ETA per model and model stage, and one line per computed stage that ends with its rows
+    and rows/s."""
 
-    def __init__(self) -> None:
+    def __init__(self, console: Any = None) -> None:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
             Progress,
+            ProgressColumn,
             TextColumn,
             TimeElapsedColumn,
             TimeRemainingColumn,
         )
+        from rich.text import Text
+
+        class Rate(ProgressColumn):
+            def render(self, task):  # a stage's rows/s when it is done, else requests/s
+                rows = task.fields.get("rows")
+                if rows is not None:
+                    secs = max(task.finished_time or task.elapsed or 0.0, 1e-9)
+                    return Text(f"{rows:,} rows, {rows / secs:,.0f} rows/s")
+                return Text(f"{task.speed:.1f} req/s" if task.speed else "")
 
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("{task.speed} req/s" if False else ""),
+            Rate(),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
-            console=err,
+            console=err if console is None else console,
             transient=False,
         )
 
-    def factory(self, label: str, total: int):
+    def _start(self) -> None:
         if not self.progress.live.is_started:
             self.progress.start()
+
+    def bar(self, label: str, total: int):
+        self._start()
         task_id = self.progress.add_task(label, total=total)
         return lambda n: self.progress.advance(task_id, n)
+
+    def stage(self, label: str):
+        self._start()
+        task_id = self.progress.add_task(label, total=None)
+
+        def done(rows: int) -> None:
+            n = max(int(rows), 1)
+            self.progress.update(task_id, total=n, completed=n, rows=int(rows))
+
+        return done
 
     def stop(self) -> None:
         if self.progress.live.is_started:
@@ -262,7 +287,7 @@ def run(
     from flows.curate import Runtime, run_curation
 
     prog = _RichProgress()
-    runtime = Runtime(progress=prog.factory)  # this command's engines and progress bars
+    runtime = Runtime(progress=prog)  # this command's engines and progress display
     t0 = time.time()
     try:
         summary = run_curation(cfg.model_dump(mode="json"), runtime)

@@ -514,6 +514,7 @@ def publish_task(
     import pyarrow as pa
 
     cfg = ctx.cfg
+    finished = ctx.progress.stage("publish") if ctx.progress else None
     data = pairs.published_table(sel.read("pairs"), ing.read("prompts"), cands.read("candidates"))
     dropped = pa.concat_tables([o.read("dropped") for o in all_stages])
     quarantine = pa.concat_tables([o.read("quarantine") for o in all_stages])
@@ -530,6 +531,8 @@ def publish_task(
         content_key=content_key(cfg, all_stages),
         extra_files={"report.html": _report_html(cfg, data, dropped, quarantine)},
     )
+    if finished is not None:
+        finished(data.num_rows)
     return run_summary(ref, data.num_rows, manifest)
 
 

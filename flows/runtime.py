@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from prefect import task
 from prefect.artifacts import create_table_artifact
@@ -101,13 +101,22 @@ class EnginePool:
         raise ConfigError(f"unknown engine '{spec.engine}'")
 
 
-ProgressFactory = Callable[[str, int], Callable[[int], None]]
+class Progress(Protocol):
+    """Progress display of a run (the CLI's rich bars; tests and library users may give
+    none)."""
+
+    def bar(self, label: str, total: int) -> Callable[[int], None]:
+        """A bar of ``total`` items (a model stage's requests); returns ``advance(n)``."""
+
+    def stage(self, label: str) -> Callable[[int], None]:
+        """A stage that starts now; returns ``done(rows)``, called when it has finished
+        with ``rows`` rows in (the display shows them and rows/s)."""
 
 
 class Runtime:
     """What one process lends the runs it starts, passed to them explicitly: the engine
     pools (one per model cache folder; an engine starts on first need and serves every
-    later run given this runtime), the progress-bar factory, and the secrets of the runs
+    later run given this runtime), the progress display, and the secrets of the runs
     it starts (kept out of Prefect, which stores a flow's parameters in clear).
 
     Owned by whoever starts runs — the CLI command, a deployment's flow run, a test
@@ -117,7 +126,7 @@ class Runtime:
 
     __slots__ = ("progress", "_pools", "_secrets", "_lock")
 
-    def __init__(self, progress: ProgressFactory | None = None) -> None:
+    def __init__(self, progress: Progress | None = None) -> None:
         self.progress = progress
         self._pools: dict[str, EnginePool] = {}
         self._secrets: dict[str, dict[str, Any]] = {}
@@ -164,7 +173,7 @@ class RunContext:
     stages: StageStore
     cache: RequestCache
     engines: EnginePool
-    progress: ProgressFactory | None = None
+    progress: Progress | None = None
     # the model calls of this run by stage and model (a stage reused whole: all saved)
     usage: dict[str, dict[str, CallStats]] = field(default_factory=dict)
     budget: Budget | None = None
@@ -218,6 +227,7 @@ def run_stage(
             ctx.record(mod_stage, model, st)
         _artifact(done)
         return done
+    finished = ctx.progress.stage(mod_stage) if ctx.progress else None
     result = compute()
     result.stage = mod_stage  # the stage's name in this flow (e.g. a second aggregation)
     if mod_stage in ctx.usage:  # its model calls, kept with the output for later reuse
@@ -228,6 +238,8 @@ def run_stage(
     result.dropped = _restaged(result.dropped, mod_stage)
     result.quarantine = _restaged(result.quarantine, mod_stage)
     out = ctx.stages.save(result, key, complete=complete(result), inputs=inputs)
+    if finished is not None:  # computed and written: its rows and rows/s on the display
+        finished(result.counts.rows_in)
     _artifact(out)
     return out
 
@@ -385,7 +397,7 @@ def usage_artifact(summary: dict[str, Any]) -> None:
 
 
 def _progress(ctx: RunContext, label: str, total: int) -> Callable[[int], None] | None:
-    return ctx.progress(label, total) if ctx.progress else None
+    return ctx.progress.bar(label, total) if ctx.progress else None
 
 
 def task_runner_for(kind: str, workers: int) -> Any:

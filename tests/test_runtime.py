@@ -129,3 +129,52 @@ def test_keep_and_take_secrets():
     assert isinstance(copy, Runtime) and copy._secrets == {} and copy._pools == {}
     assert rt.take_secrets(ref) == {"a": 1}
     assert rt.take_secrets(ref) == {}
+
+
+class _Recorder:
+    """A Progress that records what the run showed."""
+
+    def __init__(self):
+        self.bars, self.stages = [], {}
+
+    def bar(self, label, total):
+        self.bars.append((label, total))
+        return lambda n: None
+
+    def stage(self, label):
+        def done(rows):
+            self.stages[label] = rows
+
+        return done
+
+
+def test_every_computed_stage_reports_its_rows(tmp_path, examples):
+    rec = _Recorder()
+    rt = Runtime(progress=rec)
+    try:
+        summary = curate(_fake(tmp_path, examples), runtime=rt)
+        assert set(rec.stages) == set(summary["stages"]) | {"publish"}  # one line each...
+        for stage, rows in rec.stages.items():  # ... with its rows in (publish: rows out)
+            assert rows == (
+                summary["rows"] if stage == "publish" else summary["stages"][stage]["in"]
+            )
+        assert {label.split(" ")[0] for label, _ in rec.bars} >= {"generate", "judge"}
+        rec.stages.clear()
+        curate(_fake(tmp_path, examples), runtime=rt)
+        assert set(rec.stages) == {"publish"}  # all reused: only publish looks again
+    finally:
+        rt.close()
+
+
+def test_the_cli_display_shows_rows_per_second():
+    from rich.console import Console
+
+    from flows import cli
+
+    console = Console(record=True, width=160, force_terminal=False)
+    prog = cli._RichProgress(console)
+    done = prog.stage("aggregate")
+    done(1_000_000)
+    prog.stop()
+    text = console.export_text()
+    assert "aggregate" in text and "1,000,000 rows" in text and "rows/s" in text
