@@ -47,7 +47,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from pipeline.aggregate.aggregation import ORDER_SUFFIX
+from pipeline.aggregate.votes import ORDER_SUFFIX
 
 STAGE_VERSION = 1  # part of the aggregate stage's key (its info holds the table)
 VERIFIER_PREFIX = "verifier:"
