@@ -43,7 +43,7 @@ import pyarrow as pa
 from pipeline import conversation
 from pipeline.hygiene.dedup import normalise_text, normalise_texts
 from pipeline.hygiene.filtering import drop_prompts
-from pipeline.ingest.stage import mtbench_file, package_data_file
+from pipeline.ingest.readers import mtbench_file, package_data_file
 from pipeline.stage import Reason
 from schemas.config import SHIPPED_BENCHMARKS as SHIPPED
 from schemas.errors import InputError

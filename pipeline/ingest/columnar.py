@@ -35,6 +35,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import hashing
+from pipeline.ingest import readers as rd
+from pipeline.ingest import rows as rw
 from pipeline.ingest import stage as st
 from pipeline.stage import Reason, StageCounts, StageResult, quarantine_table
 from schemas.tables import CANDIDATES, DROPPED, PROMPTS, VOTES, conform
@@ -63,7 +65,7 @@ def _jsonl_lines(path: Path) -> Iterator[list[tuple[int, bytes]]]:
     ``CHUNK_BYTES``."""
     with path.open("rb") as fh:
         out, size = [], 0
-        for line in st.jsonl_lines(fh):
+        for line in rd.jsonl_lines(fh):
             out.append(line)
             size += len(line[1])
             if size >= CHUNK_BYTES:
@@ -198,7 +200,7 @@ def _clean_votes(typ: pa.DataType, name: str):
     return v.is_null() | (
         v.list.eval(pl.element().is_not_null()).list.all()
         & good_ann
-        & pref.list.eval(pl.element().is_in(list(st.PREFERRED)).fill_null(False)).list.all()
+        & pref.list.eval(pl.element().is_in(list(rw.PREFERRED)).fill_null(False)).list.all()
         & (ann.list.n_unique() == v.list.len())
     )
 
@@ -319,14 +321,14 @@ def _row_frame(records: list[dict[str, Any]]):
     return pl.DataFrame(records, schema=schema)
 
 
-def _row_path(rows: list[st._Row], name: str, base: str, file: str, good: list, bad: list) -> None:
+def _row_path(rows: list[rw._Row], name: str, base: str, file: str, good: list, bad: list) -> None:
     """The row path's per-row checks: good rows as records of step 2, the others as
     quarantine rows."""
     for r in rows:
         try:
-            sid, value, messages, pair = st.check_row(r, "pairs", name, base)
-        except st._Reject as rej:
-            bad.append(st.quarantine_row(rej, file, r))
+            sid, value, messages, pair = rw.check_row(r, "pairs", name, base)
+        except rw._Reject as rej:
+            bad.append(rw.quarantine_row(rej, file, r))
             continue
         pid = hashing.prompt_id(messages)
         good.append(
@@ -340,7 +342,7 @@ def _row_path(rows: list[st._Row], name: str, base: str, file: str, good: list, 
                 "c_id": hashing.candidate_id(pid, "given:chosen", 0, pair.chosen),
                 "r_id": hashing.candidate_id(pid, "given:rejected", 0, pair.rejected),
                 "votes": [{"annotator": a, "preferred": v} for a, v in pair.votes],
-                "meta": st._meta(value),
+                "meta": rw._meta(value),
             }
         )
 
@@ -563,17 +565,17 @@ def _raw_of(path: Path, fmt: str, rows: set[int]) -> dict[int, str]:
         return out
     if fmt == "jsonl":
         with path.open("rb") as fh:
-            for lineno, data in st.jsonl_lines(fh):
+            for lineno, data in rd.jsonl_lines(fh):
                 if lineno in rows:
-                    out[lineno] = st._clip(data.decode("utf-8"))
+                    out[lineno] = rw._clip(data.decode("utf-8"))
         return out
     import pyarrow.parquet as pq
 
     n = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=st._BATCH):
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=rd._BATCH):
         want = [i for i in range(batch.num_rows) if n + 1 + i in rows]
         for i, rec in zip(want, batch.take(want).to_pylist() if want else []):
-            out[n + 1 + i] = st._clip(st._safe_json(rec))
+            out[n + 1 + i] = rw._clip(rw._safe_json(rec))
         n += batch.num_rows
     return out
 
@@ -589,15 +591,15 @@ def _read(path: Path, fmt: str, file: str, name: str, base: str):
             for chunk in _jsonl_lines(path):
                 rows_in += len(chunk)
                 odd = _odd_lines(chunk)
-                routed = [st.jsonl_row(n, d) for (n, d), o in zip(chunk, odd) if o]
+                routed = [rd.jsonl_row(n, d) for (n, d), o in zip(chunk, odd) if o]
                 plain = [line for line, o in zip(chunk, odd) if not o]
                 for lines, table in _parse(plain):
                     if table is None:
-                        routed += [st.jsonl_row(n, d) for n, d in lines]
+                        routed += [rd.jsonl_row(n, d) for n, d in lines]
                         continue
                     slow: list[int] = []
                     _step1_table(table, [n for n, _ in lines], name, base, frames, slow)
-                    routed += [st.jsonl_row(*lines[i]) for i in slow]
+                    routed += [rd.jsonl_row(*lines[i]) for i in slow]
                 _row_path(routed, name, base, file, records, bad)
         except OSError as exc:
             raise st.InputError(f"{file}: cannot read: {exc}") from exc
@@ -615,12 +617,12 @@ def _read(path: Path, fmt: str, file: str, name: str, base: str):
         slow: list[int] = []
         _step1_table(table, rows, name, base, frames, slow)
         recs = table.take(slow).to_pylist() if slow else []
-        routed = [st._Row(rows[i], st._clip(st._safe_json(rec)), rec) for i, rec in zip(slow, recs)]
+        routed = [rw._Row(rows[i], rw._clip(rw._safe_json(rec)), rec) for i, rec in zip(slow, recs)]
         _row_path(routed, name, base, file, records, bad)
         batches.clear()
 
     try:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=st._BATCH):
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=rd._BATCH):
             batches.append(batch)
             rows_in += batch.num_rows
             if sum(b.num_rows for b in batches) >= 1 << 17:
@@ -647,7 +649,7 @@ def ingest_pairs_columnar(
     if dups.height:
         raw = _raw_of(path, fmt, set(dups["row"].to_list()))
         for row, sid, first in dups.iter_rows():
-            bad.append(st.quarantine_row(st.duplicate_id(sid, first), file, st._Row(row, raw[row])))
+            bad.append(rw.quarantine_row(rw.duplicate_id(sid, first), file, rw._Row(row, raw[row])))
         good = good.filter(pl.col("row") == first_row)
     good = good.drop("first_of_id")
     bad.sort(key=lambda q: q["row"])
