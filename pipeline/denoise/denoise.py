@@ -83,7 +83,6 @@ vote; see the bench's docstring for the recommended configuration.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -91,21 +90,27 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from pipeline.denoise.assemble import DROP as _DROP
+from pipeline.denoise.assemble import FLIP as _FLIP
+from pipeline.denoise.assemble import FLIPPED, STAGE, assemble
+from pipeline.denoise.assemble import KEEP as _KEEP
+from pipeline.denoise.posterior import (
+    _label_sources,
+    _model_probability,
+    judge_probability,
+    judges_posterior,
+)
 from pipeline.denoise.weights import (
     AGGREGATE,
     DEFAULT_ANNOTATOR,
     ConfidenceWeights,
     estimate_confidence_weights,
-    sigmoid,
 )
-from pipeline.hashing import stable_hash_rows
-from pipeline.margins import margin_array
-from pipeline.stage import Reason, StageCounts, StageResult, dropped_table
+from pipeline.stage import Reason, StageCounts, StageResult
 from schemas.config import DenoiseConfig, MarginConfig
 from schemas.errors import PrefcurateError
 from schemas.tables import PAIRS, conform, from_rows  # noqa: F401 (from_rows: doctest)
 
-STAGE = "denoise"
 STAGE_VERSION = 5
 
 # Drop reasons of this stage (pipeline.stage.Reason, as plain strings) and the flip flag.
@@ -113,9 +118,6 @@ LOW_CONFIDENCE = Reason.LOW_CONFIDENCE.value  # confidence weight in [flip_below
 FLIPPED_LOW_CONFIDENCE = Reason.FLIPPED_LOW_CONFIDENCE.value  # weight < flip_below, flipped
 PEER_REVIEW = Reason.PEER_REVIEW.value  # both CRM heads reject the pair late in training
 DISAGREEMENT_FILTER = Reason.DISAGREEMENT_FILTER.value  # SCIR: judges / RMs / label disagree
-FLIPPED = "flipped"  # flag on every flipped pair
-
-_KEEP, _FLIP, _DROP = 0, 1, 2
 
 
 def decide(row: dict, cfg: DenoiseConfig) -> tuple[str, Reason | None]:
@@ -135,113 +137,6 @@ def decide(row: dict, cfg: DenoiseConfig) -> tuple[str, Reason | None]:
     if status == "contested" and cfg.drop_contested:
         return "drop", Reason.CONTESTED
     return "keep", None
-
-
-def _label_sources(label_source: str | Sequence[str | None] | None, n: int) -> pl.Series | None:
-    if label_source is None:
-        return None
-    if isinstance(label_source, str):
-        return pl.repeat(label_source, n, dtype=pl.Utf8, eager=True)
-    out = pl.Series(list(label_source), dtype=pl.Utf8)
-    if len(out) != n:
-        raise PrefcurateError(
-            f"denoise: label_source has {len(out)} entries for {n} pairs; "
-            f"pass one name per pair (None where the votes oriented it) "
-            f"or one name for all"
-        )
-    return out
-
-
-def judge_probability(
-    p_hat: np.ndarray, n_votes: np.ndarray, has_label: np.ndarray, prior: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """p̂ without the label's own vote where ``has_label``; and the remaining vote count.
-
-    p̂ = (n_c + ½ n_t + a)/(S + 2a) counts the label as one vote for chosen; without it
-    p' = (p̂ (S + 2a) − 1)/(S − 1 + 2a) on S − 1 votes (½ when no other vote is left).
-
-    >>> p, s = judge_probability(np.array([0.875, 0.75]), np.array([3, 1]),
-    ...                          np.array([True, True]), 0.5)
-    >>> [round(float(x), 4) for x in p], s.tolist()
-    ([0.8333, 0.5], [2, 0])
-    """
-    p = np.where(np.isfinite(p_hat), p_hat, 0.5)
-    s = n_votes.astype(np.float64)
-    s_wo = np.where(has_label, s - 1.0, s)
-    num = np.where(has_label, p * (s + 2 * prior) - 1.0, p * (s + 2 * prior))
-    out = np.where(s_wo > 0, num / np.maximum(s_wo + 2 * prior, 1e-12), 0.5)
-    return np.clip(out, 0.0, 1.0), np.maximum(s_wo, 0.0).astype(np.int64)
-
-
-def _model_probability(
-    p_judge: np.ndarray,
-    s_c: np.ndarray,
-    s_r: np.ndarray,
-    p_model: np.ndarray | None,
-    cfg: DenoiseConfig,
-    n: int,
-) -> tuple[np.ndarray, str]:
-    """p_i: the judges' p̂, σ(s_c − s_r) (``weight_source = scores``), or ``p_model``."""
-    p_i, source = p_judge.copy(), "p_hat"
-    if cfg.weight_source == "scores":
-        both = np.isfinite(s_c) & np.isfinite(s_r)
-        p_i = np.where(both, sigmoid(s_c - s_r), p_i)
-        source = f"scores ({int(both.sum())} pairs; p_hat for the rest)"
-    if p_model is not None:
-        pm = np.asarray(p_model, dtype=np.float64).reshape(-1)
-        if pm.size != n:
-            raise PrefcurateError(
-                f"denoise: p_model has {pm.size} values for {n} pairs; "
-                f"pass one probability per input pair (NaN: use the votes)"
-            )
-        ok = np.isfinite(pm)
-        p_i = np.where(ok, np.clip(pm, 0.0, 1.0), p_i)
-        source = f"p_model ({int(ok.sum())} pairs; {source} for the rest)"
-    return p_i, source
-
-
-def judges_posterior(
-    pairs: pa.Table, comparisons: pa.Table, column: str = "p_a_judges"
-) -> np.ndarray:
-    """P(chosen ≻ rejected) per pair from the comparisons' ``column`` (P(a ≻ b)), oriented
-    by the pair (NaN where the comparison or its value is missing): the ``p_model`` that
-    aggregation's judges-only EM gives denoise.
-
-    >>> c = pa.table({"source_id": ["s", "s"], "candidate_a": ["x", "x"],
-    ...               "candidate_b": ["y", "z"], "p_a_judges": [0.8, None]})
-    >>> p = pa.table({"source_id": ["s", "s", "t"], "chosen_id": ["y", "x", "x"],
-    ...               "rejected_id": ["x", "z", "y"]})
-    >>> judges_posterior(p, c).round(3).tolist()
-    [0.2, nan, nan]
-    """
-    n = pairs.num_rows
-    if not n or not comparisons.num_rows or column not in comparisons.schema.names:
-        return np.full(n, np.nan)
-    c = (
-        pl.from_arrow(comparisons.select(["source_id", "candidate_a", "candidate_b", column]))
-        .rename({column: "_p"})
-        .unique(["source_id", "candidate_a", "candidate_b"], keep="first")
-    )
-    df = pl.from_arrow(pairs.select(["source_id", "chosen_id", "rejected_id"]))
-    fwd = df.join(
-        c,
-        left_on=["source_id", "chosen_id", "rejected_id"],
-        right_on=["source_id", "candidate_a", "candidate_b"],
-        how="left",
-        maintain_order="left",
-    )["_p"]
-    rev = df.join(
-        c,
-        left_on=["source_id", "rejected_id", "chosen_id"],
-        right_on=["source_id", "candidate_a", "candidate_b"],
-        how="left",
-        maintain_order="left",
-    )["_p"]
-    out = fwd.cast(pl.Float64).fill_null(float("nan")).to_numpy().copy()
-    r = rev.cast(pl.Float64).fill_null(float("nan")).to_numpy()
-    use_rev = np.isnan(out) & np.isfinite(r)
-    out[use_rev] = 1.0 - r[use_rev]
-    return out
 
 
 def _peer_review(
@@ -311,6 +206,9 @@ def denoise_pairs(
     emb_prompt: np.ndarray | None = None,
 ) -> StageResult:
     """Decide keep / flip / drop for every pair (rules 1–8 above), vectorised.
+
+    Long on purpose: the rules run in their documented order on shared masks (a pair's
+    first deciding rule wins, ``apply``), so the body reads as the list of rules above.
 
     ``emb_chosen`` / ``emb_rejected`` (n × d) and ``emb_prompt`` (n × d_p) are aligned with
     the input rows in their input orientation; ``p_model`` (n) is an optional external
@@ -507,107 +405,7 @@ def denoise_pairs(
             "retention": (considered - int(bad.sum())) / considered if considered else None,
         }
 
-    return _assemble(pairs, df, decision, reason, weight, cfg, mcfg, info)
+    return assemble(pairs, df, decision, reason, weight, cfg, mcfg, info)
 
 
-def _assemble(
-    pairs: pa.Table,
-    df: pl.DataFrame,
-    decision: np.ndarray,
-    reason: np.ndarray,
-    weight: np.ndarray | None,
-    cfg: DenoiseConfig,
-    mcfg: MarginConfig,
-    info: dict[str, Any],
-) -> StageResult:
-    n = pairs.num_rows
-    keep_m, flip_m, drop_m = decision == _KEEP, decision == _FLIP, decision == _DROP
-    drop_idx = np.flatnonzero(drop_m)
-    gone = df.select("source_id", "pair_id", "p_hat", "n_votes", "label_status").gather(drop_idx)
-    w_drop = weight[drop_idx] if weight is not None else np.full(drop_idx.size, np.nan)
-    why = reason[drop_idx]
-    drops = []
-    for (sid, pid, p, nv, st), w, r in zip(gone.iter_rows(), w_drop.tolist(), why):
-        detail = f"p_hat={p} n_votes={nv} status={st}"
-        if np.isfinite(w):
-            detail += f" weight={w:.4f}"
-        drops.append({"source_id": sid, "row_id": pid, "reason": r, "detail": detail})
-    flip_idx = np.flatnonzero(flip_m)
-    flipped = df.select("source_id", "rejected_id", "chosen_id").gather(flip_idx)
-    new_ids = (
-        pl.Series("_new", [None] * n, dtype=pl.Utf8).scatter(
-            flip_idx, stable_hash_rows(*flipped.get_columns(), as_series=True)
-        )
-        if flip_idx.size
-        else pl.repeat(None, n, dtype=pl.Utf8, eager=True).alias("_new")
-    )
-    out = df.with_columns(
-        _dec=pl.Series(decision.astype(np.int8)),
-        _why=pl.Series(reason.tolist(), dtype=pl.Utf8),
-        _new=new_ids,
-    )
-    if weight is not None:
-        out = out.with_columns(_w=pl.Series(weight))
-    out = out.filter(pl.col("_dec") != _DROP)
-    flip = pl.col("_dec") == _FLIP
-    p_new = 1.0 - pl.col("p_hat")
-    cols = [
-        pl.when(flip).then(pl.col("rejected_id")).otherwise(pl.col("chosen_id")).alias("chosen_id"),
-        pl.when(flip)
-        .then(pl.col("chosen_id"))
-        .otherwise(pl.col("rejected_id"))
-        .alias("rejected_id"),
-        pl.when(flip)
-        .then(pl.col("score_rejected"))
-        .otherwise(pl.col("score_chosen"))
-        .alias("score_chosen"),
-        pl.when(flip)
-        .then(pl.col("score_chosen"))
-        .otherwise(pl.col("score_rejected"))
-        .alias("score_rejected"),
-        pl.when(flip).then(p_new).otherwise(pl.col("p_hat")).alias("p_hat"),
-        pl.when(flip)
-        .then(1.0 - (2.0 * p_new - 1.0).abs())
-        .otherwise(pl.col("disagreement"))
-        .alias("disagreement"),
-        pl.when(flip)
-        .then(pl.lit("contradicted"))
-        .otherwise(pl.col("label_status"))
-        .alias("label_status"),
-        pl.when(flip).then(pl.lit("flip")).otherwise(pl.lit("keep")).alias("decision"),
-        pl.col("_why").alias("reason"),
-        pl.when(flip & ~pl.col("flags").list.contains(FLIPPED))
-        .then(pl.col("flags").list.concat(pl.lit([FLIPPED])))
-        .otherwise(pl.col("flags"))
-        .alias("flags"),
-        pl.when(flip).then(pl.col("_new")).otherwise(pl.col("pair_id")).alias("pair_id"),
-    ]
-    if weight is not None:
-        cols.append(pl.when(flip).then(1.0 - pl.col("_w")).otherwise(pl.col("_w")).alias("weight"))
-    else:
-        cols.append(pl.when(flip).then(p_new).otherwise(pl.col("weight")).alias("weight"))
-    out = out.with_columns(cols)
-    if flip_idx.size:  # margins of flipped pairs, with the formula of margins.py
-        fl = out["_dec"].to_numpy() == _FLIP
-        m = out["margin"].cast(pl.Float64).to_numpy().astype(np.float64, copy=True)
-        m[fl] = margin_array(out["p_hat"].to_numpy()[fl], mcfg.lam, mcfg.cap)
-        out = out.with_columns(margin=pl.Series(m))
-    kept_table = (
-        conform(
-            out.drop(["_dec", "_why", "_new"] + (["_w"] if weight is not None else [])).to_arrow(),
-            PAIRS,
-            "pairs",
-        )
-        if out.height
-        else PAIRS.empty_table()
-    )
-    counts = StageCounts(
-        rows_in=n, kept=int(keep_m.sum() + flip_m.sum()), dropped=dict(Counter(str(r) for r in why))
-    )
-    return StageResult(
-        STAGE,
-        {"pairs": kept_table},
-        counts,
-        dropped_table(STAGE, drops),
-        info={"flipped": int(flip_m.sum()), **info},
-    )
+__all__ = ["FLIPPED", "STAGE", "denoise_pairs", "judge_probability", "judges_posterior"]
