@@ -178,7 +178,7 @@ def _fuzzed(n: int, seed: int = 0) -> list[str]:
     import random
     import re
 
-    from pipeline.annotate import injection
+    from pipeline.annotate import injection_patterns as injection
 
     rng = random.Random(seed)
     planted = _planted_texts()
@@ -235,7 +235,7 @@ def _fuzzed(n: int, seed: int = 0) -> list[str]:
 def test_the_prefilter_passes_every_text_detect_flags():
     """``may_flag`` is False only where ``detect`` finds nothing: on the planted sets and
     on 6,000 fuzzed texts, a good share of which are flagged (so the check has teeth)."""
-    from pipeline.annotate.injection import may_flag
+    from pipeline.annotate.injection_prefilter import may_flag
 
     texts = _planted_texts() + _fuzzed(6000)
     flagged = [detect(t)[0] for t in texts]
@@ -264,7 +264,7 @@ def test_kept_before_counts_like_a_prefix_sum_across_chunk_edges():
     prefix count at every offset, whatever the chunk size."""
     import numpy as np
 
-    from pipeline.annotate.injection import _kept_before
+    from pipeline.annotate.injection_prefilter import _kept_before
 
     rng = np.random.default_rng(0)
     for _ in range(300):
