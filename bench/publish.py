@@ -20,7 +20,7 @@ What is measured, in this order, in one process:
 - ``plain write`` (the baseline): ``pyarrow.parquet.write_table`` of the same table to one
   file in the same folder (no fsync, no hashing, no ``datasets`` copy); the file is then
   removed and ``os.sync`` run so that publish starts without its dirty pages.
-- ``publish``: :func:`pipeline.store.datasets.publish_version` of the table (empty dropped
+- ``publish``: :func:`pipeline.store.publish.publish_version` of the table (empty dropped
   / quarantine tables, a small manifest and card) into ``--dir`` (a temporary folder by
   default): ``data.parquet``, the ``datasets`` ``save_to_disk`` folder ``data/``, the
   manifest with every file's sha256, fsync, atomic rename. Wall seconds, rows/s, and the
@@ -63,6 +63,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from pipeline.store import datasets as store  # noqa: E402
+from pipeline.store import publish as publisher  # noqa: E402
 from schemas.tables import DROPPED, MESSAGES, PUBLISHED, QUARANTINE, check_table  # noqa: E402
 
 GB = 1e9
@@ -284,7 +285,7 @@ class Wrapped:
 
     def __enter__(self) -> Wrapped:
         for name in self.NAMES:
-            fn = getattr(store, name, None)
+            fn = getattr(publisher, name, None)
             if fn is None:
                 continue
             self.saved[name] = fn
@@ -297,12 +298,12 @@ class Wrapped:
                     self.seconds[_name] = self.seconds.get(_name, 0.0) + time.perf_counter() - t0
                     self.calls[_name] = self.calls.get(_name, 0) + 1
 
-            setattr(store, name, timed)
+            setattr(publisher, name, timed)
         return self
 
     def __exit__(self, *exc) -> None:
         for name, fn in self.saved.items():
-            setattr(store, name, fn)
+            setattr(publisher, name, fn)
 
 
 def tree_bytes(path: Path) -> int:
@@ -368,7 +369,7 @@ def main() -> int:
 
         log("publish_version ...")
         with Wrapped() as w, Step("publish") as st:
-            ref = store.publish_version(
+            ref = publisher.publish_version(
                 base / "store",
                 "bench",
                 data=table,

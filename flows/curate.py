@@ -47,6 +47,7 @@ from pipeline.stage import Reason, StageResult, stage_count_rows
 from pipeline.store import datasets as store
 from pipeline.store.card import dataset_card
 from pipeline.store.manifest import build_manifest, content_key, run_summary
+from pipeline.store.publish import publish_version
 from pipeline.store.stages import StageOutput
 from schemas.config import RunConfig, merge_secrets, split_secrets
 from schemas.errors import EngineError
@@ -520,7 +521,7 @@ def publish_task(
     quarantine = pa.concat_tables([o.read("quarantine") for o in all_stages])
     manifest = build_manifest(cfg, all_stages, ctx.usage, ctx.models_used, partial)
     usage_artifact(manifest["usage"])
-    ref = store.publish_version(
+    ref = publish_version(
         cfg.data_root,
         cfg.dataset_name,
         data=data,

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline.store import datasets as store
+from pipeline.store import publish as publisher
 from schemas.errors import SchemaError, StoreError
 from schemas.tables import DROPPED, PUBLISHED, QUARANTINE, from_rows, schema_fingerprint
 
@@ -86,7 +87,7 @@ def _tables(n: int = 3) -> dict[str, pa.Table]:
 
 
 def _publish(root: Path, key: str, name: str = "dpo", n: int = 3) -> store.VersionRef:
-    return store.publish_version(
+    return publisher.publish_version(
         root,
         name,
         **_tables(n),
@@ -208,7 +209,7 @@ def test_published_data_loads_with_datasets_and_polars(tmp_path):
 def test_publish_empty_tables(tmp_path):
     import datasets
 
-    v = store.publish_version(
+    v = publisher.publish_version(
         tmp_path,
         "empty",
         data=PUBLISHED.empty_table(),
@@ -226,7 +227,7 @@ def test_publish_checks_schemas_before_writing(tmp_path):
     t = _tables()
     bad = t["data"].drop_columns(["margin"])
     with pytest.raises(SchemaError, match="margin"):
-        store.publish_version(
+        publisher.publish_version(
             tmp_path,
             "dpo",
             data=bad,
@@ -242,14 +243,14 @@ def test_publish_checks_schemas_before_writing(tmp_path):
 @pytest.mark.parametrize("manifest", [{"x": float("nan")}, {"p": Path("/x")}])
 def test_publish_rejects_non_json_manifest(tmp_path, manifest):
     with pytest.raises(StoreError, match="manifest is not valid JSON"):
-        store.publish_version(
+        publisher.publish_version(
             tmp_path, "dpo", **_tables(), manifest=manifest, card="", content_key="k"
         )
     assert store.list_versions(tmp_path, "dpo") == []
 
 
 def test_store_keys_override_caller_keys(tmp_path):
-    v = store.publish_version(
+    v = publisher.publish_version(
         tmp_path,
         "dpo",
         **_tables(),
@@ -272,9 +273,9 @@ def test_failure_mid_write_leaves_nothing(tmp_path, monkeypatch, where):
         raise OSError("disk full (injected)")
 
     if where == "rename":
-        monkeypatch.setattr(store.os, "rename", boom)
+        monkeypatch.setattr(publisher.os, "rename", boom)
     else:
-        monkeypatch.setattr(store, where, boom)
+        monkeypatch.setattr(publisher, where, boom)
     with pytest.raises(OSError, match="injected"):
         _publish(tmp_path, "k2")
     monkeypatch.undo()

@@ -244,6 +244,7 @@ def export_version(
     folder renamed into place) and return the export's manifest plus ``path`` and
     ``created`` (False when an export of the same source content already exists)."""
     from pipeline.store import datasets as store
+    from pipeline.store.stream import write_dataset
 
     if fmt not in FORMATS:
         raise StoreError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
@@ -267,7 +268,7 @@ def export_version(
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{dest.name}-", dir=dest.parent))
     try:
         pq.write_table(table, tmp / "data.parquet")
-        store.write_dataset(table, tmp / "data")
+        write_dataset(table, tmp / "data")
         files = {
             str(p.relative_to(tmp)): file_hash(p) for p in sorted(tmp.rglob("*")) if p.is_file()
         }
