@@ -108,7 +108,7 @@ def test_an_orphaned_prefect_server_of_a_killed_cli_is_stopped() -> None:
     CLI's pid; one with a live CLI pid is left alone."""
     import time
 
-    from flows.cli import SERVER_MARKER, reap_orphan_servers
+    from flows.preflight import SERVER_MARKER, reap_orphan_servers
 
     code = "import time; time.sleep(120)"
     orphan = subprocess.Popen(

@@ -71,7 +71,7 @@ def test_every_logger_is_in_the_prefcurate_tree() -> None:
 def test_cli_sends_the_tree_to_prefect(monkeypatch) -> None:
     import os
 
-    from flows import cli
+    from flows import preflight
 
     env = {
         k: v
@@ -79,7 +79,7 @@ def test_cli_sends_the_tree_to_prefect(monkeypatch) -> None:
         if k not in ("PREFECT_LOGGING_EXTRA_LOGGERS", "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW")
     }
     monkeypatch.setattr(os, "environ", env)  # what _prefect_env sets is undone after
-    monkeypatch.setattr(cli, "reap_orphan_servers", lambda: [])
-    cli._prefect_env()
+    monkeypatch.setattr(preflight, "reap_orphan_servers", lambda: [])
+    preflight._prefect_env()
     assert os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] == "prefcurate"
     assert os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] == "ignore"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import _model_problem, check_models
+from flows.preflight import _model_problem, check_models
 from schemas.config import load_config
 from schemas.errors import ConfigError
 

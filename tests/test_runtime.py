@@ -169,10 +169,10 @@ def test_every_computed_stage_reports_its_rows(tmp_path, examples):
 def test_the_cli_display_shows_rows_per_second():
     from rich.console import Console
 
-    from flows import cli
+    from flows import console as cli_console
 
     console = Console(record=True, width=160, force_terminal=False)
-    prog = cli._RichProgress(console)
+    prog = cli_console._RichProgress(console)
     done = prog.stage("aggregate")
     done(1_000_000)
     prog.stop()
