@@ -10,6 +10,7 @@ from pipeline import generation
 from pipeline.dryrun import plan_run
 from pipeline.engines.base import FakeEngine, RequestCache
 from schemas.config import load_config
+from tests.fake_run import FAKE_MODELS
 
 
 def _cfg(tmp_path, examples, *extra):
@@ -19,11 +20,8 @@ def _cfg(tmp_path, examples, *extra):
             f"data_root={tmp_path}",
             f"input.path={examples / 'prompts.jsonl'}",
             "input.limit=4",
-            "generate.policies.0.model.engine=fake",
-            "generate.policies.0.model.model=fake-policy",
+            *FAKE_MODELS,
             "generate.policies.0.n=3",
-            "judge.judges.0.model.engine=fake",
-            "judge.judges.0.model.model=fake-judge",
             *extra,
         ],
     )

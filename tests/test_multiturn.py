@@ -15,6 +15,7 @@ from pipeline.annotate.rubrics import format_rubric, format_yesno
 from pipeline.ingest.stage import ingest_prompts
 from pipeline.store import datasets as store
 from schemas.config import JudgeSpec, RubricConfig, load_config
+from tests.fake_run import FAKE_MODELS
 
 ROWS = [
     {"id": "t1", "prompt": "Name a prime number.", "follow_ups": ["Now name a larger one."]},
@@ -100,11 +101,8 @@ def _cfg(tmp_path: Path, *extra: str):
             f"data_root={tmp_path}",
             "name=multi",
             f"input.path={_write(tmp_path / 'turns.jsonl', ROWS)}",
-            "generate.policies.0.model.engine=fake",
-            "generate.policies.0.model.model=fake-policy",
+            *FAKE_MODELS,
             "generate.policies.0.n=3",
-            "judge.judges.0.model.engine=fake",
-            "judge.judges.0.model.model=fake-judge",
             "rubrics.judges=[]",
             "embed.enabled=false",
             "denoise.flip_below=0.0",
@@ -233,10 +231,7 @@ def test_tools_reach_the_engine_and_the_published_rows(tmp_path):
             f"data_root={tmp_path}",
             "name=tools",
             f"input.path={path}",
-            "generate.policies.0.model.engine=fake",
-            "generate.policies.0.model.model=fake-policy",
-            "judge.judges.0.model.engine=fake",
-            "judge.judges.0.model.model=fake-judge",
+            *FAKE_MODELS,
             "rubrics.judges=[]",
             "embed.enabled=false",
             "denoise.flip_below=0.0",

@@ -20,6 +20,7 @@ from pipeline.report import build as rp
 from pipeline.report import html as rh
 from pipeline.store import datasets as store
 from schemas.config import load_config
+from tests.fake_run import FAKE_MODELS
 
 PLANTED = "<script>alert(1)</script>"
 
@@ -32,10 +33,7 @@ def _fake_cfg(root: Path, examples: Path, *extra: str) -> dict:
             "name=fake-run",
             f"input.path={examples / 'prompts.jsonl'}",
             "input.limit=4",
-            "generate.policies.0.model.engine=fake",
-            "generate.policies.0.model.model=fake-policy",
-            "judge.judges.0.model.engine=fake",
-            "judge.judges.0.model.model=fake-judge",
+            *FAKE_MODELS,
             *extra,
         ],
     ).model_dump(mode="json")

@@ -20,6 +20,7 @@ from pipeline.store import datasets as store
 from schemas.config import ReviewConfig, load_config
 from schemas.errors import ConfigError
 from schemas.tables import VOTES
+from tests.fake_run import FAKE_MODELS
 
 
 def _margins(rows: list[tuple]) -> pa.Table:
@@ -194,10 +195,7 @@ def _fake_cfg(tmp_path: Path, examples: Path, *extra: str):
             "name=review-run",
             f"input.path={examples / 'prompts.jsonl'}",
             "input.limit=3",
-            "generate.policies.0.model.engine=fake",
-            "generate.policies.0.model.model=fake-policy",
-            "judge.judges.0.model.engine=fake",
-            "judge.judges.0.model.model=fake-judge",
+            *FAKE_MODELS,
             "rubrics.judges=[]",
             *extra,
         ],

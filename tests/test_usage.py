@@ -15,6 +15,7 @@ from pipeline.report.sections import usage_table
 from pipeline.store import datasets as store
 from schemas.config import BudgetConfig, CostConfig, Price, load_config
 from schemas.errors import ConfigError
+from tests.fake_run import FAKE_MODELS
 
 
 def _reqs(n: int, max_tokens: int = 8, samples: int = 1) -> list[ChatRequest]:
@@ -181,10 +182,7 @@ def _fake(tmp_path: Path, examples: Path, *extra: str):
             "name=budget-run",
             f"input.path={examples / 'prompts.jsonl'}",
             "input.limit=4",
-            "generate.policies.0.model.engine=fake",
-            "generate.policies.0.model.model=fake-policy",
-            "judge.judges.0.model.engine=fake",
-            "judge.judges.0.model.model=fake-judge",
+            *FAKE_MODELS,
             "rubrics.judges=[]",
             "embed.enabled=false",
             "cost.prices={fake-judge: {input_per_mtok: 3, output_per_mtok: 15}}",
