@@ -4,6 +4,8 @@ annotators that copy the dataset's label (:func:`label_correlated`)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import polars as pl
 
@@ -94,32 +96,31 @@ def fit_em(
         kw["prior"] = None if prior is None else prior[used]
         if class_prior in ("symmetric", "tested"):
             kw["class_prior"] = np.array([0.5, 0.5])
-    res = fit(
-        item,
-        annot,
-        label,
-        weight=weight,
-        n_items=k,
-        n_annotators=used.size,
-        n_classes=2,
-        n_labels=n_labels,
-        **kw,
-    )
+
+    def run(
+        kw: dict, sel: Any = slice(None), codes: np.ndarray | None = None, n_extra: int = 0
+    ) -> em.EMResult:
+        """One EM fit over the votes ``sel`` (all by default: a view, no copy), with other
+        annotator ``codes`` and ``n_extra`` virtual annotators if given."""
+        a = annot if codes is None else codes
+        return fit(
+            item[sel],
+            a[sel],
+            label[sel],
+            weight=None if weight is None else weight[sel],
+            n_items=k,
+            n_annotators=used.size + n_extra,
+            n_classes=2,
+            n_labels=n_labels,
+            **kw,
+        )
+
+    res = run(kw)
     test_info = None
     if class_prior == "tested" and method != "one_coin":
         # the likelihood-ratio test of π = ½ against a fitted π (one degree of freedom)
         free_kw = {key: val for key, val in kw.items() if key != "class_prior"}
-        free = fit(
-            item,
-            annot,
-            label,
-            weight=weight,
-            n_items=k,
-            n_annotators=used.size,
-            n_classes=2,
-            n_labels=n_labels,
-            **free_kw,
-        )
+        free = run(free_kw)
         total = float(item.size if weight is None else weight.sum())
         stat = (
             2.0
@@ -156,17 +157,7 @@ def fit_em(
         info["class_prior_test"] = test_info
     if correlation != "off" and label_side is not None and method != "one_coin":
         jv = ~label_vote  # the judges-only fit: who agrees with the label beyond the truth
-        jres = fit(
-            item[jv],
-            annot[jv],
-            label[jv],
-            weight=None if weight is None else weight[jv],
-            n_items=k,
-            n_annotators=used.size,
-            n_classes=2,
-            n_labels=n_labels,
-            **kw,
-        )
+        jres = run(kw, sel=jv)
         found = label_correlated(
             jres.posterior[:, 0],
             jres.confusion,
@@ -191,17 +182,7 @@ def fit_em(
                 kw2["prior"] = np.concatenate(
                     [kw["prior"], np.repeat(kw["prior"][flagged], 2, axis=0)]
                 )
-            res = fit(
-                item,
-                annot2,
-                label,
-                weight=weight,
-                n_items=k,
-                n_annotators=used.size + 2 * len(flagged),
-                n_classes=2,
-                n_labels=n_labels,
-                **kw2,
-            )
+            res = run(kw2, codes=annot2, n_extra=2 * len(flagged))
             # the reliabilities that decided: the refit's (the first fit's are inflated
             # for the label and its copiers, which looked like two independent voters)
             r2 = res.reliability()

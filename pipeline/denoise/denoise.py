@@ -99,6 +99,7 @@ from pipeline.denoise.posterior import (
     _model_probability,
     judge_probability,
     judges_posterior,
+    p_model_values,
 )
 from pipeline.denoise.weights import (
     AGGREGATE,
@@ -244,13 +245,7 @@ def denoise_pairs(
     if posterior:  # q = P(label right): the aggregation's posterior, else the vote share
         q = p_hat.copy()
         if p_model is not None:
-            pm = np.asarray(p_model, dtype=np.float64).reshape(-1)
-            if pm.size != n:
-                raise PrefcurateError(
-                    f"denoise: p_model has {pm.size} values for {n} "
-                    f"pairs; pass one probability per input pair (NaN: "
-                    f"use the votes)"
-                )
+            pm = p_model_values(p_model, n)
             q = np.where(np.isfinite(pm), np.clip(pm, 0.0, 1.0), q)
     apply(~np.isfinite(p_hat) | (n_votes == 0), _DROP, str(Reason.NULL_SCORE))
     # a tie in the raw counts is dropped only where no posterior decides it

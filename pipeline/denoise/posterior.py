@@ -5,6 +5,7 @@ an external posterior), and the aggregation's posterior aligned with the pairs."
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -51,6 +52,17 @@ def judge_probability(
     return np.clip(out, 0.0, 1.0), np.maximum(s_wo, 0.0).astype(np.int64)
 
 
+def p_model_values(p_model: Any, n: int) -> np.ndarray:
+    """``p_model`` as n float64 values, or a clear error when it does not have one per pair."""
+    pm = np.asarray(p_model, dtype=np.float64).reshape(-1)
+    if pm.size != n:
+        raise PrefcurateError(
+            f"denoise: p_model has {pm.size} values for {n} pairs; "
+            f"pass one probability per input pair (NaN: use the votes)"
+        )
+    return pm
+
+
 def _model_probability(
     p_judge: np.ndarray,
     s_c: np.ndarray,
@@ -66,12 +78,7 @@ def _model_probability(
         p_i = np.where(both, sigmoid(s_c - s_r), p_i)
         source = f"scores ({int(both.sum())} pairs; p_hat for the rest)"
     if p_model is not None:
-        pm = np.asarray(p_model, dtype=np.float64).reshape(-1)
-        if pm.size != n:
-            raise PrefcurateError(
-                f"denoise: p_model has {pm.size} values for {n} pairs; "
-                f"pass one probability per input pair (NaN: use the votes)"
-            )
+        pm = p_model_values(p_model, n)
         ok = np.isfinite(pm)
         p_i = np.where(ok, np.clip(pm, 0.0, 1.0), p_i)
         source = f"p_model ({int(ok.sum())} pairs; {source} for the rest)"
