@@ -529,7 +529,7 @@ def publish_task(
         quarantine=quarantine,
         manifest=manifest,
         card=dataset_card(cfg.dataset_name, "", cfg, manifest["stages"], data.num_rows),
-        content_key=content_key(cfg, all_stages),
+        content_key=content_key(manifest, all_stages),
         extra_files={"report.html": _report_html(cfg, data, dropped, quarantine)},
     )
     if finished is not None:

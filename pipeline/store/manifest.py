@@ -23,11 +23,13 @@ def stage_rows(outs: list[StageOutput]) -> dict[str, Any]:
     return {o.stage: {**o.counts, "reused": o.reused, "key": o.key} for o in outs}
 
 
-def content_key(cfg: RunConfig, outs: list[StageOutput]) -> str:
-    """The key of what a publish would write: code, config and every stage's output."""
-    chash = config_hash(resolved_dict(cfg))
+def content_key(manifest: dict[str, Any], outs: list[StageOutput]) -> str:
+    """The key of what a publish would write: code, config (the ``manifest``'s hash) and
+    every stage's output."""
     hashes = [o.output_hash for o in outs]
-    return stable_hash(PUBLISH_VERSION, pipeline.__version__, chash, hashes, length=32)
+    return stable_hash(
+        PUBLISH_VERSION, pipeline.__version__, manifest["config_hash"], hashes, length=32
+    )
 
 
 def build_manifest(
