@@ -259,7 +259,6 @@ class Outcomes(dict):
     tables: dict[str, Any]
 
 
-_EMB_ENABLED = None
 _INGESTED: dict[str, Any] = {}  # the last ingested simulation (one entry)
 
 
@@ -276,14 +275,8 @@ def _prefect_home() -> None:
 
 
 def _embeddings_enabled(cfg: Any) -> bool:
-    """The flow's own rule (flows.curate.embeddings_enabled), imported once."""
-    global _EMB_ENABLED
-    if _EMB_ENABLED is None:
-        _prefect_home()
-        from flows.curate import embeddings_enabled
-
-        _EMB_ENABLED = embeddings_enabled
-    return bool(_EMB_ENABLED(cfg))
+    """The flow's own rule (:meth:`schemas.config.RunConfig.embeddings_on`)."""
+    return bool(cfg.embeddings_on())
 
 
 def default_config(sim: Sim, sets: tuple[str, ...] | list[str] = ()) -> Any:
@@ -312,7 +305,7 @@ def run_default(
     (``judges_only``) it starts at aggregate with the VOTES table of
     :func:`bench.scenarios.votes_table`, as the judge stage would write it.
 
-    ``embeddings``: ``flow`` (whether the flow would embed: ``embeddings_enabled(cfg)``),
+    ``embeddings``: ``flow`` (whether the flow would embed: ``cfg.embeddings_on()``),
     ``always`` or ``never``. ``human``: reviewers' votes added to the votes, as the flow's
     review stage adds them — (pair index, annotator, says position a); with
     ``review.anchor`` they are gold anchors (``pipeline.chain.gold_prefix``). The first
@@ -1276,7 +1269,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=("flow", "always", "never"),
         default="flow",
         help="pass the simulated embeddings to the default path: as the flow "
-        "decides (embeddings_enabled), always or never",
+        "decides (RunConfig.embeddings_on), always or never",
     )
     ap.add_argument(
         "--set",

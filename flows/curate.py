@@ -1,14 +1,14 @@
 """The ``curate`` Prefect flow: ingest → generate → judge → aggregate → margins → denoise
 → pairs → publish → report.
 
-Each task is thin: it computes its stage key, reuses a finished stage if one is on disk,
-else reads its inputs, calls the pure stage function in ``pipeline/``, writes the result
+Each task is thin: it reuses a finished stage if one is on disk under its key (the
+versions of every pipeline module its body calls, the config it reads, its sources'
+hashes), else reads its inputs, calls one stage body in ``pipeline/``, writes the result
 durably and returns a reference (the stage directory), never a big table. Model calls
 go through the per-request cache, and engines are only started when a request is
 missing from it, so a rerun after a crash repeats no finished call. The machinery the
-tasks share (run context, engine pool, stage keying and reuse, the retry rule, the task
-runner) is :mod:`flows.runtime`; which pairs the judges see is
-:mod:`pipeline.annotate.planning`, the dataset card :mod:`pipeline.store.card`.
+tasks share (run context, stage keying and reuse, the retry rule, the task runner) is
+:mod:`flows.runtime`; the scale-out of model calls :mod:`flows.shards`.
 """
 
 from __future__ import annotations
@@ -22,86 +22,59 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.runtime import (
-    EnginePool,
     RunContext,
     Runtime,
     call_models,
     calls_complete,
-    is_transient,
     model_task,
     new_context,
-    retry_transient,
     run_stage,
     task_runner_for,
     usage_artifact,
 )
-from flows.shards import warm_in_shards
+from flows.shards import warm_generation, warm_judging
 from pipeline import generation, pairs, run_stages
 from pipeline.annotate import judging
 from pipeline.annotate import stages as model_stages
-from pipeline.annotate.planning import GPM_ROUND, first_signal, plan_judging
+from pipeline.annotate.stages import check_outage
 from pipeline.hashing import file_hash, stable_hash, tree_hash
 from pipeline.ingest.stage import ingest_pairs, ingest_prompts
 from pipeline.review import votes as review_votes
-from pipeline.stage import Reason, StageResult, stage_count_rows
+from pipeline.stage import StageResult
 from pipeline.store import datasets as store
 from pipeline.store.card import dataset_card
-from pipeline.store.manifest import build_manifest, content_key, run_summary
+from pipeline.store.manifest import build_manifest, content_key, run_summary, summary_markdown
 from pipeline.store.publish import publish_version
 from pipeline.store.stages import StageOutput
 from schemas.config import RunConfig, merge_secrets, split_secrets
-from schemas.errors import EngineError
 
-__all__ = [
-    "EnginePool",
-    "Runtime",
-    "curate",
-    "first_signal",
-    "is_transient",
-    "plan_judging",
-    "run_curation",
-    "GPM_ROUND",
-]
+__all__ = ["Runtime", "curate", "run_curation"]
 
 log = logging.getLogger("prefcurate")
 
 INGEST_VERSION = 1
 
 
-@task(
-    name="ingest",
-    cache_policy=NO_CACHE,
-    retries=1,
-    retry_delay_seconds=5,
-    retry_condition_fn=retry_transient,
-)
+@model_task(name="ingest", retries=1, delay=5)
 def ingest_task(ctx: RunContext) -> StageOutput:
+    from pipeline.ingest.verifiable import VERSION
+
     inp = ctx.cfg.input
-    from pipeline.ingest import verifiable
-
-    in_hash = (
-        tree_hash(inp.path)
-        if Path(inp.path).exists()
-        else f"builtin:{inp.path}:v{verifiable.VERSION}"
-    )
+    src = tree_hash(inp.path) if Path(inp.path).exists() else f"builtin:{inp.path}:v{VERSION}"
     fn = ingest_prompts if inp.kind == "prompts" else ingest_pairs
-    return run_stage(
-        ctx,
-        "ingest",
-        INGEST_VERSION,
-        inp.model_dump(mode="json"),
-        [in_hash],
-        lambda: fn(inp.path, source=inp.source, limit=inp.limit),
-    )
+    params = inp.model_dump(mode="json")
+
+    def compute() -> StageResult:
+        return fn(inp.path, source=inp.source, limit=inp.limit)
+
+    return run_stage(ctx, "ingest", INGEST_VERSION, params, [src], compute)
 
 
-def _hygiene_inputs(ing: StageOutput, pairs_input: bool) -> tuple[Any, Any, Any]:
+def _hygiene_inputs(ctx: RunContext, ing: StageOutput) -> list[Any]:
     """PROMPTS, and a pairs file's CANDIDATES and VOTES (None for a prompts file)."""
-    return (
-        ing.read("prompts"),
-        ing.read("candidates") if pairs_input else None,
-        ing.read("votes") if pairs_input else None,
-    )
+    pairs_input = ctx.cfg.input.kind == "pairs"
+    names = ("prompts", "candidates", "votes")
+    return [ing.read(n) if pairs_input or n == "prompts" else None for n in names]
 
 
 @task(name="dedup", cache_policy=NO_CACHE)
@@ -110,21 +83,14 @@ def dedup_task(ctx: RunContext, ing: StageOutput) -> StageOutput:
     the same output names as ingest, so the stages after it read it in ingest's place."""
     from pipeline.hygiene import dedup
 
-    dcfg = ctx.cfg.dedup
+    d = ctx.cfg.dedup
+    kw = {"threshold": d.threshold, "ngram": d.ngram, "num_perm": d.num_perm}
+    kw |= {"min_words": d.min_words, "near": ctx.cfg.dedup_near_on()}
 
     def compute() -> StageResult:
-        return dedup.dedup_prompts(
-            *_hygiene_inputs(ing, ctx.cfg.input.kind == "pairs"),
-            threshold=dcfg.threshold,
-            ngram=dcfg.ngram,
-            num_perm=dcfg.num_perm,
-            min_words=dcfg.min_words,
-            near=ctx.cfg.dedup_near_on(),
-        )
+        return dedup.dedup_prompts(*_hygiene_inputs(ctx, ing), **kw)
 
-    return run_stage(
-        ctx, "dedup", dedup.STAGE_VERSION, dcfg.model_dump(mode="json"), [ing.output_hash], compute
-    )
+    return run_stage(ctx, "dedup", dedup.STAGE_VERSION, d.model_dump(mode="json"), [ing], compute)
 
 
 @task(name="decontaminate", cache_policy=NO_CACHE)
@@ -133,41 +99,21 @@ def decontaminate_task(ctx: RunContext, ing: StageOutput) -> StageOutput:
     benchmark item; the same output names as ingest."""
     from pipeline.hygiene import decontam
 
-    dcfg = ctx.cfg.decontaminate
-    items, notes = decontam.resolve_benchmarks(dcfg.benchmarks, ctx.cfg.input.path)
+    d = ctx.cfg.decontaminate
+    items, notes = decontam.resolve_benchmarks(d.benchmarks, ctx.cfg.input.path)
     bench_hash = stable_hash([[i.benchmark, i.item_id, i.text] for i in items])
 
     def compute() -> StageResult:
+        tables = _hygiene_inputs(ctx, ing)
         res = decontam.decontaminate(
-            *_hygiene_inputs(ing, ctx.cfg.input.kind == "pairs"),
-            benchmarks=items,
-            ngram=dcfg.ngram,
-            skipped=notes["skipped"],
+            *tables, benchmarks=items, ngram=d.ngram, skipped=notes["skipped"]
         )
         res.info["unavailable"] = notes["unavailable"]
         return res
 
+    params = d.model_dump(mode="json")
     return run_stage(
-        ctx,
-        "decontaminate",
-        decontam.STAGE_VERSION,
-        dcfg.model_dump(mode="json"),
-        [ing.output_hash, bench_hash],
-        compute,
-    )
-
-
-@model_task(name="generate")
-def generate_task(ctx: RunContext, ingest: StageOutput) -> StageOutput:
-    return run_stage(
-        ctx,
-        "generate",
-        generation.STAGE_VERSION,
-        ctx.cfg.generate.model_dump(mode="json"),
-        [ingest.output_hash],
-        # (served from the cache when scale-out shards already answered them)
-        lambda: model_stages.generate_stage(ingest.read("prompts"), ctx.cfg, _caller(ctx)),
-        complete=calls_complete,
+        ctx, "decontaminate", decontam.STAGE_VERSION, params, [ing, bench_hash], compute
     )
 
 
@@ -176,193 +122,141 @@ def _caller(ctx: RunContext) -> model_stages.CallModels:
     return lambda stage, groups, batch: call_models(ctx, stage, groups, batch)[:2]
 
 
-def check_outage(out: StageOutput, cfg: RunConfig, partial: dict[str, int]) -> None:
-    """After a model stage: failed calls are recorded in ``partial``; when every row of
-    the stage failed the run stops (unless ``allow_partial``), naming the first error."""
-    failed = out.counts.get("quarantined", {}).get(str(Reason.REQUEST_FAILED), 0)
-    if not failed:
-        return
-    partial[out.stage] = failed
-    q = out.read("quarantine")
-    first = next(
-        (
-            d
-            for d, r in zip(q.column("detail").to_pylist(), q.column("reason").to_pylist())
-            if r == str(Reason.REQUEST_FAILED)
-        ),
-        "",
-    )
-    log.warning(
-        "%s: %d rows have failed model calls (quarantined; the next run makes "
-        "exactly those calls again): %s",
-        out.stage,
-        failed,
-        first,
-    )
-    if out.counts.get("kept", 0) == 0 and not cfg.allow_partial:
-        raise EngineError(
-            f"{out.stage}: every call failed ({failed} rows quarantined), e.g. "
-            f"{first}; nothing published. Rerun when the model server is back "
-            f"(only the failed calls are made again), or pass --allow-partial "
-            f"to publish without them"
-        )
+@model_task(name="generate")
+def generate_task(ctx: RunContext, ing: StageOutput) -> StageOutput:
+    params = ctx.cfg.generate.model_dump(mode="json")
+
+    # (served from the cache when scale-out shards already answered them)
+    def compute() -> StageResult:
+        return model_stages.generate_stage(ing.read("prompts"), ctx.cfg, _caller(ctx))
+
+    v = generation.STAGE_VERSION
+    return run_stage(ctx, "generate", v, params, [ing], compute, complete=calls_complete)
 
 
 @model_task(name="judge")
 def judge_task(
-    ctx: RunContext,
-    prompts_src: StageOutput,
-    cands_src: StageOutput,
-    signal_srcs: list[StageOutput] | None = None,
-    seed_agg: StageOutput | None = None,
-    emb: StageOutput | None = None,
-    round1: StageOutput | None = None,
+    ctx: RunContext, ing: StageOutput, cands: StageOutput, signal: list[StageOutput] | None = None
 ) -> StageOutput:
-    """Judge the selected pairs; with ``seed_agg`` (round 1's aggregation), ``emb`` and
-    ``round1`` (round 1's judge stage: its votes are the pairs judged already) this is round
-    2 of ``pair_selection: gpm`` (stage ``judge_gpm``)."""
-    jcfg = ctx.cfg.judge
-    signal_srcs = signal_srcs or []
+    """Round 1 (or the only round): judge the pairs ``pair_selection`` picks; ``signal``:
+    the first signal's score stages (``best_worst``)."""
+    signal = signal or []
 
     def compute() -> StageResult:
-        prompts, candidates = prompts_src.read("prompts"), cands_src.read("candidates")
-        chosen = None
-        if seed_agg is not None and emb is not None:
-            from pipeline.gpm.annotate import select_uncertain_pairs
+        prompts, candidates = ing.read("prompts"), cands.read("candidates")
+        scores = [t.read("scores") for t in signal]
+        return model_stages.judge_stage(prompts, candidates, ctx.cfg, _caller(ctx), scores)
 
-            chosen = select_uncertain_pairs(
-                seed_agg.read("comparisons"),
-                candidates,
-                emb.read("candidate_embeddings"),
-                emb.read("prompt_embeddings"),
-                ctx.cfg.gpm,
-                jcfg.max_pairs_per_prompt - jcfg.seed_pairs_per_prompt,
-                judged=round1.read("votes") if round1 is not None else None,
-            )
-        signal = [t.read("scores") for t in signal_srcs]
-        return model_stages.judge_stage(prompts, candidates, ctx.cfg, _caller(ctx), signal, chosen)
-
-    second = seed_agg is not None and emb is not None
-    return run_stage(
-        ctx,
-        "judge_gpm" if second else "judge",
-        judging.STAGE_VERSION,
-        [jcfg.model_dump(mode="json")] + ([ctx.cfg.gpm.model_dump(mode="json")] if second else []),
-        [prompts_src.output_hash, cands_src.output_hash]
-        + [s.output_hash for s in signal_srcs]
-        + ([seed_agg.output_hash, emb.output_hash] if second else [])
-        + ([round1.output_hash] if second and round1 is not None else []),
-        compute,
-        complete=calls_complete,
-    )
+    params = [ctx.cfg.judge.model_dump(mode="json")]  # (a list: the key of earlier runs)
+    v, sources = judging.STAGE_VERSION, [ing, cands, *signal]
+    return run_stage(ctx, "judge", v, params, sources, compute, complete=calls_complete)
 
 
-def embeddings_enabled(cfg: RunConfig) -> bool:
-    """Whether the flow embeds (:meth:`schemas.config.RunConfig.embeddings_on`)."""
-    return cfg.embeddings_on()
+@model_task(name="judge_gpm")
+def judge_gpm_task(
+    ctx: RunContext,
+    ing: StageOutput,
+    cands: StageOutput,
+    signal: list[StageOutput],
+    seed: StageOutput,
+    emb: StageOutput,
+    round1: StageOutput,
+) -> StageOutput:
+    """Round 2 of ``pair_selection: gpm``: judge the pairs a GPM head trained on round 1's
+    aggregation (``seed``) is least sure of; ``round1``'s votes are the pairs judged."""
+
+    def compute() -> StageResult:
+        candidates = cands.read("candidates")
+        chosen = model_stages.gpm_round_pairs(
+            ctx.cfg, seed.read("comparisons"), candidates, _embeddings(emb), round1.read("votes")
+        )
+        scores = [t.read("scores") for t in signal]
+        prompts = ing.read("prompts")
+        return model_stages.judge_stage(prompts, candidates, ctx.cfg, _caller(ctx), scores, chosen)
+
+    params = [ctx.cfg.judge.model_dump(mode="json"), ctx.cfg.gpm.model_dump(mode="json")]
+    sources = [ing, cands, *signal, seed, emb, round1]
+    v = judging.STAGE_VERSION
+    return run_stage(ctx, "judge_gpm", v, params, sources, compute, complete=calls_complete)
 
 
-@task(
-    name="embed",
-    cache_policy=NO_CACHE,
-    retries=1,
-    retry_delay_seconds=10,
-    retry_condition_fn=retry_transient,
-)
-def embed_task(ctx: RunContext, prompts_src: StageOutput, cands_src: StageOutput) -> StageOutput:
+def _embeddings(emb: StageOutput) -> tuple[Any, Any]:
+    """The embed stage's (candidate, prompt) embeddings."""
+    return emb.read("candidate_embeddings"), emb.read("prompt_embeddings")
+
+
+@model_task(name="embed", retries=1, delay=10)
+def embed_task(ctx: RunContext, ing: StageOutput, cands: StageOutput) -> StageOutput:
     from pipeline.embeddings import STAGE_VERSION, compute_embeddings
 
-    return run_stage(
-        ctx,
-        "embed",
-        STAGE_VERSION,
-        ctx.cfg.embed.model_dump(mode="json", exclude={"enabled"}),
-        [prompts_src.output_hash, cands_src.output_hash],
-        lambda: compute_embeddings(
-            prompts_src.read("prompts"),
-            cands_src.read("candidates"),
-            ctx.cfg.embed,
-            cache_dir=ctx.engines.cache_dir,
-        ),
-    )
+    e = ctx.cfg.embed
+    params = e.model_dump(mode="json", exclude={"enabled"})
+
+    def compute() -> StageResult:
+        prompts, candidates = ing.read("prompts"), cands.read("candidates")
+        return compute_embeddings(prompts, candidates, e, cache_dir=ctx.engines.cache_dir)
+
+    return run_stage(ctx, "embed", STAGE_VERSION, params, [ing, cands], compute)
 
 
 @model_task(name="rubric")
-def rubric_task(ctx: RunContext, prompts_src: StageOutput, cands_src: StageOutput) -> StageOutput:
+def rubric_task(ctx: RunContext, ing: StageOutput, cands: StageOutput) -> StageOutput:
     from pipeline.annotate import rubrics
 
-    judges = ctx.cfg.rubric_judges()
-    return run_stage(
-        ctx,
-        "rubric",
-        rubrics.STAGE_VERSION,
-        [ctx.cfg.rubrics.model_dump(mode="json"), [j.model_dump(mode="json") for j in judges]],
-        [prompts_src.output_hash, cands_src.output_hash],
-        lambda: model_stages.rubric_stage(
-            prompts_src.read("prompts"), cands_src.read("candidates"), ctx.cfg, _caller(ctx)
-        ),
-        complete=calls_complete,
-    )
+    judges = [j.model_dump(mode="json") for j in ctx.cfg.rubric_judges()]
+    params = [ctx.cfg.rubrics.model_dump(mode="json"), judges]
+
+    def compute() -> StageResult:
+        return model_stages.rubric_stage(
+            ing.read("prompts"), cands.read("candidates"), ctx.cfg, _caller(ctx)
+        )
+
+    v = rubrics.STAGE_VERSION
+    return run_stage(ctx, "rubric", v, params, [ing, cands], compute, complete=calls_complete)
 
 
 @model_task(name="reward")
-def reward_task(ctx: RunContext, prompts_src: StageOutput, cands_src: StageOutput) -> StageOutput:
+def reward_task(ctx: RunContext, ing: StageOutput, cands: StageOutput) -> StageOutput:
     from pipeline.annotate import rewards
 
-    return run_stage(
-        ctx,
-        "reward",
-        rewards.STAGE_VERSION,
-        ctx.cfg.rewards.model_dump(mode="json"),
-        [prompts_src.output_hash, cands_src.output_hash],
-        lambda: model_stages.reward_stage(
-            prompts_src.read("prompts"),
-            cands_src.read("candidates"),
-            ctx.cfg,
-            ctx.cache,
-            ctx.engines.cache_dir,
-        ),
-        complete=calls_complete,
-    )
+    params = ctx.cfg.rewards.model_dump(mode="json")
+
+    def compute() -> StageResult:
+        return model_stages.reward_stage(
+            ing.read("prompts"), cands.read("candidates"), ctx.cfg, ctx.cache, ctx.engines.cache_dir
+        )
+
+    v = rewards.STAGE_VERSION
+    return run_stage(ctx, "reward", v, params, [ing, cands], compute, complete=calls_complete)
 
 
 @task(name="gpm", cache_policy=NO_CACHE)
 def gpm_task(
-    ctx: RunContext, agg: StageOutput, cands_src: StageOutput, emb: StageOutput
+    ctx: RunContext, agg: StageOutput, cands: StageOutput, emb: StageOutput
 ) -> StageOutput:
     from pipeline.gpm.annotate import annotate_gpm
     from pipeline.gpm.model import STAGE_VERSION
 
-    return run_stage(
-        ctx,
-        "gpm",
-        STAGE_VERSION,
-        ctx.cfg.gpm.model_dump(mode="json"),
-        [agg.output_hash, cands_src.output_hash, emb.output_hash],
-        lambda: annotate_gpm(
-            agg.read("comparisons"),
-            cands_src.read("candidates"),
-            emb.read("candidate_embeddings"),
-            emb.read("prompt_embeddings"),
-            ctx.cfg.gpm,
-        ),
-    )
+    params = ctx.cfg.gpm.model_dump(mode="json")
+
+    def compute() -> StageResult:
+        return annotate_gpm(
+            agg.read("comparisons"), cands.read("candidates"), *_embeddings(emb), ctx.cfg.gpm
+        )
+
+    return run_stage(ctx, "gpm", STAGE_VERSION, params, [agg, cands, emb], compute)
 
 
 @task(name="select", cache_policy=NO_CACHE)
 def select_task(ctx: RunContext, sel: StageOutput, emb: StageOutput) -> StageOutput:
     from pipeline.selection import STAGE_VERSION, select_pairs_budget
 
-    return run_stage(
-        ctx,
-        "select",
-        STAGE_VERSION,
-        ctx.cfg.select.model_dump(mode="json"),
-        [sel.output_hash, emb.output_hash],
-        lambda: select_pairs_budget(
-            sel.read("pairs"), emb.read("prompt_embeddings"), ctx.cfg.select
-        ),
-    )
+    s = ctx.cfg.select
+
+    def compute() -> StageResult:
+        return select_pairs_budget(sel.read("pairs"), emb.read("prompt_embeddings"), s)
+
+    return run_stage(ctx, "select", STAGE_VERSION, s.model_dump(mode="json"), [sel, emb], compute)
 
 
 @task(name="review", cache_policy=NO_CACHE)
@@ -374,50 +268,46 @@ def review_task(ctx: RunContext, cands: StageOutput) -> StageOutput:
         tables = [(f, review_votes.read_votes_file(f)) for f in files]
         return review_votes.review_votes(tables, cands.read("candidates"))
 
-    inputs = [file_hash(Path(f)) for f in files] + [cands.output_hash]
-    return run_stage(ctx, "review", review_votes.STAGE_VERSION, [], inputs, compute)
+    sources = [file_hash(Path(f)) for f in files] + [cands]
+    return run_stage(ctx, "review", review_votes.STAGE_VERSION, [], sources, compute)
+
+
+@task(name="verify", cache_policy=NO_CACHE)
+def verify_task(ctx: RunContext, ing: StageOutput, cands: StageOutput) -> StageOutput:
+    """Verifier annotators (answers, unit tests in a sandbox, format constraints)."""
+    from pipeline.annotate import verify
+
+    v = ctx.cfg.verify
+
+    def compute() -> StageResult:
+        return verify.verify_candidates(ing.read("prompts"), cands.read("candidates"), v)
+
+    params = v.model_dump(mode="json")
+    return run_stage(ctx, "verify", verify.STAGE_VERSION, params, [ing, cands], compute)
 
 
 @task(name="aggregate", cache_policy=NO_CACHE)
 def aggregate_task(
     ctx: RunContext,
     vote_srcs: list[StageOutput],
-    label_annotators: list[str],
+    labels: list[str],
     cands: StageOutput,
     stage: str = "aggregate",
 ) -> StageOutput:
-    lengths_on = ctx.cfg.aggregate.length_control != "off"  # the candidates' lengths
-    versions, part = run_stages.aggregate_key(ctx.cfg, label_annotators)
-    return run_stage(
-        ctx,
-        stage,
-        versions,
-        part,
-        [s.output_hash for s in vote_srcs] + ([cands.output_hash] if lengths_on else []),
-        lambda: run_stages.aggregate_stage(
+    """Every annotator's votes → comparisons and scores (``labels``: the label annotators);
+    length control reads the candidates' lengths."""
+    lengths_on = ctx.cfg.aggregate.length_control != "off"
+
+    def compute() -> StageResult:
+        return run_stages.aggregate_stage(
             [s.read("votes") for s in vote_srcs],
             cands.read("candidates") if lengths_on else None,
             ctx.cfg,
-            label_annotators,
-        ),
-    )
+            labels,
+        )
 
-
-@task(name="verify", cache_policy=NO_CACHE)
-def verify_task(ctx: RunContext, prompts_src: StageOutput, cands_src: StageOutput) -> StageOutput:
-    """Verifier annotators (answers, unit tests in a sandbox, format constraints)."""
-    from pipeline.annotate import verify
-
-    return run_stage(
-        ctx,
-        "verify",
-        verify.STAGE_VERSION,
-        ctx.cfg.verify.model_dump(mode="json"),
-        [prompts_src.output_hash, cands_src.output_hash],
-        lambda: verify.verify_candidates(
-            prompts_src.read("prompts"), cands_src.read("candidates"), ctx.cfg.verify
-        ),
-    )
+    sources = vote_srcs + ([cands] if lengths_on else [])
+    return run_stage(ctx, stage, *run_stages.aggregate_key(ctx.cfg, labels), sources, compute)
 
 
 @task(name="margins", cache_policy=NO_CACHE)
@@ -428,23 +318,19 @@ def margins_task(
     cands: StageOutput,
     gpm: StageOutput | None = None,
 ) -> StageOutput:
-    versions, part = run_stages.margins_key(ctx.cfg, gpm is not None)
-    extra = [o for o in (emb, gpm) if o is not None]
-    return run_stage(
-        ctx,
-        "margins",
-        versions,
-        part,
-        [agg.output_hash, cands.output_hash] + [o.output_hash for o in extra],
-        lambda: run_stages.margins_stage(
+    def compute() -> StageResult:
+        return run_stages.margins_stage(
             agg.read("comparisons"),
             agg.read("scores"),
             cands.read("candidates"),
             ctx.cfg,
             cycles=gpm.read("cycles") if gpm is not None else None,
             candidate_embeddings=emb.read("candidate_embeddings") if emb is not None else None,
-        ),
-    )
+        )
+
+    sources = [agg, cands] + [o for o in (emb, gpm) if o is not None]
+    key = run_stages.margins_key(ctx.cfg, gpm is not None)
+    return run_stage(ctx, "margins", *key, sources, compute)
 
 
 @task(name="denoise", cache_policy=NO_CACHE)
@@ -457,69 +343,62 @@ def denoise_task(
 ) -> StageOutput:
     peer_review, use_agg = run_stages.denoise_uses(ctx.cfg, agg is not None)
     use_emb = emb is not None and peer_review
-    versions, part = run_stages.denoise_key(ctx.cfg, label_source)
-    return run_stage(
-        ctx,
-        "denoise",
-        versions,
-        part,
-        [mar.output_hash]
-        + ([emb.output_hash] if use_emb else [])
-        + ([agg.output_hash] if use_agg else []),
-        lambda: run_stages.denoise_stage(
+
+    def compute() -> StageResult:
+        return run_stages.denoise_stage(
             mar.read("pairs"),
             ctx.cfg,
             label_source,
             comparisons=agg.read("comparisons") if use_agg else None,
-            embeddings=(emb.read("candidate_embeddings"), emb.read("prompt_embeddings"))
-            if use_emb
-            else None,
-        ),
-    )
+            embeddings=_embeddings(emb) if use_emb else None,
+        )
+
+    sources = [mar] + ([emb] if use_emb else []) + ([agg] if use_agg else [])
+    key = run_stages.denoise_key(ctx.cfg, label_source)
+    return run_stage(ctx, "denoise", *key, sources, compute)
 
 
 @task(name="pairs", cache_policy=NO_CACHE)
 def pairs_task(ctx: RunContext, den: StageOutput, cands: StageOutput) -> StageOutput:
     from pipeline.aggregate import length
 
-    balance = ctx.cfg.pairs.length_balance is not None
-    return run_stage(
-        ctx,
-        "pairs",
-        [pairs.STAGE_VERSION, length.STAGE_VERSION] if balance else pairs.STAGE_VERSION,
-        ctx.cfg.pairs.model_dump(mode="json"),
-        [den.output_hash] + ([cands.output_hash] if balance else []),
-        lambda: pairs.build_pairs(
+    p = ctx.cfg.pairs
+    balance = p.length_balance is not None
+
+    def compute() -> StageResult:
+        return pairs.build_pairs(
             den.read("pairs"),
-            ctx.cfg.pairs,
+            p,
             length.candidate_lengths(cands.read("candidates")) if balance else None,
-        ),
-    )
+        )
+
+    v = [pairs.STAGE_VERSION, length.STAGE_VERSION] if balance else pairs.STAGE_VERSION
+    sources = [den] + ([cands] if balance else [])
+    return run_stage(ctx, "pairs", v, p.model_dump(mode="json"), sources, compute)
 
 
-@task(
-    name="publish",
-    cache_policy=NO_CACHE,
-    retries=1,
-    retry_delay_seconds=5,
-    retry_condition_fn=retry_transient,
-)
+@model_task(name="publish", retries=1, delay=5)
 def publish_task(
     ctx: RunContext,
     ing: StageOutput,
     cands: StageOutput,
     sel: StageOutput,
-    all_stages: list[StageOutput],
+    outs: list[StageOutput],
     partial: dict[str, int] | None = None,
 ) -> dict[str, Any]:
+    """The selected pairs with their prompts and responses, every stage's reject rows,
+    the manifest, card and report → a new immutable version (none if identical)."""
     import pyarrow as pa
+
+    from pipeline.report.build import stored_report
 
     cfg = ctx.cfg
     finished = ctx.progress.stage("publish") if ctx.progress else None
     data = pairs.published_table(sel.read("pairs"), ing.read("prompts"), cands.read("candidates"))
-    dropped = pa.concat_tables([o.read("dropped") for o in all_stages])
-    quarantine = pa.concat_tables([o.read("quarantine") for o in all_stages])
-    manifest = build_manifest(cfg, all_stages, ctx.usage, ctx.models_used, partial)
+    dropped, quarantine = (
+        pa.concat_tables([o.read(n) for o in outs]) for n in ("dropped", "quarantine")
+    )
+    manifest = build_manifest(cfg, outs, ctx.usage, ctx.models_used, partial)
     usage_artifact(manifest["usage"])
     ref = publish_version(
         cfg.data_root,
@@ -529,55 +408,19 @@ def publish_task(
         quarantine=quarantine,
         manifest=manifest,
         card=dataset_card(cfg.dataset_name, "", cfg, manifest["stages"], data.num_rows),
-        content_key=content_key(manifest, all_stages),
-        extra_files={"report.html": _report_html(cfg, data, dropped, quarantine)},
+        content_key=content_key(manifest, outs),
+        extra_files={
+            "report.html": stored_report(cfg.data_root, cfg.dataset_name, data, dropped, quarantine)
+        },
     )
     if finished is not None:
         finished(data.num_rows)
     return run_summary(ref, data.num_rows, manifest)
 
 
-def _report_html(cfg: RunConfig, data: Any, dropped: Any, quarantine: Any) -> Any:
-    """The stored report, rendered once publish knows the version, path and manifest."""
-
-    def html(full: dict[str, Any], path: Path) -> str:
-        try:
-            from pipeline.report.build import render_html, report_from_tables
-
-            return render_html(
-                report_from_tables(
-                    full,
-                    data,
-                    dropped,
-                    quarantine,
-                    version_path=path,
-                    run_root=Path(cfg.data_root) / "runs" / cfg.dataset_name,
-                )
-            )
-        except Exception as exc:  # a report must never cost the user their dataset
-            log.warning("quality report not rendered: %s: %s", type(exc).__name__, exc)
-            return (
-                f"<!doctype html><p>quality report not rendered: "
-                f"{type(exc).__name__}; run prefcurate report {cfg.dataset_name}</p>"
-            )
-
-    return html
-
-
 @task(name="report", cache_policy=NO_CACHE)
 def report_task(summary: dict[str, Any]) -> str:
-    lines = [
-        f"## prefcurate: {summary['name']}@v{summary['version']}",
-        f"{'published' if summary['created'] else 'already published (identical run)'}: "
-        f"`{summary['path']}` with {summary['rows']} pairs",
-        "",
-        "| stage | in | kept | dropped | quarantined | reused |",
-        "|---|---|---|---|---|---|",
-    ]
-    lines += ["| " + " | ".join(r) + " |" for r in stage_count_rows(summary["stages"])]
-    if summary.get("report_html"):
-        lines += ["", f"HTML quality report: `{summary['report_html']}`"]
-    md = "\n".join(lines)
+    md = summary_markdown(summary)
     try:
         create_markdown_artifact(
             markdown=md, key="prefcurate-summary", description="rows per stage"
@@ -624,111 +467,88 @@ def curate(
 
 
 def _curate(ctx: RunContext) -> dict[str, Any]:
-    """The flow's DAG: which stages run, in what order, on what inputs.
-
-    Longer than 60 lines on purpose: the flow function is the DAG (STYLE.md), and reading
-    every stage's condition and inputs in one place is the point of it."""
+    """The flow's DAG: which stages run, in what order, on what inputs (annotation in
+    :func:`_annotate`). ``outs``: every stage run, in order (the manifest's stages, the
+    published reject rows); ``partial``: model stages with failed calls."""
     cfg = ctx.cfg
-    ing = ingest_task(ctx)
-    outs = [ing]
+    outs: list[StageOutput] = []
+    partial: dict[str, int] = {}
+    ing = _ran(outs, ingest_task(ctx))
     if cfg.dedup.enabled:  # before any model call: no call is spent on a duplicate
-        ing = dedup_task(ctx, ing)
-        outs.append(ing)
+        ing = _ran(outs, dedup_task(ctx, ing))
     if cfg.decontaminate.enabled:  # ... nor on a benchmark's own question
-        ing = decontaminate_task(ctx, ing)
-        outs.append(ing)
-    partial: dict[str, int] = {}  # model stages with failed calls: rows quarantined
+        ing = _ran(outs, decontaminate_task(ctx, ing))
+    cands = ing
     if cfg.input.kind == "prompts":
-        if cfg.runner.kind != "thread":
-            reqs = generation.build_generation_requests(
-                ing.read("prompts"), list(cfg.generate.policies)
-            )
-            warm_in_shards(
-                ctx,
-                "generate",
-                [
-                    (p.model, [r.request for r in reqs if r.policy == p.name])
-                    for p in cfg.generate.policies
-                ],
-                cfg.generate.batch_size,
-            )
-        cands = generate_task(ctx, ing)
-        outs.append(cands)
-        check_outage(cands, cfg, partial)
-    else:
-        cands = ing
-    vote_srcs = [] if cfg.input.kind == "prompts" else [ing]
-    if cfg.verify.enabled is not False:
-        ver = verify_task(ctx, ing, cands)
-        outs.append(ver)
-        vote_srcs.append(ver)
-    # pointwise annotation first: it is also the cheap first signal for pair selection
-    score_srcs = []
-    if cfg.rubric_judges():
-        score_srcs.append(rubric_task(ctx, ing, cands))
-        check_outage(score_srcs[-1], cfg, partial)
-        vote_srcs.append(score_srcs[-1])  # Yes/No judges' pairwise votes
-    if cfg.rewards.models:
-        score_srcs.append(reward_task(ctx, ing, cands))
-        check_outage(score_srcs[-1], cfg, partial)
-    outs += score_srcs
-    signal = score_srcs if cfg.judge.pair_selection == "best_worst" else []
-    if cfg.judge.judges:
-        if cfg.runner.kind != "thread":
-            _, _, _, jreqs = plan_judging(
-                cfg.judge,
-                ing.read("prompts"),
-                cands.read("candidates"),
-                first_signal([t.read("scores") for t in signal]),
-            )
-            warm_in_shards(
-                ctx,
-                "judge",
-                [
-                    (j.model, [r.request for r in jreqs if r.annotator.startswith(j.name + "|")])
-                    for j in cfg.judge.judges
-                ],
-                cfg.judge.batch_size,
-            )
-        jud = judge_task(ctx, ing, cands, signal)
-        outs.append(jud)
-        check_outage(jud, cfg, partial)
-        vote_srcs.append(jud)
-    if cfg.review.votes:  # reviewers' answers (prefcurate review import)
-        rev = review_task(ctx, cands)
-        outs.append(rev)
-        vote_srcs.append(rev)
-    emb = None
-    if embeddings_enabled(cfg):
-        emb = embed_task(ctx, ing, cands)
-        outs.append(emb)
+        warm_generation(ctx, ing)  # with Dask or Ray: in shards first
+        cands = _ran(outs, generate_task(ctx, ing), partial, cfg)
+    vote_srcs, signal, jud = _annotate(ctx, ing, cands, outs, partial)
+    emb = _ran(outs, embed_task(ctx, ing, cands)) if cfg.embeddings_on() else None
     labels = []
     if cfg.input.kind == "pairs":
         labels = sorted(set(ing.read("prompts").column("source").to_pylist()))
-    if cfg.judge.judges and cfg.judge.pair_selection == "gpm":
+    if jud is not None and cfg.judge.pair_selection == "gpm":
         # round 2: a GPM head trained on round 1 chooses the pairs the judges see
-        seed = aggregate_task(ctx, vote_srcs, labels, cands, stage="aggregate_seed")
-        jud2 = judge_task(ctx, ing, cands, signal, seed, emb, jud)
-        outs += [seed, jud2]
-        vote_srcs.append(jud2)
-    agg = aggregate_task(ctx, vote_srcs, labels, cands)
-    outs.append(agg)
+        seed = _ran(outs, aggregate_task(ctx, vote_srcs, labels, cands, stage="aggregate_seed"))
+        vote_srcs.append(_ran(outs, judge_gpm_task(ctx, ing, cands, signal, seed, emb, jud)))
+    agg = _ran(outs, aggregate_task(ctx, vote_srcs, labels, cands))
     gp = None
-    if cfg.gpm.enabled:
-        gp = gpm_task(ctx, agg, cands, emb)
-        # the GPM is one more annotator: aggregate again with its votes
-        agg = aggregate_task(ctx, vote_srcs + [gp], labels, cands, stage="aggregate_gpm")
-        outs += [gp, agg]
-    mar = margins_task(ctx, agg, emb, cands, gp)
-    den = denoise_task(ctx, mar, emb, labels[0] if len(labels) == 1 else None, agg)
-    sel = pairs_task(ctx, den, cands)
-    outs += [mar, den, sel]
+    if cfg.gpm.enabled:  # the GPM is one more annotator: aggregate again with its votes
+        gp = _ran(outs, gpm_task(ctx, agg, cands, emb))
+        agg = _ran(outs, aggregate_task(ctx, [*vote_srcs, gp], labels, cands, "aggregate_gpm"))
+    mar = _ran(outs, margins_task(ctx, agg, emb, cands, gp))
+    den = _ran(outs, denoise_task(ctx, mar, emb, labels[0] if len(labels) == 1 else None, agg))
+    sel = _ran(outs, pairs_task(ctx, den, cands))
     if cfg.select.budget is not None:
-        sel = select_task(ctx, sel, emb)
-        outs.append(sel)
+        sel = _ran(outs, select_task(ctx, sel, emb))
     summary = publish_task(ctx, ing, cands, sel, outs, partial)
     summary["report"] = report_task(summary)
     return summary
+
+
+def _annotate(
+    ctx: RunContext,
+    ing: StageOutput,
+    cands: StageOutput,
+    outs: list[StageOutput],
+    partial: dict[str, int],
+) -> tuple[list[StageOutput], list[StageOutput], StageOutput | None]:
+    """The annotators of round 1 → (the vote stages, the first signal's score stages for
+    ``best_worst``, the judge stage or None)."""
+    cfg = ctx.cfg
+    vote_srcs = [] if cfg.input.kind == "prompts" else [ing]  # a pairs file's own votes
+    if cfg.verify.enabled is not False:
+        vote_srcs.append(_ran(outs, verify_task(ctx, ing, cands)))
+    # pointwise annotation first: it is also the cheap first signal for pair selection
+    scores = []
+    if cfg.rubric_judges():
+        scores.append(_ran(outs, rubric_task(ctx, ing, cands), partial, cfg))
+        vote_srcs.append(scores[-1])  # Yes/No judges' pairwise votes
+    if cfg.rewards.models:
+        scores.append(_ran(outs, reward_task(ctx, ing, cands), partial, cfg))
+    signal = scores if cfg.judge.pair_selection == "best_worst" else []
+    jud = None
+    if cfg.judge.judges:
+        warm_judging(ctx, ing, cands, signal)  # with Dask or Ray: in shards first
+        jud = _ran(outs, judge_task(ctx, ing, cands, signal), partial, cfg)
+        vote_srcs.append(jud)
+    if cfg.review.votes:  # reviewers' answers (prefcurate review import)
+        vote_srcs.append(_ran(outs, review_task(ctx, cands)))
+    return vote_srcs, signal, jud
+
+
+def _ran(
+    outs: list[StageOutput],
+    out: StageOutput,
+    partial: dict[str, int] | None = None,
+    cfg: RunConfig | None = None,
+) -> StageOutput:
+    """Record a stage run in ``outs``; a model stage's (with ``partial``) failed calls are
+    checked (:func:`pipeline.annotate.stages.check_outage`)."""
+    outs.append(out)
+    if partial is not None and cfg is not None:
+        check_outage(out, cfg.allow_partial, partial)
+    return out
 
 
 def run_curation(config: dict[str, Any], runtime: Runtime | None = None) -> dict[str, Any]:

@@ -212,13 +212,15 @@ def run_stage(
     mod_stage: str,
     version: int | list[int],
     cfg: Any,
-    inputs: list[str],
+    sources: list[StageOutput | str],
     compute: Callable[[], StageResult],
     *,
     complete: Callable[[StageResult], bool] = lambda r: True,
 ) -> StageOutput:
     """Reuse the finished output of ``mod_stage`` under its key (module version(s), config,
-    input hashes), or compute, restage the reject rows and write it durably."""
+    the hashes of its ``sources``: stage outputs or hashes of other inputs), or compute,
+    restage the reject rows and write it durably."""
+    inputs = [s.output_hash if isinstance(s, StageOutput) else s for s in sources]
     key = StageStore.key(mod_stage, version, cfg, inputs)
     done = ctx.stages.load(mod_stage, key)
     if done is not None:
@@ -344,14 +346,15 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     return is_transient(exc if isinstance(exc, BaseException) else None)
 
 
-def model_task(name: str) -> Any:
-    """A task that calls models: transient errors (connection, timeout, 5xx) are retried
-    twice, after 10 s and 60 s; nothing else is."""
+def model_task(name: str, retries: int = 2, delay: int | tuple[int, ...] = (10, 60)) -> Any:
+    """A task that calls models (or reads inputs, writes the store): errors on the
+    allow-list of :func:`is_transient` are retried ``retries`` times, after ``delay``
+    seconds; nothing else is."""
     return task(
         name=name,
         cache_policy=NO_CACHE,
-        retries=2,
-        retry_delay_seconds=[10, 60],
+        retries=retries,
+        retry_delay_seconds=list(delay) if isinstance(delay, tuple) else delay,
         retry_condition_fn=retry_transient,
     )
 

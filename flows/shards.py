@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from flows.runtime import EnginePool, RunContext, model_task
+from pipeline import generation
+from pipeline.annotate.planning import first_signal, plan_judging
 from pipeline.engines.base import (
     CallStats,
     ChatRequest,
@@ -17,6 +19,7 @@ from pipeline.engines.base import (
     request_cache_path,
     run_cached,
 )
+from pipeline.store.stages import StageOutput
 from schemas.config import ModelSpec
 
 log = logging.getLogger("prefcurate")
@@ -99,3 +102,32 @@ def warm_in_shards(
         made += st.made
         ctx.record(f"{label}_shards", model, st)
     log.info("%s: %d shards answered %d requests", label, len(futures), made)
+
+
+def warm_generation(ctx: RunContext, ing: StageOutput) -> None:
+    """With a process-based runner: answer the generate stage's requests in shards."""
+    cfg = ctx.cfg
+    if cfg.runner.kind == "thread":
+        return
+    reqs = generation.build_generation_requests(ing.read("prompts"), list(cfg.generate.policies))
+    groups = [
+        (p.model, [r.request for r in reqs if r.policy == p.name]) for p in cfg.generate.policies
+    ]
+    warm_in_shards(ctx, "generate", groups, cfg.generate.batch_size)
+
+
+def warm_judging(
+    ctx: RunContext, ing: StageOutput, cands: StageOutput, signal: list[StageOutput]
+) -> None:
+    """With a process-based runner: answer round 1's judge requests in shards
+    (``signal``: the first signal's score stages, as the judge stage gets them)."""
+    cfg = ctx.cfg
+    if cfg.runner.kind == "thread":
+        return
+    first = first_signal([t.read("scores") for t in signal])
+    *_, reqs = plan_judging(cfg.judge, ing.read("prompts"), cands.read("candidates"), first)
+    groups = [
+        (j.model, [r.request for r in reqs if r.annotator.startswith(j.name + "|")])
+        for j in cfg.judge.judges
+    ]
+    warm_in_shards(ctx, "judge", groups, cfg.judge.batch_size)

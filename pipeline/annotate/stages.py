@@ -18,7 +18,9 @@ from pipeline import generation
 from pipeline.annotate import judging
 from pipeline.annotate.planning import first_signal, plan_judging
 from pipeline.stage import Reason, StageCounts, StageResult
+from pipeline.store.stages import StageOutput
 from schemas.config import RunConfig
+from schemas.errors import EngineError
 
 log = logging.getLogger("prefcurate")
 
@@ -157,3 +159,52 @@ def merge_reward_results(results: list[StageResult], annotators: list[str]) -> S
             "score_stats": compute_score_stats(scores),
         },
     )
+
+
+def gpm_round_pairs(
+    cfg: RunConfig,
+    seed_comparisons: pa.Table,
+    candidates: pa.Table,
+    embeddings: tuple[pa.Table, pa.Table],
+    judged: pa.Table,
+) -> Any:
+    """Round 2 of ``pair_selection: gpm``: the pairs a GPM head trained on round 1's
+    aggregation (``seed_comparisons``) is least sure of, not among the ``judged`` votes;
+    ``embeddings``: (candidates, prompts)."""
+    from pipeline.gpm.annotate import select_uncertain_pairs
+
+    jcfg = cfg.judge
+    return select_uncertain_pairs(
+        seed_comparisons,
+        candidates,
+        *embeddings,
+        cfg.gpm,
+        jcfg.max_pairs_per_prompt - jcfg.seed_pairs_per_prompt,
+        judged=judged,
+    )
+
+
+def check_outage(out: StageOutput, allow_partial: bool, partial: dict[str, int]) -> None:
+    """After a model stage: failed calls are recorded in ``partial``; when every row of
+    the stage failed the run stops (unless ``allow_partial``), naming the first error."""
+    failed = out.counts.get("quarantined", {}).get(str(Reason.REQUEST_FAILED), 0)
+    if not failed:
+        return
+    partial[out.stage] = failed
+    q = out.read("quarantine")
+    reasons = zip(q.column("detail").to_pylist(), q.column("reason").to_pylist())
+    first = next((d for d, r in reasons if r == str(Reason.REQUEST_FAILED)), "")
+    log.warning(
+        "%s: %d rows have failed model calls (quarantined; the next run makes "
+        "exactly those calls again): %s",
+        out.stage,
+        failed,
+        first,
+    )
+    if out.counts.get("kept", 0) == 0 and not allow_partial:
+        raise EngineError(
+            f"{out.stage}: every call failed ({failed} rows quarantined), e.g. "
+            f"{first}; nothing published. Rerun when the model server is back "
+            f"(only the failed calls are made again), or pass --allow-partial "
+            f"to publish without them"
+        )

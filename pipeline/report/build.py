@@ -63,6 +63,7 @@ __all__ = [
     "render_html",
     "render_terminal",
     "report_from_tables",
+    "stored_report",
     "write_report",
 ]
 
@@ -183,3 +184,27 @@ def write_report(
         Path(tmp).unlink(missing_ok=True)
         raise
     return out
+
+
+def stored_report(
+    data_root: str | Path, name: str, data: pa.Table, dropped: pa.Table, quarantine: pa.Table
+) -> Any:
+    """The report a publish stores beside the data: a function of (manifest, version
+    path), since only the publish knows them. A report that fails to render becomes a
+    page saying so: a report must never cost the user their dataset."""
+
+    def html(manifest: dict[str, Any], path: Path) -> str:
+        try:
+            run_root = Path(data_root) / "runs" / name
+            report = report_from_tables(
+                manifest, data, dropped, quarantine, version_path=path, run_root=run_root
+            )
+            return render_html(report)
+        except Exception as exc:
+            log.warning("quality report not rendered: %s: %s", type(exc).__name__, exc)
+            return (
+                f"<!doctype html><p>quality report not rendered: "
+                f"{type(exc).__name__}; run prefcurate report {name}</p>"
+            )
+
+    return html

@@ -11,6 +11,7 @@ import pipeline
 from pipeline.engines import usage
 from pipeline.engines.cache import CallStats
 from pipeline.hashing import stable_hash
+from pipeline.stage import stage_count_rows
 from pipeline.store.stages import StageOutput
 from schemas.config import RunConfig, config_hash, resolved_dict
 from schemas.tables import SCHEMAS, schema_fingerprint
@@ -85,3 +86,19 @@ def run_summary(ref: Any, rows: int, manifest: dict[str, Any]) -> dict[str, Any]
         "partial": manifest.get("partial", {}),
         "report_html": str(path / "report.html") if (path / "report.html").exists() else None,
     }
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    """The run summary (:func:`run_summary`) as the Markdown of the flow's artifact."""
+    created = "published" if summary["created"] else "already published (identical run)"
+    lines = [
+        f"## prefcurate: {summary['name']}@v{summary['version']}",
+        f"{created}: `{summary['path']}` with {summary['rows']} pairs",
+        "",
+        "| stage | in | kept | dropped | quarantined | reused |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += ["| " + " | ".join(r) + " |" for r in stage_count_rows(summary["stages"])]
+    if summary.get("report_html"):
+        lines += ["", f"HTML quality report: `{summary['report_html']}`"]
+    return "\n".join(lines)
