@@ -8,8 +8,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from flows.curate import generate_task, ingest_task, judge_task, rubric_task, verify_task
 from flows.runtime import Runtime, new_context
+from flows.tasks import generate_task, ingest_task, judge_task, rubric_task, verify_task
 from pipeline import run_stages
 from pipeline.annotate.qualify import qualify_judges
 from pipeline.engines import usage

@@ -13,6 +13,7 @@ import flows.curate
 import flows.qualify
 import flows.runtime
 import flows.shards
+import flows.tasks
 from flows.curate import curate, run_curation
 from flows.runtime import Runtime
 from pipeline.engines.embedded import default_cache_dir
@@ -33,7 +34,9 @@ def _fake(tmp_path, examples, *extra):
     ).model_dump(mode="json")
 
 
-@pytest.mark.parametrize("module", [flows.runtime, flows.curate, flows.shards, flows.qualify])
+@pytest.mark.parametrize(
+    "module", [flows.runtime, flows.curate, flows.tasks, flows.shards, flows.qualify]
+)
 def test_no_module_level_registry(module):
     """No mutable dict, list or set assigned at module level (``__all__`` aside): state
     lives in a Runtime or a RunContext."""
