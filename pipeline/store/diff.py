@@ -119,36 +119,29 @@ def _read(path: Path, name: str, columns: list[str] | None = None) -> list[dict[
     return store.read_version_table(path, name, columns).to_pylist()
 
 
-def diff_versions(root: str | Path, ref_a: str, ref_b: str) -> dict[str, Any]:
-    """Compare versions ``ref_a`` and ``ref_b`` (``name@vN``, ``name@N`` or ``name``) of the
-    store at ``root``; see the module docstring for the result."""
-    va, vb = store.resolve(root, ref_a), store.resolve(root, ref_b)
-    ma, mb = store.read_manifest(va.path), store.read_manifest(vb.path)
-    cols = ["source_id", "prompt_id", "pair_id", "chosen_id", "rejected_id", "decision", *COMPARED]
-    da = [{c: r.get(c) for c in cols} for r in _read(va.path, store.DATA_PARQUET, cols)]
-    db = [{c: r.get(c) for c in cols} for r in _read(vb.path, store.DATA_PARQUET, cols)]
-    ka = {pair_key(r): r for r in da}
-    kb = {pair_key(r): r for r in db}
-
-    # why B lost a pair: its dropped rows by row_id (a pair id in either orientation)
+def _why_removed(path: Path) -> Any:
+    """A function: a pair of A → the ``stage/reason`` of B's drop record for it (by row id:
+    the pair id, or a pair id in either orientation), or None."""
     drop_b: dict[str, dict[str, Any]] = {}
-    for r in _read(vb.path, store.DROPPED_PARQUET, ["row_id", "stage", "reason"]):
+    for r in _read(path, store.DROPPED_PARQUET, ["row_id", "stage", "reason"]):
         if r.get("row_id"):
             drop_b.setdefault(r["row_id"], r)
 
-    def why_removed(r: dict[str, Any]) -> str | None:
-        ids = [
-            r["pair_id"],
-            stable_hash(r["source_id"], r["chosen_id"], r["rejected_id"]),
-            stable_hash(r["source_id"], r["rejected_id"], r["chosen_id"]),
-        ]
-        for i in ids:
+    def why(r: dict[str, Any]) -> str | None:
+        src, c, j = r["source_id"], r["chosen_id"], r["rejected_id"]
+        for i in (r["pair_id"], stable_hash(src, c, j), stable_hash(src, j, c)):
             if i in drop_b:
                 return f"{drop_b[i]['stage']}/{drop_b[i]['reason']}"
         return None
 
+    return why
+
+
+def _match(da: list[dict[str, Any]], db: list[dict[str, Any]], why_removed: Any) -> dict[str, Any]:
+    """The ``pairs`` part of a diff: A's and B's pairs matched by :func:`pair_key`."""
+    ka, kb = {pair_key(r): r for r in da}, {pair_key(r): r for r in db}
     added = [kb[k] for k in kb if k not in ka]
-    removed = [ka[k] for k in ka if k not in kb]
+    removed = sorted((ka[k] for k in ka if k not in kb), key=lambda r: r["pair_id"])
     changed, reoriented, unchanged = [], [], 0
     for k in ka.keys() & kb.keys():
         a, b = ka[k], kb[k]
@@ -160,61 +153,126 @@ def diff_versions(root: str | Path, ref_a: str, ref_b: str) -> dict[str, Any]:
             unchanged += 1
     changed.sort(key=lambda ab: ab[1]["pair_id"])
     transitions = Counter(f"{a['decision']}→{b['decision']}" for a, b in changed)
-    removed = sorted(removed, key=lambda r: r["pair_id"])
     removed_why = [why_removed(r) for r in removed]
     removed_reasons = Counter(w or "not in B (no drop record)" for w in removed_why)
-
-    ra_d, rb_d = _reasons(ma, "dropped"), _reasons(mb, "dropped")
-    ra_q, rb_q = _reasons(ma, "quarantined"), _reasons(mb, "quarantined")
-    fa, fb = flatten(ma.get("config") or {}), flatten(mb.get("config") or {})
-    config = [
-        {"key": k, "a": fa.get(k), "b": fb.get(k)}
-        for k in sorted(set(fa) | set(fb))
-        if fa.get(k) != fb.get(k)
-    ]
     return {
-        "a": {
-            "ref": va.ref,
-            "path": str(va.path),
-            "rows": len(da),
-            "created_at": ma.get("created_at"),
-            "config_hash": ma.get("config_hash"),
-        },
-        "b": {
-            "ref": vb.ref,
-            "path": str(vb.path),
-            "rows": len(db),
-            "created_at": mb.get("created_at"),
-            "config_hash": mb.get("config_hash"),
-        },
-        "pairs": {
-            "added": len(added),
-            "removed": len(removed),
-            "changed_decision": len(changed),
-            "reoriented": len(reoriented),
-            "unchanged": unchanged,
-            "decision_transitions": dict(transitions.most_common()),
-            "removed_reasons": dict(removed_reasons.most_common()),
-            "added_ids": sorted(r["pair_id"] for r in added)[:MAX_IDS],
-            "removed_examples": [
-                {"pair_id": r["pair_id"], "source_id": r["source_id"], "reason_in_b": w}
-                for r, w in zip(removed[:MAX_IDS], removed_why)
-            ],
-            "changed_examples": [
-                {
-                    "source_id": a["source_id"],
-                    "pair_id_a": a["pair_id"],
-                    "pair_id_b": b["pair_id"],
-                    "decision_a": a["decision"],
-                    "decision_b": b["decision"],
-                }
-                for a, b in changed[:MAX_IDS]
-            ],
-        },
-        "reasons": {"dropped": _delta(ra_d, rb_d), "quarantined": _delta(ra_q, rb_q)},
-        "distributions": {c: _shift([r[c] for r in da], [r[c] for r in db]) for c in COMPARED},
-        "config": config,
+        "added": len(added),
+        "removed": len(removed),
+        "changed_decision": len(changed),
+        "reoriented": len(reoriented),
+        "unchanged": unchanged,
+        "decision_transitions": dict(transitions.most_common()),
+        "removed_reasons": dict(removed_reasons.most_common()),
+        "added_ids": sorted(r["pair_id"] for r in added)[:MAX_IDS],
+        "removed_examples": [
+            {"pair_id": r["pair_id"], "source_id": r["source_id"], "reason_in_b": w}
+            for r, w in zip(removed[:MAX_IDS], removed_why)
+        ],
+        "changed_examples": [
+            {
+                "source_id": a["source_id"],
+                "pair_id_a": a["pair_id"],
+                "pair_id_b": b["pair_id"],
+                "decision_a": a["decision"],
+                "decision_b": b["decision"],
+            }
+            for a, b in changed[:MAX_IDS]
+        ],
     }
+
+
+def _version(v: Any, manifest: dict[str, Any], rows: int) -> dict[str, Any]:
+    keys = ("created_at", "config_hash")
+    return {"ref": v.ref, "path": str(v.path), "rows": rows, **{k: manifest.get(k) for k in keys}}
+
+
+def diff_versions(root: str | Path, ref_a: str, ref_b: str) -> dict[str, Any]:
+    """Compare versions ``ref_a`` and ``ref_b`` (``name@vN``, ``name@N`` or ``name``) of the
+    store at ``root``; see the module docstring for the result."""
+    va, vb = store.resolve(root, ref_a), store.resolve(root, ref_b)
+    ma, mb = store.read_manifest(va.path), store.read_manifest(vb.path)
+    cols = ["source_id", "prompt_id", "pair_id", "chosen_id", "rejected_id", "decision", *COMPARED]
+    da = [{c: r.get(c) for c in cols} for r in _read(va.path, store.DATA_PARQUET, cols)]
+    db = [{c: r.get(c) for c in cols} for r in _read(vb.path, store.DATA_PARQUET, cols)]
+    fa, fb = flatten(ma.get("config") or {}), flatten(mb.get("config") or {})
+    reasons = {k: _delta(_reasons(ma, k), _reasons(mb, k)) for k in ("dropped", "quarantined")}
+    return {
+        "a": _version(va, ma, len(da)),
+        "b": _version(vb, mb, len(db)),
+        "pairs": _match(da, db, _why_removed(vb.path)),
+        "reasons": reasons,
+        "distributions": {c: _shift([r[c] for r in da], [r[c] for r in db]) for c in COMPARED},
+        "config": [
+            {"key": k, "a": fa.get(k), "b": fb.get(k)}
+            for k in sorted(set(fa) | set(fb))
+            if fa.get(k) != fb.get(k)
+        ],
+    }
+
+
+Section = tuple[str, list[str], list[list[Any]]]  # (title, columns, rows)
+
+_SHIFT_COLUMNS = ["column", "n A", "n B", "mean A", "mean B", "Δ mean"]
+_SHIFT_COLUMNS += ["median A", "median B", "Δ median", "KS D", "KS p"]
+_ALWAYS = ("versions", "distribution shift", "margin quantiles")
+
+
+def diff_sections(diff: dict[str, Any]) -> list[Section]:
+    """A diff from :func:`diff_versions` as the tables a renderer prints, in order (a
+    section with no rows is left out, except the counts)."""
+    a, b, p = diff["a"], diff["b"], diff["pairs"]
+    versions = [
+        [v, d["ref"], d["rows"], d["created_at"], d["config_hash"]] for v, d in (("A", a), ("B", b))
+    ]
+    counts = [p["added"], p["removed"], p["changed_decision"], p["reoriented"], p["unchanged"]]
+    reasons = [
+        [r["reason"], r["a"], r["b"], f"{r['delta']:+d}"] for r in diff["reasons"]["dropped"]
+    ]
+    reasons += [
+        [f"quarantine: {r['reason']}", r["a"], r["b"], f"{r['delta']:+d}"]
+        for r in diff["reasons"]["quarantined"]
+    ]
+    shift = [
+        [col, s["a"]["n"], s["b"]["n"], s["a"]["mean"], s["b"]["mean"], s["delta_mean"]]
+        + [s["a"]["median"], s["b"]["median"], s["delta_median"], s["ks_statistic"], s["ks_pvalue"]]
+        for col, s in diff["distributions"].items()
+    ]
+    m = diff["distributions"]["margin"]
+    quantiles = [
+        [q, m["a"]["quantiles"][q], m["b"]["quantiles"][q], m["delta_quantiles"][q]]
+        for q in m["a"]["quantiles"]
+    ]
+    sections: list[Section] = [
+        ("versions", ["", "ref", "rows", "created_at", "config_hash"], versions),
+        (
+            "pairs (matched by source row and unordered candidate ids)",
+            ["added", "removed", "changed decision", "reoriented", "unchanged"],
+            [counts],
+        ),
+        (
+            "decision changes",
+            ["A → B", "pairs"],
+            [[k, v] for k, v in p["decision_transitions"].items()],
+        ),
+        (
+            "why removed pairs left",
+            ["reason in B", "pairs"],
+            [[k, v] for k, v in p["removed_reasons"].items()],
+        ),
+        ("rows by stage/reason", ["stage/reason", "A", "B", "B − A"], reasons),
+        ("distribution shift", _SHIFT_COLUMNS, shift),
+        ("margin quantiles", ["q", "A", "B", "Δ"], quantiles),
+        ("config changes", ["key", "A", "B"], [[c["key"], c["a"], c["b"]] for c in diff["config"]]),
+    ]
+    return [sec for sec in sections if sec[2] or sec[0] in _ALWAYS]
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
 
 
 def render_diff_terminal(diff: dict[str, Any], console: Any) -> None:
@@ -222,115 +280,11 @@ def render_diff_terminal(diff: dict[str, Any], console: Any) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    def fmt(v: Any) -> str:
-        if v is None:
-            return "–"
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return str(v)
-
-    def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
+    console.rule(Text(f"diff {diff['a']['ref']} → {diff['b']['ref']}"))
+    for title, columns, rows in diff_sections(diff):
         t = Table(title=Text(title), title_justify="left")
         for c in columns:
             t.add_column(Text(c), overflow="fold")
         for r in rows:
-            t.add_row(*[Text(fmt(v)) for v in r])
-        return t
-
-    a, b, p = diff["a"], diff["b"], diff["pairs"]
-    console.rule(Text(f"diff {a['ref']} → {b['ref']}"))
-    console.print(
-        table(
-            "versions",
-            ["", "ref", "rows", "created_at", "config_hash"],
-            [
-                ["A", a["ref"], a["rows"], a["created_at"], a["config_hash"]],
-                ["B", b["ref"], b["rows"], b["created_at"], b["config_hash"]],
-            ],
-        )
-    )
-    console.print(
-        table(
-            "pairs (matched by source row and unordered candidate ids)",
-            ["added", "removed", "changed decision", "reoriented", "unchanged"],
-            [[p["added"], p["removed"], p["changed_decision"], p["reoriented"], p["unchanged"]]],
-        )
-    )
-    if p["decision_transitions"]:
-        console.print(
-            table(
-                "decision changes",
-                ["A → B", "pairs"],
-                [[k, v] for k, v in p["decision_transitions"].items()],
-            )
-        )
-    if p["removed_reasons"]:
-        console.print(
-            table(
-                "why removed pairs left",
-                ["reason in B", "pairs"],
-                [[k, v] for k, v in p["removed_reasons"].items()],
-            )
-        )
-    rows = [[r["reason"], r["a"], r["b"], f"{r['delta']:+d}"] for r in diff["reasons"]["dropped"]]
-    rows += [
-        [f"quarantine: {r['reason']}", r["a"], r["b"], f"{r['delta']:+d}"]
-        for r in diff["reasons"]["quarantined"]
-    ]
-    if rows:
-        console.print(table("rows by stage/reason", ["stage/reason", "A", "B", "B − A"], rows))
-    drows = []
-    for col, s in diff["distributions"].items():
-        drows.append(
-            [
-                col,
-                s["a"]["n"],
-                s["b"]["n"],
-                s["a"]["mean"],
-                s["b"]["mean"],
-                s["delta_mean"],
-                s["a"]["median"],
-                s["b"]["median"],
-                s["delta_median"],
-                s["ks_statistic"],
-                s["ks_pvalue"],
-            ]
-        )
-    console.print(
-        table(
-            "distribution shift",
-            [
-                "column",
-                "n A",
-                "n B",
-                "mean A",
-                "mean B",
-                "Δ mean",
-                "median A",
-                "median B",
-                "Δ median",
-                "KS D",
-                "KS p",
-            ],
-            drows,
-        )
-    )
-    m = diff["distributions"]["margin"]
-    console.print(
-        table(
-            "margin quantiles",
-            ["q", "A", "B", "Δ"],
-            [
-                [q, m["a"]["quantiles"][q], m["b"]["quantiles"][q], m["delta_quantiles"][q]]
-                for q in m["a"]["quantiles"]
-            ],
-        )
-    )
-    if diff["config"]:
-        console.print(
-            table(
-                "config changes",
-                ["key", "A", "B"],
-                [[c["key"], c["a"], c["b"]] for c in diff["config"]],
-            )
-        )
+            t.add_row(*[Text(_fmt(v)) for v in r])
+        console.print(t)
