@@ -86,31 +86,17 @@ def _make_read_only(path: Path) -> None:
             p.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
 
 
-def publish_version(
-    root: str | Path,
+def _check_args(
     name: str,
-    *,
     data: pa.Table,
     dropped: pa.Table,
     quarantine: pa.Table,
-    manifest: dict[str, Any],
-    card: str,
-    content_key: str,
-    extra_files: dict[str, str | Callable[[dict[str, Any], Path], str]] | None = None,
-) -> VersionRef:
-    """Publish the tables as the next immutable version ``v<N>`` of dataset ``name``.
-
-    ``data`` must match PUBLISHED, ``dropped`` DROPPED, ``quarantine`` QUARANTINE (checked
-    before anything is written). ``manifest`` is written as given, plus the keys in
-    STORE_KEYS (``name``, ``version``, ``created_at`` (ISO-8601 UTC), ``content_key``,
-    ``parent_version`` (the previous latest or None), ``schema_fingerprints``, ``rows`` and
-    ``files``: {relative path: sha256}); the caller is responsible for redacting secrets.
-    If a version already carries ``content_key``, nothing is published and that version is
-    returned with ``created=False``. ``extra_files`` ({relative name: text}, e.g. the HTML
-    report) are written into the version too and hashed like the rest; a value may be a
-    callable ``(manifest, version path) -> text``, called under the lock once the version
-    number, parent and row counts are known (the stored report names its real version).
-    """
+    manifest: Any,
+    card: Any,
+    content_key: Any,
+    extra_files: dict[str, Any] | None,
+) -> None:
+    """Every check of :func:`publish_version`'s arguments, before anything is written."""
     validate_name(name)
     for rel in extra_files or {}:
         if (
@@ -136,6 +122,90 @@ def publish_version(
     check_table(quarantine, QUARANTINE, "quarantine")
     _manifest_json(manifest)  # fail before writing anything, not after
 
+
+def _write_tables(
+    tmp: Path, data: pa.Table, dropped: pa.Table, quarantine: pa.Table
+) -> dict[str, str]:
+    """The version's tables into ``tmp``: data.parquet, dropped, quarantine and the
+    ``datasets`` folder → {relative path: sha256}."""
+    import datasets  # noqa: F401  (in this thread, before the writer thread needs it)
+
+    # data/ in a second thread while this one writes data.parquet: both encoders
+    # release the GIL, so the two files cost about the longer of the two
+    cancel = threading.Event()
+
+    def data_dir() -> dict[str, str]:
+        try:
+            return write_dataset(data, tmp / DATA_DIR, cancel)
+        except BaseException:
+            cancel.set()  # stop the Parquet writer too
+            raise
+
+    worker = Worker(data_dir)
+    worker.start()
+    try:
+        files = {DATA_PARQUET: _write_parquet(data, tmp / DATA_PARQUET, cancel)}
+        files[DROPPED_PARQUET] = _write_parquet(dropped, tmp / DROPPED_PARQUET)
+        files[QUARANTINE_PARQUET] = _write_parquet(quarantine, tmp / QUARANTINE_PARQUET)
+    except Cancelled:
+        worker.result()  # raises the writer thread's own error
+        raise
+    except BaseException:
+        cancel.set()
+        worker.join()  # it stops at its next slice; then the folder can go
+        raise
+    files.update({f"{DATA_DIR}/{k}": v for k, v in worker.result().items()})
+    return files
+
+
+def _store_keys(
+    name: str,
+    versions: list[int],
+    content_key: str,
+    tables: list[tuple[str, pa.Table]],
+    files: dict[str, str],
+) -> dict[str, Any]:
+    """The manifest keys the store adds (STORE_KEYS) for the next version after
+    ``versions``; ``files`` is the dict itself (files written later join it)."""
+    return {
+        "name": name,
+        "version": versions[-1] + 1 if versions else 1,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        "content_key": content_key,
+        "parent_version": versions[-1] if versions else None,
+        "schema_fingerprints": {k: schema_fingerprint(t.schema) for k, t in tables},
+        "rows": {k: t.num_rows for k, t in tables},
+        "files": files,
+    }
+
+
+def publish_version(
+    root: str | Path,
+    name: str,
+    *,
+    data: pa.Table,
+    dropped: pa.Table,
+    quarantine: pa.Table,
+    manifest: dict[str, Any],
+    card: str,
+    content_key: str,
+    extra_files: dict[str, str | Callable[[dict[str, Any], Path], str]] | None = None,
+) -> VersionRef:
+    """Publish the tables as the next immutable version ``v<N>`` of dataset ``name``.
+
+    ``data`` must match PUBLISHED, ``dropped`` DROPPED, ``quarantine`` QUARANTINE (checked
+    before anything is written). ``manifest`` is written as given, plus the keys in
+    STORE_KEYS (``name``, ``version``, ``created_at`` (ISO-8601 UTC), ``content_key``,
+    ``parent_version`` (the previous latest or None), ``schema_fingerprints``, ``rows`` and
+    ``files``: {relative path: sha256}); the caller is responsible for redacting secrets.
+    If a version already carries ``content_key``, nothing is published and that version is
+    returned with ``created=False``. ``extra_files`` ({relative name: text}, e.g. the HTML
+    report) are written into the version too and hashed like the rest; a value may be a
+    callable ``(manifest, version path) -> text``, called under the lock once the version
+    number, parent and row counts are known (the stored report names its real version).
+    """
+    _check_args(name, data, dropped, quarantine, manifest, card, content_key, extra_files)
+    tables = [("data", data), ("dropped", dropped), ("quarantine", quarantine)]
     existing = find_content_key(root, name, content_key)
     if existing is not None:
         log.info(
@@ -151,33 +221,7 @@ def publish_version(
     tmp = ds_dir / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
-        import datasets  # noqa: F401  (in this thread, before the writer thread needs it)
-
-        # data/ in a second thread while this one writes data.parquet: both encoders
-        # release the GIL, so the two files cost about the longer of the two
-        cancel = threading.Event()
-
-        def data_dir() -> dict[str, str]:
-            try:
-                return write_dataset(data, tmp / DATA_DIR, cancel)
-            except BaseException:
-                cancel.set()  # stop the Parquet writer too
-                raise
-
-        worker = Worker(data_dir)
-        worker.start()
-        try:
-            files = {DATA_PARQUET: _write_parquet(data, tmp / DATA_PARQUET, cancel)}
-            files[DROPPED_PARQUET] = _write_parquet(dropped, tmp / DROPPED_PARQUET)
-            files[QUARANTINE_PARQUET] = _write_parquet(quarantine, tmp / QUARANTINE_PARQUET)
-        except Cancelled:
-            worker.result()  # raises the writer thread's own error
-            raise
-        except BaseException:
-            cancel.set()
-            worker.join()  # it stops at its next slice; then the folder can go
-            raise
-        files.update({f"{DATA_DIR}/{k}": v for k, v in worker.result().items()})
+        files = _write_tables(tmp, data, dropped, quarantine)
         (tmp / CARD).write_text(card, encoding="utf-8")
         deferred = {rel: f for rel, f in (extra_files or {}).items() if callable(f)}
         for rel, text in (extra_files or {}).items():
@@ -204,28 +248,8 @@ def publish_version(
                 shutil.rmtree(tmp, ignore_errors=True)
                 return VersionRef(name, existing, version_path(root, name, existing), created=False)
             versions = list_versions(root, name)
-            version = versions[-1] + 1 if versions else 1
-            full = dict(manifest)
-            full.update(
-                {
-                    "name": name,
-                    "version": version,
-                    "created_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-                    "content_key": content_key,
-                    "parent_version": versions[-1] if versions else None,
-                    "schema_fingerprints": {
-                        "data": schema_fingerprint(data.schema),
-                        "dropped": schema_fingerprint(dropped.schema),
-                        "quarantine": schema_fingerprint(quarantine.schema),
-                    },
-                    "rows": {
-                        "data": data.num_rows,
-                        "dropped": dropped.num_rows,
-                        "quarantine": quarantine.num_rows,
-                    },
-                    "files": files,
-                }
-            )
+            full = {**manifest, **_store_keys(name, versions, content_key, tables, files)}
+            version = full["version"]
             final = ds_dir / f"v{version}"
             for rel, render in deferred.items():
                 (tmp / rel).write_text(render(full, final), encoding="utf-8")
