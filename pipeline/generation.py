@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 
@@ -112,64 +113,34 @@ def make_candidates(
         raise ValueError(f"on_truncated must be drop, keep or flag, got {on_truncated!r}")
     rows, drops, quar = [], [], []
     seen_text: dict[str, set[str]] = {}
-    kept = 0
     rows_in = 0
     for gr, comp in zip(requests, completions, strict=True):
         n = gr.request.n
         rows_in += n
         rhash = gr.request.key(gr.engine_kind, gr.model)
-        if comp.error is not None:
+        if comp.error is not None:  # every sample of the request: over budget, or failed
             reason = failure_reason(comp.error)
-            for i in range(n):
-                (drops if reason == Reason.OVER_BUDGET else quar).append(
-                    {
-                        "source_id": gr.source_id,
-                        "reason": reason,
-                        "detail": f"policy {gr.policy} sample {i}: {comp.error}",
-                        "raw": rhash,
-                    }
-                )
+            (drops if reason == Reason.OVER_BUDGET else quar).extend(
+                {
+                    "source_id": gr.source_id,
+                    "reason": reason,
+                    "detail": f"policy {gr.policy} sample {i}: {comp.error}",
+                    "raw": rhash,
+                }
+                for i in range(n)
+            )
             continue
         texts = list(comp.texts) + [None] * (n - len(comp.texts))
+        bucket = seen_text.setdefault(gr.prompt_id, set())
         for i in range(n):
             text = texts[i]
             finish = comp.finish_reasons[i] if i < len(comp.finish_reasons) else None
             cid = candidate_id(gr.prompt_id, gr.policy, i, text)
-            if text is None or not text.strip():
-                drops.append(
-                    {
-                        "source_id": gr.source_id,
-                        "row_id": cid,
-                        "reason": Reason.EMPTY_OUTPUT,
-                        "detail": f"policy {gr.policy} sample {i}",
-                    }
-                )
+            why = _sample_drop(gr, i, text, finish, bucket, on_truncated)
+            if why is not None:
+                drops.append({"source_id": gr.source_id, "row_id": cid, **why})
                 continue
-            norm = " ".join(text.split())
-            bucket = seen_text.setdefault(gr.prompt_id, set())
-            if norm in bucket:
-                drops.append(
-                    {
-                        "source_id": gr.source_id,
-                        "row_id": cid,
-                        "reason": Reason.DUPLICATE_OUTPUT,
-                        "detail": f"policy {gr.policy} sample {i} repeats an earlier "
-                        f"candidate of this prompt",
-                    }
-                )
-                continue
-            if finish == "length" and on_truncated == "drop":
-                drops.append(
-                    {
-                        "source_id": gr.source_id,
-                        "row_id": cid,
-                        "reason": Reason.TRUNCATED,
-                        "detail": f"policy {gr.policy} sample {i} stopped at max_tokens "
-                        f"{gr.request.max_tokens}",
-                    }
-                )
-                continue
-            bucket.add(norm)
+            bucket.add(" ".join((text or "").split()))
             ntok = comp.n_output_tokens[i] if i < len(comp.n_output_tokens) else None
             rows.append(
                 {
@@ -187,16 +158,48 @@ def make_candidates(
                     "error": None,
                 }
             )
-            kept += 1
     dropped = dropped_table(STAGE, drops)
     quarantine = quarantine_table(STAGE, quar)
     counts = StageCounts(
         rows_in=rows_in,
-        kept=kept,
+        kept=len(rows),
         dropped=dict(sorted(Counter(str(d["reason"]) for d in drops).items())),
         quarantined=dict(Counter(str(q["reason"]) for q in quar)),
     )
     table = from_rows(rows, CANDIDATES, "candidates")
+    info = {"tokens_per_policy": _tokens_per_policy(rows)}
+    return StageResult(STAGE, {"candidates": table}, counts, dropped, quarantine, info=info)
+
+
+def _sample_drop(
+    gr: GenerationRequest,
+    i: int,
+    text: str | None,
+    finish: str | None,
+    seen: set[str],
+    on_truncated: str,
+) -> dict[str, Any] | None:
+    """Why sample ``i`` of a request is dropped (reason and detail), or None: empty, the
+    same text (whitespace aside) as an earlier candidate of the prompt (``seen``), or cut
+    at the token limit with ``on_truncated: drop``."""
+    at = f"policy {gr.policy} sample {i}"
+    if text is None or not text.strip():
+        return {"reason": Reason.EMPTY_OUTPUT, "detail": at}
+    if " ".join(text.split()) in seen:
+        return {
+            "reason": Reason.DUPLICATE_OUTPUT,
+            "detail": f"{at} repeats an earlier candidate of this prompt",
+        }
+    if finish == "length" and on_truncated == "drop":
+        return {
+            "reason": Reason.TRUNCATED,
+            "detail": f"{at} stopped at max_tokens {gr.request.max_tokens}",
+        }
+    return None
+
+
+def _tokens_per_policy(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Per policy: prompt and output tokens, candidates and truncated candidates."""
     tokens: dict[str, dict[str, int]] = {}
     for r in rows:
         t = tokens.setdefault(
@@ -206,14 +209,7 @@ def make_candidates(
         t["output_tokens"] += r["n_output_tokens"] or 0
         t["candidates"] += 1
         t["truncated"] += int(r["truncated"])
-    return StageResult(
-        STAGE,
-        {"candidates": table},
-        counts,
-        dropped,
-        quarantine,
-        info={"tokens_per_policy": tokens},
-    )
+    return tokens
 
 
 @dataclass(frozen=True)

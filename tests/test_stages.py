@@ -1365,21 +1365,28 @@ def test_injection_quoted_verdict_and_fake_fences() -> None:
 
 
 def test_every_flow_stage_names_its_module_version() -> None:
-    """Stage identity: each stage key carries its module's STAGE_VERSION (a literal version
-    in the flow would not change when the stage's logic does)."""
+    """Stage identity: each task's stage key carries its module's STAGE_VERSION or a
+    ``*_key`` of ``pipeline.run_stages`` (a literal version in the flow would not change
+    when the stage's logic does)."""
     import ast
-    import re
     from pathlib import Path
 
-    src = (Path(__file__).resolve().parents[1] / "flows" / "curate.py").read_text()
-    calls = [
-        ast.get_source_segment(src, node.args[2])
-        for node in ast.walk(ast.parse(src))
-        if isinstance(node, ast.Call)
-        and getattr(node.func, "id", None) == "run_stage"
-        and len(node.args) > 2
-    ]
-    assert len(calls) >= 12
-    assert all(
-        re.search(r"VERSION|versions", c) and not re.match(r"\s*\[?\s*\d", c) for c in calls
-    ), calls
+    root = Path(__file__).resolve().parents[1] / "flows"
+    tasks = {}
+    for name in ("tasks.py", "curate.py"):
+        src = (root / name).read_text()
+        for fn in ast.walk(ast.parse(src)):
+            calls = [
+                n
+                for n in ast.walk(fn)
+                if isinstance(fn, ast.FunctionDef)
+                and isinstance(n, ast.Call)
+                and getattr(n.func, "id", None) == "run_stage"
+            ]
+            if calls:
+                tasks[fn.name] = (ast.get_source_segment(src, fn), calls[0])
+    assert len(tasks) >= 17, sorted(tasks)
+    for name, (src, call) in tasks.items():
+        version = call.args[2]
+        assert not isinstance(version, ast.Constant), name  # e.g. run_stage(..., 1, ...)
+        assert "VERSION" in src or "run_stages." in src and "_key(" in src, name
