@@ -7,12 +7,12 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.table import Table
 
-from flows.console import _fail, _print_plan, _print_stages, _RichProgress, err, out
+from flows.console import _fail, _print_plan, _print_stages, _print_summary, _RichProgress, err, out
 from flows.preflight import _prefect_env, check_data_root, check_models
 from schemas.errors import ConfigError, PrefcurateError
 
@@ -61,13 +61,7 @@ def run(
         + ([f"runner.workers={workers}"] if workers else [])
         + (["allow_partial=true"] if allow_partial else [])
     )
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
-    logging.getLogger("prefcurate").setLevel(logging.INFO)
-    # the stage modules' own loggers (prefcurate.pipeline.*) stay at warnings without -v
-    logging.getLogger("prefcurate.pipeline").setLevel(logging.INFO if verbose else logging.WARNING)
+    _logging(verbose, stages=True)
     from schemas.config import load_config
 
     try:
@@ -82,6 +76,40 @@ def run(
     if plan:  # after the same checks as a run: a config that cannot work fails here too
         _print_plan(cfg, as_json)
         return
+    summary = _run(cfg, verbose)
+    if summary.get("partial"):
+        err.print(
+            "[bold yellow]partial:[/] rows with failed model calls were quarantined "
+            "and left out ("
+            + ", ".join(f"{k}: {v}" for k, v in summary["partial"].items())
+            + "); rerun to make exactly those calls again"
+        )
+    if as_json:
+        summary.pop("report", None)
+        print(json.dumps(summary, indent=2, default=str))
+        return
+    _print_stages(summary["stages"])
+    _print_summary(summary)
+
+
+def _logging(verbose: bool, stages: bool = False) -> None:
+    """Logs on stderr: warnings, or everything with ``-v``; with ``stages`` the flow's
+    own ``prefcurate`` logger says what each stage did (its stage modules'
+    ``prefcurate.pipeline.*`` loggers stay at warnings without ``-v``)."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    if stages:
+        logging.getLogger("prefcurate").setLevel(logging.INFO)
+        logging.getLogger("prefcurate.pipeline").setLevel(
+            logging.INFO if verbose else logging.WARNING
+        )
+
+
+def _run(cfg: Any, verbose: bool) -> dict[str, Any]:
+    """Run the curation with this command's engines and progress display; a project
+    error or an error of the environment is one line (``-v``: the traceback)."""
     from flows.curate import Runtime, run_curation
 
     prog = _RichProgress()
@@ -106,38 +134,7 @@ def run(
         prog.stop()
         runtime.close()
     summary["seconds"] = round(time.time() - t0, 1)
-    if summary.get("partial"):
-        err.print(
-            "[bold yellow]partial:[/] rows with failed model calls were quarantined "
-            "and left out ("
-            + ", ".join(f"{k}: {v}" for k, v in summary["partial"].items())
-            + "); rerun to make exactly those calls again"
-        )
-    if as_json:
-        summary.pop("report", None)
-        print(json.dumps(summary, indent=2, default=str))
-        return
-    _print_stages(summary["stages"])
-    verb = "published" if summary["created"] else "unchanged, already published as"
-    tot = (summary.get("usage") or {}).get("total") or {}
-    saved = tot.get("saved_prompt_tokens", 0) + tot.get("saved_output_tokens", 0)
-    line = (
-        f"model calls: {tot.get('made', 0)} made, {tot.get('reused', 0)} reused from cache; "
-        f"tokens {tot.get('prompt_tokens', 0)} in / {tot.get('output_tokens', 0)} out, "
-        f"{saved} saved"
-    )
-    if tot.get("cost") is not None:
-        cur = summary["usage"].get("currency", "")
-        line += f"; cost {tot['cost']:.4f} {cur} (saved {tot['saved_cost']:.4f})"
-    if tot.get("over_budget"):
-        line += f"; [bold yellow]{tot['over_budget']} calls over budget[/] (dropped over_budget)"
-    out.print(f"{line}; {summary['seconds']} s")
-    out.print(
-        f"[bold green]{verb}[/] {summary['name']}@v{summary['version']} ({summary['rows']} pairs)"
-    )
-    if summary.get("report_html"):
-        out.print(f"quality report: {summary['report_html']}")
-    out.print(summary["path"])
+    return summary
 
 
 @judges_app.command("qualify")
@@ -153,10 +150,7 @@ def judges_qualify(
     """Measure each judge on pairs whose answer is known (verifier-decided pairs of the
     config's input, or a gold pairs file) and print the table; publishes nothing."""
     _prefect_env(verbose)
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    _logging(verbose)
     from schemas.config import load_config
 
     try:

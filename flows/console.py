@@ -117,3 +117,28 @@ def _print_stages(stages: dict[str, Any]) -> None:
     for row in stage_count_rows(stages):
         t.add_row(*row)
     out.print(t)
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    """A run's last lines: its model calls, tokens and cost, the version it published (or
+    found identical), the report and the path."""
+    verb = "published" if summary["created"] else "unchanged, already published as"
+    tot = (summary.get("usage") or {}).get("total") or {}
+    saved = tot.get("saved_prompt_tokens", 0) + tot.get("saved_output_tokens", 0)
+    line = (
+        f"model calls: {tot.get('made', 0)} made, {tot.get('reused', 0)} reused from cache; "
+        f"tokens {tot.get('prompt_tokens', 0)} in / {tot.get('output_tokens', 0)} out, "
+        f"{saved} saved"
+    )
+    if tot.get("cost") is not None:
+        cur = summary["usage"].get("currency", "")
+        line += f"; cost {tot['cost']:.4f} {cur} (saved {tot['saved_cost']:.4f})"
+    if tot.get("over_budget"):
+        line += f"; [bold yellow]{tot['over_budget']} calls over budget[/] (dropped over_budget)"
+    out.print(f"{line}; {summary['seconds']} s")
+    out.print(
+        f"[bold green]{verb}[/] {summary['name']}@v{summary['version']} ({summary['rows']} pairs)"
+    )
+    if summary.get("report_html"):
+        out.print(f"quality report: {summary['report_html']}")
+    out.print(summary["path"])
