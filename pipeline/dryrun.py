@@ -76,20 +76,14 @@ def _cached(cfg: RunConfig, reqs: list[Any]) -> int | None:
 def plan_run(cfg: RunConfig) -> dict[str, Any]:
     """The plan of a run of ``cfg`` (module docstring): ``{input, stages, total, budget,
     notes}``."""
-    from pipeline import conversation, generation
-    from pipeline.annotate.judging import format_pairwise
-    from pipeline.annotate.rubrics import format_rubric, format_yesno
     from pipeline.ingest.stage import ingest_pairs, ingest_prompts
 
     inp = cfg.input
     fn = ingest_prompts if inp.kind == "prompts" else ingest_pairs
     ing = fn(inp.path, source=inp.source, limit=inp.limit)
     prompts = ing.outputs["prompts"]
-    convs = prompts.column("prompt").to_pylist()
-    metas = prompts.column("meta").to_pylist()
     n_prompts = prompts.num_rows
-    p_tok = [_msgs_tok(c) for c in convs]
-    stages: list[dict[str, Any]] = []
+    p_tok = [_msgs_tok(c) for c in prompts.column("prompt").to_pylist()]
     notes = [
         "judge and rubric calls assume every sample survives (duplicates, truncation, "
         "dedup and decontamination only lower them) and responses of max_tokens length",
@@ -99,56 +93,22 @@ def plan_run(cfg: RunConfig) -> dict[str, Any]:
         "measured)",
     ]
     if inp.kind == "prompts":
-        reqs = generation.build_generation_requests(prompts, list(cfg.generate.policies))
+        stages = _generation_rows(cfg, prompts, p_tok)
         k = sum(p.n for p in cfg.generate.policies)
         resp_tok = max((p.max_tokens for p in cfg.generate.policies), default=0)
-        for pol in cfg.generate.policies:
-            mine = [r for r in reqs if r.policy == pol.name]
-            turns = sum(len(conversation.follow_ups(m)) for m in metas)
-            calls = len(mine) + pol.n * turns
-            ptok = sum(_msgs_tok(r.request.messages) for r in mine) + pol.n * turns * (
-                max(p_tok, default=0) + 2 * pol.max_tokens
-            )
-            stages.append(
-                _row("generate", pol.model.model, calls, ptok,
-                     pol.max_tokens * (pol.n * len(mine) + pol.n * turns), cfg, _cached(cfg, mine))
-            )  # fmt: skip
         pairs_per_prompt = [math.comb(k, 2)] * n_prompts
         n_cands = k * n_prompts
     else:
-        cands = ing.outputs["candidates"]
-        k = 2
+        stages, cands, k = [], ing.outputs["candidates"], 2
         resp_tok = max((_tok(t or "") for t in cands.column("text").to_pylist()), default=0)
         n_cands = cands.num_rows
         pairs_per_prompt = [1] * (n_cands // 2)
         notes.append("a pairs file: each of its pairs is judged; no generation")
-    j = cfg.judge
-    if j.judges:
-        for stage, cap in _judge_rounds(cfg, k):
-            n_pairs = sum(min(cap, c) for c in pairs_per_prompt)
-            calls = n_pairs * len(j.judges) * 2
-            if j.budget is not None:
-                calls = min(calls, (j.budget // (2 * len(j.judges))) * 2 * len(j.judges))
-            for judge in j.judges:
-                mine = calls // len(j.judges)
-                overhead = _msgs_tok(
-                    format_pairwise(judge, [{"role": "user", "content": ""}], "", "").messages
-                )
-                per = overhead + (sum(p_tok) // max(n_prompts, 1)) + 2 * resp_tok
-                out_tok = mine * judge.max_tokens * judge.samples
-                stages.append(_row(stage, judge.model.model, mine, mine * per, out_tok, cfg))
-    for r in cfg.rubric_judges():
-        calls = n_cands
-        if cfg.rubrics.budget is not None:
-            calls = min(calls, cfg.rubrics.budget)
-        fmt = format_yesno if r.template == "yesno_v1" else format_rubric
-        probe = fmt(r, [{"role": "user", "content": ""}], "")  # the real request's shape
-        per = _msgs_tok(probe.messages) + (sum(p_tok) // max(n_prompts, 1)) + resp_tok
-        out_tok = calls * probe.max_tokens * probe.n  # (a Yes/No judge asks for 3 tokens)
-        stages.insert(
-            len([s for s in stages if s["stage"] == "generate"]),
-            _row("rubric", r.model.model, calls, calls * per, out_tok, cfg),
-        )
+    mean_prompt = sum(p_tok) // max(n_prompts, 1)
+    stages += _judge_rows(cfg, k, pairs_per_prompt, mean_prompt + 2 * resp_tok)
+    # the rubric stage runs before the judges: its rows come right after generation's
+    n_gen = len([s for s in stages if s["stage"] == "generate"])
+    stages[n_gen:n_gen] = _rubric_rows(cfg, n_cands, mean_prompt + resp_tok)
     total = {
         key: sum(s[key] for s in stages)
         for key in ("calls", "prompt_tokens_est", "max_output_tokens")
@@ -170,6 +130,69 @@ def plan_run(cfg: RunConfig) -> dict[str, Any]:
         "budget": _budget_check(cfg, stages, total),
         "notes": notes,
     }
+
+
+def _generation_rows(cfg: RunConfig, prompts: Any, p_tok: list[int]) -> list[dict[str, Any]]:
+    """One plan row per policy: its first-turn calls plus one per follow-up turn and
+    sample (a later turn's prompt: the longest prompt and two answers, at most)."""
+    from pipeline import conversation, generation
+
+    reqs = generation.build_generation_requests(prompts, list(cfg.generate.policies))
+    turns = sum(len(conversation.follow_ups(m)) for m in prompts.column("meta").to_pylist())
+    rows = []
+    for pol in cfg.generate.policies:
+        mine = [r for r in reqs if r.policy == pol.name]
+        calls = len(mine) + pol.n * turns
+        ptok = sum(_msgs_tok(r.request.messages) for r in mine) + pol.n * turns * (
+            max(p_tok, default=0) + 2 * pol.max_tokens
+        )
+        out_tok = pol.max_tokens * (pol.n * len(mine) + pol.n * turns)
+        rows.append(
+            _row("generate", pol.model.model, calls, ptok, out_tok, cfg, _cached(cfg, mine))
+        )
+    return rows
+
+
+def _judge_rows(
+    cfg: RunConfig, k: int, pairs_per_prompt: list[int], content_tok: int
+) -> list[dict[str, Any]]:
+    """One plan row per judge and round: both orders of each pair it sees (within the
+    judge budget); ``content_tok``: a request's prompt and two responses."""
+    from pipeline.annotate.judging import format_pairwise
+
+    j, rows = cfg.judge, []
+    if not j.judges:
+        return rows
+    for stage, cap in _judge_rounds(cfg, k):
+        n_pairs = sum(min(cap, c) for c in pairs_per_prompt)
+        calls = n_pairs * len(j.judges) * 2
+        if j.budget is not None:
+            calls = min(calls, (j.budget // (2 * len(j.judges))) * 2 * len(j.judges))
+        for judge in j.judges:
+            mine = calls // len(j.judges)
+            probe = format_pairwise(judge, [{"role": "user", "content": ""}], "", "")
+            per = _msgs_tok(probe.messages) + content_tok
+            out_tok = mine * judge.max_tokens * judge.samples
+            rows.append(_row(stage, judge.model.model, mine, mine * per, out_tok, cfg))
+    return rows
+
+
+def _rubric_rows(cfg: RunConfig, n_cands: int, content_tok: int) -> list[dict[str, Any]]:
+    """One plan row per rubric judge: a call per candidate (within the rubric budget);
+    ``content_tok``: a request's prompt and response."""
+    from pipeline.annotate.rubrics import format_rubric, format_yesno
+
+    rows = []
+    for r in cfg.rubric_judges():
+        calls = n_cands
+        if cfg.rubrics.budget is not None:
+            calls = min(calls, cfg.rubrics.budget)
+        fmt = format_yesno if r.template == "yesno_v1" else format_rubric
+        probe = fmt(r, [{"role": "user", "content": ""}], "")  # the real request's shape
+        per = _msgs_tok(probe.messages) + content_tok
+        out_tok = calls * probe.max_tokens * probe.n  # (a Yes/No judge asks for 3 tokens)
+        rows.append(_row("rubric", r.model.model, calls, calls * per, out_tok, cfg))
+    return rows
 
 
 def _judge_rounds(cfg: RunConfig, k: int) -> list[tuple[str, int]]:
