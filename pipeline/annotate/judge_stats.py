@@ -41,6 +41,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter, defaultdict
 from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -119,6 +120,39 @@ def judge_of(annotator: str, order: str | None) -> str:
     return annotator
 
 
+@dataclass
+class _Tally:
+    """One pass over the votes: per annotator its first order, rows, parse errors, null
+    verdicts and cut answers, and its valid verdicts per pair."""
+
+    order: dict[str, str | None] = field(default_factory=dict)
+    raw: dict[str, dict[tuple, list[str]]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(list))
+    )
+    rows: Counter = field(default_factory=Counter)
+    parse: Counter = field(default_factory=Counter)
+    null: Counter = field(default_factory=Counter)
+    cut: Counter = field(default_factory=Counter)
+    pairs: set[tuple] = field(default_factory=set)
+
+    def add(self, r: dict[str, Any]) -> None:
+        ann = r["annotator"]
+        self.order.setdefault(ann, r["order"])
+        pair = (r["source_id"], r["prompt_id"], r["candidate_a"], r["candidate_b"])
+        self.pairs.add(pair)
+        self.rows[ann] += 1
+        self.parse[ann] += r["parse_error"] is not None
+        self.cut[ann] += (r["parse_error"] or "").startswith(CUT)
+        if r["verdict"] in VERDICTS:
+            self.raw[ann][pair].append(r["verdict"])
+        else:
+            self.null[ann] += 1
+
+
+_VOTE_COLUMNS = ["source_id", "prompt_id", "candidate_a", "candidate_b", "annotator"]
+_VOTE_COLUMNS += ["order", "verdict", "parse_error"]
+
+
 def compute_judge_stats(votes: pa.Table, candidates: pa.Table | None = None) -> dict[str, Any]:
     """Judge statistics of a VOTES table as a JSON-able dict (see the module docstring).
 
@@ -127,151 +161,39 @@ def compute_judge_stats(votes: pa.Table, candidates: pa.Table | None = None) -> 
     ``longer_win_rate``, ``length_decisive_votes``, ``annotators`` (per annotator),
     ``judges`` (per judge), ``kappa`` (a list over annotator pairs).
     """
-    cols = [
-        "source_id",
-        "prompt_id",
-        "candidate_a",
-        "candidate_b",
-        "annotator",
-        "order",
-        "verdict",
-        "parse_error",
-    ]
-    rows = votes.select(cols).to_pylist()
+    t = _Tally()
+    for r in votes.select(_VOTE_COLUMNS).to_pylist():
+        t.add(r)
     length: dict[str, int] | None = None
     if candidates is not None:
-        length = {
-            c: len(t or "")
-            for c, t in zip(
-                candidates.column("candidate_id").to_pylist(), candidates.column("text").to_pylist()
-            )
-        }
-
-    ann_order: dict[str, str | None] = {}
-    raw: dict[str, dict[tuple, list[str]]] = defaultdict(lambda: defaultdict(list))
-    n_rows: Counter = Counter()
-    n_parse: Counter = Counter()
-    n_null: Counter = Counter()
-    n_cut: Counter = Counter()
-    pairs: set[tuple] = set()
-    for r in rows:
-        ann = r["annotator"]
-        ann_order.setdefault(ann, r["order"])
-        pair = (r["source_id"], r["prompt_id"], r["candidate_a"], r["candidate_b"])
-        pairs.add(pair)
-        n_rows[ann] += 1
-        n_parse[ann] += r["parse_error"] is not None
-        n_cut[ann] += (r["parse_error"] or "").startswith(CUT)
-        if r["verdict"] in VERDICTS:
-            raw[ann][pair].append(r["verdict"])
-        else:
-            n_null[ann] += 1
-    annotators = sorted(n_rows)
-    judge = {a: judge_of(a, ann_order[a]) for a in annotators}
+        ids, texts = candidates.column("candidate_id").to_pylist(), candidates.column("text")
+        length = {c: len(x or "") for c, x in zip(ids, texts.to_pylist())}
+    annotators = sorted(t.rows)
+    judge = {a: judge_of(a, t.order[a]) for a in annotators}
     # one verdict per (annotator, pair)
-    verdict: dict[str, dict[tuple, str]] = {}
-    for a in annotators:
-        verdict[a] = {p: v for p, vs in raw[a].items() if (v := _modal(vs)) is not None}
+    verdict = {
+        a: {p: v for p, vs in t.raw[a].items() if (v := _modal(vs)) is not None} for a in annotators
+    }
     by_pair: dict[tuple, dict[str, str]] = defaultdict(dict)
     for a in annotators:
         for p, v in verdict[a].items():
             by_pair[p][a] = v
-
-    per_ann: dict[str, dict[str, Any]] = {}
-    all_long = all_dec = 0
-    for a in annotators:
-        counts = Counter(verdict[a].values())
-        agree = compared = 0
-        for p, v in verdict[a].items():
-            others = [w for b, w in by_pair[p].items() if judge[b] != judge[a]]
-            maj = _modal(others)
-            if maj is not None:
-                compared += 1
-                agree += v == maj
-        long_wins = decisive = 0
-        if length is not None:
-            for (_, _, ca, cb), v in verdict[a].items():
-                la, lb = length.get(ca), length.get(cb)
-                if v == "tie" or la is None or lb is None or la == lb:
-                    continue
-                decisive += 1
-                long_wins += (v == "a") == (la > lb)
-        all_long += long_wins
-        all_dec += decisive
-        per_ann[a] = {
-            "judge": judge[a],
-            "order": ann_order[a],
-            "votes": n_rows[a],
-            "valid": n_rows[a] - n_null[a],
-            "parse_errors": n_parse[a],
-            "cut_at_max_tokens": n_cut[a],
-            "parse_failure_rate": _rate(n_parse[a], n_rows[a]),
-            "null_verdict_rate": _rate(n_null[a], n_rows[a]),
-            "verdicts": {k: counts.get(k, 0) for k in VERDICTS},
-            "tie_rate": _rate(counts.get("tie", 0), sum(counts.values())),
-            "majority_agreement": _rate(agree, compared),
-            "majority_compared": compared,
-            "longer_win_rate": _rate(long_wins, decisive),
-            "length_decisive": decisive,
-        }
-
-    kappas = []
-    for a, b in itertools.combinations(annotators, 2):
-        common = sorted(set(verdict[a]) & set(verdict[b]))
-        xa = [verdict[a][p] for p in common]
-        xb = [verdict[b][p] for p in common]
-        kappas.append(
-            {
-                "annotator_1": a,
-                "annotator_2": b,
-                "n": len(common),
-                "kappa": cohen_kappa(xa, xb),
-                "observed_agreement": _rate(sum(u == v for u, v in zip(xa, xb)), len(common)),
-            }
-        )
-
-    per_judge: dict[str, dict[str, Any]] = {}
-    for j in sorted(set(judge.values())):
-        mine = [a for a in annotators if judge[a] == j]
-        by_order = {ann_order[a]: a for a in mine if ann_order[a] in ORDERS}
-        entry: dict[str, Any] = {
-            "annotators": mine,
-            "position_consistency": None,
-            "position_pairs": 0,
-            "kappa_ab_ba": None,
-            "first_position_win_rate": None,
-        }
-        if "ab" in by_order and "ba" in by_order:
-            vab, vba = verdict[by_order["ab"]], verdict[by_order["ba"]]
-            common = sorted(set(vab) & set(vba))
-            entry["position_pairs"] = len(common)
-            entry["position_consistency"] = _rate(
-                sum(vab[p] == vba[p] for p in common), len(common)
-            )
-            entry["kappa_ab_ba"] = cohen_kappa([vab[p] for p in common], [vba[p] for p in common])
-        first = dec = 0
-        for o, a in by_order.items():
-            for v in verdict[a].values():
-                if v != "tie":
-                    dec += 1
-                    first += (v == "a") == (o == "ab")
-        entry["first_position_win_rate"] = _rate(first, dec)
-        cross = [
-            k["kappa"]
-            for k in kappas
-            if k["kappa"] is not None
-            and (judge[k["annotator_1"]] == j) != (judge[k["annotator_2"]] == j)
-        ]
-        entry["mean_kappa_vs_other_judges"] = _r(sum(cross) / len(cross)) if cross else None
-        per_judge[j] = entry
-
-    total = sum(n_rows.values())
+    entries = [_annotator_entry(a, t, judge, verdict[a], by_pair, length) for a in annotators]
+    per_ann = {a: e for a, (e, _) in zip(annotators, entries)}
+    kappas = _kappas(annotators, verdict)
+    per_judge = {
+        j: _judge_entry(j, annotators, judge, t.order, verdict, kappas)
+        for j in sorted(set(judge.values()))
+    }
+    total = sum(t.rows.values())
+    all_dec = sum(e["length_decisive"] for e in per_ann.values())
+    all_long = sum(n for _, n in entries)
     return {
         "n_votes": total,
-        "n_pairs": len(pairs),
+        "n_pairs": len(t.pairs),
         "n_annotators": len(annotators),
-        "parse_failure_rate": _rate(sum(n_parse.values()), total),
-        "null_verdict_rate": _rate(sum(n_null.values()), total),
+        "parse_failure_rate": _rate(sum(t.parse.values()), total),
+        "null_verdict_rate": _rate(sum(t.null.values()), total),
         "krippendorff_alpha": krippendorff_alpha_nominal(
             list(v.values()) for v in by_pair.values()
         ),
@@ -282,6 +204,109 @@ def compute_judge_stats(votes: pa.Table, candidates: pa.Table | None = None) -> 
         "judges": per_judge,
         "kappa": kappas,
     }
+
+
+def _annotator_entry(
+    a: str,
+    t: _Tally,
+    judge: dict[str, str],
+    verdict: dict[tuple, str],
+    by_pair: dict[tuple, dict[str, str]],
+    length: dict[str, int] | None,
+) -> tuple[dict[str, Any], int]:
+    """One annotator's entry, and the votes it gave the longer response (for the total)."""
+    counts = Counter(verdict.values())
+    agree = compared = 0
+    for p, v in verdict.items():
+        maj = _modal([w for b, w in by_pair[p].items() if judge[b] != judge[a]])
+        if maj is not None:
+            compared += 1
+            agree += v == maj
+    long_wins = decisive = 0
+    for (_, _, ca, cb), v in verdict.items():
+        la, lb = (length.get(ca), length.get(cb)) if length is not None else (None, None)
+        if v == "tie" or la is None or lb is None or la == lb:
+            continue
+        decisive += 1
+        long_wins += (v == "a") == (la > lb)
+    n = t.rows[a]
+    return {
+        "judge": judge[a],
+        "order": t.order[a],
+        "votes": n,
+        "valid": n - t.null[a],
+        "parse_errors": t.parse[a],
+        "cut_at_max_tokens": t.cut[a],
+        "parse_failure_rate": _rate(t.parse[a], n),
+        "null_verdict_rate": _rate(t.null[a], n),
+        "verdicts": {k: counts.get(k, 0) for k in VERDICTS},
+        "tie_rate": _rate(counts.get("tie", 0), sum(counts.values())),
+        "majority_agreement": _rate(agree, compared),
+        "majority_compared": compared,
+        "longer_win_rate": _rate(long_wins, decisive),
+        "length_decisive": decisive,
+    }, long_wins
+
+
+def _kappas(annotators: list[str], verdict: dict[str, dict[tuple, str]]) -> list[dict[str, Any]]:
+    """Cohen's κ and the observed agreement of every pair of annotators."""
+    out = []
+    for a, b in itertools.combinations(annotators, 2):
+        common = sorted(set(verdict[a]) & set(verdict[b]))
+        xa = [verdict[a][p] for p in common]
+        xb = [verdict[b][p] for p in common]
+        out.append(
+            {
+                "annotator_1": a,
+                "annotator_2": b,
+                "n": len(common),
+                "kappa": cohen_kappa(xa, xb),
+                "observed_agreement": _rate(sum(u == v for u, v in zip(xa, xb)), len(common)),
+            }
+        )
+    return out
+
+
+def _judge_entry(
+    j: str,
+    annotators: list[str],
+    judge: dict[str, str],
+    order: dict[str, str | None],
+    verdict: dict[str, dict[tuple, str]],
+    kappas: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """One judge's entry: its annotators (one per order), its position consistency and
+    first-position win rate, and its mean κ against the other judges."""
+    mine = [a for a in annotators if judge[a] == j]
+    by_order = {order[a]: a for a in mine if order[a] in ORDERS}
+    entry: dict[str, Any] = {
+        "annotators": mine,
+        "position_consistency": None,
+        "position_pairs": 0,
+        "kappa_ab_ba": None,
+        "first_position_win_rate": None,
+    }
+    if "ab" in by_order and "ba" in by_order:
+        vab, vba = verdict[by_order["ab"]], verdict[by_order["ba"]]
+        common = sorted(set(vab) & set(vba))
+        entry["position_pairs"] = len(common)
+        entry["position_consistency"] = _rate(sum(vab[p] == vba[p] for p in common), len(common))
+        entry["kappa_ab_ba"] = cohen_kappa([vab[p] for p in common], [vba[p] for p in common])
+    first = dec = 0
+    for o, a in by_order.items():
+        for v in verdict[a].values():
+            if v != "tie":
+                dec += 1
+                first += (v == "a") == (o == "ab")
+    entry["first_position_win_rate"] = _rate(first, dec)
+    cross = [
+        k["kappa"]
+        for k in kappas
+        if k["kappa"] is not None
+        and (judge[k["annotator_1"]] == j) != (judge[k["annotator_2"]] == j)
+    ]
+    entry["mean_kappa_vs_other_judges"] = _r(sum(cross) / len(cross)) if cross else None
+    return entry
 
 
 def compute_score_stats(scores: pa.Table) -> dict[str, Any]:
