@@ -133,86 +133,96 @@ def qualify_judges(
         .agg(n_a=(pl.col("verdict") == "a").sum(), n=pl.len())
     )
     for name in sorted(j["judge"].unique().to_list()):
-        mine = j.filter(pl.col("judge") == name)
-        parsed = mine.filter(pl.col("verdict").is_not_null())
-        n = parsed.height
-        correct = float((parsed["verdict"] == parsed["gold"]).sum()) + 0.5 * float(
-            (parsed["verdict"] == "tie").sum()
-        )
-        row: dict[str, Any] = {
-            "votes": mine.height,
-            "parsed": n,
-            "pairs": mine.select(KEY).unique().height,
-        }
-        row["accuracy"] = correct / n if n else None
-        row["accuracy_ci"] = list(wilson(correct, n)) if n else None
-        row["tie_rate"] = float((parsed["verdict"] == "tie").sum()) / n if n else None
-        soft = (
-            mine.filter(pl.col("prob_a").is_not_null())
-            .with_columns(
-                p_gold=pl.when(pl.col("gold") == "a")
-                .then(pl.col("prob_a"))
-                .otherwise(1.0 - pl.col("prob_a"))
-            )
-            .group_by(KEY)
-            .agg(pl.col("p_gold").mean())
-        )
-        row["soft_accuracy"] = float((soft["p_gold"] > 0.5).mean()) if soft.height else None
-        both = (
-            parsed.group_by(KEY)
-            .agg(
-                ab=pl.col("verdict").filter(pl.col("order") == "ab").first(),
-                ba=pl.col("verdict").filter(pl.col("order") == "ba").first(),
-            )
-            .drop_nulls(["ab", "ba"])
-        )
-        row["position_flip_rate"] = (
-            float((both["ab"] != both["ba"]).mean()) if both.height else None
-        )
-        row["verifier_agreement"] = {
-            src: float(
-                ((g := parsed.filter(pl.col("gold_from") == src))["verdict"] == g["gold"]).mean()
-            )
-            for src in sorted(parsed["gold_from"].unique())
-            if parsed.filter(pl.col("gold_from") == src).height
-        }
-        others = (
-            per_judge.filter(pl.col("judge") != name)
-            .group_by(KEY)
-            .agg(n_a=pl.col("n_a").sum(), n=pl.col("n").sum())
-        )
-        if others.height:
-            mj = parsed.filter(pl.col("verdict").is_in(["a", "b"])).join(others, on=KEY)
-            mj = mj.filter(2 * pl.col("n_a") != pl.col("n"))
-            maj = pl.when(2 * pl.col("n_a") > pl.col("n")).then(pl.lit("a")).otherwise(pl.lit("b"))
-            row["panel_agreement"] = (
-                float(mj.select((pl.col("verdict") == maj).mean()).item()) if mj.height else None
-            )
-        else:
-            row["panel_agreement"] = None
+        others = per_judge.filter(pl.col("judge") != name)
+        row = _judge_row(j.filter(pl.col("judge") == name), others)
         out["judges"][name] = row
-        if n:
-            lo, hi = row["accuracy_ci"]
-            if hi < 0.5:
-                out["warnings"].append(
-                    f"{name}: worse than chance on {n} gold verdicts "
-                    f"(accuracy {row['accuracy']:.2f}, 95% CI "
-                    f"{lo:.2f}–{hi:.2f})"
-                )
-            elif lo <= 0.5:
-                out["warnings"].append(
-                    f"{name}: not distinguishable from chance on {n} gold "
-                    f"verdicts (accuracy {row['accuracy']:.2f}, 95% CI "
-                    f"{lo:.2f}–{hi:.2f})"
-                )
-    if judge_models and policy_models:
-        by_model: dict[str, list[str]] = {}
-        for pol, model in policy_models.items():
-            by_model.setdefault(model, []).append(pol)
-        for judge, model in sorted(judge_models.items()):
-            if model in by_model:
-                out["warnings"].append(
-                    f"{judge}: shares its model {model} with policy "
-                    f"{', '.join(sorted(by_model[model]))} (self-preference risk)"
-                )
+        if row["parsed"]:
+            out["warnings"] += _chance_warning(name, row)
+    out["warnings"] += _self_preference(judge_models, policy_models)
     return out
+
+
+def _judge_row(mine: pl.DataFrame, others: pl.DataFrame) -> dict[str, Any]:
+    """One judge's row of the table: ``mine``, its votes joined to the gold answers;
+    ``others``, the other judges' hard a/b counts per pair (for panel agreement)."""
+    parsed = mine.filter(pl.col("verdict").is_not_null())
+    n = parsed.height
+    ties = float((parsed["verdict"] == "tie").sum())
+    correct = float((parsed["verdict"] == parsed["gold"]).sum()) + 0.5 * ties
+    row: dict[str, Any] = {
+        "votes": mine.height,
+        "parsed": n,
+        "pairs": mine.select(KEY).unique().height,
+    }
+    row["accuracy"] = correct / n if n else None
+    row["accuracy_ci"] = list(wilson(correct, n)) if n else None
+    row["tie_rate"] = ties / n if n else None
+    soft = (
+        mine.filter(pl.col("prob_a").is_not_null())
+        .with_columns(
+            p_gold=pl.when(pl.col("gold") == "a")
+            .then(pl.col("prob_a"))
+            .otherwise(1.0 - pl.col("prob_a"))
+        )
+        .group_by(KEY)
+        .agg(pl.col("p_gold").mean())
+    )
+    row["soft_accuracy"] = float((soft["p_gold"] > 0.5).mean()) if soft.height else None
+    both = (
+        parsed.group_by(KEY)
+        .agg(
+            ab=pl.col("verdict").filter(pl.col("order") == "ab").first(),
+            ba=pl.col("verdict").filter(pl.col("order") == "ba").first(),
+        )
+        .drop_nulls(["ab", "ba"])
+    )
+    row["position_flip_rate"] = float((both["ab"] != both["ba"]).mean()) if both.height else None
+    row["verifier_agreement"] = {
+        src: float(
+            ((g := parsed.filter(pl.col("gold_from") == src))["verdict"] == g["gold"]).mean()
+        )
+        for src in sorted(parsed["gold_from"].unique())
+        if parsed.filter(pl.col("gold_from") == src).height
+    }
+    row["panel_agreement"] = _panel_agreement(parsed, others)
+    return row
+
+
+def _panel_agreement(parsed: pl.DataFrame, others: pl.DataFrame) -> float | None:
+    """How often a judge's hard verdict is the other judges' majority (pairs where they
+    tie left out); None without other judges."""
+    if not others.height:
+        return None
+    others = others.group_by(KEY).agg(n_a=pl.col("n_a").sum(), n=pl.col("n").sum())
+    mj = parsed.filter(pl.col("verdict").is_in(["a", "b"])).join(others, on=KEY)
+    mj = mj.filter(2 * pl.col("n_a") != pl.col("n"))
+    maj = pl.when(2 * pl.col("n_a") > pl.col("n")).then(pl.lit("a")).otherwise(pl.lit("b"))
+    return float(mj.select((pl.col("verdict") == maj).mean()).item()) if mj.height else None
+
+
+def _chance_warning(name: str, row: dict[str, Any]) -> list[str]:
+    """A warning when a judge's accuracy is below chance or not told apart from it."""
+    n, (lo, hi), acc = row["parsed"], row["accuracy_ci"], row["accuracy"]
+    ci = f"(accuracy {acc:.2f}, 95% CI {lo:.2f}–{hi:.2f})"
+    if hi < 0.5:
+        return [f"{name}: worse than chance on {n} gold verdicts {ci}"]
+    if lo <= 0.5:
+        return [f"{name}: not distinguishable from chance on {n} gold verdicts {ci}"]
+    return []
+
+
+def _self_preference(
+    judge_models: Mapping[str, str] | None, policy_models: Mapping[str, str] | None
+) -> list[str]:
+    """A warning for every judge that shares its model with a policy."""
+    if not (judge_models and policy_models):
+        return []
+    by_model: dict[str, list[str]] = {}
+    for pol, model in policy_models.items():
+        by_model.setdefault(model, []).append(pol)
+    return [
+        f"{judge}: shares its model {model} with policy "
+        f"{', '.join(sorted(by_model[model]))} (self-preference risk)"
+        for judge, model in sorted(judge_models.items())
+        if model in by_model
+    ]
