@@ -17,8 +17,24 @@ def _first(col: str, key: list[str]):
 
 
 def _resolve(good, name: str, limit: int | None):
-    """Step 2 over the good rows (sorted by row, repeated ids removed): the output tables
-    and the dropped rows."""
+    """Step 2 over the good rows (sorted by row, repeated ids removed): the number of
+    pairs kept, the output tables (prompts, candidates, votes) and the dropped rows."""
+    import polars as pl
+
+    g = _oriented(good, limit)
+    kept = g.filter(pl.col("first") & ~pl.col("lim"))
+    prompts = kept.filter(pl.col("row") == pl.col("row").min().over("pid")).select(
+        prompt_id="pid", source_id="sid", prompt="messages", source=pl.lit(name), meta="meta"
+    )
+    votes = _votes(g.filter(~pl.col("lim")), name)
+    return int(kept.height), prompts, _candidates(kept), votes, _drops(g, limit)
+
+
+def _oriented(good, limit: int | None):
+    """The rows with their pair's first occurrence (``first``; its source, ids and
+    orientation: ``f_*``, ``swapped``), the pair's candidates in id order (``a``, ``b``),
+    this row's label and its opposite (``lab``, ``opp``), whether ``limit`` pairs came
+    before it (``lim``) and its pair id."""
     import polars as pl
 
     key = ["pid", "lo", "hi"]
@@ -57,13 +73,15 @@ def _resolve(good, name: str, limit: int | None):
         opp=pl.when(mine == pl.col("a")).then(pl.lit("b")).otherwise(pl.lit("a")),
         pair_id=_pair_ids(g),
     )
-    kept = g.filter(pl.col("first") & ~pl.col("lim"))
-    voting = g.filter(~pl.col("lim"))
+    return g
 
-    prompts = kept.filter(pl.col("row") == pl.col("row").min().over("pid")).select(
-        prompt_id="pid", source_id="sid", prompt="messages", source=pl.lit(name), meta="meta"
-    )
-    cands = (
+
+def _candidates(kept):
+    """CANDIDATES: each kept pair's chosen and rejected response, first occurrence of an
+    id kept."""
+    import polars as pl
+
+    return (
         pl.concat(
             [
                 kept.select(
@@ -100,6 +118,13 @@ def _resolve(good, name: str, limit: int | None):
             ),
         )
     )
+
+
+def _votes(voting, name: str):
+    """VOTES: each pair's label (annotator ``name``) and its given votes, oriented on the
+    pair's first occurrence (a swapped repeat's votes pooled there)."""
+    import polars as pl
+
     base = ["row", "pid", "f_sid", "a", "b"]
     label = voting.select(
         *base, k=pl.lit(-1, dtype=pl.Int64), annotator=pl.lit(name), verdict="lab"
@@ -123,7 +148,7 @@ def _resolve(good, name: str, limit: int | None):
             ),
         )
     )
-    votes = (
+    return (
         pl.concat([label, given])
         .sort(["row", "k"])
         .select(
@@ -139,7 +164,13 @@ def _resolve(good, name: str, limit: int | None):
             parse_error=pl.lit(None, dtype=pl.String),
         )
     )
-    drops = g.filter(pl.col("lim") | ~pl.col("first")).select(
+
+
+def _drops(g, limit: int | None):
+    """The dropped rows: past ``limit``, or the same pair again."""
+    import polars as pl
+
+    return g.filter(pl.col("lim") | ~pl.col("first")).select(
         "row",
         stage=pl.lit(st.STAGE),
         source_id="sid",
@@ -162,7 +193,6 @@ def _resolve(good, name: str, limit: int | None):
             )
         ),
     )
-    return int(kept.height), prompts, cands, votes, drops
 
 
 def _pair_ids(g):
