@@ -125,34 +125,15 @@ def review_pairs(
     threads: int = 1,
 ) -> PeerReview:
     """Train co-teaching BT heads on the pairs; flag those both heads reject late."""
-    import torch
-
     t0 = time.perf_counter()
-    xc = as_matrix(emb_chosen, "emb_chosen", "peer review")
-    xr = as_matrix(emb_rejected, "emb_rejected", "peer review")
-    if xc.shape != xr.shape:
-        raise PrefcurateError(
-            f"peer review: emb_chosen {xc.shape} and emb_rejected "
-            f"{xr.shape} must have the same shape"
-        )
+    xc, xr, xp, pr = _checked(emb_chosen, emb_rejected, emb_prompt, prior)
     n, d = xc.shape
-    xp = None
-    if emb_prompt is not None:
-        xp = as_matrix(emb_prompt, "emb_prompt", "peer review")
-        if xp.shape[0] != n:
-            raise PrefcurateError(f"peer review: emb_prompt has {xp.shape[0]} rows for {n} pairs")
     if epochs < 1 or not (1 <= late_epochs <= epochs) or warmup_epochs < 0 or folds < 1:
         raise PrefcurateError(
             f"peer review: need epochs >= 1, 1 <= late_epochs <= epochs, "
             f"warmup_epochs >= 0 and folds >= 1 (got {epochs}, "
             f"{late_epochs}, {warmup_epochs}, {folds})"
         )
-    pr = None
-    if prior is not None:
-        pr = np.asarray(prior, dtype=np.float64).reshape(-1)
-        if pr.size != n:
-            raise PrefcurateError(f"peer review: prior has {pr.size} values for {n} pairs")
-        pr = np.where(np.isfinite(pr), pr, -np.inf)
     eps = float(min(max(noise_rate, 0.0), 0.5))
     folds = min(folds, max(n, 1))
     need = late_epochs if min_late_rejections is None else min_late_rejections
@@ -172,18 +153,83 @@ def review_pairs(
     }
     if n == 0:
         empty = np.zeros(0)
-        return PeerReview(
-            np.zeros(0, bool),
-            empty,
-            empty,
-            np.zeros(0, np.int64),
-            {**info, "flagged": 0, "seconds": 0.0},
-        )
+        info.update(flagged=0, seconds=0.0)
+        return PeerReview(np.zeros(0, bool), empty, empty, np.zeros(0, np.int64), info)
     rng = np.random.default_rng(seed)
     xc, xr = _reduce([xc, xr], input_dims, rng)
     if xp is not None:
         (xp,) = _reduce([xp], input_dims, rng)
     fold = rng.permutation(n) % folds
+    train_kw = {
+        "epochs": epochs,
+        "warmup_epochs": warmup_epochs,
+        "late_epochs": late_epochs,
+        "curriculum_start": curriculum_start,
+        "hidden": hidden,
+        "batch_size": batch_size,
+        "lr": lr,
+        "weight_decay": weight_decay,
+    }
+    margin_a, margin_b, late, bs, keep_log = _cross_fit(
+        xc, xr, xp, pr, fold, folds, eps, seed, threads, train_kw
+    )
+    flagged = (late >= need * max(folds - 1, 1)) & ((margin_a + margin_b) < 0)
+    info.update(
+        flagged=int(flagged.sum()),
+        batch_size=bs,
+        keep_by_epoch=keep_log,
+        agree_a=float((margin_a > 0).mean()),
+        agree_b=float((margin_b > 0).mean()),
+        seconds=round(time.perf_counter() - t0, 3),
+    )
+    return PeerReview(flagged, margin_a, margin_b, late, info)
+
+
+def _checked(
+    emb_chosen: Any, emb_rejected: Any, emb_prompt: Any, prior: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """The inputs as float matrices of matching rows (a prior's non-finite values are
+    -inf), or an error naming the one that does not fit."""
+    xc = as_matrix(emb_chosen, "emb_chosen", "peer review")
+    xr = as_matrix(emb_rejected, "emb_rejected", "peer review")
+    if xc.shape != xr.shape:
+        raise PrefcurateError(
+            f"peer review: emb_chosen {xc.shape} and emb_rejected "
+            f"{xr.shape} must have the same shape"
+        )
+    n = xc.shape[0]
+    xp = None
+    if emb_prompt is not None:
+        xp = as_matrix(emb_prompt, "emb_prompt", "peer review")
+        if xp.shape[0] != n:
+            raise PrefcurateError(f"peer review: emb_prompt has {xp.shape[0]} rows for {n} pairs")
+    pr = None
+    if prior is not None:
+        pr = np.asarray(prior, dtype=np.float64).reshape(-1)
+        if pr.size != n:
+            raise PrefcurateError(f"peer review: prior has {pr.size} values for {n} pairs")
+        pr = np.where(np.isfinite(pr), pr, -np.inf)
+    return xc, xr, xp, pr
+
+
+def _cross_fit(
+    xc: np.ndarray,
+    xr: np.ndarray,
+    xp: np.ndarray | None,
+    pr: np.ndarray | None,
+    fold: np.ndarray,
+    folds: int,
+    eps: float,
+    seed: int,
+    threads: int,
+    train_kw: dict[str, Any],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, Any]:
+    """Per fold: train the two heads on the other folds (their late rejections counted
+    per pair) and score this fold's pairs → (margins of head a and b, late rejections,
+    the batch size and keep log of the last fold)."""
+    import torch
+
+    n = xc.shape[0]
     margin_a, margin_b = np.zeros(n), np.zeros(n)
     late = np.zeros(n, dtype=np.int64)
     prev_threads = torch.get_num_threads()
@@ -195,22 +241,9 @@ def review_pairs(
             for f in range(folds):
                 train = np.flatnonzero(fold != f) if folds > 1 else np.arange(n)
                 score = np.flatnonzero(fold == f)
+                prior = None if pr is None else pr[train]
                 heads, rejected, bs, keep_log = _train(
-                    tc,
-                    tr,
-                    tp,
-                    train,
-                    None if pr is None else pr[train],
-                    eps,
-                    epochs=epochs,
-                    warmup_epochs=warmup_epochs,
-                    late_epochs=late_epochs,
-                    curriculum_start=curriculum_start,
-                    hidden=hidden,
-                    batch_size=batch_size,
-                    lr=lr,
-                    weight_decay=weight_decay,
-                    seed=seed + 1009 * f,
+                    tc, tr, tp, train, prior, eps, seed=seed + 1009 * f, **train_kw
                 )
                 late[train] += rejected
                 idx = torch.from_numpy(score)
@@ -219,16 +252,7 @@ def review_pairs(
                     margin_b[score] = _margins(heads[1], tc, tr, tp, idx).numpy()
     finally:
         torch.set_num_threads(prev_threads)
-    flagged = (late >= need * max(folds - 1, 1)) & ((margin_a + margin_b) < 0)
-    info.update(
-        flagged=int(flagged.sum()),
-        batch_size=bs,
-        keep_by_epoch=keep_log,
-        agree_a=float((margin_a > 0).mean()),
-        agree_b=float((margin_b > 0).mean()),
-        seconds=round(time.perf_counter() - t0, 3),
-    )
-    return PeerReview(flagged, margin_a, margin_b, late, info)
+    return margin_a, margin_b, late, bs, keep_log
 
 
 def _make_head(d: int, d_prompt: int, hidden: int) -> Any:
