@@ -48,7 +48,6 @@ before / after, and timings.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import time
 from collections.abc import Mapping
@@ -57,9 +56,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from scipy import sparse
 
-from pipeline.stage import Reason, StageCounts, StageResult, as_matrix
+from pipeline.coverage import greedy_select, kmeans, mean_max_similarity, prompt_space, sparse_sims
+from pipeline.stage import Reason, StageCounts, StageResult
 from schemas.config import SelectConfig
 from schemas.errors import PrefcurateError
 from schemas.tables import DROPPED, PAIRS, check_table
@@ -101,164 +100,6 @@ def resolve_budget(budget: int | float | None, n: int) -> int:
     return min(n, int(budget))
 
 
-def _prompt_space(prompt_embeddings: pa.Table | Mapping[str, Any]) -> tuple[list[str], np.ndarray]:
-    """(prompt ids, unit-norm float32 rows) of the prompt embeddings."""
-    if isinstance(prompt_embeddings, pa.Table):
-        from pipeline.embeddings import embeddings_matrix
-
-        ids, mat = embeddings_matrix(prompt_embeddings, "prompt_id", stage="select")
-    else:
-        ids = list(prompt_embeddings)
-        mat = np.asarray([np.asarray(prompt_embeddings[i], dtype=np.float32) for i in ids])
-    mat = (
-        np.asarray(mat, dtype=np.float32).reshape(len(ids), -1)
-        if ids
-        else np.zeros((0, 1), np.float32)
-    )
-    mat = as_matrix(mat, "prompt_embeddings", STAGE)
-    norm = np.linalg.norm(mat, axis=1, keepdims=True)
-    return ids, mat / np.maximum(norm, 1e-12)
-
-
-def _kmeans(x: np.ndarray, k: int, iters: int, sample: int, rng: np.random.Generator) -> np.ndarray:
-    """Spherical k-means centroids (k × d, unit norm), fitted on a sample of ``x``."""
-    sample = max(sample, k)
-    xs = x if len(x) <= sample else x[rng.choice(len(x), sample, replace=False)]
-    cent = xs[rng.choice(len(xs), k, replace=False)].copy()
-    for _ in range(iters):
-        assign = np.argmax(xs @ cent.T, axis=1)
-        cnt = np.bincount(assign, minlength=k)
-        onehot = sparse.csr_matrix(
-            (np.ones(len(xs), np.float32), (assign, np.arange(len(xs)))), shape=(k, len(xs))
-        )
-        sums = np.asarray(onehot @ xs, dtype=np.float32)
-        empty = cnt == 0
-        if empty.any():  # re-seed empty clusters on random points
-            sums[empty] = xs[rng.choice(len(xs), int(empty.sum()), replace=False)]
-        cent = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-    return cent.astype(np.float32)
-
-
-def _sparse_sims(
-    e: np.ndarray, clients: np.ndarray, t: int, chunk: int = 8192
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``t`` non-negative similarities of each row of ``e`` to the clients."""
-    n, m = len(e), len(clients)
-    t = min(t, m)
-    nbr = np.empty((n, t), dtype=np.int64)
-    val = np.empty((n, t), dtype=np.float64)
-    for s in range(0, n, chunk):
-        sims = np.maximum(e[s : s + chunk] @ clients.T, 0.0)
-        if t < m:
-            idx = np.argpartition(-sims, t - 1, axis=1)[:, :t]
-        else:
-            idx = np.broadcast_to(np.arange(m), sims.shape)
-        nbr[s : s + chunk] = idx
-        val[s : s + chunk] = np.take_along_axis(sims, idx, axis=1)
-    return nbr, val
-
-
-def _greedy(
-    q: np.ndarray,
-    prompt_of: np.ndarray,
-    n_prompts: int,
-    nbr: np.ndarray,
-    val: np.ndarray,
-    weight: np.ndarray,
-    budget: int,
-    alpha: float,
-    coef: float,
-) -> tuple[np.ndarray, dict[str, int]]:
-    """Lazy greedy on (1 − α)·q̃ + coef·Δcoverage; returns the chosen pair indices.
-
-    Pruning: while fewer than ``budget`` pairs are chosen, one of the top-``budget`` pairs
-    by quality is still available, so every accepted gain is at least
-    L = (1 − α)·q̃_(budget); gains only fall, so a prompt whose gain is below L is never
-    chosen and leaves the heap. When stale bounds pile up, all gains are refreshed at
-    once (vectorised) and the heap rebuilt without the pruned prompts.
-    """
-    order = np.lexsort((np.arange(len(q)), -q, prompt_of))  # per prompt, best first
-    starts = np.searchsorted(prompt_of[order], np.arange(n_prompts + 1))
-    ptr, end = starts[:-1].copy(), starts[1:]
-    cur = np.zeros(len(weight), dtype=np.float64)
-    covered = np.zeros(n_prompts, dtype=bool)
-    floor = (1 - alpha) * float(np.partition(q, len(q) - budget)[len(q) - budget]) * (1 - 1e-9)
-    stats = {"evaluations": 0, "refreshes": 0, "pruned": 0}
-
-    wn = weight[nbr]  # client weights of each prompt's neighbours
-
-    def fresh(ps: np.ndarray) -> np.ndarray:
-        nb = nbr[ps]
-        cov = coef * (wn[ps] * np.maximum(val[ps] - cur[nb], 0.0)).sum(axis=1)
-        cov[covered[ps]] = 0.0
-        return (1 - alpha) * q[order[ptr[ps]]] + cov
-
-    def build(ps: np.ndarray) -> list:
-        g = fresh(ps)
-        keep = g >= floor
-        stats["pruned"] += int((~keep).sum())
-        h = list(zip((-g[keep]).tolist(), (-q[order[ptr[ps[keep]]]]).tolist(), ps[keep].tolist()))
-        heapq.heapify(h)
-        return h
-
-    heap = build(np.flatnonzero(end > ptr))
-    chosen: list[int] = []
-    stale = 0
-    while len(chosen) < budget and heap:
-        if stale > max(2000, len(heap) // 8):  # refresh every bound at once
-            heap = build(np.asarray([h[2] for h in heap], dtype=np.int64))
-            stats["refreshes"] += 1
-            stale = 0
-            continue
-        neg, negq, p = heapq.heappop(heap)
-        if not covered[p]:
-            nb = nbr[p]
-            g = (1 - alpha) * -negq + coef * float(np.dot(wn[p], np.maximum(val[p] - cur[nb], 0.0)))
-            stats["evaluations"] += 1
-            if g < floor:
-                stats["pruned"] += 1
-                continue
-            item = (-g, negq, p)
-            if heap and item > heap[0]:  # no longer the best: put back with its fresh gain
-                heapq.heappush(heap, item)
-                stale += 1
-                continue
-            cur[nb] = np.maximum(cur[nb], val[p])
-            covered[p] = True
-        chosen.append(int(order[ptr[p]]))
-        ptr[p] += 1
-        if ptr[p] < end[p]:
-            qn = q[order[ptr[p]]]
-            if (1 - alpha) * qn >= floor:
-                heapq.heappush(heap, (-(1 - alpha) * qn, -qn, p))
-    return np.asarray(chosen, dtype=np.int64), stats
-
-
-def mean_max_similarity(
-    queries: np.ndarray,
-    selected: np.ndarray,
-    *,
-    self_hit: np.ndarray | None = None,
-    chunk: int = 4096,
-) -> float:
-    """Mean over unit-norm ``queries`` of the best cosine similarity to a ``selected`` row
-    (0 for an empty selection). ``self_hit`` marks queries that are themselves selected
-    (similarity 1, not recomputed)."""
-    if len(queries) == 0:
-        return float("nan")
-    if len(selected) == 0:
-        return 0.0
-    best = np.ones(len(queries), dtype=np.float64)
-    todo = np.arange(len(queries)) if self_hit is None else np.flatnonzero(~self_hit)
-    if len(todo):
-        sub = np.full(len(todo), -np.inf, dtype=np.float32)
-        qs = queries[todo]
-        for s in range(0, len(selected), chunk):
-            np.maximum(sub, (qs @ selected[s : s + chunk].T).max(axis=1), out=sub)
-        best[todo] = np.minimum(sub, 1.0)
-    return float(best.mean())
-
-
 def _floats(col: pa.ChunkedArray) -> np.ndarray:
     """A float64 numpy copy of an Arrow column, nulls as NaN."""
     arr = col.combine_chunks().cast(pa.float64())
@@ -285,26 +126,7 @@ def select_pairs_budget(
     weight = _floats(pairs.column("weight"))
     margin = _floats(pairs.column("margin"))
     q = np.nan_to_num(np.clip(weight, 0, None) * np.clip(margin, 0, None), nan=0.0)
-    u_ids, u_emb = _prompt_space(prompt_embeddings)
-    enc = pc.dictionary_encode(pairs.column("prompt_id").combine_chunks()) if n else None
-    uniq = enc.dictionary.to_pylist() if n else []
-    prompt_of = (
-        enc.indices.to_numpy(zero_copy_only=False).astype(np.int64) if n else np.zeros(0, np.int64)
-    )
-    u_of = pc.index_in(
-        pa.array(uniq, pa.string()), value_set=pa.array(u_ids, pa.string())
-    ).to_numpy(zero_copy_only=False)
-    u_of = np.nan_to_num(np.asarray(u_of, dtype=np.float64), nan=-1).astype(np.int64)
-    have = u_of >= 0
-    dim = u_emb.shape[1] if u_emb.size else 1
-    e = np.zeros((len(uniq), dim), dtype=np.float32)
-    e[have] = u_emb[u_of[have]]
-    missing = int((~have).sum())
-    if missing:
-        log.warning(
-            "select: %d prompt(s) of the pairs have no embedding; they count for quality only",
-            missing,
-        )
+    u_ids, u_emb, uniq, prompt_of, u_of, e, missing = _space(pairs, prompt_embeddings)
     alpha = float(cfg.coverage_tradeoff)
     info: dict[str, Any] = {
         "budget": b,
@@ -317,62 +139,11 @@ def select_pairs_budget(
     }
     rng = np.random.default_rng(cfg.seed)
     t_sel = time.perf_counter()
-    if b >= n:
-        keep_idx = np.arange(n)
-        info["method"] = "all"
-    elif b == 0:
-        keep_idx = np.zeros(0, dtype=np.int64)
-        info["method"] = "none"
-    elif alpha == 0.0 or not len(u_ids):
-        keep_idx = np.lexsort((np.arange(n), -q))[:b]
-        info["method"] = "quality"
-    else:
-        qt = q / q.max() if q.max() > 0 else q
-        if len(u_ids) <= cfg.clusters:
-            clients, w_c = u_emb, np.ones(len(u_ids))
-            info["clients"] = {"kind": "prompts", "n": len(u_ids)}
-        else:
-            clients = _kmeans(u_emb, cfg.clusters, cfg.kmeans_iters, cfg.kmeans_sample, rng)
-            assign = np.concatenate(
-                [
-                    np.argmax(u_emb[s : s + 8192] @ clients.T, axis=1)
-                    for s in range(0, len(u_emb), 8192)
-                ]
-            )
-            w_c = np.bincount(assign, minlength=len(clients)).astype(np.float64)
-            info["clients"] = {"kind": "kmeans", "n": len(clients)}
-        nbr, val = _sparse_sims(e, clients, cfg.neighbours)
-        coef = alpha * b / len(u_ids)
-        keep_idx, info["greedy"] = _greedy(qt, prompt_of, len(uniq), nbr, val, w_c, b, alpha, coef)
-        info["method"] = "greedy"
+    keep_idx = _choose(q, b, alpha, u_emb, e, prompt_of, len(uniq), cfg, rng, info)
     info["select_seconds"] = round(time.perf_counter() - t_sel, 3)
     keep = np.zeros(n, dtype=bool)
     keep[keep_idx] = True
-    # quality and coverage before / after
-    q_rows = (
-        np.arange(len(u_ids))
-        if len(u_ids) <= cfg.coverage_sample
-        else np.sort(rng.choice(len(u_ids), cfg.coverage_sample, replace=False))
-    )
-    queries = u_emb[q_rows]
-    sel_prompts = np.unique(prompt_of[keep])
-    sel_u = np.zeros(len(u_ids), dtype=bool)
-    sel_u[u_of[sel_prompts][u_of[sel_prompts] >= 0]] = True
-    all_u = np.zeros(len(u_ids), dtype=bool)
-    all_u[u_of[u_of >= 0]] = True
-    info.update(
-        quality_before=float(q.mean()) if n else None,
-        quality_after=float(q[keep].mean()) if keep.any() else None,
-        coverage_before=mean_max_similarity(queries, u_emb[all_u], self_hit=all_u[q_rows])
-        if len(u_ids)
-        else None,
-        coverage_after=mean_max_similarity(queries, u_emb[sel_u], self_hit=sel_u[q_rows])
-        if len(u_ids)
-        else None,
-        coverage_sample=len(queries),
-        prompts_before=len(uniq),
-        prompts_after=int(len(sel_prompts)),
-    )
+    info.update(_before_after(q, keep, u_emb, u_of, prompt_of, len(uniq), cfg, rng))
     kept = pairs.filter(pa.array(keep))
     drop_idx = np.flatnonzero(~keep)
     dropped = _dropped(pairs, drop_idx, q)
@@ -400,4 +171,118 @@ def _dropped(pairs: pa.Table, idx: np.ndarray, q: np.ndarray) -> pa.Table:
             detail,
         ],
         schema=DROPPED,
+    )
+
+
+def _space(pairs: pa.Table, prompt_embeddings: Any) -> tuple[Any, ...]:
+    """The prompt space and the pairs' prompts in it: (space ids, space rows, the pairs'
+    distinct prompts, each pair's prompt index, each prompt's space row or -1, each
+    prompt's embedding (zeros without one), prompts without an embedding)."""
+    n = pairs.num_rows
+    u_ids, u_emb = prompt_space(prompt_embeddings)
+    enc = pc.dictionary_encode(pairs.column("prompt_id").combine_chunks()) if n else None
+    uniq = enc.dictionary.to_pylist() if n else []
+    prompt_of = (
+        enc.indices.to_numpy(zero_copy_only=False).astype(np.int64) if n else np.zeros(0, np.int64)
+    )
+    u_of = pc.index_in(
+        pa.array(uniq, pa.string()), value_set=pa.array(u_ids, pa.string())
+    ).to_numpy(zero_copy_only=False)
+    u_of = np.nan_to_num(np.asarray(u_of, dtype=np.float64), nan=-1).astype(np.int64)
+    have = u_of >= 0
+    dim = u_emb.shape[1] if u_emb.size else 1
+    e = np.zeros((len(uniq), dim), dtype=np.float32)
+    e[have] = u_emb[u_of[have]]
+    missing = int((~have).sum())
+    if missing:
+        log.warning(
+            "select: %d prompt(s) of the pairs have no embedding; they count for quality only",
+            missing,
+        )
+    return u_ids, u_emb, uniq, prompt_of, u_of, e, missing
+
+
+def _choose(
+    q: np.ndarray,
+    b: int,
+    alpha: float,
+    u_emb: np.ndarray,
+    e: np.ndarray,
+    prompt_of: np.ndarray,
+    n_prompts: int,
+    cfg: SelectConfig,
+    rng: np.random.Generator,
+    info: dict[str, Any],
+) -> np.ndarray:
+    """The indices of the ``b`` pairs kept (all, none, the top by quality, or the greedy
+    over quality and coverage); ``info`` gets the method and the greedy's figures."""
+    n = len(q)
+    if b >= n:
+        keep_idx = np.arange(n)
+        info["method"] = "all"
+    elif b == 0:
+        keep_idx = np.zeros(0, dtype=np.int64)
+        info["method"] = "none"
+    elif alpha == 0.0 or not len(u_emb):
+        keep_idx = np.lexsort((np.arange(n), -q))[:b]
+        info["method"] = "quality"
+    else:
+        qt = q / q.max() if q.max() > 0 else q
+        if len(u_emb) <= cfg.clusters:
+            clients, w_c = u_emb, np.ones(len(u_emb))
+            info["clients"] = {"kind": "prompts", "n": len(u_emb)}
+        else:
+            clients = kmeans(u_emb, cfg.clusters, cfg.kmeans_iters, cfg.kmeans_sample, rng)
+            assign = np.concatenate(
+                [
+                    np.argmax(u_emb[s : s + 8192] @ clients.T, axis=1)
+                    for s in range(0, len(u_emb), 8192)
+                ]
+            )
+            w_c = np.bincount(assign, minlength=len(clients)).astype(np.float64)
+            info["clients"] = {"kind": "kmeans", "n": len(clients)}
+        nbr, val = sparse_sims(e, clients, cfg.neighbours)
+        coef = alpha * b / len(u_emb)
+        keep_idx, info["greedy"] = greedy_select(
+            qt, prompt_of, n_prompts, nbr, val, w_c, b, alpha, coef
+        )
+        info["method"] = "greedy"
+    return keep_idx
+
+
+def _before_after(
+    q: np.ndarray,
+    keep: np.ndarray,
+    u_emb: np.ndarray,
+    u_of: np.ndarray,
+    prompt_of: np.ndarray,
+    n_prompts: int,
+    cfg: SelectConfig,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
+    """Quality, coverage and prompts with a pair, of the input and of the selection."""
+    n, n_space = len(q), len(u_emb)
+    q_rows = (
+        np.arange(n_space)
+        if n_space <= cfg.coverage_sample
+        else np.sort(rng.choice(n_space, cfg.coverage_sample, replace=False))
+    )
+    queries = u_emb[q_rows]
+    sel_prompts = np.unique(prompt_of[keep])
+    sel_u = np.zeros(n_space, dtype=bool)
+    sel_u[u_of[sel_prompts][u_of[sel_prompts] >= 0]] = True
+    all_u = np.zeros(n_space, dtype=bool)
+    all_u[u_of[u_of >= 0]] = True
+    return dict(
+        quality_before=float(q.mean()) if n else None,
+        quality_after=float(q[keep].mean()) if keep.any() else None,
+        coverage_before=mean_max_similarity(queries, u_emb[all_u], self_hit=all_u[q_rows])
+        if n_space
+        else None,
+        coverage_after=mean_max_similarity(queries, u_emb[sel_u], self_hit=sel_u[q_rows])
+        if n_space
+        else None,
+        coverage_sample=len(queries),
+        prompts_before=n_prompts,
+        prompts_after=int(len(sel_prompts)),
     )
