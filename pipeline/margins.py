@@ -184,33 +184,8 @@ def compute_margins(comparisons: pa.Table, scores: pa.Table, cfg: MarginConfig) 
         .filter(pl.col("score").is_not_null())
         .unique("candidate_id", keep="first")
     )
-    a_first = (
-        pl.when(pl.col("label").is_in(["a", "b"]))
-        .then(pl.col("label") == "a")
-        .otherwise(pl.col("p_a").is_null() | (pl.col("p_a") >= 0.5))
-    )
-    band, prior = cfg.contested_band, cfg.prior
-    df = (
-        c.with_columns(_a=a_first)
-        .with_columns(
-            chosen_id=pl.when("_a").then("candidate_a").otherwise("candidate_b"),
-            rejected_id=pl.when("_a").then("candidate_b").otherwise("candidate_a"),
-            _nc=pl.when("_a").then("n_a").otherwise("n_b"),
-            _nr=pl.when("_a").then("n_b").otherwise("n_a"),
-            _q=pl.when("_a").then(pl.col("p_a")).otherwise(1.0 - pl.col("p_a")),
-        )
-        .with_columns(_s=pl.col("_nc") + pl.col("_nr") + pl.col("n_tie"))
-    )
-    share = (pl.col("_nc") + 0.5 * pl.col("n_tie") + prior) / (pl.col("_s") + 2 * prior)
-    if cfg.p_source == "posterior":
-        share = pl.col("_q").fill_null(share)
-    elif cfg.p_source == "shrink":
-        st = cfg.shrink_strength
-        share = (
-            (pl.col("_nc") + 0.5 * pl.col("n_tie") + 2 * st * pl.col("_q"))
-            / (pl.col("_s") + 2 * st)
-        ).fill_null(share)
-    df = df.with_columns(p_hat=pl.when(pl.col("_s") > 0).then(share))
+    df = _oriented(c, cfg)
+    band = cfg.contested_band
     p = pl.col("p_hat")
     p_np = df["p_hat"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
     df = df.with_columns(
@@ -235,19 +210,7 @@ def compute_margins(comparisons: pa.Table, scores: pa.Table, cfg: MarginConfig) 
     ).with_columns(
         score_chosen=_score_of(df["chosen_id"], sc), score_rejected=_score_of(df["rejected_id"], sc)
     )
-    # plurality (seed 001): both responses good, the users split — a legitimate difference
-    # of taste, not label noise
-    good = cfg.plurality_min_score
-    plural = (
-        (pl.col("disagreement") >= cfg.plurality_disagreement)
-        & (pl.col("score_chosen") >= good)
-        & (pl.col("score_rejected") >= good)
-    ).fill_null(False)
-    df = df.with_columns(
-        flags=pl.when(plural)
-        .then(pl.col("flags").list.concat(pl.lit([PLURALITY], dtype=pl.List(pl.Utf8))))
-        .otherwise(pl.col("flags"))
-    )
+    df = df.with_columns(flags=_with_plurality(cfg))
     ids = stable_hash_rows(df["source_id"], df["chosen_id"], df["rejected_id"], as_series=True)
     df = df.with_columns(pair_id=ids)
     pairs = conform(df.select(PAIRS.names).to_arrow(), PAIRS, "pairs")
@@ -258,4 +221,54 @@ def compute_margins(comparisons: pa.Table, scores: pa.Table, cfg: MarginConfig) 
         {"pairs": pairs},
         counts,
         info={"lam": cfg.lam, "cap": cfg.cap, "prior": cfg.prior, "plurality": n_plural},
+    )
+
+
+def _oriented(c: pl.DataFrame, cfg: MarginConfig) -> pl.DataFrame:
+    """The comparisons oriented (the label's side, else the posterior's, chosen first) with
+    the chosen side's counts (``_nc``, ``_nr``, ``_s``) and ``p_hat``: the share of votes
+    for chosen (ties half, ``prior`` pseudo-votes each side), the posterior
+    (``p_source: posterior``) or the votes shrunk towards it (``shrink``)."""
+    a_first = (
+        pl.when(pl.col("label").is_in(["a", "b"]))
+        .then(pl.col("label") == "a")
+        .otherwise(pl.col("p_a").is_null() | (pl.col("p_a") >= 0.5))
+    )
+    prior = cfg.prior
+    df = (
+        c.with_columns(_a=a_first)
+        .with_columns(
+            chosen_id=pl.when("_a").then("candidate_a").otherwise("candidate_b"),
+            rejected_id=pl.when("_a").then("candidate_b").otherwise("candidate_a"),
+            _nc=pl.when("_a").then("n_a").otherwise("n_b"),
+            _nr=pl.when("_a").then("n_b").otherwise("n_a"),
+            _q=pl.when("_a").then(pl.col("p_a")).otherwise(1.0 - pl.col("p_a")),
+        )
+        .with_columns(_s=pl.col("_nc") + pl.col("_nr") + pl.col("n_tie"))
+    )
+    share = (pl.col("_nc") + 0.5 * pl.col("n_tie") + prior) / (pl.col("_s") + 2 * prior)
+    if cfg.p_source == "posterior":
+        share = pl.col("_q").fill_null(share)
+    elif cfg.p_source == "shrink":
+        st = cfg.shrink_strength
+        share = (
+            (pl.col("_nc") + 0.5 * pl.col("n_tie") + 2 * st * pl.col("_q"))
+            / (pl.col("_s") + 2 * st)
+        ).fill_null(share)
+    return df.with_columns(p_hat=pl.when(pl.col("_s") > 0).then(share))
+
+
+def _with_plurality(cfg: MarginConfig) -> pl.Expr:
+    """The flags plus ``plurality`` where both responses are good and the users split: a
+    legitimate difference of taste (seed 001), not label noise."""
+    good = cfg.plurality_min_score
+    plural = (
+        (pl.col("disagreement") >= cfg.plurality_disagreement)
+        & (pl.col("score_chosen") >= good)
+        & (pl.col("score_rejected") >= good)
+    ).fill_null(False)
+    return (
+        pl.when(plural)
+        .then(pl.col("flags").list.concat(pl.lit([PLURALITY], dtype=pl.List(pl.Utf8))))
+        .otherwise(pl.col("flags"))
     )
