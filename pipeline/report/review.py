@@ -65,6 +65,9 @@ def _fate(pairs: dict[tuple[str, str], str], published: dict[frozenset, str]) ->
 def section_review(
     manifest: dict[str, Any], lin: Lineage, data: pa.Table, version_path: Path | None
 ) -> dict[str, Any]:
+    """The report's human-review section: what was reviewed, what each reviewed version
+    and this one did with the pairs the humans decided, and each annotator's accuracy
+    against the human majority."""
     info = (manifest.get("stage_info") or {}).get("review")
     votes_t = lin.table("review", "votes")
     out: dict[str, Any] = {"summary": None, "tables": [], "note": None}
@@ -91,27 +94,7 @@ def section_review(
         ),
     }
     if version_path is not None:
-        root = version_path.parent.parent.parent
-        for ref in reviewed:
-            name, _, v = ref.partition("@v")
-            sent = root / "reviews" / name / f"v{v}" / "export.json"
-            if sent.is_file():
-                summary[f"pairs sent ({ref})"] = len(json.loads(sent.read_text()).get("pairs", {}))
-            old = version_path.parent / f"v{v}" / "data.parquet"
-            if old.is_file():
-                fate = _fate(
-                    human, _published(pq.read_table(old, columns=["chosen_id", "rejected_id"]))
-                )
-                out["tables"].append(
-                    {
-                        "title": f"humans against the reviewed version {ref}",
-                        "columns": ["there", "pairs"],
-                        "rows": [
-                            ["agreed: " + k if k == "human side chosen" else k, n]
-                            for k, n in fate.items()
-                        ],
-                    }
-                )
+        out["tables"] += _reviewed_versions(summary, human, reviewed, version_path)
     now = _fate(human, _published(data))
     out["tables"].append(
         {
@@ -120,6 +103,57 @@ def section_review(
             "rows": [[k, n] for k, n in now.items()],
         }
     )
+    acc = _accuracy_against(lin, human)
+    out["tables"].append(
+        {
+            "title": "annotators' accuracy against the human majority",
+            "columns": ["annotator", "pairs", "accuracy"],
+            "rows": [
+                [w, c["n"], round(c["right"] / c["n"], 3)]
+                for w, c in sorted(acc.items(), key=lambda kv: -kv[1]["n"])
+            ],
+        }
+    )
+    out["summary"] = summary
+    if not human:
+        out["note"] = "no pair has a human majority yet (ties, both bad, or one answer each way)"
+    return out
+
+
+def _reviewed_versions(
+    summary: dict[str, Any],
+    human: dict[tuple[str, str], str],
+    reviewed: list[str],
+    version_path: Path,
+) -> list[dict[str, Any]]:
+    """Per reviewed version: the pairs sent (into ``summary``) and a table of what that
+    version published of the pairs the humans decided."""
+    tables = []
+    root = version_path.parent.parent.parent
+    for ref in reviewed:
+        name, _, v = ref.partition("@v")
+        sent = root / "reviews" / name / f"v{v}" / "export.json"
+        if sent.is_file():
+            summary[f"pairs sent ({ref})"] = len(json.loads(sent.read_text()).get("pairs", {}))
+        old = version_path.parent / f"v{v}" / "data.parquet"
+        if old.is_file():
+            published = _published(pq.read_table(old, columns=["chosen_id", "rejected_id"]))
+            tables.append(
+                {
+                    "title": f"humans against the reviewed version {ref}",
+                    "columns": ["there", "pairs"],
+                    "rows": [
+                        ["agreed: " + k if k == "human side chosen" else k, n]
+                        for k, n in _fate(human, published).items()
+                    ],
+                }
+            )
+    return tables
+
+
+def _accuracy_against(lin: Lineage, human: dict[tuple[str, str], str]) -> dict[str, Counter]:
+    """Per non-human annotator of the run: pairs with a human majority it voted on
+    (``n``) and those it got right (``right``)."""
     acc: dict[str, Counter] = defaultdict(Counter)
     for stage in VOTE_STAGES:
         t = lin.table(stage, "votes")
@@ -136,17 +170,4 @@ def section_review(
                 continue
             acc[who]["n"] += 1
             acc[who]["right"] += (a if verdict == "a" else b) == win
-    out["tables"].append(
-        {
-            "title": "annotators' accuracy against the human majority",
-            "columns": ["annotator", "pairs", "accuracy"],
-            "rows": [
-                [w, c["n"], round(c["right"] / c["n"], 3)]
-                for w, c in sorted(acc.items(), key=lambda kv: -kv[1]["n"])
-            ],
-        }
-    )
-    out["summary"] = summary
-    if not human:
-        out["note"] = "no pair has a human majority yet (ties, both bad, or one answer each way)"
-    return out
+    return acc
