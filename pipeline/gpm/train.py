@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -84,6 +86,30 @@ def _np(t: Any) -> np.ndarray:
     return t.detach().numpy().astype(np.float64)
 
 
+@contextmanager
+def _torch_scope(threads: int, seed: int) -> Iterator[None]:
+    """Train with ``threads`` torch threads and torch's RNG seeded, both restored after
+    (so a head's training neither sees nor moves the caller's random state)."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            yield
+    finally:
+        torch.set_num_threads(prev)
+
+
+def _trained(model: Any, p: np.ndarray, scores: np.ndarray, t0: float, **info: Any) -> Any:
+    """The trained ``model`` with its ``info``: the figures given, its accuracy on the
+    decided training pairs and the seconds since ``t0``."""
+    acc = _train_accuracy(scores, p)
+    model.info.update(**info, train_accuracy=acc, seconds=round(time.perf_counter() - t0, 3))
+    return model
+
+
 def train_gpm(
     prompt_emb: np.ndarray | None,
     emb_a: np.ndarray,
@@ -99,6 +125,10 @@ def train_gpm(
     ``prompt_emb`` (n × d_x, or None: λ is one learnt vector), ``emb_a`` / ``emb_b``
     (n × d) frozen embeddings; ``margin`` (n, ≥ 0, in the chosen response's favour) is used
     by ``loss = margin``; ``weight`` (n, ≥ 0) scales each pair's loss.
+
+    Over 60 lines on purpose: the layers are made in the order the seed fixes, and the
+    embedding, the score and the loss are closures over them and the tensors, in one
+    torch scope; split apart they would pass a dozen tensors each way.
     """
     import torch
     from torch import nn
@@ -112,60 +142,54 @@ def train_gpm(
     two_k = 2 * cfg.k
     width = cfg.hidden or two_k
     joint = cfg.joint and x is not None
-    prev = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            lin_y = nn.Linear(ya.shape[1], width)
-            lin_x = nn.Linear(x.shape[1], width, bias=False) if joint else None
-            out = nn.Linear(cfg.hidden, two_k) if cfg.hidden else None
-            gate = nn.Linear(x.shape[1], cfg.k) if x is not None else None
-            gate_bias = nn.Parameter(torch.zeros(cfg.k))
-            if gate is not None:  # λ starts uniform
-                nn.init.zeros_(gate.weight)
-            mods = [mm for mm in (lin_y, lin_x, out, gate) if mm is not None]
-            params = [q for mm in mods for q in mm.parameters()] + [gate_bias]
-            opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-            ty, tb = torch.from_numpy(ya), torch.from_numpy(yb)
-            tx = torch.from_numpy(x) if x is not None else None
-            tp = torch.from_numpy(p.astype(np.float32))
-            tm = torch.from_numpy((cfg.margin_scale * m).astype(np.float32))
-            tw = torch.from_numpy(w.astype(np.float32))
-            hard = torch.from_numpy(p != 0.5) if cfg.loss == "margin" else None
-            sign = torch.from_numpy(np.where(p > 0.5, 1.0, -1.0).astype(np.float32))
+    with _torch_scope(cfg.threads, cfg.seed):
+        lin_y = nn.Linear(ya.shape[1], width)
+        lin_x = nn.Linear(x.shape[1], width, bias=False) if joint else None
+        out = nn.Linear(cfg.hidden, two_k) if cfg.hidden else None
+        gate = nn.Linear(x.shape[1], cfg.k) if x is not None else None
+        gate_bias = nn.Parameter(torch.zeros(cfg.k))
+        if gate is not None:  # λ starts uniform
+            nn.init.zeros_(gate.weight)
+        mods = [mm for mm in (lin_y, lin_x, out, gate) if mm is not None]
+        params = [q for mm in mods for q in mm.parameters()] + [gate_bias]
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        ty, tb = torch.from_numpy(ya), torch.from_numpy(yb)
+        tx = torch.from_numpy(x) if x is not None else None
+        tp = torch.from_numpy(p.astype(np.float32))
+        tm = torch.from_numpy((cfg.margin_scale * m).astype(np.float32))
+        tw = torch.from_numpy(w.astype(np.float32))
+        hard = torch.from_numpy(p != 0.5) if cfg.loss == "margin" else None
+        sign = torch.from_numpy(np.where(p > 0.5, 1.0, -1.0).astype(np.float32))
 
-            def embed(y: Any, xx: Any) -> Any:
-                pre = lin_y(y)
-                if lin_x is not None:
-                    pre = pre + lin_x(xx)
-                if out is not None:
-                    pre = out(nn.functional.gelu(pre))
-                return nn.functional.normalize(pre, dim=1, eps=1e-12)
+        def embed(y: Any, xx: Any) -> Any:
+            pre = lin_y(y)
+            if lin_x is not None:
+                pre = pre + lin_x(xx)
+            if out is not None:
+                pre = out(nn.functional.gelu(pre))
+            return nn.functional.normalize(pre, dim=1, eps=1e-12)
 
-            def scores(idx: Any) -> Any:
-                xx = tx[idx] if tx is not None else None
-                vi, vj = embed(ty[idx], xx), embed(tb[idx], xx)
-                g = gate(xx) + gate_bias if gate is not None else gate_bias.expand(len(idx), cfg.k)
-                lam = torch.softmax(g, dim=1)
-                d = vi[:, 0::2] * vj[:, 1::2] - vi[:, 1::2] * vj[:, 0::2]
-                return (lam * d).sum(1)
+        def scores(idx: Any) -> Any:
+            xx = tx[idx] if tx is not None else None
+            vi, vj = embed(ty[idx], xx), embed(tb[idx], xx)
+            g = gate(xx) + gate_bias if gate is not None else gate_bias.expand(len(idx), cfg.k)
+            lam = torch.softmax(g, dim=1)
+            d = vi[:, 0::2] * vj[:, 1::2] - vi[:, 1::2] * vj[:, 0::2]
+            return (lam * d).sum(1)
 
-            softplus = nn.functional.softplus
+        softplus = nn.functional.softplus
 
-            def pair_loss(idx: Any) -> Any:
-                z = scores(idx) / cfg.tau
-                pp = tp[idx]
-                loss = pp * softplus(-z) + (1 - pp) * softplus(z)
-                if hard is not None:
-                    zc = sign[idx] * z - tm[idx] / cfg.tau
-                    loss = torch.where(hard[idx], softplus(-zc), loss)
-                return loss
+        def pair_loss(idx: Any) -> Any:
+            z = scores(idx) / cfg.tau
+            pp = tp[idx]
+            loss = pp * softplus(-z) + (1 - pp) * softplus(z)
+            if hard is not None:
+                zc = sign[idx] * z - tm[idx] / cfg.tau
+                loss = torch.where(hard[idx], softplus(-zc), loss)
+            return loss
 
-            bs = _batches(n, cfg.batch_size)
-            losses = _train_epochs(opt, pair_loss, tw, n, bs, cfg.epochs, cfg.seed)
-    finally:
-        torch.set_num_threads(prev)
+        bs = _batches(n, cfg.batch_size)
+        losses = _train_epochs(opt, pair_loss, tw, n, bs, cfg.epochs, cfg.seed)
     model = GPMModel(
         resp=resp,
         prompt=prompt,
@@ -179,18 +203,9 @@ def train_gpm(
         tau=cfg.tau,
         info={},
     )
-    acc = _train_accuracy(model.score_pairs(prompt_emb, emb_a, emb_b), p)
-    model.info.update(
-        pairs=n,
-        k=cfg.k,
-        loss=cfg.loss,
-        epochs=cfg.epochs,
-        batch_size=bs,
-        loss_by_epoch=losses,
-        train_accuracy=acc,
-        seconds=round(time.perf_counter() - t0, 3),
-    )
-    return model
+    scores = model.score_pairs(prompt_emb, emb_a, emb_b)
+    info = {"pairs": n, "k": cfg.k, "loss": cfg.loss, "epochs": cfg.epochs, "batch_size": bs}
+    return _trained(model, p, scores, t0, **info, loss_by_epoch=losses)
 
 
 def train_bt(
@@ -211,79 +226,53 @@ def train_bt(
     resp, prompt, ya, yb, x, p = _prepare(prompt_emb, emb_a, emb_b, p_a, cfg.input_dims, cfg.seed)
     n = len(p)
     w = np.ones(n) if weight is None else as_vector(weight, "weight", n, 0.0)
-    prev = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            if cfg.hidden:
-                lin_y = nn.Linear(ya.shape[1], cfg.hidden)
-                lin_x = nn.Linear(x.shape[1], cfg.hidden, bias=False) if x is not None else None
-                out = nn.Linear(cfg.hidden, 1, bias=False)
-                mods = [mm for mm in (lin_y, lin_x, out) if mm is not None]
-            else:  # linear: the prompt cancels in r_a − r_b
-                lin_y, lin_x = None, None
-                out = nn.Linear(ya.shape[1], 1, bias=False)
-                mods = [out]
-            opt = torch.optim.AdamW(
-                [q for mm in mods for q in mm.parameters()],
-                lr=cfg.lr,
-                weight_decay=cfg.weight_decay,
-            )
-            ty, tb = torch.from_numpy(ya), torch.from_numpy(yb)
-            tx = torch.from_numpy(x) if x is not None else None
-            tp = torch.from_numpy(p.astype(np.float32))
-            tw = torch.from_numpy(w.astype(np.float32))
-
-            def reward(y: Any, xx: Any) -> Any:
-                if lin_y is None:
-                    return out(y).squeeze(-1)
-                pre = lin_y(y)
-                if lin_x is not None:
-                    pre = pre + lin_x(xx)
-                return out(nn.functional.gelu(pre)).squeeze(-1)
-
-            softplus = nn.functional.softplus
-
-            def pair_loss(idx: Any) -> Any:
-                xx = tx[idx] if tx is not None else None
-                z = reward(ty[idx], xx) - reward(tb[idx], xx)
-                pp = tp[idx]
-                return pp * softplus(-z) + (1 - pp) * softplus(z)
-
-            bs = _batches(n, cfg.batch_size)
-            losses = _train_epochs(opt, pair_loss, tw, n, bs, cfg.epochs, cfg.seed)
-    finally:
-        torch.set_num_threads(prev)
-    if lin_y is None:
-        model = BTModel(
-            resp=resp,
-            prompt=prompt,
-            w_y=np.zeros((0, 0)),
-            b_y=np.zeros(0),
-            w_x=None,
-            w_out=_np(out.weight),
-            hidden=False,
-            info={},
+    with _torch_scope(cfg.threads, cfg.seed):
+        if cfg.hidden:
+            lin_y = nn.Linear(ya.shape[1], cfg.hidden)
+            lin_x = nn.Linear(x.shape[1], cfg.hidden, bias=False) if x is not None else None
+            out = nn.Linear(cfg.hidden, 1, bias=False)
+            mods = [mm for mm in (lin_y, lin_x, out) if mm is not None]
+        else:  # linear: the prompt cancels in r_a − r_b
+            lin_y, lin_x = None, None
+            out = nn.Linear(ya.shape[1], 1, bias=False)
+            mods = [out]
+        opt = torch.optim.AdamW(
+            [q for mm in mods for q in mm.parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay
         )
-    else:
-        model = BTModel(
-            resp=resp,
-            prompt=prompt,
-            w_y=_np(lin_y.weight),
-            b_y=_np(lin_y.bias),
-            w_x=_np(lin_x.weight) if lin_x is not None else None,
-            w_out=_np(out.weight),
-            hidden=True,
-            info={},
-        )
-    acc = _train_accuracy(model.score_pairs(prompt_emb, emb_a, emb_b), p)
-    model.info.update(
-        pairs=n,
-        epochs=cfg.epochs,
-        batch_size=bs,
-        loss_by_epoch=losses,
-        train_accuracy=acc,
-        seconds=round(time.perf_counter() - t0, 3),
+        ty, tb = torch.from_numpy(ya), torch.from_numpy(yb)
+        tx = torch.from_numpy(x) if x is not None else None
+        tp = torch.from_numpy(p.astype(np.float32))
+        tw = torch.from_numpy(w.astype(np.float32))
+
+        def reward(y: Any, xx: Any) -> Any:
+            if lin_y is None:
+                return out(y).squeeze(-1)
+            pre = lin_y(y)
+            if lin_x is not None:
+                pre = pre + lin_x(xx)
+            return out(nn.functional.gelu(pre)).squeeze(-1)
+
+        softplus = nn.functional.softplus
+
+        def pair_loss(idx: Any) -> Any:
+            xx = tx[idx] if tx is not None else None
+            z = reward(ty[idx], xx) - reward(tb[idx], xx)
+            pp = tp[idx]
+            return pp * softplus(-z) + (1 - pp) * softplus(z)
+
+        bs = _batches(n, cfg.batch_size)
+        losses = _train_epochs(opt, pair_loss, tw, n, bs, cfg.epochs, cfg.seed)
+    hidden = lin_y is not None
+    model = BTModel(
+        resp=resp,
+        prompt=prompt,
+        w_y=_np(lin_y.weight) if hidden else np.zeros((0, 0)),
+        b_y=_np(lin_y.bias) if hidden else np.zeros(0),
+        w_x=_np(lin_x.weight) if lin_x is not None else None,
+        w_out=_np(out.weight),
+        hidden=hidden,
+        info={},
     )
-    return model
+    scores = model.score_pairs(prompt_emb, emb_a, emb_b)
+    info = {"pairs": n, "epochs": cfg.epochs, "batch_size": bs}
+    return _trained(model, p, scores, t0, **info, loss_by_epoch=losses)
