@@ -50,6 +50,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -197,38 +198,8 @@ def estimate_confidence_weights(
             "confidence weights: p must be finite probabilities in [0, 1] "
             "(fill missing model probabilities before calling)"
         )
-    if annotator is None:
-        names = np.array([DEFAULT_ANNOTATOR]) if n else np.array([], dtype=object)
-        code = np.zeros(n, dtype=np.int64)
-    else:
-        import polars as pl
-
-        ann = (
-            annotator
-            if isinstance(annotator, pl.Series)
-            else pl.Series([None if a is None else str(a) for a in annotator], dtype=pl.Utf8)
-        )
-        ann = ann.cast(pl.Utf8).fill_null(AGGREGATE)
-        if ann.len() != n:
-            raise PrefcurateError(
-                f"confidence weights: {n} probabilities but {ann.len()} "
-                f"annotators; pass one annotator per pair"
-            )
-        names = np.array(sorted(ann.unique().to_list()), dtype=object)
-        code = (
-            ann.cast(pl.Enum(names.tolist())).to_physical().to_numpy().astype(np.int64)
-            if n
-            else np.zeros(0, dtype=np.int64)
-        )
-    ev = None
-    if evidence is not None:
-        ev = np.asarray(evidence, dtype=np.float64)
-        ev = ev.reshape(-1, 1) if ev.ndim == 1 else ev
-        if ev.shape[0] != n or not np.all(np.isfinite(ev)):
-            raise PrefcurateError(
-                f"confidence weights: evidence must be finite with one row "
-                f"per pair ({n}), got shape {ev.shape}"
-            )
+    names, code = _annotator_codes(annotator, n)
+    ev = _evidence(evidence, n)
     if n == 0:
         return ConfidenceWeights(np.zeros(0), {}, 0, True, {}, (), np.zeros(0))
     counts = np.bincount(code, minlength=len(names)).astype(np.float64)
@@ -266,3 +237,45 @@ def estimate_confidence_weights(
         tuple(float(b) for b in beta),
         pc,
     )
+
+
+def _annotator_codes(annotator: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the annotators' names, sorted; each pair's annotator index); no annotators: every
+    pair is :data:`DEFAULT_ANNOTATOR`'s, a None one :data:`AGGREGATE`'s."""
+    if annotator is None:
+        names = np.array([DEFAULT_ANNOTATOR]) if n else np.array([], dtype=object)
+        return names, np.zeros(n, dtype=np.int64)
+    import polars as pl
+
+    ann = (
+        annotator
+        if isinstance(annotator, pl.Series)
+        else pl.Series([None if a is None else str(a) for a in annotator], dtype=pl.Utf8)
+    )
+    ann = ann.cast(pl.Utf8).fill_null(AGGREGATE)
+    if ann.len() != n:
+        raise PrefcurateError(
+            f"confidence weights: {n} probabilities but {ann.len()} "
+            f"annotators; pass one annotator per pair"
+        )
+    names = np.array(sorted(ann.unique().to_list()), dtype=object)
+    code = (
+        ann.cast(pl.Enum(names.tolist())).to_physical().to_numpy().astype(np.int64)
+        if n
+        else np.zeros(0, dtype=np.int64)
+    )
+    return names, code
+
+
+def _evidence(evidence: Any, n: int) -> np.ndarray | None:
+    """The extra log-odds as an n × k float matrix (a vector: one column), or None."""
+    ev = None
+    if evidence is not None:
+        ev = np.asarray(evidence, dtype=np.float64)
+        ev = ev.reshape(-1, 1) if ev.ndim == 1 else ev
+        if ev.shape[0] != n or not np.all(np.isfinite(ev)):
+            raise PrefcurateError(
+                f"confidence weights: evidence must be finite with one row "
+                f"per pair ({n}), got shape {ev.shape}"
+            )
+    return ev
