@@ -119,31 +119,11 @@ def build_pairs(
             raise ValueError("pairs.length_balance needs the candidates' lengths")
         df, info["length_balance"] = _balance(df, lengths, cfg.length_balance)
     kept = df.filter(pl.col("_why").is_null())
-    if cfg.strategy == "curriculum":  # easiest (largest score gap) first, in stages
-        k = cfg.curriculum_stages
-        kept = (
-            kept.sort(["_g", "_gap", "pair_id"], descending=[False, True, False])
-            .with_columns(
-                _r=pl.int_range(pl.len()).over("source_id"), _n=pl.len().over("source_id")
-            )
-            .with_columns(
-                curriculum_stage=pl.min_horizontal(
-                    1 + (pl.col("_r") * k) // pl.col("_n"), pl.lit(k)
-                ).cast(pl.Int32)
-            )
-        )
-    else:
-        kept = kept.sort("_g", "_i")
+    kept = _ordered(kept, cfg)
     gone = df.filter(pl.col("_why").is_not_null()).sort("_g", "_i")
     n_kept = kept.height
     if cfg.split == "easy_hard" and n_kept:
-        m = kept["margin"].fill_null(0.0).fill_nan(0.0)
-        thr = float(np.quantile(m.to_numpy(), cfg.hard_quantile))
-        kept = kept.with_columns(
-            split=pl.when(m < thr).then(pl.lit("hard")).otherwise(pl.lit("easy"))
-        )
-        info["hard_below_margin"] = thr
-        info["split_counts"] = dict(Counter(kept["split"].to_list()))
+        kept = _easy_hard(kept, cfg.hard_quantile, info)
     out = (
         conform(kept.select(PAIRS.names).to_arrow(), PAIRS, "pairs")
         if n_kept
@@ -163,6 +143,34 @@ def build_pairs(
         rows_out=out.num_rows,
     )
     return StageResult(STAGE, {"pairs": out}, counts, dropped_table(STAGE, drops), info=info)
+
+
+def _ordered(kept: pl.DataFrame, cfg: PairsConfig) -> pl.DataFrame:
+    """The kept pairs in source order; ``curriculum``: easiest (largest score gap) first
+    within a source, in ``curriculum_stages`` stages."""
+    if cfg.strategy != "curriculum":
+        return kept.sort("_g", "_i")
+    k = cfg.curriculum_stages
+    return (
+        kept.sort(["_g", "_gap", "pair_id"], descending=[False, True, False])
+        .with_columns(_r=pl.int_range(pl.len()).over("source_id"), _n=pl.len().over("source_id"))
+        .with_columns(
+            curriculum_stage=pl.min_horizontal(
+                1 + (pl.col("_r") * k) // pl.col("_n"), pl.lit(k)
+            ).cast(pl.Int32)
+        )
+    )
+
+
+def _easy_hard(kept: pl.DataFrame, hard_quantile: float, info: dict) -> pl.DataFrame:
+    """Split ``easy_hard``: pairs whose margin is below its ``hard_quantile`` are hard;
+    ``info`` gets the threshold and the counts."""
+    m = kept["margin"].fill_null(0.0).fill_nan(0.0)
+    thr = float(np.quantile(m.to_numpy(), hard_quantile))
+    kept = kept.with_columns(split=pl.when(m < thr).then(pl.lit("hard")).otherwise(pl.lit("easy")))
+    info["hard_below_margin"] = thr
+    info["split_counts"] = dict(Counter(kept["split"].to_list()))
+    return kept
 
 
 def _balance(
@@ -307,31 +315,7 @@ def published_table(pairs: pa.Table, prompts: pa.Table, candidates: pa.Table) ->
     rows that need Python (tools in a prompt's meta, a reward-augmented target in the
     flags) go through :func:`conversation.tools` and :func:`_conditioned`."""
     msg = pl.Struct({"role": pl.String, "content": pl.String})
-    pr = pl.from_arrow(prompts.select(["prompt_id", "prompt", "meta"]))
-    has_tools = pr["meta"].str.contains("tools", literal=True).fill_null(False)
-    tools_col = [None] * pr.height
-    for i in has_tools.arg_true().to_list():
-        tools_col[i] = tools(pr["meta"][i])
-    pr = pr.with_columns(tools=pl.Series(tools_col, dtype=pl.String)).unique(
-        "prompt_id", keep="last", maintain_order=True
-    )
-    cols = ["candidate_id", "text", "policy"]
-    cd = pl.from_arrow(candidates.select(cols))
-    hist = (
-        pl.from_arrow(candidates.column("history")).cast(pl.List(msg))
-        if "history" in candidates.column_names
-        else pl.Series("history", [None] * cd.height, dtype=pl.List(msg))
-    )
-    last = pl.concat_list(pl.struct(role=pl.lit("assistant"), content=pl.col("text").fill_null("")))
-    cd = (
-        cd.with_columns(history=hist.alias("history"))
-        .select(
-            "candidate_id",
-            "policy",
-            side=pl.concat_list(pl.col("history").fill_null(pl.lit([], dtype=pl.List(msg))), last),
-        )
-        .unique("candidate_id", keep="last", maintain_order=True)
-    )
+    pr, cd = _prompt_rows(prompts), _response_sides(candidates, msg)
     df = pl.from_arrow(pairs).with_row_index("_i")
     out = (
         df.join(pr.rename({"prompt_id": "_pid"}), left_on="prompt_id", right_on="_pid", how="left")
@@ -369,3 +353,37 @@ def published_table(pairs: pa.Table, prompts: pa.Table, candidates: pa.Table) ->
             prompts_[i] = _conditioned(prompts_[i], flags_[i])
         out = out.with_columns(prompt=pl.Series(prompts_, dtype=pl.List(msg)))
     return conform(out.select(PUBLISHED.names).to_arrow(), PUBLISHED, "published")
+
+
+def _prompt_rows(prompts: pa.Table) -> pl.DataFrame:
+    """Per prompt id (its last row): the prompt and its tools (from the meta)."""
+    pr = pl.from_arrow(prompts.select(["prompt_id", "prompt", "meta"]))
+    has_tools = pr["meta"].str.contains("tools", literal=True).fill_null(False)
+    tools_col = [None] * pr.height
+    for i in has_tools.arg_true().to_list():
+        tools_col[i] = tools(pr["meta"][i])
+    return pr.with_columns(tools=pl.Series(tools_col, dtype=pl.String)).unique(
+        "prompt_id", keep="last", maintain_order=True
+    )
+
+
+def _response_sides(candidates: pa.Table, msg: pl.DataType) -> pl.DataFrame:
+    """Per candidate id (its last row): its policy and its whole assistant side (earlier
+    turns' history, then its answer)."""
+    cols = ["candidate_id", "text", "policy"]
+    cd = pl.from_arrow(candidates.select(cols))
+    hist = (
+        pl.from_arrow(candidates.column("history")).cast(pl.List(msg))
+        if "history" in candidates.column_names
+        else pl.Series("history", [None] * cd.height, dtype=pl.List(msg))
+    )
+    last = pl.concat_list(pl.struct(role=pl.lit("assistant"), content=pl.col("text").fill_null("")))
+    return (
+        cd.with_columns(history=hist.alias("history"))
+        .select(
+            "candidate_id",
+            "policy",
+            side=pl.concat_list(pl.col("history").fill_null(pl.lit([], dtype=pl.List(msg))), last),
+        )
+        .unique("candidate_id", keep="last", maintain_order=True)
+    )
