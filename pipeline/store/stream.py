@@ -169,7 +169,7 @@ def write_dataset(
             get_arrow_writer_batch_size_from_features,
             get_writer_batch_size_from_data_size,
         )
-        from datasets.utils.py_utils import asdict, convert_file_size_to_int
+        from datasets.utils.py_utils import asdict, convert_file_size_to_int  # noqa: F401
     except ImportError:  # an older datasets: its own save_to_disk, slowly
         return _save_to_disk(table, path)
 
@@ -217,6 +217,16 @@ def write_dataset(
                 writer.close()
             hashes[name] = sink.finish()
 
+    hashes.update(_write_state(ds, path, hashes))
+    return hashes
+
+
+def _write_state(ds: Any, path: Path, shards: dict[str, str]) -> dict[str, str]:
+    """save_to_disk's ``state.json`` and ``dataset_info.json`` for the ``shards`` written
+    (the fingerprint a hash of their hashes) → {file name: sha256}."""
+    from datasets import config as ds_config
+    from datasets.utils.py_utils import asdict
+
     state = {
         key: ds.__dict__[key]
         for key in (
@@ -227,18 +237,19 @@ def write_dataset(
             "_output_all_columns",
         )
     }
-    state["_fingerprint"] = hashlib.sha256("".join(hashes.values()).encode()).hexdigest()[:16]
+    state["_fingerprint"] = hashlib.sha256("".join(shards.values()).encode()).hexdigest()[:16]
     state["_split"] = str(ds.split) if ds.split is not None else ds.split
-    state["_data_files"] = [{"filename": name} for name in hashes]
+    state["_data_files"] = [{"filename": name} for name in shards]
     info = asdict(ds._info)
+    out = {}
     for name, doc in (
         (ds_config.DATASET_STATE_JSON_FILENAME, json.dumps(state, indent=2, sort_keys=True)),
         (ds_config.DATASET_INFO_FILENAME, json.dumps({k: info[k] for k in sorted(info)}, indent=2)),
     ):
         raw = doc.encode("utf-8")
         (path / name).write_bytes(raw)
-        hashes[name] = hashlib.sha256(raw).hexdigest()
-    return hashes
+        out[name] = hashlib.sha256(raw).hexdigest()
+    return out
 
 
 def _save_to_disk(table: pa.Table, path: Path) -> dict[str, str]:
