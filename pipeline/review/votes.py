@@ -105,37 +105,37 @@ def annotations_to_votes(tasks: list[dict[str, Any]], ref: str) -> tuple[pa.Tabl
             info["unanswered"].append(pid)
     rows = []
     for (pid, user), (_, ans) in sorted(latest.items()):
-        d = meta[pid]
         info["choices"][ans["choice"]] += 1
-        a_id, b_id = str(d["a_id"]), str(d["b_id"])
-        cand_a, cand_b = sorted((a_id, b_id))
-        said = VERDICT_OF[ans["choice"]]
-        if said == "tie":
-            verdict = "tie"
-        else:
-            winner = a_id if said == "A" else b_id
-            verdict = "a" if winner == cand_a else "b"
-        rows.append(
-            {
-                "prompt_id": d["prompt_id"],
-                "source_id": d["source_id"],
-                "candidate_a": cand_a,
-                "candidate_b": cand_b,
-                "annotator": f"{HUMAN_PREFIX}{user}",
-                "order": "ab" if a_id == cand_a else "ba",
-                "verdict": verdict,
-                "prob_a": None,
-                "raw_output": json.dumps(
-                    {**ans, "pair_id": pid, "version": ref}, ensure_ascii=False
-                ),
-                "parse_error": None,
-            }
-        )
+        rows.append(_vote_row(meta[pid], user, ans, pid, ref))
     info["votes"] = len(rows)
     info["humans"] = len({u for _, u in latest})
     info["answered_pairs"] = len({p for p, _ in latest})
     info["unanswered_pairs"] = len(info["unanswered"])
     return from_rows(rows, VOTES, "votes"), info
+
+
+def _vote_row(d: dict[str, Any], user: str, ans: dict[str, Any], pid: str, ref: str) -> dict:
+    """A VOTES row of one human's answer on the pair shown as ``d``'s A (``a_id``) and B:
+    the verdict in the pair's id order, the order it was shown in, the answer kept raw."""
+    a_id, b_id = str(d["a_id"]), str(d["b_id"])
+    cand_a, cand_b = sorted((a_id, b_id))
+    said = VERDICT_OF[ans["choice"]]
+    if said == "tie":
+        verdict = "tie"
+    else:
+        verdict = "a" if (a_id if said == "A" else b_id) == cand_a else "b"
+    return {
+        "prompt_id": d["prompt_id"],
+        "source_id": d["source_id"],
+        "candidate_a": cand_a,
+        "candidate_b": cand_b,
+        "annotator": f"{HUMAN_PREFIX}{user}",
+        "order": "ab" if a_id == cand_a else "ba",
+        "verdict": verdict,
+        "prob_a": None,
+        "raw_output": json.dumps({**ans, "pair_id": pid, "version": ref}, ensure_ascii=False),
+        "parse_error": None,
+    }
 
 
 def read_votes_file(path: str) -> pa.Table:
