@@ -84,42 +84,35 @@ _JUDGE_KEYS = {
 }
 
 
+_JUDGE_COLUMNS = ["judge", "pairs in both orders", "position consistency"]
+_JUDGE_COLUMNS += ["first position wins", "κ ab vs ba", "mean κ vs others"]
+_JUDGE_KEYS = ["position_consistency", "first_position_win_rate", "kappa_ab_ba"]
+_JUDGE_KEYS += ["mean_kappa_vs_other_judges"]
+_ANNOTATOR_COLUMNS = ["annotator", "votes", "a / b / tie", "tie rate", "parse failures"]
+_ANNOTATOR_COLUMNS += ["longer wins", "agrees with majority"]
+_ANNOTATOR_KEYS = ["tie_rate", "parse_failure_rate", "longer_win_rate", "majority_agreement"]
+
+
+def _r(v: Any) -> Any:
+    return round(float(v), 3) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+
 def _judge_stats_tables(stage: str, js: dict[str, Any]) -> list[dict[str, Any]]:
     """The judge stage's statistics as two tables a person reads (the raw numbers stay
     in the manifest): per judge, and per annotator (judge × order)."""
-
-    def r(v: Any) -> Any:
-        return round(float(v), 3) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
-
     out = []
     judges = js.get("judges") or {}
     if isinstance(judges, dict) and judges:
-        out.append(
-            {
-                "title": f"{stage}: judges (Krippendorff's α over all annotators "
-                f"{r(js.get('krippendorff_alpha'))}, {js.get('n_pairs')} pairs)",
-                "columns": [
-                    "judge",
-                    "pairs in both orders",
-                    "position consistency",
-                    "first position wins",
-                    "κ ab vs ba",
-                    "mean κ vs others",
-                ],
-                "rows": [
-                    [
-                        n,
-                        d.get("position_pairs"),
-                        r(d.get("position_consistency")),
-                        r(d.get("first_position_win_rate")),
-                        r(d.get("kappa_ab_ba")),
-                        r(d.get("mean_kappa_vs_other_judges")),
-                    ]
-                    for n, d in judges.items()
-                    if isinstance(d, dict)
-                ],
-            }
+        title = (
+            f"{stage}: judges (Krippendorff's α over all annotators "
+            f"{_r(js.get('krippendorff_alpha'))}, {js.get('n_pairs')} pairs)"
         )
+        rows = [
+            [n, d.get("position_pairs"), *(_r(d.get(k)) for k in _JUDGE_KEYS)]
+            for n, d in judges.items()
+            if isinstance(d, dict)
+        ]
+        out.append({"title": title, "columns": list(_JUDGE_COLUMNS), "rows": rows})
     anns = js.get("annotators") or {}
     if isinstance(anns, dict) and anns:
         rows = []
@@ -127,32 +120,10 @@ def _judge_stats_tables(stage: str, js: dict[str, Any]) -> list[dict[str, Any]]:
             if not isinstance(d, dict):
                 continue
             v = d.get("verdicts") or {}
-            rows.append(
-                [
-                    n,
-                    d.get("votes"),
-                    f"{v.get('a', 0)} / {v.get('b', 0)} / {v.get('tie', 0)}",
-                    r(d.get("tie_rate")),
-                    r(d.get("parse_failure_rate")),
-                    r(d.get("longer_win_rate")),
-                    r(d.get("majority_agreement")),
-                ]
-            )
-        out.append(
-            {
-                "title": f"{stage}: annotators (judge × order)",
-                "columns": [
-                    "annotator",
-                    "votes",
-                    "a / b / tie",
-                    "tie rate",
-                    "parse failures",
-                    "longer wins",
-                    "agrees with majority",
-                ],
-                "rows": rows,
-            }
-        )
+            split = f"{v.get('a', 0)} / {v.get('b', 0)} / {v.get('tie', 0)}"
+            rows.append([n, d.get("votes"), split, *(_r(d.get(k)) for k in _ANNOTATOR_KEYS)])
+        title = f"{stage}: annotators (judge × order)"
+        out.append({"title": title, "columns": list(_ANNOTATOR_COLUMNS), "rows": rows})
     return out
 
 
