@@ -57,7 +57,14 @@ import polars as pl
 import pyarrow as pa
 
 from pipeline.aggregate.codes import factorize, first_rows
-from pipeline.aggregate.fit import LABELS, fit_em, label_correlated, priors
+from pipeline.aggregate.fit import LABELS, EMFits, label_correlated
+from pipeline.aggregate.outputs import (
+    annotator_counts,
+    comparisons_frame,
+    gold_info,
+    null_drops,
+    winrate_scores,
+)
 from pipeline.aggregate.position import position_consistency, position_consistency_codes
 from pipeline.aggregate.votes import (
     KEY,
@@ -65,7 +72,6 @@ from pipeline.aggregate.votes import (
     annotator_codes,
     gold_classes,
     judge_name,
-    null_negative,
     votes_frame,
 )
 from pipeline.stage import Reason, StageCounts, StageResult, dropped_table
@@ -128,6 +134,10 @@ def aggregate_votes(
 ) -> StageResult:
     """Aggregate votes per pair (integer-coded once, numpy sums, EM with numpy/scipy).
 
+    Over 60 lines on purpose: the stage's steps in order over one set of coded arrays
+    (counts, the fits of :class:`pipeline.aggregate.fit.EMFits`, the outputs, the info);
+    each step is a call or two.
+
     ``gold_prefix`` (e.g. ``"human:"``): the annotators whose names start with it are gold
     anchors. A comparison where their hard a/b votes have a strict majority gets that side
     as its known class: EM keeps its posterior fixed (1 or 0) and estimates every other
@@ -172,32 +182,8 @@ def aggregate_votes(
     asked = method, judges_method
     method, judges_method = _resolve_methods(method, judges_method, names, label_annotators)
     use_em = method != "majority"
-    em_info: dict = (
-        {
-            "annotator_reliability": {},
-            "n_iter": 0,
-            "converged": True,
-            "priors": None,
-            "elbo_per_vote": None,
-        }
-        if use_em
-        else {}
-    )
     if not n:
-        return StageResult(
-            STAGE,
-            {"comparisons": COMPARISONS.empty_table(), "scores": SCORES.empty_table()},
-            StageCounts(0, 0),
-            dropped_table(STAGE, []),
-            info={
-                "method": method,
-                "method_asked": asked[0],
-                "use_logprobs": use_logprobs,
-                "annotators": {},
-                "position_consistency": {},
-                **em_info,
-            },
-        )
+        return _empty(method, asked[0], use_logprobs, use_em)
     v = VoteArrays(df, use_logprobs)
     code, first = factorize(df, KEY)
     k = first.size
@@ -209,117 +195,49 @@ def aggregate_votes(
     with np.errstate(invalid="ignore", divide="ignore"):
         p_a = np.where(n_votes > 0, (n_a + 0.5 * n_tie) / np.maximum(n_votes, 1), np.nan)
     gold = gold_classes(v, code, k, acode, names, gold_prefix)
-    fit_acode, fit_names = acode, names
-    if length_control not in ("off", "on", "tested"):
-        raise ValueError(f"unknown length_control {length_control!r}; use off, on or tested")
-    if length_control == "on" and lengths is None:
-        raise ValueError("aggregate.length_control 'on' needs the candidates' lengths")
-    length_on = use_em and length_control != "off" and lengths is not None
-    comp_len = None  # (len_a, len_b) per comparison, looked up once
-    if lengths is not None:
-        from pipeline.aggregate import length
-
-        ends = df.select("candidate_a", "candidate_b").gather(first)
-        comp_len = (
-            length.lookup(ends["candidate_a"], lengths),
-            length.lookup(ends["candidate_b"], lengths),
-        )
+    comp_len = _comparison_lengths(df, first, length_control, lengths)
+    em = EMFits(v, code, k, prior, verifier_prior, class_prior, class_prior_lr, gold)
+    fit_acode, fit_names, em_info = acode, names, {}
     if use_em:
         side = np.where(label_row >= 0, v.vcode[np.maximum(label_row, 0)], -1)
-
-        def fit(ac: np.ndarray, nm: list[str]) -> tuple[np.ndarray, dict]:
-            return fit_em(
-                v,
-                code,
-                k,
-                ac,
-                nm,
-                v.valid,
-                method,
-                prior=priors(nm, prior, verifier_prior),
-                class_prior=class_prior,
-                class_prior_lr=class_prior_lr,
-                label_side=side if is_label.any() else None,
-                is_label=is_label,
-                correlation=label_correlation,
-                correlation_z=correlation_z,
-                gold=gold,
-            )
-
-        if not length_on:
-            post, em_info = fit(acode, names)
-        else:
-            lside = length.length_sides(*comp_len, length_min_diff)
-            post, em_info, fit_acode, fit_names = length.controlled_fit(
-                fit,
-                lside,
-                code,
-                acode,
-                names,
-                v.vcode,
-                v.valid & ~v.soft,
-                mode=length_control,
-                min_diff=length_min_diff,
-                z_threshold=length_z,
-            )
+        lc = (length_control, length_min_diff, length_z) if comp_len is not None else None
+        post, em_info, fit_acode, fit_names = em.fit_all(
+            acode, names, method, is_label, side, label_correlation, correlation_z, lc, comp_len
+        )
         p_a = np.where(n_votes > 0, post, np.nan)
     if gold is not None and not use_em:  # majority: the gold side decides
-        anchored = ~np.isnan(gold[:, 0])
-        p_a = np.where(anchored, gold[:, 0], p_a)
+        p_a = np.where(~np.isnan(gold[:, 0]), gold[:, 0], p_a)
     p_judges = np.full(k, np.nan)
-    if judges_method is not None and judges_method == method and not is_label.any():
-        p_judges = p_a  # no label votes: the judges-only fit is the fit above
-    elif judges_method is not None:
+    if judges_method is not None:  # without label votes: the fit above
+        reuse = judges_method == method and not is_label.any()
         judged = v.valid & ~is_label
-        if judged.any():
-            post, _ = fit_em(
-                v,
-                code,
-                k,
-                fit_acode,
-                fit_names,
-                judged,
-                judges_method,
-                prior=priors(fit_names, prior, verifier_prior),
-                class_prior=class_prior,
-                class_prior_lr=class_prior_lr,
-                gold=gold,
-            )
-            p_judges = np.where(np.bincount(code[judged], minlength=k) > 0, post, np.nan)
-    comp = _comparisons(df, first, n_votes, n_a, n_b, n_tie, n_null, p_a, label_row, p_judges)
+        p_judges = p_a if reuse else em.judges_only(fit_acode, fit_names, judged, judges_method)
+    comp = comparisons_frame(df, first, n_votes, n_a, n_b, n_tie, n_null, p_a, label_row, p_judges)
     comparisons = conform(comp.to_arrow(), COMPARISONS, "comparisons")
-    scores = _winrate_scores(comp, p_a)
-    drops = _null_drops(df, v)
+    scores = winrate_scores(comp, p_a)
+    drops = null_drops(df, v)
     counts = StageCounts(
         rows_in=n,
         kept=n - len(drops),
         dropped={str(Reason.NULL_VERDICT): len(drops)} if drops else {},
         rows_out=comparisons.num_rows,
     )
-    n_by = np.bincount(acode, minlength=len(names))
-    null_by = np.bincount(acode[~v.valid], minlength=len(names))
-    annot = {a: {"votes": int(n_by[i]), "null": int(null_by[i])} for i, a in enumerate(names)}
     info = {
         "method": method,
         "method_asked": asked[0],
         "judges_method": judges_method,
         "use_logprobs": use_logprobs,
-        "annotators": annot,
+        "annotators": annotator_counts(acode, names, v),
         "position_consistency": position_consistency_codes(df, v, code, k, acode, names),
         **em_info,
     }
     if judges_method is not None:
         info["judges_posterior_pairs"] = int(np.isfinite(p_judges).sum())
     if gold_prefix is not None:
-        g = gold[:, 0] if gold is not None else np.zeros(0)
-        info["gold"] = {
-            "prefix": gold_prefix,
-            "annotators": sum(a.startswith(gold_prefix) for a in names),
-            "comparisons": int(np.isfinite(g).sum()),
-            "a": int((g == 1.0).sum()),
-            "b": int((g == 0.0).sum()),
-        }
+        info["gold"] = gold_info(gold, gold_prefix, names)
     if comp_len is not None:  # the report's per-annotator length table
+        from pipeline.aggregate import length
+
         info["length_effects"] = length.effects(
             p_a, *comp_len, code, acode, names, v.vcode, v.valid
         )
@@ -332,66 +250,45 @@ def aggregate_votes(
     )
 
 
-def _comparisons(
-    df: pl.DataFrame,
-    first: np.ndarray,
-    n_votes: np.ndarray,
-    n_a: np.ndarray,
-    n_b: np.ndarray,
-    n_tie: np.ndarray,
-    n_null: np.ndarray,
-    p_a: np.ndarray,
-    label_row: np.ndarray,
-    p_judges: np.ndarray,
-) -> pl.DataFrame:
-    """One row per comparison (its first vote's key), with its counts and posteriors."""
-    return (
-        df.select(KEY)
-        .gather(first)
-        .with_columns(
-            n_votes=pl.Series(n_votes.astype(np.int32)),
-            n_a=pl.Series(n_a),
-            n_b=pl.Series(n_b),
-            n_tie=pl.Series(n_tie),
-            n_null=pl.Series(n_null.astype(np.int32)),
-            p_a=pl.Series(p_a).fill_nan(None),
-            label=df["verdict"].gather(null_negative(label_row)),
-            p_a_judges=pl.Series(p_judges).fill_nan(None),
-        )
+_EMPTY_EM = {
+    "annotator_reliability": {},
+    "n_iter": 0,
+    "converged": True,
+    "priors": None,
+    "elbo_per_vote": None,
+}
+
+
+def _empty(method: str, asked: str, use_logprobs: bool, use_em: bool) -> StageResult:
+    """The result for no votes."""
+    info = {
+        "method": method,
+        "method_asked": asked,
+        "use_logprobs": use_logprobs,
+        "annotators": {},
+        "position_consistency": {},
+        **(dict(_EMPTY_EM) if use_em else {}),
+    }
+    return StageResult(
+        STAGE,
+        {"comparisons": COMPARISONS.empty_table(), "scores": SCORES.empty_table()},
+        StageCounts(0, 0),
+        dropped_table(STAGE, []),
+        info=info,
     )
 
 
-def _null_drops(df: pl.DataFrame, v: VoteArrays) -> list[dict[str, Any]]:
-    """A ``null_verdict`` drop row per vote without a parsed verdict."""
-    null = df.select("source_id", "candidate_a", "candidate_b", "annotator")
-    return [
-        {
-            "source_id": s,
-            "row_id": f"{a}|{b}|{w}",
-            "reason": Reason.NULL_VERDICT,
-            "detail": "judge output did not parse",
-        }
-        for s, a, b, w in null.gather(np.flatnonzero(~v.valid)).iter_rows()
-    ]
+def _comparison_lengths(
+    df: pl.DataFrame, first: np.ndarray, length_control: str, lengths: pl.DataFrame | None
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(len_a, len_b) per comparison, looked up once (None without ``lengths``)."""
+    if length_control not in ("off", "on", "tested"):
+        raise ValueError(f"unknown length_control {length_control!r}; use off, on or tested")
+    if length_control == "on" and lengths is None:
+        raise ValueError("aggregate.length_control 'on' needs the candidates' lengths")
+    if lengths is None:
+        return None
+    from pipeline.aggregate import length
 
-
-def _winrate_scores(comp: pl.DataFrame, p_a: np.ndarray) -> pa.Table:
-    """Per candidate: mean of P(it wins) over its comparisons with a p_a (annotator
-    ``aggregate``; null for a candidate without one), in first-seen order."""
-    cand = pl.concat([comp.select(c="candidate_a"), comp.select(c="candidate_b")])
-    w = np.concatenate([p_a, 1.0 - p_a])
-    code, first = factorize(cand, ["c"])
-    ok = np.isfinite(w)
-    total = np.bincount(code[ok], weights=w[ok], minlength=first.size)
-    n = np.bincount(code[ok], minlength=first.size)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        score = np.where(n > 0, total / np.maximum(n, 1), np.nan)
-    sc = cand.gather(first).select(
-        candidate_id="c",
-        score=pl.Series(score).fill_nan(None),
-        annotator=pl.lit("aggregate"),
-        aspect=pl.lit("winrate"),
-        raw_output=pl.lit(None, pl.Utf8),
-        parse_error=pl.lit(None, pl.Utf8),
-    )
-    return conform(sc.to_arrow(), SCORES, "scores")
+    ends = df.select("candidate_a", "candidate_b").gather(first)
+    return length.lookup(ends["candidate_a"], lengths), length.lookup(ends["candidate_b"], lengths)

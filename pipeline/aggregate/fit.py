@@ -280,3 +280,97 @@ def label_correlated(
                 "votes": int(cnt[a]),
             }
     return out
+
+
+class EMFits:
+    """The EM fits of one aggregation: the coded votes and the settings every fit shares."""
+
+    def __init__(
+        self,
+        v: VoteArrays,
+        code: np.ndarray,
+        k: int,
+        prior: tuple[float, float] | None,
+        verifier_prior: tuple[float, float] | None,
+        class_prior: str,
+        class_prior_lr: float,
+        gold: np.ndarray | None,
+    ) -> None:
+        self.v, self.code, self.k, self.gold = v, code, k, gold
+        self.prior, self.verifier_prior = prior, verifier_prior
+        self.class_prior, self.class_prior_lr = class_prior, class_prior_lr
+
+    def fit(self, acode: np.ndarray, names: list[str], mask: np.ndarray, method: str, **kw: Any):
+        """:func:`pipeline.aggregate.fit.fit_em` on the votes of ``mask``."""
+        return fit_em(
+            self.v,
+            self.code,
+            self.k,
+            acode,
+            names,
+            mask,
+            method,
+            prior=priors(names, self.prior, self.verifier_prior),
+            class_prior=self.class_prior,
+            class_prior_lr=self.class_prior_lr,
+            gold=self.gold,
+            **kw,
+        )
+
+    def fit_all(
+        self,
+        acode: np.ndarray,
+        names: list[str],
+        method: str,
+        is_label: np.ndarray,
+        side: np.ndarray,
+        correlation: str,
+        correlation_z: float,
+        length_control: tuple[str, float, float] | None,
+        comp_len: tuple[np.ndarray, np.ndarray] | None,
+    ) -> tuple[np.ndarray, dict, np.ndarray, list[str]]:
+        """The fit over every vote (with the label's side and the correlation test), under
+        length control when it is on → (posterior, info, the fit's annotator codes and
+        names: length control splits annotators)."""
+        v = self.v
+
+        def fit(ac: np.ndarray, nm: list[str]) -> tuple[np.ndarray, dict]:
+            return self.fit(
+                ac,
+                nm,
+                v.valid,
+                method,
+                label_side=side if is_label.any() else None,
+                is_label=is_label,
+                correlation=correlation,
+                correlation_z=correlation_z,
+            )
+
+        if length_control is None or length_control[0] == "off":
+            post, info = fit(acode, names)
+            return post, info, acode, names
+        from pipeline.aggregate import length
+
+        mode, min_diff, z = length_control
+        lside = length.length_sides(*comp_len, min_diff)
+        return length.controlled_fit(
+            fit,
+            lside,
+            self.code,
+            acode,
+            names,
+            v.vcode,
+            v.valid & ~v.soft,
+            mode=mode,
+            min_diff=min_diff,
+            z_threshold=z,
+        )
+
+    def judges_only(
+        self, acode: np.ndarray, names: list[str], judged: np.ndarray, method: str
+    ) -> np.ndarray:
+        """The posterior of the votes without the label's (NaN where none is left)."""
+        if not judged.any():
+            return np.full(self.k, np.nan)
+        post, _ = self.fit(acode, names, judged, method)
+        return np.where(np.bincount(self.code[judged], minlength=self.k) > 0, post, np.nan)
