@@ -57,7 +57,8 @@ import polars as pl
 import pyarrow as pa
 
 from pipeline.aggregate.codes import factorize, first_rows
-from pipeline.aggregate.fit import LABELS, EMFits, label_correlated
+from pipeline.aggregate.correlation import label_correlated
+from pipeline.aggregate.fit import LABELS, EMFits
 from pipeline.aggregate.outputs import (
     annotator_counts,
     comparisons_frame,
