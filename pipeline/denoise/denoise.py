@@ -90,10 +90,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from pipeline.denoise.assemble import DROP as _DROP
-from pipeline.denoise.assemble import FLIP as _FLIP
-from pipeline.denoise.assemble import FLIPPED, STAGE, assemble
-from pipeline.denoise.assemble import KEEP as _KEEP
+from pipeline.denoise.assemble import DROP, FLIP, FLIPPED, STAGE, assemble
 from pipeline.denoise.posterior import (
     _label_sources,
     _model_probability,
@@ -101,24 +98,29 @@ from pipeline.denoise.posterior import (
     judges_posterior,
     p_model_values,
 )
-from pipeline.denoise.weights import (
-    AGGREGATE,
-    DEFAULT_ANNOTATOR,
-    ConfidenceWeights,
-    estimate_confidence_weights,
+from pipeline.denoise.rules import (
+    DISAGREEMENT_FILTER,
+    FLIPPED_LOW_CONFIDENCE,
+    LOW_CONFIDENCE,
+    PEER_REVIEW,
+    PEER_REVIEW_SKIPPED,
+    Decisions,
+    Weigher,
+    agreement_filter,
+    peer_review_rule,
+    posterior_rule,
+    weight_rule,
 )
+from pipeline.denoise.weights import AGGREGATE, DEFAULT_ANNOTATOR
 from pipeline.stage import Reason, StageCounts, StageResult
 from schemas.config import DenoiseConfig, MarginConfig
-from schemas.errors import PrefcurateError
 from schemas.tables import PAIRS, conform, from_rows  # noqa: F401 (from_rows: doctest)
 
 STAGE_VERSION = 5
 
-# Drop reasons of this stage (pipeline.stage.Reason, as plain strings) and the flip flag.
-LOW_CONFIDENCE = Reason.LOW_CONFIDENCE.value  # confidence weight in [flip_below, drop_below)
-FLIPPED_LOW_CONFIDENCE = Reason.FLIPPED_LOW_CONFIDENCE.value  # weight < flip_below, flipped
-PEER_REVIEW = Reason.PEER_REVIEW.value  # both CRM heads reject the pair late in training
-DISAGREEMENT_FILTER = Reason.DISAGREEMENT_FILTER.value  # SCIR: judges / RMs / label disagree
+# The drop reasons of this stage (pipeline.stage.Reason, as plain strings) are those of
+# pipeline.denoise.rules: LOW_CONFIDENCE, FLIPPED_LOW_CONFIDENCE, PEER_REVIEW,
+# DISAGREEMENT_FILTER (imported above; the flip flag is FLIPPED).
 
 
 def decide(row: dict, cfg: DenoiseConfig) -> tuple[str, Reason | None]:
@@ -140,61 +142,6 @@ def decide(row: dict, cfg: DenoiseConfig) -> tuple[str, Reason | None]:
     return "keep", None
 
 
-def _peer_review(
-    emb_chosen: np.ndarray,
-    emb_rejected: np.ndarray,
-    emb_prompt: np.ndarray | None,
-    n: int,
-    cfg: DenoiseConfig,
-    res: ConfidenceWeights,
-    idx: np.ndarray,
-    p_i: np.ndarray,
-    valid: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Run CRM peer review on every input pair; the noise rate ε̂ = 1 − mean weight and
-    the curriculum's easy → hard order come from the confidence weights ``res``."""
-    from pipeline.denoise.peer_review import review_pairs
-
-    for name, emb in (
-        ("emb_chosen", emb_chosen),
-        ("emb_rejected", emb_rejected),
-        ("emb_prompt", emb_prompt),
-    ):
-        if emb is not None and np.shape(emb)[0] != n:
-            raise PrefcurateError(
-                f"denoise: {name} has {np.shape(emb)[0]} rows for {n} "
-                f"pairs; align the embeddings with the input pairs"
-            )
-    confidence = np.where(valid, p_i, 0.5)
-    confidence[idx] = res.weight
-    if cfg.peer_review_noise_rate is not None:
-        eps, eps_from = cfg.peer_review_noise_rate, "config"
-    else:
-        eps, eps_from = res.noise_rate(), "1 - mean weight"
-    c = np.clip(confidence, 1e-6, 1 - 1e-6)
-    pr = review_pairs(
-        emb_chosen,
-        emb_rejected,
-        emb_prompt,
-        noise_rate=eps,
-        prior=np.log(c) - np.log1p(-c),
-        epochs=cfg.peer_review_epochs,
-        warmup_epochs=cfg.peer_review_warmup_epochs,
-        late_epochs=cfg.peer_review_late_epochs,
-        hidden=cfg.peer_review_hidden,
-        seed=cfg.peer_review_seed,
-    )
-    margin = 0.5 * (pr.margin_a + pr.margin_b)
-    # a pair no head could score out of fold (too few pairs, e.g. a single one) gets
-    # margin 0: no evidence either way
-    missing = ~np.isfinite(margin)
-    return (
-        np.where(missing, 0.0, margin),
-        pr.flagged,
-        {"ran": True, "noise_rate_from": eps_from, "no_margin": int(missing.sum()), **pr.info},
-    )
-
-
 def denoise_pairs(
     pairs: pa.Table,
     cfg: DenoiseConfig,
@@ -208,8 +155,10 @@ def denoise_pairs(
 ) -> StageResult:
     """Decide keep / flip / drop for every pair (rules 1–8 above), vectorised.
 
-    Long on purpose: the rules run in their documented order on shared masks (a pair's
-    first deciding rule wins, ``apply``), so the body reads as the list of rules above.
+    Over 60 lines on purpose: the rules run in their documented order on one
+    :class:`pipeline.denoise.rules.Decisions` (a pair's first deciding rule wins), so the
+    body reads as the list of rules above; the rules that need more than a mask are
+    functions of :mod:`pipeline.denoise.rules`.
 
     ``emb_chosen`` / ``emb_rejected`` (n × d) and ``emb_prompt`` (n × d_p) are aligned with
     the input rows in their input orientation; ``p_model`` (n) is an optional external
@@ -229,17 +178,7 @@ def denoise_pairs(
     is_tie = df["flags"].list.contains("tie").fill_null(False).to_numpy()
     s_c = df["score_chosen"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
     s_r = df["score_rejected"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
-
-    decision = np.full(n, _KEEP, dtype=np.int8)
-    reason = np.full(n, None, dtype=object)
-    open_ = np.ones(n, dtype=bool)  # not decided yet
-
-    def apply(mask: np.ndarray, dec: int, why: str) -> None:
-        m = mask & open_
-        decision[m] = dec
-        reason[m] = why
-        open_[m] = False
-
+    dec = Decisions(n)
     posterior = cfg.method == "posterior"
     q = None
     if posterior:  # q = P(label right): the aggregation's posterior, else the vote share
@@ -247,20 +186,16 @@ def denoise_pairs(
         if p_model is not None:
             pm = p_model_values(p_model, n)
             q = np.where(np.isfinite(pm), np.clip(pm, 0.0, 1.0), q)
-    apply(~np.isfinite(p_hat) | (n_votes == 0), _DROP, str(Reason.NULL_SCORE))
+    dec.apply(~np.isfinite(p_hat) | (n_votes == 0), DROP, str(Reason.NULL_SCORE))
     # a tie in the raw counts is dropped only where no posterior decides it
     undecided = (~np.isfinite(q) | (np.abs(q - 0.5) < 1e-9)) if posterior else True
-    apply(is_tie & undecided, _DROP, str(Reason.TIE))
-    apply(np.isfinite(d) & (d > cfg.max_disagreement), _DROP, str(Reason.HIGH_DISAGREEMENT))
+    dec.apply(is_tie & undecided, DROP, str(Reason.TIE))
+    dec.apply(np.isfinite(d) & (d > cfg.max_disagreement), DROP, str(Reason.HIGH_DISAGREEMENT))
     if cfg.on_contradicted != "keep":
-        apply(
-            status == "contradicted",
-            _DROP if cfg.on_contradicted == "drop" else _FLIP,
-            str(Reason.CONTRADICTED),
-        )
+        on = DROP if cfg.on_contradicted == "drop" else FLIP
+        dec.apply(status == "contradicted", on, str(Reason.CONTRADICTED))
     if cfg.drop_contested:
-        apply(status == "contested", _DROP, str(Reason.CONTESTED))
-
+        dec.apply(status == "contested", DROP, str(Reason.CONTESTED))
     sources = _label_sources(label_source, n)  # None, or a polars Series (nulls: votes)
     has_label = (
         sources.is_not_null().to_numpy()
@@ -268,7 +203,6 @@ def denoise_pairs(
         else np.zeros(n, dtype=bool)
     )
     p_judge, s_judge = judge_probability(p_hat, n_votes, has_label, mcfg.prior)
-
     valid = np.isfinite(p_hat) & (n_votes > 0)
     p_i, source_of_p = _model_probability(p_judge, s_c, s_r, p_model, cfg, n)
     ann = (
@@ -276,131 +210,40 @@ def denoise_pairs(
         if sources is None
         else sources.fill_null(AGGREGATE)
     )
-    idx = np.flatnonzero(valid)
-    ann_valid = ann.gather(idx)
-
-    def weigh(evidence: np.ndarray | None) -> ConfidenceWeights:
-        return estimate_confidence_weights(
-            p_i[idx],
-            ann_valid,
-            eta_init=cfg.eta_init,
-            calibrate=cfg.weight_calibration,
-            evidence=None if evidence is None else evidence[idx],
-        )
-
-    res = weigh(None) if cfg.confidence_weights and not posterior else None
+    w = Weigher(p_i, ann, valid, cfg)
+    res = w(None) if cfg.confidence_weights and not posterior else None
     mode = (
         cfg.peer_review_mode
         if cfg.peer_review_mode != "auto"
         else ("weights" if cfg.confidence_weights and not posterior else "drop")
     )
-    head_margin, flagged = None, None
     weight = None
     if posterior:
-        ok = valid & np.isfinite(q)
-        weight = np.where(ok, q, np.nan)
-        apply(
-            ok & (q < cfg.flip_below),
-            _FLIP if cfg.on_low_confidence == "flip" else _DROP,
-            FLIPPED_LOW_CONFIDENCE if cfg.on_low_confidence == "flip" else LOW_CONFIDENCE,
-        )
-        apply(ok & (q < cfg.drop_below), _DROP, LOW_CONFIDENCE)
-        info["posterior"] = {
-            "p_source": "p_model" if p_model is not None else "p_hat",
-            "pairs": int(ok.sum()),
-            "flip_below": cfg.flip_below,
-            "drop_below": cfg.drop_below,
-            "mean_q": float(q[ok].mean()) if ok.any() else None,
-        }
+        weight = posterior_rule(dec, q, valid, cfg, p_model is not None, info)
         if cfg.peer_review is None and emb_chosen is not None:
-            info["peer_review"] = {
-                "ran": False,
-                "skipped": "denoise.method is posterior; "
-                "set denoise.peer_review: true to drop the pairs both "
-                "reward heads reject",
-            }
-    if cfg.peer_review or (
-        cfg.peer_review is None
-        and not posterior
-        and emb_chosen is not None
-        and emb_rejected is not None
-    ):
-        if emb_chosen is None or emb_rejected is None:
-            info["peer_review"] = {
-                "ran": False,
-                "skipped": "no response embeddings were "
-                "given (emb_chosen / emb_rejected); embed the candidates "
-                "to run CRM peer review",
-            }
-        else:
-            # ε̂ and the curriculum come from the confidence weights, computed for them
-            # even when the weights do not decide
-            head_margin, flagged, info["peer_review"] = _peer_review(
-                emb_chosen,
-                emb_rejected,
-                emb_prompt,
-                n,
-                cfg,
-                res if res is not None else weigh(None),
-                idx,
-                p_i,
-                valid,
-            )
-            info["peer_review"]["mode"] = mode
-            if mode == "weights":
-                res = weigh(head_margin)
-
+            info["peer_review"] = {"ran": False, "skipped": PEER_REVIEW_SKIPPED}
+    head_margin, flagged = None, None
+    have_emb = emb_chosen is not None and emb_rejected is not None
+    if cfg.peer_review or (cfg.peer_review is None and not posterior and have_emb):
+        emb = emb_chosen, emb_rejected, emb_prompt
+        head_margin, flagged, res = peer_review_rule(emb, w, res, mode, cfg, info)
     if res is not None:
-        weight = np.full(n, np.nan)
-        weight[idx] = res.weight
-        apply(
-            valid & (weight < cfg.flip_below),
-            _FLIP if cfg.on_low_confidence == "flip" else _DROP,
-            FLIPPED_LOW_CONFIDENCE if cfg.on_low_confidence == "flip" else LOW_CONFIDENCE,
-        )
-        apply(valid & (weight < cfg.drop_below), _DROP, LOW_CONFIDENCE)
-        info["weights"] = {
-            "eta": res.eta,
-            "pairs": res.n_per_annotator,
-            "iterations": res.iterations,
-            "converged": res.converged,
-            "p_source": source_of_p,
-            "calibrated": cfg.weight_calibration,
-            "scales": list(res.scales),
-            "evidence": ["p_i"] + (["peer_review_margin"] if len(res.scales) > 1 else []),
-            "mean_weight": float(res.weight.mean()) if idx.size else None,
-            "noise_rate": res.noise_rate(),
-        }
+        weight = weight_rule(dec, res, w.idx, valid, cfg, source_of_p, info)
     if flagged is not None and mode == "drop":
-        apply(flagged, _DROP, PEER_REVIEW)
-
+        dec.apply(flagged, DROP, PEER_REVIEW)
     if cfg.agreement_filter:
-        reach = open_ | (decision == _FLIP)  # pairs not dropped by an earlier rule
-        agree = np.ones(n, dtype=bool)
-        signals = ["label"]
-        judged = s_judge > 0
-        agree &= ~judged | (p_judge > 0.5)
-        signals.append("judges")
-        both = np.isfinite(s_c) & np.isfinite(s_r)
-        if both.any():
-            agree &= ~both | (s_c > s_r)
-            signals.append("scores")
-        if head_margin is not None:
-            agree &= head_margin > 0
-            signals.append("peer_review")
-        bad = reach & (~agree | (decision == _FLIP))
-        decision[bad] = _DROP
-        reason[bad] = DISAGREEMENT_FILTER
-        open_[bad] = False
-        considered = int(reach.sum())
-        info["agreement_filter"] = {
-            "signals": signals,
-            "considered": considered,
-            "dropped": int(bad.sum()),
-            "retention": (considered - int(bad.sum())) / considered if considered else None,
-        }
-
-    return assemble(pairs, df, decision, reason, weight, cfg, mcfg, info)
+        agreement_filter(dec, p_judge, s_judge, s_c, s_r, head_margin, info)
+    return assemble(pairs, df, dec.decision, dec.reason, weight, cfg, mcfg, info)
 
 
-__all__ = ["FLIPPED", "STAGE", "denoise_pairs", "judge_probability", "judges_posterior"]
+__all__ = [
+    "DISAGREEMENT_FILTER",
+    "FLIPPED",
+    "FLIPPED_LOW_CONFIDENCE",
+    "LOW_CONFIDENCE",
+    "PEER_REVIEW",
+    "STAGE",
+    "denoise_pairs",
+    "judge_probability",
+    "judges_posterior",
+]
