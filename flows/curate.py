@@ -19,10 +19,10 @@ from prefect import flow, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows.retry import model_task
 from flows.runtime import (
     RunContext,
     Runtime,
-    model_task,
     new_context,
     run_stage,
     task_runner_for,

@@ -2,12 +2,12 @@
 progress bars, secrets; owned by the CLI, a worker or a test session and passed in
 explicitly — no module-level registries), the per-run :class:`RunContext` (config, stage
 store, request cache, engines, progress) every task receives, the stage machinery every
-task goes through (key, reuse, compute, write), the retry rule, and the task runner.
-``flows.curate`` holds the tasks and the flow."""
+task goes through (key, reuse, compute, write), and the task runner (the retry rule is
+:mod:`flows.retry`).
+``flows.tasks`` and ``flows.curate`` hold the tasks and the flow."""
 
 from __future__ import annotations
 
-import errno
 import logging
 import threading
 import uuid
@@ -16,9 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from prefect import task
 from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
 
 from pipeline.engines.base import (
     CallStats,
@@ -289,74 +287,6 @@ def calls_complete(result: StageResult) -> bool:
     and none was left out by the budget (the next run makes exactly those)."""
     failed = result.counts.quarantined.get(str(Reason.REQUEST_FAILED), 0)
     return not failed and not (result.info.get("calls") or {}).get("over_budget", 0)
-
-
-_TRANSIENT_ERRNOS = frozenset(
-    {
-        errno.EAGAIN,
-        errno.EBUSY,
-        errno.ETIMEDOUT,
-        errno.ECONNRESET,
-        errno.ECONNREFUSED,
-        errno.ECONNABORTED,
-        errno.EPIPE,
-        errno.EINTR,
-        errno.ENETUNREACH,
-        errno.EHOSTUNREACH,
-    }
-)
-
-
-def is_transient(exc: BaseException | None) -> bool:
-    """The allow-list of errors a retry can fix: connection failures and timeouts
-    (builtins and httpx), HTTP 5xx, and OS errors that say "try again" (a full disk, a
-    read-only or missing folder, a KeyError in stage code are not: retrying them only
-    delays the error by a minute).
-
-    >>> is_transient(ConnectionRefusedError()), is_transient(TimeoutError())
-    (True, True)
-    >>> is_transient(KeyError("x")), is_transient(OSError(errno.ENOSPC, "No space left"))
-    (False, False)
-    """
-    if exc is None:
-        return False
-    try:
-        import httpx
-
-        if isinstance(exc, (httpx.TransportError, httpx.TimeoutException)):
-            return True
-        if isinstance(exc, httpx.HTTPStatusError):
-            return exc.response.status_code >= 500
-    except ImportError:  # pragma: no cover - httpx is a dependency
-        pass
-    if isinstance(exc, (ConnectionError, TimeoutError)):
-        return True
-    if isinstance(exc, OSError):
-        return exc.errno in _TRANSIENT_ERRNOS
-    return False
-
-
-def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect's retry condition: retry only :func:`is_transient` errors. Model calls
-    already made are in the request cache, so a retry repeats none of them."""
-    try:
-        exc = state.result(raise_on_failure=False)
-    except Exception:  # pragma: no cover - cannot read the state: do not guess
-        return False
-    return is_transient(exc if isinstance(exc, BaseException) else None)
-
-
-def model_task(name: str, retries: int = 2, delay: int | tuple[int, ...] = (10, 60)) -> Any:
-    """A task that calls models (or reads inputs, writes the store): errors on the
-    allow-list of :func:`is_transient` are retried ``retries`` times, after ``delay``
-    seconds; nothing else is."""
-    return task(
-        name=name,
-        cache_policy=NO_CACHE,
-        retries=retries,
-        retry_delay_seconds=list(delay) if isinstance(delay, tuple) else delay,
-        retry_condition_fn=retry_transient,
-    )
 
 
 def _artifact(out: StageOutput) -> None:

@@ -9,7 +9,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from flows.runtime import EnginePool, RunContext, model_task
+from flows.retry import model_task
+from flows.runtime import EnginePool, RunContext
 from pipeline import generation
 from pipeline.annotate.planning import first_signal, plan_judging
 from pipeline.engines.base import (

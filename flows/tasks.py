@@ -20,7 +20,8 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from flows.runtime import RunContext, call_models, calls_complete, model_task, run_stage
+from flows.retry import model_task
+from flows.runtime import RunContext, call_models, calls_complete, run_stage
 from pipeline import generation
 from pipeline.annotate import judging
 from pipeline.annotate import stages as model_stages

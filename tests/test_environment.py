@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from flows.curate import curate
-from flows.runtime import is_transient
+from flows.retry import is_transient
 from schemas.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
