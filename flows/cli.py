@@ -12,6 +12,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
+from flows.cli_review import review_app
 from flows.console import _fail, _print_plan, _print_stages, _print_summary, _RichProgress, err, out
 from flows.preflight import _prefect_env, check_data_root, check_models
 from schemas.errors import ConfigError, PrefcurateError
@@ -25,10 +26,6 @@ datasets_app = typer.Typer(no_args_is_help=True, help="Inspect the versioned dat
 app.add_typer(datasets_app, name="datasets")
 judges_app = typer.Typer(no_args_is_help=True, help="Qualify the judges of a config.")
 app.add_typer(judges_app, name="judges")
-review_app = typer.Typer(
-    no_args_is_help=True,
-    help="Human review in Label Studio ($LABEL_STUDIO_URL, token in $LABEL_STUDIO_API_KEY).",
-)
 app.add_typer(review_app, name="review")
 
 
@@ -352,89 +349,6 @@ def serve(
         serve_curation(data, cron, name or cfg.dataset_name)
     except PrefcurateError as exc:
         _fail(exc)
-
-
-def _review_sets(
-    set_: list[str], budget: Optional[int], overlap: Optional[int], select: Optional[str]
-) -> list[str]:
-    return (
-        list(set_)
-        + ([f"review.budget={budget}"] if budget is not None else [])
-        + ([f"review.overlap={overlap}"] if overlap is not None else [])
-        + ([f"review.select=[{select}]"] if select else [])
-    )
-
-
-@review_app.command("export")
-def review_export(
-    ref: str = typer.Argument(..., help="NAME or NAME@vN"),
-    root: Path = typer.Option(Path("data"), help="Store root (data_root)"),
-    budget: Optional[int] = typer.Option(None, help="pairs to send (review.budget)"),
-    overlap: Optional[int] = typer.Option(None, help="people per pair (review.overlap)"),
-    select: Optional[str] = typer.Option(
-        None, help="criteria, comma-separated: contested,flipped,low_confidence,disagreement,cyclic"
-    ),
-    set_: list[str] = typer.Option([], "--set", help="Override a config key (review.*)"),
-    as_json: bool = typer.Option(False, "--json"),
-) -> None:
-    """Send the version's pairs most worth a human look to a Label Studio project (found
-    or created by title; a pair already there is not sent again)."""
-    from flows.review import export_review
-    from pipeline.review.labelstudio import LabelStudio
-
-    try:
-        res = export_review(
-            root, ref, LabelStudio.from_env(), _review_sets(set_, budget, overlap, select)
-        )
-    except PrefcurateError as exc:
-        _fail(exc)
-    if as_json:
-        print(json.dumps(res, indent=2, default=str))
-        return
-    out.print(
-        f"[bold green]review[/] {res['ref']}: {res['sent']} pair(s) sent, "
-        f"{res['already_there']} already there, to project {res['project_id']} "
-        f"'{res['project_title']}' ({res['pairs_worth_a_look']} of {res['pairs_scored']} "
-        f"pairs worth a look; budget {res['budget']}, {res['overlap']} per pair)"
-    )
-
-
-@review_app.command("import")
-def review_import(
-    ref: str = typer.Argument(..., help="NAME or NAME@vN (the reviewed version)"),
-    root: Path = typer.Option(Path("data"), help="Store root (data_root)"),
-    anchor: bool = typer.Option(
-        False, "--anchor", help="human majorities as gold anchors (review.anchor)"
-    ),
-    no_curate: bool = typer.Option(False, "--no-curate", help="write the votes, run nothing"),
-    set_: list[str] = typer.Option([], "--set", help="Override a config key of the new run"),
-    as_json: bool = typer.Option(False, "--json"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
-) -> None:
-    """Read the reviewers' answers back as votes (human:<user id>) and curate a new version
-    from the reviewed one's config plus those votes (model calls reused from the cache)."""
-    _prefect_env(verbose)
-    from flows.review import import_review
-    from pipeline.review.labelstudio import LabelStudio
-
-    try:
-        res = import_review(
-            root, ref, LabelStudio.from_env(), anchor=anchor, sets=set_, curate=not no_curate
-        )
-    except PrefcurateError as exc:
-        _fail(exc)
-    if as_json:
-        print(json.dumps(res, indent=2, default=str))
-        return
-    out.print(
-        f"[bold green]imported[/] {res['votes']} vote(s) from {res['humans']} reviewer(s) on "
-        f"{res['answered_pairs']} pair(s) of {res['ref']}; {res['unanswered_pairs']} "
-        f"unanswered; votes: {res['votes_path']}"
-    )
-    cur = res.get("curation")
-    if cur:
-        verb = "published" if cur["created"] else "unchanged, already published as"
-        out.print(f"{verb} {cur['name']}@v{cur['version']}: {cur['path']}")
 
 
 def main() -> None:  # pragma: no cover
