@@ -44,7 +44,7 @@ Model (Dawid & Skene 1979): each annotator w has a confusion e^w[k, c] = P(label
   weights: a lower bound on the log-likelihood that EM never lowers (``EMResult.elbo``).
   crowd-kit's loss (``EMResult.history``) is the same with log π_c counted once per *vote*
   instead of once per item. Why both: alone, the ELBO's gains fall below 1e-5 long before
-  the posteriors settle (on the synthetic annotators of tests/test_em.py it stopped 3–5×
+  the posteriors settle (on the synthetic annotators of tests/aggregate/test_em.py it stopped 3–5×
   earlier than crowd-kit, posteriors up to 0.1 from EM's fixed point; crowd-kit's rule
   ≤ 0.005), while crowd-kit's loss is not monotone and can stop EM on a dip (a tie-heavy
   case in the tests: 6 iterations, 96% of items right; EM run on gets 100%). Where the

@@ -22,7 +22,7 @@ the evaluator must be *addressed* ("dear assessor", "to whoever compares these a
 phrasings of the override are covered.
 
 Measured on planted sets written by others without seeing this module
-(``tests/data/injection_*.jsonl``, ``tests/test_injection.py``): on the two sets read
+(``tests/data/injection_*.jsonl``, ``tests/annotate/test_injection.py``): on the two sets read
 while the patterns were written, 0.985 / 0.939 of the injections flagged with 0 / 1.5%
 false alarms; on two held-out sets written afterwards, **0.63 and 0.54 flagged with 6.4%
 and 9.6% false alarms**. Patterns do not carry over to phrasings they were not written for (other

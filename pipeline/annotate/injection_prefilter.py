@@ -18,7 +18,7 @@ from pipeline.annotate.injection_patterns import _LEET, _views, normalise
 # a verdict in the judge's format one of its keys, and steering or a structural imitation
 # a reference to the compared texts or the evaluator addressed. Each list follows the
 # alternatives of its pattern above, one string that every match of that alternative
-# contains; change a pattern, change its list (tests/test_injection.py checks the
+# contains; change a pattern, change its list (tests/annotate/test_injection.py checks the
 # prefilter against detect() on the planted sets and on fuzzed text).
 _RESP_WORDS = (
     "respons answer repl completion candidate submission output assistant réponse "

@@ -18,7 +18,7 @@ Two steps:
    same pair again (maybe swapped) is dropped and its votes are pooled on the first,
    prompts and candidates keep their first occurrence.
 
-``tests/test_ingest_columnar.py`` checks that both paths give the same outputs, drops and
+``tests/ingest/test_ingest_columnar.py`` checks that both paths give the same outputs, drops and
 quarantine rows on fuzzed files.
 """
 

@@ -11,7 +11,7 @@ import pytest
 from flows.curate import run_curation
 from schemas.config import load_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _cfg(root: Path, *extra: str) -> dict:

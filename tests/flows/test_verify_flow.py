@@ -11,7 +11,7 @@ from flows.curate import curate
 from pipeline.store import datasets as store
 from schemas.config import load_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EX = REPO / "data" / "examples"
 
 

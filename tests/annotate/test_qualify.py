@@ -12,7 +12,7 @@ from pipeline.annotate.qualify import qualify_judges
 from schemas.config import load_config
 from schemas.tables import VOTES
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def vote(

@@ -263,7 +263,7 @@ def test_flow_balances_lengths_and_reports_them(tmp_path):
     from flows.curate import curate
     from pipeline.store import datasets as store
 
-    examples = Path(__file__).resolve().parents[1] / "data" / "examples"
+    examples = Path(__file__).resolve().parents[2] / "data" / "examples"
     cfg = load_config(
         examples / "pairs_votes.yaml",
         [

@@ -42,7 +42,7 @@ def _fake_cfg(root: Path, examples: Path, *extra: str) -> dict:
 @pytest.fixture(scope="module")
 def versions(tmp_path_factory) -> dict[str, Path]:
     """A fake-engine version, the pairs_votes example, and the example with planted HTML."""
-    examples = Path(__file__).resolve().parents[1] / "data" / "examples"
+    examples = Path(__file__).resolve().parents[2] / "data" / "examples"
     out = {}
     root = tmp_path_factory.mktemp("fake")
     out["fake"] = Path(curate(_fake_cfg(root, examples))["path"])

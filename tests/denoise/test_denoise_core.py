@@ -473,7 +473,7 @@ def test_noise_eval_smoke() -> None:
     """The harness runs the real stages and the default method beats majority."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "noise_eval.py"
+    path = Path(__file__).resolve().parents[2] / "bench" / "noise_eval.py"
     spec = importlib.util.spec_from_file_location("bench_noise_eval", path)
     bench = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = bench  # dataclasses look their module up there

@@ -30,7 +30,7 @@ import pytest
 
 from pipeline.store import datasets as store
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BATCH = 4
 N_PROMPTS = 16
 N_SAMPLES = 3

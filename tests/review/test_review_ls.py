@@ -16,7 +16,7 @@ from test_review import _fake_cfg
 from flows.curate import curate
 from pipeline.store import datasets as store
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _cli(args: list[str], env: dict[str, str]) -> dict:

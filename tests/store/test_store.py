@@ -19,7 +19,7 @@ from pipeline.store import publish as publisher
 from schemas.errors import SchemaError, StoreError
 from schemas.tables import DROPPED, PUBLISHED, QUARANTINE, from_rows, schema_fingerprint
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _msgs(role: str, text: str) -> list[dict[str, str]]:

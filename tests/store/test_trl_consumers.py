@@ -22,7 +22,7 @@ CHAT_TEMPLATE = (
 def version(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("trl")
     cfg = load_config(
-        Path(__file__).parents[1] / "data/examples/pairs_votes.yaml", [f"data_root={root}"]
+        Path(__file__).parents[2] / "data/examples/pairs_votes.yaml", [f"data_root={root}"]
     )
     summary = curate(cfg.model_dump(mode="json"))
     assert summary["rows"] >= 4

@@ -25,7 +25,7 @@ from flows.schedule import (
 from pipeline.store import datasets as store
 from schemas.config import load_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CRON = "0 3 * * *"
 NAME = "nightly-test"
 

@@ -15,7 +15,7 @@ from flows.curate import curate
 from flows.retry import is_transient
 from schemas.config import load_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PAIRS = REPO / "data" / "examples" / "pairs_votes.jsonl"
 
 

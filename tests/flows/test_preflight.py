@@ -13,7 +13,7 @@ from flows.preflight import _model_problem, check_models
 from schemas.config import load_config
 from schemas.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_model_problems(tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ from pipeline.stage import Reason, StageResult
 from schemas.errors import ConfigError, InputError
 from schemas.tables import CANDIDATES, PROMPTS, QUARANTINE, VOTES, check_table
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "data" / "examples"
 
 
 def write_lines(path: Path, lines: list[Any]) -> str:

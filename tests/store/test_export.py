@@ -19,7 +19,7 @@ from pipeline.store import export as ex
 from schemas.config import load_config
 from schemas.errors import StoreError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _msg(role: str, text: str) -> list[dict[str, str]]:

@@ -24,7 +24,7 @@ from pipeline.annotate.injection import FLAG, detect, flag_pairs, suspect_candid
 from pipeline.store import datasets as store
 from schemas.config import load_config
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 def rates(name: str) -> tuple[float, float, int, int]:

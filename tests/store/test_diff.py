@@ -19,7 +19,7 @@ from pipeline.store.diff import diff_versions, render_diff_terminal
 from schemas.config import load_config
 from schemas.errors import StoreError
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "data" / "examples"
 
 
 def _fake_cfg(root: Path) -> dict:

@@ -306,7 +306,7 @@ def test_judge_samples_give_one_vote_each(tmp_path, examples):
 def test_reward_model_stage_in_the_flow(tmp_path, examples):
     """A (tiny, locally built) reward model scores every candidate through the transformers
     path and serves as the first signal for best/worst judging."""
-    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tiny_models import build_tiny_reward_model
 
     rm = build_tiny_reward_model(tmp_path / "rm", num_labels=1)
