@@ -24,6 +24,26 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "data" / "examples"
 
 
+# Markers from what a test needs (pyproject.toml declares them): ``-m "not slow"`` runs
+# the suite without the real engine, the servers and the whole runs in a subprocess.
+_ENGINE_FIXTURES = {"smollm2_engine"}
+_SERVER_FIXTURES = {"label_studio", "vllm_server", "served"}
+_SLOW_MODULES = {"test_kill_resume.py", "test_runners.py", "test_scenarios.py"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        engine = bool(used & _ENGINE_FIXTURES) or item.get_closest_marker("engine") is not None
+        server = bool(used & _SERVER_FIXTURES)
+        if engine:
+            item.add_marker(pytest.mark.engine)
+        if server:
+            item.add_marker(pytest.mark.server)
+        if engine or server or item.path.name in _SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def examples() -> Path:
     return EXAMPLES

@@ -83,3 +83,32 @@ def test_cli_sends_the_tree_to_prefect(monkeypatch) -> None:
     preflight._prefect_env()
     assert os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] == "prefcurate"
     assert os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] == "ignore"
+
+
+def _collected(marker: str, *paths: str) -> set[str]:
+    """The test files ``pytest -m marker`` would run among ``paths``."""
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"]
+        + ["-m", marker, *paths],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode in (0, 5), out.stdout + out.stderr  # 5: nothing collected
+    return {line.split("::")[0] for line in out.stdout.splitlines() if "::" in line}
+
+
+def test_markers_follow_what_a_test_needs() -> None:
+    """``server``: a test that starts vllm serve or Label Studio; ``slow``: those, the real
+    engine and the subprocess runs; ``-m 'not slow'`` keeps the quick tests."""
+    paths = [
+        "tests/review/test_review_ls.py",
+        "tests/engines/test_engine_e2e.py",
+        "tests/flows/test_kill_resume.py",
+        "tests/test_hashing.py",
+    ]
+    assert _collected("server", *paths) == {"tests/review/test_review_ls.py"}
+    assert _collected("engine", *paths) == {"tests/engines/test_engine_e2e.py"}
+    assert _collected("slow", *paths) == set(paths[:3])
+    assert _collected("not slow", *paths) == {"tests/test_hashing.py"}
