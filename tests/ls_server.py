@@ -7,10 +7,11 @@ pytest tmp dir and a minimal environment (Label Studio reads many bare variable 
 (minutes on a small machine), so the fixture is session-scoped and waits up to 600 s.
 
 Tokens: the admin user is made by ``label-studio start`` itself (``LABEL_STUDIO_USERNAME`` /
-``LABEL_STUDIO_PASSWORD``); then a short script under the server's Django settings (same data
-dir, so the same SECRET_KEY) adds a reviewer to the organisation and issues a Personal Access
-Token for each user as the ``POST /api/token/`` view does (``jwt_auth.models.LSAPIToken
-.for_user(user).get_full_jwt()``). The tokens travel on the script's stdout only.
+``LABEL_STUDIO_PASSWORD``); then a short script under the server's Django settings (same
+data dir, and the same ``SECRET_KEY``: given in the environment) adds a reviewer to the
+organisation and issues a Personal Access Token for each user as the ``POST /api/token/``
+view does (``jwt_auth.models.LSAPIToken.for_user(user).get_full_jwt()``). The tokens
+travel on the script's stdout only.
 """
 
 from __future__ import annotations
@@ -104,6 +105,11 @@ def server_env(root: Path, password: str) -> dict[str, str]:
         "LABEL_STUDIO_BASE_DATA_DIR": str(root / "data"),
         "LABEL_STUDIO_USERNAME": ADMIN_EMAIL,
         "LABEL_STUDIO_PASSWORD": password,
+        # the key that signs the PATs, given rather than generated: two of the server's
+        # processes starting at once each generate one (both land in data/.env, the
+        # token script reads the first, the server may sign with the second: "Token
+        # is invalid", seen once in a clean clone)
+        "SECRET_KEY": secrets.token_urlsafe(50),
         "SENTRY_DSN": "",
         "FRONTEND_SENTRY_DSN": "",
         "COLLECT_ANALYTICS": "false",
