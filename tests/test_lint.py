@@ -4,6 +4,7 @@ lint or formatting error."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -85,30 +86,49 @@ def test_cli_sends_the_tree_to_prefect(monkeypatch) -> None:
     assert os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] == "ignore"
 
 
-def _collected(marker: str, *paths: str) -> set[str]:
-    """The test files ``pytest -m marker`` would run among ``paths``."""
+_PROBE = """
+def pytest_collection_finish(session):
+    for item in session.items:
+        names = sorted({m.name for m in item.iter_markers()} & {"engine", "server", "slow"})
+        print("MARKERS", item.nodeid.split("::")[0], ",".join(names))
+"""
+
+
+def _markers(tmp_path: Path, *paths: str) -> dict[str, set[str]]:
+    """Per test file among ``paths``: the markers its tests carry after collection (one
+    ``pytest --collect-only`` in a subprocess, with a probe plugin that prints them)."""
+    (tmp_path / "marker_probe.py").write_text(_PROBE)
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"]
-        + ["-m", marker, *paths],
+        + ["-p", "marker_probe", *paths],
         cwd=REPO,
+        env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"},
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert out.returncode in (0, 5), out.stdout + out.stderr  # 5: nothing collected
-    return {line.split("::")[0] for line in out.stdout.splitlines() if "::" in line}
+    assert out.returncode == 0, out.stdout + out.stderr
+    found: dict[str, set[str]] = {}
+    for line in out.stdout.splitlines():
+        if line.startswith("MARKERS "):
+            _, path, *names = line.split(" ")
+            found.setdefault(path, set()).update(n for n in ",".join(names).split(",") if n)
+    return found
 
 
-def test_markers_follow_what_a_test_needs() -> None:
+def test_markers_follow_what_a_test_needs(tmp_path: Path) -> None:
     """``server``: a test that starts vllm serve or Label Studio; ``slow``: those, the real
-    engine and the subprocess runs; ``-m 'not slow'`` keeps the quick tests."""
-    paths = [
+    engine and the subprocess runs; the rest carry none (``-m 'not slow'`` keeps them)."""
+    found = _markers(
+        tmp_path,
         "tests/review/test_review_ls.py",
         "tests/engines/test_engine_e2e.py",
         "tests/flows/test_kill_resume.py",
         "tests/test_hashing.py",
-    ]
-    assert _collected("server", *paths) == {"tests/review/test_review_ls.py"}
-    assert _collected("engine", *paths) == {"tests/engines/test_engine_e2e.py"}
-    assert _collected("slow", *paths) == set(paths[:3])
-    assert _collected("not slow", *paths) == {"tests/test_hashing.py"}
+    )
+    assert found == {
+        "tests/review/test_review_ls.py": {"server", "slow"},
+        "tests/engines/test_engine_e2e.py": {"engine", "slow"},
+        "tests/flows/test_kill_resume.py": {"slow"},
+        "tests/test_hashing.py": set(),
+    }
